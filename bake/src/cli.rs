@@ -1,0 +1,467 @@
+//! The command line: parses, sets up logging and signals, runs one command, and maps its
+//! error to the documented exit codes. Data goes to stdout (tables or `--output json`);
+//! progress and logs go to stderr.
+
+use crate::error::exit;
+use crate::pipeline::{Pipeline, ProviderKind};
+use crate::plan::{self, Filter, PlanItem};
+use crate::provider::{local::LocalProvider, Provider};
+use crate::registry::{Registry, SqliteRegistry};
+use crate::release::Manifest;
+use crate::report::{age, table, LogReporter, Reporter, TermReporter};
+use crate::run::{self, RunContext, RunOptions, RunSummary};
+use crate::{Arch, Error, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    ok, or up to date
+  1    failure (a step, a provider call, a cleanup)
+  2    bad input or usage (nothing was created)
+  3    validation rejected an image (nothing was published)
+  4    lock held by another run, or a conflict with published state
+  130  interrupted (the cleanups of the steps that ran have run)";
+
+/// Bakes hardened, immutable EKS worker-node images per arch, proves each on a canary node,
+/// and publishes versioned IDs that Terraform node modules pin to.
+#[derive(Debug, Parser)]
+#[command(name = "bake", version, after_help = EXIT_CODES, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Where runs, journals, the local registry and local images live.
+    #[arg(long, global = true, env = "BAKE_STATE_DIR", default_value = ".bake")]
+    pub state_dir: PathBuf,
+    /// `human` tables on stdout, or `json` for machines (stdout carries data only).
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+    /// More logs on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress on stderr, only errors.
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what `run` would do for each recipe × arch, and why
+    /// (new, base changed, recipe changed, up to date). Changes nothing.
+    Plan {
+        /// Pipeline file, e.g. pipelines/local.toml.
+        pipeline: PathBuf,
+        #[command(flatten)]
+        select: Select,
+    },
+    /// Bake → validate on a canary → publish every recipe × arch that needs it (arches in
+    /// parallel), then auto-promote to the pipeline's non-prod channels. Up to date is exit 0
+    /// with nothing created.
+    Run {
+        /// Pipeline file, e.g. pipelines/local.toml.
+        pipeline: PathBuf,
+        #[command(flatten)]
+        select: Select,
+        /// Take the recipe's lock even if another run holds it. Only when that run is dead.
+        #[arg(long)]
+        break_lock: bool,
+    },
+    /// List the releases of a recipe with their images and validation summary.
+    Releases {
+        recipe: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Recipes × arches × channels: which release each cluster runs, validated when, age.
+    Status {
+        /// Only this recipe.
+        recipe: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Select {
+    /// Only this recipe.
+    #[arg(long)]
+    pub recipe: Option<String>,
+    /// Only this arch (x86_64 or arm64).
+    #[arg(long)]
+    pub arch: Option<Arch>,
+    /// Bake even if the key says up to date.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Pipeline whose registry and clusters to read.
+    #[arg(long, short = 'p', env = "BAKE_PIPELINE", default_value = "pipelines/local.toml")]
+    pub pipeline: PathBuf,
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => exit::OK,
+                _ => exit::BAD_INPUT,
+            });
+        }
+    };
+    init_logging(&cli.global);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn init_logging(global: &Global) {
+    let level = match global.verbose {
+        0 if global.quiet => "error",
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},aws_config=warn,aws_smithy_runtime=warn,hyper=warn")));
+    let ansi = std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(global.verbose >= 2)
+        .try_init();
+}
+
+/// Cancels the token on Ctrl-C or SIGTERM; a second one says that cleanups are running.
+fn watch_signals(state_dir: &Path) -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let runs = state_dir.join("runs");
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot watch SIGTERM: {e}");
+                return;
+            }
+        };
+        let mut count = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            count += 1;
+            if count == 1 {
+                eprintln!("interrupted: running the cleanups of the steps that ran (interrupt again for status)");
+                t.cancel();
+            } else {
+                eprintln!(
+                    "still cleaning up; if you kill bake now, what is left is listed in the newest journal under {} (`bake sweep` finds it)",
+                    runs.display()
+                );
+            }
+        }
+    });
+    token
+}
+
+async fn dispatch(cli: Cli) -> Result<u8> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Plan { pipeline, select } => {
+            let pipeline = Pipeline::load(pipeline)?;
+            let (provider, registry) = open(&pipeline, &g.state_dir)?;
+            let items = plan::plan(&pipeline, provider.as_ref(), registry.as_ref(), &select.filter()).await?;
+            print_plan(g.output, &items);
+            Ok(exit::OK)
+        }
+        Command::Run {
+            pipeline,
+            select,
+            break_lock,
+        } => {
+            let pipeline = Pipeline::load(pipeline)?;
+            let (provider, registry) = open(&pipeline, &g.state_dir)?;
+            let reporter: Box<dyn Reporter> = if g.output == Output::Json && !std::io::stderr().is_terminal() {
+                Box::new(LogReporter)
+            } else {
+                Box::new(TermReporter::new(g.quiet, g.verbose > 0))
+            };
+            let cx = RunContext {
+                pipeline: &pipeline,
+                provider: provider.as_ref(),
+                registry: registry.as_ref(),
+                reporter: reporter.as_ref(),
+                state_dir: &g.state_dir,
+                cancel: watch_signals(&g.state_dir),
+            };
+            let opts = RunOptions {
+                filter: select.filter(),
+                break_lock: *break_lock,
+                ..RunOptions::default()
+            };
+            let (summary, result) = run::run(&cx, &opts).await;
+            print_run(g.output, &summary, result.as_ref().err());
+            match result {
+                Ok(()) => Ok(exit::OK),
+                Err(e) => Err(e),
+            }
+        }
+        Command::Releases { recipe, registry } => {
+            let pipeline = Pipeline::load(&registry.pipeline)?;
+            pipeline.bake(recipe)?;
+            let (_, registry) = open(&pipeline, &g.state_dir)?;
+            let releases = registry.releases(recipe).await?;
+            print_releases(g.output, &releases);
+            Ok(exit::OK)
+        }
+        Command::Status { recipe, registry } => {
+            let pipeline = Pipeline::load(&registry.pipeline)?;
+            if let Some(r) = recipe {
+                pipeline.bake(r)?;
+            }
+            let (_, reg) = open(&pipeline, &g.state_dir)?;
+            let rows = status_rows(&pipeline, reg.as_ref(), recipe.as_deref()).await?;
+            print_status(g.output, &rows);
+            Ok(exit::OK)
+        }
+    }
+}
+
+impl Select {
+    fn filter(&self) -> Filter {
+        Filter {
+            recipe: self.recipe.clone(),
+            arch: self.arch,
+            force: self.force,
+        }
+    }
+}
+
+/// The provider and registry a pipeline names.
+fn open(pipeline: &Pipeline, state_dir: &Path) -> Result<(Box<dyn Provider>, Box<dyn Registry>)> {
+    match pipeline.provider {
+        ProviderKind::Local => Ok((
+            Box::new(LocalProvider::new(pipeline.local.clone(), state_dir)?),
+            Box::new(SqliteRegistry::open(state_dir)?),
+        )),
+        ProviderKind::Aws => Err(Error::Usage(format!(
+            "{}: provider \"aws\" is not available in this build of bake yet; use provider \"local\"",
+            pipeline.file.display()
+        ))),
+    }
+}
+
+fn json<T: Serialize>(value: &T) {
+    println!("{}", serde_json::to_string_pretty(value).expect("output serializes"));
+}
+
+fn print_plan(output: Output, items: &[PlanItem]) {
+    if output == Output::Json {
+        return json(&items);
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| {
+            let why = match &i.decision {
+                plan::Decision::BaseChanged { from, to } => format!("base changed ({} → {})", short(from), short(to)),
+                plan::Decision::UpToDate { release } => format!("up to date ({release})"),
+                plan::Decision::Forced { release } => format!("forced (same key as {release})"),
+                d => d.label(),
+            };
+            vec![i.recipe.clone(), i.arch.to_string(), why, i.key.short().to_string(), i.base.source.clone()]
+        })
+        .collect();
+    print!("{}", table(&["RECIPE", "ARCH", "ACTION", "KEY", "BASE"], &rows));
+}
+
+fn short(s: &str) -> &str {
+    if s.len() > 16 && !s.starts_with("ami-") {
+        &s[..12]
+    } else {
+        s
+    }
+}
+
+fn print_run(output: Output, summary: &RunSummary, error: Option<&Error>) {
+    if output == Output::Json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            #[serde(flatten)]
+            summary: &'a RunSummary,
+            error: Option<String>,
+            exit_code: u8,
+        }
+        return json(&Out {
+            summary,
+            error: error.map(|e| e.to_string()),
+            exit_code: error.map(Error::exit_code).unwrap_or(exit::OK),
+        });
+    }
+    if summary.up_to_date {
+        let what: Vec<String> = summary.results.iter().map(|r| format!("{}/{}", r.recipe, r.arch)).collect();
+        println!("up to date: {}", what.join(", "));
+        return;
+    }
+    let rows: Vec<Vec<String>> = summary
+        .results
+        .iter()
+        .map(|r| {
+            vec![
+                r.recipe.clone(),
+                r.arch.to_string(),
+                r.decision.clone(),
+                format!("{:?}", r.outcome).to_lowercase(),
+                r.image.clone().unwrap_or_else(|| "-".into()),
+                r.validators.clone().or_else(|| r.error.clone()).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!("{}", table(&["RECIPE", "ARCH", "WHY", "OUTCOME", "IMAGE", "VALIDATORS"], &rows));
+    for p in &summary.published {
+        let promoted = if p.promoted_to.is_empty() {
+            String::new()
+        } else {
+            format!("; promoted to {}", p.promoted_to.join(", "))
+        };
+        println!("published {} {}{promoted}", p.recipe, p.release);
+    }
+    if let Some(j) = &summary.journal {
+        println!("journal: {}", j.display());
+    }
+}
+
+fn print_releases(output: Output, releases: &[Manifest]) {
+    if output == Output::Json {
+        return json(&releases);
+    }
+    let mut rows = Vec::new();
+    for m in releases.iter().rev() {
+        for (arch, image) in &m.images {
+            let passed = image.validators.values().filter(|s| **s == crate::validate::Status::Pass).count();
+            rows.push(vec![
+                m.release.to_string(),
+                arch.to_string(),
+                image.image_id.clone(),
+                format!("{passed}/{} pass", image.validators.len()),
+                image.key.short().to_string(),
+                age(m.created_at),
+            ]);
+        }
+    }
+    print!("{}", table(&["RELEASE", "ARCH", "IMAGE", "VALIDATORS", "KEY", "AGE"], &rows));
+}
+
+#[derive(Debug, Serialize)]
+struct StatusRow {
+    recipe: String,
+    arch: Arch,
+    channel: String,
+    release: Option<String>,
+    image: Option<String>,
+    validated_at: Option<chrono::DateTime<chrono::Utc>>,
+    promoted_at: Option<chrono::DateTime<chrono::Utc>>,
+    latest_release: Option<String>,
+}
+
+async fn status_rows(pipeline: &Pipeline, registry: &dyn Registry, only: Option<&str>) -> Result<Vec<StatusRow>> {
+    let mut rows = Vec::new();
+    for bake in &pipeline.bakes {
+        if only.is_some_and(|r| r != bake.recipe.name) {
+            continue;
+        }
+        let releases = registry.releases(&bake.recipe.name).await?;
+        let channels = registry.channels(&bake.recipe.name).await?;
+        let latest = releases.last();
+        for &arch in &bake.arches {
+            // The newest release first, then each cluster's channel.
+            rows.push(StatusRow {
+                recipe: bake.recipe.name.clone(),
+                arch,
+                channel: "(latest)".into(),
+                release: latest.map(|m| m.release.to_string()),
+                image: latest.and_then(|m| m.images.get(&arch)).map(|i| i.image_id.clone()),
+                validated_at: latest.and_then(|m| m.images.get(&arch)).map(|i| i.validated_at),
+                promoted_at: None,
+                latest_release: latest.map(|m| m.release.to_string()),
+            });
+            for (cluster, c) in &pipeline.clusters {
+                if !c.arches.contains(&arch) {
+                    continue;
+                }
+                let entry = channels.get(cluster);
+                let release = entry.and_then(|e| releases.iter().find(|m| m.release == e.release));
+                rows.push(StatusRow {
+                    recipe: bake.recipe.name.clone(),
+                    arch,
+                    channel: cluster.clone(),
+                    release: entry.map(|e| e.release.to_string()),
+                    image: entry.and_then(|e| e.images.get(&arch).cloned()),
+                    validated_at: release.and_then(|m| m.images.get(&arch)).map(|i| i.validated_at),
+                    promoted_at: entry.map(|e| e.at),
+                    latest_release: latest.map(|m| m.release.to_string()),
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn print_status(output: Output, rows: &[StatusRow]) {
+    if output == Output::Json {
+        return json(&rows);
+    }
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let pending = match (&r.release, &r.latest_release) {
+                (Some(a), Some(b)) if a != b && r.channel != "(latest)" => format!("{b} pending"),
+                (None, Some(b)) if r.channel != "(latest)" => format!("{b} pending"),
+                _ => String::new(),
+            };
+            vec![
+                r.recipe.clone(),
+                r.arch.to_string(),
+                r.channel.clone(),
+                r.release.clone().unwrap_or_else(|| "-".into()),
+                r.image.clone().unwrap_or_else(|| "-".into()),
+                r.validated_at.map(age).unwrap_or_else(|| "-".into()),
+                pending,
+            ]
+        })
+        .collect();
+    print!("{}", table(&["RECIPE", "ARCH", "CHANNEL", "RELEASE", "IMAGE", "VALIDATED", "PROMOTION"], &table_rows));
+}

@@ -1,0 +1,163 @@
+//! The run journal (`<state>/runs/<run-id>.jsonl`): one JSON line per event, fsynced before
+//! the call that follows it. Every resource ID is written here before the next call that can
+//! fail, so even a SIGKILL leaves a list of what to clean up (`bake sweep`, `bake resume`).
+
+use crate::{Arch, Error, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Entry {
+    Started {
+        run_id: String,
+        pid: u32,
+        pipeline: String,
+        at: DateTime<Utc>,
+    },
+    /// A resource now exists (a VM, an overlay, an instance, an image...).
+    Created {
+        recipe: String,
+        arch: Arch,
+        kind: String,
+        id: String,
+        at: DateTime<Utc>,
+    },
+    /// A resource is gone.
+    Removed { kind: String, id: String, at: DateTime<Utc> },
+    Step {
+        recipe: String,
+        arch: Arch,
+        step: String,
+        status: StepStatus,
+        at: DateTime<Utc>,
+    },
+    Finished { outcome: String, at: DateTime<Utc> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Started,
+    Ok,
+    Failed,
+    Cleaned,
+    CleanupFailed,
+}
+
+/// A resource the journal says was created and not removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resource {
+    pub recipe: String,
+    pub arch: Arch,
+    pub kind: String,
+    pub id: String,
+}
+
+/// An open journal of one run.
+#[derive(Debug)]
+pub struct Journal {
+    run_id: String,
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl Journal {
+    /// Creates `<state_dir>/runs/<run_id>.jsonl` (refusing to reuse an existing one).
+    pub fn create(state_dir: &Path, run_id: &str) -> Result<Journal> {
+        let dir = state_dir.join("runs");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let path = dir.join(format!("{run_id}.jsonl"));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("creating journal {}", path.display()), e))?;
+        // The directory entry must survive a crash as well as the contents.
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(Journal {
+            run_id: run_id.to_string(),
+            path,
+            file: Mutex::new(file),
+        })
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one entry and fsyncs it before returning.
+    pub fn record(&self, entry: &Entry) -> Result<()> {
+        let mut line = serde_json::to_vec(entry).expect("journal entries serialize");
+        line.push(b'\n');
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        file.write_all(&line)
+            .and_then(|_| file.sync_data())
+            .map_err(|e| Error::io(format!("writing journal {}", self.path.display()), e))
+    }
+
+    pub fn created(&self, recipe: &str, arch: Arch, kind: &str, id: &str) -> Result<()> {
+        self.record(&Entry::Created {
+            recipe: recipe.to_string(),
+            arch,
+            kind: kind.to_string(),
+            id: id.to_string(),
+            at: Utc::now(),
+        })
+    }
+
+    pub fn removed(&self, kind: &str, id: &str) -> Result<()> {
+        self.record(&Entry::Removed {
+            kind: kind.to_string(),
+            id: id.to_string(),
+            at: Utc::now(),
+        })
+    }
+
+    /// Reads a journal, tolerating a last line cut short by a crash.
+    pub fn read(path: &Path) -> Result<Vec<Entry>> {
+        let file = File::open(path).map_err(|e| Error::io(format!("reading journal {}", path.display()), e))?;
+        let mut entries = Vec::new();
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(|e| Error::io(format!("reading journal {}", path.display()), e))?;
+            match serde_json::from_str(&line) {
+                Ok(entry) => entries.push(entry),
+                Err(_) => break,
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Resources created and not removed, in creation order.
+    pub fn outstanding(entries: &[Entry]) -> Vec<Resource> {
+        let mut live: Vec<Resource> = Vec::new();
+        for e in entries {
+            match e {
+                Entry::Created { recipe, arch, kind, id, .. } => live.push(Resource {
+                    recipe: recipe.clone(),
+                    arch: *arch,
+                    kind: kind.clone(),
+                    id: id.clone(),
+                }),
+                Entry::Removed { kind, id, .. } => live.retain(|r| !(r.kind == *kind && r.id == *id)),
+                _ => {}
+            }
+        }
+        live
+    }
+}
+
+/// A new run ID: UTC time plus random hex, sortable and unique enough for one state dir.
+pub fn new_run_id() -> String {
+    format!("{}-{:06x}", Utc::now().format("%Y%m%dT%H%M%SZ"), rand::random::<u32>() & 0xff_ffff)
+}

@@ -1,0 +1,26 @@
+//! `bake` bakes hardened, immutable EKS worker-node images per architecture, proves each on
+//! a canary, and publishes versioned IDs that Terraform pins to.
+//!
+//! One module per noun of the domain; see DESIGN.md for the words.
+
+pub mod arch;
+pub mod cli;
+pub mod diag;
+pub mod error;
+pub mod journal;
+pub mod key;
+pub mod names;
+pub mod pipeline;
+pub mod plan;
+pub mod promote;
+pub mod provider;
+pub mod recipe;
+pub mod registry;
+pub mod release;
+pub mod report;
+pub mod run;
+pub mod steps;
+pub mod validate;
+
+pub use arch::Arch;
+pub use error::{Error, Result};

@@ -1,0 +1,390 @@
+//! Pipelines (`pipelines/<name>.toml`): which recipes × arches to bake, with which provider,
+//! the clusters (channels) releases are promoted to, and retention. Loading a pipeline loads
+//! and checks every recipe it names, so `plan` and `run` refuse bad input before any call.
+
+use crate::diag::{read_toml, Diagnostic};
+use crate::names::SsmPath;
+use crate::recipe::{is_simple_name, Recipe};
+use crate::validate::Catalog;
+use crate::Arch;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Local,
+    Aws,
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProviderKind::Local => "local",
+            ProviderKind::Aws => "aws",
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    provider: ProviderKind,
+    #[serde(default = "default_recipes_dir")]
+    recipes_dir: String,
+    #[serde(default = "default_validators_dir")]
+    validators_dir: String,
+    #[serde(default = "default_soak", with = "humantime_serde")]
+    soak: Duration,
+    bake: Vec<RawBake>,
+    #[serde(default)]
+    clusters: BTreeMap<String, Cluster>,
+    canary: Option<RawCanary>,
+    local: Option<LocalSettings>,
+    aws: Option<AwsSettings>,
+    #[serde(default)]
+    retention: Retention,
+}
+
+fn default_recipes_dir() -> String {
+    "../recipes".into()
+}
+fn default_validators_dir() -> String {
+    "../validators".into()
+}
+fn default_soak() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBake {
+    recipe: Spanned<String>,
+    arches: Spanned<Vec<Spanned<Arch>>>,
+    #[serde(default)]
+    auto_promote: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCanary {
+    cluster: Spanned<String>,
+}
+
+/// A cluster, and the channel of the same name that points it at a release.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Prod channels move only by an explicit `bake promote`.
+    #[serde(default)]
+    pub prod: bool,
+    /// Arches this cluster's nodes use; promotion refuses a release that lacks one.
+    #[serde(default = "all_arches")]
+    pub arches: Vec<Arch>,
+    /// AWS: the EKS cluster a canary joins when this cluster is the canary cluster.
+    pub eks_cluster: Option<String>,
+}
+
+fn all_arches() -> Vec<Arch> {
+    Arch::ALL.to_vec()
+}
+
+/// How the local provider runs its VMs.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSettings {
+    /// A Debian mirror URI or a sources file passed to mmdebstrap; its defaults otherwise.
+    pub mirror: Option<String>,
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+    #[serde(default)]
+    pub accel: Accel,
+    #[serde(default = "default_boot_timeout", with = "humantime_serde")]
+    pub boot_timeout: Duration,
+    #[serde(default = "default_step_timeout", with = "humantime_serde")]
+    pub step_timeout: Duration,
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    #[serde(default = "default_base_timeout", with = "humantime_serde")]
+    pub base_timeout: Duration,
+}
+
+fn default_memory() -> u32 {
+    1024
+}
+fn default_cpus() -> u32 {
+    1
+}
+fn default_boot_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_step_timeout() -> Duration {
+    Duration::from_secs(900)
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(180)
+}
+fn default_base_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl Default for LocalSettings {
+    fn default() -> Self {
+        LocalSettings {
+            mirror: None,
+            memory_mib: default_memory(),
+            cpus: default_cpus(),
+            accel: Accel::Auto,
+            boot_timeout: default_boot_timeout(),
+            step_timeout: default_step_timeout(),
+            shutdown_timeout: default_shutdown_timeout(),
+            base_timeout: default_base_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM if a probe boot succeeds quickly, TCG otherwise.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// Where and how the AWS provider works.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSettings {
+    pub region: Option<String>,
+    #[serde(default = "default_prefix", deserialize_with = "writable_prefix")]
+    pub ssm_prefix: SsmPath,
+    #[serde(default)]
+    pub engine: Engine,
+    pub subnet_id: Option<String>,
+    pub security_group_id: Option<String>,
+    pub instance_profile: Option<String>,
+    #[serde(default)]
+    pub instance_type: BTreeMap<Arch, String>,
+    #[serde(default)]
+    pub copy_regions: Vec<String>,
+    #[serde(default)]
+    pub share_accounts: Vec<String>,
+}
+
+fn default_prefix() -> SsmPath {
+    SsmPath::parse("/bake").expect("static prefix is valid")
+}
+
+fn writable_prefix<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SsmPath, D::Error> {
+    let s = String::deserialize(d)?;
+    SsmPath::parse_writable(&s).map_err(serde::de::Error::custom)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    #[default]
+    Ec2,
+    Imagebuilder,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Releases to keep per recipe.
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+    /// Channel history entries whose images are protected from prune.
+    #[serde(default = "default_history")]
+    pub history: usize,
+}
+
+fn default_keep() -> usize {
+    5
+}
+fn default_history() -> usize {
+    3
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep: default_keep(),
+            history: default_history(),
+        }
+    }
+}
+
+/// One recipe of a pipeline and the arches it is baked for.
+#[derive(Debug, Clone)]
+pub struct Bake {
+    pub recipe: Recipe,
+    pub arches: Vec<Arch>,
+    pub auto_promote: Vec<String>,
+}
+
+/// A loaded, checked pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub file: PathBuf,
+    pub provider: ProviderKind,
+    pub soak: Duration,
+    pub bakes: Vec<Bake>,
+    pub clusters: BTreeMap<String, Cluster>,
+    pub canary_cluster: Option<String>,
+    pub local: LocalSettings,
+    pub aws: Option<AwsSettings>,
+    pub retention: Retention,
+    pub recipes_dir: PathBuf,
+    pub validators_dir: PathBuf,
+}
+
+impl Pipeline {
+    pub fn load(file: &Path) -> Result<Pipeline, Diagnostic> {
+        let (raw, src) = read_toml::<RawPipeline>(file)?;
+        let at = |span: std::ops::Range<usize>, msg: String| Diagnostic::at(file, &src, span, msg);
+        let name = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("pipeline")
+            .to_string();
+        let dir = file.parent().unwrap_or(Path::new("."));
+        let recipes_dir = dir.join(&raw.recipes_dir);
+        let validators_dir = dir.join(&raw.validators_dir);
+
+        for (cluster, c) in &raw.clusters {
+            if !is_simple_name(cluster) {
+                return Err(Diagnostic::file(
+                    file,
+                    format!("cluster name `{cluster}` must be letters, digits, `-` or `_`"),
+                ));
+            }
+            if c.arches.is_empty() {
+                return Err(Diagnostic::file(file, format!("cluster `{cluster}` has an empty `arches` list")));
+            }
+        }
+        let canary_cluster = match raw.canary {
+            Some(c) => {
+                if !raw.clusters.contains_key(c.cluster.get_ref()) {
+                    return Err(at(c.cluster.span(), undefined_cluster(c.cluster.get_ref(), &raw.clusters)));
+                }
+                Some(c.cluster.into_inner())
+            }
+            None => None,
+        };
+        if raw.provider == ProviderKind::Aws && raw.aws.is_none() {
+            return Err(Diagnostic::file(file, "provider = \"aws\" needs an `[aws]` section"));
+        }
+
+        if raw.bake.is_empty() {
+            return Err(Diagnostic::file(file, "a pipeline needs at least one `[[bake]]` entry"));
+        }
+        let catalog = Catalog::load(&validators_dir)?;
+        let mut bakes = Vec::new();
+        let mut seen = BTreeSet::new();
+        for b in raw.bake {
+            if !seen.insert(b.recipe.get_ref().clone()) {
+                return Err(at(b.recipe.span(), format!("recipe `{}` is listed twice", b.recipe.get_ref())));
+            }
+            if b.arches.get_ref().is_empty() {
+                return Err(at(b.arches.span(), "the arch list is empty; name at least one of `x86_64`, `arm64`".into()));
+            }
+            let mut arches = Vec::new();
+            for a in b.arches.get_ref() {
+                if arches.contains(a.get_ref()) {
+                    return Err(at(a.span(), format!("arch `{}` is listed twice", a.get_ref())));
+                }
+                arches.push(*a.get_ref());
+            }
+            for target in &b.auto_promote {
+                match raw.clusters.get(target.get_ref()) {
+                    None => return Err(at(target.span(), undefined_cluster(target.get_ref(), &raw.clusters))),
+                    Some(c) if c.prod => {
+                        return Err(at(
+                            target.span(),
+                            format!("cluster `{}` is prod: prod channels move only by `bake promote`, never automatically", target.get_ref()),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+            let recipe = Recipe::load(&recipes_dir, b.recipe.get_ref(), &catalog).map_err(|d| {
+                if d.line.is_none() && !d.file.exists() {
+                    at(b.recipe.span(), format!("recipe `{}` not found: {}", b.recipe.get_ref(), d.message))
+                } else {
+                    d
+                }
+            })?;
+            match raw.provider {
+                ProviderKind::Local if recipe.local.is_none() => {
+                    return Err(at(
+                        b.recipe.span(),
+                        format!("recipe `{}` has no `[base.local]` section, needed by provider \"local\" ({})", recipe.name, recipe.file.display()),
+                    ))
+                }
+                ProviderKind::Aws => {
+                    for a in b.arches.get_ref() {
+                        if !recipe.aws.contains_key(a.get_ref()) {
+                            return Err(at(
+                                a.span(),
+                                format!("recipe `{}` has no `[base.aws]` entry for {} ({})", recipe.name, a.get_ref(), recipe.file.display()),
+                            ));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            bakes.push(Bake {
+                recipe,
+                arches,
+                auto_promote: b.auto_promote.into_iter().map(Spanned::into_inner).collect(),
+            });
+        }
+
+        Ok(Pipeline {
+            name,
+            file: file.to_path_buf(),
+            provider: raw.provider,
+            soak: raw.soak,
+            bakes,
+            clusters: raw.clusters,
+            canary_cluster,
+            local: raw.local.unwrap_or_default(),
+            aws: raw.aws,
+            retention: raw.retention,
+            recipes_dir,
+            validators_dir,
+        })
+    }
+
+    /// The bake entry of a recipe, or a usage error naming the recipes the pipeline has.
+    pub fn bake(&self, recipe: &str) -> Result<&Bake, crate::Error> {
+        self.bakes.iter().find(|b| b.recipe.name == recipe).ok_or_else(|| {
+            crate::Error::Usage(format!(
+                "pipeline {} has no recipe `{recipe}` (it has: {})",
+                self.file.display(),
+                self.bakes.iter().map(|b| b.recipe.name.as_str()).collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
+    pub fn ssm_prefix(&self) -> Option<&SsmPath> {
+        self.aws.as_ref().map(|a| &a.ssm_prefix)
+    }
+}
+
+fn undefined_cluster(name: &str, clusters: &BTreeMap<String, Cluster>) -> String {
+    let known: Vec<&str> = clusters.keys().map(String::as_str).collect();
+    format!(
+        "cluster `{name}` is not defined (define `[clusters.{name}]`; defined: {})",
+        if known.is_empty() { "none".into() } else { known.join(", ") }
+    )
+}

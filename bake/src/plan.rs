@@ -1,0 +1,126 @@
+//! Planning: for each recipe × arch of a pipeline, what `run` would do and why.
+
+use crate::key::{bake_key, BakeKey};
+use crate::pipeline::Pipeline;
+use crate::provider::{BaseImage, Provider};
+use crate::registry::Registry;
+use crate::release::{Manifest, ReleaseId};
+use crate::{Arch, Result};
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Decision {
+    /// No release of this recipe has an image for this arch.
+    New,
+    /// The resolved base image differs from the latest release's.
+    BaseChanged { from: String, to: String },
+    /// Same base, but the recipe, its scripts/files or validators changed.
+    RecipeChanged,
+    /// The latest release was baked with this exact key.
+    UpToDate { release: ReleaseId },
+    /// `--force` asked to bake although the key matches.
+    Forced { release: ReleaseId },
+}
+
+impl Decision {
+    pub fn needs_bake(&self) -> bool {
+        !matches!(self, Decision::UpToDate { .. })
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            Decision::New => "new".into(),
+            Decision::BaseChanged { .. } => "base changed".into(),
+            Decision::RecipeChanged => "recipe changed".into(),
+            Decision::UpToDate { .. } => "up to date".into(),
+            Decision::Forced { .. } => "forced".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanItem {
+    pub recipe: String,
+    pub arch: Arch,
+    pub base: BaseImage,
+    pub key: BakeKey,
+    pub decision: Decision,
+    /// The latest release with an image for this arch.
+    pub latest: Option<ReleaseId>,
+}
+
+/// Which recipes and arches to consider.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub recipe: Option<String>,
+    pub arch: Option<Arch>,
+    pub force: bool,
+}
+
+/// Decides for one recipe × arch, given the releases of the recipe (oldest first).
+pub fn decide(releases: &[Manifest], arch: Arch, key: &BakeKey, base: &str, force: bool) -> (Decision, Option<ReleaseId>) {
+    let latest = releases.iter().rev().find(|m| m.images.contains_key(&arch));
+    let Some(latest) = latest else {
+        return (Decision::New, None);
+    };
+    let image = &latest.images[&arch];
+    let decision = if &image.key == key {
+        if force {
+            Decision::Forced {
+                release: latest.release.clone(),
+            }
+        } else {
+            Decision::UpToDate {
+                release: latest.release.clone(),
+            }
+        }
+    } else if image.base != base {
+        Decision::BaseChanged {
+            from: image.base.clone(),
+            to: base.to_string(),
+        }
+    } else {
+        Decision::RecipeChanged
+    };
+    (decision, Some(latest.release.clone()))
+}
+
+/// Plans every recipe × arch of the pipeline that the filter selects.
+pub async fn plan(pipeline: &Pipeline, provider: &dyn Provider, registry: &dyn Registry, filter: &Filter) -> Result<Vec<PlanItem>> {
+    if let Some(r) = &filter.recipe {
+        pipeline.bake(r)?;
+    }
+    let mut items = Vec::new();
+    for bake in &pipeline.bakes {
+        if filter.recipe.as_ref().is_some_and(|r| r != &bake.recipe.name) {
+            continue;
+        }
+        let releases = registry.releases(&bake.recipe.name).await?;
+        for &arch in &bake.arches {
+            if filter.arch.is_some_and(|a| a != arch) {
+                continue;
+            }
+            let base = provider.resolve_base(&bake.recipe, arch).await?;
+            let key = bake_key(&bake.recipe, arch, &base.id);
+            let (decision, latest) = decide(&releases, arch, &key, &base.id, filter.force);
+            items.push(PlanItem {
+                recipe: bake.recipe.name.clone(),
+                arch,
+                base,
+                key,
+                decision,
+                latest,
+            });
+        }
+    }
+    if let Some(a) = filter.arch {
+        if items.is_empty() {
+            return Err(crate::Error::Usage(format!(
+                "no recipe of pipeline {} is baked for {a}",
+                pipeline.file.display()
+            )));
+        }
+    }
+    Ok(items)
+}

@@ -1,0 +1,258 @@
+//! Local base images: a Debian root filesystem built by mmdebstrap, turned into an ext4 disk
+//! (`mkfs.ext4 -d`, no loop mounts) and a qcow2, with the kernel and initrd copied out for
+//! direct boot. Cached by the digest of its inputs under the user's cache dir, shared by
+//! every checkout and CI run on the machine; the digest is the base "ID" in the bake key.
+
+use super::cmd;
+use crate::recipe::LocalBase;
+use crate::{Arch, Error, Result};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Bump when the way a base is built changes, so old caches are not reused.
+const BASE_FORMAT: &str = "bake-local-base/1";
+
+/// Every node base has these: init and device management, the cloud kernel, the guest agent
+/// that drives the VM, networking tools, and what a real node image ships and the hardening
+/// must deal with (apt, unattended-upgrades and its timers, dbus for clean shutdown).
+pub const NODE_PACKAGES: &[&str] = &[
+    "systemd",
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "kmod",
+    "qemu-guest-agent",
+    "iproute2",
+    "apt",
+    "unattended-upgrades",
+    "ca-certificates",
+];
+
+/// What a base is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseSpec {
+    pub suite: String,
+    pub arch: Arch,
+    pub packages: Vec<String>,
+    pub mirror: Option<String>,
+    pub size_gib: u32,
+}
+
+impl BaseSpec {
+    pub fn new(base: &LocalBase, arch: Arch, mirror: Option<String>, size_gib: u32) -> BaseSpec {
+        let mut packages: Vec<String> = NODE_PACKAGES.iter().map(|s| s.to_string()).collect();
+        packages.push(format!("linux-image-cloud-{}", arch.debian()));
+        packages.extend(base.packages.iter().cloned());
+        packages.sort();
+        packages.dedup();
+        BaseSpec {
+            suite: base.suite.clone(),
+            arch,
+            packages,
+            mirror,
+            size_gib,
+        }
+    }
+
+    /// The digest of everything that decides the base's content.
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [
+            BASE_FORMAT,
+            &self.suite,
+            self.arch.debian(),
+            &self.packages.join(","),
+            self.mirror.as_deref().unwrap_or("(mmdebstrap default)"),
+            &self.size_gib.to_string(),
+        ] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        hex::encode(h.finalize())
+    }
+
+    pub fn describe(&self) -> String {
+        format!("mmdebstrap {} {}", self.suite, self.arch.debian())
+    }
+}
+
+/// A built base in the cache.
+#[derive(Debug, Clone)]
+pub struct Base {
+    pub disk: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+impl Base {
+    fn at(dir: &Path) -> Base {
+        Base {
+            disk: dir.join("disk.qcow2"),
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("initrd.img"),
+        }
+    }
+    fn complete(&self) -> bool {
+        self.disk.is_file() && self.kernel.is_file() && self.initrd.is_file()
+    }
+}
+
+/// Returns the cached base for `spec`, building it first if needed. Concurrent builders of
+/// the same base (two runs, two checkouts) wait for each other through a lock file.
+pub async fn ensure(spec: &BaseSpec, cache_dir: &Path, timeout: Duration) -> Result<Base> {
+    let digest = spec.digest();
+    let bases = cache_dir.join("bases");
+    std::fs::create_dir_all(&bases).map_err(|e| Error::io(format!("creating {}", bases.display()), e))?;
+    let dir = bases.join(&digest);
+    let base = Base::at(&dir);
+    if base.complete() {
+        return Ok(base);
+    }
+    let lock_path = bases.join(format!("{digest}.lock"));
+    let _lock = FileLock::acquire(&lock_path).await?;
+    if base.complete() {
+        return Ok(base);
+    }
+    let tmp = bases.join(format!("{digest}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+    let built = tokio::time::timeout(timeout, build(spec, &tmp)).await;
+    let result = match built {
+        Ok(r) => r,
+        Err(_) => Err(Error::provider(
+            "local",
+            format!("building the {} base took longer than {}", spec.describe(), humantime::format_duration(timeout)),
+        )),
+    };
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(format!("moving {} into place", tmp.display()), e))?;
+    Ok(base)
+}
+
+async fn build(spec: &BaseSpec, tmp: &Path) -> Result<()> {
+    let rootfs = tmp.join("rootfs");
+    let mut args: Vec<String> = vec![
+        "--quiet".into(),
+        "--variant=apt".into(),
+        format!("--arch={}", spec.arch.debian()),
+        format!("--include={}", spec.packages.join(",")),
+        // A node boots from the virtio disk straight into systemd; no fstab entries needed.
+        "--customize-hook=echo bake-node > \"$1/etc/hostname\"".into(),
+        spec.suite.clone(),
+        rootfs.display().to_string(),
+    ];
+    if let Some(mirror) = &spec.mirror {
+        args.push(mirror.clone());
+    }
+    cmd::run("mmdebstrap", &args, None).await?;
+
+    let boot = rootfs.join("boot");
+    let find = |prefix: &str| -> Result<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&boot)
+            .map_err(|e| Error::io(format!("reading {}", boot.display()), e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
+            .collect();
+        found.sort();
+        found.pop().ok_or_else(|| Error::provider("local", format!("no {prefix}* in {} after mmdebstrap", boot.display())))
+    };
+    let kernel = find("vmlinuz-")?;
+    let initrd = find("initrd.img-")?;
+    let base = Base::at(tmp);
+    std::fs::copy(&kernel, &base.kernel).map_err(|e| Error::io("copying the kernel", e))?;
+    std::fs::copy(&initrd, &base.initrd).map_err(|e| Error::io("copying the initrd", e))?;
+
+    let raw = tmp.join("disk.raw");
+    cmd::run(
+        "mkfs.ext4",
+        &[
+            "-q".into(),
+            "-F".into(),
+            "-L".into(),
+            "root".into(),
+            "-d".into(),
+            rootfs.display().to_string(),
+            raw.display().to_string(),
+            format!("{}G", spec.size_gib),
+        ],
+        None,
+    )
+    .await?;
+    let _ = std::fs::remove_dir_all(&rootfs);
+    cmd::run(
+        "qemu-img",
+        &["convert".into(), "-O".into(), "qcow2".into(), raw.display().to_string(), base.disk.display().to_string()],
+        None,
+    )
+    .await?;
+    let _ = std::fs::remove_file(&raw);
+    Ok(())
+}
+
+/// An exclusive `flock` on a file, released on drop.
+struct FileLock {
+    _file: std::fs::File,
+}
+
+impl FileLock {
+    async fn acquire(path: &Path) -> Result<FileLock> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let file = tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsRawFd;
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                Ok(file)
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+        .await
+        .map_err(|e| Error::provider("local", format!("lock task: {e}")))?
+        .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
+        Ok(FileLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(arch: Arch) -> BaseSpec {
+        BaseSpec::new(
+            &LocalBase {
+                suite: "bookworm".into(),
+                packages: vec!["curl".into()],
+            },
+            arch,
+            None,
+            8,
+        )
+    }
+
+    #[test]
+    fn digest_depends_on_every_input() {
+        let a = spec(Arch::X86_64);
+        assert_eq!(a.digest(), spec(Arch::X86_64).digest());
+        assert_ne!(a.digest(), spec(Arch::Arm64).digest());
+        let mut b = a.clone();
+        b.mirror = Some("http://mirror.example/debian".into());
+        assert_ne!(a.digest(), b.digest());
+        let mut c = a.clone();
+        c.suite = "trixie".into();
+        assert_ne!(a.digest(), c.digest());
+        let mut d = a.clone();
+        d.size_gib = 9;
+        assert_ne!(a.digest(), d.digest());
+        assert!(a.packages.contains(&"linux-image-cloud-amd64".to_string()));
+    }
+}

@@ -1,0 +1,73 @@
+//! Providers: where the work happens. The pipeline code is written once against this trait;
+//! `local` (QEMU VMs + guest agent) and `aws` (EC2 + SSM) implement it.
+
+pub mod local;
+
+use crate::key::BakeKey;
+use crate::recipe::Recipe;
+use crate::steps::StepContext;
+use crate::validate::Verdict;
+use crate::{Arch, Result};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A base image resolved to an exact ID for one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseImage {
+    /// The exact ID (AMI ID, or the local base's input digest); part of the bake key.
+    pub id: String,
+    /// Where it came from, for people ("ssm:/aws/service/...", "mmdebstrap bookworm amd64").
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageStatus {
+    /// Every applicable validator passed on a canary.
+    Validated,
+    /// Validators rejected it; it is never published.
+    Rejected,
+}
+
+/// An image a provider holds, with what it knows about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub id: String,
+    pub recipe: String,
+    pub arch: Arch,
+    pub key: BakeKey,
+    pub base: String,
+    pub status: ImageStatus,
+    pub run_id: String,
+    pub created_at: DateTime<Utc>,
+    pub verdict: Verdict,
+    pub packages_sha256: Option<String>,
+}
+
+/// One bake to do: a recipe on an arch from a resolved base.
+#[derive(Debug, Clone)]
+pub struct BakeJob<'a> {
+    pub recipe: &'a Recipe,
+    pub arch: Arch,
+    pub base: BaseImage,
+    pub key: BakeKey,
+    pub run_id: &'a str,
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Resolves the recipe's base for `arch` to an exact ID, with no side effects.
+    async fn resolve_base(&self, recipe: &Recipe, arch: Arch) -> Result<BaseImage>;
+
+    /// An image already baked with this key, if the provider still has one (a rerun reuses a
+    /// validated image instead of baking it again).
+    async fn find_image(&self, recipe: &str, arch: Arch, key: &BakeKey) -> Result<Option<ImageRecord>>;
+
+    /// Bakes the image, proves it on a canary and returns it with the validators' verdict
+    /// (accepted or rejected). Everything it created is cleaned up before it returns, except
+    /// the image itself when the bake was not a failure.
+    async fn bake(&self, job: &BakeJob<'_>, cx: &StepContext<'_>) -> Result<ImageRecord>;
+}

@@ -1,0 +1,61 @@
+//! The registry: releases, channels with history, and the per-recipe lock — the contract
+//! Terraform reads. The embedded implementation (SQLite, one file) has the same semantics
+//! as the SSM parameters in DESIGN.md: a release is written once and never changes; a
+//! channel move appends to its history; the lock is create-if-absent with an expiry.
+
+mod sqlite;
+
+pub use sqlite::SqliteRegistry;
+
+use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId};
+use crate::Result;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Who holds a recipe's lock, and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LockInfo {
+    pub recipe: String,
+    pub owner: String,
+    pub acquired_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait Registry: Send + Sync {
+    /// Where it lives, for messages ("sqlite .bake/registry.db", "ssm /bake in us-east-1").
+    fn describe(&self) -> String;
+
+    /// Complete releases of a recipe, oldest first.
+    async fn releases(&self, recipe: &str) -> Result<Vec<Manifest>>;
+
+    async fn release(&self, recipe: &str, id: &ReleaseId) -> Result<Option<Manifest>> {
+        Ok(self.releases(recipe).await?.into_iter().find(|m| &m.release == id))
+    }
+
+    /// Publishes a release under the next free ID of `manifest.created_at`'s date (the ID in
+    /// `manifest.release` is replaced). All arches become visible together or not at all.
+    async fn publish(&self, manifest: Manifest) -> Result<Manifest>;
+
+    /// A channel's history, oldest first.
+    async fn channel_history(&self, recipe: &str, cluster: &str) -> Result<Vec<ChannelEntry>>;
+
+    /// Where each channel of a recipe points now.
+    async fn channels(&self, recipe: &str) -> Result<BTreeMap<String, ChannelEntry>>;
+
+    /// Moves a channel, appending to its history.
+    async fn move_channel(&self, recipe: &str, cluster: &str, change: ChannelMove) -> Result<ChannelEntry>;
+
+    /// Takes the recipe's lock for `ttl`, or fails with `Error::LockHeld`. An expired lock is
+    /// taken over; `break_lock` takes a live one (and says so in the log).
+    async fn lock(&self, recipe: &str, owner: &str, ttl: Duration, break_lock: bool) -> Result<LockInfo>;
+
+    /// Extends a lock this owner holds.
+    async fn refresh_lock(&self, recipe: &str, owner: &str, ttl: Duration) -> Result<LockInfo>;
+
+    /// Releases a lock this owner holds (no-op if someone broke it since).
+    async fn unlock(&self, recipe: &str, owner: &str) -> Result<()>;
+}

@@ -1,0 +1,401 @@
+//! `bake run`: bake → validate → publish for every recipe × arch that needs it, arches in
+//! parallel, one recipe at a time under its lock; then auto-promote to non-prod channels.
+//! A run with nothing to do creates nothing (no journal, no lock) and says `up to date`.
+
+use crate::journal::{new_run_id, Entry, Journal};
+use crate::key::BakeKey;
+use crate::pipeline::{Bake, Pipeline};
+use crate::plan::{self, Decision, Filter, PlanItem};
+use crate::promote::{self, Promotion};
+use crate::provider::{BakeJob, ImageRecord, ImageStatus, Provider};
+use crate::registry::Registry;
+use crate::release::{Manifest, ReleaseId, ReleaseImage};
+use crate::report::Reporter;
+use crate::steps::StepContext;
+use crate::{Arch, Error, Result};
+use chrono::Utc;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a run works with.
+pub struct RunContext<'a> {
+    pub pipeline: &'a Pipeline,
+    pub provider: &'a dyn Provider,
+    pub registry: &'a dyn Registry,
+    pub reporter: &'a dyn Reporter,
+    pub state_dir: &'a Path,
+    pub cancel: CancellationToken,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub filter: Filter,
+    pub break_lock: bool,
+    /// How long the recipe lock lives without a heartbeat.
+    pub lock_ttl: Duration,
+    pub who: String,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            filter: Filter::default(),
+            break_lock: false,
+            lock_ttl: Duration::from_secs(15 * 60),
+            who: promote::who(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchOutcome {
+    UpToDate,
+    /// A validated image with this key already existed and was reused.
+    Reused,
+    Validated,
+    Rejected,
+    Failed,
+    Interrupted,
+    /// Not attempted: the recipe's lock is held by another run.
+    Locked,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchResult {
+    pub recipe: String,
+    pub arch: Arch,
+    pub decision: String,
+    pub outcome: ArchOutcome,
+    pub key: BakeKey,
+    pub image: Option<String>,
+    pub validators: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Published {
+    pub recipe: String,
+    pub release: ReleaseId,
+    pub images: BTreeMap<Arch, String>,
+    pub promoted_to: Vec<String>,
+}
+
+/// The machine-readable result of a run (`--output json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub run_id: Option<String>,
+    pub journal: Option<PathBuf>,
+    pub up_to_date: bool,
+    pub results: Vec<ArchResult>,
+    pub published: Vec<Published>,
+}
+
+/// Runs the pipeline. The summary is filled in even when the result is an error.
+pub async fn run(cx: &RunContext<'_>, opts: &RunOptions) -> (RunSummary, Result<()>) {
+    let mut summary = RunSummary {
+        run_id: None,
+        journal: None,
+        up_to_date: false,
+        results: Vec::new(),
+        published: Vec::new(),
+    };
+    let items = match plan::plan(cx.pipeline, cx.provider, cx.registry, &opts.filter).await {
+        Ok(items) => items,
+        Err(e) => return (summary, Err(e)),
+    };
+    if items.iter().all(|i| !i.decision.needs_bake()) {
+        summary.up_to_date = true;
+        summary.results = items.iter().map(|i| up_to_date(i)).collect();
+        return (summary, Ok(()));
+    }
+
+    let run_id = new_run_id();
+    let journal = match Journal::create(cx.state_dir, &run_id) {
+        Ok(j) => j,
+        Err(e) => return (summary, Err(e)),
+    };
+    summary.run_id = Some(run_id.clone());
+    summary.journal = Some(journal.path().to_path_buf());
+    let _ = journal.record(&Entry::Started {
+        run_id: run_id.clone(),
+        pid: std::process::id(),
+        pipeline: cx.pipeline.file.display().to_string(),
+        at: Utc::now(),
+    });
+
+    let mut errors = Vec::new();
+    for bake in &cx.pipeline.bakes {
+        let mine: Vec<&PlanItem> = items.iter().filter(|i| i.recipe == bake.recipe.name).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        if !mine.iter().any(|i| i.decision.needs_bake()) {
+            summary.results.extend(mine.iter().map(|i| up_to_date(i)));
+            continue;
+        }
+        if cx.cancel.is_cancelled() {
+            errors.push(Error::Interrupted {
+                journal: journal.path().display().to_string(),
+            });
+            break;
+        }
+        let owner = format!("{} pid {} run {run_id}", opts.who, std::process::id());
+        if let Err(e) = cx.registry.lock(&bake.recipe.name, &owner, opts.lock_ttl, opts.break_lock).await {
+            summary.results.extend(mine.iter().map(|i| ArchResult {
+                outcome: ArchOutcome::Locked,
+                error: Some(e.to_string()),
+                ..up_to_date(i)
+            }));
+            errors.push(e);
+            continue;
+        }
+        let heartbeat = CancellationToken::new();
+        let beat = {
+            let heartbeat = heartbeat.clone();
+            let recipe = bake.recipe.name.clone();
+            let owner = owner.clone();
+            let ttl = opts.lock_ttl;
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = heartbeat.cancelled() => break,
+                        _ = tokio::time::sleep(ttl / 3) => {
+                            if let Err(e) = cx.registry.refresh_lock(&recipe, &owner, ttl).await {
+                                tracing::error!("{e}");
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let work = run_recipe(cx, opts, bake, &mine, &journal, &mut summary);
+        let (result, ()) = tokio::join!(
+            async {
+                let r = work.await;
+                heartbeat.cancel();
+                r
+            },
+            beat
+        );
+        if let Err(e) = cx.registry.unlock(&bake.recipe.name, &owner).await {
+            tracing::error!("releasing the lock on `{}`: {e}", bake.recipe.name);
+        }
+        if let Err(e) = result {
+            errors.push(e);
+        }
+    }
+    let result = match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.pop().expect("one error")),
+        _ => Err(Error::Many(errors)),
+    };
+    let outcome = match &result {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("exit {}", e.exit_code()),
+    };
+    let _ = journal.record(&Entry::Finished { outcome, at: Utc::now() });
+    (summary, result)
+}
+
+fn up_to_date(item: &PlanItem) -> ArchResult {
+    ArchResult {
+        recipe: item.recipe.clone(),
+        arch: item.arch,
+        decision: item.decision.label(),
+        outcome: ArchOutcome::UpToDate,
+        key: item.key.clone(),
+        image: None,
+        validators: None,
+        error: None,
+    }
+}
+
+/// Bakes the arches of one recipe that need it (in parallel), then publishes one release.
+async fn run_recipe(
+    cx: &RunContext<'_>,
+    opts: &RunOptions,
+    bake: &Bake,
+    items: &[&PlanItem],
+    journal: &Journal,
+    summary: &mut RunSummary,
+) -> Result<()> {
+    // Another run may have published while we waited for the lock: decide again under it.
+    let releases = cx.registry.releases(&bake.recipe.name).await?;
+    let mut todo = Vec::new();
+    let mut carried = Vec::new();
+    for item in items {
+        let (decision, _) = plan::decide(&releases, item.arch, &item.key, &item.base.id, opts.filter.force);
+        if decision.needs_bake() {
+            todo.push((*item, decision));
+        } else {
+            carried.push((*item, decision));
+        }
+    }
+    if todo.is_empty() {
+        summary.results.extend(items.iter().map(|i| up_to_date(i)));
+        return Ok(());
+    }
+
+    let bakes = todo.iter().map(|(item, decision)| bake_arch(cx, opts, bake, item, decision, journal));
+    let outcomes = futures::future::join_all(bakes).await;
+
+    let mut images: BTreeMap<Arch, ImageRecord> = BTreeMap::new();
+    let mut errors = Vec::new();
+    let mut rejected = Vec::new();
+    for ((item, decision), outcome) in todo.iter().zip(outcomes) {
+        let mut result = ArchResult {
+            decision: decision.label(),
+            ..up_to_date(item)
+        };
+        match outcome {
+            Ok((image, reused)) => {
+                result.image = Some(image.id.clone());
+                result.validators = Some(image.verdict.summary());
+                result.outcome = match (image.status, reused) {
+                    (ImageStatus::Rejected, _) => {
+                        rejected.push(item.arch.to_string());
+                        result.error = Some(image.verdict.blockers().join("; "));
+                        ArchOutcome::Rejected
+                    }
+                    (ImageStatus::Validated, true) => ArchOutcome::Reused,
+                    (ImageStatus::Validated, false) => ArchOutcome::Validated,
+                };
+                cx.reporter.finish(&item.recipe, item.arch, &format!("{:?}: {}", result.outcome, image.verdict.summary()).to_lowercase());
+                images.insert(item.arch, image);
+            }
+            Err(e) => {
+                result.outcome = if matches!(e, Error::Interrupted { .. }) {
+                    ArchOutcome::Interrupted
+                } else {
+                    ArchOutcome::Failed
+                };
+                result.error = Some(e.to_string());
+                cx.reporter.finish(&item.recipe, item.arch, &format!("failed: {e}"));
+                errors.push(e);
+            }
+        }
+        summary.results.push(result);
+    }
+    summary.results.extend(carried.iter().map(|(i, _)| up_to_date(i)));
+
+    if !rejected.is_empty() {
+        errors.push(Error::Rejected {
+            recipe: bake.recipe.name.clone(),
+            arches: rejected.join(", "),
+        });
+    }
+    if !errors.is_empty() {
+        // All or nothing: no release unless every arch is validated.
+        return Err(if errors.len() == 1 {
+            errors.pop().expect("one error")
+        } else {
+            Error::Many(errors)
+        });
+    }
+
+    // The release holds every arch of the pipeline: freshly validated ones, and the images of
+    // the latest release for arches whose key did not change.
+    let mut release_images = BTreeMap::new();
+    for (arch, image) in &images {
+        release_images.insert(*arch, release_image(image));
+    }
+    for (item, _) in &carried {
+        let latest = releases
+            .iter()
+            .rev()
+            .find(|m| m.images.get(&item.arch).is_some_and(|i| i.key == item.key))
+            .ok_or_else(|| Error::Conflict(format!("{} {}: no release holds key {}", item.recipe, item.arch, item.key.short())))?;
+        release_images.insert(item.arch, latest.images[&item.arch].clone());
+    }
+    let manifest = Manifest {
+        recipe: bake.recipe.name.clone(),
+        release: ReleaseId::next(Utc::now().date_naive(), std::iter::empty()),
+        provider: cx.provider.name().to_string(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        created_at: Utc::now(),
+        images: release_images,
+    };
+    for arch in images.keys() {
+        cx.reporter.phase(&bake.recipe.name, *arch, "publish");
+    }
+    let published = cx.registry.publish(manifest).await?;
+    tracing::info!(recipe = %published.recipe, release = %published.release, "published");
+
+    let mut promoted_to = Vec::new();
+    for target in &bake.auto_promote {
+        let cluster = &cx.pipeline.clusters[target];
+        let reason = format!("auto-promotion by run {}", journal.run_id());
+        match promote::promote(cx.registry, &published, target, cluster, None, &opts.who, Some(&reason)).await? {
+            Promotion::Moved { .. } | Promotion::AlreadyThere { .. } => promoted_to.push(target.clone()),
+        }
+    }
+    summary.published.push(Published {
+        recipe: published.recipe.clone(),
+        release: published.release.clone(),
+        images: published.images.iter().map(|(a, i)| (*a, i.image_id.clone())).collect(),
+        promoted_to,
+    });
+    Ok(())
+}
+
+fn release_image(image: &ImageRecord) -> ReleaseImage {
+    ReleaseImage {
+        image_id: image.id.clone(),
+        key: image.key.clone(),
+        base: image.base.clone(),
+        validated_at: image.created_at,
+        validators: image.verdict.results.iter().map(|r| (r.name.clone(), r.status)).collect(),
+        packages_sha256: image.packages_sha256.clone(),
+        run_id: image.run_id.clone(),
+    }
+}
+
+/// Bakes one arch, or reuses an image already baked with the same key. Returns the image
+/// and whether it was reused.
+async fn bake_arch(
+    cx: &RunContext<'_>,
+    opts: &RunOptions,
+    bake: &Bake,
+    item: &PlanItem,
+    decision: &Decision,
+    journal: &Journal,
+) -> Result<(ImageRecord, bool)> {
+    let step_cx = StepContext {
+        recipe: &bake.recipe.name,
+        arch: item.arch,
+        journal,
+        reporter: cx.reporter,
+        cancel: cx.cancel.child_token(),
+    };
+    if !opts.filter.force {
+        if let Some(image) = cx.provider.find_image(&bake.recipe.name, item.arch, &item.key).await? {
+            match image.status {
+                ImageStatus::Validated => {
+                    step_cx.phase(&format!("reusing validated image {} (same key)", image.id));
+                    return Ok((image, true));
+                }
+                ImageStatus::Rejected => {
+                    step_cx.phase(&format!(
+                        "image {} with this key was rejected by run {}; change the recipe or use --force",
+                        image.id, image.run_id
+                    ));
+                    return Ok((image, true));
+                }
+            }
+        }
+    }
+    step_cx.phase(&format!("{}: baking", decision.label()));
+    let job = BakeJob {
+        recipe: &bake.recipe,
+        arch: item.arch,
+        base: item.base.clone(),
+        key: item.key.clone(),
+        run_id: journal.run_id(),
+    };
+    let image = cx.provider.bake(&job, &step_cx).await?;
+    Ok((image, false))
+}

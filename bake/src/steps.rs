@@ -1,0 +1,208 @@
+//! The step runner (Packer's multistep, with a journal). A bake is a list of steps, each with
+//! `run` and `cleanup`. The steps that ran — including the one that failed — are cleaned up
+//! last-first on success, failure, rejection and interrupt; every cleanup gets its own timeout
+//! and a fresh, uncancelled context. What a cleanup does may depend on the outcome: a builder
+//! is always removed, an image only when the bake failed or was interrupted.
+
+use crate::journal::{Entry, Journal, StepStatus};
+use crate::report::Reporter;
+use crate::{Arch, Error, Result};
+use async_trait::async_trait;
+use chrono::Utc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How a bake ended, as seen by the cleanups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Every step ran and the image was accepted.
+    Succeeded,
+    /// Every step ran but validators rejected the image: keep it, marked rejected, with logs.
+    Rejected,
+    /// A step failed: remove everything, the image included.
+    Failed,
+    /// Ctrl-C/SIGTERM: remove everything, the image included.
+    Cancelled,
+}
+
+impl Outcome {
+    /// True when a produced image must be deleted during cleanup.
+    pub fn discards_image(self) -> bool {
+        matches!(self, Outcome::Failed | Outcome::Cancelled)
+    }
+}
+
+/// What every step gets: where it is, how to record resources, how to report, and the
+/// cancellation token (always uncancelled during cleanups).
+pub struct StepContext<'a> {
+    pub recipe: &'a str,
+    pub arch: Arch,
+    pub journal: &'a Journal,
+    pub reporter: &'a dyn Reporter,
+    pub cancel: CancellationToken,
+}
+
+impl StepContext<'_> {
+    /// Records a created resource in the journal (fsynced) — call before the next call that can fail.
+    pub fn created(&self, kind: &str, id: &str) -> Result<()> {
+        self.journal.created(self.recipe, self.arch, kind, id)
+    }
+    pub fn removed(&self, kind: &str, id: &str) -> Result<()> {
+        self.journal.removed(kind, id)
+    }
+    pub fn phase(&self, phase: &str) {
+        self.reporter.phase(self.recipe, self.arch, phase);
+    }
+    fn step_event(&self, step: &str, status: StepStatus) -> Result<()> {
+        self.journal.record(&Entry::Step {
+            recipe: self.recipe.to_string(),
+            arch: self.arch,
+            step: step.to_string(),
+            status,
+            at: Utc::now(),
+        })
+    }
+}
+
+/// One step of a bake over the provider's typed state `S`.
+#[async_trait]
+pub trait Step<S: Send>: Send + Sync {
+    fn name(&self) -> &str;
+    async fn run(&self, state: &mut S, cx: &StepContext<'_>) -> Result<()>;
+    async fn cleanup(&self, _state: &mut S, _outcome: Outcome, _cx: &StepContext<'_>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What a run of steps produced.
+#[derive(Debug)]
+pub struct RunReport {
+    pub outcome: Outcome,
+    /// The error that stopped the steps, if any.
+    pub error: Option<Error>,
+    /// Cleanups that failed or timed out (their resources stay in the journal for `sweep`).
+    pub cleanup_errors: Vec<Error>,
+}
+
+impl RunReport {
+    /// The run's result: the step error first, then the first cleanup error.
+    pub fn into_result(mut self) -> Result<Outcome> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        if !self.cleanup_errors.is_empty() {
+            return Err(Error::Many(std::mem::take(&mut self.cleanup_errors)));
+        }
+        Ok(self.outcome)
+    }
+}
+
+/// Runs steps and their cleanups.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    /// Limit for each cleanup.
+    pub cleanup_timeout: Duration,
+}
+
+impl Default for Runner {
+    fn default() -> Self {
+        Runner {
+            cleanup_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Runner {
+    /// Runs `steps` in order until one fails or `cx.cancel` fires, then cleans up the steps
+    /// that started, last-first. `accepted` decides, after all steps ran, whether the outcome
+    /// is `Succeeded` or `Rejected`.
+    pub async fn run<S: Send>(
+        &self,
+        steps: &[Box<dyn Step<S> + '_>],
+        state: &mut S,
+        cx: &StepContext<'_>,
+        accepted: impl Fn(&S) -> bool,
+    ) -> RunReport {
+        let mut started = 0usize;
+        let mut error = None;
+        for step in steps {
+            if cx.cancel.is_cancelled() {
+                error = Some(interrupted(cx));
+                break;
+            }
+            started += 1;
+            let _ = cx.step_event(step.name(), StepStatus::Started);
+            let result = tokio::select! {
+                biased;
+                _ = cx.cancel.cancelled() => Err(interrupted(cx)),
+                r = step.run(state, cx) => r,
+            };
+            match result {
+                Ok(()) => {
+                    let _ = cx.step_event(step.name(), StepStatus::Ok);
+                }
+                Err(e) => {
+                    let _ = cx.step_event(step.name(), StepStatus::Failed);
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        let outcome = match &error {
+            None if accepted(state) => Outcome::Succeeded,
+            None => Outcome::Rejected,
+            Some(Error::Interrupted { .. }) => Outcome::Cancelled,
+            Some(_) if cx.cancel.is_cancelled() => Outcome::Cancelled,
+            Some(_) => Outcome::Failed,
+        };
+
+        // Cleanups run with a fresh token: an interrupt must not cut them short.
+        let fresh = StepContext {
+            recipe: cx.recipe,
+            arch: cx.arch,
+            journal: cx.journal,
+            reporter: cx.reporter,
+            cancel: CancellationToken::new(),
+        };
+        let mut cleanup_errors = Vec::new();
+        for step in steps[..started].iter().rev() {
+            let r = tokio::time::timeout(self.cleanup_timeout, step.cleanup(state, outcome, &fresh)).await;
+            let failure = match r {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(_) => Some(Error::Step {
+                    recipe: cx.recipe.to_string(),
+                    arch: cx.arch.to_string(),
+                    step: step.name().to_string(),
+                    message: format!(
+                        "cleanup timed out after {}; its resources stay in journal {} for `bake sweep`",
+                        humantime::format_duration(self.cleanup_timeout),
+                        cx.journal.path().display()
+                    ),
+                }),
+            };
+            match failure {
+                None => {
+                    let _ = fresh.step_event(step.name(), StepStatus::Cleaned);
+                }
+                Some(e) => {
+                    tracing::error!(recipe = cx.recipe, arch = %cx.arch, step = step.name(), "cleanup failed: {e}");
+                    let _ = fresh.step_event(step.name(), StepStatus::CleanupFailed);
+                    cleanup_errors.push(e);
+                }
+            }
+        }
+        RunReport {
+            outcome,
+            error,
+            cleanup_errors,
+        }
+    }
+}
+
+fn interrupted(cx: &StepContext<'_>) -> Error {
+    Error::Interrupted {
+        journal: cx.journal.path().display().to_string(),
+    }
+}

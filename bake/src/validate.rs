@@ -1,0 +1,277 @@
+//! Validators: checks run on a canary (node scope) or against the image's attributes (image
+//! scope). Their definitions live in `validators/catalog.toml`; each has a script whose exit
+//! code decides: 0 pass, 77 skipped (reason on stdout), anything else fail. Skipped is never
+//! pass: an image is accepted only if every validator that applies passed.
+
+use crate::diag::{read_toml, Diagnostic};
+use crate::recipe::{is_simple_name, resolve_inside, MAX_SCRIPT_BYTES};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// Exit code a validator script uses to say "cannot check here", with the reason on stdout.
+pub const SKIP_EXIT: i32 = 77;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Runs on the canary node.
+    #[default]
+    Node,
+    /// Checks the image's attributes from outside.
+    Image,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawValidator {
+    checks: String,
+    script: Spanned<String>,
+    #[serde(default)]
+    scope: Scope,
+    #[serde(default)]
+    needs_cluster: bool,
+}
+
+/// One validator from the catalog.
+#[derive(Debug, Clone, Serialize)]
+pub struct Validator {
+    pub name: String,
+    /// What it checks, in a sentence.
+    pub checks: String,
+    pub script: String,
+    #[serde(skip)]
+    pub content: Vec<u8>,
+    pub scope: Scope,
+    /// Needs a joined cluster node (kubelet, node Ready); skipped where there is none.
+    pub needs_cluster: bool,
+}
+
+/// All validators defined in `validators/catalog.toml`.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    file: PathBuf,
+    validators: BTreeMap<String, Validator>,
+}
+
+impl Catalog {
+    pub fn load(validators_dir: &Path) -> Result<Catalog, Diagnostic> {
+        let file = validators_dir.join("catalog.toml");
+        let (raw, src) = read_toml::<BTreeMap<String, RawValidator>>(&file)?;
+        let mut validators = BTreeMap::new();
+        let allowed = [validators_dir.to_path_buf()];
+        for (name, v) in raw {
+            let at = |m: String| Diagnostic::at(&file, &src, v.script.span(), m);
+            if !is_simple_name(&name) {
+                return Err(at(format!("validator name `{name}` must be letters, digits, `-` or `_`")));
+            }
+            let path = resolve_inside(validators_dir, v.script.get_ref(), &allowed).map_err(at)?;
+            let meta = std::fs::metadata(&path).map_err(|e| at(e.to_string()))?;
+            if meta.len() > MAX_SCRIPT_BYTES {
+                return Err(at(format!("script is {} bytes; the limit is {MAX_SCRIPT_BYTES}", meta.len())));
+            }
+            if meta.permissions().mode() & 0o111 == 0 {
+                return Err(at(format!("script `{}` is not executable (chmod +x it)", v.script.get_ref())));
+            }
+            let content = std::fs::read(&path).map_err(|e| at(e.to_string()))?;
+            validators.insert(
+                name.clone(),
+                Validator {
+                    name,
+                    checks: v.checks,
+                    script: v.script.into_inner(),
+                    content,
+                    scope: v.scope,
+                    needs_cluster: v.needs_cluster,
+                },
+            );
+        }
+        Ok(Catalog { file, validators })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Validator> {
+        self.validators.get(name)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.validators.keys().cloned().collect()
+    }
+
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    Skipped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::Skipped => "skipped",
+        })
+    }
+}
+
+/// What one validator said about one image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub status: Status,
+    /// Why it failed or was skipped.
+    pub reason: Option<String>,
+    pub exit_code: Option<i32>,
+    /// Combined stdout and stderr, kept for the run log.
+    pub output: String,
+    /// True when the check could not apply here (needs a cluster the provider lacks);
+    /// such a skip does not block publishing, every other skip does.
+    #[serde(default)]
+    pub not_applicable: bool,
+}
+
+impl CheckResult {
+    /// Interprets a validator script's exit code and output.
+    pub fn from_exit(name: &str, exit_code: i32, stdout: &str, stderr: &str) -> CheckResult {
+        let output = if stderr.is_empty() {
+            stdout.to_string()
+        } else {
+            format!("{stdout}{stderr}")
+        };
+        let last_line = |s: &str| s.lines().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim().to_string());
+        let (status, reason) = match exit_code {
+            0 => (Status::Pass, None),
+            SKIP_EXIT => (
+                Status::Skipped,
+                Some(last_line(stdout).unwrap_or_else(|| "skipped without a reason".into())),
+            ),
+            code => (
+                Status::Fail,
+                Some(
+                    last_line(stdout)
+                        .or_else(|| last_line(stderr))
+                        .unwrap_or_else(|| format!("exit code {code}")),
+                ),
+            ),
+        };
+        CheckResult {
+            name: name.to_string(),
+            status,
+            reason,
+            exit_code: Some(exit_code),
+            output,
+            not_applicable: false,
+        }
+    }
+
+    /// A check that needs something this provider does not have.
+    pub fn not_applicable(name: &str, reason: impl Into<String>) -> CheckResult {
+        CheckResult {
+            name: name.to_string(),
+            status: Status::Skipped,
+            reason: Some(reason.into()),
+            exit_code: None,
+            output: String::new(),
+            not_applicable: true,
+        }
+    }
+
+    /// A check that could not run at all (the canary died, the agent stopped answering).
+    pub fn error(name: &str, reason: impl Into<String>) -> CheckResult {
+        CheckResult {
+            name: name.to_string(),
+            status: Status::Fail,
+            reason: Some(reason.into()),
+            exit_code: None,
+            output: String::new(),
+            not_applicable: false,
+        }
+    }
+}
+
+/// The decision over all results of one image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub accepted: bool,
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub results: Vec<CheckResult>,
+}
+
+impl Verdict {
+    /// Accepted only if there was at least one check, none failed, and every skip was a
+    /// check that cannot apply on this provider. Skipped never counts as pass.
+    pub fn decide(results: Vec<CheckResult>) -> Verdict {
+        let count = |s: Status| results.iter().filter(|r| r.status == s).count();
+        let passed = count(Status::Pass);
+        let failed = count(Status::Fail);
+        let skipped = count(Status::Skipped);
+        let blocking_skip = results
+            .iter()
+            .any(|r| r.status == Status::Skipped && !r.not_applicable);
+        Verdict {
+            accepted: passed > 0 && failed == 0 && !blocking_skip,
+            passed,
+            failed,
+            skipped,
+            results,
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        format!("{} pass, {} fail, {} skipped", self.passed, self.failed, self.skipped)
+    }
+
+    /// The names and reasons of what blocked acceptance.
+    pub fn blockers(&self) -> Vec<String> {
+        self.results
+            .iter()
+            .filter(|r| r.status == Status::Fail || (r.status == Status::Skipped && !r.not_applicable))
+            .map(|r| format!("{} {}: {}", r.name, r.status, r.reason.clone().unwrap_or_default()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_decide_status() {
+        assert_eq!(CheckResult::from_exit("a", 0, "", "").status, Status::Pass);
+        let skip = CheckResult::from_exit("a", 77, "needs a cluster\n", "");
+        assert_eq!(skip.status, Status::Skipped);
+        assert_eq!(skip.reason.as_deref(), Some("needs a cluster"));
+        let fail = CheckResult::from_exit("a", 1, "ok so far\nMAC was rewritten\n", "");
+        assert_eq!(fail.status, Status::Fail);
+        assert_eq!(fail.reason.as_deref(), Some("MAC was rewritten"));
+    }
+
+    #[test]
+    fn skipped_is_never_pass() {
+        let v = Verdict::decide(vec![
+            CheckResult::from_exit("a", 0, "", ""),
+            CheckResult::from_exit("b", 77, "cannot tell", ""),
+        ]);
+        assert!(!v.accepted);
+        assert_eq!(v.blockers(), vec!["b skipped: cannot tell".to_string()]);
+
+        let v = Verdict::decide(vec![
+            CheckResult::from_exit("a", 0, "", ""),
+            CheckResult::not_applicable("node-ready", "needs a cluster"),
+        ]);
+        assert!(v.accepted);
+
+        assert!(!Verdict::decide(vec![CheckResult::not_applicable("x", "y")]).accepted);
+        assert!(!Verdict::decide(vec![]).accepted);
+    }
+}

@@ -1,0 +1,15 @@
+#!/bin/sh
+# Make the image generic: every node gets its own identity at first boot, and nothing from
+# the bake (logs, caches, staging files) ships in the image.
+set -eu
+truncate -s 0 /etc/machine-id
+rm -f /var/lib/dbus/machine-id
+rm -f /etc/ssh/ssh_host_*
+if command -v cloud-init >/dev/null 2>&1; then cloud-init clean --logs; fi
+apt-get clean
+rm -rf /var/lib/apt/lists/* /tmp/* /var/tmp/*.log /root/.bash_history
+journalctl --rotate >/dev/null 2>&1 || true
+journalctl --vacuum-time=1s >/dev/null 2>&1 || true
+find /var/log -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \) -delete
+find /var/log -type f -exec truncate -s 0 {} +
+sync
