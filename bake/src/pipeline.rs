@@ -313,7 +313,14 @@ impl Pipeline {
                             format!("cluster `{}` is prod: prod channels move only by `bake promote`, never automatically", target.get_ref()),
                         ))
                     }
-                    Some(_) => {}
+                    Some(c) => {
+                        if let Some(a) = c.arches.iter().find(|a| !arches.contains(a)) {
+                            return Err(at(
+                                target.span(),
+                                format!("cluster `{}` uses {a}, which this recipe is not baked for; a release could never be promoted there", target.get_ref()),
+                            ));
+                        }
+                    }
                 }
             }
             let recipe = Recipe::load(&recipes_dir, b.recipe.get_ref(), &catalog).map_err(|d| {

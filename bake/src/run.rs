@@ -103,13 +103,22 @@ pub async fn run(cx: &RunContext<'_>, opts: &RunOptions) -> (RunSummary, Result<
         results: Vec::new(),
         published: Vec::new(),
     };
-    let items = match plan::plan(cx.pipeline, cx.provider, cx.registry, &opts.filter).await {
+    // Plan every arch (a release holds them all); `--arch` only limits what is baked.
+    let all_arches = Filter {
+        arch: None,
+        ..opts.filter.clone()
+    };
+    if let Err(e) = plan::plan(cx.pipeline, cx.provider, cx.registry, &opts.filter).await {
+        return (summary, Err(e));
+    }
+    let items = match plan::plan(cx.pipeline, cx.provider, cx.registry, &all_arches).await {
         Ok(items) => items,
         Err(e) => return (summary, Err(e)),
     };
-    if items.iter().all(|i| !i.decision.needs_bake()) {
+    let selected = |i: &PlanItem| opts.filter.arch.is_none_or(|a| a == i.arch);
+    if !items.iter().any(|i| selected(i) && i.decision.needs_bake()) {
         summary.up_to_date = true;
-        summary.results = items.iter().map(|i| up_to_date(i)).collect();
+        summary.results = items.iter().filter(|i| selected(i)).map(|i| up_to_date(i)).collect();
         return (summary, Ok(()));
     }
 
@@ -133,8 +142,8 @@ pub async fn run(cx: &RunContext<'_>, opts: &RunOptions) -> (RunSummary, Result<
         if mine.is_empty() {
             continue;
         }
-        if !mine.iter().any(|i| i.decision.needs_bake()) {
-            summary.results.extend(mine.iter().map(|i| up_to_date(i)));
+        if !mine.iter().any(|i| selected(i) && i.decision.needs_bake()) {
+            summary.results.extend(mine.iter().filter(|i| selected(i)).map(|i| up_to_date(i)));
             continue;
         }
         if cx.cancel.is_cancelled() {
@@ -225,18 +234,22 @@ async fn run_recipe(
 ) -> Result<()> {
     // Another run may have published while we waited for the lock: decide again under it.
     let releases = cx.registry.releases(&bake.recipe.name).await?;
+    let selected = |i: &PlanItem| opts.filter.arch.is_none_or(|a| a == i.arch);
     let mut todo = Vec::new();
     let mut carried = Vec::new();
+    let mut missing = Vec::new();
     for item in items {
-        let (decision, _) = plan::decide(&releases, item.arch, &item.key, &item.base.id, opts.filter.force);
-        if decision.needs_bake() {
+        let (decision, _) = plan::decide(&releases, item.arch, &item.key, &item.base.id, opts.filter.force && selected(item));
+        if !decision.needs_bake() {
+            carried.push((*item, decision));
+        } else if selected(item) {
             todo.push((*item, decision));
         } else {
-            carried.push((*item, decision));
+            missing.push(item.arch.to_string());
         }
     }
     if todo.is_empty() {
-        summary.results.extend(items.iter().map(|i| up_to_date(i)));
+        summary.results.extend(items.iter().filter(|i| selected(i)).map(|i| up_to_date(i)));
         return Ok(());
     }
 
@@ -280,7 +293,7 @@ async fn run_recipe(
         }
         summary.results.push(result);
     }
-    summary.results.extend(carried.iter().map(|(i, _)| up_to_date(i)));
+    summary.results.extend(carried.iter().filter(|(i, _)| selected(i)).map(|(i, _)| up_to_date(i)));
 
     if !rejected.is_empty() {
         errors.push(Error::Rejected {
@@ -295,6 +308,16 @@ async fn run_recipe(
         } else {
             Error::Many(errors)
         });
+    }
+
+    if !missing.is_empty() {
+        // Validated images stay in the provider's store and are reused by key next time.
+        cx.reporter.note(&format!(
+            "{}: validated, not published: a release needs every arch and {} has no up-to-date image; run without --arch to complete it (validated images are reused)",
+            bake.recipe.name,
+            missing.join(", ")
+        ));
+        return Ok(());
     }
 
     // The release holds every arch of the pipeline: freshly validated ones, and the images of

@@ -8,8 +8,10 @@ rm -f /etc/ssh/ssh_host_*
 if command -v cloud-init >/dev/null 2>&1; then cloud-init clean --logs; fi
 apt-get clean
 rm -rf /var/lib/apt/lists/* /tmp/* /var/tmp/*.log /root/.bash_history
-journalctl --rotate >/dev/null 2>&1 || true
-journalctl --vacuum-time=1s >/dev/null 2>&1 || true
+# The persistent journal is named after the builder's machine-id: make journald log to /run
+# until power-off, then remove what it wrote under /var.
+journalctl --relinquish-var >/dev/null 2>&1 || true
+rm -rf /var/log/journal/*
 find /var/log -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \) -delete
 find /var/log -type f -exec truncate -s 0 {} +
 sync

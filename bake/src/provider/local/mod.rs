@@ -53,11 +53,14 @@ pub fn cache_dir() -> PathBuf {
 
 impl LocalProvider {
     pub fn new(settings: LocalSettings, state_dir: &Path) -> Result<LocalProvider> {
+        // Absolute, because qcow2 overlays record their backing file's path.
+        let state_dir = std::path::absolute(state_dir)
+            .map_err(|e| Error::io(format!("resolving state dir {}", state_dir.display()), e))?;
         Ok(LocalProvider {
             settings,
-            state_dir: state_dir.to_path_buf(),
+            store: Store::new(&state_dir),
+            state_dir,
             cache_dir: cache_dir(),
-            store: Store::new(state_dir),
             accel: Mutex::new(Vec::new()),
         })
     }
@@ -164,8 +167,12 @@ impl Provider for LocalProvider {
         let report = runner
             .run(&steps, &mut state, cx, |s| s.verdict.as_ref().is_some_and(|v| v.accepted))
             .await;
-        let outcome = report.into_result()?;
+        // Sockets and overlays live in the work dir; logs stay under runs/.
         let _ = std::fs::remove_dir_all(&state.work);
+        if let Some(parent) = state.work.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+        let outcome = report.into_result()?;
         tracing::info!(recipe = %job.recipe.name, arch = %job.arch, ?outcome, "bake finished");
         state
             .record
@@ -369,6 +376,7 @@ impl BootVm<'_> {
             initrd,
             disk: disk.ok_or_else(|| Error::provider("local", "no disk"))?,
             dir: state.work.clone(),
+            log_dir: state.logs.clone(),
         })
     }
 
@@ -698,7 +706,7 @@ impl Step<State> for Validate<'_> {
         let logs = state.logs.clone();
         let timeout = self.provider.settings.step_timeout;
         let agent = state.agent(Role::Canary)?;
-        sh(agent, cx, self.name(), "mkdir -p /run/bake-validators", timeout).await?;
+        sh(agent, cx, self.name(), "mkdir -p /var/lib/bake-validators", timeout).await?;
         let mut results = Vec::new();
         for (i, v) in validators.iter().enumerate() {
             cx.phase(&format!("validator {}/{} {}", i + 1, validators.len(), v.name));
@@ -706,7 +714,7 @@ impl Step<State> for Validate<'_> {
                 results.push(CheckResult::not_applicable(&v.name, "needs a joined cluster node; the local provider has no cluster"));
                 continue;
             }
-            let path = format!("/run/bake-validators/{}", v.name);
+            let path = format!("/var/lib/bake-validators/{}", v.name);
             let result = match agent.write_file(&path, &v.content).await {
                 Err(e) => CheckResult::error(&v.name, format!("could not upload the script: {e}")),
                 Ok(()) => match agent

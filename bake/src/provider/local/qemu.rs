@@ -50,8 +50,10 @@ pub struct VmSpec {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub disk: PathBuf,
-    /// Where the agent socket and serial log go.
+    /// Where the agent socket goes.
     pub dir: PathBuf,
+    /// Where the serial console log goes.
+    pub log_dir: PathBuf,
 }
 
 pub struct Vm {
@@ -66,7 +68,7 @@ impl Vm {
     pub fn start(spec: &VmSpec) -> Result<Vm> {
         std::fs::create_dir_all(&spec.dir).map_err(|e| Error::io(format!("creating {}", spec.dir.display()), e))?;
         let socket = spec.dir.join(format!("{}.qga.sock", spec.name));
-        let serial = spec.dir.join(format!("{}.serial.log", spec.name));
+        let serial = spec.log_dir.join(format!("{}.serial.log", spec.name));
         let _ = std::fs::remove_file(&socket);
         let (binary, machine, cpu, console) = match (spec.arch, spec.accel) {
             (Arch::X86_64, Accel::Tcg) => ("qemu-system-x86_64", "q35", "qemu64", "ttyS0"),
