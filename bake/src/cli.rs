@@ -113,7 +113,12 @@ pub struct Select {
 #[derive(Debug, Args)]
 pub struct RegistryArgs {
     /// Pipeline whose registry and clusters to read.
-    #[arg(long, short = 'p', env = "BAKE_PIPELINE", default_value = "pipelines/local.toml")]
+    #[arg(
+        long,
+        short = 'p',
+        env = "BAKE_PIPELINE",
+        default_value = "pipelines/local.toml"
+    )]
     pub pipeline: PathBuf,
 }
 
@@ -123,13 +128,18 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => exit::OK,
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    exit::OK
+                }
                 _ => exit::BAD_INPUT,
             });
         }
     };
     init_logging(&cli.global);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
@@ -153,8 +163,11 @@ fn init_logging(global: &Global) {
         2 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},aws_config=warn,aws_smithy_runtime=warn,hyper=warn")));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{level},aws_config=warn,aws_smithy_runtime=warn,hyper=warn"
+        ))
+    });
     let ansi = std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -170,13 +183,14 @@ fn watch_signals(state_dir: &Path) -> CancellationToken {
     let t = token.clone();
     let runs = state_dir.join("runs");
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("cannot watch SIGTERM: {e}");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("cannot watch SIGTERM: {e}");
+                    return;
+                }
+            };
         let mut count = 0;
         loop {
             tokio::select! {
@@ -203,8 +217,15 @@ async fn dispatch(cli: Cli) -> Result<u8> {
     match &cli.command {
         Command::Plan { pipeline, select } => {
             let pipeline = Pipeline::load(pipeline)?;
+            select.check(&pipeline)?;
             let (provider, registry) = open(&pipeline, &g.state_dir)?;
-            let items = plan::plan(&pipeline, provider.as_ref(), registry.as_ref(), &select.filter()).await?;
+            let items = plan::plan(
+                &pipeline,
+                provider.as_ref(),
+                registry.as_ref(),
+                &select.filter(),
+            )
+            .await?;
             print_plan(g.output, &items);
             Ok(exit::OK)
         }
@@ -214,12 +235,14 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             break_lock,
         } => {
             let pipeline = Pipeline::load(pipeline)?;
+            select.check(&pipeline)?;
             let (provider, registry) = open(&pipeline, &g.state_dir)?;
-            let reporter: Box<dyn Reporter> = if g.output == Output::Json && !std::io::stderr().is_terminal() {
-                Box::new(LogReporter)
-            } else {
-                Box::new(TermReporter::new(g.quiet, g.verbose > 0))
-            };
+            let reporter: Box<dyn Reporter> =
+                if g.output == Output::Json && !std::io::stderr().is_terminal() {
+                    Box::new(LogReporter)
+                } else {
+                    Box::new(TermReporter::new(g.quiet, g.verbose > 0))
+                };
             let cx = RunContext {
                 pipeline: &pipeline,
                 provider: provider.as_ref(),
@@ -262,6 +285,23 @@ async fn dispatch(cli: Cli) -> Result<u8> {
 }
 
 impl Select {
+    /// Refuses a recipe or arch the pipeline does not bake, before anything is opened.
+    fn check(&self, pipeline: &Pipeline) -> Result<()> {
+        let bakes: Vec<&crate::pipeline::Bake> = match &self.recipe {
+            Some(r) => vec![pipeline.bake(r)?],
+            None => pipeline.bakes.iter().collect(),
+        };
+        if let Some(a) = self.arch {
+            if !bakes.iter().any(|b| b.arches.contains(&a)) {
+                return Err(Error::Usage(format!(
+                    "pipeline {} bakes nothing for {a}",
+                    pipeline.file.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn filter(&self) -> Filter {
         Filter {
             recipe: self.recipe.clone(),
@@ -286,7 +326,10 @@ fn open(pipeline: &Pipeline, state_dir: &Path) -> Result<(Box<dyn Provider>, Box
 }
 
 fn json<T: Serialize>(value: &T) {
-    println!("{}", serde_json::to_string_pretty(value).expect("output serializes"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("output serializes")
+    );
 }
 
 fn print_plan(output: Output, items: &[PlanItem]) {
@@ -297,15 +340,26 @@ fn print_plan(output: Output, items: &[PlanItem]) {
         .iter()
         .map(|i| {
             let why = match &i.decision {
-                plan::Decision::BaseChanged { from, to } => format!("base changed ({} → {})", short(from), short(to)),
+                plan::Decision::BaseChanged { from, to } => {
+                    format!("base changed ({} → {})", short(from), short(to))
+                }
                 plan::Decision::UpToDate { release } => format!("up to date ({release})"),
                 plan::Decision::Forced { release } => format!("forced (same key as {release})"),
                 d => d.label(),
             };
-            vec![i.recipe.clone(), i.arch.to_string(), why, i.key.short().to_string(), i.base.source.clone()]
+            vec![
+                i.recipe.clone(),
+                i.arch.to_string(),
+                why,
+                i.key.short().to_string(),
+                i.base.source.clone(),
+            ]
         })
         .collect();
-    print!("{}", table(&["RECIPE", "ARCH", "ACTION", "KEY", "BASE"], &rows));
+    print!(
+        "{}",
+        table(&["RECIPE", "ARCH", "ACTION", "KEY", "BASE"], &rows)
+    );
 }
 
 fn short(s: &str) -> &str {
@@ -332,7 +386,11 @@ fn print_run(output: Output, summary: &RunSummary, error: Option<&Error>) {
         });
     }
     if summary.up_to_date {
-        let what: Vec<String> = summary.results.iter().map(|r| format!("{}/{}", r.recipe, r.arch)).collect();
+        let what: Vec<String> = summary
+            .results
+            .iter()
+            .map(|r| format!("{}/{}", r.recipe, r.arch))
+            .collect();
         println!("up to date: {}", what.join(", "));
         return;
     }
@@ -346,11 +404,20 @@ fn print_run(output: Output, summary: &RunSummary, error: Option<&Error>) {
                 r.decision.clone(),
                 format!("{:?}", r.outcome).to_lowercase(),
                 r.image.clone().unwrap_or_else(|| "-".into()),
-                r.validators.clone().or_else(|| r.error.clone()).unwrap_or_default(),
+                r.validators
+                    .clone()
+                    .or_else(|| r.error.clone())
+                    .unwrap_or_default(),
             ]
         })
         .collect();
-    print!("{}", table(&["RECIPE", "ARCH", "WHY", "OUTCOME", "IMAGE", "VALIDATORS"], &rows));
+    print!(
+        "{}",
+        table(
+            &["RECIPE", "ARCH", "WHY", "OUTCOME", "IMAGE", "VALIDATORS"],
+            &rows
+        )
+    );
     for p in &summary.published {
         let promoted = if p.promoted_to.is_empty() {
             String::new()
@@ -371,7 +438,11 @@ fn print_releases(output: Output, releases: &[Manifest]) {
     let mut rows = Vec::new();
     for m in releases.iter().rev() {
         for (arch, image) in &m.images {
-            let passed = image.validators.values().filter(|s| **s == crate::validate::Status::Pass).count();
+            let passed = image
+                .validators
+                .values()
+                .filter(|s| **s == crate::validate::Status::Pass)
+                .count();
             rows.push(vec![
                 m.release.to_string(),
                 arch.to_string(),
@@ -382,7 +453,13 @@ fn print_releases(output: Output, releases: &[Manifest]) {
             ]);
         }
     }
-    print!("{}", table(&["RELEASE", "ARCH", "IMAGE", "VALIDATORS", "KEY", "AGE"], &rows));
+    print!(
+        "{}",
+        table(
+            &["RELEASE", "ARCH", "IMAGE", "VALIDATORS", "KEY", "AGE"],
+            &rows
+        )
+    );
 }
 
 #[derive(Debug, Serialize)]
@@ -397,7 +474,11 @@ struct StatusRow {
     latest_release: Option<String>,
 }
 
-async fn status_rows(pipeline: &Pipeline, registry: &dyn Registry, only: Option<&str>) -> Result<Vec<StatusRow>> {
+async fn status_rows(
+    pipeline: &Pipeline,
+    registry: &dyn Registry,
+    only: Option<&str>,
+) -> Result<Vec<StatusRow>> {
     let mut rows = Vec::new();
     for bake in &pipeline.bakes {
         if only.is_some_and(|r| r != bake.recipe.name) {
@@ -413,8 +494,12 @@ async fn status_rows(pipeline: &Pipeline, registry: &dyn Registry, only: Option<
                 arch,
                 channel: "(latest)".into(),
                 release: latest.map(|m| m.release.to_string()),
-                image: latest.and_then(|m| m.images.get(&arch)).map(|i| i.image_id.clone()),
-                validated_at: latest.and_then(|m| m.images.get(&arch)).map(|i| i.validated_at),
+                image: latest
+                    .and_then(|m| m.images.get(&arch))
+                    .map(|i| i.image_id.clone()),
+                validated_at: latest
+                    .and_then(|m| m.images.get(&arch))
+                    .map(|i| i.validated_at),
                 promoted_at: None,
                 latest_release: latest.map(|m| m.release.to_string()),
             });
@@ -430,7 +515,9 @@ async fn status_rows(pipeline: &Pipeline, registry: &dyn Registry, only: Option<
                     channel: cluster.clone(),
                     release: entry.map(|e| e.release.to_string()),
                     image: entry.and_then(|e| e.images.get(&arch).cloned()),
-                    validated_at: release.and_then(|m| m.images.get(&arch)).map(|i| i.validated_at),
+                    validated_at: release
+                        .and_then(|m| m.images.get(&arch))
+                        .map(|i| i.validated_at),
                     promoted_at: entry.map(|e| e.at),
                     latest_release: latest.map(|m| m.release.to_string()),
                 });
@@ -463,5 +550,19 @@ fn print_status(output: Output, rows: &[StatusRow]) {
             ]
         })
         .collect();
-    print!("{}", table(&["RECIPE", "ARCH", "CHANNEL", "RELEASE", "IMAGE", "VALIDATED", "PROMOTION"], &table_rows));
+    print!(
+        "{}",
+        table(
+            &[
+                "RECIPE",
+                "ARCH",
+                "CHANNEL",
+                "RELEASE",
+                "IMAGE",
+                "VALIDATED",
+                "PROMOTION"
+            ],
+            &table_rows
+        )
+    );
 }

@@ -108,7 +108,12 @@ fn join(prefix: &str, key: &str) -> String {
     }
 }
 
-fn consider(span: Option<Range<usize>>, offset: usize, path: &str, best: &mut Option<(usize, String)>) {
+fn consider(
+    span: Option<Range<usize>>,
+    offset: usize,
+    path: &str,
+    best: &mut Option<(usize, String)>,
+) {
     if let Some(span) = span {
         let hit = span.contains(&offset) || (span.start == offset && span.is_empty());
         if hit {
@@ -120,7 +125,12 @@ fn consider(span: Option<Range<usize>>, offset: usize, path: &str, best: &mut Op
     }
 }
 
-fn walk_table(table: &toml_edit::Table, prefix: &str, offset: usize, best: &mut Option<(usize, String)>) {
+fn walk_table(
+    table: &toml_edit::Table,
+    prefix: &str,
+    offset: usize,
+    best: &mut Option<(usize, String)>,
+) {
     for (key, item) in table.iter() {
         let path = join(prefix, key);
         if let Some((k, _)) = table.get_key_value(key) {
@@ -130,7 +140,12 @@ fn walk_table(table: &toml_edit::Table, prefix: &str, offset: usize, best: &mut 
     }
 }
 
-fn walk_item(item: &toml_edit::Item, path: &str, offset: usize, best: &mut Option<(usize, String)>) {
+fn walk_item(
+    item: &toml_edit::Item,
+    path: &str,
+    offset: usize,
+    best: &mut Option<(usize, String)>,
+) {
     match item {
         toml_edit::Item::Value(value) => walk_value(value, path, offset, best),
         toml_edit::Item::Table(table) => {
@@ -148,7 +163,12 @@ fn walk_item(item: &toml_edit::Item, path: &str, offset: usize, best: &mut Optio
     }
 }
 
-fn walk_value(value: &toml_edit::Value, path: &str, offset: usize, best: &mut Option<(usize, String)>) {
+fn walk_value(
+    value: &toml_edit::Value,
+    path: &str,
+    offset: usize,
+    best: &mut Option<(usize, String)>,
+) {
     consider(value.span(), offset, path, best);
     match value {
         toml_edit::Value::Array(array) => {
@@ -172,18 +192,22 @@ fn walk_value(value: &toml_edit::Value, path: &str, offset: usize, best: &mut Op
 /// Reads and parses a TOML input file, refusing files that are missing, too large, or not
 /// UTF-8. Returns the parsed value and the source (for later diagnostics).
 pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<(T, String), Diagnostic> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))?;
     if !meta.is_file() {
         return Err(Diagnostic::file(path, "not a regular file"));
     }
     if meta.len() > MAX_INPUT_BYTES {
         return Err(Diagnostic::file(
             path,
-            format!("file is {} bytes; input files are limited to {MAX_INPUT_BYTES}", meta.len()),
+            format!(
+                "file is {} bytes; input files are limited to {MAX_INPUT_BYTES}",
+                meta.len()
+            ),
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))?;
     let src = String::from_utf8(bytes).map_err(|e| {
         let (line, column) = {
             let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];

@@ -28,7 +28,11 @@ pub enum Entry {
         at: DateTime<Utc>,
     },
     /// A resource is gone.
-    Removed { kind: String, id: String, at: DateTime<Utc> },
+    Removed {
+        kind: String,
+        id: String,
+        at: DateTime<Utc>,
+    },
     Step {
         recipe: String,
         arch: Arch,
@@ -36,7 +40,10 @@ pub enum Entry {
         status: StepStatus,
         at: DateTime<Utc>,
     },
-    Finished { outcome: String, at: DateTime<Utc> },
+    Finished {
+        outcome: String,
+        at: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,7 +77,8 @@ impl Journal {
     /// Creates `<state_dir>/runs/<run_id>.jsonl` (refusing to reuse an existing one).
     pub fn create(state_dir: &Path, run_id: &str) -> Result<Journal> {
         let dir = state_dir.join("runs");
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let path = dir.join(format!("{run_id}.jsonl"));
         let file = OpenOptions::new()
             .create_new(true)
@@ -126,10 +134,12 @@ impl Journal {
 
     /// Reads a journal, tolerating a last line cut short by a crash.
     pub fn read(path: &Path) -> Result<Vec<Entry>> {
-        let file = File::open(path).map_err(|e| Error::io(format!("reading journal {}", path.display()), e))?;
+        let file = File::open(path)
+            .map_err(|e| Error::io(format!("reading journal {}", path.display()), e))?;
         let mut entries = Vec::new();
         for line in BufReader::new(file).lines() {
-            let line = line.map_err(|e| Error::io(format!("reading journal {}", path.display()), e))?;
+            let line =
+                line.map_err(|e| Error::io(format!("reading journal {}", path.display()), e))?;
             match serde_json::from_str(&line) {
                 Ok(entry) => entries.push(entry),
                 Err(_) => break,
@@ -143,13 +153,21 @@ impl Journal {
         let mut live: Vec<Resource> = Vec::new();
         for e in entries {
             match e {
-                Entry::Created { recipe, arch, kind, id, .. } => live.push(Resource {
+                Entry::Created {
+                    recipe,
+                    arch,
+                    kind,
+                    id,
+                    ..
+                } => live.push(Resource {
                     recipe: recipe.clone(),
                     arch: *arch,
                     kind: kind.clone(),
                     id: id.clone(),
                 }),
-                Entry::Removed { kind, id, .. } => live.retain(|r| !(r.kind == *kind && r.id == *id)),
+                Entry::Removed { kind, id, .. } => {
+                    live.retain(|r| !(r.kind == *kind && r.id == *id))
+                }
                 _ => {}
             }
         }
@@ -159,5 +177,9 @@ impl Journal {
 
 /// A new run ID: UTC time plus random hex, sortable and unique enough for one state dir.
 pub fn new_run_id() -> String {
-    format!("{}-{:06x}", Utc::now().format("%Y%m%dT%H%M%SZ"), rand::random::<u32>() & 0xff_ffff)
+    format!(
+        "{}-{:06x}",
+        Utc::now().format("%Y%m%dT%H%M%SZ"),
+        rand::random::<u32>() & 0xff_ffff
+    )
 }

@@ -63,7 +63,13 @@ pub fn bake_key(recipe: &Recipe, arch: Arch, base_id: &str) -> BakeKey {
         steps: recipe
             .steps
             .iter()
-            .map(|s| (s.name.as_str(), sha256_hex(&s.content), s.timeout.map(|t| t.as_millis() as u64)))
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    sha256_hex(&s.content),
+                    s.timeout.map(|t| t.as_millis() as u64),
+                )
+            })
             .collect(),
         validators: recipe
             .validators

@@ -16,7 +16,9 @@ impl AmiId {
             format!("`{s}` is not an AMI ID: expected `ami-` followed by 8 or 17 hex digits")
         })?;
         let ok = matches!(hex.len(), 8 | 17)
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if ok {
             Ok(AmiId(s.to_string()))
         } else {
@@ -65,7 +67,9 @@ impl SsmPath {
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/')))
         {
-            return bad(&format!("character `{c}` is not allowed (only a-z A-Z 0-9 _ . - /)"));
+            return bad(&format!(
+                "character `{c}` is not allowed (only a-z A-Z 0-9 _ . - /)"
+            ));
         }
         let segments: Vec<&str> = s[1..].split('/').collect();
         if s.len() > 1 && segments.iter().any(|seg| seg.is_empty()) {
@@ -80,7 +84,11 @@ impl SsmPath {
     /// A path we may write to: AWS reserves names that begin with `aws` or `ssm`.
     pub fn parse_writable(s: &str) -> Result<Self, String> {
         let path = SsmPath::parse(s)?;
-        let first = path.0[1..].split('/').next().unwrap_or("").to_ascii_lowercase();
+        let first = path.0[1..]
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
         if first.starts_with("aws") || first.starts_with("ssm") {
             return Err(format!(
                 "`{s}` is not a writable SSM parameter path: names beginning with `aws` or `ssm` are reserved by AWS"
@@ -148,7 +156,14 @@ mod tests {
     fn ami_ids() {
         assert!(AmiId::parse("ami-12345678").is_ok());
         assert!(AmiId::parse("ami-0123456789abcdef0").is_ok());
-        for bad in ["ami-1234567", "ami-0123456789ABCDEF0", "ami-0123456789abcdef", "ami-zzzzzzzz", "i-12345678", "ami-"] {
+        for bad in [
+            "ami-1234567",
+            "ami-0123456789ABCDEF0",
+            "ami-0123456789abcdef",
+            "ami-zzzzzzzz",
+            "i-12345678",
+            "ami-",
+        ] {
             assert!(AmiId::parse(bad).is_err(), "{bad} accepted");
         }
     }
@@ -157,7 +172,14 @@ mod tests {
     fn ssm_paths() {
         assert!(SsmPath::parse("/bake").is_ok());
         assert!(SsmPath::parse("/aws/service/eks/optimized-ami/1.31/amazon-linux-2023/x86_64/standard/recommended/image_id").is_ok());
-        for bad in ["bake", "/bake/", "/ba ke", "/a//b", "/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p", "/bake:1"] {
+        for bad in [
+            "bake",
+            "/bake/",
+            "/ba ke",
+            "/a//b",
+            "/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p",
+            "/bake:1",
+        ] {
             assert!(SsmPath::parse(bad).is_err(), "{bad} accepted");
         }
         assert!(SsmPath::parse_writable("/aws/bake").is_err());

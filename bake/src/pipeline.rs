@@ -268,39 +268,60 @@ impl Pipeline {
                 ));
             }
             if c.arches.is_empty() {
-                return Err(Diagnostic::file(file, format!("cluster `{cluster}` has an empty `arches` list")));
+                return Err(Diagnostic::file(
+                    file,
+                    format!("cluster `{cluster}` has an empty `arches` list"),
+                ));
             }
         }
         let canary_cluster = match raw.canary {
             Some(c) => {
                 if !raw.clusters.contains_key(c.cluster.get_ref()) {
-                    return Err(at(c.cluster.span(), undefined_cluster(c.cluster.get_ref(), &raw.clusters)));
+                    return Err(at(
+                        c.cluster.span(),
+                        undefined_cluster(c.cluster.get_ref(), &raw.clusters),
+                    ));
                 }
                 Some(c.cluster.into_inner())
             }
             None => None,
         };
         if raw.provider == ProviderKind::Aws && raw.aws.is_none() {
-            return Err(Diagnostic::file(file, "provider = \"aws\" needs an `[aws]` section"));
+            return Err(Diagnostic::file(
+                file,
+                "provider = \"aws\" needs an `[aws]` section",
+            ));
         }
 
         if raw.bake.is_empty() {
-            return Err(Diagnostic::file(file, "a pipeline needs at least one `[[bake]]` entry"));
+            return Err(Diagnostic::file(
+                file,
+                "a pipeline needs at least one `[[bake]]` entry",
+            ));
         }
         let catalog = Catalog::load(&validators_dir)?;
         let mut bakes = Vec::new();
         let mut seen = BTreeSet::new();
         for b in raw.bake {
             if !seen.insert(b.recipe.get_ref().clone()) {
-                return Err(at(b.recipe.span(), format!("recipe `{}` is listed twice", b.recipe.get_ref())));
+                return Err(at(
+                    b.recipe.span(),
+                    format!("recipe `{}` is listed twice", b.recipe.get_ref()),
+                ));
             }
             if b.arches.get_ref().is_empty() {
-                return Err(at(b.arches.span(), "the arch list is empty; name at least one of `x86_64`, `arm64`".into()));
+                return Err(at(
+                    b.arches.span(),
+                    "the arch list is empty; name at least one of `x86_64`, `arm64`".into(),
+                ));
             }
             let mut arches = Vec::new();
             for a in b.arches.get_ref() {
                 if arches.contains(a.get_ref()) {
-                    return Err(at(a.span(), format!("arch `{}` is listed twice", a.get_ref())));
+                    return Err(at(
+                        a.span(),
+                        format!("arch `{}` is listed twice", a.get_ref()),
+                    ));
                 }
                 arches.push(*a.get_ref());
             }
@@ -325,7 +346,10 @@ impl Pipeline {
             }
             let recipe = Recipe::load(&recipes_dir, b.recipe.get_ref(), &catalog).map_err(|d| {
                 if d.line.is_none() && !d.file.exists() {
-                    at(b.recipe.span(), format!("recipe `{}` not found: {}", b.recipe.get_ref(), d.message))
+                    at(
+                        b.recipe.span(),
+                        format!("recipe `{}` not found: {}", b.recipe.get_ref(), d.message),
+                    )
                 } else {
                     d
                 }
@@ -352,7 +376,11 @@ impl Pipeline {
             bakes.push(Bake {
                 recipe,
                 arches,
-                auto_promote: b.auto_promote.into_iter().map(Spanned::into_inner).collect(),
+                auto_promote: b
+                    .auto_promote
+                    .into_iter()
+                    .map(Spanned::into_inner)
+                    .collect(),
             });
         }
 
@@ -374,13 +402,20 @@ impl Pipeline {
 
     /// The bake entry of a recipe, or a usage error naming the recipes the pipeline has.
     pub fn bake(&self, recipe: &str) -> Result<&Bake, crate::Error> {
-        self.bakes.iter().find(|b| b.recipe.name == recipe).ok_or_else(|| {
-            crate::Error::Usage(format!(
-                "pipeline {} has no recipe `{recipe}` (it has: {})",
-                self.file.display(),
-                self.bakes.iter().map(|b| b.recipe.name.as_str()).collect::<Vec<_>>().join(", ")
-            ))
-        })
+        self.bakes
+            .iter()
+            .find(|b| b.recipe.name == recipe)
+            .ok_or_else(|| {
+                crate::Error::Usage(format!(
+                    "pipeline {} has no recipe `{recipe}` (it has: {})",
+                    self.file.display(),
+                    self.bakes
+                        .iter()
+                        .map(|b| b.recipe.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
     }
 
     pub fn ssm_prefix(&self) -> Option<&SsmPath> {
@@ -392,6 +427,10 @@ fn undefined_cluster(name: &str, clusters: &BTreeMap<String, Cluster>) -> String
     let known: Vec<&str> = clusters.keys().map(String::as_str).collect();
     format!(
         "cluster `{name}` is not defined (define `[clusters.{name}]`; defined: {})",
-        if known.is_empty() { "none".into() } else { known.join(", ") }
+        if known.is_empty() {
+            "none".into()
+        } else {
+            known.join(", ")
+        }
     )
 }

@@ -59,7 +59,13 @@ pub struct Filter {
 }
 
 /// Decides for one recipe × arch, given the releases of the recipe (oldest first).
-pub fn decide(releases: &[Manifest], arch: Arch, key: &BakeKey, base: &str, force: bool) -> (Decision, Option<ReleaseId>) {
+pub fn decide(
+    releases: &[Manifest],
+    arch: Arch,
+    key: &BakeKey,
+    base: &str,
+    force: bool,
+) -> (Decision, Option<ReleaseId>) {
     let latest = releases.iter().rev().find(|m| m.images.contains_key(&arch));
     let Some(latest) = latest else {
         return (Decision::New, None);
@@ -87,13 +93,22 @@ pub fn decide(releases: &[Manifest], arch: Arch, key: &BakeKey, base: &str, forc
 }
 
 /// Plans every recipe × arch of the pipeline that the filter selects.
-pub async fn plan(pipeline: &Pipeline, provider: &dyn Provider, registry: &dyn Registry, filter: &Filter) -> Result<Vec<PlanItem>> {
+pub async fn plan(
+    pipeline: &Pipeline,
+    provider: &dyn Provider,
+    registry: &dyn Registry,
+    filter: &Filter,
+) -> Result<Vec<PlanItem>> {
     if let Some(r) = &filter.recipe {
         pipeline.bake(r)?;
     }
     let mut items = Vec::new();
     for bake in &pipeline.bakes {
-        if filter.recipe.as_ref().is_some_and(|r| r != &bake.recipe.name) {
+        if filter
+            .recipe
+            .as_ref()
+            .is_some_and(|r| r != &bake.recipe.name)
+        {
             continue;
         }
         let releases = registry.releases(&bake.recipe.name).await?;

@@ -22,9 +22,13 @@ pub fn who() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Promotion {
-    Moved { entry: ChannelEntry },
+    Moved {
+        entry: ChannelEntry,
+    },
     /// The channel already points at this release.
-    AlreadyThere { entry: ChannelEntry },
+    AlreadyThere {
+        entry: ChannelEntry,
+    },
 }
 
 /// Moves `cluster`'s channel of the release's recipe to `release`, refusing a release that
@@ -52,7 +56,10 @@ pub async fn promote(
             missing.join(", ")
         )));
     }
-    let current = registry.channels(&release.recipe).await?.remove(cluster_name);
+    let current = registry
+        .channels(&release.recipe)
+        .await?
+        .remove(cluster_name);
     if let Some(entry) = current {
         if entry.release == release.release {
             return Ok(Promotion::AlreadyThere { entry });

@@ -167,7 +167,10 @@ impl Recipe {
         let allowed = [recipes_dir.join(name), recipes_dir.join("steps")];
 
         if raw.steps.is_empty() {
-            return Err(Diagnostic::file(&file, "a recipe needs at least one `[[steps]]` entry"));
+            return Err(Diagnostic::file(
+                &file,
+                "a recipe needs at least one `[[steps]]` entry",
+            ));
         }
         let mut seen = BTreeSet::new();
         let mut steps = Vec::new();
@@ -180,16 +183,25 @@ impl Recipe {
                 ));
             }
             if !seen.insert(step_name.clone()) {
-                return Err(at(step.name.span(), format!("duplicate step name `{step_name}`")));
+                return Err(at(
+                    step.name.span(),
+                    format!("duplicate step name `{step_name}`"),
+                ));
             }
             let path = resolve_inside(recipes_dir, step.script.get_ref(), &allowed)
                 .map_err(|m| at(step.script.span(), m))?;
-            let content = read_limited(&path, MAX_SCRIPT_BYTES).map_err(|m| at(step.script.span(), m))?;
-            let mode = std::fs::metadata(&path).map(|m| m.permissions().mode()).unwrap_or(0);
+            let content =
+                read_limited(&path, MAX_SCRIPT_BYTES).map_err(|m| at(step.script.span(), m))?;
+            let mode = std::fs::metadata(&path)
+                .map(|m| m.permissions().mode())
+                .unwrap_or(0);
             if mode & 0o111 == 0 {
                 return Err(at(
                     step.script.span(),
-                    format!("script `{}` is not executable (chmod +x it)", step.script.get_ref()),
+                    format!(
+                        "script `{}` is not executable (chmod +x it)",
+                        step.script.get_ref()
+                    ),
                 ));
             }
             steps.push(StepSpec {
@@ -205,7 +217,8 @@ impl Recipe {
         for f in raw.files {
             let path = resolve_inside(recipes_dir, f.source.get_ref(), &allowed)
                 .map_err(|m| at(f.source.span(), m))?;
-            let content = read_limited(&path, MAX_FILE_BYTES).map_err(|m| at(f.source.span(), m))?;
+            let content =
+                read_limited(&path, MAX_FILE_BYTES).map_err(|m| at(f.source.span(), m))?;
             let want = f.sha256.get_ref().to_ascii_lowercase();
             if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(at(f.sha256.span(), "sha256 must be 64 hex digits".into()));
@@ -214,7 +227,10 @@ impl Recipe {
             if got != want {
                 return Err(at(
                     f.sha256.span(),
-                    format!("sha256 mismatch for `{}`: pinned {want}, file has {got}", f.source.get_ref()),
+                    format!(
+                        "sha256 mismatch for `{}`: pinned {want}, file has {got}",
+                        f.source.get_ref()
+                    ),
                 ));
             }
             let dest = check_guest_path(f.dest.get_ref()).map_err(|m| at(f.dest.span(), m))?;
@@ -224,7 +240,15 @@ impl Recipe {
             let mode = u32::from_str_radix(f.mode.get_ref(), 8)
                 .ok()
                 .filter(|m| *m <= 0o7777 && !f.mode.get_ref().is_empty())
-                .ok_or_else(|| at(f.mode.span(), format!("mode `{}` is not an octal file mode like \"0644\"", f.mode.get_ref())))?;
+                .ok_or_else(|| {
+                    at(
+                        f.mode.span(),
+                        format!(
+                            "mode `{}` is not an octal file mode like \"0644\"",
+                            f.mode.get_ref()
+                        ),
+                    )
+                })?;
             files.push(FileSpec {
                 source: f.source.into_inner(),
                 dest,
@@ -249,7 +273,10 @@ impl Recipe {
                 )
             })?;
             if !seen.insert(v.get_ref().clone()) {
-                return Err(at(v.span(), format!("validator `{}` is listed twice", v.get_ref())));
+                return Err(at(
+                    v.span(),
+                    format!("validator `{}` is listed twice", v.get_ref()),
+                ));
             }
             validators.push(validator.clone());
         }
@@ -273,7 +300,8 @@ pub fn is_simple_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Resolves `rel` (relative to `base`) and requires the real file to be inside one of
@@ -291,9 +319,15 @@ pub fn resolve_inside(base: &Path, rel: &str, allowed: &[PathBuf]) -> Result<Pat
     for c in p.components() {
         match c {
             Component::Normal(_) | Component::CurDir => {}
-            Component::ParentDir => return Err(format!("path `{rel}` uses `..`; it must stay inside {shown}")),
+            Component::ParentDir => {
+                return Err(format!(
+                    "path `{rel}` uses `..`; it must stay inside {shown}"
+                ))
+            }
             Component::RootDir | Component::Prefix(_) => {
-                return Err(format!("path `{rel}` is absolute; it must be relative and inside {shown}"))
+                return Err(format!(
+                    "path `{rel}` is absolute; it must be relative and inside {shown}"
+                ))
             }
         }
     }
@@ -323,7 +357,10 @@ pub fn resolve_inside(base: &Path, rel: &str, allowed: &[PathBuf]) -> Result<Pat
 fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
     let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
     if len > limit {
-        return Err(format!("{} is {len} bytes; the limit is {limit}", path.display()));
+        return Err(format!(
+            "{} is {len} bytes; the limit is {limit}",
+            path.display()
+        ));
     }
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
@@ -331,14 +368,20 @@ fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
 /// An absolute, normalized path inside the image.
 fn check_guest_path(dest: &str) -> Result<String, String> {
     if !dest.starts_with('/') {
-        return Err(format!("destination `{dest}` must be an absolute path in the image"));
+        return Err(format!(
+            "destination `{dest}` must be an absolute path in the image"
+        ));
     }
     if dest.ends_with('/') {
-        return Err(format!("destination `{dest}` must name a file, not a directory"));
+        return Err(format!(
+            "destination `{dest}` must name a file, not a directory"
+        ));
     }
     for seg in dest[1..].split('/') {
         if seg.is_empty() || seg == "." || seg == ".." {
-            return Err(format!("destination `{dest}` must be normalized (no `//`, `.` or `..`)"));
+            return Err(format!(
+                "destination `{dest}` must be normalized (no `//`, `.` or `..`)"
+            ));
         }
     }
     if dest.bytes().any(|b| b.is_ascii_control()) {

@@ -26,7 +26,10 @@ impl ReleaseId {
     }
 
     /// The next ID for `date` given the IDs that exist.
-    pub fn next<'a>(date: NaiveDate, existing: impl IntoIterator<Item = &'a ReleaseId>) -> ReleaseId {
+    pub fn next<'a>(
+        date: NaiveDate,
+        existing: impl IntoIterator<Item = &'a ReleaseId>,
+    ) -> ReleaseId {
         let n = existing
             .into_iter()
             .filter(|r| r.date == date)
@@ -46,7 +49,8 @@ impl fmt::Display for ReleaseId {
 impl FromStr for ReleaseId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("`{s}` is not a release ID (expected YYYY.MM.DD-N, e.g. 2026.11.25-1)");
+        let bad =
+            || format!("`{s}` is not a release ID (expected YYYY.MM.DD-N, e.g. 2026.11.25-1)");
         let (date, n) = s.split_once('-').ok_or_else(bad)?;
         let date = NaiveDate::parse_from_str(date, "%Y.%m.%d").map_err(|_| bad())?;
         if date.format("%Y.%m.%d").to_string() != s.split_once('-').map(|x| x.0).unwrap_or("") {
@@ -147,7 +151,14 @@ mod tests {
         assert_eq!(a.to_string(), "2026.11.25-2");
         let next = ReleaseId::next(NaiveDate::from_ymd_opt(2026, 11, 25).unwrap(), [&a, &b, &c]);
         assert_eq!(next.to_string(), "2026.11.25-11");
-        for bad in ["2026.11.25", "2026-11-25-1", "2026.13.01-1", "2026.11.25-0", "2026.11.25-01", "2026.1.5-1"] {
+        for bad in [
+            "2026.11.25",
+            "2026-11-25-1",
+            "2026.13.01-1",
+            "2026.11.25-0",
+            "2026.11.25-01",
+            "2026.1.5-1",
+        ] {
             assert!(bad.parse::<ReleaseId>().is_err(), "{bad} accepted");
         }
     }

@@ -63,8 +63,9 @@ impl TermReporter {
         bars.entry((recipe.to_string(), arch))
             .or_insert_with(|| {
                 let bar = self.multi.add(ProgressBar::new_spinner());
-                let style = ProgressStyle::with_template("{spinner} {prefix:.bold} [{elapsed}] {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner());
+                let style =
+                    ProgressStyle::with_template("{spinner} {prefix:.bold} [{elapsed}] {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner());
                 bar.set_style(style);
                 bar.set_prefix(format!("{recipe}/{arch}"));
                 bar.enable_steady_tick(Duration::from_millis(120));
@@ -84,7 +85,8 @@ impl Reporter for TermReporter {
     fn finish(&self, recipe: &str, arch: Arch, summary: &str) {
         tracing::info!(recipe, %arch, "{summary}");
         if self.visible {
-            self.bar(recipe, arch).finish_with_message(summary.to_string());
+            self.bar(recipe, arch)
+                .finish_with_message(summary.to_string());
         }
     }
     fn note(&self, message: &str) {
@@ -141,7 +143,13 @@ pub fn age(since: chrono::DateTime<chrono::Utc>) -> String {
 mod tests {
     #[test]
     fn table_aligns_columns() {
-        let t = super::table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]]);
+        let t = super::table(
+            &["A", "LONGER"],
+            &[
+                vec!["xyz".into(), "1".into()],
+                vec!["q".into(), "22".into()],
+            ],
+        );
         assert_eq!(t, "A    LONGER\nxyz  1\nq    22\n");
     }
 }

@@ -118,7 +118,11 @@ pub async fn run(cx: &RunContext<'_>, opts: &RunOptions) -> (RunSummary, Result<
     let selected = |i: &PlanItem| opts.filter.arch.is_none_or(|a| a == i.arch);
     if !items.iter().any(|i| selected(i) && i.decision.needs_bake()) {
         summary.up_to_date = true;
-        summary.results = items.iter().filter(|i| selected(i)).map(|i| up_to_date(i)).collect();
+        summary.results = items
+            .iter()
+            .filter(|i| selected(i))
+            .map(up_to_date)
+            .collect();
         return (summary, Ok(()));
     }
 
@@ -138,12 +142,17 @@ pub async fn run(cx: &RunContext<'_>, opts: &RunOptions) -> (RunSummary, Result<
 
     let mut errors = Vec::new();
     for bake in &cx.pipeline.bakes {
-        let mine: Vec<&PlanItem> = items.iter().filter(|i| i.recipe == bake.recipe.name).collect();
+        let mine: Vec<&PlanItem> = items
+            .iter()
+            .filter(|i| i.recipe == bake.recipe.name)
+            .collect();
         if mine.is_empty() {
             continue;
         }
         if !mine.iter().any(|i| selected(i) && i.decision.needs_bake()) {
-            summary.results.extend(mine.iter().filter(|i| selected(i)).map(|i| up_to_date(i)));
+            summary
+                .results
+                .extend(mine.iter().filter(|i| selected(i)).map(|i| up_to_date(i)));
             continue;
         }
         if cx.cancel.is_cancelled() {
@@ -153,7 +162,11 @@ pub async fn run(cx: &RunContext<'_>, opts: &RunOptions) -> (RunSummary, Result<
             break;
         }
         let owner = format!("{} pid {} run {run_id}", opts.who, std::process::id());
-        if let Err(e) = cx.registry.lock(&bake.recipe.name, &owner, opts.lock_ttl, opts.break_lock).await {
+        if let Err(e) = cx
+            .registry
+            .lock(&bake.recipe.name, &owner, opts.lock_ttl, opts.break_lock)
+            .await
+        {
             summary.results.extend(mine.iter().map(|i| ArchResult {
                 outcome: ArchOutcome::Locked,
                 error: Some(e.to_string()),
@@ -206,7 +219,10 @@ pub async fn run(cx: &RunContext<'_>, opts: &RunOptions) -> (RunSummary, Result<
         Ok(()) => "ok".to_string(),
         Err(e) => format!("exit {}", e.exit_code()),
     };
-    let _ = journal.record(&Entry::Finished { outcome, at: Utc::now() });
+    let _ = journal.record(&Entry::Finished {
+        outcome,
+        at: Utc::now(),
+    });
     (summary, result)
 }
 
@@ -239,7 +255,13 @@ async fn run_recipe(
     let mut carried = Vec::new();
     let mut missing = Vec::new();
     for item in items {
-        let (decision, _) = plan::decide(&releases, item.arch, &item.key, &item.base.id, opts.filter.force && selected(item));
+        let (decision, _) = plan::decide(
+            &releases,
+            item.arch,
+            &item.key,
+            &item.base.id,
+            opts.filter.force && selected(item),
+        );
         if !decision.needs_bake() {
             carried.push((*item, decision));
         } else if selected(item) {
@@ -249,11 +271,15 @@ async fn run_recipe(
         }
     }
     if todo.is_empty() {
-        summary.results.extend(items.iter().filter(|i| selected(i)).map(|i| up_to_date(i)));
+        summary
+            .results
+            .extend(items.iter().filter(|i| selected(i)).map(|i| up_to_date(i)));
         return Ok(());
     }
 
-    let bakes = todo.iter().map(|(item, decision)| bake_arch(cx, opts, bake, item, decision, journal));
+    let bakes = todo
+        .iter()
+        .map(|(item, decision)| bake_arch(cx, opts, bake, item, decision, journal));
     let outcomes = futures::future::join_all(bakes).await;
 
     let mut images: BTreeMap<Arch, ImageRecord> = BTreeMap::new();
@@ -277,7 +303,11 @@ async fn run_recipe(
                     (ImageStatus::Validated, true) => ArchOutcome::Reused,
                     (ImageStatus::Validated, false) => ArchOutcome::Validated,
                 };
-                cx.reporter.finish(&item.recipe, item.arch, &format!("{:?}: {}", result.outcome, image.verdict.summary()).to_lowercase());
+                cx.reporter.finish(
+                    &item.recipe,
+                    item.arch,
+                    &format!("{:?}: {}", result.outcome, image.verdict.summary()).to_lowercase(),
+                );
                 images.insert(item.arch, image);
             }
             Err(e) => {
@@ -287,13 +317,19 @@ async fn run_recipe(
                     ArchOutcome::Failed
                 };
                 result.error = Some(e.to_string());
-                cx.reporter.finish(&item.recipe, item.arch, &format!("failed: {e}"));
+                cx.reporter
+                    .finish(&item.recipe, item.arch, &format!("failed: {e}"));
                 errors.push(e);
             }
         }
         summary.results.push(result);
     }
-    summary.results.extend(carried.iter().filter(|(i, _)| selected(i)).map(|(i, _)| up_to_date(i)));
+    summary.results.extend(
+        carried
+            .iter()
+            .filter(|(i, _)| selected(i))
+            .map(|(i, _)| up_to_date(i)),
+    );
 
     if !rejected.is_empty() {
         errors.push(Error::Rejected {
@@ -331,7 +367,14 @@ async fn run_recipe(
             .iter()
             .rev()
             .find(|m| m.images.get(&item.arch).is_some_and(|i| i.key == item.key))
-            .ok_or_else(|| Error::Conflict(format!("{} {}: no release holds key {}", item.recipe, item.arch, item.key.short())))?;
+            .ok_or_else(|| {
+                Error::Conflict(format!(
+                    "{} {}: no release holds key {}",
+                    item.recipe,
+                    item.arch,
+                    item.key.short()
+                ))
+            })?;
         release_images.insert(item.arch, latest.images[&item.arch].clone());
     }
     let manifest = Manifest {
@@ -352,14 +395,30 @@ async fn run_recipe(
     for target in &bake.auto_promote {
         let cluster = &cx.pipeline.clusters[target];
         let reason = format!("auto-promotion by run {}", journal.run_id());
-        match promote::promote(cx.registry, &published, target, cluster, None, &opts.who, Some(&reason)).await? {
-            Promotion::Moved { .. } | Promotion::AlreadyThere { .. } => promoted_to.push(target.clone()),
+        match promote::promote(
+            cx.registry,
+            &published,
+            target,
+            cluster,
+            None,
+            &opts.who,
+            Some(&reason),
+        )
+        .await?
+        {
+            Promotion::Moved { .. } | Promotion::AlreadyThere { .. } => {
+                promoted_to.push(target.clone())
+            }
         }
     }
     summary.published.push(Published {
         recipe: published.recipe.clone(),
         release: published.release.clone(),
-        images: published.images.iter().map(|(a, i)| (*a, i.image_id.clone())).collect(),
+        images: published
+            .images
+            .iter()
+            .map(|(a, i)| (*a, i.image_id.clone()))
+            .collect(),
         promoted_to,
     });
     Ok(())
@@ -371,7 +430,12 @@ fn release_image(image: &ImageRecord) -> ReleaseImage {
         key: image.key.clone(),
         base: image.base.clone(),
         validated_at: image.created_at,
-        validators: image.verdict.results.iter().map(|r| (r.name.clone(), r.status)).collect(),
+        validators: image
+            .verdict
+            .results
+            .iter()
+            .map(|r| (r.name.clone(), r.status))
+            .collect(),
         packages_sha256: image.packages_sha256.clone(),
         run_id: image.run_id.clone(),
     }
@@ -395,7 +459,11 @@ async fn bake_arch(
         cancel: cx.cancel.child_token(),
     };
     if !opts.filter.force {
-        if let Some(image) = cx.provider.find_image(&bake.recipe.name, item.arch, &item.key).await? {
+        if let Some(image) = cx
+            .provider
+            .find_image(&bake.recipe.name, item.arch, &item.key)
+            .await?
+        {
             match image.status {
                 ImageStatus::Validated => {
                     step_cx.phase(&format!("reusing validated image {} (same key)", image.id));

@@ -70,7 +70,12 @@ impl StepContext<'_> {
 pub trait Step<S: Send>: Send + Sync {
     fn name(&self) -> &str;
     async fn run(&self, state: &mut S, cx: &StepContext<'_>) -> Result<()>;
-    async fn cleanup(&self, _state: &mut S, _outcome: Outcome, _cx: &StepContext<'_>) -> Result<()> {
+    async fn cleanup(
+        &self,
+        _state: &mut S,
+        _outcome: Outcome,
+        _cx: &StepContext<'_>,
+    ) -> Result<()> {
         Ok(())
     }
 }
@@ -167,7 +172,9 @@ impl Runner {
         };
         let mut cleanup_errors = Vec::new();
         for step in steps[..started].iter().rev() {
-            let r = tokio::time::timeout(self.cleanup_timeout, step.cleanup(state, outcome, &fresh)).await;
+            let r =
+                tokio::time::timeout(self.cleanup_timeout, step.cleanup(state, outcome, &fresh))
+                    .await;
             let failure = match r {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),

@@ -65,15 +65,23 @@ impl Catalog {
         for (name, v) in raw {
             let at = |m: String| Diagnostic::at(&file, &src, v.script.span(), m);
             if !is_simple_name(&name) {
-                return Err(at(format!("validator name `{name}` must be letters, digits, `-` or `_`")));
+                return Err(at(format!(
+                    "validator name `{name}` must be letters, digits, `-` or `_`"
+                )));
             }
             let path = resolve_inside(validators_dir, v.script.get_ref(), &allowed).map_err(at)?;
             let meta = std::fs::metadata(&path).map_err(|e| at(e.to_string()))?;
             if meta.len() > MAX_SCRIPT_BYTES {
-                return Err(at(format!("script is {} bytes; the limit is {MAX_SCRIPT_BYTES}", meta.len())));
+                return Err(at(format!(
+                    "script is {} bytes; the limit is {MAX_SCRIPT_BYTES}",
+                    meta.len()
+                )));
             }
             if meta.permissions().mode() & 0o111 == 0 {
-                return Err(at(format!("script `{}` is not executable (chmod +x it)", v.script.get_ref())));
+                return Err(at(format!(
+                    "script `{}` is not executable (chmod +x it)",
+                    v.script.get_ref()
+                )));
             }
             let content = std::fs::read(&path).map_err(|e| at(e.to_string()))?;
             validators.insert(
@@ -146,7 +154,12 @@ impl CheckResult {
         } else {
             format!("{stdout}{stderr}")
         };
-        let last_line = |s: &str| s.lines().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim().to_string());
+        let last_line = |s: &str| {
+            s.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(|l| l.trim().to_string())
+        };
         let (status, reason) = match exit_code {
             0 => (Status::Pass, None),
             SKIP_EXIT => (
@@ -228,15 +241,27 @@ impl Verdict {
     }
 
     pub fn summary(&self) -> String {
-        format!("{} pass, {} fail, {} skipped", self.passed, self.failed, self.skipped)
+        format!(
+            "{} pass, {} fail, {} skipped",
+            self.passed, self.failed, self.skipped
+        )
     }
 
     /// The names and reasons of what blocked acceptance.
     pub fn blockers(&self) -> Vec<String> {
         self.results
             .iter()
-            .filter(|r| r.status == Status::Fail || (r.status == Status::Skipped && !r.not_applicable))
-            .map(|r| format!("{} {}: {}", r.name, r.status, r.reason.clone().unwrap_or_default()))
+            .filter(|r| {
+                r.status == Status::Fail || (r.status == Status::Skipped && !r.not_applicable)
+            })
+            .map(|r| {
+                format!(
+                    "{} {}: {}",
+                    r.name,
+                    r.status,
+                    r.reason.clone().unwrap_or_default()
+                )
+            })
             .collect()
     }
 }

@@ -64,7 +64,12 @@ pub trait Provider: Send + Sync {
 
     /// An image already baked with this key, if the provider still has one (a rerun reuses a
     /// validated image instead of baking it again).
-    async fn find_image(&self, recipe: &str, arch: Arch, key: &BakeKey) -> Result<Option<ImageRecord>>;
+    async fn find_image(
+        &self,
+        recipe: &str,
+        arch: Arch,
+        key: &BakeKey,
+    ) -> Result<Option<ImageRecord>>;
 
     /// Bakes the image, proves it on a canary and returns it with the validators' verdict
     /// (accepted or rejected). Everything it created is cleaned up before it returns, except

@@ -33,7 +33,11 @@ pub trait Registry: Send + Sync {
     async fn releases(&self, recipe: &str) -> Result<Vec<Manifest>>;
 
     async fn release(&self, recipe: &str, id: &ReleaseId) -> Result<Option<Manifest>> {
-        Ok(self.releases(recipe).await?.into_iter().find(|m| &m.release == id))
+        Ok(self
+            .releases(recipe)
+            .await?
+            .into_iter()
+            .find(|m| &m.release == id))
     }
 
     /// Publishes a release under the next free ID of `manifest.created_at`'s date (the ID in
@@ -47,11 +51,22 @@ pub trait Registry: Send + Sync {
     async fn channels(&self, recipe: &str) -> Result<BTreeMap<String, ChannelEntry>>;
 
     /// Moves a channel, appending to its history.
-    async fn move_channel(&self, recipe: &str, cluster: &str, change: ChannelMove) -> Result<ChannelEntry>;
+    async fn move_channel(
+        &self,
+        recipe: &str,
+        cluster: &str,
+        change: ChannelMove,
+    ) -> Result<ChannelEntry>;
 
     /// Takes the recipe's lock for `ttl`, or fails with `Error::LockHeld`. An expired lock is
     /// taken over; `break_lock` takes a live one (and says so in the log).
-    async fn lock(&self, recipe: &str, owner: &str, ttl: Duration, break_lock: bool) -> Result<LockInfo>;
+    async fn lock(
+        &self,
+        recipe: &str,
+        owner: &str,
+        ttl: Duration,
+        break_lock: bool,
+    ) -> Result<LockInfo>;
 
     /// Extends a lock this owner holds.
     async fn refresh_lock(&self, recipe: &str, owner: &str, ttl: Duration) -> Result<LockInfo>;

@@ -62,8 +62,10 @@ impl SqliteRegistry {
         };
         let conn = Connection::open(&path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         Ok(SqliteRegistry {
             path,
@@ -84,7 +86,10 @@ impl SqliteRegistry {
     }
 
     fn corrupt(&self, what: &str, e: impl std::fmt::Display) -> Error {
-        Error::Conflict(format!("registry {}: unreadable {what}: {e}", self.path.display()))
+        Error::Conflict(format!(
+            "registry {}: unreadable {what}: {e}",
+            self.path.display()
+        ))
     }
 }
 
@@ -101,12 +106,17 @@ impl Registry for SqliteRegistry {
     async fn releases(&self, recipe: &str) -> Result<Vec<Manifest>> {
         let rows: Vec<String> = self.with(|c| {
             let mut stmt = c.prepare("SELECT manifest FROM releases WHERE recipe = ?1")?;
-            let rows = stmt.query_map([recipe], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
+            let rows = stmt
+                .query_map([recipe], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
             Ok(rows)
         })?;
         let mut out = Vec::new();
         for row in rows {
-            out.push(serde_json::from_str::<Manifest>(&row).map_err(|e| self.corrupt("release manifest", e))?);
+            out.push(
+                serde_json::from_str::<Manifest>(&row)
+                    .map_err(|e| self.corrupt("release manifest", e))?,
+            );
         }
         out.sort_by(|a, b| a.release.cmp(&b.release));
         Ok(out)
@@ -168,12 +178,20 @@ impl Registry for SqliteRegistry {
         })?;
         let mut out = BTreeMap::new();
         for (cluster, entry) in rows {
-            out.insert(cluster, serde_json::from_str(&entry).map_err(|e| self.corrupt("channel entry", e))?);
+            out.insert(
+                cluster,
+                serde_json::from_str(&entry).map_err(|e| self.corrupt("channel entry", e))?,
+            );
         }
         Ok(out)
     }
 
-    async fn move_channel(&self, recipe: &str, cluster: &str, change: ChannelMove) -> Result<ChannelEntry> {
+    async fn move_channel(
+        &self,
+        recipe: &str,
+        cluster: &str,
+        change: ChannelMove,
+    ) -> Result<ChannelEntry> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let last: Option<i64> = tx.query_row(
@@ -200,7 +218,13 @@ impl Registry for SqliteRegistry {
         })
     }
 
-    async fn lock(&self, recipe: &str, owner: &str, ttl: Duration, break_lock: bool) -> Result<LockInfo> {
+    async fn lock(
+        &self,
+        recipe: &str,
+        owner: &str,
+        ttl: Duration,
+        break_lock: bool,
+    ) -> Result<LockInfo> {
         let now = Utc::now();
         let expires = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1));
         let held = self.with(|c| {
@@ -275,7 +299,12 @@ impl Registry for SqliteRegistry {
     }
 
     async fn unlock(&self, recipe: &str, owner: &str) -> Result<()> {
-        self.with(|c| c.execute("DELETE FROM locks WHERE recipe = ?1 AND owner = ?2", params![recipe, owner]))?;
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM locks WHERE recipe = ?1 AND owner = ?2",
+                params![recipe, owner],
+            )
+        })?;
         Ok(())
     }
 }

@@ -103,7 +103,8 @@ impl Base {
 pub async fn ensure(spec: &BaseSpec, cache_dir: &Path, timeout: Duration) -> Result<Base> {
     let digest = spec.digest();
     let bases = cache_dir.join("bases");
-    std::fs::create_dir_all(&bases).map_err(|e| Error::io(format!("creating {}", bases.display()), e))?;
+    std::fs::create_dir_all(&bases)
+        .map_err(|e| Error::io(format!("creating {}", bases.display()), e))?;
     let dir = bases.join(&digest);
     let base = Base::at(&dir);
     if base.complete() {
@@ -116,13 +117,18 @@ pub async fn ensure(spec: &BaseSpec, cache_dir: &Path, timeout: Duration) -> Res
     }
     let tmp = bases.join(format!("{digest}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+    std::fs::create_dir_all(&tmp)
+        .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
     let built = tokio::time::timeout(timeout, build(spec, &tmp)).await;
     let result = match built {
         Ok(r) => r,
         Err(_) => Err(Error::provider(
             "local",
-            format!("building the {} base took longer than {}", spec.describe(), humantime::format_duration(timeout)),
+            format!(
+                "building the {} base took longer than {}",
+                spec.describe(),
+                humantime::format_duration(timeout)
+            ),
         )),
     };
     if let Err(e) = result {
@@ -130,7 +136,8 @@ pub async fn ensure(spec: &BaseSpec, cache_dir: &Path, timeout: Duration) -> Res
         return Err(e);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(format!("moving {} into place", tmp.display()), e))?;
+    std::fs::rename(&tmp, &dir)
+        .map_err(|e| Error::io(format!("moving {} into place", tmp.display()), e))?;
     Ok(base)
 }
 
@@ -156,10 +163,19 @@ async fn build(spec: &BaseSpec, tmp: &Path) -> Result<()> {
         let mut found: Vec<PathBuf> = std::fs::read_dir(&boot)
             .map_err(|e| Error::io(format!("reading {}", boot.display()), e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
             .collect();
         found.sort();
-        found.pop().ok_or_else(|| Error::provider("local", format!("no {prefix}* in {} after mmdebstrap", boot.display())))
+        found.pop().ok_or_else(|| {
+            Error::provider(
+                "local",
+                format!("no {prefix}* in {} after mmdebstrap", boot.display()),
+            )
+        })
     };
     let kernel = find("vmlinuz-")?;
     let initrd = find("initrd.img-")?;
@@ -186,7 +202,13 @@ async fn build(spec: &BaseSpec, tmp: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(&rootfs);
     cmd::run(
         "qemu-img",
-        &["convert".into(), "-O".into(), "qcow2".into(), raw.display().to_string(), base.disk.display().to_string()],
+        &[
+            "convert".into(),
+            "-O".into(),
+            "qcow2".into(),
+            raw.display().to_string(),
+            base.disk.display().to_string(),
+        ],
         None,
     )
     .await?;

@@ -47,7 +47,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(d).join("bake");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".cache").join("bake")
 }
 
@@ -71,9 +73,17 @@ impl LocalProvider {
 
     fn base_spec(&self, recipe: &Recipe, arch: Arch) -> Result<BaseSpec> {
         let local = recipe.local.as_ref().ok_or_else(|| {
-            Error::Usage(format!("recipe {} has no [base.local] section", recipe.file.display()))
+            Error::Usage(format!(
+                "recipe {} has no [base.local] section",
+                recipe.file.display()
+            ))
         })?;
-        Ok(BaseSpec::new(local, arch, self.settings.mirror.clone(), recipe.volume.size_gib))
+        Ok(BaseSpec::new(
+            local,
+            arch,
+            self.settings.mirror.clone(),
+            recipe.volume.size_gib,
+        ))
     }
 
     fn known_accel(&self, arch: Arch) -> Option<Accel> {
@@ -85,7 +95,13 @@ impl LocalProvider {
         if !qemu::kvm_possible(arch) {
             return Some(Accel::Tcg);
         }
-        if let Some((_, a)) = self.accel.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(x, _)| *x == arch) {
+        if let Some((_, a)) = self
+            .accel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(x, _)| *x == arch)
+        {
             return Some(*a);
         }
         // A probe result from an earlier run on this host.
@@ -94,14 +110,24 @@ impl LocalProvider {
         if host.trim() != host_fingerprint() {
             return None;
         }
-        Some(if verdict == "kvm" { Accel::Kvm } else { Accel::Tcg })
+        Some(if verdict == "kvm" {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        })
     }
 
     fn remember_accel(&self, arch: Arch, accel: Accel) {
-        self.accel.lock().unwrap_or_else(|p| p.into_inner()).push((arch, accel));
+        self.accel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((arch, accel));
         if self.settings.accel == pipeline::Accel::Auto {
             let _ = std::fs::create_dir_all(&self.cache_dir);
-            let _ = std::fs::write(self.probe_file(), format!("{accel} {}\n", host_fingerprint()));
+            let _ = std::fs::write(
+                self.probe_file(),
+                format!("{accel} {}\n", host_fingerprint()),
+            );
         }
     }
 
@@ -133,7 +159,12 @@ impl Provider for LocalProvider {
         })
     }
 
-    async fn find_image(&self, recipe: &str, arch: Arch, key: &BakeKey) -> Result<Option<ImageRecord>> {
+    async fn find_image(
+        &self,
+        recipe: &str,
+        arch: Arch,
+        key: &BakeKey,
+    ) -> Result<Option<ImageRecord>> {
         self.store.find(recipe, arch, key)
     }
 
@@ -146,26 +177,54 @@ impl Provider for LocalProvider {
             ..State::default()
         };
         for d in [&state.work, &state.logs] {
-            std::fs::create_dir_all(d).map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
         }
         let steps: Vec<Box<dyn Step<State> + '_>> = vec![
-            Box::new(PrepareBase { spec, provider: self }),
-            Box::new(CreateDisk { role: Role::Builder }),
-            Box::new(BootVm { role: Role::Builder, provider: self, job }),
-            Box::new(InstallFiles { job, provider: self }),
-            Box::new(RunScripts { job, provider: self }),
+            Box::new(PrepareBase {
+                spec,
+                provider: self,
+            }),
+            Box::new(CreateDisk {
+                role: Role::Builder,
+            }),
+            Box::new(BootVm {
+                role: Role::Builder,
+                provider: self,
+                job,
+            }),
+            Box::new(InstallFiles {
+                job,
+                provider: self,
+            }),
+            Box::new(RunScripts {
+                job,
+                provider: self,
+            }),
             Box::new(CapturePackages),
             Box::new(Shutdown { provider: self }),
-            Box::new(StoreImage { provider: self, job }),
+            Box::new(StoreImage {
+                provider: self,
+                job,
+            }),
             Box::new(CreateDisk { role: Role::Canary }),
-            Box::new(BootVm { role: Role::Canary, provider: self, job }),
-            Box::new(Validate { job, provider: self }),
+            Box::new(BootVm {
+                role: Role::Canary,
+                provider: self,
+                job,
+            }),
+            Box::new(Validate {
+                job,
+                provider: self,
+            }),
         ];
         let runner = Runner {
             cleanup_timeout: self.settings.shutdown_timeout + Duration::from_secs(60),
         };
         let report = runner
-            .run(&steps, &mut state, cx, |s| s.verdict.as_ref().is_some_and(|v| v.accepted))
+            .run(&steps, &mut state, cx, |s| {
+                s.verdict.as_ref().is_some_and(|v| v.accepted)
+            })
             .await;
         // Sockets and overlays live in the work dir; logs stay under runs/.
         let _ = std::fs::remove_dir_all(&state.work);
@@ -174,9 +233,12 @@ impl Provider for LocalProvider {
         }
         let outcome = report.into_result()?;
         tracing::info!(recipe = %job.recipe.name, arch = %job.arch, ?outcome, "bake finished");
-        state
-            .record
-            .ok_or_else(|| Error::provider("local", format!("{name}: the bake ended without an image record")))
+        state.record.ok_or_else(|| {
+            Error::provider(
+                "local",
+                format!("{name}: the bake ended without an image record"),
+            )
+        })
     }
 }
 
@@ -220,9 +282,9 @@ impl State {
             Role::Builder => &mut self.builder,
             Role::Canary => &mut self.canary,
         };
-        slot.as_mut()
-            .and_then(|(_, a)| a.as_mut())
-            .ok_or_else(|| Error::provider("local", format!("the {} VM is not running", role.as_str())))
+        slot.as_mut().and_then(|(_, a)| a.as_mut()).ok_or_else(|| {
+            Error::provider("local", format!("the {} VM is not running", role.as_str()))
+        })
     }
 }
 
@@ -247,7 +309,13 @@ fn guest_env(cx: &StepContext<'_>) -> Vec<String> {
 }
 
 /// Runs a shell command in a VM and fails the step on a non-zero exit.
-async fn sh(agent: &mut Agent, cx: &StepContext<'_>, step: &str, script: &str, timeout: Duration) -> Result<String> {
+async fn sh(
+    agent: &mut Agent,
+    cx: &StepContext<'_>,
+    step: &str,
+    script: &str,
+    timeout: Duration,
+) -> Result<String> {
     let out = agent
         .exec("/bin/sh", &["-c", script], &guest_env(cx), timeout)
         .await
@@ -256,7 +324,12 @@ async fn sh(agent: &mut Agent, cx: &StepContext<'_>, step: &str, script: &str, t
         return Err(step_err(
             cx,
             step,
-            format!("`{script}` exited {}: {}{}", out.exit_code, out.stdout.trim(), out.stderr.trim()),
+            format!(
+                "`{script}` exited {}: {}{}",
+                out.exit_code,
+                out.stdout.trim(),
+                out.stderr.trim()
+            ),
         ));
     }
     Ok(out.stdout)
@@ -274,14 +347,28 @@ impl Step<State> for PrepareBase<'_> {
     }
     async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
         let digest = self.spec.digest();
-        let cached = self.provider.cache_dir.join("bases").join(&digest).join("disk.qcow2").is_file();
+        let cached = self
+            .provider
+            .cache_dir
+            .join("bases")
+            .join(&digest)
+            .join("disk.qcow2")
+            .is_file();
         cx.phase(&if cached {
             format!("base {} (cached)", &digest[..12])
         } else {
-            format!("base: building {} with mmdebstrap (cached afterwards)", self.spec.describe())
+            format!(
+                "base: building {} with mmdebstrap (cached afterwards)",
+                self.spec.describe()
+            )
         });
         let start = Instant::now();
-        let base = base::ensure(&self.spec, &self.provider.cache_dir, self.provider.settings.base_timeout).await?;
+        let base = base::ensure(
+            &self.spec,
+            &self.provider.cache_dir,
+            self.provider.settings.base_timeout,
+        )
+        .await?;
         tracing::info!(recipe = cx.recipe, arch = %cx.arch, "base ready in {}", qemu::since(start));
         state.base = Some(base);
         Ok(())
@@ -331,7 +418,12 @@ impl Step<State> for CreateDisk {
         .await?;
         Ok(())
     }
-    async fn cleanup(&self, state: &mut State, _outcome: Outcome, cx: &StepContext<'_>) -> Result<()> {
+    async fn cleanup(
+        &self,
+        state: &mut State,
+        _outcome: Outcome,
+        cx: &StepContext<'_>,
+    ) -> Result<()> {
         let disk = match self.role {
             Role::Builder => state.builder_disk.take(),
             Role::Canary => state.canary_disk.take(),
@@ -358,12 +450,26 @@ impl BootVm<'_> {
     fn spec(&self, state: &State, accel: Accel) -> Result<VmSpec> {
         let (kernel, initrd, disk) = match self.role {
             Role::Builder => {
-                let base = state.base.as_ref().ok_or_else(|| Error::provider("local", "no base"))?;
-                (base.kernel.clone(), base.initrd.clone(), state.builder_disk.clone())
+                let base = state
+                    .base
+                    .as_ref()
+                    .ok_or_else(|| Error::provider("local", "no base"))?;
+                (
+                    base.kernel.clone(),
+                    base.initrd.clone(),
+                    state.builder_disk.clone(),
+                )
             }
             Role::Canary => {
-                let image = state.image.as_ref().ok_or_else(|| Error::provider("local", "no image"))?;
-                (image.kernel.clone(), image.initrd.clone(), state.canary_disk.clone())
+                let image = state
+                    .image
+                    .as_ref()
+                    .ok_or_else(|| Error::provider("local", "no image"))?;
+                (
+                    image.kernel.clone(),
+                    image.initrd.clone(),
+                    state.canary_disk.clone(),
+                )
             }
         };
         Ok(VmSpec {
@@ -380,7 +486,13 @@ impl BootVm<'_> {
         })
     }
 
-    async fn boot(&self, state: &mut State, cx: &StepContext<'_>, accel: Accel, timeout: Duration) -> Result<()> {
+    async fn boot(
+        &self,
+        state: &mut State,
+        cx: &StepContext<'_>,
+        accel: Accel,
+        timeout: Duration,
+    ) -> Result<()> {
         let spec = self.spec(state, accel)?;
         let mut vm = Vm::start(&spec)?;
         cx.created("vm", &format!("{} pid {}", vm.socket.display(), vm.pid))?;
@@ -397,7 +509,11 @@ impl BootVm<'_> {
                 Ok(())
             }
             Err(e) => {
-                let stderr = if vm.running() { String::new() } else { vm.stderr_tail().await };
+                let stderr = if vm.running() {
+                    String::new()
+                } else {
+                    vm.stderr_tail().await
+                };
                 *slot = Some((vm, None));
                 Err(if stderr.trim().is_empty() {
                     e
@@ -432,7 +548,10 @@ impl Step<State> for BootVm<'_> {
     }
     async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
         let timeout = self.provider.settings.boot_timeout;
-        let accel = match state.accel.or_else(|| self.provider.known_accel(self.job.arch)) {
+        let accel = match state
+            .accel
+            .or_else(|| self.provider.known_accel(self.job.arch))
+        {
             Some(a) => a,
             None => {
                 // Probe: KVM counts as usable only if a boot with it answers quickly.
@@ -456,7 +575,12 @@ impl Step<State> for BootVm<'_> {
         cx.phase(&format!("boot {} ({accel})", self.role.as_str()));
         self.boot(state, cx, accel, timeout).await
     }
-    async fn cleanup(&self, state: &mut State, _outcome: Outcome, cx: &StepContext<'_>) -> Result<()> {
+    async fn cleanup(
+        &self,
+        state: &mut State,
+        _outcome: Outcome,
+        cx: &StepContext<'_>,
+    ) -> Result<()> {
         self.stop(state, cx).await
     }
 }
@@ -474,18 +598,51 @@ impl Step<State> for InstallFiles<'_> {
     async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
         let timeout = self.provider.settings.step_timeout;
         let agent = state.agent(Role::Builder)?;
-        sh(agent, cx, self.name(), &format!("mkdir -p {STAGING}"), timeout).await?;
+        sh(
+            agent,
+            cx,
+            self.name(),
+            &format!("mkdir -p {STAGING}"),
+            timeout,
+        )
+        .await?;
         for (i, f) in self.job.recipe.files.iter().enumerate() {
-            cx.phase(&format!("file {}/{} {}", i + 1, self.job.recipe.files.len(), f.dest));
-            let parent = Path::new(&f.dest).parent().map(|p| p.display().to_string()).unwrap_or_else(|| "/".into());
-            sh(agent, cx, self.name(), &format!("mkdir -p '{parent}'"), timeout).await?;
+            cx.phase(&format!(
+                "file {}/{} {}",
+                i + 1,
+                self.job.recipe.files.len(),
+                f.dest
+            ));
+            let parent = Path::new(&f.dest)
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "/".into());
+            sh(
+                agent,
+                cx,
+                self.name(),
+                &format!("mkdir -p '{parent}'"),
+                timeout,
+            )
+            .await?;
             agent
                 .write_file(&f.dest, &f.content)
                 .await
                 .map_err(|e| step_err(cx, self.name(), format!("writing {}: {e}", f.dest)))?;
-            let got = sh(agent, cx, self.name(), &format!("chmod {:o} '{}' && sha256sum '{}'", f.mode, f.dest, f.dest), timeout).await?;
+            let got = sh(
+                agent,
+                cx,
+                self.name(),
+                &format!("chmod {:o} '{}' && sha256sum '{}'", f.mode, f.dest, f.dest),
+                timeout,
+            )
+            .await?;
             if !got.starts_with(&f.sha256) {
-                return Err(step_err(cx, self.name(), format!("{} arrived with a different sha256: {}", f.dest, got.trim())));
+                return Err(step_err(
+                    cx,
+                    self.name(),
+                    format!("{} arrived with a different sha256: {}", f.dest, got.trim()),
+                ));
             }
         }
         Ok(())
@@ -516,7 +673,12 @@ impl Step<State> for RunScripts<'_> {
             let timeout = step.timeout.unwrap_or(self.provider.settings.step_timeout);
             let start = Instant::now();
             let out = agent
-                .exec("/bin/sh", &["-c", &format!("chmod 0700 '{path}' && exec '{path}'")], &guest_env(cx), timeout)
+                .exec(
+                    "/bin/sh",
+                    &["-c", &format!("chmod 0700 '{path}' && exec '{path}'")],
+                    &guest_env(cx),
+                    timeout,
+                )
                 .await
                 .map_err(|e| step_err(cx, &step.name, e.to_string()))?;
             let log = logs.join(format!("{:02}-{}.log", i + 1, step.name));
@@ -533,7 +695,13 @@ impl Step<State> for RunScripts<'_> {
                 ),
             );
             if out.exit_code != 0 {
-                let tail: Vec<&str> = out.stderr.lines().chain(out.stdout.lines()).rev().take(8).collect();
+                let tail: Vec<&str> = out
+                    .stderr
+                    .lines()
+                    .chain(out.stdout.lines())
+                    .rev()
+                    .take(8)
+                    .collect();
                 return Err(step_err(
                     cx,
                     &step.name,
@@ -547,7 +715,14 @@ impl Step<State> for RunScripts<'_> {
                 ));
             }
         }
-        sh(agent, cx, self.name(), &format!("rm -rf {STAGING}"), self.provider.settings.step_timeout).await?;
+        sh(
+            agent,
+            cx,
+            self.name(),
+            &format!("rm -rf {STAGING}"),
+            self.provider.settings.step_timeout,
+        )
+        .await?;
         Ok(())
     }
 }
@@ -602,14 +777,19 @@ impl Step<State> for Shutdown<'_> {
             .as_mut()
             .ok_or_else(|| step_err(cx, "shutdown", "the builder is not running"))?;
         if let Some(mut a) = agent.take() {
-            a.shutdown().await.map_err(|e| step_err(cx, "shutdown", e.to_string()))?;
+            a.shutdown()
+                .await
+                .map_err(|e| step_err(cx, "shutdown", e.to_string()))?;
         }
         // Never poll the agent while the guest goes down: wait for QEMU to exit.
         if !vm.wait_exit(timeout).await {
             return Err(step_err(
                 cx,
                 "shutdown",
-                format!("the builder did not power off within {}", humantime::format_duration(timeout)),
+                format!(
+                    "the builder did not power off within {}",
+                    humantime::format_duration(timeout)
+                ),
             ));
         }
         Ok(())
@@ -629,13 +809,26 @@ impl Step<State> for StoreImage<'_> {
     async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
         cx.phase("snapshot: flattening the builder disk into the image store");
         let store = &self.provider.store;
-        std::fs::create_dir_all(store.dir()).map_err(|e| Error::io(format!("creating {}", store.dir().display()), e))?;
-        let disk = state.builder_disk.clone().ok_or_else(|| step_err(cx, self.name(), "no builder disk"))?;
-        let tmp = store.dir().join(format!("tmp-{}-{}-{}.qcow2", self.job.run_id, cx.recipe, cx.arch));
+        std::fs::create_dir_all(store.dir())
+            .map_err(|e| Error::io(format!("creating {}", store.dir().display()), e))?;
+        let disk = state
+            .builder_disk
+            .clone()
+            .ok_or_else(|| step_err(cx, self.name(), "no builder disk"))?;
+        let tmp = store.dir().join(format!(
+            "tmp-{}-{}-{}.qcow2",
+            self.job.run_id, cx.recipe, cx.arch
+        ));
         cx.created("file", &tmp.display().to_string())?;
         let flattened = cmd::run(
             "qemu-img",
-            &["convert".into(), "-O".into(), "qcow2".into(), disk.display().to_string(), tmp.display().to_string()],
+            &[
+                "convert".into(),
+                "-O".into(),
+                "qcow2".into(),
+                disk.display().to_string(),
+                tmp.display().to_string(),
+            ],
             None,
         )
         .await;
@@ -654,16 +847,27 @@ impl Step<State> for StoreImage<'_> {
         let files = store.files(&Store::id_for(&digest));
         cx.created("image", &files.id)?;
         state.image = Some(files.clone());
-        let write = |p: &Path, b: &[u8]| std::fs::write(p, b).map_err(|e| Error::io(format!("writing {}", p.display()), e));
+        let write = |p: &Path, b: &[u8]| {
+            std::fs::write(p, b).map_err(|e| Error::io(format!("writing {}", p.display()), e))
+        };
         write(&files.kernel, state.kernel.as_deref().unwrap_or_default())?;
         write(&files.initrd, state.initrd.as_deref().unwrap_or_default())?;
-        write(&files.packages, state.packages.as_deref().unwrap_or_default().as_bytes())?;
-        std::fs::rename(&tmp, &files.disk).map_err(|e| Error::io(format!("moving {} into the store", tmp.display()), e))?;
+        write(
+            &files.packages,
+            state.packages.as_deref().unwrap_or_default().as_bytes(),
+        )?;
+        std::fs::rename(&tmp, &files.disk)
+            .map_err(|e| Error::io(format!("moving {} into the store", tmp.display()), e))?;
         cx.removed("file", &tmp.display().to_string())?;
         tracing::info!(recipe = cx.recipe, arch = %cx.arch, image = %files.id, "image stored");
         Ok(())
     }
-    async fn cleanup(&self, state: &mut State, outcome: Outcome, cx: &StepContext<'_>) -> Result<()> {
+    async fn cleanup(
+        &self,
+        state: &mut State,
+        outcome: Outcome,
+        cx: &StepContext<'_>,
+    ) -> Result<()> {
         if let Some(files) = &state.image {
             if outcome.discards_image() {
                 self.provider.store.remove(&files.id)?;
@@ -706,34 +910,65 @@ impl Step<State> for Validate<'_> {
         let logs = state.logs.clone();
         let timeout = self.provider.settings.step_timeout;
         let agent = state.agent(Role::Canary)?;
-        sh(agent, cx, self.name(), "mkdir -p /var/lib/bake-validators", timeout).await?;
+        sh(
+            agent,
+            cx,
+            self.name(),
+            "mkdir -p /var/lib/bake-validators",
+            timeout,
+        )
+        .await?;
         let mut results = Vec::new();
         for (i, v) in validators.iter().enumerate() {
-            cx.phase(&format!("validator {}/{} {}", i + 1, validators.len(), v.name));
+            cx.phase(&format!(
+                "validator {}/{} {}",
+                i + 1,
+                validators.len(),
+                v.name
+            ));
             if v.needs_cluster {
-                results.push(CheckResult::not_applicable(&v.name, "needs a joined cluster node; the local provider has no cluster"));
+                results.push(CheckResult::not_applicable(
+                    &v.name,
+                    "needs a joined cluster node; the local provider has no cluster",
+                ));
                 continue;
             }
             let path = format!("/var/lib/bake-validators/{}", v.name);
             let result = match agent.write_file(&path, &v.content).await {
                 Err(e) => CheckResult::error(&v.name, format!("could not upload the script: {e}")),
                 Ok(()) => match agent
-                    .exec("/bin/sh", &["-c", &format!("chmod 0700 '{path}' && exec '{path}'")], &guest_env(cx), timeout)
+                    .exec(
+                        "/bin/sh",
+                        &["-c", &format!("chmod 0700 '{path}' && exec '{path}'")],
+                        &guest_env(cx),
+                        timeout,
+                    )
                     .await
                 {
-                    Ok(out) => CheckResult::from_exit(&v.name, out.exit_code, &out.stdout, &out.stderr),
+                    Ok(out) => {
+                        CheckResult::from_exit(&v.name, out.exit_code, &out.stdout, &out.stderr)
+                    }
                     Err(e) => CheckResult::error(&v.name, format!("could not run: {e}")),
                 },
             };
             let _ = std::fs::write(
                 logs.join(format!("validator-{}.log", v.name)),
-                format!("# {} {:?} {}\n{}", v.name, result.status, result.reason.clone().unwrap_or_default(), result.output),
+                format!(
+                    "# {} {:?} {}\n{}",
+                    v.name,
+                    result.status,
+                    result.reason.clone().unwrap_or_default(),
+                    result.output
+                ),
             );
             tracing::info!(recipe = cx.recipe, arch = %cx.arch, validator = %v.name, status = %result.status, "{}", result.reason.clone().unwrap_or_default());
             results.push(result);
         }
         let verdict = Verdict::decide(results);
-        let files = state.image.clone().ok_or_else(|| step_err(cx, self.name(), "no image"))?;
+        let files = state
+            .image
+            .clone()
+            .ok_or_else(|| step_err(cx, self.name(), "no image"))?;
         let packages = state.packages.as_deref().map(|p| sha256_hex(p.as_bytes()));
         let record = ImageRecord {
             id: files.id.clone(),

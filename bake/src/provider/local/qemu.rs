@@ -66,7 +66,8 @@ pub struct Vm {
 
 impl Vm {
     pub fn start(spec: &VmSpec) -> Result<Vm> {
-        std::fs::create_dir_all(&spec.dir).map_err(|e| Error::io(format!("creating {}", spec.dir.display()), e))?;
+        std::fs::create_dir_all(&spec.dir)
+            .map_err(|e| Error::io(format!("creating {}", spec.dir.display()), e))?;
         let socket = spec.dir.join(format!("{}.qga.sock", spec.name));
         let serial = spec.log_dir.join(format!("{}.serial.log", spec.name));
         let _ = std::fs::remove_file(&socket);
@@ -81,14 +82,40 @@ impl Vm {
             .args(["-cpu", cpu])
             .args(["-m", &spec.memory_mib.to_string()])
             .args(["-smp", &spec.cpus.to_string()])
-            .args(["-nographic", "-no-reboot", "-nodefaults", "-display", "none", "-monitor", "none"])
+            .args([
+                "-nographic",
+                "-no-reboot",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+            ])
             .args(["-kernel", &spec.kernel.display().to_string()])
             .args(["-initrd", &spec.initrd.display().to_string()])
-            .args(["-append", &format!("root=/dev/vda rw console={console} panic=-1 quiet")])
-            .args(["-drive", &format!("file={},if=virtio,format=qcow2,cache=unsafe", spec.disk.display())])
+            .args([
+                "-append",
+                &format!("root=/dev/vda rw console={console} panic=-1 quiet"),
+            ])
+            .args([
+                "-drive",
+                &format!(
+                    "file={},if=virtio,format=qcow2,cache=unsafe",
+                    spec.disk.display()
+                ),
+            ])
             .args(["-device", "virtio-serial"])
-            .args(["-chardev", &format!("socket,path={},server=on,wait=off,id=qga0", socket.display())])
-            .args(["-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"])
+            .args([
+                "-chardev",
+                &format!(
+                    "socket,path={},server=on,wait=off,id=qga0",
+                    socket.display()
+                ),
+            ])
+            .args([
+                "-device",
+                "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+            ])
             .args(["-nic", "none"])
             .args(["-serial", &format!("file:{}", serial.display())])
             .stdin(std::process::Stdio::null())
@@ -102,9 +129,12 @@ impl Vm {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| Error::provider("local", format!("cannot start {binary}: {e} (run scripts/setup-host)")))?;
+        let child = cmd.spawn().map_err(|e| {
+            Error::provider(
+                "local",
+                format!("cannot start {binary}: {e} (run scripts/setup-host)"),
+            )
+        })?;
         let pid = child.id().unwrap_or(0);
         tracing::info!(vm = %spec.name, pid, accel = %spec.accel, "started {binary}");
         Ok(Vm {
@@ -122,7 +152,9 @@ impl Vm {
         let serial = self.serial.clone();
         let name = self.name.clone();
         let result = Agent::connect(&self.socket, timeout, || match child.try_wait() {
-            Ok(Some(status)) => Err(format!("QEMU exited ({status}) before the guest agent answered")),
+            Ok(Some(status)) => Err(format!(
+                "QEMU exited ({status}) before the guest agent answered"
+            )),
             _ => Ok(()),
         })
         .await;
@@ -141,7 +173,9 @@ impl Vm {
 
     /// Waits up to `timeout` for QEMU to exit; true if it did.
     pub async fn wait_exit(&mut self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.child.wait()).await.is_ok()
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .is_ok()
     }
 
     pub fn running(&mut self) -> bool {
@@ -170,7 +204,9 @@ impl Vm {
 
 /// The last `n` lines of a text file, for error messages.
 pub fn tail_file(path: &Path, n: usize) -> String {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

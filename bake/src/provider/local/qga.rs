@@ -45,7 +45,11 @@ fn b64() -> base64::engine::GeneralPurpose {
 impl Agent {
     /// Connects and syncs, retrying until the agent answers or `timeout` passes.
     /// `alive` is checked between tries so a VM that died is noticed at once.
-    pub async fn connect(socket: &Path, timeout: Duration, mut alive: impl FnMut() -> Result<(), String>) -> Result<Agent, QgaError> {
+    pub async fn connect(
+        socket: &Path,
+        timeout: Duration,
+        mut alive: impl FnMut() -> Result<(), String>,
+    ) -> Result<Agent, QgaError> {
         let start = Instant::now();
         loop {
             if let Err(why) = alive() {
@@ -78,7 +82,8 @@ impl Agent {
     /// `guest-sync` with a random ID; answers left over from earlier requests are skipped.
     async fn sync(&mut self, timeout: Duration) -> Result<(), QgaError> {
         let id: u32 = rand::random::<u32>() >> 1;
-        self.send(&json!({"execute": "guest-sync", "arguments": {"id": id}})).await?;
+        self.send(&json!({"execute": "guest-sync", "arguments": {"id": id}}))
+            .await?;
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -118,7 +123,8 @@ impl Agent {
 
     /// Runs one agent command and returns its `return` value.
     pub async fn call(&mut self, command: &str, arguments: Value) -> Result<Value, QgaError> {
-        self.send(&json!({"execute": command, "arguments": arguments})).await?;
+        self.send(&json!({"execute": command, "arguments": arguments}))
+            .await?;
         let v = tokio::time::timeout(Duration::from_secs(60), self.read())
             .await
             .map_err(|_| QgaError::Timeout {
@@ -128,7 +134,11 @@ impl Agent {
         if let Some(err) = v.get("error") {
             return Err(QgaError::Command {
                 command: command.into(),
-                message: err.get("desc").and_then(Value::as_str).unwrap_or("unknown error").to_string(),
+                message: err
+                    .get("desc")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown error")
+                    .to_string(),
             });
         }
         Ok(v.get("return").cloned().unwrap_or(Value::Null))
@@ -136,18 +146,30 @@ impl Agent {
 
     /// Runs `path args...` in the guest with `env`, waits up to `timeout`, and returns its
     /// exit code and output.
-    pub async fn exec(&mut self, path: &str, args: &[&str], env: &[String], timeout: Duration) -> Result<ExecOutput, QgaError> {
-        let shown = std::iter::once(path).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
+    pub async fn exec(
+        &mut self,
+        path: &str,
+        args: &[&str],
+        env: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, QgaError> {
+        let shown = std::iter::once(path)
+            .chain(args.iter().copied())
+            .collect::<Vec<_>>()
+            .join(" ");
         let r = self
             .call(
                 "guest-exec",
                 json!({"path": path, "arg": args, "env": env, "capture-output": true}),
             )
             .await?;
-        let pid = r.get("pid").and_then(Value::as_i64).ok_or_else(|| QgaError::Command {
-            command: "guest-exec".into(),
-            message: format!("no pid in answer {r}"),
-        })?;
+        let pid = r
+            .get("pid")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| QgaError::Command {
+                command: "guest-exec".into(),
+                message: format!("no pid in answer {r}"),
+            })?;
         let deadline = Instant::now() + timeout;
         let mut delay = Duration::from_millis(50);
         loop {
@@ -172,7 +194,10 @@ impl Agent {
                 });
             }
             if Instant::now() > deadline {
-                return Err(QgaError::Timeout { command: shown, timeout });
+                return Err(QgaError::Timeout {
+                    command: shown,
+                    timeout,
+                });
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(500));
@@ -181,22 +206,30 @@ impl Agent {
 
     /// Writes `content` to `path` in the guest (the parent directory must exist).
     pub async fn write_file(&mut self, path: &str, content: &[u8]) -> Result<(), QgaError> {
-        let handle = self.call("guest-file-open", json!({"path": path, "mode": "w"})).await?;
+        let handle = self
+            .call("guest-file-open", json!({"path": path, "mode": "w"}))
+            .await?;
         let handle = handle.as_i64().ok_or_else(|| QgaError::Command {
             command: "guest-file-open".into(),
             message: format!("no handle for {path}"),
         })?;
         for chunk in content.chunks(48 * 1024) {
-            self.call("guest-file-write", json!({"handle": handle, "buf-b64": b64().encode(chunk)}))
-                .await?;
+            self.call(
+                "guest-file-write",
+                json!({"handle": handle, "buf-b64": b64().encode(chunk)}),
+            )
+            .await?;
         }
-        self.call("guest-file-close", json!({"handle": handle})).await?;
+        self.call("guest-file-close", json!({"handle": handle}))
+            .await?;
         Ok(())
     }
 
     /// Reads a whole file from the guest.
     pub async fn read_file(&mut self, path: &str) -> Result<Vec<u8>, QgaError> {
-        let handle = self.call("guest-file-open", json!({"path": path, "mode": "r"})).await?;
+        let handle = self
+            .call("guest-file-open", json!({"path": path, "mode": "r"}))
+            .await?;
         let handle = handle.as_i64().ok_or_else(|| QgaError::Command {
             command: "guest-file-open".into(),
             message: format!("no handle for {path}"),
@@ -204,7 +237,10 @@ impl Agent {
         let mut content = Vec::new();
         loop {
             let r = self
-                .call("guest-file-read", json!({"handle": handle, "count": 4 * 1024 * 1024}))
+                .call(
+                    "guest-file-read",
+                    json!({"handle": handle, "count": 4 * 1024 * 1024}),
+                )
                 .await?;
             if let Some(data) = r.get("buf-b64").and_then(Value::as_str) {
                 content.extend(b64().decode(data).map_err(|e| QgaError::Command {
@@ -216,12 +252,14 @@ impl Agent {
                 break;
             }
         }
-        self.call("guest-file-close", json!({"handle": handle})).await?;
+        self.call("guest-file-close", json!({"handle": handle}))
+            .await?;
         Ok(content)
     }
 
     /// Asks the guest to power off. The agent may not answer (it goes down with the guest).
     pub async fn shutdown(&mut self) -> Result<(), QgaError> {
-        self.send(&json!({"execute": "guest-shutdown", "arguments": {"mode": "powerdown"}})).await
+        self.send(&json!({"execute": "guest-shutdown", "arguments": {"mode": "powerdown"}}))
+            .await
     }
 }

@@ -72,14 +72,17 @@ impl Store {
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
-            let text = std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            let text = std::fs::read(&path)
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
             match serde_json::from_slice::<ImageRecord>(&text) {
                 Ok(r) if self.files(&r.id).disk.is_file() => out.push(r),
                 Ok(_) => {}
-                Err(e) => tracing::warn!("ignoring unreadable image record {}: {e}", path.display()),
+                Err(e) => {
+                    tracing::warn!("ignoring unreadable image record {}: {e}", path.display())
+                }
             }
         }
-        out.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        out.sort_by_key(|a| a.created_at);
         Ok(out)
     }
 

@@ -1,0 +1,691 @@
+//! Bad input is refused before anything is created: exit code 2 and a message naming the
+//! file, the line and the field. Each case breaks a copy of the real project in one way.
+
+mod common;
+
+use assert_cmd::Command;
+use common::{line_of, Project};
+
+const RECIPE: &str = "recipes/eks-node.toml";
+const LOCAL: &str = "pipelines/local.toml";
+const AWS: &str = "pipelines/aws.toml";
+
+struct Expect<'a> {
+    file: &'a str,
+    line: Option<usize>,
+    field: Option<&'a str>,
+    message: &'a str,
+}
+
+fn bake(p: &Project, args: &[&str]) -> std::process::Output {
+    Command::cargo_bin("bake")
+        .unwrap()
+        .current_dir(p.dir.path())
+        .env_remove("BAKE_STATE_DIR")
+        .env_remove("BAKE_PIPELINE")
+        .env("BAKE_CACHE_DIR", p.path("cache"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs `plan` and `run` on the pipeline; both must refuse with exit 2, name the place,
+/// and create nothing.
+fn refused(p: &Project, pipeline: &str, e: Expect<'_>) {
+    for cmd in ["plan", "run"] {
+        let out = bake(p, &[cmd, pipeline]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{cmd}: exit code; stderr:\n{stderr}"
+        );
+        let place = match e.line {
+            Some(line) => format!("{}:{line}:", e.file),
+            None => format!("{}: ", e.file),
+        };
+        assert!(
+            stderr.contains(&place),
+            "{cmd}: expected {place:?} in:\n{stderr}"
+        );
+        if let Some(field) = e.field {
+            assert!(
+                stderr.contains(&format!("field `{field}`")),
+                "{cmd}: expected field {field:?} in:\n{stderr}"
+            );
+        }
+        assert!(
+            stderr.contains(e.message),
+            "{cmd}: expected {:?} in:\n{stderr}",
+            e.message
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{cmd}: stdout must stay empty on error"
+        );
+        assert!(
+            !p.state().exists(),
+            "{cmd}: created the state dir on bad input"
+        );
+        assert!(
+            !p.path("cache").exists(),
+            "{cmd}: touched the cache on bad input"
+        );
+    }
+}
+
+#[test]
+fn malformed_recipe_toml() {
+    let p = Project::new();
+    p.edit(RECIPE, "[volume]", "[volume");
+    let line = line_of(&p.read(RECIPE), "[volume");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: None,
+            message: "",
+        },
+    );
+}
+
+#[test]
+fn malformed_pipeline_toml() {
+    let p = Project::new();
+    p.edit(LOCAL, "soak = \"1h\"", "soak = \"1h");
+    let line = line_of(&p.read(LOCAL), "soak =");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: LOCAL,
+            line: Some(line),
+            field: None,
+            message: "",
+        },
+    );
+}
+
+#[test]
+fn unknown_key_in_recipe() {
+    let p = Project::new();
+    p.edit(RECIPE, "[volume]\n", "[volume]\nsize_gb = 20\n");
+    let line = line_of(&p.read(RECIPE), "size_gb");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("volume.size_gb"),
+            message: "unknown field `size_gb`",
+        },
+    );
+}
+
+#[test]
+fn unknown_key_in_a_step() {
+    let p = Project::new();
+    p.edit(
+        RECIPE,
+        "name = \"disable-apt-timers\"\n",
+        "name = \"disable-apt-timers\"\nrun_as = \"root\"\n",
+    );
+    let line = line_of(&p.read(RECIPE), "run_as");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("steps[1].run_as"),
+            message: "unknown field `run_as`",
+        },
+    );
+}
+
+#[test]
+fn unknown_key_in_pipeline() {
+    let p = Project::new();
+    p.edit(LOCAL, "[local]\n", "[local]\nmemory = 2048\n");
+    let line = line_of(&p.read(LOCAL), "memory = 2048");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: LOCAL,
+            line: Some(line),
+            field: Some("local.memory"),
+            message: "unknown field `memory`",
+        },
+    );
+}
+
+#[test]
+fn unknown_arch() {
+    let p = Project::new();
+    p.edit(
+        LOCAL,
+        "arches = [\"x86_64\", \"arm64\"]\nauto",
+        "arches = [\"x86_64\", \"amd64\"]\nauto",
+    );
+    let line = line_of(&p.read(LOCAL), "\"amd64\"");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: LOCAL,
+            line: Some(line),
+            field: Some("bake[0].arches[1]"),
+            message: "unknown variant `amd64`",
+        },
+    );
+}
+
+#[test]
+fn duplicate_arch() {
+    let p = Project::new();
+    p.edit(
+        LOCAL,
+        "arches = [\"x86_64\", \"arm64\"]\nauto",
+        "arches = [\"x86_64\", \"x86_64\"]\nauto",
+    );
+    let line = line_of(&p.read(LOCAL), "arches = [\"x86_64\", \"x86_64\"]");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: LOCAL,
+            line: Some(line),
+            field: Some("bake[0].arches[1]"),
+            message: "listed twice",
+        },
+    );
+}
+
+#[test]
+fn empty_arch_list() {
+    let p = Project::new();
+    p.edit(
+        LOCAL,
+        "arches = [\"x86_64\", \"arm64\"]\nauto",
+        "arches = []\nauto",
+    );
+    let line = line_of(&p.read(LOCAL), "arches = []");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: LOCAL,
+            line: Some(line),
+            field: Some("bake[0].arches"),
+            message: "the arch list is empty",
+        },
+    );
+}
+
+#[test]
+fn wrong_type() {
+    let p = Project::new();
+    p.edit(LOCAL, "memory_mib = 1024", "memory_mib = \"1024\"");
+    let line = line_of(&p.read(LOCAL), "memory_mib");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: LOCAL,
+            line: Some(line),
+            field: Some("local.memory_mib"),
+            message: "invalid type",
+        },
+    );
+}
+
+#[test]
+fn duplicate_key() {
+    let p = Project::new();
+    p.edit(LOCAL, "cpus = 1\n", "cpus = 1\ncpus = 2\n");
+    let line = line_of(&p.read(LOCAL), "cpus = 2");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: LOCAL,
+            line: Some(line),
+            field: None,
+            message: "duplicate key",
+        },
+    );
+}
+
+#[test]
+fn missing_script() {
+    let p = Project::new();
+    std::fs::remove_file(p.path("recipes/eks-node/disable-apt-timers.sh")).unwrap();
+    let line = line_of(
+        &p.read(RECIPE),
+        "script = \"eks-node/disable-apt-timers.sh\"",
+    );
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("steps[1].script"),
+            message: "does not exist",
+        },
+    );
+}
+
+#[test]
+fn non_executable_script() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new();
+    let path = p.path("recipes/steps/generalize.sh");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let line = line_of(&p.read(RECIPE), "script = \"steps/generalize.sh\"");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("steps[2].script"),
+            message: "not executable",
+        },
+    );
+}
+
+#[test]
+fn script_path_with_dot_dot() {
+    let p = Project::new();
+    p.edit(
+        RECIPE,
+        "script = \"steps/generalize.sh\"",
+        "script = \"eks-node/../../validators/mac-policy.sh\"",
+    );
+    let line = line_of(&p.read(RECIPE), "../../validators");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("steps[2].script"),
+            message: "uses `..`",
+        },
+    );
+}
+
+#[test]
+fn absolute_script_path() {
+    let p = Project::new();
+    p.edit(
+        RECIPE,
+        "script = \"steps/generalize.sh\"",
+        "script = \"/bin/true\"",
+    );
+    let line = line_of(&p.read(RECIPE), "/bin/true");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("steps[2].script"),
+            message: "is absolute",
+        },
+    );
+}
+
+#[test]
+fn script_outside_the_recipe_dirs() {
+    let p = Project::new();
+    p.write("recipes/other/x.sh", "#!/bin/sh\n");
+    p.edit(
+        RECIPE,
+        "script = \"steps/generalize.sh\"",
+        "script = \"other/x.sh\"",
+    );
+    let line = line_of(&p.read(RECIPE), "other/x.sh");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("steps[2].script"),
+            message: "outside",
+        },
+    );
+}
+
+#[test]
+fn symlink_out_of_the_recipe_dir() {
+    let p = Project::new();
+    std::os::unix::fs::symlink("/bin/true", p.path("recipes/eks-node/escape.sh")).unwrap();
+    p.edit(
+        RECIPE,
+        "script = \"steps/generalize.sh\"",
+        "script = \"eks-node/escape.sh\"",
+    );
+    let line = line_of(&p.read(RECIPE), "eks-node/escape.sh");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("steps[2].script"),
+            message: "symlinks may not lead out",
+        },
+    );
+}
+
+#[test]
+fn pinned_file_sha256_mismatch() {
+    let p = Project::new();
+    p.write(
+        "recipes/eks-node/files/99-bake-mac-policy.conf",
+        "[Link]\nMACAddressPolicy=persistent\n",
+    );
+    let line = line_of(&p.read(RECIPE), "sha256 =");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("files[0].sha256"),
+            message: "sha256 mismatch",
+        },
+    );
+}
+
+#[test]
+fn file_destination_not_absolute() {
+    let p = Project::new();
+    p.edit(RECIPE, "dest = \"/etc/systemd", "dest = \"etc/systemd");
+    let line = line_of(&p.read(RECIPE), "dest =");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("files[0].dest"),
+            message: "absolute path",
+        },
+    );
+}
+
+#[test]
+fn duplicate_step_names() {
+    let p = Project::new();
+    p.edit(
+        RECIPE,
+        "name = \"disable-apt-timers\"",
+        "name = \"purge-unattended-upgrades\"",
+    );
+    let text = p.read(RECIPE);
+    let first = line_of(&text, "name = \"purge-unattended-upgrades\"");
+    let second = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("name = \"purge-unattended-upgrades\""))
+        .nth(1)
+        .unwrap()
+        .0
+        + 1;
+    assert!(second > first);
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(second),
+            field: Some("steps[1].name"),
+            message: "duplicate step name",
+        },
+    );
+}
+
+#[test]
+fn unknown_validator() {
+    let p = Project::new();
+    p.edit(RECIPE, "\"no-ssh-host-keys\",", "\"no-ssh-keys\",");
+    let line = line_of(&p.read(RECIPE), "\"no-ssh-keys\"");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("validators[5]"),
+            message: "unknown validator `no-ssh-keys`",
+        },
+    );
+}
+
+#[test]
+fn unencrypted_volume() {
+    let p = Project::new();
+    p.edit(RECIPE, "encrypted = true", "encrypted = false");
+    let line = line_of(&p.read(RECIPE), "encrypted = false");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("volume.encrypted"),
+            message: "always encrypted",
+        },
+    );
+}
+
+#[test]
+fn bad_ami_id_in_recipe() {
+    let p = Project::new();
+    p.edit(RECIPE, "x86_64 = \"/aws/service/canonical/ubuntu/eks/22.04/1.31/stable/current/amd64/hvm/ebs-gp2/ami-id\"", "x86_64 = \"ami-12345\"");
+    let line = line_of(&p.read(RECIPE), "ami-12345");
+    refused(
+        &p,
+        AWS,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("base.aws.x86_64"),
+            message: "8 or 17",
+        },
+    );
+}
+
+#[test]
+fn bad_ssm_prefix() {
+    let p = Project::new();
+    p.edit(
+        AWS,
+        "ssm_prefix = \"/bake\"",
+        "ssm_prefix = \"bake/releases/\"",
+    );
+    let line = line_of(&p.read(AWS), "ssm_prefix");
+    refused(
+        &p,
+        AWS,
+        Expect {
+            file: AWS,
+            line: Some(line),
+            field: Some("aws.ssm_prefix"),
+            message: "not a valid SSM parameter path",
+        },
+    );
+}
+
+#[test]
+fn reserved_ssm_prefix() {
+    let p = Project::new();
+    p.edit(AWS, "ssm_prefix = \"/bake\"", "ssm_prefix = \"/aws/bake\"");
+    let line = line_of(&p.read(AWS), "ssm_prefix");
+    refused(
+        &p,
+        AWS,
+        Expect {
+            file: AWS,
+            line: Some(line),
+            field: Some("aws.ssm_prefix"),
+            message: "reserved by AWS",
+        },
+    );
+}
+
+#[test]
+fn undefined_channel_for_auto_promotion() {
+    let p = Project::new();
+    p.edit(LOCAL, "auto_promote = [\"dev\"]", "auto_promote = [\"qa\"]");
+    let line = line_of(&p.read(LOCAL), "auto_promote");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: LOCAL,
+            line: Some(line),
+            field: Some("bake[0].auto_promote[0]"),
+            message: "cluster `qa` is not defined",
+        },
+    );
+}
+
+#[test]
+fn auto_promotion_to_prod() {
+    let p = Project::new();
+    p.edit(
+        LOCAL,
+        "auto_promote = [\"dev\"]",
+        "auto_promote = [\"dev\", \"prod\"]",
+    );
+    let line = line_of(&p.read(LOCAL), "auto_promote");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: LOCAL,
+            line: Some(line),
+            field: Some("bake[0].auto_promote[1]"),
+            message: "never automatically",
+        },
+    );
+}
+
+#[test]
+fn undefined_canary_cluster() {
+    let p = Project::new();
+    p.edit(
+        AWS,
+        "[canary]\ncluster = \"dev\"",
+        "[canary]\ncluster = \"canary\"",
+    );
+    let line = line_of(&p.read(AWS), "cluster = \"canary\"");
+    refused(
+        &p,
+        AWS,
+        Expect {
+            file: AWS,
+            line: Some(line),
+            field: Some("canary.cluster"),
+            message: "cluster `canary` is not defined",
+        },
+    );
+}
+
+#[test]
+fn missing_recipe() {
+    let p = Project::new();
+    p.edit(LOCAL, "recipe = \"eks-node\"", "recipe = \"gpu-node\"");
+    let line = line_of(&p.read(LOCAL), "gpu-node");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: LOCAL,
+            line: Some(line),
+            field: Some("bake[0].recipe"),
+            message: "recipe `gpu-node` not found",
+        },
+    );
+}
+
+#[test]
+fn non_utf8_file() {
+    let p = Project::new();
+    let mut bytes = p.read(RECIPE).into_bytes();
+    let line = bytes.iter().filter(|b| **b == b'\n').count() + 2;
+    bytes.extend_from_slice(b"\n# caf\xe9\n");
+    p.write(RECIPE, bytes);
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: None,
+            message: "not valid UTF-8",
+        },
+    );
+}
+
+#[test]
+fn huge_file() {
+    let p = Project::new();
+    let mut text = p.read(LOCAL);
+    text.push_str(&"# padding\n".repeat(200_000));
+    p.write(LOCAL, text);
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: LOCAL,
+            line: None,
+            field: None,
+            message: "limited to",
+        },
+    );
+}
+
+#[test]
+fn missing_pipeline_file() {
+    let p = Project::new();
+    refused(
+        &p,
+        "pipelines/nope.toml",
+        Expect {
+            file: "pipelines/nope.toml",
+            line: None,
+            field: None,
+            message: "cannot read",
+        },
+    );
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let p = Project::new();
+    for args in [
+        vec!["plan"],
+        vec!["plan", LOCAL, "--arch", "amd64"],
+        vec!["run", LOCAL, "--recipe", "nope"],
+        vec!["frobnicate"],
+    ] {
+        let out = bake(&p, &args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!p.state().exists(), "{args:?} created the state dir");
+    }
+}

@@ -1,0 +1,276 @@
+//! `FakeProvider`: a deterministic, in-process implementation of bake's `Provider` trait for
+//! the runner and pipeline tests. Its steps "create" resources in an inventory and record
+//! every run and cleanup, so tests can check order, outcome handling and leaks.
+
+use async_trait::async_trait;
+use bake::key::BakeKey;
+use bake::provider::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider};
+use bake::recipe::Recipe;
+use bake::steps::{Outcome, Runner, Step, StepContext};
+use bake::validate::{CheckResult, Verdict};
+use bake::{Arch, Error, Result};
+use chrono::Utc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const STEPS: [&str; 5] = [
+    "launch-builder",
+    "provision",
+    "create-image",
+    "launch-canary",
+    "validate",
+];
+
+#[derive(Default)]
+pub struct Shared {
+    /// Live resources: (kind, id).
+    pub live: BTreeSet<(String, String)>,
+    /// Every run/cleanup, in order: "run launch-builder x86_64", "cleanup create-image x86_64 failed".
+    pub events: Vec<String>,
+    pub images: Vec<ImageRecord>,
+    pub bakes: usize,
+    counter: usize,
+}
+
+#[derive(Default)]
+pub struct FakeProvider {
+    pub shared: Arc<Mutex<Shared>>,
+    pub base: Mutex<BTreeMap<Arch, String>>,
+    /// Fail this step (for this arch, or every arch when None).
+    pub fail_at: Mutex<Option<(Option<Arch>, String)>>,
+    /// Validators reject images of this arch.
+    pub reject: Mutex<Option<Arch>>,
+    /// This step never finishes (until cancelled).
+    pub hang_at: Mutex<Option<String>>,
+    /// Each step takes this long (to see parallelism and interrupts).
+    pub step_delay: Duration,
+}
+
+impl FakeProvider {
+    pub fn new() -> FakeProvider {
+        FakeProvider::default()
+    }
+    pub fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap()
+    }
+    pub fn set_base(&self, arch: Arch, id: &str) {
+        self.base.lock().unwrap().insert(arch, id.to_string());
+    }
+    pub fn fail_at(&self, arch: Option<Arch>, step: &str) {
+        *self.fail_at.lock().unwrap() = Some((arch, step.to_string()));
+    }
+    pub fn reject(&self, arch: Option<Arch>) {
+        *self.reject.lock().unwrap() = arch;
+    }
+    /// Live resources other than kept images.
+    pub fn leaked(&self) -> Vec<(String, String)> {
+        self.shared()
+            .live
+            .iter()
+            .filter(|(k, _)| k != "image")
+            .cloned()
+            .collect()
+    }
+    pub fn live_images(&self) -> usize {
+        self.shared()
+            .live
+            .iter()
+            .filter(|(k, _)| k == "image")
+            .count()
+    }
+}
+
+struct FakeState {
+    builder: Option<String>,
+    image: Option<String>,
+    canary: Option<String>,
+    verdict: Option<Verdict>,
+}
+
+struct FakeStep<'a> {
+    name: &'static str,
+    p: &'a FakeProvider,
+    job: &'a BakeJob<'a>,
+}
+
+impl FakeStep<'_> {
+    fn create(&self, cx: &StepContext<'_>, kind: &str) -> Result<String> {
+        let id = {
+            let mut s = self.p.shared();
+            s.counter += 1;
+            format!("{kind}-{:04}", s.counter)
+        };
+        // Journal before the resource exists, as a real step must.
+        cx.created(kind, &id)?;
+        self.p.shared().live.insert((kind.to_string(), id.clone()));
+        Ok(id)
+    }
+    fn destroy(&self, cx: &StepContext<'_>, kind: &str, id: &str) -> Result<()> {
+        self.p
+            .shared()
+            .live
+            .remove(&(kind.to_string(), id.to_string()));
+        cx.removed(kind, id)
+    }
+}
+
+#[async_trait]
+impl Step<FakeState> for FakeStep<'_> {
+    fn name(&self) -> &str {
+        self.name
+    }
+    async fn run(&self, state: &mut FakeState, cx: &StepContext<'_>) -> Result<()> {
+        self.p
+            .shared()
+            .events
+            .push(format!("run {} {}", self.name, cx.arch));
+        cx.phase(self.name);
+        if !self.p.step_delay.is_zero() {
+            tokio::time::sleep(self.p.step_delay).await;
+        }
+        let hang = self.p.hang_at.lock().unwrap().clone();
+        match self.name {
+            "launch-builder" => state.builder = Some(self.create(cx, "instance")?),
+            "create-image" => state.image = Some(self.create(cx, "image")?),
+            "launch-canary" => state.canary = Some(self.create(cx, "instance")?),
+            "validate" => {
+                let reject = *self.p.reject.lock().unwrap() == Some(cx.arch);
+                let result = if reject {
+                    CheckResult::from_exit("mac-policy", 1, "udev rewrote the veth MAC\n", "")
+                } else {
+                    CheckResult::from_exit("mac-policy", 0, "", "")
+                };
+                state.verdict = Some(Verdict::decide(vec![result]));
+            }
+            _ => {}
+        }
+        if hang.as_deref() == Some(self.name) {
+            std::future::pending::<()>().await;
+        }
+        let fail = self.p.fail_at.lock().unwrap().clone();
+        if let Some((arch, step)) = fail {
+            if step == self.name && arch.is_none_or(|a| a == cx.arch) {
+                return Err(Error::Step {
+                    recipe: cx.recipe.to_string(),
+                    arch: cx.arch.to_string(),
+                    step: step.clone(),
+                    message: "injected failure".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+    async fn cleanup(
+        &self,
+        state: &mut FakeState,
+        outcome: Outcome,
+        cx: &StepContext<'_>,
+    ) -> Result<()> {
+        assert!(
+            !cx.cancel.is_cancelled(),
+            "cleanups must get an uncancelled context"
+        );
+        self.p
+            .shared()
+            .events
+            .push(format!("cleanup {} {} {:?}", self.name, cx.arch, outcome).to_lowercase());
+        match self.name {
+            "launch-builder" => {
+                if let Some(id) = state.builder.take() {
+                    self.destroy(cx, "instance", &id)?;
+                }
+            }
+            "launch-canary" => {
+                if let Some(id) = state.canary.take() {
+                    self.destroy(cx, "instance", &id)?;
+                }
+            }
+            "create-image" if outcome.discards_image() => {
+                if let Some(id) = state.image.take() {
+                    self.destroy(cx, "image", &id)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Provider for FakeProvider {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn resolve_base(&self, _recipe: &Recipe, arch: Arch) -> Result<BaseImage> {
+        let id = self
+            .base
+            .lock()
+            .unwrap()
+            .get(&arch)
+            .cloned()
+            .unwrap_or_else(|| format!("base-{arch}-1"));
+        Ok(BaseImage {
+            source: format!("fake {id}"),
+            id,
+        })
+    }
+
+    async fn find_image(
+        &self,
+        recipe: &str,
+        arch: Arch,
+        key: &BakeKey,
+    ) -> Result<Option<ImageRecord>> {
+        Ok(self
+            .shared()
+            .images
+            .iter()
+            .rev()
+            .find(|i| i.recipe == recipe && i.arch == arch && &i.key == key)
+            .cloned())
+    }
+
+    async fn bake(&self, job: &BakeJob<'_>, cx: &StepContext<'_>) -> Result<ImageRecord> {
+        self.shared().bakes += 1;
+        let steps: Vec<Box<dyn Step<FakeState> + '_>> = STEPS
+            .iter()
+            .map(|name| Box::new(FakeStep { name, p: self, job }) as Box<dyn Step<FakeState> + '_>)
+            .collect();
+        let mut state = FakeState {
+            builder: None,
+            image: None,
+            canary: None,
+            verdict: None,
+        };
+        let runner = Runner {
+            cleanup_timeout: Duration::from_secs(5),
+        };
+        let report = runner
+            .run(&steps, &mut state, cx, |s| {
+                s.verdict.as_ref().is_some_and(|v| v.accepted)
+            })
+            .await;
+        report.into_result()?;
+        let verdict = state.verdict.clone().expect("validate ran");
+        let record = ImageRecord {
+            id: state.image.clone().expect("image created"),
+            recipe: job.recipe.name.clone(),
+            arch: job.arch,
+            key: job.key.clone(),
+            base: job.base.id.clone(),
+            status: if verdict.accepted {
+                ImageStatus::Validated
+            } else {
+                ImageStatus::Rejected
+            },
+            run_id: job.run_id.to_string(),
+            created_at: Utc::now(),
+            verdict,
+            packages_sha256: None,
+        };
+        self.shared().images.push(record.clone());
+        Ok(record)
+    }
+}

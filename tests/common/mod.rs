@@ -1,0 +1,78 @@
+//! Shared test helpers: a throwaway copy of the project's recipes, validators and pipelines
+//! that a test may break on purpose, and a deterministic in-process provider (a test double
+//! of bake's own `Provider` trait, not a fake of AWS or QEMU).
+
+#![allow(dead_code)]
+
+pub mod fake;
+
+use std::path::{Path, PathBuf};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A temp copy of recipes/, validators/ and pipelines/.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new() -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["recipes", "validators", "pipelines"] {
+            copy_dir(&repo().join(sub), &dir.path().join(sub));
+        }
+        Project { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap()
+    }
+
+    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    /// Replaces `from` with `to` in a file, failing the test if `from` is not there.
+    pub fn edit(&self, rel: &str, from: &str, to: &str) {
+        let s = self.read(rel);
+        assert!(s.contains(from), "{rel} does not contain {from:?}");
+        self.write(rel, s.replacen(from, to, 1));
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.path(".bake")
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// 1-based line of the first occurrence of `needle` in `text`.
+pub fn line_of(text: &str, needle: &str) -> usize {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not found"));
+    text[..at].matches('\n').count() + 1
+}

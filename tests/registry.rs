@@ -1,0 +1,175 @@
+//! The embedded registry: releases are immutable and all-or-nothing, IDs count up per day,
+//! channels keep their history, and the lock is exclusive across processes.
+
+use bake::key::BakeKey;
+use bake::registry::{Registry, SqliteRegistry};
+use bake::release::{ChannelMove, Manifest, ReleaseId, ReleaseImage};
+use bake::{Arch, Error};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn manifest(images: &[(Arch, &str)]) -> Manifest {
+    Manifest {
+        recipe: "eks-node".into(),
+        release: "2000.01.01-1".parse().unwrap(),
+        provider: "local".into(),
+        tool_version: "0".into(),
+        created_at: chrono::Utc::now(),
+        images: images
+            .iter()
+            .map(|(a, id)| {
+                (
+                    *a,
+                    ReleaseImage {
+                        image_id: id.to_string(),
+                        key: BakeKey::from_hex("k"),
+                        base: "b".into(),
+                        validated_at: chrono::Utc::now(),
+                        validators: BTreeMap::new(),
+                        packages_sha256: None,
+                        run_id: "r".into(),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn releases_count_up_per_day_and_keep_every_arch() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = SqliteRegistry::open(dir.path()).unwrap();
+    let a = reg
+        .publish(manifest(&[(Arch::X86_64, "img-a"), (Arch::Arm64, "img-b")]))
+        .await
+        .unwrap();
+    let b = reg
+        .publish(manifest(&[(Arch::X86_64, "img-c"), (Arch::Arm64, "img-d")]))
+        .await
+        .unwrap();
+    let today = chrono::Utc::now()
+        .date_naive()
+        .format("%Y.%m.%d")
+        .to_string();
+    assert_eq!(a.release.to_string(), format!("{today}-1"));
+    assert_eq!(b.release.to_string(), format!("{today}-2"));
+    let all = reg.releases("eks-node").await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1].images[&Arch::Arm64].image_id, "img-d");
+    assert!(reg.releases("other").await.unwrap().is_empty());
+    // Reopening sees the same data (one file under the state dir).
+    drop(reg);
+    let reg = SqliteRegistry::open(dir.path()).unwrap();
+    assert_eq!(reg.releases("eks-node").await.unwrap(), all);
+    assert!(dir.path().join("registry.db").is_file());
+}
+
+#[tokio::test]
+async fn published_releases_cannot_be_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = SqliteRegistry::open(dir.path()).unwrap();
+    let a = reg
+        .publish(manifest(&[(Arch::X86_64, "img-a")]))
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("registry.db")).unwrap();
+    let err = conn
+        .execute(
+            "UPDATE release_images SET image_id = 'img-evil' WHERE release = ?1",
+            [a.release.to_string()],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("immutable"), "{err}");
+    assert_eq!(
+        reg.releases("eks-node").await.unwrap()[0].images[&Arch::X86_64].image_id,
+        "img-a"
+    );
+}
+
+#[tokio::test]
+async fn channels_append_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = SqliteRegistry::open(dir.path()).unwrap();
+    for (i, release) in ["2026.11.20-1", "2026.11.21-1", "2026.11.20-1"]
+        .iter()
+        .enumerate()
+    {
+        let e = reg
+            .move_channel(
+                "eks-node",
+                "dev",
+                ChannelMove {
+                    release: release.parse::<ReleaseId>().unwrap(),
+                    images: [(Arch::X86_64, format!("img-{i}"))].into_iter().collect(),
+                    from: None,
+                    who: "tester@host".into(),
+                    reason: Some(format!("move {i}")),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(e.version, i as u64 + 1);
+    }
+    let history = reg.channel_history("eks-node", "dev").await.unwrap();
+    assert_eq!(
+        history.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(history[1].reason.as_deref(), Some("move 1"));
+    let now = reg.channels("eks-node").await.unwrap();
+    assert_eq!(now["dev"].release.to_string(), "2026.11.20-1");
+    assert_eq!(now["dev"].version, 3);
+    assert!(reg
+        .channel_history("eks-node", "prod")
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn the_lock_is_exclusive_expires_and_can_be_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = SqliteRegistry::open(dir.path()).unwrap();
+    let two = SqliteRegistry::open(dir.path()).unwrap();
+    one.lock("eks-node", "run-1", Duration::from_secs(60), false)
+        .await
+        .unwrap();
+    match two
+        .lock("eks-node", "run-2", Duration::from_secs(60), false)
+        .await
+    {
+        Err(e @ Error::LockHeld { .. }) => {
+            assert_eq!(e.exit_code(), 4);
+            assert!(e.to_string().contains("run-1"), "{e}");
+        }
+        other => panic!("expected LockHeld, got {other:?}"),
+    }
+    // Another recipe is independent.
+    two.lock("gpu-node", "run-2", Duration::from_secs(60), false)
+        .await
+        .unwrap();
+    // Breaking is explicit.
+    two.lock("eks-node", "run-2", Duration::from_secs(60), true)
+        .await
+        .unwrap();
+    assert!(matches!(
+        one.refresh_lock("eks-node", "run-1", Duration::from_secs(60))
+            .await,
+        Err(Error::Conflict(_))
+    ));
+    // An expired lock is taken over.
+    two.unlock("eks-node", "run-2").await.unwrap();
+    one.lock("eks-node", "run-1", Duration::from_millis(1), false)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    two.lock("eks-node", "run-2", Duration::from_secs(60), false)
+        .await
+        .unwrap();
+    // Unlocking someone else's lock does nothing.
+    one.unlock("eks-node", "run-1").await.unwrap();
+    assert!(one
+        .lock("eks-node", "run-1", Duration::from_secs(60), false)
+        .await
+        .is_err());
+}
