@@ -402,7 +402,7 @@ fn print_run(output: Output, summary: &RunSummary, error: Option<&Error>) {
                 r.recipe.clone(),
                 r.arch.to_string(),
                 r.decision.clone(),
-                format!("{:?}", r.outcome).to_lowercase(),
+                r.outcome.to_string(),
                 r.image.clone().unwrap_or_else(|| "-".into()),
                 r.validators
                     .clone()

@@ -50,6 +50,11 @@ pub struct LocalBase {
     /// Packages on top of what every node base has (systemd, udev, kernel, guest agent...).
     #[serde(default)]
     pub packages: Vec<String>,
+    /// Keep the base build's package lists and downloaded .debs so steps can install or
+    /// reinstall those packages without network (`apt-get install --no-download`). The
+    /// generalize step should `apt-get clean` and drop the lists before the image is taken.
+    #[serde(default)]
+    pub offline_apt: bool,
 }
 
 /// Root volume settings. Volumes are always encrypted (rule 6).

@@ -64,6 +64,20 @@ pub enum ArchOutcome {
     Locked,
 }
 
+impl std::fmt::Display for ArchOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ArchOutcome::UpToDate => "up to date",
+            ArchOutcome::Reused => "reused",
+            ArchOutcome::Validated => "validated",
+            ArchOutcome::Rejected => "rejected",
+            ArchOutcome::Failed => "failed",
+            ArchOutcome::Interrupted => "interrupted",
+            ArchOutcome::Locked => "locked",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ArchResult {
     pub recipe: String,
@@ -306,7 +320,7 @@ async fn run_recipe(
                 cx.reporter.finish(
                     &item.recipe,
                     item.arch,
-                    &format!("{:?}: {}", result.outcome, image.verdict.summary()).to_lowercase(),
+                    &format!("{}: {}", result.outcome, image.verdict.summary()),
                 );
                 images.insert(item.arch, image);
             }

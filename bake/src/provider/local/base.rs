@@ -37,6 +37,7 @@ pub struct BaseSpec {
     pub packages: Vec<String>,
     pub mirror: Option<String>,
     pub size_gib: u32,
+    pub offline_apt: bool,
 }
 
 impl BaseSpec {
@@ -52,6 +53,7 @@ impl BaseSpec {
             packages,
             mirror,
             size_gib,
+            offline_apt: base.offline_apt,
         }
     }
 
@@ -68,6 +70,9 @@ impl BaseSpec {
         ] {
             h.update(part.as_bytes());
             h.update([0]);
+        }
+        if self.offline_apt {
+            h.update(b"offline-apt\0");
         }
         hex::encode(h.finalize())
     }
@@ -150,9 +155,14 @@ async fn build(spec: &BaseSpec, tmp: &Path) -> Result<()> {
         format!("--include={}", spec.packages.join(",")),
         // A node boots from the virtio disk straight into systemd; no fstab entries needed.
         "--customize-hook=echo bake-node > \"$1/etc/hostname\"".into(),
-        spec.suite.clone(),
-        rootfs.display().to_string(),
     ];
+    if spec.offline_apt {
+        args.push("--skip=cleanup/apt/lists".into());
+        args.push("--skip=cleanup/apt/cache".into());
+        args.push("--aptopt=Binary::apt::APT::Keep-Downloaded-Packages \"true\"".into());
+    }
+    args.push(spec.suite.clone());
+    args.push(rootfs.display().to_string());
     if let Some(mirror) = &spec.mirror {
         args.push(mirror.clone());
     }
@@ -254,6 +264,7 @@ mod tests {
             &LocalBase {
                 suite: "bookworm".into(),
                 packages: vec!["curl".into()],
+                offline_apt: false,
             },
             arch,
             None,
@@ -275,6 +286,9 @@ mod tests {
         let mut d = a.clone();
         d.size_gib = 9;
         assert_ne!(a.digest(), d.digest());
+        let mut e = a.clone();
+        e.offline_apt = true;
+        assert_ne!(a.digest(), e.digest());
         assert!(a.packages.contains(&"linux-image-cloud-amd64".to_string()));
     }
 }

@@ -1,0 +1,264 @@
+//! The local provider for real: mmdebstrap bases, QEMU builder and canary VMs under TCG (or
+//! KVM where a probe boot shows it works), the guest agent, validators on the canary, the
+//! SQLite registry. Includes the seed's incident as negative tests: images without the MAC
+//! override, with unattended-upgrades left, or "fixed" by editing the packaged link file and
+//! then upgraded, must be rejected with exit 3 and nothing published.
+//!
+//! Bases are cached in the user's cache dir (shared with `bake` itself and across runs).
+
+mod common;
+
+use assert_cmd::Command;
+use common::Project;
+use serde_json::Value;
+use std::time::Duration;
+
+/// A project whose pipeline bakes only `arch`, with clusters that use only `arch`.
+fn project_for(arch: &str) -> Project {
+    let p = Project::new();
+    let text = p.read("pipelines/local.toml");
+    let text = text.replace(
+        "arches = [\"x86_64\", \"arm64\"]",
+        &format!("arches = [\"{arch}\"]"),
+    );
+    p.write("pipelines/local.toml", text);
+    p
+}
+
+fn bake(p: &Project, args: &[&str]) -> (i32, Value, String) {
+    let out = Command::cargo_bin("bake")
+        .unwrap()
+        .current_dir(p.dir.path())
+        .env_remove("BAKE_STATE_DIR")
+        .env_remove("BAKE_CACHE_DIR")
+        .env("RUST_LOG", "info")
+        .args(args)
+        .args(["--output", "json"])
+        .timeout(Duration::from_secs(3600))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: stdout is not JSON ({e}):\n{}\nstderr:\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
+/// No QEMU process and no overlay or socket of this project's state dir is left.
+fn assert_nothing_left(p: &Project) {
+    let state = p.state().canonicalize().unwrap();
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    let left: Vec<&str> = ps
+        .lines()
+        .filter(|l| l.contains("qemu-system") && l.contains(&*state.to_string_lossy()))
+        .collect();
+    assert!(left.is_empty(), "QEMU left running: {left:?}");
+    let work = state.join("work");
+    let files: Vec<_> = walk(&work);
+    assert!(files.is_empty(), "left in {}: {files:?}", work.display());
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+fn releases(p: &Project) -> Vec<Value> {
+    let (code, json, stderr) = bake(p, &["releases", "eks-node"]);
+    assert_eq!(code, 0, "{stderr}");
+    json.as_array().unwrap().clone()
+}
+
+fn validator_status(summary: &Value, arch: &str) -> String {
+    summary["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["arch"] == arch)
+        .map(|r| format!("{} / {}", r["validators"], r["error"]))
+        .unwrap_or_default()
+}
+
+fn bake_and_publish(arch: &str) {
+    let p = project_for(arch);
+    let (code, summary, stderr) = bake(&p, &["run", "pipelines/local.toml"]);
+    assert_eq!(
+        code,
+        0,
+        "run failed: {}\n{stderr}",
+        validator_status(&summary, arch)
+    );
+    let published = summary["published"].as_array().unwrap();
+    assert_eq!(published.len(), 1, "{summary:#}");
+    let image = published[0]["images"][arch].as_str().unwrap().to_string();
+    assert!(image.starts_with("img-"));
+    assert_eq!(published[0]["promoted_to"], serde_json::json!(["dev"]));
+    assert!(p
+        .state()
+        .join("images")
+        .join(format!("{image}.qcow2"))
+        .is_file());
+    assert_nothing_left(&p);
+
+    // Every validator that can run locally passed; the cluster check was skipped with a reason.
+    let rel = releases(&p);
+    assert_eq!(rel.len(), 1);
+    let validators = rel[0]["images"][arch]["validators"].as_object().unwrap();
+    for (name, status) in validators {
+        let want = if name == "node-ready" {
+            "skipped"
+        } else {
+            "pass"
+        };
+        assert_eq!(status, want, "{name}");
+    }
+
+    // `status` shows the release on the dev channel.
+    let (code, status, _) = bake(&p, &["status"]);
+    assert_eq!(code, 0);
+    let dev = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["channel"] == "dev")
+        .unwrap();
+    assert_eq!(dev["image"], image);
+
+    // Nothing changed: up to date, no VM, no journal.
+    let journals = walk(&p.state().join("runs"))
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "jsonl"))
+        .count();
+    let (code, summary, stderr) = bake(&p, &["run", "pipelines/local.toml"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(summary["up_to_date"], true);
+    assert!(
+        !stderr.contains("started qemu-system"),
+        "an up-to-date run started a VM:\n{stderr}"
+    );
+    let after = walk(&p.state().join("runs"))
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "jsonl"))
+        .count();
+    assert_eq!(journals, after);
+}
+
+#[test]
+fn x86_64_bakes_validates_on_a_canary_and_publishes() {
+    bake_and_publish("x86_64");
+}
+
+#[test]
+fn arm64_bakes_validates_on_a_canary_and_publishes() {
+    bake_and_publish("arm64");
+}
+
+/// Runs an x86_64 bake of a broken variant of eks-node and expects rejection by `validator`.
+fn rejected(p: &Project, validator: &str, reason: &str) {
+    let (code, summary, stderr) = bake(p, &["run", "pipelines/local.toml"]);
+    assert_eq!(code, 3, "expected rejection; stderr:\n{stderr}");
+    assert!(summary["published"].as_array().unwrap().is_empty());
+    let result = &summary["results"][0];
+    assert_eq!(result["outcome"], "rejected");
+    let error = result["error"].as_str().unwrap();
+    assert!(error.contains(&format!("{validator} fail")), "{error}");
+    assert!(error.contains(reason), "expected {reason:?} in {error}");
+    assert!(releases(p).is_empty(), "a rejected image was published");
+    let (_, status, _) = bake(p, &["status"]);
+    assert!(status
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["release"].is_null()));
+    assert_nothing_left(p);
+    // The rejected image is kept with its record, for the logs.
+    let images = walk(&p.state().join("images"));
+    let record = images
+        .iter()
+        .find(|f| f.extension().is_some_and(|e| e == "json"))
+        .expect("a record");
+    let record: Value = serde_json::from_slice(&std::fs::read(record).unwrap()).unwrap();
+    assert_eq!(record["status"], "rejected");
+}
+
+/// Removes the MAC drop-in from the recipe.
+fn without_mac_dropin(p: &Project) {
+    let text = p.read("recipes/eks-node.toml");
+    let start = text.find("[[files]]").unwrap();
+    let end = start + text[start..].find("[[steps]]").unwrap();
+    p.write(
+        "recipes/eks-node.toml",
+        format!("{}{}", &text[..start], &text[end..]),
+    );
+}
+
+#[test]
+fn an_image_without_the_mac_override_is_rejected() {
+    let p = project_for("x86_64");
+    without_mac_dropin(&p);
+    rejected(&p, "mac-policy", "MACAddressPolicy=none");
+}
+
+#[test]
+fn an_image_that_keeps_unattended_upgrades_is_rejected() {
+    let p = project_for("x86_64");
+    p.edit(
+        "recipes/eks-node.toml",
+        "[[steps]]\nname = \"purge-unattended-upgrades\"\nscript = \"eks-node/purge-unattended-upgrades.sh\"\n",
+        "",
+    );
+    rejected(
+        &p,
+        "no-unattended-upgrades",
+        "unattended-upgrades is installed",
+    );
+}
+
+#[test]
+fn an_in_place_fix_of_the_packaged_link_file_is_undone_by_an_upgrade_and_rejected() {
+    let p = project_for("x86_64");
+    without_mac_dropin(&p);
+    // The hand fix the seed's users first tried, then what the next unattended upgrade does.
+    p.write(
+        "recipes/eks-node/edit-usr-lib.sh",
+        "#!/bin/sh\nset -eu\n\
+         sed -i 's/^MACAddressPolicy=.*/MACAddressPolicy=none/' /usr/lib/systemd/network/99-default.link\n\
+         grep -q '^MACAddressPolicy=none' /usr/lib/systemd/network/99-default.link\n\
+         apt-get install -y -q --reinstall --no-download udev systemd\n\
+         grep -q '^MACAddressPolicy=persistent' /usr/lib/systemd/network/99-default.link\n",
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        p.path("recipes/eks-node/edit-usr-lib.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    p.edit(
+        "recipes/eks-node.toml",
+        "[[steps]]\nname = \"generalize\"",
+        "[[steps]]\nname = \"edit-usr-lib\"\nscript = \"eks-node/edit-usr-lib.sh\"\n\n[[steps]]\nname = \"generalize\"",
+    );
+    p.edit(
+        "recipes/eks-node.toml",
+        "suite = \"bookworm\"",
+        "suite = \"bookworm\"\noffline_apt = true",
+    );
+    rejected(&p, "mac-policy", "MACAddressPolicy=none");
+}
