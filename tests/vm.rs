@@ -262,3 +262,46 @@ fn an_in_place_fix_of_the_packaged_link_file_is_undone_by_an_upgrade_and_rejecte
     );
     rejected(&p, "mac-policy", "MACAddressPolicy=none");
 }
+
+#[test]
+fn sigterm_mid_bake_cleans_up_exits_130_and_the_next_run_starts_clean() {
+    use std::io::{BufRead, BufReader};
+    let p = project_for("x86_64");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("bake"))
+        .current_dir(p.dir.path())
+        .env_remove("BAKE_STATE_DIR")
+        .env_remove("BAKE_CACHE_DIR")
+        .env("RUST_LOG", "info")
+        .args(["run", "pipelines/local.toml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // Interrupt while the builder VM runs a provisioning step.
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.contains("step 1/") {
+            break;
+        }
+    }
+    assert!(seen.last().is_some_and(|l| l.contains("step 1/")), "never reached a step:\n{}", seen.join("\n"));
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "stderr after SIGTERM:\n{}", rest.join("\n"));
+    assert!(rest.iter().any(|l| l.contains("interrupted")), "{}", rest.join("\n"));
+    assert_nothing_left(&p);
+    assert!(releases(&p).is_empty());
+    let journal = walk(&p.state().join("runs")).into_iter().find(|f| f.extension().is_some_and(|e| e == "jsonl")).unwrap();
+    let left = bake::journal::Journal::outstanding(&bake::journal::Journal::read(&journal).unwrap());
+    assert!(left.is_empty(), "the journal lists resources that were not cleaned up: {left:?}");
+
+    let (code, summary, stderr) = bake(&p, &["run", "pipelines/local.toml"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(summary["published"].as_array().unwrap().len(), 1);
+}
