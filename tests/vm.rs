@@ -287,19 +287,39 @@ fn sigterm_mid_bake_cleans_up_exits_130_and_the_next_run_starts_clean() {
             break;
         }
     }
-    assert!(seen.last().is_some_and(|l| l.contains("step 1/")), "never reached a step:\n{}", seen.join("\n"));
+    assert!(
+        seen.last().is_some_and(|l| l.contains("step 1/")),
+        "never reached a step:\n{}",
+        seen.join("\n")
+    );
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "stderr after SIGTERM:\n{}", rest.join("\n"));
-    assert!(rest.iter().any(|l| l.contains("interrupted")), "{}", rest.join("\n"));
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "stderr after SIGTERM:\n{}",
+        rest.join("\n")
+    );
+    assert!(
+        rest.iter().any(|l| l.contains("interrupted")),
+        "{}",
+        rest.join("\n")
+    );
     assert_nothing_left(&p);
     assert!(releases(&p).is_empty());
-    let journal = walk(&p.state().join("runs")).into_iter().find(|f| f.extension().is_some_and(|e| e == "jsonl")).unwrap();
-    let left = bake::journal::Journal::outstanding(&bake::journal::Journal::read(&journal).unwrap());
-    assert!(left.is_empty(), "the journal lists resources that were not cleaned up: {left:?}");
+    let journal = walk(&p.state().join("runs"))
+        .into_iter()
+        .find(|f| f.extension().is_some_and(|e| e == "jsonl"))
+        .unwrap();
+    let left =
+        bake::journal::Journal::outstanding(&bake::journal::Journal::read(&journal).unwrap());
+    assert!(
+        left.is_empty(),
+        "the journal lists resources that were not cleaned up: {left:?}"
+    );
 
     let (code, summary, stderr) = bake(&p, &["run", "pipelines/local.toml"]);
     assert_eq!(code, 0, "{stderr}");

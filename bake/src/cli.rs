@@ -7,9 +7,10 @@ use crate::pipeline::{Pipeline, ProviderKind};
 use crate::plan::{self, Filter, PlanItem};
 use crate::provider::{local::LocalProvider, Provider};
 use crate::registry::{Registry, SqliteRegistry};
-use crate::release::Manifest;
+use crate::release::{ChannelEntry, Manifest, ReleaseId};
 use crate::report::{age, table, LogReporter, Reporter, TermReporter};
 use crate::run::{self, RunContext, RunOptions, RunSummary};
+use crate::{diff, promote, prune};
 use crate::{Arch, Error, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
@@ -85,6 +86,78 @@ pub enum Command {
     /// List the releases of a recipe with their images and validation summary.
     Releases {
         recipe: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Move a cluster's channel to a release. Refuses an unknown release, one without an
+    /// image for an arch the cluster uses, and with --from one that has not soaked on that
+    /// channel for the pipeline's soak time. The only way prod channels move.
+    Promote {
+        recipe: String,
+        /// Release ID, e.g. 2026.11.25-1.
+        release: ReleaseId,
+        /// Target cluster (channel).
+        #[arg(long)]
+        to: String,
+        /// Source channel the release must have soaked on.
+        #[arg(long)]
+        from: Option<String>,
+        /// Why, recorded in the channel history.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Show the change without making it.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        break_lock: bool,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Point a cluster's channel back at the previous distinct release in its history (or at
+    /// --to, which must be in that history).
+    Rollback {
+        recipe: String,
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        to: Option<ReleaseId>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        break_lock: bool,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// The audit trail of a cluster's channel: every move, who, when, from where, why.
+    History {
+        recipe: String,
+        #[arg(long)]
+        cluster: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Packages, kernel, kubelet/containerd, base and key that changed between two releases.
+    Diff {
+        recipe: String,
+        from: ReleaseId,
+        to: ReleaseId,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Delete old releases and their images, keeping the newest N and anything a channel
+    /// points at now or in its recent history, or that is in use. Plans by default.
+    Prune {
+        recipe: String,
+        /// Releases to keep (default: the pipeline's retention.keep).
+        #[arg(long)]
+        keep: Option<usize>,
+        /// Delete for real.
+        #[arg(long)]
+        apply: bool,
+        #[arg(long)]
+        break_lock: bool,
         #[command(flatten)]
         registry: RegistryArgs,
     },
@@ -271,6 +344,135 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             print_releases(g.output, &releases);
             Ok(exit::OK)
         }
+        Command::Promote {
+            recipe,
+            release,
+            to,
+            from,
+            reason,
+            dry_run,
+            break_lock,
+            registry,
+        } => {
+            let pipeline = Pipeline::load(&registry.pipeline)?;
+            pipeline.bake(recipe)?;
+            let (_, reg) = open(&pipeline, &g.state_dir)?;
+            let who = promote::who();
+            let req = promote::Request {
+                recipe,
+                release,
+                to,
+                from: from.as_deref(),
+                reason: reason.as_deref(),
+                who: &who,
+                dry_run: *dry_run,
+            };
+            let result = locked(
+                reg.as_ref(),
+                recipe,
+                &who,
+                *break_lock,
+                *dry_run,
+                promote::promote(reg.as_ref(), &pipeline, &req),
+            )
+            .await?;
+            print_promotion(g.output, recipe, &result);
+            Ok(exit::OK)
+        }
+        Command::Rollback {
+            recipe,
+            cluster,
+            to,
+            reason,
+            dry_run,
+            break_lock,
+            registry,
+        } => {
+            let pipeline = Pipeline::load(&registry.pipeline)?;
+            pipeline.bake(recipe)?;
+            let (_, reg) = open(&pipeline, &g.state_dir)?;
+            let who = promote::who();
+            let req = promote::Rollback {
+                recipe,
+                cluster,
+                to: to.as_ref(),
+                reason: reason.as_deref(),
+                who: &who,
+                dry_run: *dry_run,
+            };
+            let work = promote::rollback(reg.as_ref(), &pipeline, &req);
+            let result = locked(reg.as_ref(), recipe, &who, *break_lock, *dry_run, work).await?;
+            print_promotion(g.output, recipe, &result);
+            Ok(exit::OK)
+        }
+        Command::History {
+            recipe,
+            cluster,
+            registry,
+        } => {
+            let pipeline = Pipeline::load(&registry.pipeline)?;
+            pipeline.bake(recipe)?;
+            let (_, reg) = open(&pipeline, &g.state_dir)?;
+            let history = reg.channel_history(recipe, cluster).await?;
+            if history.is_empty() && !pipeline.clusters.contains_key(cluster) {
+                return Err(Error::Usage(format!(
+                    "cluster `{cluster}` is not defined in {} and has no history",
+                    pipeline.file.display()
+                )));
+            }
+            print_history(g.output, &history);
+            Ok(exit::OK)
+        }
+        Command::Diff {
+            recipe,
+            from,
+            to,
+            registry,
+        } => {
+            let pipeline = Pipeline::load(&registry.pipeline)?;
+            pipeline.bake(recipe)?;
+            let (provider, reg) = open(&pipeline, &g.state_dir)?;
+            let d = diff::diff(reg.as_ref(), provider.as_ref(), recipe, from, to).await?;
+            print_diff(g.output, &d);
+            Ok(exit::OK)
+        }
+        Command::Prune {
+            recipe,
+            keep,
+            apply,
+            break_lock,
+            registry,
+        } => {
+            let pipeline = Pipeline::load(&registry.pipeline)?;
+            pipeline.bake(recipe)?;
+            let keep = keep.unwrap_or(pipeline.retention.keep);
+            if keep == 0 {
+                return Err(Error::Usage(
+                    "--keep 0 would leave no release; keep at least 1".into(),
+                ));
+            }
+            let (provider, reg) = open(&pipeline, &g.state_dir)?;
+            let who = promote::who();
+            let work = async {
+                let inputs = prune::inputs(
+                    reg.as_ref(),
+                    provider.as_ref(),
+                    recipe,
+                    pipeline.clusters.keys(),
+                    keep,
+                    pipeline.retention.history,
+                )
+                .await?;
+                let plan = prune::plan(&inputs);
+                if *apply {
+                    prune::apply(reg.as_ref(), provider.as_ref(), recipe, &plan).await?;
+                }
+                Ok(plan)
+            };
+            let plan = locked(reg.as_ref(), recipe, &who, *break_lock, !*apply, work).await?;
+            print_prune(g.output, &plan, *apply);
+            Ok(exit::OK)
+        }
         Command::Status { recipe, registry } => {
             let pipeline = Pipeline::load(&registry.pipeline)?;
             if let Some(r) = recipe {
@@ -282,6 +484,34 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+/// Runs `work` under the recipe's lock (unless `read_only`), releasing it afterwards.
+async fn locked<T>(
+    registry: &dyn Registry,
+    recipe: &str,
+    who: &str,
+    break_lock: bool,
+    read_only: bool,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    if read_only {
+        return work.await;
+    }
+    let owner = format!("{who} pid {}", std::process::id());
+    registry
+        .lock(
+            recipe,
+            &owner,
+            std::time::Duration::from_secs(300),
+            break_lock,
+        )
+        .await?;
+    let result = work.await;
+    if let Err(e) = registry.unlock(recipe, &owner).await {
+        tracing::error!("releasing the lock on `{recipe}`: {e}");
+    }
+    result
 }
 
 impl Select {
@@ -565,4 +795,152 @@ fn print_status(output: Output, rows: &[StatusRow]) {
             &table_rows
         )
     );
+}
+
+fn print_promotion(output: Output, recipe: &str, p: &promote::Promotion) {
+    if output == Output::Json {
+        return json(p);
+    }
+    match p {
+        promote::Promotion::Moved { entry } => println!(
+            "{recipe}: channel moved to {} (version {}): {}",
+            entry.release,
+            entry.version,
+            entry
+                .images
+                .iter()
+                .map(|(a, i)| format!("{a}={i}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        promote::Promotion::WouldMove { change } => println!(
+            "dry run: {recipe} channel `{}` would move {} → {}: {}",
+            change.cluster,
+            change
+                .from_release
+                .as_ref()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "(nothing)".into()),
+            change.to_release,
+            change
+                .images
+                .iter()
+                .map(|(a, i)| format!("{a}={i}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        promote::Promotion::AlreadyThere { entry } => {
+            println!(
+                "{recipe}: channel already on {} (version {}); nothing changed",
+                entry.release, entry.version
+            )
+        }
+    }
+}
+
+fn print_history(output: Output, history: &[ChannelEntry]) {
+    if output == Output::Json {
+        return json(&history);
+    }
+    let rows: Vec<Vec<String>> = history
+        .iter()
+        .rev()
+        .map(|e| {
+            vec![
+                e.version.to_string(),
+                e.release.to_string(),
+                e.at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                e.who.clone(),
+                e.from.clone().unwrap_or_else(|| "-".into()),
+                e.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["VERSION", "RELEASE", "WHEN", "WHO", "FROM", "WHY"], &rows)
+    );
+}
+
+fn print_diff(output: Output, d: &diff::Diff) {
+    if output == Output::Json {
+        return json(d);
+    }
+    println!("{} {} → {}", d.recipe, d.from, d.to);
+    let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    for a in &d.arches {
+        println!(
+            "\n{}: image {} → {}, base {} → {}{}",
+            a.arch,
+            opt(&a.image.0),
+            opt(&a.image.1),
+            opt(&a.base.0),
+            opt(&a.base.1),
+            if a.key_changed { "" } else { " (same key)" }
+        );
+        if let Some(note) = &a.note {
+            println!("  {note}");
+        }
+        let mut rows = Vec::new();
+        for c in &a.highlights {
+            rows.push(vec![
+                "*".into(),
+                c.package.clone(),
+                opt(&c.from),
+                opt(&c.to),
+            ]);
+        }
+        for (mark, list) in [
+            ("~", &a.packages.changed),
+            ("+", &a.packages.added),
+            ("-", &a.packages.removed),
+        ] {
+            for c in list {
+                rows.push(vec![
+                    mark.into(),
+                    c.package.clone(),
+                    opt(&c.from),
+                    opt(&c.to),
+                ]);
+            }
+        }
+        if rows.is_empty() && a.note.is_none() {
+            println!("  no package changes");
+        } else if !rows.is_empty() {
+            for line in table(&["", "PACKAGE", "FROM", "TO"], &rows).lines() {
+                println!("  {line}");
+            }
+        }
+    }
+}
+
+fn print_prune(output: Output, plan: &prune::PrunePlan, applied: bool) {
+    if output == Output::Json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            applied: bool,
+            #[serde(flatten)]
+            plan: &'a prune::PrunePlan,
+        }
+        return json(&Out { applied, plan });
+    }
+    let verb = if applied { "deleted" } else { "would delete" };
+    for d in &plan.delete {
+        let images = if d.images.is_empty() {
+            "(images kept: still referenced)".to_string()
+        } else {
+            d.images
+                .iter()
+                .map(|(a, i)| format!("{a}={i}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!("{verb} {} {images}", d.release);
+    }
+    for k in &plan.kept {
+        println!("keep {}: {}", k.release, k.reasons.join("; "));
+    }
+    if !applied && !plan.delete.is_empty() {
+        println!("plan only; run again with --apply to delete");
+    }
 }

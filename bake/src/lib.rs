@@ -6,6 +6,7 @@
 pub mod arch;
 pub mod cli;
 pub mod diag;
+pub mod diff;
 pub mod error;
 pub mod journal;
 pub mod key;
@@ -14,6 +15,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod promote;
 pub mod provider;
+pub mod prune;
 pub mod recipe;
 pub mod registry;
 pub mod release;

@@ -1,11 +1,15 @@
-//! Promotion: moving a cluster's channel to a release. Only published releases exist in the
-//! registry, and only validated images are published, so what can be promoted is validated
-//! by construction; promotion adds the checks that depend on the target cluster.
+//! Promotion and rollback: moving a cluster's channel to a release. Only published releases
+//! exist in the registry and only validated images are published; promotion adds the checks
+//! that depend on the target: every arch the cluster uses, and with `--from`, that the
+//! release soaked on the source channel long enough. Prod channels move only through here.
 
-use crate::pipeline::Cluster;
+use crate::pipeline::{Cluster, Pipeline};
 use crate::registry::Registry;
-use crate::release::{ChannelEntry, ChannelMove, Manifest};
+use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId};
+use crate::validate::Status;
 use crate::{Error, Result};
+use chrono::{DateTime, Utc};
+use std::time::Duration;
 
 /// Who is acting, for channel history: `user@host`.
 pub fn who() -> String {
@@ -18,30 +22,33 @@ pub fn who() -> String {
     format!("{user}@{host}")
 }
 
-/// What a promotion did.
+/// What a promotion or rollback did (or, with `--dry-run`, would do).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Promotion {
     Moved {
         entry: ChannelEntry,
     },
-    /// The channel already points at this release.
+    /// `--dry-run`: the move that would be recorded.
+    WouldMove {
+        change: PlannedMove,
+    },
+    /// The channel already points at this release; nothing was written.
     AlreadyThere {
         entry: ChannelEntry,
     },
 }
 
-/// Moves `cluster`'s channel of the release's recipe to `release`, refusing a release that
-/// lacks an image for an arch the cluster uses.
-pub async fn promote(
-    registry: &dyn Registry,
-    release: &Manifest,
-    cluster_name: &str,
-    cluster: &Cluster,
-    from: Option<&str>,
-    who: &str,
-    reason: Option<&str>,
-) -> Result<Promotion> {
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PlannedMove {
+    pub cluster: String,
+    pub from_release: Option<ReleaseId>,
+    pub to_release: ReleaseId,
+    pub images: std::collections::BTreeMap<crate::Arch, String>,
+}
+
+/// Checks that `release` can go to `cluster`: validated images for every arch it uses.
+pub fn check_release(release: &Manifest, cluster_name: &str, cluster: &Cluster) -> Result<()> {
     let missing: Vec<String> = cluster
         .arches
         .iter()
@@ -50,26 +57,233 @@ pub async fn promote(
         .collect();
     if !missing.is_empty() {
         return Err(Error::Usage(format!(
-            "release {} of `{}` has no image for {} which cluster `{cluster_name}` uses",
+            "release {} of `{}` has no image for {}, which cluster `{cluster_name}` uses",
             release.release,
             release.recipe,
             missing.join(", ")
         )));
     }
+    for (arch, image) in &release.images {
+        if let Some((name, status)) = image.validators.iter().find(|(_, s)| **s == Status::Fail) {
+            return Err(Error::Usage(format!(
+                "release {} of `{}`: the {arch} image failed validator `{name}` ({status}); it cannot be promoted",
+                release.release, release.recipe
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// With `--from`: the release must have stayed on the source channel at least `soak`, in its
+/// current stint (up to `now`) or an earlier one. Returns a message saying why not.
+pub fn check_soak(
+    history: &[ChannelEntry],
+    from: &str,
+    release: &ReleaseId,
+    soak: Duration,
+    now: DateTime<Utc>,
+) -> std::result::Result<(), String> {
+    let soak_c = chrono::Duration::from_std(soak).unwrap_or(chrono::Duration::MAX);
+    let mut longest = None;
+    for (i, entry) in history.iter().enumerate() {
+        if &entry.release != release {
+            continue;
+        }
+        let end = history.get(i + 1).map(|n| n.at).unwrap_or(now);
+        let stint = end - entry.at;
+        if longest.is_none_or(|l| stint > l) {
+            longest = Some(stint);
+        }
+    }
+    match longest {
+        None => Err(format!("release {release} has never been on channel `{from}`")),
+        Some(stint) if stint >= soak_c => Ok(()),
+        Some(stint) => Err(format!(
+            "release {release} has been on `{from}` for {} at most; the pipeline's soak time is {} ({} to go)",
+            humantime::format_duration(round(stint)),
+            humantime::format_duration(soak),
+            humantime::format_duration(round(soak_c - stint)),
+        )),
+    }
+}
+
+fn round(d: chrono::Duration) -> Duration {
+    Duration::from_secs(d.num_seconds().max(0) as u64)
+}
+
+/// A request to move a channel.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub recipe: &'a str,
+    pub release: &'a ReleaseId,
+    pub to: &'a str,
+    pub from: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub who: &'a str,
+    pub dry_run: bool,
+}
+
+/// `bake promote`: every rule checked, then one history entry appended (unless dry run).
+pub async fn promote(
+    registry: &dyn Registry,
+    pipeline: &Pipeline,
+    req: &Request<'_>,
+) -> Result<Promotion> {
+    let cluster = cluster(pipeline, req.to)?;
+    let release = registry
+        .release(req.recipe, req.release)
+        .await?
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "recipe `{}` has no release {} (see `bake releases {}`)",
+                req.recipe, req.release, req.recipe
+            ))
+        })?;
+    check_release(&release, req.to, cluster)?;
+    if let Some(from) = req.from {
+        self::cluster(pipeline, from)?;
+        if from == req.to {
+            return Err(Error::Usage(format!("--from and --to are both `{from}`")));
+        }
+        let history = registry.channel_history(req.recipe, from).await?;
+        check_soak(&history, from, req.release, pipeline.soak, Utc::now()).map_err(Error::Usage)?;
+    }
+    let meta = Meta {
+        from: req.from,
+        who: req.who,
+        reason: req.reason,
+        dry_run: req.dry_run,
+    };
+    apply(registry, &release, req.to, cluster, &meta).await
+}
+
+/// A request to roll a channel back.
+#[derive(Debug, Clone)]
+pub struct Rollback<'a> {
+    pub recipe: &'a str,
+    pub cluster: &'a str,
+    /// A release from the channel's history; the previous distinct one when None.
+    pub to: Option<&'a ReleaseId>,
+    pub reason: Option<&'a str>,
+    pub who: &'a str,
+    pub dry_run: bool,
+}
+
+/// `bake rollback`: back to the previous distinct release in the channel's history, or to
+/// `to`, which must be in that history.
+pub async fn rollback(
+    registry: &dyn Registry,
+    pipeline: &Pipeline,
+    req: &Rollback<'_>,
+) -> Result<Promotion> {
+    let (recipe, cluster_name, to) = (req.recipe, req.cluster, req.to);
+    let cluster = cluster(pipeline, cluster_name)?;
+    let history = registry.channel_history(recipe, cluster_name).await?;
+    let current = history.last().ok_or_else(|| {
+        Error::Usage(format!("channel `{cluster_name}` of `{recipe}` has never pointed anywhere; nothing to roll back"))
+    })?;
+    let target = match to {
+        Some(t) => {
+            if !history.iter().any(|e| &e.release == t) {
+                return Err(Error::Usage(format!(
+                    "release {t} was never on channel `{cluster_name}` of `{recipe}`; rollback only goes back to a release from its history (see `bake history {recipe} --cluster {cluster_name}`)"
+                )));
+            }
+            t.clone()
+        }
+        None => history
+            .iter()
+            .rev()
+            .find(|e| e.release != current.release)
+            .map(|e| e.release.clone())
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "channel `{cluster_name}` of `{recipe}` has only ever pointed at {}; there is nothing to roll back to",
+                    current.release
+                ))
+            })?,
+    };
+    let release = registry.release(recipe, &target).await?.ok_or_else(|| {
+        Error::Conflict(format!("release {target} of `{recipe}` is in the history of `{cluster_name}` but no longer exists (pruned?)"))
+    })?;
+    check_release(&release, cluster_name, cluster)?;
+    let why = match req.reason {
+        Some(r) => format!("rollback from {}: {r}", current.release),
+        None => format!("rollback from {}", current.release),
+    };
+    let meta = Meta {
+        from: None,
+        who: req.who,
+        reason: Some(&why),
+        dry_run: req.dry_run,
+    };
+    apply(registry, &release, cluster_name, cluster, &meta).await
+}
+
+fn cluster<'p>(pipeline: &'p Pipeline, name: &str) -> Result<&'p Cluster> {
+    pipeline.clusters.get(name).ok_or_else(|| {
+        Error::Usage(format!(
+            "cluster `{name}` is not defined in {} (defined: {})",
+            pipeline.file.display(),
+            pipeline
+                .clusters
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
+}
+
+/// What a channel move records besides the release: where from, who, why; or a dry run.
+#[derive(Debug, Clone, Copy)]
+pub struct Meta<'a> {
+    pub from: Option<&'a str>,
+    pub who: &'a str,
+    pub reason: Option<&'a str>,
+    pub dry_run: bool,
+}
+
+/// Moves `cluster_name`'s channel to `release` (checked by the caller), or says it is there.
+pub async fn apply(
+    registry: &dyn Registry,
+    release: &Manifest,
+    cluster_name: &str,
+    cluster: &Cluster,
+    meta: &Meta<'_>,
+) -> Result<Promotion> {
+    let Meta {
+        from,
+        who,
+        reason,
+        dry_run,
+    } = *meta;
     let current = registry
         .channels(&release.recipe)
         .await?
         .remove(cluster_name);
-    if let Some(entry) = current {
+    if let Some(entry) = &current {
         if entry.release == release.release {
-            return Ok(Promotion::AlreadyThere { entry });
+            return Ok(Promotion::AlreadyThere {
+                entry: entry.clone(),
+            });
         }
     }
-    let images = cluster
+    let images: std::collections::BTreeMap<_, _> = cluster
         .arches
         .iter()
         .map(|a| (*a, release.images[a].image_id.clone()))
         .collect();
+    if dry_run {
+        return Ok(Promotion::WouldMove {
+            change: PlannedMove {
+                cluster: cluster_name.to_string(),
+                from_release: current.map(|c| c.release),
+                to_release: release.release.clone(),
+                images,
+            },
+        });
+    }
     let entry = registry
         .move_channel(
             &release.recipe,

@@ -6,7 +6,7 @@ use crate::journal::{new_run_id, Entry, Journal};
 use crate::key::BakeKey;
 use crate::pipeline::{Bake, Pipeline};
 use crate::plan::{self, Decision, Filter, PlanItem};
-use crate::promote::{self, Promotion};
+use crate::promote;
 use crate::provider::{BakeJob, ImageRecord, ImageStatus, Provider};
 use crate::registry::Registry;
 use crate::release::{Manifest, ReleaseId, ReleaseImage};
@@ -409,21 +409,21 @@ async fn run_recipe(
     for target in &bake.auto_promote {
         let cluster = &cx.pipeline.clusters[target];
         let reason = format!("auto-promotion by run {}", journal.run_id());
-        match promote::promote(
+        promote::check_release(&published, target, cluster)?;
+        promote::apply(
             cx.registry,
             &published,
             target,
             cluster,
-            None,
-            &opts.who,
-            Some(&reason),
+            &promote::Meta {
+                from: None,
+                who: &opts.who,
+                reason: Some(&reason),
+                dry_run: false,
+            },
         )
-        .await?
-        {
-            Promotion::Moved { .. } | Promotion::AlreadyThere { .. } => {
-                promoted_to.push(target.clone())
-            }
-        }
+        .await?;
+        promoted_to.push(target.clone());
     }
     summary.published.push(Published {
         recipe: published.recipe.clone(),

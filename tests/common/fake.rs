@@ -30,6 +30,12 @@ pub struct Shared {
     pub events: Vec<String>,
     pub images: Vec<ImageRecord>,
     pub bakes: usize,
+    /// Package manifests by image ID (what a real provider captures at bake time).
+    pub manifests: BTreeMap<String, String>,
+    /// Images something uses (an instance, a launch template), with why.
+    pub in_use: BTreeMap<String, String>,
+    /// Images deleted through `delete_image`, in order.
+    pub deleted: Vec<String>,
     counter: usize,
 }
 
@@ -232,6 +238,25 @@ impl Provider for FakeProvider {
             .cloned())
     }
 
+    async fn package_manifest(&self, image_id: &str) -> Result<Option<String>> {
+        Ok(self.shared().manifests.get(image_id).cloned())
+    }
+
+    async fn image_in_use(&self, image_id: &str) -> Result<Option<String>> {
+        Ok(self.shared().in_use.get(image_id).cloned())
+    }
+
+    async fn delete_image(&self, image_id: &str) -> Result<()> {
+        let mut s = self.shared();
+        assert!(
+            !s.in_use.contains_key(image_id),
+            "deleted an image in use: {image_id}"
+        );
+        s.live.remove(&("image".to_string(), image_id.to_string()));
+        s.deleted.push(image_id.to_string());
+        Ok(())
+    }
+
     async fn bake(&self, job: &BakeJob<'_>, cx: &StepContext<'_>) -> Result<ImageRecord> {
         self.shared().bakes += 1;
         let steps: Vec<Box<dyn Step<FakeState> + '_>> = STEPS
@@ -270,7 +295,16 @@ impl Provider for FakeProvider {
             verdict,
             packages_sha256: None,
         };
-        self.shared().images.push(record.clone());
+        {
+            let mut s = self.shared();
+            let base = job.base.id.clone();
+            let n = s.bakes;
+            s.manifests.insert(
+                record.id.clone(),
+                format!("apt\t2.6.1\t{arch}\nlinux-image-6.1.0-{base}\t6.1.0\t{arch}\nudev\t252.{n}\t{arch}\n", arch = job.arch),
+            );
+            s.images.push(record.clone());
+        }
         Ok(record)
     }
 }

@@ -75,4 +75,14 @@ pub trait Provider: Send + Sync {
     /// (accepted or rejected). Everything it created is cleaned up before it returns, except
     /// the image itself when the bake was not a failure.
     async fn bake(&self, job: &BakeJob<'_>, cx: &StepContext<'_>) -> Result<ImageRecord>;
+
+    /// The package manifest captured at bake time: `name<TAB>version<TAB>arch` lines.
+    async fn package_manifest(&self, image_id: &str) -> Result<Option<String>>;
+
+    /// Why the image must not be deleted (a running or stopped instance or a launch template
+    /// uses it, it has deregistration protection), or None.
+    async fn image_in_use(&self, image_id: &str) -> Result<Option<String>>;
+
+    /// Deletes an image and what belongs to it (snapshots, files).
+    async fn delete_image(&self, image_id: &str) -> Result<()>;
 }

@@ -44,6 +44,9 @@ pub trait Registry: Send + Sync {
     /// `manifest.release` is replaced). All arches become visible together or not at all.
     async fn publish(&self, manifest: Manifest) -> Result<Manifest>;
 
+    /// Removes a release (prune only; its images must already be gone or kept elsewhere).
+    async fn delete_release(&self, recipe: &str, id: &ReleaseId) -> Result<()>;
+
     /// A channel's history, oldest first.
     async fn channel_history(&self, recipe: &str, cluster: &str) -> Result<Vec<ChannelEntry>>;
 

@@ -151,6 +151,21 @@ impl Registry for SqliteRegistry {
         Ok(published)
     }
 
+    async fn delete_release(&self, recipe: &str, id: &ReleaseId) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM release_images WHERE recipe = ?1 AND release = ?2",
+                params![recipe, id.to_string()],
+            )?;
+            tx.execute(
+                "DELETE FROM releases WHERE recipe = ?1 AND release = ?2",
+                params![recipe, id.to_string()],
+            )?;
+            tx.commit()
+        })
+    }
+
     async fn channel_history(&self, recipe: &str, cluster: &str) -> Result<Vec<ChannelEntry>> {
         let rows: Vec<String> = self.with(|c| {
             let mut stmt = c.prepare(

@@ -136,6 +136,21 @@ impl LocalProvider {
     }
 }
 
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 /// Identifies this host's kernel and QEMU, so a KVM probe is redone when either changes.
 fn host_fingerprint() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -166,6 +181,49 @@ impl Provider for LocalProvider {
         key: &BakeKey,
     ) -> Result<Option<ImageRecord>> {
         self.store.find(recipe, arch, key)
+    }
+
+    async fn package_manifest(&self, image_id: &str) -> Result<Option<String>> {
+        let path = self.store.files(image_id).packages;
+        match std::fs::read_to_string(&path) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    async fn image_in_use(&self, image_id: &str) -> Result<Option<String>> {
+        // A VM of a live run may be booted from it (a canary overlay backed by the image).
+        let work = self.state_dir.join("work");
+        let disk = self.store.files(image_id).disk;
+        for entry in walk_files(&work) {
+            if entry.extension().is_some_and(|e| e == "qcow2") {
+                if let Ok(info) = cmd::run(
+                    "qemu-img",
+                    &[
+                        "info".into(),
+                        "--output=json".into(),
+                        "-U".into(),
+                        entry.display().to_string(),
+                    ],
+                    None,
+                )
+                .await
+                {
+                    if info.contains(&*disk.display().to_string()) {
+                        return Ok(Some(format!(
+                            "backs the running VM disk {}",
+                            entry.display()
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn delete_image(&self, image_id: &str) -> Result<()> {
+        self.store.remove(image_id)
     }
 
     async fn bake(&self, job: &BakeJob<'_>, cx: &StepContext<'_>) -> Result<ImageRecord> {

@@ -1,0 +1,326 @@
+//! Prune: remove old releases and their images, never one that is still wanted. A release is
+//! kept when it is among the newest `keep`, when any channel points at it now or in its last
+//! `history` entries before that, or when any of its images is in use (an instance or launch
+//! template uses it, or it has deregistration protection). An image is deleted only when no
+//! kept release and no protected channel entry refers to it. Registry entries go last.
+
+use crate::provider::Provider;
+use crate::registry::Registry;
+use crate::release::{ChannelEntry, Manifest, ReleaseId};
+use crate::{Arch, Result};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What prune decides from.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// Releases, oldest first.
+    pub releases: Vec<Manifest>,
+    /// Channel histories, oldest first.
+    pub channels: BTreeMap<String, Vec<ChannelEntry>>,
+    /// Images that must not be deleted, with why (in use, protected).
+    pub in_use: BTreeMap<String, String>,
+    pub keep: usize,
+    /// Channel entries before the current one whose releases are protected.
+    pub history: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Kept {
+    pub release: ReleaseId,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Doomed {
+    pub release: ReleaseId,
+    /// Images deleted with it (those no kept release or channel entry still refers to).
+    pub images: BTreeMap<Arch, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct PrunePlan {
+    pub delete: Vec<Doomed>,
+    pub kept: Vec<Kept>,
+}
+
+/// Decides what to delete. Pure: the rules in one place, tested with random histories.
+pub fn plan(inputs: &Inputs) -> PrunePlan {
+    let n = inputs.releases.len();
+    let mut protected_releases: BTreeMap<ReleaseId, Vec<String>> = BTreeMap::new();
+    let mut protected_images: BTreeSet<String> = BTreeSet::new();
+    for (cluster, history) in &inputs.channels {
+        let window = history.len().saturating_sub(inputs.history + 1);
+        for (i, entry) in history.iter().enumerate().skip(window) {
+            let why = if i + 1 == history.len() {
+                format!("channel `{cluster}` points at it")
+            } else {
+                format!(
+                    "in the last {} history entries of channel `{cluster}`",
+                    inputs.history
+                )
+            };
+            protected_releases
+                .entry(entry.release.clone())
+                .or_default()
+                .push(why);
+            protected_images.extend(entry.images.values().cloned());
+        }
+    }
+    let mut result = PrunePlan::default();
+    let mut doomed = Vec::new();
+    for (i, release) in inputs.releases.iter().enumerate() {
+        let mut reasons = protected_releases
+            .remove(&release.release)
+            .unwrap_or_default();
+        if i + inputs.keep >= n {
+            reasons.push(format!("among the newest {}", inputs.keep));
+        }
+        for image in release.images.values() {
+            if let Some(why) = inputs.in_use.get(&image.image_id) {
+                reasons.push(format!("image {} {why}", image.image_id));
+            }
+        }
+        if reasons.is_empty() {
+            doomed.push(release);
+        } else {
+            reasons.dedup();
+            result.kept.push(Kept {
+                release: release.release.clone(),
+                reasons,
+            });
+        }
+    }
+    // Images still referred to by a kept release (a carried-over arch) or a protected entry stay.
+    let kept_ids: BTreeSet<&ReleaseId> = result.kept.iter().map(|k| &k.release).collect();
+    let mut still_used: BTreeSet<String> = protected_images;
+    for r in inputs
+        .releases
+        .iter()
+        .filter(|r| kept_ids.contains(&r.release))
+    {
+        still_used.extend(r.images.values().map(|i| i.image_id.clone()));
+    }
+    still_used.extend(inputs.in_use.keys().cloned());
+    let mut deleted_images = BTreeSet::new();
+    for release in doomed {
+        let images = release
+            .images
+            .iter()
+            .filter(|(_, i)| {
+                !still_used.contains(&i.image_id) && deleted_images.insert(i.image_id.clone())
+            })
+            .map(|(a, i)| (*a, i.image_id.clone()))
+            .collect();
+        result.delete.push(Doomed {
+            release: release.release.clone(),
+            images,
+        });
+    }
+    result
+}
+
+/// Gathers the inputs for `recipe` from the registry and provider.
+pub async fn inputs(
+    registry: &dyn Registry,
+    provider: &dyn Provider,
+    recipe: &str,
+    clusters: impl IntoIterator<Item = &String>,
+    keep: usize,
+    history: usize,
+) -> Result<Inputs> {
+    let releases = registry.releases(recipe).await?;
+    let mut channels = BTreeMap::new();
+    // Every channel with history, including clusters no longer in the pipeline.
+    let mut names: BTreeSet<String> = registry.channels(recipe).await?.into_keys().collect();
+    names.extend(clusters.into_iter().cloned());
+    for c in names {
+        channels.insert(c.clone(), registry.channel_history(recipe, &c).await?);
+    }
+    let mut in_use = BTreeMap::new();
+    for r in &releases {
+        for image in r.images.values() {
+            if in_use.contains_key(&image.image_id) {
+                continue;
+            }
+            if let Some(why) = provider.image_in_use(&image.image_id).await? {
+                in_use.insert(image.image_id.clone(), why);
+            }
+        }
+    }
+    Ok(Inputs {
+        releases,
+        channels,
+        in_use,
+        keep,
+        history,
+    })
+}
+
+/// Carries out a plan: images first (with their snapshots/files), then registry entries.
+pub async fn apply(
+    registry: &dyn Registry,
+    provider: &dyn Provider,
+    recipe: &str,
+    plan: &PrunePlan,
+) -> Result<()> {
+    for doomed in &plan.delete {
+        for image in doomed.images.values() {
+            // Re-check right before deleting: something may have started using it.
+            if let Some(why) = provider.image_in_use(image).await? {
+                return Err(crate::Error::Conflict(format!(
+                    "image {image} of release {} {why} since the plan was made; nothing more was deleted",
+                    doomed.release
+                )));
+            }
+            provider.delete_image(image).await?;
+        }
+        registry.delete_release(recipe, &doomed.release).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::BakeKey;
+    use crate::release::ReleaseImage;
+    use chrono::{NaiveDate, Utc};
+    use proptest::prelude::*;
+
+    fn release(n: u32, images: &[(Arch, u32)]) -> Manifest {
+        Manifest {
+            recipe: "r".into(),
+            release: ReleaseId::new(NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(), n),
+            provider: "p".into(),
+            tool_version: "0".into(),
+            created_at: Utc::now(),
+            images: images
+                .iter()
+                .map(|(a, i)| {
+                    (
+                        *a,
+                        ReleaseImage {
+                            image_id: format!("img-{i}"),
+                            key: BakeKey::from_hex("k"),
+                            base: "b".into(),
+                            validated_at: Utc::now(),
+                            validators: BTreeMap::new(),
+                            packages_sha256: None,
+                            run_id: "r".into(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Random releases (images sometimes carried over from the previous release), random
+    /// channel histories over them, random in-use images, random keep/history.
+    fn inputs() -> impl Strategy<Value = Inputs> {
+        (1usize..12, 1usize..5, 0usize..4).prop_flat_map(|(n, keep, history)| {
+            (
+                proptest::collection::vec((any::<bool>(), any::<bool>()), n),
+                proptest::collection::vec(proptest::collection::vec(0..n, 0..8), 0..4),
+                proptest::collection::vec(0..(2 * n as u32 + 2), 0..3),
+            )
+                .prop_map(move |(carry, channels, busy)| {
+                    let mut releases = Vec::new();
+                    let mut next = 0u32;
+                    let mut last = (0u32, 0u32);
+                    for (i, (cx, ca)) in carry.iter().enumerate() {
+                        let x = if *cx && i > 0 {
+                            last.0
+                        } else {
+                            next += 1;
+                            next
+                        };
+                        let a = if *ca && i > 0 {
+                            last.1
+                        } else {
+                            next += 1;
+                            next
+                        };
+                        last = (x, a);
+                        releases.push(release(
+                            i as u32 + 1,
+                            &[(Arch::X86_64, x), (Arch::Arm64, a)],
+                        ));
+                    }
+                    let channels = channels
+                        .iter()
+                        .enumerate()
+                        .map(|(c, picks)| {
+                            let entries = picks
+                                .iter()
+                                .enumerate()
+                                .map(|(v, &i)| ChannelEntry {
+                                    version: v as u64 + 1,
+                                    release: releases[i].release.clone(),
+                                    images: releases[i]
+                                        .images
+                                        .iter()
+                                        .map(|(a, im)| (*a, im.image_id.clone()))
+                                        .collect(),
+                                    from: None,
+                                    who: "w".into(),
+                                    reason: None,
+                                    at: Utc::now(),
+                                })
+                                .collect();
+                            (format!("c{c}"), entries)
+                        })
+                        .collect();
+                    let in_use = busy
+                        .iter()
+                        .map(|i| (format!("img-{i}"), "is in use".to_string()))
+                        .collect();
+                    Inputs {
+                        releases,
+                        channels,
+                        in_use,
+                        keep,
+                        history,
+                    }
+                })
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn prune_never_selects_a_protected_or_referenced_image(inputs in inputs()) {
+            let plan = plan(&inputs);
+            let deleted_releases: BTreeSet<&ReleaseId> = plan.delete.iter().map(|d| &d.release).collect();
+            let deleted_images: BTreeSet<&String> = plan.delete.iter().flat_map(|d| d.images.values()).collect();
+            // Every release is decided exactly once.
+            prop_assert_eq!(plan.delete.len() + plan.kept.len(), inputs.releases.len());
+            // The newest `keep` stay.
+            for r in inputs.releases.iter().rev().take(inputs.keep) {
+                prop_assert!(!deleted_releases.contains(&r.release));
+            }
+            // Channel entries now and in the last `history` before it: releases and images stay.
+            for history in inputs.channels.values() {
+                for e in history.iter().rev().take(inputs.history + 1) {
+                    prop_assert!(!deleted_releases.contains(&e.release), "deleted {} which a channel holds", e.release);
+                    for image in e.images.values() {
+                        prop_assert!(!deleted_images.contains(image), "deleted {} which a channel holds", image);
+                    }
+                }
+            }
+            // Images in use stay, and so do their releases.
+            for image in inputs.in_use.keys() {
+                prop_assert!(!deleted_images.contains(image));
+            }
+            // No kept release loses an image.
+            for r in inputs.releases.iter().filter(|r| !deleted_releases.contains(&r.release)) {
+                for image in r.images.values() {
+                    prop_assert!(!deleted_images.contains(&image.image_id), "kept {} lost {}", r.release, image.image_id);
+                }
+            }
+            // Every kept release says why.
+            for k in &plan.kept {
+                prop_assert!(!k.reasons.is_empty());
+            }
+        }
+    }
+}
