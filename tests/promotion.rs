@@ -254,7 +254,7 @@ async fn rollback_goes_to_the_previous_distinct_release_or_a_named_one_from_hist
     .await
     .unwrap();
     match back {
-        Promotion::Moved { entry } => {
+        Promotion::Moved { entry, .. } => {
             assert_eq!(entry.release, r2);
             assert_eq!(
                 entry.reason.as_deref(),

@@ -668,16 +668,14 @@ fn print_releases(output: Output, releases: &[Manifest]) {
     let mut rows = Vec::new();
     for m in releases.iter().rev() {
         for (arch, image) in &m.images {
-            let passed = image
-                .validators
-                .values()
-                .filter(|s| **s == crate::validate::Status::Pass)
-                .count();
+            let count = |st| image.validators.values().filter(|s| **s == st).count();
+            let passed = count(crate::validate::Status::Pass);
+            let skipped = count(crate::validate::Status::Skipped);
             rows.push(vec![
                 m.release.to_string(),
                 arch.to_string(),
                 image.image_id.clone(),
-                format!("{passed}/{} pass", image.validators.len()),
+                format!("{passed} pass, {skipped} skipped"),
                 image.key.short().to_string(),
                 age(m.created_at),
             ]);
@@ -802,8 +800,8 @@ fn print_promotion(output: Output, recipe: &str, p: &promote::Promotion) {
         return json(p);
     }
     match p {
-        promote::Promotion::Moved { entry } => println!(
-            "{recipe}: channel moved to {} (version {}): {}",
+        promote::Promotion::Moved { cluster, entry } => println!(
+            "{recipe}: channel `{cluster}` moved to {} (version {}): {}",
             entry.release,
             entry.version,
             entry
@@ -829,12 +827,10 @@ fn print_promotion(output: Output, recipe: &str, p: &promote::Promotion) {
                 .collect::<Vec<_>>()
                 .join(" ")
         ),
-        promote::Promotion::AlreadyThere { entry } => {
-            println!(
-                "{recipe}: channel already on {} (version {}); nothing changed",
-                entry.release, entry.version
-            )
-        }
+        promote::Promotion::AlreadyThere { cluster, entry } => println!(
+            "{recipe}: channel `{cluster}` is already on {} (version {}); nothing changed",
+            entry.release, entry.version
+        ),
     }
 }
 

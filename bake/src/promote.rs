@@ -15,11 +15,24 @@ use std::time::Duration;
 pub fn who() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| format!("uid{}", unsafe { libc::getuid() }));
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(passwd_name)
+        .unwrap_or_else(|| format!("uid{}", unsafe { libc::getuid() }));
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
     format!("{user}@{host}")
+}
+
+/// The login name of the current uid from /etc/passwd.
+fn passwd_name() -> Option<String> {
+    let uid = unsafe { libc::getuid() }.to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 2 && f[2] == uid).then(|| f[0].to_string())
+    })
 }
 
 /// What a promotion or rollback did (or, with `--dry-run`, would do).
@@ -27,14 +40,14 @@ pub fn who() -> String {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Promotion {
     Moved {
+        cluster: String,
         entry: ChannelEntry,
     },
     /// `--dry-run`: the move that would be recorded.
-    WouldMove {
-        change: PlannedMove,
-    },
+    WouldMove { change: PlannedMove },
     /// The channel already points at this release; nothing was written.
     AlreadyThere {
+        cluster: String,
         entry: ChannelEntry,
     },
 }
@@ -265,6 +278,7 @@ pub async fn apply(
     if let Some(entry) = &current {
         if entry.release == release.release {
             return Ok(Promotion::AlreadyThere {
+                cluster: cluster_name.to_string(),
                 entry: entry.clone(),
             });
         }
@@ -297,5 +311,8 @@ pub async fn apply(
             },
         )
         .await?;
-    Ok(Promotion::Moved { entry })
+    Ok(Promotion::Moved {
+        cluster: cluster_name.to_string(),
+        entry,
+    })
 }
