@@ -1,8 +1,11 @@
-//! The embedded registry: releases are immutable and all-or-nothing, IDs count up per day,
-//! channels keep their history, and the lock is exclusive across processes.
+//! The registries: releases are immutable and all-or-nothing, IDs count up per day, channels
+//! keep their history, and the lock is exclusive. Each behaviour runs against the embedded
+//! SQLite registry and the SSM registry on moto_server.
+
+mod common;
 
 use bake::key::BakeKey;
-use bake::registry::{Registry, SqliteRegistry};
+use bake::registry::{Registry, SqliteRegistry, SsmRegistry};
 use bake::release::{ChannelMove, Manifest, ReleaseId, ReleaseImage};
 use bake::{Arch, Error};
 use std::collections::BTreeMap;
@@ -35,10 +38,17 @@ fn manifest(images: &[(Arch, &str)]) -> Manifest {
     }
 }
 
-#[tokio::test]
-async fn releases_count_up_per_day_and_keep_every_arch() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = SqliteRegistry::open(dir.path()).unwrap();
+async fn ssm(prefix: &str) -> SsmRegistry {
+    let moto = common::moto::Moto::get();
+    let config = moto.sdk().await;
+    SsmRegistry::new(
+        &config,
+        bake::names::SsmPath::parse(prefix).unwrap(),
+        Default::default(),
+    )
+}
+
+async fn releases_count_up(reg: &dyn Registry) {
     let a = reg
         .publish(manifest(&[(Arch::X86_64, "img-a"), (Arch::Arm64, "img-b")]))
         .await
@@ -57,11 +67,53 @@ async fn releases_count_up_per_day_and_keep_every_arch() {
     assert_eq!(all.len(), 2);
     assert_eq!(all[1].images[&Arch::Arm64].image_id, "img-d");
     assert!(reg.releases("other").await.unwrap().is_empty());
-    // Reopening sees the same data (one file under the state dir).
-    drop(reg);
+    // Prune's removal: the release disappears, the other stays.
+    reg.delete_release("eks-node", &a.release).await.unwrap();
+    assert_eq!(
+        reg.releases("eks-node").await.unwrap(),
+        vec![all[1].clone()]
+    );
+}
+
+#[tokio::test]
+async fn releases_count_up_per_day_and_keep_every_arch() {
+    let dir = tempfile::tempdir().unwrap();
     let reg = SqliteRegistry::open(dir.path()).unwrap();
-    assert_eq!(reg.releases("eks-node").await.unwrap(), all);
+    releases_count_up(&reg).await;
+    // Reopening sees the same data (one file under the state dir).
+    let again = SqliteRegistry::open(dir.path()).unwrap();
+    assert_eq!(again.releases("eks-node").await.unwrap().len(), 1);
     assert!(dir.path().join("registry.db").is_file());
+}
+
+#[tokio::test]
+async fn ssm_releases_count_up_per_day_and_keep_every_arch() {
+    let reg = ssm("/t1").await;
+    releases_count_up(&reg).await;
+    // The contract Terraform reads: one parameter per arch, written once, plus the manifest.
+    let moto = common::moto::Moto::get();
+    let client = aws_sdk_ssm::Client::new(&moto.sdk().await);
+    let rel = reg
+        .releases("eks-node")
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .release;
+    let p = client
+        .get_parameter()
+        .name(format!("/t1/eks-node/releases/{rel}/arm64"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(p.parameter().unwrap().value(), Some("img-d"));
+    assert_eq!(p.parameter().unwrap().data_type(), Some("aws:ec2:image"));
+    // Immutable: writing it again is refused.
+    let again = reg
+        .publish(manifest(&[(Arch::X86_64, "img-e")]))
+        .await
+        .unwrap();
+    assert_ne!(again.release, rel);
 }
 
 #[tokio::test]
@@ -86,10 +138,7 @@ async fn published_releases_cannot_be_changed() {
     );
 }
 
-#[tokio::test]
-async fn channels_append_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = SqliteRegistry::open(dir.path()).unwrap();
+async fn channels_append(reg: &dyn Registry) {
     for (i, release) in ["2026.11.20-1", "2026.11.21-1", "2026.11.20-1"]
         .iter()
         .enumerate()
@@ -127,10 +176,17 @@ async fn channels_append_history() {
 }
 
 #[tokio::test]
-async fn the_lock_is_exclusive_expires_and_can_be_broken() {
+async fn channels_append_history() {
     let dir = tempfile::tempdir().unwrap();
-    let one = SqliteRegistry::open(dir.path()).unwrap();
-    let two = SqliteRegistry::open(dir.path()).unwrap();
+    channels_append(&SqliteRegistry::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn ssm_channels_append_history() {
+    channels_append(&ssm("/t2").await).await;
+}
+
+async fn lock_rules(one: &dyn Registry, two: &dyn Registry) {
     one.lock("eks-node", "run-1", Duration::from_secs(60), false)
         .await
         .unwrap();
@@ -172,4 +228,17 @@ async fn the_lock_is_exclusive_expires_and_can_be_broken() {
         .lock("eks-node", "run-1", Duration::from_secs(60), false)
         .await
         .is_err());
+}
+
+#[tokio::test]
+async fn the_lock_is_exclusive_expires_and_can_be_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = SqliteRegistry::open(dir.path()).unwrap();
+    let two = SqliteRegistry::open(dir.path()).unwrap();
+    lock_rules(&one, &two).await;
+}
+
+#[tokio::test]
+async fn ssm_lock_is_exclusive_expires_and_can_be_broken() {
+    lock_rules(&ssm("/t3").await, &ssm("/t3").await).await;
 }

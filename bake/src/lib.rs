@@ -4,6 +4,7 @@
 //! One module per noun of the domain; see DESIGN.md for the words.
 
 pub mod arch;
+pub mod aws;
 pub mod cli;
 pub mod diag;
 pub mod diff;

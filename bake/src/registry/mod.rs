@@ -4,8 +4,10 @@
 //! channel move appends to its history; the lock is create-if-absent with an expiry.
 
 mod sqlite;
+mod ssm;
 
 pub use sqlite::SqliteRegistry;
+pub use ssm::SsmRegistry;
 
 use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId};
 use crate::Result;

@@ -1,0 +1,76 @@
+//! Shared AWS plumbing: the SDK configuration from the standard chain (profile, region,
+//! `AWS_ENDPOINT_URL`), the SDK's standard retry for throttling and 5xx, client-side rate
+//! limits below EC2's and SSM's buckets, and errors printed as `Code: message` with context.
+
+use crate::Error;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+/// Loads the SDK configuration; `region` overrides the chain's region.
+pub async fn sdk_config(region: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(8));
+    if let Some(r) = region {
+        loader = loader.region(aws_config::Region::new(r.to_string()));
+    }
+    loader.load().await
+}
+
+/// Client-side limits, per service, below AWS's request buckets.
+#[derive(Clone)]
+pub struct Limits {
+    pub ec2: Arc<DefaultDirectRateLimiter>,
+    pub ssm: Arc<DefaultDirectRateLimiter>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let per_second = |n: u32| {
+            Arc::new(RateLimiter::direct(Quota::per_second(
+                NonZeroU32::new(n).expect("non-zero"),
+            )))
+        };
+        // EC2 describe calls refill at 20/s, mutating ones slower; SSM at 40 TPS for most APIs.
+        Limits {
+            ec2: per_second(10),
+            ssm: per_second(20),
+        }
+    }
+}
+
+/// An SDK error as `context: Code: message`.
+pub fn err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    context: impl std::fmt::Display,
+    e: SdkError<E, R>,
+) -> Error {
+    Error::provider("aws", format!("{context}: {}", describe(&e)))
+}
+
+pub fn describe<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    e: &SdkError<E, R>,
+) -> String {
+    match e {
+        SdkError::ServiceError(s) => {
+            let inner = s.err();
+            format!(
+                "{}: {}",
+                inner.code().unwrap_or("Unknown"),
+                inner.message().unwrap_or("no message")
+            )
+        }
+        other => format!(
+            "{}",
+            aws_smithy_types::error::display::DisplayErrorContext(other)
+        ),
+    }
+}
+
+/// The error code of a service error, if any.
+pub fn code<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Option<&str> {
+    match e {
+        SdkError::ServiceError(s) => s.err().code(),
+        _ => None,
+    }
+}

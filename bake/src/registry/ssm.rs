@@ -1,0 +1,465 @@
+//! The registry on SSM Parameter Store, exactly the contract in the README:
+//! `<prefix>/<recipe>/releases/<release>/<arch>` (AMI ID, `aws:ec2:image`, written once and
+//! read back), `.../manifest` (written last, so readers only see complete releases),
+//! `<prefix>/<recipe>/channels/<cluster>/<arch>` and `.../release` (one parameter version per
+//! move; the history is the parameter history), and `<prefix>/<recipe>/lock`.
+
+use super::{LockInfo, Registry};
+use crate::aws::{code, err, Limits};
+use crate::names::SsmPath;
+use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId};
+use crate::{Arch, Error, Result};
+use async_trait::async_trait;
+use aws_sdk_ssm::types::{ParameterTier, ParameterType};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub struct SsmRegistry {
+    client: aws_sdk_ssm::Client,
+    prefix: SsmPath,
+    region: String,
+    limits: Limits,
+}
+
+/// What a channel move stores in the description of its `release` parameter version.
+#[derive(Debug, Serialize, Deserialize)]
+struct MoveNote {
+    images: BTreeMap<Arch, String>,
+    from: Option<String>,
+    who: String,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LockValue {
+    owner: String,
+    acquired_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+impl SsmRegistry {
+    pub fn new(config: &aws_config::SdkConfig, prefix: SsmPath, limits: Limits) -> SsmRegistry {
+        SsmRegistry {
+            client: aws_sdk_ssm::Client::new(config),
+            prefix,
+            region: config
+                .region()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "(no region)".into()),
+            limits,
+        }
+    }
+
+    fn path(&self, recipe: &str, rest: &str) -> String {
+        format!(
+            "{}/{recipe}/{rest}",
+            self.prefix.as_str().trim_end_matches('/')
+        )
+    }
+
+    async fn wait(&self) {
+        self.limits.ssm.until_ready().await;
+    }
+
+    /// Every parameter under `path`, recursively.
+    async fn list(&self, path: &str) -> Result<Vec<aws_sdk_ssm::types::Parameter>> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            self.wait().await;
+            let page = self
+                .client
+                .get_parameters_by_path()
+                .path(path)
+                .recursive(true)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| err(format!("listing {path} in {}", self.region), e))?;
+            out.extend(page.parameters().iter().cloned());
+            token = page.next_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<aws_sdk_ssm::types::Parameter>> {
+        self.wait().await;
+        match self.client.get_parameter().name(name).send().await {
+            Ok(r) => Ok(r.parameter().cloned()),
+            Err(e) if code(&e) == Some("ParameterNotFound") => Ok(None),
+            Err(e) => Err(err(format!("reading {name} in {}", self.region), e)),
+        }
+    }
+
+    /// Writes a parameter. With `image`, the data type is `aws:ec2:image` and the value is
+    /// read back (AWS validates the AMI asynchronously).
+    async fn put(
+        &self,
+        name: &str,
+        value: &str,
+        image: bool,
+        overwrite: bool,
+        description: Option<String>,
+    ) -> Result<i64> {
+        self.wait().await;
+        let mut req = self
+            .client
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(ParameterType::String)
+            .overwrite(overwrite)
+            .set_description(description);
+        if image {
+            req = req.data_type("aws:ec2:image");
+        }
+        if value.len() > 4096 {
+            req = req.tier(ParameterTier::Advanced);
+        }
+        let version = match req.send().await {
+            Ok(r) => r.version(),
+            Err(e) if code(&e) == Some("ParameterAlreadyExists") => {
+                return Err(Error::Conflict(format!(
+                    "{name} already exists in {}; published parameters are never overwritten",
+                    self.region
+                )))
+            }
+            Err(e) => return Err(err(format!("writing {name} in {}", self.region), e)),
+        };
+        if image {
+            // Read back: the data type is validated asynchronously.
+            let mut delay = Duration::from_millis(200);
+            for _ in 0..8 {
+                match self.get(name).await? {
+                    Some(p) if p.value() == Some(value) => return Ok(version),
+                    _ => {
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                }
+            }
+            return Err(Error::provider(
+                "aws",
+                format!(
+                    "{name} in {}: wrote {value} but could not read it back",
+                    self.region
+                ),
+            ));
+        }
+        Ok(version)
+    }
+
+    async fn delete(&self, names: &[String]) -> Result<()> {
+        for chunk in names.chunks(10) {
+            self.wait().await;
+            self.client
+                .delete_parameters()
+                .set_names(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| {
+                    err(
+                        format!("deleting {} in {}", chunk.join(", "), self.region),
+                        e,
+                    )
+                })?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Registry for SsmRegistry {
+    fn describe(&self) -> String {
+        format!("ssm {} in {}", self.prefix, self.region)
+    }
+
+    async fn releases(&self, recipe: &str) -> Result<Vec<Manifest>> {
+        let base = self.path(recipe, "releases");
+        let mut out = Vec::new();
+        for p in self.list(&base).await? {
+            let name = p.name().unwrap_or_default();
+            if !name.ends_with("/manifest") {
+                continue;
+            }
+            let manifest: Manifest =
+                serde_json::from_str(p.value().unwrap_or_default()).map_err(|e| {
+                    Error::Conflict(format!(
+                        "{name} in {} is not a bake manifest: {e}",
+                        self.region
+                    ))
+                })?;
+            out.push(manifest);
+        }
+        out.sort_by(|a, b| a.release.cmp(&b.release));
+        Ok(out)
+    }
+
+    async fn publish(&self, mut manifest: Manifest) -> Result<Manifest> {
+        let recipe = manifest.recipe.clone();
+        // IDs of every release that has at least one parameter, complete or not, so a half
+        // written release is never reused under the same ID.
+        let base = self.path(&recipe, "releases");
+        let mut ids = Vec::new();
+        for p in self.list(&base).await? {
+            let name = p.name().unwrap_or_default();
+            if let Some(id) = name
+                .strip_prefix(&format!("{base}/"))
+                .and_then(|r| r.split('/').next())
+            {
+                if let Ok(id) = id.parse::<ReleaseId>() {
+                    ids.push(id);
+                }
+            }
+        }
+        manifest.release = ReleaseId::next(manifest.created_at.date_naive(), &ids);
+        let dir = self.path(&recipe, &format!("releases/{}", manifest.release));
+        for (arch, image) in &manifest.images {
+            self.put(&format!("{dir}/{arch}"), &image.image_id, true, false, None)
+                .await?;
+        }
+        let json = serde_json::to_string(&manifest).expect("manifests serialize");
+        self.put(
+            &format!("{dir}/manifest"),
+            &json,
+            false,
+            false,
+            Some(format!("bake release {}", manifest.release)),
+        )
+        .await?;
+        Ok(manifest)
+    }
+
+    async fn delete_release(&self, recipe: &str, id: &ReleaseId) -> Result<()> {
+        let dir = self.path(recipe, &format!("releases/{id}"));
+        // The manifest first: the release stops being visible before its parts go.
+        self.delete(&[format!("{dir}/manifest")]).await?;
+        let rest: Vec<String> = self
+            .list(&dir)
+            .await?
+            .iter()
+            .filter_map(|p| p.name().map(str::to_string))
+            .collect();
+        if !rest.is_empty() {
+            self.delete(&rest).await?;
+        }
+        Ok(())
+    }
+
+    async fn channel_history(&self, recipe: &str, cluster: &str) -> Result<Vec<ChannelEntry>> {
+        let name = self.path(recipe, &format!("channels/{cluster}/release"));
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            self.wait().await;
+            let page = match self
+                .client
+                .get_parameter_history()
+                .name(&name)
+                .set_next_token(token)
+                .send()
+                .await
+            {
+                Ok(p) => p,
+                Err(e) if code(&e) == Some("ParameterNotFound") => return Ok(out),
+                Err(e) => {
+                    return Err(err(
+                        format!("reading the history of {name} in {}", self.region),
+                        e,
+                    ))
+                }
+            };
+            for h in page.parameters() {
+                let note: MoveNote = serde_json::from_str(h.description().unwrap_or("{}"))
+                    .map_err(|e| {
+                        Error::Conflict(format!(
+                            "{name}:{} in {} has no bake history note: {e}",
+                            h.version(),
+                            self.region
+                        ))
+                    })?;
+                let release = h
+                    .value()
+                    .unwrap_or_default()
+                    .parse::<ReleaseId>()
+                    .map_err(Error::Conflict)?;
+                let at = h
+                    .last_modified_date()
+                    .and_then(|d| DateTime::from_timestamp(d.secs(), d.subsec_nanos()))
+                    .unwrap_or_else(Utc::now);
+                out.push(ChannelEntry {
+                    version: h.version() as u64,
+                    release,
+                    images: note.images,
+                    from: note.from,
+                    who: note.who,
+                    reason: note.reason,
+                    at,
+                });
+            }
+            token = page.next_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        out.sort_by_key(|e| e.version);
+        Ok(out)
+    }
+
+    async fn channels(&self, recipe: &str) -> Result<BTreeMap<String, ChannelEntry>> {
+        let base = self.path(recipe, "channels");
+        let mut clusters = Vec::new();
+        for p in self.list(&base).await? {
+            let name = p.name().unwrap_or_default();
+            if let Some(cluster) = name
+                .strip_prefix(&format!("{base}/"))
+                .and_then(|r| r.strip_suffix("/release"))
+            {
+                clusters.push(cluster.to_string());
+            }
+        }
+        let mut out = BTreeMap::new();
+        for c in clusters {
+            if let Some(last) = self.channel_history(recipe, &c).await?.pop() {
+                out.insert(c, last);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn move_channel(
+        &self,
+        recipe: &str,
+        cluster: &str,
+        change: ChannelMove,
+    ) -> Result<ChannelEntry> {
+        for (arch, image) in &change.images {
+            let name = self.path(recipe, &format!("channels/{cluster}/{arch}"));
+            self.put(
+                &name,
+                image,
+                true,
+                true,
+                Some(format!("bake release {}", change.release)),
+            )
+            .await?;
+        }
+        let mut note = MoveNote {
+            images: change.images.clone(),
+            from: change.from.clone(),
+            who: change.who.clone(),
+            reason: change.reason.clone(),
+        };
+        let mut description = serde_json::to_string(&note).expect("notes serialize");
+        if description.len() > 1024 {
+            note.reason = note
+                .reason
+                .map(|r| r.chars().take(200).collect::<String>() + "…");
+            description = serde_json::to_string(&note).expect("notes serialize");
+        }
+        let name = self.path(recipe, &format!("channels/{cluster}/release"));
+        let version = self
+            .put(
+                &name,
+                &change.release.to_string(),
+                false,
+                true,
+                Some(description),
+            )
+            .await?;
+        Ok(ChannelEntry {
+            version: version as u64,
+            release: change.release,
+            images: change.images,
+            from: change.from,
+            who: change.who,
+            reason: change.reason,
+            at: Utc::now(),
+        })
+    }
+
+    async fn lock(
+        &self,
+        recipe: &str,
+        owner: &str,
+        ttl: Duration,
+        break_lock: bool,
+    ) -> Result<LockInfo> {
+        let name = self.path(recipe, "lock");
+        let now = Utc::now();
+        let value = LockValue {
+            owner: owner.to_string(),
+            acquired_at: now,
+            expires_at: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1)),
+        };
+        let json = serde_json::to_string(&value).expect("locks serialize");
+        match self
+            .put(&name, &json, false, false, Some("bake run lock".into()))
+            .await
+        {
+            Ok(_) => {}
+            Err(Error::Conflict(_)) => {
+                let held: Option<LockValue> = self
+                    .get(&name)
+                    .await?
+                    .and_then(|p| serde_json::from_str(p.value().unwrap_or_default()).ok());
+                match held {
+                    Some(h) if h.expires_at > now && h.owner != owner && !break_lock => {
+                        return Err(Error::LockHeld {
+                            recipe: recipe.to_string(),
+                            owner: h.owner,
+                            expires: h.expires_at.to_rfc3339(),
+                        })
+                    }
+                    Some(h) if h.expires_at > now && h.owner != owner => {
+                        tracing::warn!(recipe, holder = %h.owner, "breaking a live lock (--break-lock)")
+                    }
+                    Some(h) if h.owner != owner => {
+                        tracing::info!(recipe, holder = %h.owner, "taking over an expired lock")
+                    }
+                    _ => {}
+                }
+                self.put(&name, &json, false, true, Some("bake run lock".into()))
+                    .await?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(LockInfo {
+            recipe: recipe.to_string(),
+            owner: owner.to_string(),
+            acquired_at: value.acquired_at,
+            expires_at: value.expires_at,
+        })
+    }
+
+    async fn refresh_lock(&self, recipe: &str, owner: &str, ttl: Duration) -> Result<LockInfo> {
+        let name = self.path(recipe, "lock");
+        let held: Option<LockValue> = self
+            .get(&name)
+            .await?
+            .and_then(|p| serde_json::from_str(p.value().unwrap_or_default()).ok());
+        match held {
+            Some(h) if h.owner == owner => self.lock(recipe, owner, ttl, false).await,
+            _ => Err(Error::Conflict(format!(
+                "lost the lock on recipe `{recipe}`: someone broke it or it expired and was taken over"
+            ))),
+        }
+    }
+
+    async fn unlock(&self, recipe: &str, owner: &str) -> Result<()> {
+        let name = self.path(recipe, "lock");
+        let held: Option<LockValue> = self
+            .get(&name)
+            .await?
+            .and_then(|p| serde_json::from_str(p.value().unwrap_or_default()).ok());
+        if held.is_some_and(|h| h.owner == owner) {
+            self.delete(&[name]).await?;
+        }
+        Ok(())
+    }
+}

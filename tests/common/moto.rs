@@ -1,0 +1,136 @@
+//! The AWS emulator for tests: the real `moto_server` (from the venv that scripts/setup-host
+//! makes) on a loopback port, with the tests' own proxy (tests/moto/proxy.py) in front for
+//! what moto cannot do. One per test process; both die with it (PDEATHSIG).
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub struct Moto {
+    /// The proxy's URL: what `AWS_ENDPOINT_URL` points at.
+    pub endpoint: String,
+    /// moto itself, for inventory calls that must bypass the proxy.
+    pub moto: String,
+    pub dir: tempfile::TempDir,
+    _children: Vec<Child>,
+}
+
+fn venv() -> PathBuf {
+    if let Some(v) = std::env::var_os("BAKE_VENV") {
+        return PathBuf::from(v);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"));
+    cache.join("bake").join("venv")
+}
+
+fn dies_with_us(cmd: &mut Command) -> &mut Command {
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Moto {
+    /// The emulator of this test process, started on first use.
+    pub fn get() -> &'static Moto {
+        static MOTO: OnceLock<Moto> = OnceLock::new();
+        MOTO.get_or_init(Moto::start)
+    }
+
+    fn start() -> Moto {
+        let venv = venv();
+        let server = venv.join("bin/moto_server");
+        assert!(
+            server.exists(),
+            "{} is missing: run scripts/setup-host",
+            server.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut moto = Command::new(&server);
+        dies_with_us(&mut moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+            .env("MOTO_ENABLE_AMI_VALIDATION", "true")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let moto = moto.spawn().unwrap();
+        let moto_url = format!("http://127.0.0.1:{port}");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "moto_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let config = dir.path().join("proxy.json");
+        std::fs::write(&config, "{}").unwrap();
+        let script = super::repo().join("tests/moto/proxy.py");
+        let mut proxy = Command::new(venv.join("bin/python"));
+        dies_with_us(&mut proxy)
+            .arg(script)
+            .arg(&moto_url)
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut proxy = proxy.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(proxy.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let proxy_port: u16 = line.trim().parse().expect("the proxy prints its port");
+        Moto {
+            endpoint: format!("http://127.0.0.1:{proxy_port}"),
+            moto: moto_url,
+            dir,
+            _children: vec![moto, proxy],
+        }
+    }
+
+    pub fn set_config(&self, config: serde_json::Value) {
+        std::fs::write(self.dir.path().join("proxy.json"), config.to_string()).unwrap();
+    }
+
+    /// (service, action) of every call that went through the proxy, in order.
+    pub fn calls(&self) -> Vec<(String, String)> {
+        std::fs::read_to_string(self.dir.path().join("calls.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["service"].as_str().unwrap().to_string(),
+                    v["action"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    pub async fn sdk(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&self.moto)
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "testing", "testing", None, None, "tests",
+            ))
+            .load()
+            .await
+    }
+}

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""The tests' own HTTP proxy in front of moto_server, for exactly what moto 5.2.5 cannot do
+(see DESIGN.md): SSM agent status, the outcome of RunCommand scripts, the public base-image
+parameters under /aws/service/, and AWS-like delays. Everything else is forwarded untouched.
+
+Config: a JSON file re-read on every request, so a test can change it between runs:
+  {"parameters": {"/aws/service/...": "ami-..."},
+   "commands": [{"match": "validator mac-policy", "status": "Failed", "exit_code": 1,
+                 "stdout": "udev rewrote the veth MAC"}],
+   "default_stdout": {"dpkg-query": "apt\t2.6.1\tamd64\n"},
+   "agent_online_after_s": 0, "delay_ms": 0}
+Every request is appended to calls.jsonl next to the config (service, action), so tests can
+count mutating calls.
+"""
+import http.server
+import json
+import os
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+UPSTREAM = sys.argv[1]          # http://127.0.0.1:<moto port>
+CONFIG = sys.argv[2]
+PORT = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+CALLS = os.path.join(os.path.dirname(CONFIG), "calls.jsonl")
+LOCK = threading.Lock()
+OUTCOMES = {}                   # command id -> rule
+FIRST_ASKED = {}                # instance id -> first DescribeInstanceInformation time
+
+
+def config():
+    try:
+        with open(CONFIG) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+
+
+class Proxy(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        self.handle_any("POST")
+
+    def do_GET(self):
+        self.handle_any("GET")
+
+    def handle_any(self, method):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        cfg = config()
+        target = self.headers.get("X-Amz-Target", "")
+        if target:
+            service, action = target.split(".", 1)
+            service = "ssm" if "SSM" in service else service
+        else:
+            form = urllib.parse.parse_qs(body.decode() or urllib.parse.urlparse(self.path).query)
+            service, action = "ec2", (form.get("Action") or ["?"])[0]
+        with LOCK:
+            with open(CALLS, "a") as f:
+                f.write(json.dumps({"service": service, "action": action}) + "\n")
+        if cfg.get("delay_ms"):
+            time.sleep(cfg["delay_ms"] / 1000.0)
+        if service == "ssm":
+            req = json.loads(body or b"{}")
+            handled = self.ssm(action, req, cfg)
+            if handled is not None:
+                return self.reply(200, handled)
+        status, headers, data = self.forward(method, body)
+        if service == "ssm" and action == "SendCommand" and status == 200:
+            self.remember(json.loads(body or b"{}"), json.loads(data or b"{}"), cfg)
+        self.send_response(status)
+        for k, v in headers:
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def ssm(self, action, req, cfg):
+        params = cfg.get("parameters", {})
+        if action == "GetParameter" and req.get("Name", "").startswith("/aws/service/"):
+            name = req["Name"]
+            if name not in params:
+                return {"__type": "ParameterNotFound", "message": name}
+            return {"Parameter": {"Name": name, "Type": "String", "Value": params[name],
+                                  "Version": 1, "DataType": "text", "ARN": "arn:aws:ssm:::parameter" + name}}
+        if action == "DescribeInstanceInformation":
+            ids = []
+            for flt in req.get("Filters", []):
+                if flt.get("Key") == "InstanceIds":
+                    ids += flt.get("Values", [])
+            for flt in req.get("InstanceInformationFilterList", []):
+                if flt.get("key") == "InstanceIds":
+                    ids += flt.get("valueSet", [])
+            now = time.time()
+            online = []
+            for i in ids:
+                first = FIRST_ASKED.setdefault(i, now)
+                if now - first >= cfg.get("agent_online_after_s", 0):
+                    online.append({"InstanceId": i, "PingStatus": "Online", "PlatformType": "Linux"})
+            return {"InstanceInformationList": online}
+        if action == "GetCommandInvocation":
+            rule = OUTCOMES.get(req.get("CommandId"))
+            if rule is not None:
+                return {"CommandId": req["CommandId"], "InstanceId": req.get("InstanceId"),
+                        "Status": rule.get("status", "Success"), "StatusDetails": rule.get("status", "Success"),
+                        "ResponseCode": rule.get("exit_code", 0),
+                        "StandardOutputContent": rule.get("stdout", ""),
+                        "StandardErrorContent": rule.get("stderr", "")}
+        return None
+
+    def remember(self, req, resp, cfg):
+        text = "\n".join((req.get("Parameters") or {}).get("commands") or [])
+        command_id = (resp.get("Command") or {}).get("CommandId")
+        for rule in cfg.get("commands", []):
+            if rule.get("match") and rule["match"] in text:
+                OUTCOMES[command_id] = rule
+                return
+        for needle, stdout in cfg.get("default_stdout", {}).items():
+            if needle in text:
+                OUTCOMES[command_id] = {"status": "Success", "exit_code": 0, "stdout": stdout}
+                return
+
+    def forward(self, method, body):
+        req = urllib.request.Request(UPSTREAM + self.path, data=body if method == "POST" else None, method=method)
+        for k, v in self.headers.items():
+            if k.lower() not in ("host", "content-length", "connection"):
+                req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, r.getheaders(), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.items(), e.read()
+
+    def reply(self, status, obj):
+        data = json.dumps(obj).encode()
+        if "__type" in obj:
+            status = 400
+        self.send_response(status)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Proxy)
+print(server.server_address[1], flush=True)
+server.serve_forever()
