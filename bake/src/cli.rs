@@ -5,8 +5,8 @@
 use crate::error::exit;
 use crate::pipeline::{Pipeline, ProviderKind};
 use crate::plan::{self, Filter, PlanItem};
-use crate::provider::{local::LocalProvider, Provider};
-use crate::registry::{Registry, SqliteRegistry};
+use crate::provider::{aws::AwsProvider, local::LocalProvider, Provider};
+use crate::registry::{Registry, SqliteRegistry, SsmRegistry};
 use crate::release::{ChannelEntry, Manifest, ReleaseId};
 use crate::report::{age, table, LogReporter, Reporter, TermReporter};
 use crate::run::{self, RunContext, RunOptions, RunSummary};
@@ -291,7 +291,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Plan { pipeline, select } => {
             let pipeline = Pipeline::load(pipeline)?;
             select.check(&pipeline)?;
-            let (provider, registry) = open(&pipeline, &g.state_dir)?;
+            let (provider, registry) = open(&pipeline, &g.state_dir).await?;
             let items = plan::plan(
                 &pipeline,
                 provider.as_ref(),
@@ -309,7 +309,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         } => {
             let pipeline = Pipeline::load(pipeline)?;
             select.check(&pipeline)?;
-            let (provider, registry) = open(&pipeline, &g.state_dir)?;
+            let (provider, registry) = open(&pipeline, &g.state_dir).await?;
             let reporter: Box<dyn Reporter> =
                 if g.output == Output::Json && !std::io::stderr().is_terminal() {
                     Box::new(LogReporter)
@@ -339,7 +339,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Releases { recipe, registry } => {
             let pipeline = Pipeline::load(&registry.pipeline)?;
             pipeline.bake(recipe)?;
-            let (_, registry) = open(&pipeline, &g.state_dir)?;
+            let (_, registry) = open(&pipeline, &g.state_dir).await?;
             let releases = registry.releases(recipe).await?;
             print_releases(g.output, &releases);
             Ok(exit::OK)
@@ -356,7 +356,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         } => {
             let pipeline = Pipeline::load(&registry.pipeline)?;
             pipeline.bake(recipe)?;
-            let (_, reg) = open(&pipeline, &g.state_dir)?;
+            let (_, reg) = open(&pipeline, &g.state_dir).await?;
             let who = promote::who();
             let req = promote::Request {
                 recipe,
@@ -390,7 +390,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         } => {
             let pipeline = Pipeline::load(&registry.pipeline)?;
             pipeline.bake(recipe)?;
-            let (_, reg) = open(&pipeline, &g.state_dir)?;
+            let (_, reg) = open(&pipeline, &g.state_dir).await?;
             let who = promote::who();
             let req = promote::Rollback {
                 recipe,
@@ -412,7 +412,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         } => {
             let pipeline = Pipeline::load(&registry.pipeline)?;
             pipeline.bake(recipe)?;
-            let (_, reg) = open(&pipeline, &g.state_dir)?;
+            let (_, reg) = open(&pipeline, &g.state_dir).await?;
             let history = reg.channel_history(recipe, cluster).await?;
             if history.is_empty() && !pipeline.clusters.contains_key(cluster) {
                 return Err(Error::Usage(format!(
@@ -431,7 +431,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         } => {
             let pipeline = Pipeline::load(&registry.pipeline)?;
             pipeline.bake(recipe)?;
-            let (provider, reg) = open(&pipeline, &g.state_dir)?;
+            let (provider, reg) = open(&pipeline, &g.state_dir).await?;
             let d = diff::diff(reg.as_ref(), provider.as_ref(), recipe, from, to).await?;
             print_diff(g.output, &d);
             Ok(exit::OK)
@@ -451,7 +451,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                     "--keep 0 would leave no release; keep at least 1".into(),
                 ));
             }
-            let (provider, reg) = open(&pipeline, &g.state_dir)?;
+            let (provider, reg) = open(&pipeline, &g.state_dir).await?;
             let who = promote::who();
             let work = async {
                 let inputs = prune::inputs(
@@ -478,7 +478,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             if let Some(r) = recipe {
                 pipeline.bake(r)?;
             }
-            let (_, reg) = open(&pipeline, &g.state_dir)?;
+            let (_, reg) = open(&pipeline, &g.state_dir).await?;
             let rows = status_rows(&pipeline, reg.as_ref(), recipe.as_deref()).await?;
             print_status(g.output, &rows);
             Ok(exit::OK)
@@ -541,17 +541,33 @@ impl Select {
     }
 }
 
-/// The provider and registry a pipeline names.
-fn open(pipeline: &Pipeline, state_dir: &Path) -> Result<(Box<dyn Provider>, Box<dyn Registry>)> {
+/// The provider and registry a pipeline names. AWS settings come from the standard chain
+/// (`AWS_PROFILE`, `AWS_REGION`, `AWS_ENDPOINT_URL`); the pipeline's region overrides.
+async fn open(
+    pipeline: &Pipeline,
+    state_dir: &Path,
+) -> Result<(Box<dyn Provider>, Box<dyn Registry>)> {
     match pipeline.provider {
         ProviderKind::Local => Ok((
             Box::new(LocalProvider::new(pipeline.local.clone(), state_dir)?),
             Box::new(SqliteRegistry::open(state_dir)?),
         )),
-        ProviderKind::Aws => Err(Error::Usage(format!(
-            "{}: provider \"aws\" is not available in this build of bake yet; use provider \"local\"",
-            pipeline.file.display()
-        ))),
+        ProviderKind::Aws => {
+            let settings = pipeline
+                .aws
+                .as_ref()
+                .expect("checked when the pipeline was loaded");
+            let config = crate::aws::sdk_config(settings.region.as_deref()).await;
+            let limits = crate::aws::Limits::default();
+            Ok((
+                Box::new(AwsProvider::new(&config, pipeline, limits.clone())?),
+                Box::new(SsmRegistry::new(
+                    &config,
+                    settings.ssm_prefix.clone(),
+                    limits,
+                )),
+            ))
+        }
     }
 }
 

@@ -176,6 +176,37 @@ pub struct AwsSettings {
     pub copy_regions: Vec<String>,
     #[serde(default)]
     pub share_accounts: Vec<String>,
+    /// How often to poll instance, agent, command and image states.
+    #[serde(default = "default_poll", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Limit for an instance to run, stop or terminate.
+    #[serde(default = "default_instance_timeout", with = "humantime_serde")]
+    pub instance_timeout: Duration,
+    /// Limit for the SSM agent of a new instance to come online.
+    #[serde(default = "default_agent_timeout", with = "humantime_serde")]
+    pub agent_timeout: Duration,
+    /// Limit for one step or validator command.
+    #[serde(default = "default_command_timeout", with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Limit for a new image to become available.
+    #[serde(default = "default_image_timeout", with = "humantime_serde")]
+    pub image_timeout: Duration,
+}
+
+fn default_poll() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_instance_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_agent_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(1800)
+}
+fn default_image_timeout() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn default_prefix() -> SsmPath {

@@ -122,8 +122,11 @@ pub async fn run(cx: &RunContext<'_>, opts: &RunOptions) -> (RunSummary, Result<
         arch: None,
         ..opts.filter.clone()
     };
-    if let Err(e) = plan::plan(cx.pipeline, cx.provider, cx.registry, &opts.filter).await {
-        return (summary, Err(e));
+    if opts.filter.arch.is_some() {
+        // Only to refuse an arch the pipeline does not bake, with the same message as plan.
+        if let Err(e) = plan::plan(cx.pipeline, cx.provider, cx.registry, &opts.filter).await {
+            return (summary, Err(e));
+        }
     }
     let items = match plan::plan(cx.pipeline, cx.provider, cx.registry, &all_arches).await {
         Ok(items) => items,

@@ -80,6 +80,20 @@ impl Moto {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        // What an account running bake has: the builder instance profile (IAM, via boto3 from
+        // the same venv; moto checks that a launched profile exists).
+        let status = Command::new(venv.join("bin/python"))
+            .args([
+                "-c",
+                "import boto3,sys; boto3.client('iam', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').create_instance_profile(InstanceProfileName='bake-builder')",
+                &moto_url,
+            ])
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "creating the instance profile in moto failed"
+        );
         let config = dir.path().join("proxy.json");
         std::fs::write(&config, "{}").unwrap();
         let script = super::repo().join("tests/moto/proxy.py");
@@ -120,6 +134,17 @@ impl Moto {
                     v["action"].as_str().unwrap().to_string(),
                 )
             })
+            .collect()
+    }
+
+    /// The form parameters of every logged call of `action` (RunInstances, CreateImage...).
+    pub fn params_of(&self, action: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+        std::fs::read_to_string(self.dir.path().join("calls.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["action"] == action)
+            .map(|v| serde_json::from_value(v["params"].clone()).unwrap_or_default())
             .collect()
     }
 

@@ -61,9 +61,12 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         else:
             form = urllib.parse.parse_qs(body.decode() or urllib.parse.urlparse(self.path).query)
             service, action = "ec2", (form.get("Action") or ["?"])[0]
+        record = {"service": service, "action": action}
+        if service == "ec2" and action in ("RunInstances", "CreateSecurityGroup", "AuthorizeSecurityGroupIngress", "CreateImage"):
+            record["params"] = {k: v[0] for k, v in form.items()}
         with LOCK:
             with open(CALLS, "a") as f:
-                f.write(json.dumps({"service": service, "action": action}) + "\n")
+                f.write(json.dumps(record) + "\n")
         if cfg.get("delay_ms"):
             time.sleep(cfg["delay_ms"] / 1000.0)
         if service == "ssm":

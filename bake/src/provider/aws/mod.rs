@@ -1,0 +1,1342 @@
+//! The AWS provider, `ec2` engine: a builder instance driven through SSM RunCommand, an AMI
+//! with tagged snapshots, and a canary instance that joins the canary cluster with a
+//! `NoSchedule` taint and runs the validators. Every instance has IMDSv2 required, no key
+//! pair, a security group with no inbound rules, and encrypted volumes; everything is tagged
+//! `bake:run-id` and journalled before the next call that can fail.
+
+pub mod canary;
+
+use super::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider};
+use crate::aws::{code, err, Limits};
+use crate::key::BakeKey;
+use crate::names::AwsBaseRef;
+use crate::pipeline::{AwsSettings, Pipeline};
+use crate::recipe::{sha256_hex, Recipe};
+use crate::steps::{Outcome, Runner, Step, StepContext};
+use crate::validate::{CheckResult, Verdict};
+use crate::{Arch, Error, Result};
+use async_trait::async_trait;
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
+    ImageState, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName,
+    InstanceType, ResourceType, Tag, TagSpecification, VolumeType,
+};
+use aws_sdk_ssm::types::{CommandInvocationStatus, InstanceInformationStringFilter, PingStatus};
+use base64::Engine as _;
+use chrono::Utc;
+use std::time::{Duration, Instant};
+
+/// SSM RunCommand parameters are limited; larger files would need S3.
+const MAX_INLINE_FILE: usize = 48 * 1024;
+
+pub struct AwsProvider {
+    ec2: aws_sdk_ec2::Client,
+    ssm: aws_sdk_ssm::Client,
+    settings: AwsSettings,
+    /// The EKS cluster canaries join.
+    canary_cluster: Option<String>,
+    region: String,
+    limits: Limits,
+}
+
+impl AwsProvider {
+    pub fn new(
+        config: &aws_config::SdkConfig,
+        pipeline: &Pipeline,
+        limits: Limits,
+    ) -> Result<AwsProvider> {
+        let settings = pipeline.aws.clone().ok_or_else(|| {
+            Error::Usage(format!("{} has no [aws] section", pipeline.file.display()))
+        })?;
+        if settings.engine != crate::pipeline::Engine::Ec2 {
+            return Err(Error::Usage(format!(
+                "{}: engine \"imagebuilder\" is not available in this build; use engine = \"ec2\"",
+                pipeline.file.display()
+            )));
+        }
+        if !settings.copy_regions.is_empty() || !settings.share_accounts.is_empty() {
+            return Err(Error::Usage(format!(
+                "{}: copy_regions and share_accounts are not available in this build; leave them empty",
+                pipeline.file.display()
+            )));
+        }
+        let canary_cluster = pipeline.canary_cluster.as_ref().map(|c| {
+            pipeline.clusters[c]
+                .eks_cluster
+                .clone()
+                .unwrap_or_else(|| c.clone())
+        });
+        Ok(AwsProvider {
+            ec2: aws_sdk_ec2::Client::new(config),
+            ssm: aws_sdk_ssm::Client::new(config),
+            settings,
+            canary_cluster,
+            region: config
+                .region()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "(no region)".into()),
+            limits,
+        })
+    }
+
+    async fn ec2_slot(&self) {
+        self.limits.ec2.until_ready().await;
+    }
+    async fn ssm_slot(&self) {
+        self.limits.ssm.until_ready().await;
+    }
+
+    fn tags(&self, job: &BakeJob<'_>, role: &str) -> Vec<Tag> {
+        let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+        vec![
+            tag(
+                "Name",
+                &format!("bake-{}-{}-{role}", job.recipe.name, job.arch),
+            ),
+            tag("bake:recipe", &job.recipe.name),
+            tag("bake:arch", job.arch.as_str()),
+            tag("bake:key", job.key.as_str()),
+            tag("bake:base", &job.base.id),
+            tag("bake:run-id", job.run_id),
+            tag("bake:role", role),
+        ]
+    }
+
+    async fn instance_state(&self, id: &str) -> Result<Option<InstanceStateName>> {
+        self.ec2_slot().await;
+        let r = self.ec2.describe_instances().instance_ids(id).send().await;
+        match r {
+            Ok(r) => Ok(r
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .find(|i| i.instance_id() == Some(id))
+                .and_then(|i| i.state())
+                .and_then(|s| s.name())
+                .cloned()),
+            Err(e) if code(&e) == Some("InvalidInstanceID.NotFound") => Ok(None),
+            Err(e) => Err(err(format!("describing {id} in {}", self.region), e)),
+        }
+    }
+
+    /// Polls until the instance reaches `want`; fails at once on a state it cannot leave for it.
+    async fn wait_instance(&self, id: &str, want: InstanceStateName) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let state = self.instance_state(id).await?;
+            match &state {
+                Some(s) if *s == want => return Ok(()),
+                None if want == InstanceStateName::Terminated => return Ok(()),
+                Some(InstanceStateName::Terminated) => {
+                    return Err(Error::provider(
+                        "aws",
+                        format!(
+                            "{id} in {} terminated while waiting for {want}",
+                            self.region
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+            if start.elapsed() > self.settings.instance_timeout {
+                return Err(Error::provider(
+                    "aws",
+                    format!(
+                        "{id} in {} is {state:?}, not {want}, after {:?}",
+                        self.region, self.settings.instance_timeout
+                    ),
+                ));
+            }
+            tokio::time::sleep(self.settings.poll_interval).await;
+        }
+    }
+
+    async fn terminate(&self, id: &str) -> Result<()> {
+        self.ec2_slot().await;
+        match self.ec2.terminate_instances().instance_ids(id).send().await {
+            Ok(_) => {}
+            Err(e) if code(&e) == Some("InvalidInstanceID.NotFound") => return Ok(()),
+            Err(e) => return Err(err(format!("terminating {id} in {}", self.region), e)),
+        }
+        self.wait_instance(id, InstanceStateName::Terminated).await
+    }
+
+    async fn wait_agent(&self, id: &str) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            self.ssm_slot().await;
+            let filter = InstanceInformationStringFilter::builder()
+                .key("InstanceIds")
+                .values(id)
+                .build()
+                .map_err(|e| Error::provider("aws", e.to_string()))?;
+            let r = self
+                .ssm
+                .describe_instance_information()
+                .filters(filter)
+                .send()
+                .await
+                .map_err(|e| err(format!("asking SSM about {id} in {}", self.region), e))?;
+            let online = r.instance_information_list().iter().any(|i| {
+                i.instance_id() == Some(id) && i.ping_status() == Some(&PingStatus::Online)
+            });
+            if online {
+                return Ok(());
+            }
+            if start.elapsed() > self.settings.agent_timeout {
+                return Err(Error::provider(
+                    "aws",
+                    format!(
+                        "the SSM agent of {id} in {} did not come online within {:?} (instance profile with AmazonSSMManagedInstanceCore? route to SSM?)",
+                        self.region, self.settings.agent_timeout
+                    ),
+                ));
+            }
+            tokio::time::sleep(self.settings.poll_interval).await;
+        }
+    }
+
+    /// Runs a shell script on `instance` with AWS-RunShellScript; returns exit code and output.
+    async fn run_command(
+        &self,
+        instance: &str,
+        label: &str,
+        script: &str,
+        timeout: Duration,
+    ) -> Result<(i32, String, String)> {
+        let mut attempts = 0;
+        let command_id = loop {
+            self.ssm_slot().await;
+            let sent = self
+                .ssm
+                .send_command()
+                .document_name("AWS-RunShellScript")
+                .instance_ids(instance)
+                .parameters("commands", vec![script.to_string()])
+                .parameters(
+                    "executionTimeout",
+                    vec![timeout.as_secs().max(1).to_string()],
+                )
+                .comment(label.chars().take(100).collect::<String>())
+                .send()
+                .await;
+            match sent {
+                Ok(r) => {
+                    break r
+                        .command()
+                        .and_then(|c| c.command_id())
+                        .unwrap_or_default()
+                        .to_string()
+                }
+                // The agent may not be registered for commands yet, a moment after coming online.
+                Err(e) if code(&e) == Some("InvalidInstanceId") && attempts < 10 => {
+                    attempts += 1;
+                    tokio::time::sleep(self.settings.poll_interval).await;
+                }
+                Err(e) => {
+                    return Err(err(
+                        format!(
+                            "{label}: sending the command to {instance} in {}",
+                            self.region
+                        ),
+                        e,
+                    ))
+                }
+            }
+        };
+        let start = Instant::now();
+        loop {
+            tokio::time::sleep(self.settings.poll_interval.min(Duration::from_secs(2))).await;
+            self.ssm_slot().await;
+            let r = self
+                .ssm
+                .get_command_invocation()
+                .command_id(&command_id)
+                .instance_id(instance)
+                .send()
+                .await;
+            let inv = match r {
+                Ok(inv) => inv,
+                // Eventual consistency: the invocation is not visible right after SendCommand.
+                Err(e) if code(&e) == Some("InvocationDoesNotExist") => continue,
+                Err(e) => {
+                    return Err(err(
+                        format!("{label}: reading command {command_id} in {}", self.region),
+                        e,
+                    ))
+                }
+            };
+            let out = || {
+                (
+                    inv.standard_output_content()
+                        .unwrap_or_default()
+                        .to_string(),
+                    inv.standard_error_content().unwrap_or_default().to_string(),
+                )
+            };
+            match inv.status() {
+                Some(CommandInvocationStatus::Success) => {
+                    let (o, e) = out();
+                    return Ok((0, o, e));
+                }
+                Some(CommandInvocationStatus::Failed) => {
+                    let (o, e) = out();
+                    return Ok((inv.response_code(), o, e));
+                }
+                Some(
+                    s @ (CommandInvocationStatus::TimedOut
+                    | CommandInvocationStatus::Cancelled
+                    | CommandInvocationStatus::Cancelling),
+                ) => {
+                    return Err(Error::provider(
+                        "aws",
+                        format!("{label}: command {command_id} on {instance} ended {s}"),
+                    ))
+                }
+                _ => {}
+            }
+            if start.elapsed() > timeout + Duration::from_secs(60) {
+                return Err(Error::provider("aws", format!("{label}: command {command_id} on {instance} did not finish within {timeout:?}")));
+            }
+        }
+    }
+
+    async fn image_snapshots(&self, image: &str) -> Result<(Option<ImageState>, Vec<String>)> {
+        self.ec2_slot().await;
+        let r = self.ec2.describe_images().image_ids(image).send().await;
+        let r = match r {
+            Ok(r) => r,
+            // Eventual consistency right after CreateImage.
+            Err(e) if code(&e) == Some("InvalidAMIID.NotFound") => return Ok((None, Vec::new())),
+            Err(e) => return Err(err(format!("describing {image} in {}", self.region), e)),
+        };
+        let Some(img) = r.images().first() else {
+            return Ok((None, Vec::new()));
+        };
+        let snaps = img
+            .block_device_mappings()
+            .iter()
+            .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
+            .collect();
+        Ok((img.state().cloned(), snaps))
+    }
+
+    async fn tag(&self, ids: &[String], tags: Vec<Tag>) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.ec2_slot().await;
+        self.ec2
+            .create_tags()
+            .set_resources(Some(ids.to_vec()))
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .map_err(|e| err(format!("tagging {} in {}", ids.join(", "), self.region), e))?;
+        Ok(())
+    }
+
+    async fn deregister(&self, image: &str) -> Result<()> {
+        let (_, snapshots) = self.image_snapshots(image).await?;
+        self.ec2_slot().await;
+        match self.ec2.deregister_image().image_id(image).send().await {
+            Ok(_) => {}
+            Err(e)
+                if code(&e) == Some("InvalidAMIID.NotFound")
+                    || code(&e) == Some("InvalidAMIID.Unavailable") => {}
+            Err(e) => return Err(err(format!("deregistering {image} in {}", self.region), e)),
+        }
+        for s in snapshots {
+            self.ec2_slot().await;
+            match self.ec2.delete_snapshot().snapshot_id(&s).send().await {
+                Ok(_) => {}
+                Err(e) if code(&e) == Some("InvalidSnapshot.NotFound") => {}
+                Err(e) => {
+                    return Err(err(
+                        format!("deleting snapshot {s} of {image} in {}", self.region),
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn record_from(&self, img: &aws_sdk_ec2::types::Image) -> Option<ImageRecord> {
+        let tag = |k: &str| {
+            img.tags()
+                .iter()
+                .find(|t| t.key() == Some(k))
+                .and_then(|t| t.value())
+                .map(str::to_string)
+        };
+        let status = match tag("bake:status")?.as_str() {
+            "validated" | "published" => ImageStatus::Validated,
+            "rejected" => ImageStatus::Rejected,
+            _ => return None,
+        };
+        // The validator summary the validate step tagged; the full output is in the run log.
+        let results = tag("bake:validators")
+            .and_then(|v| serde_json::from_str::<Vec<(String, crate::validate::Status)>>(&v).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, status)| CheckResult {
+                name,
+                status,
+                reason: None,
+                exit_code: None,
+                output: String::new(),
+                not_applicable: false,
+            })
+            .collect();
+        let verdict = Verdict::decide(results);
+        Some(ImageRecord {
+            id: img.image_id()?.to_string(),
+            recipe: tag("bake:recipe")?,
+            arch: tag("bake:arch")?.parse().ok()?,
+            key: BakeKey::from_hex(&tag("bake:key")?),
+            base: tag("bake:base")?,
+            status,
+            run_id: tag("bake:run-id").unwrap_or_default(),
+            created_at: img
+                .creation_date()
+                .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
+                .map(|d| d.with_timezone(&Utc))
+                .unwrap_or_else(Utc::now),
+            verdict,
+            packages_sha256: tag("bake:packages"),
+        })
+    }
+}
+
+fn step_err(cx: &StepContext<'_>, step: &str, message: impl Into<String>) -> Error {
+    Error::Step {
+        recipe: cx.recipe.to_string(),
+        arch: cx.arch.to_string(),
+        step: step.to_string(),
+        message: message.into(),
+    }
+}
+
+/// A shell script that writes `content` to a temp file and runs it (or, with `dest`, installs
+/// it there with `mode`), so scripts need no quoting.
+fn wrapped(label: &str, content: &[u8], env: &[(&str, &str)], dest: Option<(&str, u32)>) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(content);
+    let exports: String = env
+        .iter()
+        .map(|(k, v)| format!("export {k}='{v}'\n"))
+        .collect();
+    match dest {
+        Some((path, mode)) => format!(
+            "#!/bin/bash\n# bake: {label}\nset -eu\nmkdir -p \"$(dirname '{path}')\"\necho '{b64}' | base64 -d > '{path}'\nchmod {mode:o} '{path}'\nsha256sum '{path}'\n"
+        ),
+        None => format!(
+            "#!/bin/bash\n# bake: {label}\n{exports}f=$(mktemp /var/tmp/bake-XXXXXX)\necho '{b64}' | base64 -d > \"$f\"\nchmod 0700 \"$f\"\n\"$f\"\nrc=$?\nrm -f \"$f\"\nexit $rc\n"
+        ),
+    }
+}
+
+#[async_trait]
+impl Provider for AwsProvider {
+    fn name(&self) -> &'static str {
+        "aws"
+    }
+
+    async fn resolve_base(&self, recipe: &Recipe, arch: Arch) -> Result<BaseImage> {
+        let source = recipe.aws.get(&arch).ok_or_else(|| {
+            Error::Usage(format!(
+                "recipe {} has no [base.aws] entry for {arch}",
+                recipe.file.display()
+            ))
+        })?;
+        let id = match source {
+            AwsBaseRef::Ami(a) => a.to_string(),
+            AwsBaseRef::Parameter(p) => {
+                self.ssm_slot().await;
+                let r = self
+                    .ssm
+                    .get_parameter()
+                    .name(p.as_str())
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        err(
+                            format!(
+                                "resolving the {arch} base of `{}` from {p} in {}",
+                                recipe.name, self.region
+                            ),
+                            e,
+                        )
+                    })?;
+                let value = r.parameter().and_then(|p| p.value()).unwrap_or_default();
+                crate::names::AmiId::parse(value)
+                    .map_err(|m| Error::provider("aws", format!("{p} in {}: {m}", self.region)))?
+                    .to_string()
+            }
+        };
+        Ok(BaseImage {
+            id,
+            source: source.to_string(),
+        })
+    }
+
+    async fn find_image(
+        &self,
+        recipe: &str,
+        arch: Arch,
+        key: &BakeKey,
+    ) -> Result<Option<ImageRecord>> {
+        self.ec2_slot().await;
+        let f = |k: &str, v: &str| Filter::builder().name(k).values(v).build();
+        let r = self
+            .ec2
+            .describe_images()
+            .owners("self")
+            .filters(f("tag:bake:key", key.as_str()))
+            .filters(f("tag:bake:recipe", recipe))
+            .filters(f("tag:bake:arch", arch.as_str()))
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!("looking for images of `{recipe}` {arch} in {}", self.region),
+                    e,
+                )
+            })?;
+        let mut found: Vec<ImageRecord> = r
+            .images()
+            .iter()
+            .filter(|i| i.state() == Some(&ImageState::Available))
+            .filter_map(|i| self.record_from(i))
+            .collect();
+        found.sort_by_key(|r| r.created_at);
+        Ok(found.pop())
+    }
+
+    async fn package_manifest(&self, _image_id: &str) -> Result<Option<String>> {
+        // Only its digest is kept on AWS (tag bake:packages); the list itself is in the run log.
+        Ok(None)
+    }
+
+    async fn image_in_use(&self, image_id: &str) -> Result<Option<String>> {
+        self.ec2_slot().await;
+        let r = self
+            .ec2
+            .describe_instances()
+            .filters(Filter::builder().name("image-id").values(image_id).build())
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .values("pending")
+                    .values("running")
+                    .values("stopping")
+                    .values("stopped")
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!("looking for instances of {image_id} in {}", self.region),
+                    e,
+                )
+            })?;
+        if let Some(i) = r.reservations().iter().flat_map(|r| r.instances()).next() {
+            return Ok(Some(format!(
+                "is used by instance {}",
+                i.instance_id().unwrap_or("?")
+            )));
+        }
+        self.ec2_slot().await;
+        let templates = self
+            .ec2
+            .describe_launch_templates()
+            .send()
+            .await
+            .map_err(|e| err(format!("listing launch templates in {}", self.region), e))?;
+        for t in templates.launch_templates() {
+            let Some(id) = t.launch_template_id() else {
+                continue;
+            };
+            self.ec2_slot().await;
+            let versions = self
+                .ec2
+                .describe_launch_template_versions()
+                .launch_template_id(id)
+                .send()
+                .await
+                .map_err(|e| {
+                    err(
+                        format!("reading launch template {id} in {}", self.region),
+                        e,
+                    )
+                })?;
+            for v in versions.launch_template_versions() {
+                if v.launch_template_data().and_then(|d| d.image_id()) == Some(image_id) {
+                    return Ok(Some(format!(
+                        "is used by launch template {} version {}",
+                        t.launch_template_name().unwrap_or(id),
+                        v.version_number().unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        self.ec2_slot().await;
+        let r = self
+            .ec2
+            .describe_images()
+            .image_ids(image_id)
+            .send()
+            .await
+            .map_err(|e| err(format!("describing {image_id} in {}", self.region), e))?;
+        if let Some(p) = r
+            .images()
+            .first()
+            .and_then(|i| i.deregistration_protection())
+        {
+            if p.starts_with("enabled") {
+                return Ok(Some(format!("has deregistration protection ({p})")));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn delete_image(&self, image_id: &str) -> Result<()> {
+        self.deregister(image_id).await
+    }
+
+    async fn bake(&self, job: &BakeJob<'_>, cx: &StepContext<'_>) -> Result<ImageRecord> {
+        for f in &job.recipe.files {
+            if f.content.len() > MAX_INLINE_FILE {
+                return Err(Error::Usage(format!(
+                    "{}: file {} is {} bytes; the AWS provider installs files through SSM commands, limited to {MAX_INLINE_FILE}",
+                    job.recipe.file.display(),
+                    f.source,
+                    f.content.len()
+                )));
+            }
+        }
+        let steps: Vec<Box<dyn Step<State> + '_>> = vec![
+            Box::new(SecurityGroup { p: self, job }),
+            Box::new(Launch {
+                p: self,
+                job,
+                role: Role::Builder,
+            }),
+            Box::new(Agent {
+                p: self,
+                role: Role::Builder,
+            }),
+            Box::new(Provision { p: self, job }),
+            Box::new(StopBuilder { p: self }),
+            Box::new(CreateImage { p: self, job }),
+            Box::new(TerminateBuilder { p: self }),
+            Box::new(Launch {
+                p: self,
+                job,
+                role: Role::Canary,
+            }),
+            Box::new(Agent {
+                p: self,
+                role: Role::Canary,
+            }),
+            Box::new(Validate { p: self, job }),
+        ];
+        let mut state = State::default();
+        let runner = Runner {
+            cleanup_timeout: self.settings.instance_timeout + Duration::from_secs(60),
+        };
+        let report = runner
+            .run(&steps, &mut state, cx, |s| {
+                s.verdict.as_ref().is_some_and(|v| v.accepted)
+            })
+            .await;
+        report.into_result()?;
+        state.record.ok_or_else(|| {
+            Error::provider(
+                "aws",
+                format!(
+                    "{} {}: the bake ended without an image",
+                    job.recipe.name, job.arch
+                ),
+            )
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Builder,
+    Canary,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Builder => "builder",
+            Role::Canary => "canary",
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    security_group: Option<String>,
+    created_group: bool,
+    builder: Option<String>,
+    canary: Option<String>,
+    image: Option<String>,
+    snapshots: Vec<String>,
+    packages: Option<String>,
+    verdict: Option<Verdict>,
+    record: Option<ImageRecord>,
+}
+
+struct SecurityGroup<'a> {
+    p: &'a AwsProvider,
+    job: &'a BakeJob<'a>,
+}
+
+#[async_trait]
+impl Step<State> for SecurityGroup<'_> {
+    fn name(&self) -> &str {
+        "security-group"
+    }
+    async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
+        if let Some(sg) = &self.p.settings.security_group_id {
+            state.security_group = Some(sg.clone());
+            return Ok(());
+        }
+        cx.phase("security group (no inbound rules)");
+        let p = self.p;
+        let vpc = match &p.settings.subnet_id {
+            Some(subnet) => {
+                p.ec2_slot().await;
+                let r = p
+                    .ec2
+                    .describe_subnets()
+                    .subnet_ids(subnet)
+                    .send()
+                    .await
+                    .map_err(|e| err(format!("describing subnet {subnet} in {}", p.region), e))?;
+                r.subnets()
+                    .first()
+                    .and_then(|s| s.vpc_id())
+                    .map(str::to_string)
+            }
+            None => {
+                p.ec2_slot().await;
+                let r = p
+                    .ec2
+                    .describe_vpcs()
+                    .filters(Filter::builder().name("is-default").values("true").build())
+                    .send()
+                    .await
+                    .map_err(|e| err(format!("looking for the default VPC in {}", p.region), e))?;
+                r.vpcs()
+                    .first()
+                    .and_then(|v| v.vpc_id())
+                    .map(str::to_string)
+            }
+        };
+        let name = format!("bake-{}-{}-{}", self.job.run_id, cx.recipe, cx.arch);
+        p.ec2_slot().await;
+        let r = p
+            .ec2
+            .create_security_group()
+            .group_name(&name)
+            .description("bake builder and canary: no inbound rules")
+            .set_vpc_id(vpc)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::SecurityGroup)
+                    .set_tags(Some(p.tags(self.job, "security-group")))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| err(format!("creating security group {name} in {}", p.region), e))?;
+        let id = r.group_id().unwrap_or_default().to_string();
+        cx.created("security-group", &id)?;
+        state.security_group = Some(id);
+        state.created_group = true;
+        Ok(())
+    }
+    async fn cleanup(
+        &self,
+        state: &mut State,
+        _outcome: Outcome,
+        cx: &StepContext<'_>,
+    ) -> Result<()> {
+        if !state.created_group {
+            return Ok(());
+        }
+        if let Some(id) = state.security_group.take() {
+            let p = self.p;
+            let mut attempt = 0;
+            loop {
+                p.ec2_slot().await;
+                match p.ec2.delete_security_group().group_id(&id).send().await {
+                    Ok(_) => break,
+                    Err(e) if code(&e) == Some("InvalidGroup.NotFound") => break,
+                    // The ENIs of just-terminated instances take a moment to go.
+                    Err(e) if code(&e) == Some("DependencyViolation") && attempt < 30 => {
+                        attempt += 1;
+                        tokio::time::sleep(p.settings.poll_interval).await;
+                    }
+                    Err(e) => {
+                        return Err(err(
+                            format!("deleting security group {id} in {}", p.region),
+                            e,
+                        ))
+                    }
+                }
+            }
+            cx.removed("security-group", &id)?;
+        }
+        Ok(())
+    }
+}
+
+struct Launch<'a> {
+    p: &'a AwsProvider,
+    job: &'a BakeJob<'a>,
+    role: Role,
+}
+
+#[async_trait]
+impl Step<State> for Launch<'_> {
+    fn name(&self) -> &str {
+        match self.role {
+            Role::Builder => "launch-builder",
+            Role::Canary => "launch-canary",
+        }
+    }
+    async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
+        let p = self.p;
+        let image = match self.role {
+            Role::Builder => self.job.base.id.clone(),
+            Role::Canary => state
+                .image
+                .clone()
+                .ok_or_else(|| step_err(cx, self.name(), "no image to launch"))?,
+        };
+        cx.phase(&format!("launch {} from {image}", self.role.as_str()));
+        p.ec2_slot().await;
+        let described = p
+            .ec2
+            .describe_images()
+            .image_ids(&image)
+            .send()
+            .await
+            .map_err(|e| err(format!("describing {image} in {}", p.region), e))?;
+        let root = described
+            .images()
+            .first()
+            .and_then(|i| i.root_device_name())
+            .unwrap_or("/dev/xvda")
+            .to_string();
+        let instance_type = p
+            .settings
+            .instance_type
+            .get(&cx.arch)
+            .cloned()
+            .unwrap_or_else(|| match cx.arch {
+                Arch::X86_64 => "m6i.large".into(),
+                Arch::Arm64 => "m7g.large".into(),
+            });
+        let volume = &self.job.recipe.volume;
+        let mut req = p
+            .ec2
+            .run_instances()
+            .image_id(&image)
+            .instance_type(InstanceType::from(instance_type.as_str()))
+            .min_count(1)
+            .max_count(1)
+            // Idempotent: a retried RunInstances never starts a second instance.
+            .client_token(
+                format!(
+                    "{}-{}-{}-{}",
+                    self.job.run_id,
+                    cx.recipe,
+                    cx.arch,
+                    self.role.as_str()
+                )
+                .chars()
+                .take(64)
+                .collect::<String>(),
+            )
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(HttpTokensState::Required)
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .build(),
+            )
+            .set_security_group_ids(state.security_group.clone().map(|s| vec![s]))
+            .set_subnet_id(p.settings.subnet_id.clone())
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(root)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_size(volume.size_gib as i32)
+                            .volume_type(VolumeType::from(volume.volume_type.as_str()))
+                            .encrypted(true)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Instance)
+                    .set_tags(Some(p.tags(self.job, self.role.as_str())))
+                    .build(),
+            )
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Volume)
+                    .set_tags(Some(p.tags(self.job, self.role.as_str())))
+                    .build(),
+            );
+        if let Some(profile) = &p.settings.instance_profile {
+            req = req.iam_instance_profile(
+                IamInstanceProfileSpecification::builder()
+                    .name(profile)
+                    .build(),
+            );
+        }
+        if self.role == Role::Canary {
+            let cluster = p.canary_cluster.clone().ok_or_else(|| {
+                step_err(
+                    cx,
+                    self.name(),
+                    "the pipeline has no [canary] cluster for the canary to join",
+                )
+            })?;
+            let base = self
+                .job
+                .recipe
+                .aws
+                .get(&cx.arch)
+                .ok_or_else(|| step_err(cx, self.name(), "no aws base"))?;
+            req = req.user_data(canary::user_data(canary::join_for(base), &cluster));
+        }
+        let r = req.send().await.map_err(|e| {
+            err(
+                format!(
+                    "launching the {} from {image} in {}",
+                    self.role.as_str(),
+                    p.region
+                ),
+                e,
+            )
+        })?;
+        let id = r
+            .instances()
+            .first()
+            .and_then(|i| i.instance_id())
+            .ok_or_else(|| step_err(cx, self.name(), "RunInstances returned no instance"))?
+            .to_string();
+        cx.created("instance", &id)?;
+        match self.role {
+            Role::Builder => state.builder = Some(id.clone()),
+            Role::Canary => state.canary = Some(id.clone()),
+        }
+        p.wait_instance(&id, InstanceStateName::Running).await
+    }
+    async fn cleanup(
+        &self,
+        state: &mut State,
+        _outcome: Outcome,
+        cx: &StepContext<'_>,
+    ) -> Result<()> {
+        let id = match self.role {
+            Role::Builder => state.builder.take(),
+            Role::Canary => state.canary.take(),
+        };
+        if let Some(id) = id {
+            self.p.terminate(&id).await?;
+            cx.removed("instance", &id)?;
+        }
+        Ok(())
+    }
+}
+
+struct Agent<'a> {
+    p: &'a AwsProvider,
+    role: Role,
+}
+
+#[async_trait]
+impl Step<State> for Agent<'_> {
+    fn name(&self) -> &str {
+        match self.role {
+            Role::Builder => "builder-agent",
+            Role::Canary => "canary-agent",
+        }
+    }
+    async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
+        let id = match self.role {
+            Role::Builder => state.builder.clone(),
+            Role::Canary => state.canary.clone(),
+        }
+        .ok_or_else(|| step_err(cx, self.name(), "no instance"))?;
+        cx.phase(&format!("waiting for the SSM agent on {id}"));
+        self.p.wait_agent(&id).await
+    }
+}
+
+struct Provision<'a> {
+    p: &'a AwsProvider,
+    job: &'a BakeJob<'a>,
+}
+
+#[async_trait]
+impl Step<State> for Provision<'_> {
+    fn name(&self) -> &str {
+        "provision"
+    }
+    async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
+        let p = self.p;
+        let id = state
+            .builder
+            .clone()
+            .ok_or_else(|| step_err(cx, self.name(), "no builder"))?;
+        let timeout = p.settings.command_timeout;
+        let env = [
+            ("DEBIAN_FRONTEND", "noninteractive"),
+            ("BAKE_RECIPE", cx.recipe),
+            ("BAKE_ARCH", cx.arch.as_str()),
+        ];
+        for (i, f) in self.job.recipe.files.iter().enumerate() {
+            cx.phase(&format!(
+                "file {}/{} {}",
+                i + 1,
+                self.job.recipe.files.len(),
+                f.dest
+            ));
+            let label = format!("{} {} file {}", cx.recipe, cx.arch, f.dest);
+            let script = wrapped(&label, &f.content, &[], Some((&f.dest, f.mode)));
+            let (rc, out, errs) = p.run_command(&id, &label, &script, timeout).await?;
+            if rc != 0 {
+                return Err(step_err(
+                    cx,
+                    "install-files",
+                    format!("{} exited {rc}: {}{}", f.dest, out.trim(), errs.trim()),
+                ));
+            }
+        }
+        for (i, step) in self.job.recipe.steps.iter().enumerate() {
+            cx.phase(&format!(
+                "step {}/{} {}",
+                i + 1,
+                self.job.recipe.steps.len(),
+                step.name
+            ));
+            let label = format!("{} {} step {}", cx.recipe, cx.arch, step.name);
+            let script = wrapped(&label, &step.content, &env, None);
+            let (rc, out, errs) = p
+                .run_command(&id, &label, &script, step.timeout.unwrap_or(timeout))
+                .await?;
+            tracing::info!(recipe = cx.recipe, arch = %cx.arch, step = %step.name, rc, "step output:\n{out}{errs}");
+            if rc != 0 {
+                let tail: Vec<&str> = errs.lines().chain(out.lines()).rev().take(8).collect();
+                return Err(step_err(
+                    cx,
+                    &step.name,
+                    format!(
+                        "{} exited {rc}:\n{}",
+                        step.script,
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    ),
+                ));
+            }
+        }
+        cx.phase("package manifest");
+        let label = format!("{} {} packages", cx.recipe, cx.arch);
+        let script = "#!/bin/bash\n# bake: package manifest\nif command -v dpkg-query >/dev/null; then dpkg-query -W -f='${Package}\\t${Version}\\t${Architecture}\\n' | sort; else rpm -qa --qf '%{NAME}\\t%{VERSION}-%{RELEASE}\\t%{ARCH}\\n' | sort; fi\n";
+        let (rc, out, errs) = p.run_command(&id, &label, script, timeout).await?;
+        if rc != 0 {
+            return Err(step_err(
+                cx,
+                "packages",
+                format!("exited {rc}: {}", errs.trim()),
+            ));
+        }
+        state.packages = Some(out);
+        Ok(())
+    }
+}
+
+struct StopBuilder<'a> {
+    p: &'a AwsProvider,
+}
+
+#[async_trait]
+impl Step<State> for StopBuilder<'_> {
+    fn name(&self) -> &str {
+        "stop-builder"
+    }
+    async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
+        let id = state
+            .builder
+            .clone()
+            .ok_or_else(|| step_err(cx, self.name(), "no builder"))?;
+        cx.phase(&format!("stopping builder {id}"));
+        self.p.ec2_slot().await;
+        self.p
+            .ec2
+            .stop_instances()
+            .instance_ids(&id)
+            .send()
+            .await
+            .map_err(|e| err(format!("stopping {id} in {}", self.p.region), e))?;
+        self.p.wait_instance(&id, InstanceStateName::Stopped).await
+    }
+}
+
+struct CreateImage<'a> {
+    p: &'a AwsProvider,
+    job: &'a BakeJob<'a>,
+}
+
+#[async_trait]
+impl Step<State> for CreateImage<'_> {
+    fn name(&self) -> &str {
+        "create-image"
+    }
+    async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
+        let p = self.p;
+        let id = state
+            .builder
+            .clone()
+            .ok_or_else(|| step_err(cx, self.name(), "no builder"))?;
+        cx.phase("creating the image");
+        let name = format!(
+            "bake-{}-{}-{}-{}",
+            cx.recipe,
+            cx.arch,
+            self.job.key.short(),
+            self.job.run_id
+        );
+        let mut tags = p.tags(self.job, "image");
+        tags.push(Tag::builder().key("bake:status").value("pending").build());
+        p.ec2_slot().await;
+        // Tag the image here and the snapshots afterwards (a snapshot TagSpecification in
+        // CreateImage is not accepted everywhere).
+        let r = p
+            .ec2
+            .create_image()
+            .instance_id(&id)
+            .name(&name)
+            .description(format!(
+                "bake {} {} key {}",
+                cx.recipe,
+                cx.arch,
+                self.job.key.short()
+            ))
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Image)
+                    .set_tags(Some(tags))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!("creating image {name} from {id} in {}", p.region),
+                    e,
+                )
+            })?;
+        let image = r.image_id().unwrap_or_default().to_string();
+        cx.created("image", &image)?;
+        state.image = Some(image.clone());
+        // Available several times in a row; fail fast on `failed`.
+        let start = Instant::now();
+        let mut in_a_row = 0;
+        while in_a_row < 3 {
+            let (st, snaps) = p.image_snapshots(&image).await?;
+            match st {
+                Some(ImageState::Available) => {
+                    in_a_row += 1;
+                    state.snapshots = snaps;
+                }
+                Some(
+                    s @ (ImageState::Failed
+                    | ImageState::Error
+                    | ImageState::Invalid
+                    | ImageState::Deregistered),
+                ) => {
+                    return Err(step_err(
+                        cx,
+                        self.name(),
+                        format!("image {image} in {} is {s}", p.region),
+                    ))
+                }
+                _ => in_a_row = 0,
+            }
+            if in_a_row >= 3 {
+                break;
+            }
+            if start.elapsed() > p.settings.image_timeout {
+                return Err(step_err(
+                    cx,
+                    self.name(),
+                    format!(
+                        "image {image} not available after {:?}",
+                        p.settings.image_timeout
+                    ),
+                ));
+            }
+            tokio::time::sleep(p.settings.poll_interval).await;
+        }
+        for s in &state.snapshots {
+            cx.created("snapshot", s)?;
+        }
+        p.tag(&state.snapshots, p.tags(self.job, "snapshot"))
+            .await?;
+        Ok(())
+    }
+    async fn cleanup(
+        &self,
+        state: &mut State,
+        outcome: Outcome,
+        cx: &StepContext<'_>,
+    ) -> Result<()> {
+        if !outcome.discards_image() {
+            return Ok(());
+        }
+        if let Some(image) = state.image.take() {
+            self.p.deregister(&image).await?;
+            for s in state.snapshots.drain(..) {
+                cx.removed("snapshot", &s)?;
+            }
+            cx.removed("image", &image)?;
+            state.record = None;
+        }
+        Ok(())
+    }
+}
+
+struct TerminateBuilder<'a> {
+    p: &'a AwsProvider,
+}
+
+#[async_trait]
+impl Step<State> for TerminateBuilder<'_> {
+    fn name(&self) -> &str {
+        "terminate-builder"
+    }
+    async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
+        if let Some(id) = state.builder.take() {
+            cx.phase(&format!("terminating builder {id}"));
+            // Put it back if terminating fails, so the launch step's cleanup tries again.
+            if let Err(e) = self.p.terminate(&id).await {
+                state.builder = Some(id);
+                return Err(e);
+            }
+            cx.removed("instance", &id)?;
+        }
+        Ok(())
+    }
+}
+
+struct Validate<'a> {
+    p: &'a AwsProvider,
+    job: &'a BakeJob<'a>,
+}
+
+#[async_trait]
+impl Step<State> for Validate<'_> {
+    fn name(&self) -> &str {
+        "validate"
+    }
+    async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
+        let p = self.p;
+        let id = state
+            .canary
+            .clone()
+            .ok_or_else(|| step_err(cx, self.name(), "no canary"))?;
+        let image = state
+            .image
+            .clone()
+            .ok_or_else(|| step_err(cx, self.name(), "no image"))?;
+        let env = [("BAKE_RECIPE", cx.recipe), ("BAKE_ARCH", cx.arch.as_str())];
+        let mut results = Vec::new();
+        let validators = &self.job.recipe.validators;
+        for (i, v) in validators.iter().enumerate() {
+            cx.phase(&format!(
+                "validator {}/{} {}",
+                i + 1,
+                validators.len(),
+                v.name
+            ));
+            let label = format!("{} {} validator {}", cx.recipe, cx.arch, v.name);
+            let script = wrapped(&label, &v.content, &env, None);
+            let result = match p
+                .run_command(&id, &label, &script, p.settings.command_timeout)
+                .await
+            {
+                Ok((rc, out, errs)) => CheckResult::from_exit(&v.name, rc, &out, &errs),
+                Err(e) => CheckResult::error(&v.name, e.to_string()),
+            };
+            tracing::info!(recipe = cx.recipe, arch = %cx.arch, validator = %v.name, status = %result.status, "{}", result.reason.clone().unwrap_or_default());
+            results.push(result);
+        }
+        let verdict = Verdict::decide(results);
+        let status = if verdict.accepted {
+            ImageStatus::Validated
+        } else {
+            ImageStatus::Rejected
+        };
+        let packages = state.packages.as_deref().map(|s| sha256_hex(s.as_bytes()));
+        let summary: Vec<(String, crate::validate::Status)> = verdict
+            .results
+            .iter()
+            .map(|r| (r.name.clone(), r.status))
+            .collect();
+        let mut tags = vec![
+            Tag::builder()
+                .key("bake:status")
+                .value(if verdict.accepted {
+                    "validated"
+                } else {
+                    "rejected"
+                })
+                .build(),
+            Tag::builder()
+                .key("bake:validators")
+                .value(
+                    serde_json::to_string(&summary)
+                        .unwrap_or_default()
+                        .chars()
+                        .take(256)
+                        .collect::<String>(),
+                )
+                .build(),
+        ];
+        if let Some(d) = &packages {
+            tags.push(Tag::builder().key("bake:packages").value(d).build());
+        }
+        p.tag(std::slice::from_ref(&image), tags).await?;
+        if !verdict.accepted {
+            cx.phase(&format!("rejected: {}", verdict.blockers().join("; ")));
+        }
+        state.record = Some(ImageRecord {
+            id: image,
+            recipe: cx.recipe.to_string(),
+            arch: cx.arch,
+            key: self.job.key.clone(),
+            base: self.job.base.id.clone(),
+            status,
+            run_id: self.job.run_id.to_string(),
+            created_at: Utc::now(),
+            verdict: verdict.clone(),
+            packages_sha256: packages,
+        });
+        state.verdict = Some(verdict);
+        Ok(())
+    }
+}

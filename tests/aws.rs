@@ -1,0 +1,357 @@
+//! The AWS provider end to end against the real moto_server (with the tests' proxy for what
+//! moto cannot do): both arches bake, validate on a canary and publish the SSM contract; every
+//! instance is launched hardened; nothing is left running or orphaned; a second run makes no
+//! mutating call; a failed validator rejects the image and publishes nothing.
+
+mod common;
+
+use assert_cmd::Command;
+use common::moto::Moto;
+use common::Project;
+use serde_json::{json, Value};
+
+const UBUNTU_X86: &str =
+    "/aws/service/canonical/ubuntu/eks/22.04/1.31/stable/current/amd64/hvm/ebs-gp2/ami-id";
+const UBUNTU_ARM: &str =
+    "/aws/service/canonical/ubuntu/eks/22.04/1.31/stable/current/arm64/hvm/ebs-gp2/ami-id";
+
+/// Registers one base AMI per arch in moto and points the public parameters at them.
+async fn bases(moto: &Moto) -> (String, String) {
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let mut ids = Vec::new();
+    for arch in ["x86_64", "arm64"] {
+        let r = ec2
+            .register_image()
+            .name(format!("ubuntu-eks-{arch}-{}", rand_suffix()))
+            .architecture(aws_sdk_ec2::types::ArchitectureValues::from(arch))
+            .root_device_name("/dev/sda1")
+            .send()
+            .await
+            .unwrap();
+        ids.push(r.image_id().unwrap().to_string());
+    }
+    (ids[0].clone(), ids[1].clone())
+}
+
+fn rand_suffix() -> u32 {
+    std::process::id()
+        ^ (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos())
+}
+
+/// A copy of the project whose aws pipeline polls fast and writes under `prefix`.
+fn project(prefix: &str) -> Project {
+    let p = Project::new();
+    p.edit("pipelines/aws.toml", "ssm_prefix = \"/bake\"", &format!("ssm_prefix = \"{prefix}\"\npoll_interval = \"20ms\"\ninstance_timeout = \"60s\"\nagent_timeout = \"60s\"\ncommand_timeout = \"60s\"\nimage_timeout = \"60s\""));
+    p
+}
+
+fn bake(p: &Project, moto: &Moto, args: &[&str]) -> (i32, Value, String) {
+    let out = Command::cargo_bin("bake")
+        .unwrap()
+        .current_dir(p.dir.path())
+        .env("AWS_ENDPOINT_URL", &moto.endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
+        .env("RUST_LOG", "info")
+        .args(args)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: not JSON ({e}):\n{}\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
+const MUTATING: &[&str] = &[
+    "RunInstances",
+    "TerminateInstances",
+    "StopInstances",
+    "CreateImage",
+    "CreateTags",
+    "CreateSecurityGroup",
+    "DeleteSecurityGroup",
+    "DeregisterImage",
+    "DeleteSnapshot",
+    "PutParameter",
+    "DeleteParameter",
+    "DeleteParameters",
+    "SendCommand",
+];
+
+async fn inventory(moto: &Moto) -> (Vec<String>, Vec<(String, String)>, Vec<String>) {
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let instances = ec2.describe_instances().send().await.unwrap();
+    let live: Vec<String> = instances
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| {
+            i.state().and_then(|s| s.name())
+                != Some(&aws_sdk_ec2::types::InstanceStateName::Terminated)
+        })
+        .map(|i| i.instance_id().unwrap().to_string())
+        .collect();
+    let images = ec2.describe_images().owners("self").send().await.unwrap();
+    let baked: Vec<(String, String)> = images
+        .images()
+        .iter()
+        .filter(|i| i.tags().iter().any(|t| t.key() == Some("bake:recipe")))
+        .map(|i| {
+            let status = i
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some("bake:status"))
+                .and_then(|t| t.value())
+                .unwrap_or("")
+                .to_string();
+            (i.image_id().unwrap().to_string(), status)
+        })
+        .collect();
+    let groups = ec2.describe_security_groups().send().await.unwrap();
+    let ours: Vec<String> = groups
+        .security_groups()
+        .iter()
+        .filter(|g| g.group_name().unwrap_or("").starts_with("bake-"))
+        .map(|g| g.group_id().unwrap().to_string())
+        .collect();
+    (live, baked, ours)
+}
+
+#[tokio::test]
+async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() {
+    let moto = Moto::get();
+    let (x86, arm) = bases(moto).await;
+    moto.set_config(json!({
+        "parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm},
+        "default_stdout": {"package manifest": "apt\t2.4.13\tamd64\nkubelet\t1.31.2\tamd64\n"}
+    }));
+    let p = project("/e2e1");
+    let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
+    assert_eq!(code, 0, "{summary:#}\n{stderr}");
+    let published = &summary["published"][0];
+    let release = published["release"].as_str().unwrap().to_string();
+    assert_eq!(published["promoted_to"], json!(["dev"]));
+
+    // The SSM contract.
+    let ssm = aws_sdk_ssm::Client::new(&moto.sdk().await);
+    for arch in ["x86_64", "arm64"] {
+        let name = format!("/e2e1/eks-node/releases/{release}/{arch}");
+        let p = ssm.get_parameter().name(&name).send().await.unwrap();
+        let p = p.parameter().unwrap();
+        assert_eq!(p.value(), published["images"][arch].as_str());
+        assert_eq!(p.data_type(), Some("aws:ec2:image"), "{name}");
+        let ch = ssm
+            .get_parameter()
+            .name(format!("/e2e1/eks-node/channels/dev/{arch}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            ch.parameter().unwrap().value(),
+            published["images"][arch].as_str()
+        );
+    }
+    let manifest = ssm
+        .get_parameter()
+        .name(format!("/e2e1/eks-node/releases/{release}/manifest"))
+        .send()
+        .await
+        .unwrap();
+    let manifest: Value =
+        serde_json::from_str(manifest.parameter().unwrap().value().unwrap()).unwrap();
+    assert_eq!(manifest["release"], release.as_str());
+    assert_eq!(manifest["images"]["arm64"]["base"], arm.as_str());
+    assert!(manifest["images"]["x86_64"]["packages_sha256"].is_string());
+    let ch = ssm
+        .get_parameter()
+        .name("/e2e1/eks-node/channels/dev/release")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ch.parameter().unwrap().value(), Some(release.as_str()));
+
+    // Every instance was launched hardened: IMDSv2, no key, our group, encrypted volume, tags.
+    let launches = moto.params_of("RunInstances");
+    assert_eq!(launches.len(), 4, "a builder and a canary per arch");
+    for l in &launches {
+        assert_eq!(
+            l.get("MetadataOptions.HttpTokens").map(String::as_str),
+            Some("required"),
+            "{l:?}"
+        );
+        assert!(!l.contains_key("KeyName"), "{l:?}");
+        assert_eq!(
+            l.get("BlockDeviceMapping.1.Ebs.Encrypted")
+                .map(String::as_str),
+            Some("true"),
+            "{l:?}"
+        );
+        assert!(l.contains_key("SecurityGroupId.1"), "{l:?}");
+        assert!(l.values().any(|v| v == "bake:run-id"), "{l:?}");
+    }
+    let canaries: Vec<_> = launches
+        .iter()
+        .filter(|l| l.contains_key("UserData"))
+        .collect();
+    assert_eq!(
+        canaries.len(),
+        2,
+        "canaries join the cluster through user data"
+    );
+    assert!(
+        moto.params_of("AuthorizeSecurityGroupIngress").is_empty(),
+        "no inbound rule is ever added"
+    );
+
+    // Nothing left: no instance running, no security group, only the two published images.
+    let (live, baked, groups) = inventory(moto).await;
+    assert!(live.is_empty(), "instances left: {live:?}");
+    assert!(groups.is_empty(), "security groups left: {groups:?}");
+    assert_eq!(baked.len(), 2, "{baked:?}");
+    assert!(baked.iter().all(|(_, s)| s == "validated"), "{baked:?}");
+
+    // Nothing changed: up to date, and not one mutating call.
+    let before = moto.calls().len();
+    let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(summary["up_to_date"], true);
+    let calls: Vec<(String, String)> = moto.calls()[before..].to_vec();
+    let mutating: Vec<&(String, String)> = calls
+        .iter()
+        .filter(|(_, a)| MUTATING.contains(&a.as_str()))
+        .collect();
+    assert!(
+        mutating.is_empty(),
+        "an up-to-date run made mutating calls: {mutating:?}"
+    );
+    eprintln!(
+        "calls of a no-op scheduled run: {} ({calls:?})",
+        calls.len()
+    );
+
+    // Status, releases and promotion work on the SSM registry too.
+    let (code, rel, _) = bake(
+        &p,
+        moto,
+        &["releases", "eks-node", "-p", "pipelines/aws.toml"],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(rel.as_array().unwrap().len(), 1);
+    let (code, moved, stderr) = bake(
+        &p,
+        moto,
+        &[
+            "promote",
+            "eks-node",
+            &release,
+            "--to",
+            "prod",
+            "-p",
+            "pipelines/aws.toml",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(moved["result"], "moved");
+    let prod = ssm
+        .get_parameter()
+        .name("/e2e1/eks-node/channels/prod/x86_64")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        prod.parameter().unwrap().value(),
+        published["images"]["x86_64"].as_str()
+    );
+}
+
+#[tokio::test]
+async fn a_failed_validator_rejects_the_image_and_publishes_nothing() {
+    let moto = Moto::get();
+    let (x86, arm) = bases(moto).await;
+    moto.set_config(json!({
+        "parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm},
+        "commands": [{"match": "arm64 validator mac-policy", "status": "Failed", "exit_code": 1,
+                      "stdout": "udev rewrote the veth MAC (addr_assign_type 3)\n"}]
+    }));
+    let p = project("/e2e2");
+    let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
+    assert_eq!(code, 3, "{summary:#}\n{stderr}");
+    assert!(summary["published"].as_array().unwrap().is_empty());
+    let arm_result = summary["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["arch"] == "arm64")
+        .unwrap();
+    assert_eq!(arm_result["outcome"], "rejected");
+    assert!(arm_result["error"]
+        .as_str()
+        .unwrap()
+        .contains("udev rewrote the veth MAC"));
+
+    let ssm = aws_sdk_ssm::Client::new(&moto.sdk().await);
+    let params = ssm
+        .get_parameters_by_path()
+        .path("/e2e2")
+        .recursive(true)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        params.parameters().is_empty(),
+        "nothing may be published: {:?}",
+        params.parameters()
+    );
+    let (live, baked, groups) = inventory(moto).await;
+    assert!(live.is_empty(), "instances left: {live:?}");
+    assert!(groups.is_empty(), "security groups left: {groups:?}");
+    let rejected: Vec<_> = baked.iter().filter(|(_, s)| s == "rejected").collect();
+    assert_eq!(
+        rejected.len(),
+        1,
+        "the rejected image is kept, tagged: {baked:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_step_cleans_up_everything_and_deletes_the_image() {
+    let moto = Moto::get();
+    let (x86, arm) = bases(moto).await;
+    moto.set_config(json!({
+        "parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm},
+        "commands": [{"match": "x86_64 step disable-apt-timers", "status": "Failed", "exit_code": 1,
+                      "stderr": "Failed to mask unit: Access denied\n"}]
+    }));
+    let p = project("/e2e3");
+    let before = inventory(moto).await.1.len();
+    let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
+    assert_eq!(code, 1, "{summary:#}\n{stderr}");
+    let x86_result = summary["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["arch"] == "x86_64")
+        .unwrap();
+    assert!(
+        x86_result["error"]
+            .as_str()
+            .unwrap()
+            .contains("Access denied"),
+        "{x86_result}"
+    );
+    let (live, baked, groups) = inventory(moto).await;
+    assert!(live.is_empty(), "instances left: {live:?}");
+    assert!(groups.is_empty(), "security groups left: {groups:?}");
+    // Only arm64's validated image was added (kept for reuse); x86_64 never got one.
+    assert_eq!(baked.len(), before + 1, "{baked:?}");
+}
