@@ -239,6 +239,18 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
         calls.len()
     );
 
+    // The IAM policy bake prints allows every call the run made.
+    let (code, policy, _) = bake(&p, moto, &["iam-policy", "pipelines/aws.toml"]);
+    assert_eq!(code, 0);
+    let allowed = bake::iam::actions(&policy);
+    for (service, action) in moto.calls() {
+        let needed = format!("{service}:{action}");
+        assert!(
+            allowed.contains(&needed),
+            "the IAM policy does not allow {needed}"
+        );
+    }
+
     // Status, releases and promotion work on the SSM registry too.
     let (code, rel, _) = bake(
         &p,

@@ -161,6 +161,11 @@ pub enum Command {
         #[command(flatten)]
         registry: RegistryArgs,
     },
+    /// Print the least-privilege IAM policy (JSON) for what an aws pipeline does.
+    IamPolicy {
+        /// Pipeline file, e.g. pipelines/aws.toml.
+        pipeline: PathBuf,
+    },
     /// Recipes × arches × channels: which release each cluster runs, validated when, age.
     Status {
         /// Only this recipe.
@@ -196,6 +201,10 @@ pub struct RegistryArgs {
 }
 
 pub fn main() -> ExitCode {
+    // Die quietly when stdout is closed early (`bake releases x | head`), like other CLIs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -471,6 +480,11 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             };
             let plan = locked(reg.as_ref(), recipe, &who, *break_lock, !*apply, work).await?;
             print_prune(g.output, &plan, *apply);
+            Ok(exit::OK)
+        }
+        Command::IamPolicy { pipeline } => {
+            let pipeline = Pipeline::load(pipeline)?;
+            json(&crate::iam::policy(&pipeline)?);
             Ok(exit::OK)
         }
         Command::Status { recipe, registry } => {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod diag;
 pub mod diff;
 pub mod error;
+pub mod iam;
 pub mod journal;
 pub mod key;
 pub mod names;

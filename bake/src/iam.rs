@@ -1,0 +1,162 @@
+//! `bake iam-policy`: the least-privilege IAM policy for what a pipeline does on AWS, scoped
+//! by the `bake:*` tags and the registry's parameter path where AWS allows conditions.
+
+use crate::names::AwsBaseRef;
+use crate::pipeline::Pipeline;
+use crate::{Error, Result};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+
+/// The policy document for `pipeline` (which must use the aws provider).
+pub fn policy(pipeline: &Pipeline) -> Result<Value> {
+    let aws = pipeline.aws.as_ref().ok_or_else(|| {
+        Error::Usage(format!(
+            "{} does not use the aws provider; it needs no IAM policy",
+            pipeline.file.display()
+        ))
+    })?;
+    let region = aws.region.clone().unwrap_or_else(|| "*".into());
+    let prefix = aws.ssm_prefix.as_str().trim_end_matches('/');
+    let ec2 = |r: &str| format!("arn:aws:ec2:{region}:*:{r}");
+    let mut base_params: BTreeSet<String> = BTreeSet::new();
+    for b in &pipeline.bakes {
+        for arch in &b.arches {
+            if let Some(AwsBaseRef::Parameter(p)) = b.recipe.aws.get(arch) {
+                base_params.insert(format!("arn:aws:ssm:{region}::parameter{p}"));
+            }
+        }
+    }
+    let mut statements = vec![
+        json!({
+            "Sid": "Discover",
+            "Effect": "Allow",
+            "Action": [
+                "ec2:DescribeImages", "ec2:DescribeInstances", "ec2:DescribeSubnets", "ec2:DescribeVpcs",
+                "ec2:DescribeSecurityGroups", "ec2:DescribeLaunchTemplates", "ec2:DescribeLaunchTemplateVersions",
+                "ssm:DescribeInstanceInformation", "ssm:GetCommandInvocation", "sts:GetCallerIdentity"
+            ],
+            "Resource": "*"
+        }),
+        json!({
+            "Sid": "LaunchOnlyTaggedInstancesAndVolumes",
+            "Effect": "Allow",
+            "Action": "ec2:RunInstances",
+            "Resource": [ec2("instance/*"), ec2("volume/*")],
+            "Condition": {"StringLike": {"aws:RequestTag/bake:run-id": "*"}}
+        }),
+        json!({
+            "Sid": "LaunchFromImagesIntoTheNetwork",
+            "Effect": "Allow",
+            "Action": "ec2:RunInstances",
+            "Resource": [
+                format!("arn:aws:ec2:{region}::image/*"), ec2("subnet/*"), ec2("security-group/*"), ec2("network-interface/*")
+            ]
+        }),
+        json!({
+            "Sid": "TagOnlyWhenCreating",
+            "Effect": "Allow",
+            "Action": "ec2:CreateTags",
+            "Resource": "*",
+            "Condition": {"StringEquals": {"ec2:CreateAction": ["RunInstances", "CreateImage", "CreateSecurityGroup"]}}
+        }),
+        json!({
+            "Sid": "ManageOwnInstances",
+            "Effect": "Allow",
+            "Action": ["ec2:StopInstances", "ec2:TerminateInstances", "ec2:CreateImage"],
+            "Resource": [ec2("instance/*"), format!("arn:aws:ec2:{region}::image/*"), ec2("snapshot/*")],
+            "Condition": {"StringLike": {"aws:ResourceTag/bake:run-id": "*"}}
+        }),
+        json!({
+            "Sid": "CreateImagesAndSnapshots",
+            "Effect": "Allow",
+            "Action": "ec2:CreateImage",
+            "Resource": [format!("arn:aws:ec2:{region}::image/*"), format!("arn:aws:ec2:{region}::snapshot/*")]
+        }),
+        json!({
+            "Sid": "TagOwnImagesAndTheirSnapshots",
+            "Effect": "Allow",
+            "Action": "ec2:CreateTags",
+            "Resource": [format!("arn:aws:ec2:{region}::image/*"), format!("arn:aws:ec2:{region}::snapshot/*")],
+            "Condition": {"StringLike": {"aws:RequestTag/bake:recipe": "*"}}
+        }),
+        json!({
+            "Sid": "DeleteOnlyOwnImages",
+            "Effect": "Allow",
+            "Action": ["ec2:DeregisterImage", "ec2:DeleteSnapshot"],
+            "Resource": [format!("arn:aws:ec2:{region}::image/*"), format!("arn:aws:ec2:{region}::snapshot/*")],
+            "Condition": {"StringLike": {"aws:ResourceTag/bake:recipe": "*"}}
+        }),
+        json!({
+            "Sid": "RunShellScriptOnOwnInstancesOnly",
+            "Effect": "Allow",
+            "Action": "ssm:SendCommand",
+            "Resource": ec2("instance/*"),
+            "Condition": {"StringLike": {"ssm:resourceTag/bake:run-id": "*"}}
+        }),
+        json!({
+            "Sid": "TheRunShellScriptDocument",
+            "Effect": "Allow",
+            "Action": "ssm:SendCommand",
+            "Resource": format!("arn:aws:ssm:{region}::document/AWS-RunShellScript")
+        }),
+        json!({
+            "Sid": "Registry",
+            "Effect": "Allow",
+            "Action": [
+                "ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "ssm:GetParameterHistory",
+                "ssm:PutParameter", "ssm:DeleteParameter", "ssm:DeleteParameters"
+            ],
+            "Resource": [format!("arn:aws:ssm:{region}:*:parameter{prefix}"), format!("arn:aws:ssm:{region}:*:parameter{prefix}/*")]
+        }),
+    ];
+    if !base_params.is_empty() {
+        statements.push(json!({
+            "Sid": "ResolveBaseImages",
+            "Effect": "Allow",
+            "Action": "ssm:GetParameter",
+            "Resource": base_params.into_iter().collect::<Vec<_>>()
+        }));
+    }
+    if aws.security_group_id.is_none() {
+        statements.push(json!({
+            "Sid": "OwnSecurityGroupWithoutInboundRules",
+            "Effect": "Allow",
+            "Action": "ec2:CreateSecurityGroup",
+            "Resource": [ec2("security-group/*"), ec2("vpc/*")]
+        }));
+        statements.push(json!({
+            "Sid": "DeleteOwnSecurityGroups",
+            "Effect": "Allow",
+            "Action": "ec2:DeleteSecurityGroup",
+            "Resource": ec2("security-group/*"),
+            "Condition": {"StringLike": {"aws:ResourceTag/bake:run-id": "*"}}
+        }));
+    }
+    if aws.instance_profile.is_some() {
+        statements.push(json!({
+            "Sid": "PassTheBuilderRoleToEc2",
+            "Effect": "Allow",
+            "Action": "iam:PassRole",
+            "Resource": "arn:aws:iam::*:role/*",
+            "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+        }));
+    }
+    Ok(json!({"Version": "2012-10-17", "Statement": statements}))
+}
+
+/// Every action a policy allows (for checking it covers what bake calls).
+pub fn actions(policy: &Value) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for s in policy["Statement"].as_array().into_iter().flatten() {
+        match &s["Action"] {
+            Value::String(a) => {
+                out.insert(a.clone());
+            }
+            Value::Array(list) => {
+                out.extend(list.iter().filter_map(|a| a.as_str().map(str::to_string)))
+            }
+            _ => {}
+        }
+    }
+    out
+}
