@@ -367,3 +367,97 @@ async fn a_failing_step_cleans_up_everything_and_deletes_the_image() {
     // Only arm64's validated image was added (kept for reuse); x86_64 never got one.
     assert_eq!(baked.len(), before + 1, "{baked:?}");
 }
+
+/// Runs the pipeline with `faults` injected by the proxy; returns exit code, summary, stderr.
+async fn with_faults(prefix: &str, faults: Value, extra: Value) -> (i32, Value, String, Project) {
+    let moto = Moto::get();
+    let (x86, arm) = bases(moto).await;
+    let mut config = json!({"parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm}, "faults": faults});
+    if let Value::Object(extra) = extra {
+        config.as_object_mut().unwrap().extend(extra);
+    }
+    moto.set_config(config);
+    let p = project(prefix);
+    let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
+    (code, summary, stderr, p)
+}
+
+#[tokio::test]
+async fn throttling_and_5xx_are_retried_and_the_run_completes() {
+    let moto = Moto::get();
+    let (code, summary, stderr, _) = with_faults(
+        "/e2e4",
+        json!([
+            {"action": "RunInstances", "times": 2, "code": "RequestLimitExceeded", "status": 503},
+            {"action": "PutParameter", "times": 2, "code": "ThrottlingException", "status": 400},
+            {"action": "DescribeInstances", "times": 3, "code": "InternalError", "status": 500},
+            {"action": "SendCommand", "times": 1, "code": "ThrottlingException", "status": 400}
+        ]),
+        json!({}),
+    )
+    .await;
+    assert_eq!(code, 0, "{summary:#}\n{stderr}");
+    assert_eq!(summary["published"].as_array().unwrap().len(), 1);
+    let launches = moto
+        .calls()
+        .iter()
+        .filter(|(_, a)| a == "RunInstances")
+        .count();
+    assert!(
+        launches >= 6,
+        "the two throttled RunInstances were retried ({launches} calls)"
+    );
+    let (live, _, groups) = inventory(moto).await;
+    assert!(live.is_empty() && groups.is_empty());
+}
+
+#[tokio::test]
+async fn an_image_not_yet_visible_after_create_image_is_waited_for() {
+    let (code, summary, stderr, _) = with_faults(
+        "/e2e5",
+        json!([{"action": "DescribeImages", "times": 3, "code": "InvalidAMIID.NotFound", "after": "CreateImage"}]),
+        json!({}),
+    )
+    .await;
+    assert_eq!(code, 0, "{summary:#}\n{stderr}");
+    assert_eq!(summary["published"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_image_fails_fast_cleans_up_and_publishes_nothing() {
+    let moto = Moto::get();
+    let before: Vec<String> = inventory(moto)
+        .await
+        .1
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect();
+    let (code, summary, stderr, _) = with_faults(
+        "/e2e6",
+        json!([]),
+        json!({"image_state_after_create": "failed"}),
+    )
+    .await;
+    assert_eq!(code, 1, "{summary:#}\n{stderr}");
+    for r in summary["results"].as_array().unwrap() {
+        assert!(r["error"].as_str().unwrap().contains("is failed"), "{r}");
+    }
+    let ssm = aws_sdk_ssm::Client::new(&moto.sdk().await);
+    let params = ssm
+        .get_parameters_by_path()
+        .path("/e2e6")
+        .recursive(true)
+        .send()
+        .await
+        .unwrap();
+    assert!(params.parameters().is_empty());
+    moto.set_config(json!({}));
+    let (live, baked, groups) = inventory(moto).await;
+    assert!(live.is_empty(), "instances left: {live:?}");
+    assert!(groups.is_empty());
+    let new: Vec<_> = baked.iter().filter(|(i, _)| !before.contains(i)).collect();
+    assert!(
+        new.is_empty(),
+        "failed images must be deregistered: {new:?}"
+    );
+}

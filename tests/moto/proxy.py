@@ -8,7 +8,12 @@ Config: a JSON file re-read on every request, so a test can change it between ru
    "commands": [{"match": "validator mac-policy", "status": "Failed", "exit_code": 1,
                  "stdout": "udev rewrote the veth MAC"}],
    "default_stdout": {"dpkg-query": "apt\t2.6.1\tamd64\n"},
-   "agent_online_after_s": 0, "delay_ms": 0}
+   "agent_online_after_s": 0, "delay_ms": 0,
+   "faults": [{"action": "RunInstances", "times": 2, "code": "RequestLimitExceeded", "status": 400,
+               "after": "CreateImage"}],
+   "image_state_after_create": "failed"}
+Faults answer the first `times` calls of `action` (after a call of `after`, if given) with an
+AWS error, before moto sees them: throttling, 5xx, eventual-consistency errors.
 Every request is appended to calls.jsonl next to the config (service, action), so tests can
 count mutating calls.
 """
@@ -28,6 +33,8 @@ CALLS = os.path.join(os.path.dirname(CONFIG), "calls.jsonl")
 LOCK = threading.Lock()
 OUTCOMES = {}                   # command id -> rule
 FIRST_ASKED = {}                # instance id -> first DescribeInstanceInformation time
+FAULTS_USED = {}                # fault index -> times injected
+SEEN = set()                    # actions seen so far (for faults that start "after" one)
 
 
 def config():
@@ -69,18 +76,57 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 f.write(json.dumps(record) + "\n")
         if cfg.get("delay_ms"):
             time.sleep(cfg["delay_ms"] / 1000.0)
+        fault = self.fault(service, action, cfg)
+        with LOCK:
+            SEEN.add(action)
+        if fault is not None:
+            return self.error(service, fault)
         if service == "ssm":
             req = json.loads(body or b"{}")
             handled = self.ssm(action, req, cfg)
             if handled is not None:
                 return self.reply(200, handled)
         status, headers, data = self.forward(method, body)
+        state = cfg.get("image_state_after_create")
+        if state and service == "ec2" and action == "DescribeImages" and "CreateImage" in SEEN:
+            data = data.replace(b"<imageState>available</imageState>", ("<imageState>%s</imageState>" % state).encode())
         if service == "ssm" and action == "SendCommand" and status == 200:
             self.remember(json.loads(body or b"{}"), json.loads(data or b"{}"), cfg)
         self.send_response(status)
         for k, v in headers:
             if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                 self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def fault(self, service, action, cfg):
+        for i, f in enumerate(cfg.get("faults", [])):
+            if f.get("action") != action:
+                continue
+            if f.get("after") and f["after"] not in SEEN:
+                continue
+            with LOCK:
+                used = FAULTS_USED.get(i, 0)
+                if used >= f.get("times", 1):
+                    continue
+                FAULTS_USED[i] = used + 1
+            return f
+        return None
+
+    def error(self, service, f):
+        status = f.get("status", 400)
+        code = f.get("code", "ThrottlingException")
+        message = f.get("message", "injected by the test proxy")
+        if service == "ssm":
+            data = json.dumps({"__type": code, "message": message}).encode()
+            ctype = "application/x-amz-json-1.1"
+        else:
+            data = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>%s</Code>"
+                    "<Message>%s</Message></Error></Errors><RequestID>proxy</RequestID></Response>" % (code, message)).encode()
+            ctype = "text/xml"
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
