@@ -136,8 +136,23 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
         "default_stdout": {"package manifest": "apt\t2.4.13\tamd64\nkubelet\t1.31.2\tamd64\n"}
     }));
     let p = project("/e2e1");
-    let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
+    let (code, summary, stderr) = bake(
+        &p,
+        moto,
+        &[
+            "run",
+            "pipelines/aws.toml",
+            "--notify",
+            "cat > notified.json",
+        ],
+    );
     assert_eq!(code, 0, "{summary:#}\n{stderr}");
+    // The notification hook got the summary.
+    let notified: Value =
+        serde_json::from_slice(&std::fs::read(p.path("notified.json")).unwrap()).unwrap();
+    assert_eq!(notified["exit_code"], 0);
+    assert_eq!(notified["summary"]["published"], summary["published"]);
+    std::fs::remove_file(p.path("notified.json")).unwrap();
     let published = &summary["published"][0];
     let release = published["release"].as_str().unwrap().to_string();
     assert_eq!(published["promoted_to"], json!(["dev"]));
@@ -222,9 +237,22 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
 
     // Nothing changed: up to date, and not one mutating call.
     let before = moto.calls().len();
-    let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
+    let (code, summary, stderr) = bake(
+        &p,
+        moto,
+        &[
+            "run",
+            "pipelines/aws.toml",
+            "--notify",
+            "cat > notified.json",
+        ],
+    );
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(summary["up_to_date"], true);
+    assert!(
+        !p.path("notified.json").exists(),
+        "an up-to-date run must stay quiet"
+    );
     let calls: Vec<(String, String)> = moto.calls()[before..].to_vec();
     let mutating: Vec<&(String, String)> = calls
         .iter()

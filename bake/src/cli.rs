@@ -10,7 +10,7 @@ use crate::registry::{Registry, SqliteRegistry, SsmRegistry};
 use crate::release::{ChannelEntry, Manifest, ReleaseId};
 use crate::report::{age, table, LogReporter, Reporter, TermReporter};
 use crate::run::{self, RunContext, RunOptions, RunSummary};
-use crate::{diff, promote, prune};
+use crate::{diff, promote, prune, sweep};
 use crate::{Arch, Error, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
@@ -82,6 +82,11 @@ pub enum Command {
         /// Take the recipe's lock even if another run holds it. Only when that run is dead.
         #[arg(long)]
         break_lock: bool,
+        /// When something was published, rejected or failed (not when up to date), run this
+        /// shell command with the JSON summary on stdin and BAKE_EXIT_CODE set, e.g. to post
+        /// to chat. Its failure is logged and does not change bake's exit code.
+        #[arg(long, value_name = "COMMAND")]
+        notify: Option<String>,
     },
     /// List the releases of a recipe with their images and validation summary.
     Releases {
@@ -160,6 +165,24 @@ pub enum Command {
         break_lock: bool,
         #[command(flatten)]
         registry: RegistryArgs,
+    },
+    /// Find what runs that are no longer alive left behind (VMs, overlays, instances, security
+    /// groups, unpublished images and their snapshots) from journals and bake:run-id tags.
+    /// Plans by default; never touches a published image or anything without bake's tags.
+    Sweep {
+        /// Remove what the plan lists.
+        #[arg(long)]
+        apply: bool,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Continue a run that died: clean up what it left (keeping validated images, which are
+    /// reused by key), then run its pipeline again so it finishes what is missing.
+    Resume {
+        /// The run ID (the journal's name under <state>/runs/).
+        run_id: String,
+        #[arg(long)]
+        break_lock: bool,
     },
     /// Print the least-privilege IAM policy (JSON) for what an aws pipeline does.
     IamPolicy {
@@ -315,6 +338,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             pipeline,
             select,
             break_lock,
+            notify,
         } => {
             let pipeline = Pipeline::load(pipeline)?;
             select.check(&pipeline)?;
@@ -340,6 +364,11 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             };
             let (summary, result) = run::run(&cx, &opts).await;
             print_run(g.output, &summary, result.as_ref().err());
+            if let Some(command) = notify {
+                if !summary.up_to_date {
+                    notify_hook(command, &summary, result.as_ref().err()).await;
+                }
+            }
             match result {
                 Ok(()) => Ok(exit::OK),
                 Err(e) => Err(e),
@@ -482,6 +511,67 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             print_prune(g.output, &plan, *apply);
             Ok(exit::OK)
         }
+        Command::Sweep { apply, registry } => {
+            let pipeline = Pipeline::load(&registry.pipeline)?;
+            let (provider, reg) = open(&pipeline, &g.state_dir).await?;
+            let leftovers =
+                sweep::plan(&g.state_dir, reg.as_ref(), provider.as_ref(), &pipeline).await?;
+            if *apply {
+                sweep::apply(&g.state_dir, reg.as_ref(), provider.as_ref(), &leftovers).await?;
+                let live = sweep::live_runs(&g.state_dir, reg.as_ref(), &pipeline).await?;
+                sweep::release_dead_locks(reg.as_ref(), &pipeline, &live).await?;
+            }
+            print_sweep(g.output, &leftovers, *apply);
+            Ok(exit::OK)
+        }
+        Command::Resume { run_id, break_lock } => {
+            let journal = g.state_dir.join("runs").join(format!("{run_id}.jsonl"));
+            if !journal.exists() {
+                return Err(Error::Usage(format!(
+                    "no journal {} (see the runs under {})",
+                    journal.display(),
+                    g.state_dir.join("runs").display()
+                )));
+            }
+            let entries = crate::journal::Journal::read(&journal)?;
+            let file = sweep::pipeline_of(&entries).ok_or_else(|| {
+                Error::Usage(format!("{} does not say which pipeline it ran; it cannot be resumed — use `bake sweep --apply`", journal.display()))
+            })?;
+            let pipeline = Pipeline::load(&file)?;
+            let (provider, reg) = open(&pipeline, &g.state_dir).await?;
+            if sweep::live_runs(&g.state_dir, reg.as_ref(), &pipeline)
+                .await?
+                .contains(run_id)
+            {
+                return Err(Error::Conflict(format!("run {run_id} is still alive (its process runs or it holds a lock); nothing to resume")));
+            }
+            let left: Vec<_> =
+                sweep::plan(&g.state_dir, reg.as_ref(), provider.as_ref(), &pipeline)
+                    .await?
+                    .into_iter()
+                    .filter(|l| &l.run_id == run_id && !l.reusable)
+                    .collect();
+            sweep::apply(&g.state_dir, reg.as_ref(), provider.as_ref(), &left).await?;
+            let live = sweep::live_runs(&g.state_dir, reg.as_ref(), &pipeline).await?;
+            sweep::release_dead_locks(reg.as_ref(), &pipeline, &live).await?;
+            eprintln!("resume {run_id}: cleaned {} leftover(s); running {} again (validated images are reused)", left.len(), file.display());
+            let reporter = TermReporter::new(g.quiet, g.verbose > 0);
+            let cx = RunContext {
+                pipeline: &pipeline,
+                provider: provider.as_ref(),
+                registry: reg.as_ref(),
+                reporter: &reporter,
+                state_dir: &g.state_dir,
+                cancel: watch_signals(&g.state_dir),
+            };
+            let opts = RunOptions {
+                break_lock: *break_lock,
+                ..RunOptions::default()
+            };
+            let (summary, result) = run::run(&cx, &opts).await;
+            print_run(g.output, &summary, result.as_ref().err());
+            result.map(|()| exit::OK)
+        }
         Command::IamPolicy { pipeline } => {
             let pipeline = Pipeline::load(pipeline)?;
             json(&crate::iam::policy(&pipeline)?);
@@ -590,6 +680,42 @@ fn json<T: Serialize>(value: &T) {
         "{}",
         serde_json::to_string_pretty(value).expect("output serializes")
     );
+}
+
+/// Runs the `--notify` command with the run's JSON summary on stdin.
+async fn notify_hook(command: &str, summary: &RunSummary, error: Option<&Error>) {
+    use tokio::io::AsyncWriteExt;
+    let code = error.map(Error::exit_code).unwrap_or(exit::OK);
+    let body = serde_json::json!({
+        "summary": summary,
+        "error": error.map(|e| e.to_string()),
+        "exit_code": code,
+    });
+    let child = tokio::process::Command::new("/bin/sh")
+        .args(["-c", command])
+        .env("BAKE_EXIT_CODE", code.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("--notify: cannot run `{command}`: {e}");
+            return;
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(body.to_string().as_bytes()).await;
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(60), child.wait()).await {
+        Ok(Ok(status)) if status.success() => {}
+        Ok(Ok(status)) => tracing::warn!("--notify: `{command}` exited {status}"),
+        Ok(Err(e)) => tracing::warn!("--notify: `{command}`: {e}"),
+        Err(_) => {
+            let _ = child.kill().await;
+            tracing::warn!("--notify: `{command}` took longer than 60 s and was stopped");
+        }
+    }
 }
 
 fn print_plan(output: Output, items: &[PlanItem]) {
@@ -968,5 +1094,41 @@ fn print_prune(output: Output, plan: &prune::PrunePlan, applied: bool) {
     }
     if !applied && !plan.delete.is_empty() {
         println!("plan only; run again with --apply to delete");
+    }
+}
+
+fn print_sweep(output: Output, leftovers: &[sweep::Leftover], applied: bool) {
+    if output == Output::Json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            applied: bool,
+            leftovers: &'a [sweep::Leftover],
+        }
+        return json(&Out { applied, leftovers });
+    }
+    if leftovers.is_empty() {
+        println!("nothing left behind");
+        return;
+    }
+    let rows: Vec<Vec<String>> = leftovers
+        .iter()
+        .map(|l| {
+            vec![
+                l.kind.clone(),
+                l.id.clone(),
+                l.run_id.clone(),
+                l.action.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["KIND", "ID", "RUN", if applied { "DONE" } else { "WOULD" }],
+            &rows
+        )
+    );
+    if !applied {
+        println!("plan only; run again with --apply to remove these");
     }
 }

@@ -132,6 +132,19 @@ impl Journal {
         })
     }
 
+    /// Appends one entry to an existing journal (sweep records what it removed for a dead run).
+    pub fn append_to(path: &Path, entry: &Entry) -> Result<()> {
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("opening journal {}", path.display()), e))?;
+        let mut line = serde_json::to_vec(entry).expect("journal entries serialize");
+        line.push(b'\n');
+        file.write_all(&line)
+            .and_then(|_| file.sync_data())
+            .map_err(|e| Error::io(format!("writing journal {}", path.display()), e))
+    }
+
     /// Reads a journal, tolerating a last line cut short by a crash.
     pub fn read(path: &Path) -> Result<Vec<Entry>> {
         let file = File::open(path)

@@ -24,6 +24,7 @@ pub mod release;
 pub mod report;
 pub mod run;
 pub mod steps;
+pub mod sweep;
 pub mod validate;
 
 pub use arch::Arch;

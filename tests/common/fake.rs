@@ -257,6 +257,36 @@ impl Provider for FakeProvider {
         Ok(())
     }
 
+    async fn leftovers(
+        &self,
+        _live: &std::collections::BTreeSet<String>,
+        published: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<bake::sweep::Leftover>> {
+        // The fake has no runs of its own: whatever is live and not published is left over.
+        Ok(self
+            .shared()
+            .live
+            .iter()
+            .filter(|(_, id)| !published.contains(id))
+            .map(|(kind, id)| bake::sweep::Leftover {
+                kind: kind.clone(),
+                id: id.clone(),
+                run_id: "fake".into(),
+                recipe: "eks-node".into(),
+                arch: None,
+                action: "remove".into(),
+                reusable: false,
+            })
+            .collect())
+    }
+
+    async fn remove_leftover(&self, leftover: &bake::sweep::Leftover) -> Result<()> {
+        self.shared()
+            .live
+            .remove(&(leftover.kind.clone(), leftover.id.clone()));
+        Ok(())
+    }
+
     async fn bake(&self, job: &BakeJob<'_>, cx: &StepContext<'_>) -> Result<ImageRecord> {
         self.shared().bakes += 1;
         let steps: Vec<Box<dyn Step<FakeState> + '_>> = STEPS

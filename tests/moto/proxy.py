@@ -11,7 +11,8 @@ Config: a JSON file re-read on every request, so a test can change it between ru
    "agent_online_after_s": 0, "delay_ms": 0,
    "faults": [{"action": "RunInstances", "times": 2, "code": "RequestLimitExceeded", "status": 400,
                "after": "CreateImage"}],
-   "image_state_after_create": "failed"}
+   "image_state_after_create": "failed",
+   "image_available_after_s": 0}
 Faults answer the first `times` calls of `action` (after a call of `after`, if given) with an
 AWS error, before moto sees them: throttling, 5xx, eventual-consistency errors.
 Every request is appended to calls.jsonl next to the config (service, action), so tests can
@@ -34,6 +35,7 @@ LOCK = threading.Lock()
 OUTCOMES = {}                   # command id -> rule
 FIRST_ASKED = {}                # instance id -> first DescribeInstanceInformation time
 FAULTS_USED = {}                # fault index -> times injected
+CREATED_AT = {}                 # image id -> when CreateImage answered
 SEEN = set()                    # actions seen so far (for faults that start "after" one)
 
 
@@ -87,6 +89,20 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             if handled is not None:
                 return self.reply(200, handled)
         status, headers, data = self.forward(method, body)
+        if service == "ec2" and action == "CreateImage" and status == 200:
+            import re
+            m = re.search(rb"<imageId>([^<]+)</imageId>", data)
+            if m:
+                CREATED_AT[m.group(1).decode()] = time.time()
+        wait = cfg.get("image_available_after_s", 0)
+        if wait and service == "ec2" and action == "DescribeImages":
+            import re
+            def pend(m):
+                created = CREATED_AT.get(m.group(1).decode())
+                if created is not None and time.time() - created < wait:
+                    return m.group(0).replace(b"<imageState>available</imageState>", b"<imageState>pending</imageState>")
+                return m.group(0)
+            data = re.sub(rb"<imageId>([^<]+)</imageId>.*?</item>", pend, data, flags=re.S)
         state = cfg.get("image_state_after_create")
         if state and service == "ec2" and action == "DescribeImages" and "CreateImage" in SEEN:
             data = data.replace(b"<imageState>available</imageState>", ("<imageState>%s</imageState>" % state).encode())

@@ -86,4 +86,14 @@ pub trait Provider: Send + Sync {
 
     /// Deletes an image and what belongs to it (snapshots, files).
     async fn delete_image(&self, image_id: &str) -> Result<()>;
+
+    /// What runs not in `live` left behind; never anything in `published` or untagged.
+    async fn leftovers(
+        &self,
+        live: &std::collections::BTreeSet<String>,
+        published: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<crate::sweep::Leftover>>;
+
+    /// Removes one leftover.
+    async fn remove_leftover(&self, leftover: &crate::sweep::Leftover) -> Result<()>;
 }

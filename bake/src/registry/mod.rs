@@ -46,6 +46,10 @@ pub trait Registry: Send + Sync {
     /// `manifest.release` is replaced). All arches become visible together or not at all.
     async fn publish(&self, manifest: Manifest) -> Result<Manifest>;
 
+    /// Releases some of whose parameters were written but not the manifest (a run died while
+    /// publishing). Readers never see them; sweep removes them once no live run holds the lock.
+    async fn incomplete_releases(&self, recipe: &str) -> Result<Vec<ReleaseId>>;
+
     /// Removes a release (prune only; its images must already be gone or kept elsewhere).
     async fn delete_release(&self, recipe: &str, id: &ReleaseId) -> Result<()>;
 
@@ -72,6 +76,9 @@ pub trait Registry: Send + Sync {
         ttl: Duration,
         break_lock: bool,
     ) -> Result<LockInfo>;
+
+    /// Who holds the recipe's lock now (expired or not), if anyone.
+    async fn lock_holder(&self, recipe: &str) -> Result<Option<LockInfo>>;
 
     /// Extends a lock this owner holds.
     async fn refresh_lock(&self, recipe: &str, owner: &str, ttl: Duration) -> Result<LockInfo>;

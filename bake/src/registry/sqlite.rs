@@ -151,6 +151,11 @@ impl Registry for SqliteRegistry {
         Ok(published)
     }
 
+    async fn incomplete_releases(&self, _recipe: &str) -> Result<Vec<ReleaseId>> {
+        // Every arch and the manifest are written in one transaction.
+        Ok(Vec::new())
+    }
+
     async fn delete_release(&self, recipe: &str, id: &ReleaseId) -> Result<()> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -289,6 +294,23 @@ impl Registry for SqliteRegistry {
                 expires_at: expires,
             }),
         }
+    }
+
+    async fn lock_holder(&self, recipe: &str) -> Result<Option<LockInfo>> {
+        let row: Option<(String, String, String)> = self.with(|c| {
+            c.query_row(
+                "SELECT owner, acquired_at, expires_at FROM locks WHERE recipe = ?1",
+                [recipe],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+        })?;
+        Ok(row.map(|(owner, acquired, expires)| LockInfo {
+            recipe: recipe.to_string(),
+            owner,
+            acquired_at: parse_time(&acquired),
+            expires_at: parse_time(&expires),
+        }))
     }
 
     async fn refresh_lock(&self, recipe: &str, owner: &str, ttl: Duration) -> Result<LockInfo> {

@@ -235,6 +235,29 @@ impl Registry for SsmRegistry {
         Ok(manifest)
     }
 
+    async fn incomplete_releases(&self, recipe: &str) -> Result<Vec<ReleaseId>> {
+        let base = self.path(recipe, "releases");
+        let mut parts: BTreeMap<ReleaseId, bool> = BTreeMap::new();
+        for p in self.list(&base).await? {
+            let name = p.name().unwrap_or_default();
+            let Some(rest) = name.strip_prefix(&format!("{base}/")) else {
+                continue;
+            };
+            let mut it = rest.split('/');
+            if let (Some(id), Some(leaf)) = (it.next(), it.next()) {
+                if let Ok(id) = id.parse::<ReleaseId>() {
+                    let has = parts.entry(id).or_insert(false);
+                    *has |= leaf == "manifest";
+                }
+            }
+        }
+        Ok(parts
+            .into_iter()
+            .filter(|(_, complete)| !complete)
+            .map(|(id, _)| id)
+            .collect())
+    }
+
     async fn delete_release(&self, recipe: &str, id: &ReleaseId) -> Result<()> {
         let dir = self.path(recipe, &format!("releases/{id}"));
         // The manifest first: the release stops being visible before its parts go.
@@ -435,6 +458,20 @@ impl Registry for SsmRegistry {
             acquired_at: value.acquired_at,
             expires_at: value.expires_at,
         })
+    }
+
+    async fn lock_holder(&self, recipe: &str) -> Result<Option<LockInfo>> {
+        let name = self.path(recipe, "lock");
+        let held: Option<LockValue> = self
+            .get(&name)
+            .await?
+            .and_then(|p| serde_json::from_str(p.value().unwrap_or_default()).ok());
+        Ok(held.map(|h| LockInfo {
+            recipe: recipe.to_string(),
+            owner: h.owner,
+            acquired_at: h.acquired_at,
+            expires_at: h.expires_at,
+        }))
     }
 
     async fn refresh_lock(&self, recipe: &str, owner: &str, ttl: Duration) -> Result<LockInfo> {

@@ -13,6 +13,7 @@ use crate::names::AwsBaseRef;
 use crate::pipeline::{AwsSettings, Pipeline};
 use crate::recipe::{sha256_hex, Recipe};
 use crate::steps::{Outcome, Runner, Step, StepContext};
+use crate::sweep::Leftover;
 use crate::validate::{CheckResult, Verdict};
 use crate::{Arch, Error, Result};
 use async_trait::async_trait;
@@ -603,6 +604,164 @@ impl Provider for AwsProvider {
 
     async fn delete_image(&self, image_id: &str) -> Result<()> {
         self.deregister(image_id).await
+    }
+
+    async fn leftovers(
+        &self,
+        live: &std::collections::BTreeSet<String>,
+        published: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<Leftover>> {
+        let tagged = || {
+            Filter::builder()
+                .name("tag-key")
+                .values("bake:run-id")
+                .build()
+        };
+        let tag = |tags: &[Tag], k: &str| {
+            tags.iter()
+                .find(|t| t.key() == Some(k))
+                .and_then(|t| t.value())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let mut out = Vec::new();
+        let mut push = |kind: &str, id: &str, tags: &[Tag], action: &str, reusable: bool| {
+            let run_id = tag(tags, "bake:run-id");
+            if live.contains(&run_id) {
+                return;
+            }
+            out.push(Leftover {
+                kind: kind.to_string(),
+                id: id.to_string(),
+                run_id,
+                recipe: tag(tags, "bake:recipe"),
+                arch: tag(tags, "bake:arch").parse().ok(),
+                action: action.to_string(),
+                reusable,
+            });
+        };
+        self.ec2_slot().await;
+        let r = self
+            .ec2
+            .describe_instances()
+            .filters(tagged())
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .values("pending")
+                    .values("running")
+                    .values("stopping")
+                    .values("stopped")
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| err(format!("looking for bake instances in {}", self.region), e))?;
+        for i in r.reservations().iter().flat_map(|r| r.instances()) {
+            push(
+                "instance",
+                i.instance_id().unwrap_or_default(),
+                i.tags(),
+                "terminate",
+                false,
+            );
+        }
+        self.ec2_slot().await;
+        let r = self
+            .ec2
+            .describe_images()
+            .owners("self")
+            .filters(tagged())
+            .send()
+            .await
+            .map_err(|e| err(format!("looking for bake images in {}", self.region), e))?;
+        for i in r.images() {
+            let id = i.image_id().unwrap_or_default();
+            if published.contains(id) {
+                continue;
+            }
+            let status = tag(i.tags(), "bake:status");
+            push(
+                "image",
+                id,
+                i.tags(),
+                &format!(
+                    "deregister the unpublished {} image and delete its snapshots",
+                    if status.is_empty() {
+                        "pending"
+                    } else {
+                        &status
+                    }
+                ),
+                status == "validated",
+            );
+        }
+        self.ec2_slot().await;
+        let r = self
+            .ec2
+            .describe_security_groups()
+            .filters(tagged())
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!("looking for bake security groups in {}", self.region),
+                    e,
+                )
+            })?;
+        for g in r.security_groups() {
+            push(
+                "security-group",
+                g.group_id().unwrap_or_default(),
+                g.tags(),
+                "delete",
+                false,
+            );
+        }
+        // Instances first, then images, then groups (a group is in use until its instances go).
+        out.sort_by_key(|l| match l.kind.as_str() {
+            "instance" => 0,
+            "image" => 1,
+            _ => 2,
+        });
+        Ok(out)
+    }
+
+    async fn remove_leftover(&self, l: &Leftover) -> Result<()> {
+        match l.kind.as_str() {
+            "instance" => self.terminate(&l.id).await,
+            "image" => self.deregister(&l.id).await,
+            "security-group" => {
+                let mut attempt = 0;
+                loop {
+                    self.ec2_slot().await;
+                    match self
+                        .ec2
+                        .delete_security_group()
+                        .group_id(&l.id)
+                        .send()
+                        .await
+                    {
+                        Ok(_) => return Ok(()),
+                        Err(e) if code(&e) == Some("InvalidGroup.NotFound") => return Ok(()),
+                        Err(e) if code(&e) == Some("DependencyViolation") && attempt < 30 => {
+                            attempt += 1;
+                            tokio::time::sleep(self.settings.poll_interval).await;
+                        }
+                        Err(e) => {
+                            return Err(err(
+                                format!("deleting security group {} in {}", l.id, self.region),
+                                e,
+                            ))
+                        }
+                    }
+                }
+            }
+            other => Err(Error::provider(
+                "aws",
+                format!("unknown leftover kind `{other}`"),
+            )),
+        }
     }
 
     async fn bake(&self, job: &BakeJob<'_>, cx: &StepContext<'_>) -> Result<ImageRecord> {

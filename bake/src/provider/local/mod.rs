@@ -13,10 +13,12 @@ use self::qemu::{Accel, Vm, VmSpec};
 use self::qga::Agent;
 use self::store::{ImageFiles, Store};
 use super::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider};
+use crate::journal::Journal;
 use crate::key::BakeKey;
 use crate::pipeline::{self, LocalSettings};
 use crate::recipe::{sha256_hex, Recipe};
 use crate::steps::{Outcome, Runner, Step, StepContext};
+use crate::sweep::Leftover;
 use crate::validate::{CheckResult, Verdict};
 use crate::{Arch, Error, Result};
 use async_trait::async_trait;
@@ -136,6 +138,22 @@ impl LocalProvider {
     }
 }
 
+/// The pid in a journal `vm` entry (`<socket> pid <pid>`).
+fn vm_pid(id: &str) -> Option<u32> {
+    id.rsplit(" pid ").next()?.trim().parse().ok()
+}
+
+/// True if `pid` is a QEMU started for this VM (its command line names the socket).
+fn qemu_running(pid: u32, id: &str) -> bool {
+    let socket = id.split(" pid ").next().unwrap_or_default();
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let c = String::from_utf8_lossy(&c);
+            c.contains("qemu-system") && c.contains(socket)
+        })
+        .unwrap_or(false)
+}
+
 fn walk_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -224,6 +242,97 @@ impl Provider for LocalProvider {
 
     async fn delete_image(&self, image_id: &str) -> Result<()> {
         self.store.remove(image_id)
+    }
+
+    async fn leftovers(
+        &self,
+        live: &std::collections::BTreeSet<String>,
+        published: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<Leftover>> {
+        let mut out = Vec::new();
+        for (run_id, entries) in crate::sweep::journals(&self.state_dir)? {
+            if live.contains(&run_id) {
+                continue;
+            }
+            for r in Journal::outstanding(&entries) {
+                let gone = "already gone; recorded as removed";
+                let action = match r.kind.as_str() {
+                    "overlay" | "file" if Path::new(&r.id).exists() => {
+                        "delete the file".to_string()
+                    }
+                    "vm" => match vm_pid(&r.id) {
+                        Some(pid) if qemu_running(pid, &r.id) => format!("kill QEMU (pid {pid})"),
+                        _ => gone.to_string(),
+                    },
+                    "image" if published.contains(&r.id) => continue,
+                    "image" if self.store.files(&r.id).disk.exists() => {
+                        "delete the unpublished image".to_string()
+                    }
+                    _ => gone.to_string(),
+                };
+                let reusable = r.kind == "image"
+                    && self
+                        .store
+                        .records()?
+                        .iter()
+                        .any(|i| i.id == r.id && i.status == ImageStatus::Validated);
+                out.push(Leftover {
+                    kind: r.kind,
+                    id: r.id,
+                    run_id: run_id.clone(),
+                    recipe: r.recipe,
+                    arch: Some(r.arch),
+                    action,
+                    reusable,
+                });
+            }
+            let work = self.state_dir.join("work").join(&run_id);
+            if work.exists() {
+                out.push(Leftover {
+                    kind: "work-dir".into(),
+                    id: work.display().to_string(),
+                    run_id: run_id.clone(),
+                    recipe: String::new(),
+                    arch: None,
+                    action: "delete the directory".into(),
+                    reusable: false,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_leftover(&self, l: &Leftover) -> Result<()> {
+        match l.kind.as_str() {
+            "overlay" | "file" => match std::fs::remove_file(&l.id) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io(format!("removing {}", l.id), e)),
+            },
+            "vm" => {
+                if let Some(pid) = vm_pid(&l.id) {
+                    if qemu_running(pid, &l.id) {
+                        unsafe {
+                            libc::kill(pid as i32, libc::SIGKILL);
+                        }
+                    }
+                }
+                if let Some(socket) = l.id.split(" pid ").next() {
+                    let _ = std::fs::remove_file(socket);
+                }
+                Ok(())
+            }
+            "image" => self.store.remove(&l.id),
+            "work-dir" => match std::fs::remove_dir_all(&l.id) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io(format!("removing {}", l.id), e)),
+            },
+            other => Err(Error::provider(
+                "local",
+                format!("unknown leftover kind `{other}`"),
+            )),
+        }
     }
 
     async fn bake(&self, job: &BakeJob<'_>, cx: &StepContext<'_>) -> Result<ImageRecord> {

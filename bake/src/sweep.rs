@@ -1,0 +1,219 @@
+//! `bake sweep` and `bake resume`: find what runs that are no longer alive left behind —
+//! VMs, overlays and unpublished images (local), instances, security groups and unpublished
+//! or rejected images with their snapshots (AWS) — from journals and `bake:run-id` tags.
+//! A run is alive while its process runs on this host or while it holds a recipe lock.
+//! Published images and anything without our tags are never touched.
+
+use crate::journal::{Entry, Journal};
+use crate::pipeline::Pipeline;
+use crate::provider::Provider;
+use crate::registry::Registry;
+use crate::{Arch, Result};
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// Something a dead run left behind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Leftover {
+    /// `vm`, `overlay`, `file`, `image`, `instance`, `security-group`, `work-dir`.
+    pub kind: String,
+    pub id: String,
+    pub run_id: String,
+    pub recipe: String,
+    pub arch: Option<Arch>,
+    /// What removing it does, for the plan.
+    pub action: String,
+    /// Kept by `resume`, which reuses it (a validated image).
+    #[serde(skip)]
+    pub reusable: bool,
+}
+
+/// The runs that are alive. A run with a journal here is alive while its process runs (the
+/// local evidence wins over its lock, which a killed run leaves behind); a run from another
+/// host (CI) is alive while it holds an unexpired recipe lock.
+pub async fn live_runs(
+    state_dir: &Path,
+    registry: &dyn Registry,
+    pipeline: &Pipeline,
+) -> Result<BTreeSet<String>> {
+    let mut live = BTreeSet::new();
+    let local = journals(state_dir)?;
+    let known: BTreeSet<String> = local.iter().map(|(id, _)| id.clone()).collect();
+    for (run_id, entries) in local {
+        let finished = entries.iter().any(|e| matches!(e, Entry::Finished { .. }));
+        let pid = entries.iter().find_map(|e| match e {
+            Entry::Started { pid, .. } => Some(*pid),
+            _ => None,
+        });
+        if !finished && pid.is_some_and(bake_is_running) {
+            live.insert(run_id);
+        }
+    }
+    for bake in &pipeline.bakes {
+        if let Some(lock) = registry.lock_holder(&bake.recipe.name).await? {
+            if lock.expires_at > chrono::Utc::now() {
+                if let Some(id) = run_of(&lock.owner) {
+                    if !known.contains(&id) {
+                        live.insert(id);
+                    }
+                }
+            }
+        }
+    }
+    Ok(live)
+}
+
+/// The run ID in a lock owner (`user@host pid N run <id>`).
+pub fn run_of(owner: &str) -> Option<String> {
+    owner.split(" run ").nth(1).map(|s| s.trim().to_string())
+}
+
+/// Releases recipe locks held by runs that are not alive, so the next run can start.
+pub async fn release_dead_locks(
+    registry: &dyn Registry,
+    pipeline: &Pipeline,
+    live: &BTreeSet<String>,
+) -> Result<Vec<String>> {
+    let mut released = Vec::new();
+    for bake in &pipeline.bakes {
+        if let Some(lock) = registry.lock_holder(&bake.recipe.name).await? {
+            if let Some(id) = run_of(&lock.owner) {
+                if !live.contains(&id) {
+                    tracing::warn!(recipe = %bake.recipe.name, owner = %lock.owner, "releasing the lock of a dead run");
+                    registry.unlock(&bake.recipe.name, &lock.owner).await?;
+                    released.push(bake.recipe.name.clone());
+                }
+            }
+        }
+    }
+    Ok(released)
+}
+
+/// Every journal under `<state>/runs/`, by run ID.
+pub fn journals(state_dir: &Path) -> Result<Vec<(String, Vec<Entry>)>> {
+    let dir = state_dir.join("runs");
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(out);
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    paths.sort();
+    for p in paths {
+        let run_id = p
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        out.push((run_id, Journal::read(&p)?));
+    }
+    Ok(out)
+}
+
+/// True if `pid` is a running bake process on this host.
+fn bake_is_running(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("bake"))
+        .unwrap_or(false)
+}
+
+/// Image IDs the registry publishes for the pipeline's recipes (never swept).
+pub async fn published(registry: &dyn Registry, pipeline: &Pipeline) -> Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for bake in &pipeline.bakes {
+        for m in registry.releases(&bake.recipe.name).await? {
+            out.extend(m.images.values().map(|i| i.image_id.clone()));
+        }
+        for (_, entry) in registry.channels(&bake.recipe.name).await? {
+            out.extend(entry.images.values().cloned());
+        }
+    }
+    Ok(out)
+}
+
+/// What sweep would remove.
+pub async fn plan(
+    state_dir: &Path,
+    registry: &dyn Registry,
+    provider: &dyn Provider,
+    pipeline: &Pipeline,
+) -> Result<Vec<Leftover>> {
+    let live = live_runs(state_dir, registry, pipeline).await?;
+    let published = published(registry, pipeline).await?;
+    let mut out = Vec::new();
+    // Half-written releases, unless a live run is publishing them right now.
+    for bake in &pipeline.bakes {
+        let holder = registry.lock_holder(&bake.recipe.name).await?;
+        let busy = holder.is_some_and(|h| {
+            h.expires_at > chrono::Utc::now()
+                && run_of(&h.owner).is_some_and(|id| live.contains(&id))
+        });
+        if busy {
+            continue;
+        }
+        for id in registry.incomplete_releases(&bake.recipe.name).await? {
+            out.push(Leftover {
+                kind: "incomplete-release".into(),
+                id: format!("{}/{id}", bake.recipe.name),
+                run_id: holder_run(registry, &bake.recipe.name)
+                    .await?
+                    .unwrap_or_default(),
+                recipe: bake.recipe.name.clone(),
+                arch: None,
+                action: "delete the release parameters written before the manifest".into(),
+                reusable: false,
+            });
+        }
+    }
+    out.extend(provider.leftovers(&live, &published).await?);
+    Ok(out)
+}
+
+async fn holder_run(registry: &dyn Registry, recipe: &str) -> Result<Option<String>> {
+    Ok(registry
+        .lock_holder(recipe)
+        .await?
+        .and_then(|h| run_of(&h.owner)))
+}
+
+/// Removes leftovers, recording each removal in its run's journal so the next sweep is clean.
+pub async fn apply(
+    state_dir: &Path,
+    registry: &dyn Registry,
+    provider: &dyn Provider,
+    leftovers: &[Leftover],
+) -> Result<()> {
+    for l in leftovers {
+        if l.kind == "incomplete-release" {
+            let (recipe, id) = l.id.split_once('/').unwrap_or_default();
+            let id: crate::release::ReleaseId = id.parse().map_err(crate::Error::Conflict)?;
+            registry.delete_release(recipe, &id).await?;
+            continue;
+        }
+        provider.remove_leftover(l).await?;
+        let journal = state_dir.join("runs").join(format!("{}.jsonl", l.run_id));
+        if journal.exists() {
+            Journal::append_to(
+                &journal,
+                &Entry::Removed {
+                    kind: l.kind.clone(),
+                    id: l.id.clone(),
+                    at: chrono::Utc::now(),
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The pipeline a journal's run used, for `bake resume`.
+pub fn pipeline_of(entries: &[Entry]) -> Option<PathBuf> {
+    entries.iter().find_map(|e| match e {
+        Entry::Started { pipeline, .. } => Some(PathBuf::from(pipeline)),
+        _ => None,
+    })
+}

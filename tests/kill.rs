@@ -1,0 +1,221 @@
+//! SIGKILL at each step boundary of an AWS bake (moto): afterwards `bake sweep --apply` leaves
+//! zero leftovers (no instance, no security group, no unpublished image, nothing half
+//! published), and `bake resume` completes the run. Prints kill points × leaks found.
+
+mod common;
+
+use common::moto::Moto;
+use common::Project;
+use serde_json::{json, Value};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const X86: &str =
+    "/aws/service/canonical/ubuntu/eks/22.04/1.31/stable/current/amd64/hvm/ebs-gp2/ami-id";
+
+fn bake_cmd(p: &Project, moto: &Moto) -> Command {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("bake"));
+    c.current_dir(p.dir.path())
+        .env("AWS_ENDPOINT_URL", &moto.endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE");
+    c
+}
+
+fn json_of(out: std::process::Output) -> (i32, Value, String) {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), v, stderr)
+}
+
+/// Live bake instances, bake security groups, unpublished bake images, and the parameters
+/// under `prefix`.
+async fn leaks(moto: &Moto, prefix: &str) -> Vec<String> {
+    let cfg = moto.sdk().await;
+    let ec2 = aws_sdk_ec2::Client::new(&cfg);
+    let ssm = aws_sdk_ssm::Client::new(&cfg);
+    let params = ssm
+        .get_parameters_by_path()
+        .path(prefix)
+        .recursive(true)
+        .send()
+        .await
+        .unwrap();
+    let published: Vec<String> = params
+        .parameters()
+        .iter()
+        .filter(|p| {
+            p.name().unwrap().contains("/releases/") && !p.name().unwrap().ends_with("manifest")
+        })
+        .map(|p| p.value().unwrap().to_string())
+        .collect();
+    let manifests = params
+        .parameters()
+        .iter()
+        .filter(|p| p.name().unwrap().ends_with("/manifest"))
+        .count();
+    let mut out = Vec::new();
+    if published.len() != manifests {
+        out.push(format!(
+            "half-published release: {} image parameters, {manifests} manifests",
+            published.len()
+        ));
+    }
+    let r = ec2.describe_instances().send().await.unwrap();
+    for i in r.reservations().iter().flat_map(|r| r.instances()) {
+        let ours = i.tags().iter().any(|t| t.key() == Some("bake:run-id"));
+        let live = i.state().and_then(|s| s.name())
+            != Some(&aws_sdk_ec2::types::InstanceStateName::Terminated);
+        if ours && live {
+            out.push(format!("instance {}", i.instance_id().unwrap()));
+        }
+    }
+    let r = ec2.describe_security_groups().send().await.unwrap();
+    for g in r.security_groups() {
+        if g.tags().iter().any(|t| t.key() == Some("bake:run-id")) {
+            out.push(format!("security group {}", g.group_id().unwrap()));
+        }
+    }
+    let r = ec2.describe_images().owners("self").send().await.unwrap();
+    for i in r.images() {
+        let id = i.image_id().unwrap().to_string();
+        if i.tags().iter().any(|t| t.key() == Some("bake:run-id")) && !published.contains(&id) {
+            out.push(format!("unpublished image {id}"));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn sigkill_at_each_step_then_sweep_leaves_nothing_and_resume_completes() {
+    let moto = Moto::get();
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let register = |n: usize| {
+        ec2.register_image()
+            .name(format!("kill-base-{n}"))
+            .architecture(aws_sdk_ec2::types::ArchitectureValues::X8664)
+            .root_device_name("/dev/sda1")
+            .send()
+    };
+    // (action, occurrence): kill right after the n-th call of the action went through.
+    let points = [
+        ("CreateSecurityGroup", 1),
+        ("RunInstances", 1),
+        ("SendCommand", 2),
+        ("StopInstances", 1),
+        ("CreateImage", 1),
+        ("TerminateInstances", 1),
+        ("RunInstances", 2),
+        ("SendCommand", 6),
+        // The lock is PutParameter #1; #2 is the release's arch parameter, before the manifest.
+        ("PutParameter", 2),
+    ];
+    let mut report = Vec::new();
+    for (n, (action, occurrence)) in points.iter().enumerate() {
+        let prefix = format!("/kill{n}");
+        // A new base per kill point: a new bake key, so nothing is reused from the last one.
+        let base = register(n).await.unwrap().image_id().unwrap().to_string();
+        let p = Project::new();
+        let text = p
+            .read("pipelines/aws.toml")
+            .replace("arches = [\"x86_64\", \"arm64\"]", "arches = [\"x86_64\"]");
+        p.write("pipelines/aws.toml", text);
+        p.edit(
+            "pipelines/aws.toml",
+            "ssm_prefix = \"/bake\"",
+            &format!("ssm_prefix = \"{prefix}\"\npoll_interval = \"20ms\""),
+        );
+        p.write(
+            "pipelines/aws.toml",
+            p.read("pipelines/aws.toml")
+                .replace(
+                    "[clusters.dev]\n",
+                    "[clusters.dev]\narches = [\"x86_64\"]\n",
+                )
+                .replace(
+                    "[clusters.staging]\n",
+                    "[clusters.staging]\narches = [\"x86_64\"]\n",
+                )
+                .replace(
+                    "[clusters.prod]\n",
+                    "[clusters.prod]\narches = [\"x86_64\"]\n",
+                ),
+        );
+        moto.set_config(json!({"parameters": {X86: base}, "delay_ms": 40}));
+
+        let start_calls = moto.calls().len();
+        let mut child = bake_cmd(&p, moto)
+            .args(["run", "pipelines/aws.toml", "-q"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        loop {
+            let seen = moto.calls()[start_calls..]
+                .iter()
+                .filter(|(_, a)| a == action)
+                .count();
+            if seen >= *occurrence {
+                break;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{action}#{occurrence}: the run ended before the kill point"
+            );
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "{action}#{occurrence} never happened"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        moto.set_config(json!({"parameters": {X86: base}}));
+
+        let (code, swept, stderr) = json_of(
+            bake_cmd(&p, moto)
+                .args(["sweep", "-p", "pipelines/aws.toml", "--apply", "-o", "json"])
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(code, 0, "sweep after {action}#{occurrence}: {stderr}");
+        let left = leaks(moto, &prefix).await;
+        report.push(format!(
+            "{action:>20} #{occurrence}: swept {}, leaks after sweep: {}",
+            swept["leftovers"].as_array().map(|a| a.len()).unwrap_or(0),
+            left.len()
+        ));
+        assert!(
+            left.is_empty(),
+            "after SIGKILL at {action}#{occurrence} and sweep --apply: {left:?}"
+        );
+
+        // The run can be resumed and finishes: one complete release.
+        let run_id = std::fs::read_dir(p.state().join("runs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|f| f.extension().is_some_and(|e| e == "jsonl"))
+            .unwrap()
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let (code, resumed, stderr) = json_of(
+            bake_cmd(&p, moto)
+                .args(["resume", &run_id, "-o", "json"])
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(code, 0, "resume after {action}#{occurrence}: {stderr}");
+        assert_eq!(
+            resumed["published"].as_array().map(|a| a.len()),
+            Some(1),
+            "{resumed:#}"
+        );
+        assert!(leaks(moto, &prefix).await.is_empty());
+    }
+    eprintln!("kill points × leaks found:\n{}", report.join("\n"));
+}
