@@ -246,8 +246,11 @@ impl AwsProvider {
             }
         };
         let start = Instant::now();
+        // Short commands finish in well under a poll interval: start fast, back off to it.
+        let mut delay = Duration::from_millis(100).min(self.settings.poll_interval);
         loop {
-            tokio::time::sleep(self.settings.poll_interval.min(Duration::from_secs(2))).await;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(self.settings.poll_interval);
             self.ssm_slot().await;
             let r = self
                 .ssm
@@ -1349,7 +1352,13 @@ impl Step<State> for CreateImage<'_> {
                     ),
                 ));
             }
-            tokio::time::sleep(p.settings.poll_interval).await;
+            // Confirmations come quickly; waiting for `available` polls at the interval.
+            let pause = if in_a_row > 0 {
+                p.settings.poll_interval / 4
+            } else {
+                p.settings.poll_interval
+            };
+            tokio::time::sleep(pause).await;
         }
         for s in &state.snapshots {
             cx.created("snapshot", s)?;
