@@ -219,3 +219,46 @@ async fn sigkill_at_each_step_then_sweep_leaves_nothing_and_resume_completes() {
     }
     eprintln!("kill points × leaks found:\n{}", report.join("\n"));
 }
+
+#[tokio::test]
+async fn two_concurrent_runs_of_one_recipe_one_bakes_the_other_exits_4() {
+    let moto = Moto::get();
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let base = ec2
+        .register_image()
+        .name("lock-base")
+        .architecture(aws_sdk_ec2::types::ArchitectureValues::X8664)
+        .root_device_name("/dev/sda1")
+        .send()
+        .await
+        .unwrap()
+        .image_id()
+        .unwrap()
+        .to_string();
+    let p = Project::new();
+    let text = p.read("pipelines/aws.toml").replace("arches = [\"x86_64\", \"arm64\"]", "arches = [\"x86_64\"]");
+    p.write("pipelines/aws.toml", text);
+    p.edit("pipelines/aws.toml", "ssm_prefix = \"/bake\"", "ssm_prefix = \"/locktest\"\npoll_interval = \"20ms\"");
+    p.write("pipelines/aws.toml", p.read("pipelines/aws.toml").replace("[clusters.dev]\n", "[clusters.dev]\narches = [\"x86_64\"]\n").replace("[clusters.staging]\n", "[clusters.staging]\narches = [\"x86_64\"]\n").replace("[clusters.prod]\n", "[clusters.prod]\narches = [\"x86_64\"]\n"));
+    moto.set_config(json!({"parameters": {X86: base}, "delay_ms": 20}));
+    let spawn = || {
+        bake_cmd(&p, moto)
+            .args(["run", "pipelines/aws.toml", "-q", "-o", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = spawn();
+    let b = spawn();
+    let (ca, _, ea) = json_of(a.wait_with_output().unwrap());
+    let (cb, _, eb) = json_of(b.wait_with_output().unwrap());
+    let mut codes = vec![ca, cb];
+    codes.sort();
+    assert_eq!(codes, vec![0, 4], "one bakes, the other finds the lock:\n{ea}\n{eb}");
+    let loser = if ca == 4 { &ea } else { &eb };
+    assert!(loser.contains("is locked by"), "{loser}");
+    let launches = moto.calls().iter().filter(|(_, a)| a == "RunInstances").count();
+    assert!(launches >= 2);
+    assert!(leaks(moto, "/locktest").await.is_empty());
+}

@@ -68,7 +68,21 @@ impl Diagnostic {
 
     /// Converts a TOML/serde error into a diagnostic at its span.
     pub fn from_toml(file: impl Into<PathBuf>, src: &str, err: &toml::de::Error) -> Self {
-        let message = err.message().trim().to_string();
+        let mut message = err.message().trim().to_string();
+        if message.is_empty() {
+            // Some parse errors carry their text only in the rendered form.
+            let rendered = err.to_string();
+            message = rendered
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with('|') && !l.starts_with('^'))
+                .unwrap_or("invalid TOML")
+                .to_string();
+            if message.is_empty() || message.starts_with("TOML parse error") {
+                message = "invalid TOML".into();
+            }
+        }
         match err.span() {
             Some(span) => Diagnostic::at(file, src, span, message),
             None => Diagnostic::file(file, message),
