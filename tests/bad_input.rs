@@ -689,3 +689,273 @@ fn bad_arguments_are_usage_errors() {
         assert!(!p.state().exists(), "{args:?} created the state dir");
     }
 }
+
+#[test]
+fn step_name_with_a_space() {
+    let p = Project::new();
+    p.edit(RECIPE, "name = \"generalize\"", "name = \"general ize\"");
+    let line = line_of(&p.read(RECIPE), "general ize");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("steps[2].name"),
+            message: "must be letters",
+        },
+    );
+}
+
+#[test]
+fn file_mode_not_octal() {
+    let p = Project::new();
+    p.edit(RECIPE, "mode = \"0644\"", "mode = \"0999\"");
+    let line = line_of(&p.read(RECIPE), "0999");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("files[0].mode"),
+            message: "octal file mode",
+        },
+    );
+}
+
+#[test]
+fn two_files_to_one_destination() {
+    let p = Project::new();
+    let text = p.read(RECIPE);
+    let start = text.find("[[files]]").unwrap();
+    let end = start + text[start..].find("[[steps]]").unwrap();
+    let block = text[start..end].to_string();
+    p.write(RECIPE, format!("{}{block}{}", &text[..end], &text[end..]));
+    let text = p.read(RECIPE);
+    let second = text.match_indices("dest =").nth(1).unwrap().0;
+    let line = text[..second].matches('\n').count() + 1;
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("files[1].dest"),
+            message: "two files install to",
+        },
+    );
+}
+
+#[test]
+fn validator_listed_twice() {
+    let p = Project::new();
+    p.edit(
+        RECIPE,
+        "\"no-ssh-host-keys\",",
+        "\"no-ssh-host-keys\", \"mac-policy\",",
+    );
+    let text = p.read(RECIPE);
+    let line = line_of(&text, "\"no-ssh-host-keys\", \"mac-policy\"");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("validators[6]"),
+            message: "listed twice",
+        },
+    );
+}
+
+#[test]
+fn volume_type_of_the_wrong_type() {
+    let p = Project::new();
+    p.edit(RECIPE, "type = \"gp3\"", "type = 3");
+    let line = line_of(&p.read(RECIPE), "type = 3");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("volume.type"),
+            message: "invalid type",
+        },
+    );
+}
+
+#[test]
+fn unknown_provider() {
+    let p = Project::new();
+    p.edit(LOCAL, "provider = \"local\"", "provider = \"gcp\"");
+    let line = line_of(&p.read(LOCAL), "provider = \"gcp\"");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: LOCAL,
+            line: Some(line),
+            field: Some("provider"),
+            message: "unknown variant `gcp`",
+        },
+    );
+}
+
+#[test]
+fn aws_provider_without_an_aws_section() {
+    let p = Project::new();
+    p.edit(LOCAL, "provider = \"local\"", "provider = \"aws\"");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: LOCAL,
+            line: None,
+            field: None,
+            message: "needs an `[aws]` section",
+        },
+    );
+}
+
+#[test]
+fn soak_that_is_not_a_duration() {
+    let p = Project::new();
+    p.edit(LOCAL, "soak = \"1h\"", "soak = \"soon\"");
+    let line = line_of(&p.read(LOCAL), "soak = \"soon\"");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: LOCAL,
+            line: Some(line),
+            field: Some("soak"),
+            message: "",
+        },
+    );
+}
+
+#[test]
+fn cluster_name_with_a_slash() {
+    let p = Project::new();
+    p.edit(LOCAL, "[clusters.staging]", "[clusters.\"stag/ing\"]");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: LOCAL,
+            line: None,
+            field: None,
+            message: "cluster name `stag/ing`",
+        },
+    );
+}
+
+#[test]
+fn recipe_without_steps() {
+    let p = Project::new();
+    let text = p.read(RECIPE);
+    let start = text.find("[[steps]]").unwrap();
+    // A top-level `steps = []` (it must come before the first table).
+    p.write(RECIPE, format!("steps = []\n{}", &text[..start]));
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: RECIPE,
+            line: None,
+            field: None,
+            message: "at least one `[[steps]]`",
+        },
+    );
+}
+
+#[test]
+fn unknown_arch_key_in_the_aws_base() {
+    let p = Project::new();
+    p.edit(RECIPE, "x86_64 = \"/aws/service", "amd64 = \"/aws/service");
+    let line = line_of(&p.read(RECIPE), "amd64 = ");
+    refused(
+        &p,
+        AWS,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("base.aws.amd64"),
+            message: "unknown variant `amd64`",
+        },
+    );
+}
+
+#[test]
+fn auto_promotion_to_a_cluster_using_an_arch_not_baked() {
+    let p = Project::new();
+    p.edit(
+        LOCAL,
+        "arches = [\"x86_64\", \"arm64\"]\nauto",
+        "arches = [\"x86_64\"]\nauto",
+    );
+    let line = line_of(&p.read(LOCAL), "auto_promote");
+    refused(
+        &p,
+        LOCAL,
+        Expect {
+            file: LOCAL,
+            line: Some(line),
+            field: Some("bake[0].auto_promote[0]"),
+            message: "uses arm64",
+        },
+    );
+}
+
+/// Bad AWS input never reaches AWS: the emulator's proxy sees no call at all.
+#[test]
+fn bad_aws_input_makes_no_call() {
+    let moto = common::moto::Moto::get();
+    type Change = Box<dyn Fn(&Project)>;
+    let cases: Vec<Change> = vec![
+        Box::new(|p| p.edit(AWS, "ssm_prefix = \"/bake\"", "ssm_prefix = \"/aws/x\"")),
+        Box::new(|p| {
+            p.edit(RECIPE, "x86_64 = \"/aws/service/canonical/ubuntu/eks/22.04/1.31/stable/current/amd64/hvm/ebs-gp2/ami-id\"", "x86_64 = \"ami-XYZ\"")
+        }),
+        Box::new(|p| {
+            p.edit(
+                AWS,
+                "[canary]\ncluster = \"dev\"",
+                "[canary]\ncluster = \"nope\"",
+            )
+        }),
+        Box::new(|p| p.edit(AWS, "engine = \"ec2\"", "engine = \"packer\"")),
+        Box::new(|p| p.edit(AWS, "region = \"us-east-1\"", "region = 1")),
+    ];
+    for (i, change) in cases.iter().enumerate() {
+        let p = Project::new();
+        change(&p);
+        let before = moto.calls().len();
+        for cmd in ["plan", "run"] {
+            let out = Command::cargo_bin("bake")
+                .unwrap()
+                .current_dir(p.dir.path())
+                .env("AWS_ENDPOINT_URL", &moto.endpoint)
+                .env("AWS_ACCESS_KEY_ID", "testing")
+                .env("AWS_SECRET_ACCESS_KEY", "testing")
+                .env("AWS_REGION", "us-east-1")
+                .args([cmd, AWS])
+                .output()
+                .unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "case {i} {cmd}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert_eq!(
+            moto.calls().len(),
+            before,
+            "case {i}: bad input made AWS calls: {:?}",
+            &moto.calls()[before..]
+        );
+    }
+}

@@ -236,10 +236,31 @@ async fn two_concurrent_runs_of_one_recipe_one_bakes_the_other_exits_4() {
         .unwrap()
         .to_string();
     let p = Project::new();
-    let text = p.read("pipelines/aws.toml").replace("arches = [\"x86_64\", \"arm64\"]", "arches = [\"x86_64\"]");
+    let text = p
+        .read("pipelines/aws.toml")
+        .replace("arches = [\"x86_64\", \"arm64\"]", "arches = [\"x86_64\"]");
     p.write("pipelines/aws.toml", text);
-    p.edit("pipelines/aws.toml", "ssm_prefix = \"/bake\"", "ssm_prefix = \"/locktest\"\npoll_interval = \"20ms\"");
-    p.write("pipelines/aws.toml", p.read("pipelines/aws.toml").replace("[clusters.dev]\n", "[clusters.dev]\narches = [\"x86_64\"]\n").replace("[clusters.staging]\n", "[clusters.staging]\narches = [\"x86_64\"]\n").replace("[clusters.prod]\n", "[clusters.prod]\narches = [\"x86_64\"]\n"));
+    p.edit(
+        "pipelines/aws.toml",
+        "ssm_prefix = \"/bake\"",
+        "ssm_prefix = \"/locktest\"\npoll_interval = \"20ms\"",
+    );
+    p.write(
+        "pipelines/aws.toml",
+        p.read("pipelines/aws.toml")
+            .replace(
+                "[clusters.dev]\n",
+                "[clusters.dev]\narches = [\"x86_64\"]\n",
+            )
+            .replace(
+                "[clusters.staging]\n",
+                "[clusters.staging]\narches = [\"x86_64\"]\n",
+            )
+            .replace(
+                "[clusters.prod]\n",
+                "[clusters.prod]\narches = [\"x86_64\"]\n",
+            ),
+    );
     moto.set_config(json!({"parameters": {X86: base}, "delay_ms": 20}));
     let spawn = || {
         bake_cmd(&p, moto)
@@ -255,10 +276,18 @@ async fn two_concurrent_runs_of_one_recipe_one_bakes_the_other_exits_4() {
     let (cb, _, eb) = json_of(b.wait_with_output().unwrap());
     let mut codes = vec![ca, cb];
     codes.sort();
-    assert_eq!(codes, vec![0, 4], "one bakes, the other finds the lock:\n{ea}\n{eb}");
+    assert_eq!(
+        codes,
+        vec![0, 4],
+        "one bakes, the other finds the lock:\n{ea}\n{eb}"
+    );
     let loser = if ca == 4 { &ea } else { &eb };
     assert!(loser.contains("is locked by"), "{loser}");
-    let launches = moto.calls().iter().filter(|(_, a)| a == "RunInstances").count();
+    let launches = moto
+        .calls()
+        .iter()
+        .filter(|(_, a)| a == "RunInstances")
+        .count();
     assert!(launches >= 2);
     assert!(leaks(moto, "/locktest").await.is_empty());
 }
