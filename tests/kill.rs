@@ -24,6 +24,26 @@ fn bake_cmd(p: &Project, moto: &Moto) -> Command {
     c
 }
 
+/// A project whose aws pipeline bakes x86_64 only, under `prefix`, polling fast.
+fn x86_project(prefix: &str) -> Project {
+    let p = Project::new();
+    let mut text = p
+        .read("pipelines/aws.toml")
+        .replace("arches = [\"x86_64\", \"arm64\"]", "arches = [\"x86_64\"]");
+    for c in ["dev", "staging", "prod"] {
+        text = text.replace(
+            &format!("[clusters.{c}]\n"),
+            &format!("[clusters.{c}]\narches = [\"x86_64\"]\n"),
+        );
+    }
+    text = text.replace(
+        "ssm_prefix = \"/bake\"",
+        &format!("ssm_prefix = \"{prefix}\"\npoll_interval = \"20ms\""),
+    );
+    p.write("pipelines/aws.toml", text);
+    p
+}
+
 fn json_of(out: std::process::Output) -> (i32, Value, String) {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
@@ -117,32 +137,7 @@ async fn sigkill_at_each_step_then_sweep_leaves_nothing_and_resume_completes() {
         let prefix = format!("/kill{n}");
         // A new base per kill point: a new bake key, so nothing is reused from the last one.
         let base = register(n).await.unwrap().image_id().unwrap().to_string();
-        let p = Project::new();
-        let text = p
-            .read("pipelines/aws.toml")
-            .replace("arches = [\"x86_64\", \"arm64\"]", "arches = [\"x86_64\"]");
-        p.write("pipelines/aws.toml", text);
-        p.edit(
-            "pipelines/aws.toml",
-            "ssm_prefix = \"/bake\"",
-            &format!("ssm_prefix = \"{prefix}\"\npoll_interval = \"20ms\""),
-        );
-        p.write(
-            "pipelines/aws.toml",
-            p.read("pipelines/aws.toml")
-                .replace(
-                    "[clusters.dev]\n",
-                    "[clusters.dev]\narches = [\"x86_64\"]\n",
-                )
-                .replace(
-                    "[clusters.staging]\n",
-                    "[clusters.staging]\narches = [\"x86_64\"]\n",
-                )
-                .replace(
-                    "[clusters.prod]\n",
-                    "[clusters.prod]\narches = [\"x86_64\"]\n",
-                ),
-        );
+        let p = x86_project(&prefix);
         moto.set_config(json!({"parameters": {X86: base}, "delay_ms": 40}));
 
         let start_calls = moto.calls().len();
@@ -235,32 +230,7 @@ async fn two_concurrent_runs_of_one_recipe_one_bakes_the_other_exits_4() {
         .image_id()
         .unwrap()
         .to_string();
-    let p = Project::new();
-    let text = p
-        .read("pipelines/aws.toml")
-        .replace("arches = [\"x86_64\", \"arm64\"]", "arches = [\"x86_64\"]");
-    p.write("pipelines/aws.toml", text);
-    p.edit(
-        "pipelines/aws.toml",
-        "ssm_prefix = \"/bake\"",
-        "ssm_prefix = \"/locktest\"\npoll_interval = \"20ms\"",
-    );
-    p.write(
-        "pipelines/aws.toml",
-        p.read("pipelines/aws.toml")
-            .replace(
-                "[clusters.dev]\n",
-                "[clusters.dev]\narches = [\"x86_64\"]\n",
-            )
-            .replace(
-                "[clusters.staging]\n",
-                "[clusters.staging]\narches = [\"x86_64\"]\n",
-            )
-            .replace(
-                "[clusters.prod]\n",
-                "[clusters.prod]\narches = [\"x86_64\"]\n",
-            ),
-    );
+    let p = x86_project("/locktest");
     moto.set_config(json!({"parameters": {X86: base}, "delay_ms": 20}));
     let spawn = || {
         bake_cmd(&p, moto)

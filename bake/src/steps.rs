@@ -51,6 +51,16 @@ impl StepContext<'_> {
     pub fn removed(&self, kind: &str, id: &str) -> Result<()> {
         self.journal.removed(kind, id)
     }
+    /// A step failure with this bake's recipe and arch.
+    pub fn error(&self, step: &str, message: impl Into<String>) -> Error {
+        Error::Step {
+            recipe: self.recipe.to_string(),
+            arch: self.arch.to_string(),
+            step: step.to_string(),
+            message: message.into(),
+        }
+    }
+
     pub fn phase(&self, phase: &str) {
         self.reporter.phase(self.recipe, self.arch, phase);
     }

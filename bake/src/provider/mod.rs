@@ -46,6 +46,22 @@ pub struct ImageRecord {
     pub packages_sha256: Option<String>,
 }
 
+/// Which VM or instance of a bake: the builder that makes the image, or the canary that proves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Builder,
+    Canary,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Builder => "builder",
+            Role::Canary => "canary",
+        }
+    }
+}
+
 /// One bake to do: a recipe on an arch from a resolved base.
 #[derive(Debug, Clone)]
 pub struct BakeJob<'a> {

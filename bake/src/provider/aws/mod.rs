@@ -6,7 +6,7 @@
 
 pub mod canary;
 
-use super::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider};
+use super::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider, Role};
 use crate::aws::{code, err, Limits};
 use crate::key::BakeKey;
 use crate::names::AwsBaseRef;
@@ -325,6 +325,28 @@ impl AwsProvider {
         Ok((img.state().cloned(), snaps))
     }
 
+    /// Deletes a security group, waiting out the ENIs of just-terminated instances.
+    async fn delete_security_group(&self, id: &str) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            self.ec2_slot().await;
+            match self.ec2.delete_security_group().group_id(id).send().await {
+                Ok(_) => return Ok(()),
+                Err(e) if code(&e) == Some("InvalidGroup.NotFound") => return Ok(()),
+                Err(e) if code(&e) == Some("DependencyViolation") && attempt < 30 => {
+                    attempt += 1;
+                    tokio::time::sleep(self.settings.poll_interval).await;
+                }
+                Err(e) => {
+                    return Err(err(
+                        format!("deleting security group {id} in {}", self.region),
+                        e,
+                    ))
+                }
+            }
+        }
+    }
+
     async fn tag(&self, ids: &[String], tags: Vec<Tag>) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
@@ -414,12 +436,7 @@ impl AwsProvider {
 }
 
 fn step_err(cx: &StepContext<'_>, step: &str, message: impl Into<String>) -> Error {
-    Error::Step {
-        recipe: cx.recipe.to_string(),
-        arch: cx.arch.to_string(),
-        step: step.to_string(),
-        message: message.into(),
-    }
+    cx.error(step, message)
 }
 
 /// A shell script that writes `content` to a temp file and runs it (or, with `dest`, installs
@@ -734,32 +751,7 @@ impl Provider for AwsProvider {
         match l.kind.as_str() {
             "instance" => self.terminate(&l.id).await,
             "image" => self.deregister(&l.id).await,
-            "security-group" => {
-                let mut attempt = 0;
-                loop {
-                    self.ec2_slot().await;
-                    match self
-                        .ec2
-                        .delete_security_group()
-                        .group_id(&l.id)
-                        .send()
-                        .await
-                    {
-                        Ok(_) => return Ok(()),
-                        Err(e) if code(&e) == Some("InvalidGroup.NotFound") => return Ok(()),
-                        Err(e) if code(&e) == Some("DependencyViolation") && attempt < 30 => {
-                            attempt += 1;
-                            tokio::time::sleep(self.settings.poll_interval).await;
-                        }
-                        Err(e) => {
-                            return Err(err(
-                                format!("deleting security group {} in {}", l.id, self.region),
-                                e,
-                            ))
-                        }
-                    }
-                }
-            }
+            "security-group" => self.delete_security_group(&l.id).await,
             other => Err(Error::provider(
                 "aws",
                 format!("unknown leftover kind `{other}`"),
@@ -823,21 +815,6 @@ impl Provider for AwsProvider {
                 ),
             )
         })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Builder,
-    Canary,
-}
-
-impl Role {
-    fn as_str(self) -> &'static str {
-        match self {
-            Role::Builder => "builder",
-            Role::Canary => "canary",
-        }
     }
 }
 
@@ -934,26 +911,7 @@ impl Step<State> for SecurityGroup<'_> {
             return Ok(());
         }
         if let Some(id) = state.security_group.take() {
-            let p = self.p;
-            let mut attempt = 0;
-            loop {
-                p.ec2_slot().await;
-                match p.ec2.delete_security_group().group_id(&id).send().await {
-                    Ok(_) => break,
-                    Err(e) if code(&e) == Some("InvalidGroup.NotFound") => break,
-                    // The ENIs of just-terminated instances take a moment to go.
-                    Err(e) if code(&e) == Some("DependencyViolation") && attempt < 30 => {
-                        attempt += 1;
-                        tokio::time::sleep(p.settings.poll_interval).await;
-                    }
-                    Err(e) => {
-                        return Err(err(
-                            format!("deleting security group {id} in {}", p.region),
-                            e,
-                        ))
-                    }
-                }
-            }
+            self.p.delete_security_group(&id).await?;
             cx.removed("security-group", &id)?;
         }
         Ok(())

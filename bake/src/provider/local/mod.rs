@@ -12,7 +12,7 @@ use self::base::{Base, BaseSpec};
 use self::qemu::{Accel, Vm, VmSpec};
 use self::qga::Agent;
 use self::store::{ImageFiles, Store};
-use super::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider};
+use super::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider, Role};
 use crate::journal::Journal;
 use crate::key::BakeKey;
 use crate::pipeline::{self, LocalSettings};
@@ -409,21 +409,6 @@ impl Provider for LocalProvider {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Builder,
-    Canary,
-}
-
-impl Role {
-    fn as_str(self) -> &'static str {
-        match self {
-            Role::Builder => "builder",
-            Role::Canary => "canary",
-        }
-    }
-}
-
 /// What the steps of one local bake share.
 #[derive(Default)]
 struct State {
@@ -456,12 +441,7 @@ impl State {
 }
 
 fn step_err(cx: &StepContext<'_>, step: &str, message: impl Into<String>) -> Error {
-    Error::Step {
-        recipe: cx.recipe.to_string(),
-        arch: cx.arch.to_string(),
-        step: step.to_string(),
-        message: message.into(),
-    }
+    cx.error(step, message)
 }
 
 fn guest_env(cx: &StepContext<'_>) -> Vec<String> {
