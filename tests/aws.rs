@@ -44,7 +44,7 @@ fn rand_suffix() -> u32 {
 /// A copy of the project whose aws pipeline polls fast and writes under `prefix`.
 fn project(prefix: &str) -> Project {
     let p = Project::new();
-    p.edit("pipelines/aws.toml", "ssm_prefix = \"/bake\"", &format!("ssm_prefix = \"{prefix}\"\npoll_interval = \"20ms\"\ninstance_timeout = \"60s\"\nagent_timeout = \"60s\"\ncommand_timeout = \"60s\"\nimage_timeout = \"60s\""));
+    p.edit("pipelines/aws.toml", "ssm_prefix = \"/bake\"", &format!("ssm_prefix = \"{prefix}\"\npoll_interval = \"20ms\"\ninstance_timeout = \"60s\"\nagent_timeout = \"60s\"\ncommand_timeout = \"60s\"\nimage_timeout = \"60s\"\nretry_max_backoff = \"200ms\""));
     p
 }
 
@@ -488,4 +488,177 @@ async fn a_failed_image_fails_fast_cleans_up_and_publishes_nothing() {
         new.is_empty(),
         "failed images must be deregistered: {new:?}"
     );
+}
+
+/// Runs under random faults (30% throttling, 5% 5xx, up to 50 ms extra latency per call): each
+/// run completes or fails cleanly, and nothing is leaked or half published.
+#[tokio::test]
+async fn runs_under_random_throttling_5xx_and_latency_complete_or_fail_cleanly() {
+    let moto = Moto::get();
+    let mut survived = 0;
+    let runs = 3;
+    for n in 0..runs {
+        let prefix = format!("/rnd{n}");
+        let (code, summary, stderr, _) = with_faults(
+            &prefix,
+            json!([]),
+            json!({"random_faults": {"throttle": 0.30, "server_error": 0.05, "max_latency_ms": 50}}),
+        )
+        .await;
+        moto.set_config(json!({}));
+        assert!(code == 0 || code == 1, "run {n}: exit {code}\n{stderr}");
+        if code == 0 {
+            survived += 1;
+            assert_eq!(summary["published"].as_array().unwrap().len(), 1);
+        }
+        let (live, baked, groups) = inventory(moto).await;
+        assert!(live.is_empty(), "run {n}: instances left {live:?}");
+        assert!(groups.is_empty(), "run {n}: groups left {groups:?}");
+        assert!(
+            baked
+                .iter()
+                .all(|(_, s)| s == "validated" || s == "rejected"),
+            "run {n}: {baked:?}"
+        );
+        // Only complete releases are visible: every release directory has its manifest.
+        let ssm = aws_sdk_ssm::Client::new(&moto.sdk().await);
+        let params = ssm
+            .get_parameters_by_path()
+            .path(&prefix)
+            .recursive(true)
+            .send()
+            .await
+            .unwrap();
+        let images = params
+            .parameters()
+            .iter()
+            .filter(|p| {
+                p.name().unwrap().contains("/releases/")
+                    && !p.name().unwrap().ends_with("/manifest")
+            })
+            .count();
+        let manifests = params
+            .parameters()
+            .iter()
+            .filter(|p| p.name().unwrap().ends_with("/manifest"))
+            .count();
+        assert_eq!(images, manifests * 2, "run {n}: half-published release");
+    }
+    eprintln!("random faults: {survived}/{runs} runs completed, the rest failed cleanly; 0 leaks");
+}
+
+/// Prune on AWS keeps an image a running instance uses and one a launch template references,
+/// then deletes them (images, snapshots, parameters) once nothing uses them.
+#[tokio::test]
+async fn prune_keeps_images_in_use_by_instances_and_launch_templates() {
+    let moto = Moto::get();
+    let p = project("/prune1");
+    p.edit("pipelines/aws.toml", "history = 3", "history = 0");
+    let mut releases = Vec::new();
+    for _ in 0..3 {
+        let (x86, arm) = bases(moto).await;
+        moto.set_config(json!({"parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm}}));
+        let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
+        assert_eq!(code, 0, "{stderr}");
+        releases.push(summary["published"][0].clone());
+    }
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let busy = releases[0]["images"]["x86_64"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let templated = releases[1]["images"]["arm64"].as_str().unwrap().to_string();
+    let run = ec2
+        .run_instances()
+        .image_id(&busy)
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap();
+    let instance = run.instances()[0].instance_id().unwrap().to_string();
+    ec2.create_launch_template()
+        .launch_template_name("static-nodes")
+        .launch_template_data(
+            aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                .image_id(&templated)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let (code, plan, stderr) = bake(
+        &p,
+        moto,
+        &[
+            "prune",
+            "eks-node",
+            "--keep",
+            "1",
+            "-p",
+            "pipelines/aws.toml",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(plan["delete"].as_array().unwrap().is_empty(), "{plan:#}");
+    let reasons = plan["kept"].to_string();
+    assert!(
+        reasons.contains(&format!("is used by instance {instance}")),
+        "{reasons}"
+    );
+    assert!(
+        reasons.contains("launch template static-nodes"),
+        "{reasons}"
+    );
+
+    // Once nothing uses them, they go: images, snapshots and release parameters.
+    ec2.terminate_instances()
+        .instance_ids(&instance)
+        .send()
+        .await
+        .unwrap();
+    ec2.delete_launch_template()
+        .launch_template_name("static-nodes")
+        .send()
+        .await
+        .unwrap();
+    let (code, applied, stderr) = bake(
+        &p,
+        moto,
+        &[
+            "prune",
+            "eks-node",
+            "--keep",
+            "1",
+            "--apply",
+            "-p",
+            "pipelines/aws.toml",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        applied["delete"].as_array().unwrap().len(),
+        2,
+        "{applied:#}"
+    );
+    let images = ec2.describe_images().image_ids(&busy).send().await;
+    assert!(
+        images.map(|r| r.images().is_empty()).unwrap_or(true),
+        "the pruned image is gone"
+    );
+    let ssm = aws_sdk_ssm::Client::new(&moto.sdk().await);
+    let first = releases[0]["release"].as_str().unwrap();
+    let gone = ssm
+        .get_parameter()
+        .name(format!("/prune1/eks-node/releases/{first}/x86_64"))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the pruned release's parameters are gone");
+    let (_, left, _) = bake(
+        &p,
+        moto,
+        &["releases", "eks-node", "-p", "pipelines/aws.toml"],
+    );
+    assert_eq!(left.as_array().unwrap().len(), 1);
 }

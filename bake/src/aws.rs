@@ -8,10 +8,17 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-/// Loads the SDK configuration; `region` overrides the chain's region.
-pub async fn sdk_config(region: Option<&str>) -> aws_config::SdkConfig {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(8));
+/// Loads the SDK configuration; `region` overrides the chain's region. Throttling and 5xx
+/// are retried with the standard mode's jittered backoff, up to `max_backoff` apart.
+pub async fn sdk_config(
+    region: Option<&str>,
+    max_backoff: std::time::Duration,
+) -> aws_config::SdkConfig {
+    let retry = aws_config::retry::RetryConfig::standard()
+        .with_max_attempts(8)
+        .with_max_backoff(max_backoff);
+    let mut loader =
+        aws_config::defaults(aws_config::BehaviorVersion::latest()).retry_config(retry);
     if let Some(r) = region {
         loader = loader.region(aws_config::Region::new(r.to_string()));
     }

@@ -661,7 +661,9 @@ async fn open(
                 .aws
                 .as_ref()
                 .expect("checked when the pipeline was loaded");
-            let config = crate::aws::sdk_config(settings.region.as_deref()).await;
+            let config =
+                crate::aws::sdk_config(settings.region.as_deref(), settings.retry_max_backoff)
+                    .await;
             let limits = crate::aws::Limits::default();
             Ok((
                 Box::new(AwsProvider::new(&config, pipeline, limits.clone())?),

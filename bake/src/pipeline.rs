@@ -191,6 +191,13 @@ pub struct AwsSettings {
     /// Limit for a new image to become available.
     #[serde(default = "default_image_timeout", with = "humantime_serde")]
     pub image_timeout: Duration,
+    /// Longest pause between the SDK's retries of a throttled or failed call.
+    #[serde(default = "default_retry_max_backoff", with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
+}
+
+fn default_retry_max_backoff() -> Duration {
+    Duration::from_secs(20)
 }
 
 fn default_poll() -> Duration {

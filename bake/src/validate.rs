@@ -196,18 +196,6 @@ impl CheckResult {
             not_applicable: true,
         }
     }
-
-    /// A check that could not run at all (the canary died, the agent stopped answering).
-    pub fn error(name: &str, reason: impl Into<String>) -> CheckResult {
-        CheckResult {
-            name: name.to_string(),
-            status: Status::Fail,
-            reason: Some(reason.into()),
-            exit_code: None,
-            output: String::new(),
-            not_applicable: false,
-        }
-    }
 }
 
 /// The decision over all results of one image.

@@ -117,6 +117,17 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def fault(self, service, action, cfg):
+        rnd = cfg.get("random_faults")
+        if rnd:
+            import random
+            roll = random.random()
+            if roll < rnd.get("throttle", 0):
+                code = "ThrottlingException" if service == "ssm" else "RequestLimitExceeded"
+                return {"code": code, "status": 400}
+            if roll < rnd.get("throttle", 0) + rnd.get("server_error", 0):
+                return {"code": "InternalError" if service == "ec2" else "InternalServerError", "status": 500}
+            if rnd.get("max_latency_ms"):
+                time.sleep(random.random() * rnd["max_latency_ms"] / 1000.0)
         for i, f in enumerate(cfg.get("faults", [])):
             if f.get("action") != action:
                 continue

@@ -1401,13 +1401,19 @@ impl Step<State> for Validate<'_> {
             ));
             let label = format!("{} {} validator {}", cx.recipe, cx.arch, v.name);
             let script = wrapped(&label, &v.content, &env, None);
-            let result = match p
+            // A validator that could not run (an API or agent error) fails the bake, which
+            // retries next time; only the validator's own verdict may reject the image.
+            let (rc, out, errs) = p
                 .run_command(&id, &label, &script, p.settings.command_timeout)
                 .await
-            {
-                Ok((rc, out, errs)) => CheckResult::from_exit(&v.name, rc, &out, &errs),
-                Err(e) => CheckResult::error(&v.name, e.to_string()),
-            };
+                .map_err(|e| {
+                    step_err(
+                        cx,
+                        self.name(),
+                        format!("validator {} could not run: {e}", v.name),
+                    )
+                })?;
+            let result = CheckResult::from_exit(&v.name, rc, &out, &errs);
             tracing::info!(recipe = cx.recipe, arch = %cx.arch, validator = %v.name, status = %result.status, "{}", result.reason.clone().unwrap_or_default());
             results.push(result);
         }

@@ -1081,23 +1081,31 @@ impl Step<State> for Validate<'_> {
                 continue;
             }
             let path = format!("/var/lib/bake-validators/{}", v.name);
-            let result = match agent.write_file(&path, &v.content).await {
-                Err(e) => CheckResult::error(&v.name, format!("could not upload the script: {e}")),
-                Ok(()) => match agent
-                    .exec(
-                        "/bin/sh",
-                        &["-c", &format!("chmod 0700 '{path}' && exec '{path}'")],
-                        &guest_env(cx),
-                        timeout,
+            // A validator that could not run (the agent failed) fails the bake, which retries
+            // next time; only the validator's own verdict may reject the image.
+            agent.write_file(&path, &v.content).await.map_err(|e| {
+                step_err(
+                    cx,
+                    self.name(),
+                    format!("validator {}: could not upload the script: {e}", v.name),
+                )
+            })?;
+            let out = agent
+                .exec(
+                    "/bin/sh",
+                    &["-c", &format!("chmod 0700 '{path}' && exec '{path}'")],
+                    &guest_env(cx),
+                    timeout,
+                )
+                .await
+                .map_err(|e| {
+                    step_err(
+                        cx,
+                        self.name(),
+                        format!("validator {} could not run: {e}", v.name),
                     )
-                    .await
-                {
-                    Ok(out) => {
-                        CheckResult::from_exit(&v.name, out.exit_code, &out.stdout, &out.stderr)
-                    }
-                    Err(e) => CheckResult::error(&v.name, format!("could not run: {e}")),
-                },
-            };
+                })?;
+            let result = CheckResult::from_exit(&v.name, out.exit_code, &out.stdout, &out.stderr);
             let _ = std::fs::write(
                 logs.join(format!("validator-{}.log", v.name)),
                 format!(
