@@ -325,3 +325,62 @@ fn sigterm_mid_bake_cleans_up_exits_130_and_the_next_run_starts_clean() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(summary["published"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn sigkill_mid_bake_then_sweep_leaves_nothing_and_resume_publishes() {
+    use std::io::{BufRead, BufReader};
+    let p = project_for("x86_64");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("bake"))
+        .current_dir(p.dir.path())
+        .env_remove("BAKE_STATE_DIR")
+        .env_remove("BAKE_CACHE_DIR")
+        .env("RUST_LOG", "info")
+        .args(["run", "pipelines/local.toml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("step 2/") {
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL: no cleanup runs; QEMU dies with bake (PDEATHSIG)
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (code, plan, stderr) = bake(&p, &["sweep"]);
+    assert_eq!(code, 0, "{stderr}");
+    let kinds: Vec<&str> = plan["leftovers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"overlay") && kinds.contains(&"vm"),
+        "{plan:#}"
+    );
+    let (code, _, stderr) = bake(&p, &["sweep", "--apply"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_nothing_left(&p);
+    let (_, again, _) = bake(&p, &["sweep"]);
+    assert!(
+        again["leftovers"].as_array().unwrap().is_empty(),
+        "a second sweep finds nothing: {again:#}"
+    );
+
+    let run_id = walk(&p.state().join("runs"))
+        .into_iter()
+        .find(|f| f.extension().is_some_and(|e| e == "jsonl"))
+        .unwrap()
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let (code, resumed, stderr) = bake(&p, &["resume", &run_id]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(resumed["published"].as_array().unwrap().len(), 1);
+    assert_nothing_left(&p);
+}
