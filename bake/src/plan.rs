@@ -58,6 +58,21 @@ pub struct Filter {
     pub force: bool,
 }
 
+impl Filter {
+    /// True when `--arch` (if any) selects this arch.
+    pub fn selects(&self, arch: Arch) -> bool {
+        self.arch.is_none_or(|a| a == arch)
+    }
+}
+
+/// The refusal for an `--arch` no recipe of the pipeline is baked for.
+pub fn no_such_arch(pipeline: &Pipeline, arch: Arch) -> crate::Error {
+    crate::Error::Usage(format!(
+        "no recipe of pipeline {} is baked for {arch}",
+        pipeline.file.display()
+    ))
+}
+
 /// Decides for one recipe × arch, given the releases of the recipe (oldest first).
 pub fn decide(
     releases: &[Manifest],
@@ -113,7 +128,7 @@ pub async fn plan(
         }
         let releases = registry.releases(&bake.recipe.name).await?;
         for &arch in &bake.arches {
-            if filter.arch.is_some_and(|a| a != arch) {
+            if !filter.selects(arch) {
                 continue;
             }
             let base = provider.resolve_base(&bake.recipe, arch).await?;
@@ -131,10 +146,7 @@ pub async fn plan(
     }
     if let Some(a) = filter.arch {
         if items.is_empty() {
-            return Err(crate::Error::Usage(format!(
-                "no recipe of pipeline {} is baked for {a}",
-                pipeline.file.display()
-            )));
+            return Err(no_such_arch(pipeline, a));
         }
     }
     Ok(items)

@@ -122,17 +122,16 @@ pub async fn run(cx: &RunContext<'_>, opts: &RunOptions) -> (RunSummary, Result<
         arch: None,
         ..opts.filter.clone()
     };
-    if opts.filter.arch.is_some() {
-        // Only to refuse an arch the pipeline does not bake, with the same message as plan.
-        if let Err(e) = plan::plan(cx.pipeline, cx.provider, cx.registry, &opts.filter).await {
-            return (summary, Err(e));
-        }
-    }
     let items = match plan::plan(cx.pipeline, cx.provider, cx.registry, &all_arches).await {
         Ok(items) => items,
         Err(e) => return (summary, Err(e)),
     };
-    let selected = |i: &PlanItem| opts.filter.arch.is_none_or(|a| a == i.arch);
+    if let Some(a) = opts.filter.arch {
+        if !items.iter().any(|i| i.arch == a) {
+            return (summary, Err(plan::no_such_arch(cx.pipeline, a)));
+        }
+    }
+    let selected = |i: &PlanItem| opts.filter.selects(i.arch);
     if !items.iter().any(|i| selected(i) && i.decision.needs_bake()) {
         summary.up_to_date = true;
         summary.results = items
@@ -267,7 +266,7 @@ async fn run_recipe(
 ) -> Result<()> {
     // Another run may have published while we waited for the lock: decide again under it.
     let releases = cx.registry.releases(&bake.recipe.name).await?;
-    let selected = |i: &PlanItem| opts.filter.arch.is_none_or(|a| a == i.arch);
+    let selected = |i: &PlanItem| opts.filter.selects(i.arch);
     let mut todo = Vec::new();
     let mut carried = Vec::new();
     let mut missing = Vec::new();
