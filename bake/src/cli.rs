@@ -375,8 +375,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             }
         }
         Command::Releases { recipe, registry } => {
-            let pipeline = Pipeline::load(&registry.pipeline)?;
-            pipeline.bake(recipe)?;
+            let pipeline = registry.load(recipe)?;
             let (_, registry) = open(&pipeline, &g.state_dir).await?;
             let releases = registry.releases(recipe).await?;
             print_releases(g.output, &releases);
@@ -392,8 +391,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             break_lock,
             registry,
         } => {
-            let pipeline = Pipeline::load(&registry.pipeline)?;
-            pipeline.bake(recipe)?;
+            let pipeline = registry.load(recipe)?;
             let (_, reg) = open(&pipeline, &g.state_dir).await?;
             let who = promote::who();
             let req = promote::Request {
@@ -426,8 +424,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             break_lock,
             registry,
         } => {
-            let pipeline = Pipeline::load(&registry.pipeline)?;
-            pipeline.bake(recipe)?;
+            let pipeline = registry.load(recipe)?;
             let (_, reg) = open(&pipeline, &g.state_dir).await?;
             let who = promote::who();
             let req = promote::Rollback {
@@ -448,8 +445,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             cluster,
             registry,
         } => {
-            let pipeline = Pipeline::load(&registry.pipeline)?;
-            pipeline.bake(recipe)?;
+            let pipeline = registry.load(recipe)?;
             let (_, reg) = open(&pipeline, &g.state_dir).await?;
             let history = reg.channel_history(recipe, cluster).await?;
             if history.is_empty() && !pipeline.clusters.contains_key(cluster) {
@@ -467,8 +463,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             to,
             registry,
         } => {
-            let pipeline = Pipeline::load(&registry.pipeline)?;
-            pipeline.bake(recipe)?;
+            let pipeline = registry.load(recipe)?;
             let (provider, reg) = open(&pipeline, &g.state_dir).await?;
             let d = diff::diff(reg.as_ref(), provider.as_ref(), recipe, from, to).await?;
             print_diff(g.output, &d);
@@ -481,8 +476,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             break_lock,
             registry,
         } => {
-            let pipeline = Pipeline::load(&registry.pipeline)?;
-            pipeline.bake(recipe)?;
+            let pipeline = registry.load(recipe)?;
             let keep = keep.unwrap_or(pipeline.retention.keep);
             if keep == 0 {
                 return Err(Error::Usage(
@@ -514,11 +508,10 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Sweep { apply, registry } => {
             let pipeline = Pipeline::load(&registry.pipeline)?;
             let (provider, reg) = open(&pipeline, &g.state_dir).await?;
-            let leftovers =
-                sweep::plan(&g.state_dir, reg.as_ref(), provider.as_ref(), &pipeline).await?;
+            let live = sweep::live_runs(&g.state_dir, reg.as_ref(), &pipeline).await?;
+            let leftovers = sweep::plan(reg.as_ref(), provider.as_ref(), &pipeline, &live).await?;
             if *apply {
                 sweep::apply(&g.state_dir, reg.as_ref(), provider.as_ref(), &leftovers).await?;
-                let live = sweep::live_runs(&g.state_dir, reg.as_ref(), &pipeline).await?;
                 sweep::release_dead_locks(reg.as_ref(), &pipeline, &live).await?;
             }
             print_sweep(g.output, &leftovers, *apply);
@@ -539,20 +532,16 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             })?;
             let pipeline = Pipeline::load(&file)?;
             let (provider, reg) = open(&pipeline, &g.state_dir).await?;
-            if sweep::live_runs(&g.state_dir, reg.as_ref(), &pipeline)
-                .await?
-                .contains(run_id)
-            {
+            let live = sweep::live_runs(&g.state_dir, reg.as_ref(), &pipeline).await?;
+            if live.contains(run_id) {
                 return Err(Error::Conflict(format!("run {run_id} is still alive (its process runs or it holds a lock); nothing to resume")));
             }
-            let left: Vec<_> =
-                sweep::plan(&g.state_dir, reg.as_ref(), provider.as_ref(), &pipeline)
-                    .await?
-                    .into_iter()
-                    .filter(|l| &l.run_id == run_id && !l.reusable)
-                    .collect();
+            let left: Vec<_> = sweep::plan(reg.as_ref(), provider.as_ref(), &pipeline, &live)
+                .await?
+                .into_iter()
+                .filter(|l| &l.run_id == run_id && !l.reusable)
+                .collect();
             sweep::apply(&g.state_dir, reg.as_ref(), provider.as_ref(), &left).await?;
-            let live = sweep::live_runs(&g.state_dir, reg.as_ref(), &pipeline).await?;
             sweep::release_dead_locks(reg.as_ref(), &pipeline, &live).await?;
             eprintln!("resume {run_id}: cleaned {} leftover(s); running {} again (validated images are reused)", left.len(), file.display());
             let reporter = TermReporter::new(g.quiet, g.verbose > 0);
@@ -616,6 +605,15 @@ async fn locked<T>(
         tracing::error!("releasing the lock on `{recipe}`: {e}");
     }
     result
+}
+
+impl RegistryArgs {
+    /// Loads the pipeline and refuses a recipe it does not bake, before anything is opened.
+    fn load(&self, recipe: &str) -> Result<Pipeline> {
+        let pipeline = Pipeline::load(&self.pipeline)?;
+        pipeline.bake(recipe)?;
+        Ok(pipeline)
+    }
 }
 
 impl Select {

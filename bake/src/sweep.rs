@@ -135,22 +135,22 @@ pub async fn published(registry: &dyn Registry, pipeline: &Pipeline) -> Result<B
     Ok(out)
 }
 
-/// What sweep would remove.
+/// What sweep would remove, given the runs that are alive (`live_runs`).
 pub async fn plan(
-    state_dir: &Path,
     registry: &dyn Registry,
     provider: &dyn Provider,
     pipeline: &Pipeline,
+    live: &BTreeSet<String>,
 ) -> Result<Vec<Leftover>> {
-    let live = live_runs(state_dir, registry, pipeline).await?;
     let published = published(registry, pipeline).await?;
     let mut out = Vec::new();
     // Half-written releases, unless a live run is publishing them right now.
     for bake in &pipeline.bakes {
         let holder = registry.lock_holder(&bake.recipe.name).await?;
-        let busy = holder.is_some_and(|h| {
+        let holder_run = holder.as_ref().and_then(|h| run_of(&h.owner));
+        let busy = holder.as_ref().is_some_and(|h| {
             h.expires_at > chrono::Utc::now()
-                && run_of(&h.owner).is_some_and(|id| live.contains(&id))
+                && holder_run.as_ref().is_some_and(|id| live.contains(id))
         });
         if busy {
             continue;
@@ -159,9 +159,7 @@ pub async fn plan(
             out.push(Leftover {
                 kind: "incomplete-release".into(),
                 id: format!("{}/{id}", bake.recipe.name),
-                run_id: holder_run(registry, &bake.recipe.name)
-                    .await?
-                    .unwrap_or_default(),
+                run_id: holder_run.clone().unwrap_or_default(),
                 recipe: bake.recipe.name.clone(),
                 arch: None,
                 action: "delete the release parameters written before the manifest".into(),
@@ -169,15 +167,8 @@ pub async fn plan(
             });
         }
     }
-    out.extend(provider.leftovers(&live, &published).await?);
+    out.extend(provider.leftovers(live, &published).await?);
     Ok(out)
-}
-
-async fn holder_run(registry: &dyn Registry, recipe: &str) -> Result<Option<String>> {
-    Ok(registry
-        .lock_holder(recipe)
-        .await?
-        .and_then(|h| run_of(&h.owner)))
 }
 
 /// Removes leftovers, recording each removal in its run's journal so the next sweep is clean.
