@@ -106,12 +106,8 @@ impl Journal {
 
     /// Appends one entry and fsyncs it before returning.
     pub fn record(&self, entry: &Entry) -> Result<()> {
-        let mut line = serde_json::to_vec(entry).expect("journal entries serialize");
-        line.push(b'\n');
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        file.write_all(&line)
-            .and_then(|_| file.sync_data())
-            .map_err(|e| Error::io(format!("writing journal {}", self.path.display()), e))
+        write_entry(&mut file, &self.path, entry)
     }
 
     pub fn created(&self, recipe: &str, arch: Arch, kind: &str, id: &str) -> Result<()> {
@@ -138,11 +134,7 @@ impl Journal {
             .append(true)
             .open(path)
             .map_err(|e| Error::io(format!("opening journal {}", path.display()), e))?;
-        let mut line = serde_json::to_vec(entry).expect("journal entries serialize");
-        line.push(b'\n');
-        file.write_all(&line)
-            .and_then(|_| file.sync_data())
-            .map_err(|e| Error::io(format!("writing journal {}", path.display()), e))
+        write_entry(&mut file, path, entry)
     }
 
     /// Reads a journal, tolerating a last line cut short by a crash.
@@ -186,6 +178,15 @@ impl Journal {
         }
         live
     }
+}
+
+/// Appends one entry as a JSON line and fsyncs it.
+fn write_entry(file: &mut File, path: &Path, entry: &Entry) -> Result<()> {
+    let mut line = serde_json::to_vec(entry).expect("journal entries serialize");
+    line.push(b'\n');
+    file.write_all(&line)
+        .and_then(|_| file.sync_data())
+        .map_err(|e| Error::io(format!("writing journal {}", path.display()), e))
 }
 
 /// A new run ID: UTC time plus random hex, sortable and unique enough for one state dir.

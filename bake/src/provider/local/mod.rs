@@ -250,6 +250,13 @@ impl Provider for LocalProvider {
         published: &std::collections::BTreeSet<String>,
     ) -> Result<Vec<Leftover>> {
         let mut out = Vec::new();
+        let validated: std::collections::BTreeSet<String> = self
+            .store
+            .records()?
+            .into_iter()
+            .filter(|i| i.status == ImageStatus::Validated)
+            .map(|i| i.id)
+            .collect();
         for (run_id, entries) in crate::sweep::journals(&self.state_dir)? {
             if live.contains(&run_id) {
                 continue;
@@ -270,12 +277,7 @@ impl Provider for LocalProvider {
                     }
                     _ => gone.to_string(),
                 };
-                let reusable = r.kind == "image"
-                    && self
-                        .store
-                        .records()?
-                        .iter()
-                        .any(|i| i.id == r.id && i.status == ImageStatus::Validated);
+                let reusable = r.kind == "image" && validated.contains(&r.id);
                 out.push(Leftover {
                     kind: r.kind,
                     id: r.id,
@@ -304,11 +306,7 @@ impl Provider for LocalProvider {
 
     async fn remove_leftover(&self, l: &Leftover) -> Result<()> {
         match l.kind.as_str() {
-            "overlay" | "file" => match std::fs::remove_file(&l.id) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(Error::io(format!("removing {}", l.id), e)),
-            },
+            "overlay" | "file" | "work-dir" => store::remove_path(Path::new(&l.id)),
             "vm" => {
                 if let Some(pid) = vm_pid(&l.id) {
                     if qemu_running(pid, &l.id) {
@@ -323,11 +321,6 @@ impl Provider for LocalProvider {
                 Ok(())
             }
             "image" => self.store.remove(&l.id),
-            "work-dir" => match std::fs::remove_dir_all(&l.id) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(Error::io(format!("removing {}", l.id), e)),
-            },
             other => Err(Error::provider(
                 "local",
                 format!("unknown leftover kind `{other}`"),
@@ -576,11 +569,7 @@ impl Step<State> for CreateDisk {
             Role::Canary => state.canary_disk.take(),
         };
         if let Some(disk) = disk {
-            match std::fs::remove_file(&disk) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("removing {}", disk.display()), e)),
-            }
+            store::remove_path(&disk)?;
             cx.removed("overlay", &disk.display().to_string())?;
         }
         Ok(())

@@ -99,12 +99,22 @@ impl Store {
     pub fn remove(&self, id: &str) -> Result<()> {
         let f = self.files(id);
         for p in [&f.record, &f.disk, &f.kernel, &f.initrd, &f.packages] {
-            match std::fs::remove_file(p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("removing {}", p.display()), e)),
-            }
+            remove_path(p)?;
         }
         Ok(())
+    }
+}
+
+/// Removes a file or a directory tree; one that is already gone is fine.
+pub fn remove_path(path: &Path) -> Result<()> {
+    let removed = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match removed {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
     }
 }
