@@ -263,10 +263,16 @@ fn an_in_place_fix_of_the_packaged_link_file_is_undone_by_an_upgrade_and_rejecte
     rejected(&p, "mac-policy", "MACAddressPolicy=none");
 }
 
-#[test]
-fn sigterm_mid_bake_cleans_up_exits_130_and_the_next_run_starts_clean() {
-    use std::io::{BufRead, BufReader};
-    let p = project_for("x86_64");
+/// Starts `bake run` on the project's pipeline and reads its log until a line contains
+/// `marker` (failing the test if it never does); returns the child and the rest of its log.
+fn run_until(
+    p: &Project,
+    marker: &str,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+) {
+    use std::io::BufRead;
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("bake"))
         .current_dir(p.dir.path())
         .env_remove("BAKE_STATE_DIR")
@@ -277,21 +283,28 @@ fn sigterm_mid_bake_cleans_up_exits_130_and_the_next_run_starts_clean() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let mut seen = Vec::new();
-    // Interrupt while the builder VM runs a provisioning step.
     for line in lines.by_ref() {
         let line = line.unwrap();
         seen.push(line.clone());
-        if line.contains("step 1/") {
+        if line.contains(marker) {
             break;
         }
     }
     assert!(
-        seen.last().is_some_and(|l| l.contains("step 1/")),
-        "never reached a step:\n{}",
+        seen.last().is_some_and(|l| l.contains(marker)),
+        "never reached {marker:?}:\n{}",
         seen.join("\n")
     );
+    (child, lines)
+}
+
+#[test]
+fn sigterm_mid_bake_cleans_up_exits_130_and_the_next_run_starts_clean() {
+    let p = project_for("x86_64");
+    // Interrupt while the builder VM runs a provisioning step.
+    let (mut child, lines) = run_until(&p, "step 1/");
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
@@ -328,24 +341,8 @@ fn sigterm_mid_bake_cleans_up_exits_130_and_the_next_run_starts_clean() {
 
 #[test]
 fn sigkill_mid_bake_then_sweep_leaves_nothing_and_resume_publishes() {
-    use std::io::{BufRead, BufReader};
     let p = project_for("x86_64");
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("bake"))
-        .current_dir(p.dir.path())
-        .env_remove("BAKE_STATE_DIR")
-        .env_remove("BAKE_CACHE_DIR")
-        .env("RUST_LOG", "info")
-        .args(["run", "pipelines/local.toml"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("step 2/") {
-            break;
-        }
-    }
+    let (mut child, _) = run_until(&p, "step 2/");
     child.kill().unwrap(); // SIGKILL: no cleanup runs; QEMU dies with bake (PDEATHSIG)
     child.wait().unwrap();
     std::thread::sleep(Duration::from_millis(500));
