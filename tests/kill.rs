@@ -119,7 +119,8 @@ async fn sigkill_at_each_step_then_sweep_leaves_nothing_and_resume_completes() {
             .root_device_name("/dev/sda1")
             .send()
     };
-    // (action, occurrence): kill right after the n-th call of the action went through.
+    // (action, occurrence): kill when the n-th call of the action reaches the proxy; the
+    // proxy still forwards it (AWS got the request), as when a process dies mid-call.
     let points = [
         ("CreateSecurityGroup", 1),
         ("RunInstances", 1),
@@ -168,6 +169,8 @@ async fn sigkill_at_each_step_then_sweep_leaves_nothing_and_resume_completes() {
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        // The call the kill interrupted is still held by the proxy (40 ms): let it land.
+        std::thread::sleep(Duration::from_millis(200));
         moto.set_config(json!({"parameters": {X86: base}}));
 
         let (code, swept, stderr) = json_of(
@@ -260,4 +263,127 @@ async fn two_concurrent_runs_of_one_recipe_one_bakes_the_other_exits_4() {
         .count();
     assert!(launches >= 2);
     assert!(leaks(moto, "/locktest").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_run_killed_between_release_parameters_is_finished_by_resume_under_the_same_id() {
+    let moto = Moto::get();
+    let cfg = moto.sdk().await;
+    let ec2 = aws_sdk_ec2::Client::new(&cfg);
+    let ssm = aws_sdk_ssm::Client::new(&cfg);
+    let base = ec2
+        .register_image()
+        .name("half-publish-base")
+        .architecture(aws_sdk_ec2::types::ArchitectureValues::X8664)
+        .root_device_name("/dev/sda1")
+        .send()
+        .await
+        .unwrap()
+        .image_id()
+        .unwrap()
+        .to_string();
+    let prefix = "/halfpub";
+    let p = x86_project(prefix);
+    moto.set_config(json!({"parameters": {X86: base}, "delay_ms": 40}));
+    let start_calls = moto.calls().len();
+    let mut child = bake_cmd(&p, moto)
+        .args(["run", "pipelines/aws.toml", "-q"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    // PutParameter #1 is the lock, #2 the release's x86_64 parameter, #3 would be the manifest.
+    while moto.calls()[start_calls..]
+        .iter()
+        .filter(|(_, a)| a == "PutParameter")
+        .count()
+        < 2
+    {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        assert!(t.elapsed() < Duration::from_secs(120), "never published");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // the held PutParameter lands
+    moto.set_config(json!({"parameters": {X86: base}}));
+
+    let params = |ssm: aws_sdk_ssm::Client| async move {
+        ssm.get_parameters_by_path()
+            .path(format!("{prefix}/eks-node/releases"))
+            .recursive(true)
+            .send()
+            .await
+            .unwrap()
+            .parameters()
+            .iter()
+            .map(|p| {
+                (
+                    p.name().unwrap().to_string(),
+                    (p.value().unwrap().to_string(), p.version()),
+                )
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let half = params(ssm.clone()).await;
+    assert_eq!(half.len(), 1, "one arch parameter, no manifest: {half:?}");
+    let (arch_param, (image, version)) = half.iter().next().unwrap();
+    assert!(arch_param.ends_with("/x86_64"), "{arch_param}");
+    let release = arch_param.split('/').rev().nth(1).unwrap().to_string();
+
+    // Readers never see it.
+    let (code, listed, stderr) = json_of(
+        bake_cmd(&p, moto)
+            .args([
+                "releases",
+                "eks-node",
+                "-p",
+                "pipelines/aws.toml",
+                "-o",
+                "json",
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!listed.to_string().contains(&release), "{listed:#}");
+
+    let run_id = std::fs::read_dir(p.state().join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|f| f.extension().is_some_and(|e| e == "jsonl"))
+        .unwrap()
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let (code, resumed, stderr) = json_of(
+        bake_cmd(&p, moto)
+            .args(["resume", &run_id, "-o", "json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        resumed["published"][0]["release"].as_str(),
+        Some(release.as_str()),
+        "{resumed:#}"
+    );
+    assert_eq!(
+        resumed["published"][0]["images"]["x86_64"].as_str(),
+        Some(image.as_str())
+    );
+    let done = params(ssm.clone()).await;
+    assert_eq!(
+        done.get(arch_param),
+        Some(&(image.clone(), *version)),
+        "the parameter written before the kill is unchanged"
+    );
+    assert!(
+        done.contains_key(&arch_param.replace("/x86_64", "/manifest")),
+        "{done:?}"
+    );
+    assert_eq!(done.len(), 2, "no second release: {done:?}");
+    assert!(leaks(moto, prefix).await.is_empty());
 }

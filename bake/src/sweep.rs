@@ -162,8 +162,9 @@ pub async fn plan(
                 run_id: holder_run.clone().unwrap_or_default(),
                 recipe: bake.recipe.name.clone(),
                 arch: None,
-                action: "delete the release parameters written before the manifest".into(),
-                reusable: false,
+                action: "delete the release parameters written before the manifest (resume would finish it instead)".into(),
+                // `resume` finishes it under the same ID instead.
+                reusable: true,
             });
         }
     }

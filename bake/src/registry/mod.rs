@@ -43,11 +43,14 @@ pub trait Registry: Send + Sync {
     }
 
     /// Publishes a release under the next free ID of `manifest.created_at`'s date (the ID in
-    /// `manifest.release` is replaced). All arches become visible together or not at all.
+    /// `manifest.release` is replaced). All arches become visible together or not at all. A
+    /// half-written release whose written arch parameters are images of this manifest (the
+    /// run that wrote them died) is finished under its own ID, leaving what it wrote as is.
     async fn publish(&self, manifest: Manifest) -> Result<Manifest>;
 
     /// Releases some of whose parameters were written but not the manifest (a run died while
-    /// publishing). Readers never see them; sweep removes them once no live run holds the lock.
+    /// publishing). Readers never see them; `resume` or the next run finishes them, and
+    /// `sweep --apply` removes them once no live run holds the lock.
     async fn incomplete_releases(&self, recipe: &str) -> Result<Vec<ReleaseId>>;
 
     /// Removes a release (prune only; its images must already be gone or kept elsewhere).

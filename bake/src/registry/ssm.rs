@@ -154,6 +154,30 @@ impl SsmRegistry {
         Ok(version)
     }
 
+    /// Every release that has at least one parameter, complete or not: ID → leaf name
+    /// (`x86_64`, `arm64`, `manifest`) → value.
+    async fn release_parts(
+        &self,
+        recipe: &str,
+    ) -> Result<BTreeMap<ReleaseId, BTreeMap<String, String>>> {
+        let base = self.path(recipe, "releases");
+        let mut out: BTreeMap<ReleaseId, BTreeMap<String, String>> = BTreeMap::new();
+        for p in self.list(&base).await? {
+            let name = p.name().unwrap_or_default();
+            let Some(rest) = name.strip_prefix(&format!("{base}/")) else {
+                continue;
+            };
+            if let Some((id, leaf)) = rest.split_once('/') {
+                if let Ok(id) = id.parse::<ReleaseId>() {
+                    out.entry(id)
+                        .or_default()
+                        .insert(leaf.to_string(), p.value().unwrap_or_default().to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn delete(&self, names: &[String]) -> Result<()> {
         for chunk in names.chunks(10) {
             self.wait().await;
@@ -202,24 +226,37 @@ impl Registry for SsmRegistry {
 
     async fn publish(&self, mut manifest: Manifest) -> Result<Manifest> {
         let recipe = manifest.recipe.clone();
-        // IDs of every release that has at least one parameter, complete or not, so a half
-        // written release is never reused under the same ID.
-        let base = self.path(&recipe, "releases");
-        let mut ids = Vec::new();
-        for p in self.list(&base).await? {
-            let name = p.name().unwrap_or_default();
-            if let Some(id) = name
-                .strip_prefix(&format!("{base}/"))
-                .and_then(|r| r.split('/').next())
-            {
-                if let Ok(id) = id.parse::<ReleaseId>() {
-                    ids.push(id);
-                }
+        let written = self.release_parts(&recipe).await?;
+        // A half-written release (a run died between its parameters) whose arch parameters
+        // are exactly images of this manifest is finished under its own ID: what was written
+        // stays as it is. Otherwise the next ID that no parameter uses, complete or not.
+        let unfinished = written.iter().rev().find(|(_, parts)| {
+            !parts.contains_key("manifest")
+                && !parts.is_empty()
+                && parts.iter().all(|(leaf, value)| {
+                    leaf.parse::<Arch>()
+                        .ok()
+                        .and_then(|a| manifest.images.get(&a))
+                        .is_some_and(|i| &i.image_id == value)
+                })
+        });
+        let existing: BTreeMap<String, String> = match unfinished {
+            Some((id, parts)) => {
+                tracing::info!(recipe = %recipe, release = %id, "finishing a half-written release");
+                manifest.release = id.clone();
+                parts.clone()
             }
-        }
-        manifest.release = ReleaseId::next(manifest.created_at.date_naive(), &ids);
+            None => {
+                manifest.release =
+                    ReleaseId::next(manifest.created_at.date_naive(), written.keys());
+                BTreeMap::new()
+            }
+        };
         let dir = self.path(&recipe, &format!("releases/{}", manifest.release));
         for (arch, image) in &manifest.images {
+            if existing.contains_key(&arch.to_string()) {
+                continue;
+            }
             self.put(&format!("{dir}/{arch}"), &image.image_id, true, false, None)
                 .await?;
         }
@@ -236,24 +273,11 @@ impl Registry for SsmRegistry {
     }
 
     async fn incomplete_releases(&self, recipe: &str) -> Result<Vec<ReleaseId>> {
-        let base = self.path(recipe, "releases");
-        let mut parts: BTreeMap<ReleaseId, bool> = BTreeMap::new();
-        for p in self.list(&base).await? {
-            let name = p.name().unwrap_or_default();
-            let Some(rest) = name.strip_prefix(&format!("{base}/")) else {
-                continue;
-            };
-            let mut it = rest.split('/');
-            if let (Some(id), Some(leaf)) = (it.next(), it.next()) {
-                if let Ok(id) = id.parse::<ReleaseId>() {
-                    let has = parts.entry(id).or_insert(false);
-                    *has |= leaf == "manifest";
-                }
-            }
-        }
-        Ok(parts
+        Ok(self
+            .release_parts(recipe)
+            .await?
             .into_iter()
-            .filter(|(_, complete)| !complete)
+            .filter(|(_, parts)| !parts.contains_key("manifest"))
             .map(|(id, _)| id)
             .collect())
     }
