@@ -5,72 +5,11 @@
 
 mod common;
 
-use assert_cmd::Command;
 use common::moto::Moto;
 use common::Project;
 use serde_json::{json, Value};
 
-const UBUNTU_X86: &str =
-    "/aws/service/canonical/ubuntu/eks/22.04/1.31/stable/current/amd64/hvm/ebs-gp2/ami-id";
-const UBUNTU_ARM: &str =
-    "/aws/service/canonical/ubuntu/eks/22.04/1.31/stable/current/arm64/hvm/ebs-gp2/ami-id";
-
-/// Registers one base AMI per arch in moto and points the public parameters at them.
-async fn bases(moto: &Moto) -> (String, String) {
-    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
-    let mut ids = Vec::new();
-    for arch in ["x86_64", "arm64"] {
-        let r = ec2
-            .register_image()
-            .name(format!("ubuntu-eks-{arch}-{}", rand_suffix()))
-            .architecture(aws_sdk_ec2::types::ArchitectureValues::from(arch))
-            .root_device_name("/dev/sda1")
-            .send()
-            .await
-            .unwrap();
-        ids.push(r.image_id().unwrap().to_string());
-    }
-    (ids[0].clone(), ids[1].clone())
-}
-
-fn rand_suffix() -> u32 {
-    std::process::id()
-        ^ (std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos())
-}
-
-/// A copy of the project whose aws pipeline polls fast and writes under `prefix`.
-fn project(prefix: &str) -> Project {
-    let p = Project::new();
-    p.edit("pipelines/aws.toml", "ssm_prefix = \"/bake\"", &format!("ssm_prefix = \"{prefix}\"\npoll_interval = \"20ms\"\ninstance_timeout = \"60s\"\nagent_timeout = \"60s\"\ncommand_timeout = \"60s\"\nimage_timeout = \"60s\"\nretry_max_backoff = \"200ms\""));
-    p
-}
-
-fn bake(p: &Project, moto: &Moto, args: &[&str]) -> (i32, Value, String) {
-    let out = Command::cargo_bin("bake")
-        .unwrap()
-        .current_dir(p.dir.path())
-        .env("AWS_ENDPOINT_URL", &moto.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE")
-        .env("RUST_LOG", "info")
-        .args(args)
-        .args(["-o", "json"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{args:?}: not JSON ({e}):\n{}\n{stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
-    (out.status.code().unwrap_or(-1), json, stderr)
-}
+use common::moto::{bake, bases, project, UBUNTU_ARM, UBUNTU_X86};
 
 const MUTATING: &[&str] = &[
     "RunInstances",

@@ -4,25 +4,14 @@
 
 mod common;
 
-use common::moto::Moto;
+use common::moto::{bake_command, Moto};
 use common::Project;
 use serde_json::{json, Value};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const X86: &str =
     "/aws/service/canonical/ubuntu/eks/22.04/1.31/stable/current/amd64/hvm/ebs-gp2/ami-id";
-
-fn bake_cmd(p: &Project, moto: &Moto) -> Command {
-    let mut c = Command::new(assert_cmd::cargo::cargo_bin("bake"));
-    c.current_dir(p.dir.path())
-        .env("AWS_ENDPOINT_URL", &moto.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE");
-    c
-}
 
 /// A project whose aws pipeline bakes x86_64 only, under `prefix`, polling fast.
 fn x86_project(prefix: &str) -> Project {
@@ -142,7 +131,7 @@ async fn sigkill_at_each_step_then_sweep_leaves_nothing_and_resume_completes() {
         moto.set_config(json!({"parameters": {X86: base}, "delay_ms": 40}));
 
         let start_calls = moto.calls().len();
-        let mut child = bake_cmd(&p, moto)
+        let mut child = bake_command(&p, moto)
             .args(["run", "pipelines/aws.toml", "-q"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -174,7 +163,7 @@ async fn sigkill_at_each_step_then_sweep_leaves_nothing_and_resume_completes() {
         moto.set_config(json!({"parameters": {X86: base}}));
 
         let (code, swept, stderr) = json_of(
-            bake_cmd(&p, moto)
+            bake_command(&p, moto)
                 .args(["sweep", "-p", "pipelines/aws.toml", "--apply", "-o", "json"])
                 .output()
                 .unwrap(),
@@ -202,7 +191,7 @@ async fn sigkill_at_each_step_then_sweep_leaves_nothing_and_resume_completes() {
             .to_string_lossy()
             .into_owned();
         let (code, resumed, stderr) = json_of(
-            bake_cmd(&p, moto)
+            bake_command(&p, moto)
                 .args(["resume", &run_id, "-o", "json"])
                 .output()
                 .unwrap(),
@@ -236,7 +225,7 @@ async fn two_concurrent_runs_of_one_recipe_one_bakes_the_other_exits_4() {
     let p = x86_project("/locktest");
     moto.set_config(json!({"parameters": {X86: base}, "delay_ms": 20}));
     let spawn = || {
-        bake_cmd(&p, moto)
+        bake_command(&p, moto)
             .args(["run", "pipelines/aws.toml", "-q", "-o", "json"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -286,7 +275,7 @@ async fn a_run_killed_between_release_parameters_is_finished_by_resume_under_the
     let p = x86_project(prefix);
     moto.set_config(json!({"parameters": {X86: base}, "delay_ms": 40}));
     let start_calls = moto.calls().len();
-    let mut child = bake_cmd(&p, moto)
+    let mut child = bake_command(&p, moto)
         .args(["run", "pipelines/aws.toml", "-q"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -334,7 +323,7 @@ async fn a_run_killed_between_release_parameters_is_finished_by_resume_under_the
 
     // Readers never see it.
     let (code, listed, stderr) = json_of(
-        bake_cmd(&p, moto)
+        bake_command(&p, moto)
             .args([
                 "releases",
                 "eks-node",
@@ -359,7 +348,7 @@ async fn a_run_killed_between_release_parameters_is_finished_by_resume_under_the
         .to_string_lossy()
         .into_owned();
     let (code, resumed, stderr) = json_of(
-        bake_cmd(&p, moto)
+        bake_command(&p, moto)
             .args(["resume", &run_id, "-o", "json"])
             .output()
             .unwrap(),

@@ -143,6 +143,29 @@ pub enum Command {
         #[command(flatten)]
         registry: RegistryArgs,
     },
+    /// Print the Terraform inputs that pin a node set to a release, or to the current version
+    /// of a cluster's channel: the exact SSM parameter bake published (terraform/modules/eks-node
+    /// reads it). One block per arch; write each to that node set's `image.auto.tfvars`.
+    ///
+    /// Example: bake pin eks-node 2026.11.25-1 --arch arm64 -p pipelines/aws.toml > arm64/image.auto.tfvars
+    Pin {
+        recipe: String,
+        /// Release ID, e.g. 2026.11.25-1 (or --channel).
+        #[arg(required_unless_present = "channel", conflicts_with = "channel")]
+        release: Option<ReleaseId>,
+        /// Pin the version of this cluster's channel that is current now (it stays pinned when
+        /// the channel moves on).
+        #[arg(long)]
+        channel: Option<String>,
+        /// Only this arch (x86_64 or arm64); one node set runs one arch.
+        #[arg(long)]
+        arch: Option<Arch>,
+        /// `tfvars` for the eks-node module, or `data` for a bare `data "aws_ssm_parameter"`.
+        #[arg(long, value_enum, default_value_t = PinFormat::Tfvars)]
+        format: PinFormat,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
     /// Packages, kernel, kubelet/containerd, base and key that changed between two releases.
     Diff {
         recipe: String,
@@ -196,6 +219,12 @@ pub enum Command {
         #[command(flatten)]
         registry: RegistryArgs,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PinFormat {
+    Tfvars,
+    Data,
 }
 
 #[derive(Debug, Args)]
@@ -455,6 +484,36 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 )));
             }
             print_history(g.output, &history);
+            Ok(exit::OK)
+        }
+        Command::Pin {
+            recipe,
+            release,
+            channel,
+            arch,
+            format,
+            registry,
+        } => {
+            let pipeline = registry.load(recipe)?;
+            let prefix = pipeline.ssm_prefix().ok_or_else(|| {
+                Error::Usage(format!(
+                    "{} publishes to the local registry, which Terraform cannot read; pin a release of an AWS pipeline (-p pipelines/aws.toml)",
+                    pipeline.file.display()
+                ))
+            })?;
+            if let Some(a) = arch {
+                if !pipeline.bake(recipe)?.arches.contains(a) {
+                    return Err(plan::no_such_arch(&pipeline, *a));
+                }
+            }
+            let target = match (release, channel) {
+                (Some(r), _) => crate::pin::Target::Release(r.clone()),
+                (None, Some(c)) => crate::pin::Target::Channel(c.clone()),
+                (None, None) => unreachable!("clap requires a release or --channel"),
+            };
+            let (_, reg) = open(&pipeline, &g.state_dir).await?;
+            let pins = crate::pin::pins(reg.as_ref(), prefix, recipe, &target, *arch).await?;
+            print_pins(g.output, &pins, *format);
             Ok(exit::OK)
         }
         Command::Diff {
@@ -987,6 +1046,38 @@ fn print_promotion(output: Output, recipe: &str, p: &promote::Promotion) {
             "{recipe}: channel `{cluster}` is already on {} (version {}); nothing changed",
             entry.release, entry.version
         ),
+    }
+}
+
+fn print_pins(output: Output, pins: &[crate::pin::Pin], format: PinFormat) {
+    let text = |p: &crate::pin::Pin| match format {
+        PinFormat::Tfvars => p.tfvars(),
+        PinFormat::Data => p.data_source(),
+    };
+    match output {
+        Output::Json => {
+            #[derive(Serialize)]
+            struct Row<'a> {
+                #[serde(flatten)]
+                pin: &'a crate::pin::Pin,
+                tfvars: String,
+                data_source: String,
+            }
+            json(
+                &pins
+                    .iter()
+                    .map(|p| Row {
+                        pin: p,
+                        tfvars: p.tfvars(),
+                        data_source: p.data_source(),
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        }
+        Output::Human => {
+            let blocks: Vec<String> = pins.iter().map(text).collect();
+            print!("{}", blocks.join("\n"));
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 use crate::provider::Provider;
 use crate::registry::Registry;
 use crate::release::ReleaseId;
-use crate::{Arch, Error, Result};
+use crate::{Arch, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -114,18 +114,8 @@ pub async fn diff(
     from: &ReleaseId,
     to: &ReleaseId,
 ) -> Result<Diff> {
-    let get = |id: &ReleaseId| {
-        let id = id.clone();
-        async move {
-            registry.release(recipe, &id).await?.ok_or_else(|| {
-                Error::Usage(format!(
-                    "recipe `{recipe}` has no release {id} (see `bake releases {recipe}`)"
-                ))
-            })
-        }
-    };
-    let a = get(from).await?;
-    let b = get(to).await?;
+    let a = registry.existing_release(recipe, from).await?;
+    let b = registry.existing_release(recipe, to).await?;
     let mut arches: Vec<Arch> = a.images.keys().chain(b.images.keys()).copied().collect();
     arches.sort();
     arches.dedup();

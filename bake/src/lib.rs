@@ -13,6 +13,7 @@ pub mod iam;
 pub mod journal;
 pub mod key;
 pub mod names;
+pub mod pin;
 pub mod pipeline;
 pub mod plan;
 pub mod promote;

@@ -143,15 +143,7 @@ pub async fn promote(
     req: &Request<'_>,
 ) -> Result<Promotion> {
     let cluster = cluster(pipeline, req.to)?;
-    let release = registry
-        .release(req.recipe, req.release)
-        .await?
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "recipe `{}` has no release {} (see `bake releases {}`)",
-                req.recipe, req.release, req.recipe
-            ))
-        })?;
+    let release = registry.existing_release(req.recipe, req.release).await?;
     check_release(&release, req.to, cluster)?;
     if let Some(from) = req.from {
         self::cluster(pipeline, from)?;

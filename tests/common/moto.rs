@@ -159,3 +159,91 @@ impl Moto {
             .await
     }
 }
+
+// What the AWS tests share: bases registered in moto, a project writing under its own
+// prefix, and running `bake ... -o json` against the proxy.
+
+use super::Project;
+use serde_json::Value;
+
+pub const UBUNTU_X86: &str =
+    "/aws/service/canonical/ubuntu/eks/22.04/1.31/stable/current/amd64/hvm/ebs-gp2/ami-id";
+pub const UBUNTU_ARM: &str =
+    "/aws/service/canonical/ubuntu/eks/22.04/1.31/stable/current/arm64/hvm/ebs-gp2/ami-id";
+
+/// Registers one base AMI per arch in moto and points the public parameters at them.
+pub async fn bases(moto: &Moto) -> (String, String) {
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let mut ids = Vec::new();
+    for arch in ["x86_64", "arm64"] {
+        let r = ec2
+            .register_image()
+            .name(format!("ubuntu-eks-{arch}-{}", rand_suffix()))
+            .architecture(aws_sdk_ec2::types::ArchitectureValues::from(arch))
+            .root_device_name("/dev/sda1")
+            .send()
+            .await
+            .unwrap();
+        ids.push(r.image_id().unwrap().to_string());
+    }
+    (ids[0].clone(), ids[1].clone())
+}
+
+pub fn rand_suffix() -> u32 {
+    std::process::id()
+        ^ (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos())
+}
+
+/// A copy of the project whose aws pipeline polls fast and writes under `prefix`.
+pub fn project(prefix: &str) -> Project {
+    let p = Project::new();
+    p.edit("pipelines/aws.toml", "ssm_prefix = \"/bake\"", &format!("ssm_prefix = \"{prefix}\"\npoll_interval = \"20ms\"\ninstance_timeout = \"60s\"\nagent_timeout = \"60s\"\ncommand_timeout = \"60s\"\nimage_timeout = \"60s\"\nretry_max_backoff = \"200ms\""));
+    p
+}
+
+/// `bake` in the project, pointed at the emulator through the proxy.
+pub fn bake_command(p: &Project, moto: &Moto) -> Command {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("bake"));
+    c.current_dir(p.dir.path())
+        .env("AWS_ENDPOINT_URL", &moto.endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE");
+    c
+}
+
+/// Runs `bake <args> -o json`: exit code, the JSON on stdout (panics if there is none), stderr.
+pub fn bake(p: &Project, moto: &Moto, args: &[&str]) -> (i32, Value, String) {
+    let out = bake_command(p, moto)
+        .env("RUST_LOG", "info")
+        .args(args)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: not JSON ({e}):\n{}\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
+/// Runs `bake <args>` expecting a refusal: exit code and stderr (stdout must be empty).
+pub fn bake_refused(p: &Project, moto: &Moto, args: &[&str]) -> (i32, String) {
+    let out = bake_command(p, moto).args(args).output().unwrap();
+    assert!(
+        out.stdout.is_empty(),
+        "{args:?} printed data: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -9,13 +9,48 @@ mod ssm;
 pub use sqlite::SqliteRegistry;
 pub use ssm::SsmRegistry;
 
+use crate::names::SsmPath;
 use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId};
-use crate::Result;
+use crate::{Arch, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// `<prefix>/<recipe>/releases/<release>/<arch>`: the AMI of one arch of a release, written
+/// once. What Terraform's `data "aws_ssm_parameter"` reads for a release pin.
+pub fn release_parameter(
+    prefix: &SsmPath,
+    recipe: &str,
+    release: &ReleaseId,
+    arch: Arch,
+) -> String {
+    format!("{}/{arch}", release_dir(prefix, recipe, release))
+}
+
+/// `<prefix>/<recipe>/releases/<release>`: the arch parameters and the manifest.
+pub fn release_dir(prefix: &SsmPath, recipe: &str, release: &ReleaseId) -> String {
+    under(prefix, recipe, &format!("releases/{release}"))
+}
+
+/// `<prefix>/<recipe>/channels/<cluster>/<arch>`: the AMI a cluster's channel points at, one
+/// parameter version per move. Terraform pins it as `<name>:<version>`.
+pub fn channel_parameter(prefix: &SsmPath, recipe: &str, cluster: &str, arch: Arch) -> String {
+    under(prefix, recipe, &format!("channels/{cluster}/{arch}"))
+}
+
+/// `<prefix>/<recipe>/<rest>`.
+pub fn under(prefix: &SsmPath, recipe: &str, rest: &str) -> String {
+    format!("{}/{recipe}/{rest}", prefix.as_str().trim_end_matches('/'))
+}
+
+/// One version of a channel's arch parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelImage {
+    pub version: u64,
+    pub image_id: String,
+}
 
 /// Who holds a recipe's lock, and until when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -40,6 +75,15 @@ pub trait Registry: Send + Sync {
             .await?
             .into_iter()
             .find(|m| &m.release == id))
+    }
+
+    /// A release that must exist: a usage error pointing at `bake releases` otherwise.
+    async fn existing_release(&self, recipe: &str, id: &ReleaseId) -> Result<Manifest> {
+        self.release(recipe, id).await?.ok_or_else(|| {
+            crate::Error::Usage(format!(
+                "recipe `{recipe}` has no release {id} (see `bake releases {recipe}`)"
+            ))
+        })
     }
 
     /// Publishes a release under the next free ID of `manifest.created_at`'s date (the ID in
@@ -79,6 +123,26 @@ pub trait Registry: Send + Sync {
         ttl: Duration,
         break_lock: bool,
     ) -> Result<LockInfo>;
+
+    /// The channel's arch parameter as a Terraform channel pin reads it: its current version
+    /// and image, or None if the channel never held this arch. Each move that carried the arch
+    /// wrote one version.
+    async fn channel_image(
+        &self,
+        recipe: &str,
+        cluster: &str,
+        arch: Arch,
+    ) -> Result<Option<ChannelImage>> {
+        let history = self.channel_history(recipe, cluster).await?;
+        let with_arch: Vec<&ChannelEntry> = history
+            .iter()
+            .filter(|e| e.images.contains_key(&arch))
+            .collect();
+        Ok(with_arch.last().map(|e| ChannelImage {
+            version: with_arch.len() as u64,
+            image_id: e.images[&arch].clone(),
+        }))
+    }
 
     /// Who holds the recipe's lock now (expired or not), if anyone.
     async fn lock_holder(&self, recipe: &str) -> Result<Option<LockInfo>>;

@@ -4,7 +4,7 @@
 //! `<prefix>/<recipe>/channels/<cluster>/<arch>` and `.../release` (one parameter version per
 //! move; the history is the parameter history), and `<prefix>/<recipe>/lock`.
 
-use super::{LockInfo, Registry};
+use super::{ChannelImage, LockInfo, Registry};
 use crate::aws::{code, err, Limits};
 use crate::names::SsmPath;
 use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId};
@@ -53,10 +53,7 @@ impl SsmRegistry {
     }
 
     fn path(&self, recipe: &str, rest: &str) -> String {
-        format!(
-            "{}/{recipe}/{rest}",
-            self.prefix.as_str().trim_end_matches('/')
-        )
+        super::under(&self.prefix, recipe, rest)
     }
 
     async fn wait(&self) {
@@ -252,13 +249,13 @@ impl Registry for SsmRegistry {
                 BTreeMap::new()
             }
         };
-        let dir = self.path(&recipe, &format!("releases/{}", manifest.release));
+        let dir = super::release_dir(&self.prefix, &recipe, &manifest.release);
         for (arch, image) in &manifest.images {
             if existing.contains_key(&arch.to_string()) {
                 continue;
             }
-            self.put(&format!("{dir}/{arch}"), &image.image_id, true, false, None)
-                .await?;
+            let name = super::release_parameter(&self.prefix, &recipe, &manifest.release, *arch);
+            self.put(&name, &image.image_id, true, false, None).await?;
         }
         let json = serde_json::to_string(&manifest).expect("manifests serialize");
         self.put(
@@ -386,7 +383,7 @@ impl Registry for SsmRegistry {
         change: ChannelMove,
     ) -> Result<ChannelEntry> {
         for (arch, image) in &change.images {
-            let name = self.path(recipe, &format!("channels/{cluster}/{arch}"));
+            let name = super::channel_parameter(&self.prefix, recipe, cluster, *arch);
             self.put(
                 &name,
                 image,
@@ -428,6 +425,20 @@ impl Registry for SsmRegistry {
             reason: change.reason,
             at: Utc::now(),
         })
+    }
+
+    async fn channel_image(
+        &self,
+        recipe: &str,
+        cluster: &str,
+        arch: Arch,
+    ) -> Result<Option<ChannelImage>> {
+        // The parameter itself is the truth Terraform reads, whatever the history says.
+        let name = super::channel_parameter(&self.prefix, recipe, cluster, arch);
+        Ok(self.get(&name).await?.map(|p| ChannelImage {
+            version: p.version() as u64,
+            image_id: p.value().unwrap_or_default().to_string(),
+        }))
     }
 
     async fn lock(

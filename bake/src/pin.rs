@@ -1,0 +1,187 @@
+//! `bake pin`: the Terraform inputs that pin a node set to a release, or to the current
+//! version of a cluster's channel. They name exactly the SSM parameter `bake` published (and,
+//! for a channel, its version), so `terraform/modules/eks-node` reads that image and nothing
+//! else until someone changes the pin and runs `terraform apply`.
+
+use crate::names::SsmPath;
+use crate::registry::{self, Registry};
+use crate::release::ReleaseId;
+use crate::{Arch, Error, Result};
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// What to pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Release(ReleaseId),
+    /// The version of the cluster's channel parameter that is current now.
+    Channel(String),
+}
+
+/// One node set's pin (one arch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pin {
+    pub recipe: String,
+    pub arch: Arch,
+    pub ssm_prefix: String,
+    /// The release the image belongs to (for a channel: the release it points at now).
+    pub release: ReleaseId,
+    pub channel: Option<String>,
+    pub channel_version: Option<u64>,
+    /// The exact name Terraform reads, with `:<version>` for a channel.
+    pub parameter: String,
+    pub image_id: String,
+}
+
+/// The pins of `recipe` for `target`, one per arch (or only `arch`).
+pub async fn pins(
+    registry: &dyn Registry,
+    prefix: &SsmPath,
+    recipe: &str,
+    target: &Target,
+    arch: Option<Arch>,
+) -> Result<Vec<Pin>> {
+    let mut out = Vec::new();
+    match target {
+        Target::Release(id) => {
+            let release = registry.existing_release(recipe, id).await?;
+            for (a, image) in &release.images {
+                if arch.is_none_or(|want| want == *a) {
+                    out.push(Pin {
+                        recipe: recipe.to_string(),
+                        arch: *a,
+                        ssm_prefix: prefix.to_string(),
+                        release: id.clone(),
+                        channel: None,
+                        channel_version: None,
+                        parameter: registry::release_parameter(prefix, recipe, id, *a),
+                        image_id: image.image_id.clone(),
+                    });
+                }
+            }
+            if out.is_empty() {
+                return Err(no_arch(
+                    recipe,
+                    &format!("release {id}"),
+                    arch,
+                    release.images.keys(),
+                ));
+            }
+        }
+        Target::Channel(cluster) => {
+            let channels = registry.channels(recipe).await?;
+            let entry = channels.get(cluster).ok_or_else(|| {
+                Error::Usage(format!(
+                    "recipe `{recipe}` has never been promoted to channel `{cluster}` (channels: {}); see `bake status`",
+                    if channels.is_empty() { "none".to_string() } else { channels.keys().cloned().collect::<Vec<_>>().join(", ") }
+                ))
+            })?;
+            for a in entry.images.keys() {
+                if !arch.is_none_or(|want| want == *a) {
+                    continue;
+                }
+                let name = registry::channel_parameter(prefix, recipe, cluster, *a);
+                let current = registry.channel_image(recipe, cluster, *a).await?;
+                let Some(current) = current.filter(|c| c.image_id == entry.images[a]) else {
+                    return Err(Error::Conflict(format!(
+                        "{name} does not hold {} as the history of channel `{cluster}` says (release {}): it was changed outside bake; move the channel again with `bake promote` before pinning it",
+                        entry.images[a], entry.release
+                    )));
+                };
+                out.push(Pin {
+                    recipe: recipe.to_string(),
+                    arch: *a,
+                    ssm_prefix: prefix.to_string(),
+                    release: entry.release.clone(),
+                    channel: Some(cluster.clone()),
+                    channel_version: Some(current.version),
+                    parameter: format!("{name}:{}", current.version),
+                    image_id: current.image_id,
+                });
+            }
+            if out.is_empty() {
+                return Err(no_arch(
+                    recipe,
+                    &format!("channel `{cluster}`"),
+                    arch,
+                    entry.images.keys(),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn no_arch<'a>(
+    recipe: &str,
+    what: &str,
+    arch: Option<Arch>,
+    has: impl Iterator<Item = &'a Arch>,
+) -> Error {
+    let has: Vec<String> = has.map(Arch::to_string).collect();
+    Error::Usage(format!(
+        "{recipe} {what} has no {} image (it has: {})",
+        arch.map(|a| a.to_string()).unwrap_or_default(),
+        has.join(", ")
+    ))
+}
+
+/// An HCL string literal. Recipe names, prefixes, clusters and release IDs are limited to
+/// characters that need no escaping beyond what JSON does (no `${`).
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialize")
+}
+
+impl Pin {
+    /// The module inputs as a `.tfvars` file for one node set.
+    pub fn tfvars(&self) -> String {
+        let mut vars: Vec<(&str, String)> = vec![
+            ("ssm_prefix", quote(&self.ssm_prefix)),
+            ("recipe", quote(&self.recipe)),
+            ("arch", quote(&self.arch.to_string())),
+        ];
+        match (&self.channel, self.channel_version) {
+            (Some(c), Some(v)) => {
+                vars.push(("channel", quote(c)));
+                vars.push(("channel_version", v.to_string()));
+            }
+            _ => vars.push(("release", quote(&self.release.to_string()))),
+        }
+        let width = vars.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        let mut out = format!("# {}\n", self.comment());
+        for (k, v) in vars {
+            let _ = writeln!(out, "{k:<width$} = {v}");
+        }
+        out
+    }
+
+    /// A `data "aws_ssm_parameter"` block reading the image, for configurations without the
+    /// module.
+    pub fn data_source(&self) -> String {
+        format!(
+            "# {}\ndata \"aws_ssm_parameter\" \"{}_{}\" {{\n  name = {}\n}}\n",
+            self.comment(),
+            self.recipe.replace(['-', '.'], "_"),
+            self.arch,
+            quote(&self.parameter)
+        )
+    }
+
+    fn comment(&self) -> String {
+        match &self.channel {
+            Some(c) => format!(
+                "bake pin: {} {} = {} (channel {c} at version {}, release {}; {})",
+                self.recipe,
+                self.arch,
+                self.image_id,
+                self.channel_version.unwrap_or_default(),
+                self.release,
+                self.parameter
+            ),
+            None => format!(
+                "bake pin: {} {} = {} (release {}; {})",
+                self.recipe, self.arch, self.image_id, self.release, self.parameter
+            ),
+        }
+    }
+}
