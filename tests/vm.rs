@@ -339,45 +339,119 @@ fn sigterm_mid_bake_cleans_up_exits_130_and_the_next_run_starts_clean() {
     assert_eq!(summary["published"].as_array().unwrap().len(), 1);
 }
 
+/// Waits until the journal of the run started after `before` records `step` as done.
+fn wait_for_step(
+    p: &Project,
+    before: &[std::path::PathBuf],
+    step: &str,
+    child: &mut std::process::Child,
+) {
+    let needle = format!("\"step\":\"{step}\",\"status\":\"ok\"");
+    let t = std::time::Instant::now();
+    loop {
+        let journal = walk(&p.state().join("runs"))
+            .into_iter()
+            .find(|f| f.extension().is_some_and(|e| e == "jsonl") && !before.contains(f));
+        if let Some(j) = journal {
+            if std::fs::read_to_string(&j)
+                .unwrap_or_default()
+                .contains(&needle)
+            {
+                return;
+            }
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before step {step} finished"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(900),
+            "step {step} never finished"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
-fn sigkill_mid_bake_then_sweep_leaves_nothing_and_resume_publishes() {
+fn sigkill_at_each_step_boundary_then_sweep_leaves_nothing_and_resume_publishes() {
     let p = project_for("x86_64");
-    let (mut child, _) = run_until(&p, "step 2/");
-    child.kill().unwrap(); // SIGKILL: no cleanup runs; QEMU dies with bake (PDEATHSIG)
-    child.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Each point is "right after this step of the local engine finished" (journal entry), so
+    // every resource state is covered: overlay only, builder VM up, mid provisioning, builder
+    // stopped, image stored unvalidated, canary VM up, image validated but not published.
+    let points = [
+        "builder-disk",
+        "boot-builder",
+        "install-files",
+        "shutdown",
+        "store-image",
+        "boot-canary",
+        "validate",
+    ];
+    let mut report = Vec::new();
+    for (n, step) in points.iter().enumerate() {
+        let journals_before = walk(&p.state().join("runs"));
+        let images_before = walk(&p.state().join("images"));
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("bake"))
+            .current_dir(p.dir.path())
+            .env_remove("BAKE_STATE_DIR")
+            .env_remove("BAKE_CACHE_DIR")
+            .args(["run", "pipelines/local.toml", "-q"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_step(&p, &journals_before, step, &mut child);
+        child.kill().unwrap(); // SIGKILL: no cleanup runs; QEMU dies with bake (PDEATHSIG)
+        child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let run_id = walk(&p.state().join("runs"))
+            .into_iter()
+            .find(|f| f.extension().is_some_and(|e| e == "jsonl") && !journals_before.contains(f))
+            .unwrap()
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
 
-    let (code, plan, stderr) = bake(&p, &["sweep"]);
-    assert_eq!(code, 0, "{stderr}");
-    let kinds: Vec<&str> = plan["leftovers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["kind"].as_str().unwrap())
-        .collect();
-    assert!(
-        kinds.contains(&"overlay") && kinds.contains(&"vm"),
-        "{plan:#}"
-    );
-    let (code, _, stderr) = bake(&p, &["sweep", "--apply"]);
-    assert_eq!(code, 0, "{stderr}");
-    assert_nothing_left(&p);
-    let (_, again, _) = bake(&p, &["sweep"]);
-    assert!(
-        again["leftovers"].as_array().unwrap().is_empty(),
-        "a second sweep finds nothing: {again:#}"
-    );
-
-    let run_id = walk(&p.state().join("runs"))
-        .into_iter()
-        .find(|f| f.extension().is_some_and(|e| e == "jsonl"))
-        .unwrap()
-        .file_stem()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let (code, resumed, stderr) = bake(&p, &["resume", &run_id]);
-    assert_eq!(code, 0, "{stderr}");
-    assert_eq!(resumed["published"].as_array().unwrap().len(), 1);
-    assert_nothing_left(&p);
+        if n + 1 == points.len() {
+            // Killed with a validated image: resume keeps it and publishes it without a VM.
+            let (code, resumed, stderr) = bake(&p, &["resume", &run_id]);
+            assert_eq!(code, 0, "{stderr}");
+            assert_eq!(
+                resumed["published"].as_array().unwrap().len(),
+                1,
+                "{resumed:#}"
+            );
+            assert_eq!(resumed["results"][0]["outcome"], "reused", "{resumed:#}");
+            assert_nothing_left(&p);
+            let (_, again, _) = bake(&p, &["sweep"]);
+            assert!(
+                again["leftovers"].as_array().unwrap().is_empty(),
+                "{again:#}"
+            );
+            report.push(format!(
+                "{step:>14}: resumed, reused the validated image, published, 0 left"
+            ));
+            break;
+        }
+        let (code, plan, stderr) = bake(&p, &["sweep"]);
+        assert_eq!(code, 0, "{stderr}");
+        let found = plan["leftovers"].as_array().unwrap().len();
+        assert!(found > 0, "after {step}: sweep found nothing: {plan:#}");
+        let (code, _, stderr) = bake(&p, &["sweep", "--apply"]);
+        assert_eq!(code, 0, "{stderr}");
+        assert_nothing_left(&p);
+        assert_eq!(
+            walk(&p.state().join("images")),
+            images_before,
+            "after {step}: the unpublished image was not removed"
+        );
+        let (_, again, _) = bake(&p, &["sweep"]);
+        assert!(
+            again["leftovers"].as_array().unwrap().is_empty(),
+            "after {step}: a second sweep finds more: {again:#}"
+        );
+        report.push(format!("{step:>14}: swept {found}, 0 left"));
+    }
+    eprintln!("local kill points × leaks:\n{}", report.join("\n"));
 }

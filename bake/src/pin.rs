@@ -77,7 +77,7 @@ pub async fn pins(
                 ))
             })?;
             for a in entry.images.keys() {
-                if !arch.is_none_or(|want| want == *a) {
+                if arch.is_some_and(|want| want != *a) {
                     continue;
                 }
                 let name = registry::channel_parameter(prefix, recipe, cluster, *a);
