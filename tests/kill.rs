@@ -376,3 +376,76 @@ async fn a_run_killed_between_release_parameters_is_finished_by_resume_under_the
     assert_eq!(done.len(), 2, "no second release: {done:?}");
     assert!(leaks(moto, prefix).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_second_interrupt_lists_what_is_left_and_the_journal_then_cleanup_finishes() {
+    let moto = Moto::get();
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let base = ec2
+        .register_image()
+        .name("double-interrupt-base")
+        .architecture(aws_sdk_ec2::types::ArchitectureValues::X8664)
+        .root_device_name("/dev/sda1")
+        .send()
+        .await
+        .unwrap()
+        .image_id()
+        .unwrap()
+        .to_string();
+    let prefix = "/interrupt2";
+    let p = x86_project(prefix);
+    // Slow calls, so the cleanup is still running when the second signal comes.
+    moto.set_config(json!({"parameters": {X86: base}, "delay_ms": 150}));
+    let child = bake_command(&p, moto)
+        .args(["run", "pipelines/aws.toml", "-q"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let t = Instant::now();
+    loop {
+        let journal = std::fs::read_dir(p.state().join("runs"))
+            .ok()
+            .and_then(|mut d| {
+                d.find(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "jsonl")
+                })
+            })
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+            .unwrap_or_default();
+        if journal.contains("\"kind\":\"instance\"") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no instance launched"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    moto.set_config(json!({"parameters": {X86: base}}));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("still cleaning up run"), "{stderr}");
+    assert!(
+        stderr.contains("  instance i-"),
+        "lists the instance: {stderr}"
+    );
+    assert!(stderr.contains(".jsonl"), "names the journal: {stderr}");
+    assert!(
+        leaks(moto, prefix).await.is_empty(),
+        "the cleanup still finished"
+    );
+}

@@ -336,14 +336,46 @@ fn watch_signals(state_dir: &Path) -> CancellationToken {
                 eprintln!("interrupted: running the cleanups of the steps that ran (interrupt again for status)");
                 t.cancel();
             } else {
-                eprintln!(
-                    "still cleaning up; if you kill bake now, what is left is listed in the newest journal under {} (`bake sweep` finds it)",
-                    runs.display()
-                );
+                eprintln!("{}", still_cleaning(&runs));
             }
         }
     });
     token
+}
+
+/// What a second interrupt prints: what this process's run still holds, and its journal.
+fn still_cleaning(runs: &Path) -> String {
+    let state_dir = runs.parent().unwrap_or(runs);
+    let mine = sweep::journals(state_dir).ok().and_then(|all| {
+        all.into_iter().find(|(_, entries)| {
+            entries.iter().any(|e| {
+                matches!(e, crate::journal::Entry::Started { pid, .. } if *pid == std::process::id())
+            })
+        })
+    });
+    let Some((run_id, entries)) = mine else {
+        return format!(
+            "still cleaning up; nothing was created yet (journals: {})",
+            runs.display()
+        );
+    };
+    let left = crate::journal::Journal::outstanding(&entries);
+    let journal = runs.join(format!("{run_id}.jsonl"));
+    let mut out = format!(
+        "still cleaning up run {run_id}; {} resource(s) not yet removed:",
+        left.len()
+    );
+    for r in &left {
+        out.push_str(&format!(
+            "\n  {} {} ({} {})",
+            r.kind, r.id, r.recipe, r.arch
+        ));
+    }
+    out.push_str(&format!(
+        "\nif bake is killed now they stay listed in {}; `bake sweep --apply` removes them, `bake resume {run_id}` finishes the run",
+        journal.display()
+    ));
+    out
 }
 
 async fn dispatch(cli: Cli) -> Result<u8> {
