@@ -242,3 +242,53 @@ async fn the_lock_is_exclusive_expires_and_can_be_broken() {
 async fn ssm_lock_is_exclusive_expires_and_can_be_broken() {
     lock_rules(&ssm("/t3").await, &ssm("/t3").await).await;
 }
+
+#[tokio::test]
+async fn ssm_an_expired_lock_is_taken_over_by_exactly_one_of_many_contenders() {
+    // SSM has no compare-and-swap; read-then-overwrite would let several runs "take over" the
+    // same expired lock. Rounds of 6 contenders racing (each through its own client).
+    let mut winners_per_round = Vec::new();
+    for round in 0..5 {
+        let prefix = format!("/race{round}");
+        let dead = ssm(&prefix).await;
+        dead.lock("eks-node", "dead-run", Duration::from_millis(1), false)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut contenders = Vec::new();
+        for _ in 0..6 {
+            contenders.push(ssm(&prefix).await);
+        }
+        let attempts = contenders.iter().enumerate().map(|(i, r)| async move {
+            r.lock("eks-node", &format!("run-{i}"), Duration::from_secs(60), false)
+                .await
+        });
+        let results = futures::future::join_all(attempts).await;
+        let winners: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(i, _)| i)
+            .collect();
+        for r in &results {
+            if let Err(e) = r {
+                assert!(matches!(e, Error::LockHeld { .. }), "{e}");
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        // The winner holds it, and no takeover marker is left behind.
+        let holder = dead.lock_holder("eks-node").await.unwrap().unwrap();
+        assert_eq!(holder.owner, format!("run-{}", winners[0]));
+        let client = aws_sdk_ssm::Client::new(&common::moto::Moto::get().sdk().await);
+        let left = client
+            .get_parameters_by_path()
+            .path(format!("{prefix}/eks-node/lock-takeover"))
+            .recursive(true)
+            .send()
+            .await
+            .unwrap();
+        assert!(left.parameters().is_empty(), "{left:?}");
+        winners_per_round.push(winners.len());
+    }
+    eprintln!("winners per round of 6 contenders: {winners_per_round:?}");
+}

@@ -175,6 +175,82 @@ impl SsmRegistry {
         Ok(out)
     }
 
+    /// Takes over an expired (or unreadable) lock whose raw value is `expired`. SSM has no
+    /// compare-and-swap, so contenders race for a marker named after that exact value,
+    /// created with `Overwrite=false`: one wins. The winner checks the lock still holds the
+    /// expired value, overwrites it, and deletes the marker; a contender that arrives after the
+    /// marker is gone finds the lock changed and loses too.
+    async fn take_over(
+        &self,
+        recipe: &str,
+        expired: &str,
+        mine: &str,
+        value: LockValue,
+    ) -> Result<LockInfo> {
+        let name = self.path(recipe, "lock");
+        let marker = self.path(
+            recipe,
+            &format!(
+                "lock-takeover/{}",
+                &crate::recipe::sha256_hex(expired.as_bytes())[..16]
+            ),
+        );
+        match self
+            .put(
+                &marker,
+                &value.owner,
+                false,
+                false,
+                Some("bake lock takeover".into()),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(Error::Conflict(_)) => return self.lost_takeover(recipe).await,
+            Err(e) => return Err(e),
+        }
+        let still = self
+            .get(&name)
+            .await?
+            .and_then(|p| p.value().map(str::to_string))
+            .unwrap_or_default();
+        let result = if still == expired {
+            if let Ok(old) = serde_json::from_str::<LockValue>(expired) {
+                tracing::info!(recipe, holder = %old.owner, "taking over an expired lock");
+            }
+            self.put(&name, mine, false, true, Some("bake run lock".into()))
+                .await
+                .map(|_| LockInfo {
+                    recipe: recipe.to_string(),
+                    owner: value.owner.clone(),
+                    acquired_at: value.acquired_at,
+                    expires_at: value.expires_at,
+                })
+        } else {
+            self.lost_takeover(recipe).await
+        };
+        self.delete(&[marker]).await?;
+        result
+    }
+
+    /// The error of a run that lost the race for an expired lock: who holds it now.
+    async fn lost_takeover(&self, recipe: &str) -> Result<LockInfo> {
+        let now: Option<LockValue> = self
+            .get(&self.path(recipe, "lock"))
+            .await?
+            .and_then(|p| serde_json::from_str(p.value().unwrap_or_default()).ok());
+        Err(Error::LockHeld {
+            recipe: recipe.to_string(),
+            owner: now
+                .as_ref()
+                .map(|h| h.owner.clone())
+                .unwrap_or_else(|| "another run taking over the expired lock".into()),
+            expires: now
+                .map(|h| h.expires_at.to_rfc3339())
+                .unwrap_or_else(|| "unknown".into()),
+        })
+    }
+
     async fn delete(&self, names: &[String]) -> Result<()> {
         for chunk in names.chunks(10) {
             self.wait().await;
@@ -462,25 +538,25 @@ impl Registry for SsmRegistry {
         {
             Ok(_) => {}
             Err(Error::Conflict(_)) => {
-                let held: Option<LockValue> = self
+                let raw = self
                     .get(&name)
                     .await?
-                    .and_then(|p| serde_json::from_str(p.value().unwrap_or_default()).ok());
+                    .and_then(|p| p.value().map(str::to_string))
+                    .unwrap_or_default();
+                let held: Option<LockValue> = serde_json::from_str(&raw).ok();
                 match held {
-                    Some(h) if h.expires_at > now && h.owner != owner && !break_lock => {
+                    Some(h) if h.owner == owner => {}
+                    Some(h) if h.expires_at > now && !break_lock => {
                         return Err(Error::LockHeld {
                             recipe: recipe.to_string(),
                             owner: h.owner,
                             expires: h.expires_at.to_rfc3339(),
                         })
                     }
-                    Some(h) if h.expires_at > now && h.owner != owner => {
+                    Some(h) if h.expires_at > now => {
                         tracing::warn!(recipe, holder = %h.owner, "breaking a live lock (--break-lock)")
                     }
-                    Some(h) if h.owner != owner => {
-                        tracing::info!(recipe, holder = %h.owner, "taking over an expired lock")
-                    }
-                    _ => {}
+                    _ => return self.take_over(recipe, &raw, &json, value).await,
                 }
                 self.put(&name, &json, false, true, Some("bake run lock".into()))
                     .await?;
