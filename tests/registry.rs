@@ -260,8 +260,13 @@ async fn ssm_an_expired_lock_is_taken_over_by_exactly_one_of_many_contenders() {
             contenders.push(ssm(&prefix).await);
         }
         let attempts = contenders.iter().enumerate().map(|(i, r)| async move {
-            r.lock("eks-node", &format!("run-{i}"), Duration::from_secs(60), false)
-                .await
+            r.lock(
+                "eks-node",
+                &format!("run-{i}"),
+                Duration::from_secs(60),
+                false,
+            )
+            .await
         });
         let results = futures::future::join_all(attempts).await;
         let winners: Vec<usize> = results

@@ -5,6 +5,7 @@
 //! `bake:run-id` and journalled before the next call that can fail.
 
 pub mod canary;
+pub mod image;
 
 use super::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider, Role};
 use crate::aws::{code, err, Limits};
@@ -78,6 +79,14 @@ impl AwsProvider {
                 .unwrap_or_else(|| "(no region)".into()),
             limits,
         })
+    }
+
+    fn image_wait(&self) -> image::Wait {
+        image::Wait {
+            poll_interval: self.settings.poll_interval,
+            timeout: self.settings.image_timeout,
+            confirmations: 3,
+        }
     }
 
     async fn ec2_slot(&self) {
@@ -305,24 +314,8 @@ impl AwsProvider {
         }
     }
 
-    async fn image_snapshots(&self, image: &str) -> Result<(Option<ImageState>, Vec<String>)> {
-        self.ec2_slot().await;
-        let r = self.ec2.describe_images().image_ids(image).send().await;
-        let r = match r {
-            Ok(r) => r,
-            // Eventual consistency right after CreateImage.
-            Err(e) if code(&e) == Some("InvalidAMIID.NotFound") => return Ok((None, Vec::new())),
-            Err(e) => return Err(err(format!("describing {image} in {}", self.region), e)),
-        };
-        let Some(img) = r.images().first() else {
-            return Ok((None, Vec::new()));
-        };
-        let snaps = img
-            .block_device_mappings()
-            .iter()
-            .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_string))
-            .collect();
-        Ok((img.state().cloned(), snaps))
+    fn images(&self) -> image::Images<'_> {
+        image::Images::new(&self.ec2, &self.limits, &self.region)
     }
 
     /// Deletes a security group, waiting out the ENIs of just-terminated instances.
@@ -359,32 +352,6 @@ impl AwsProvider {
             .send()
             .await
             .map_err(|e| err(format!("tagging {} in {}", ids.join(", "), self.region), e))?;
-        Ok(())
-    }
-
-    async fn deregister(&self, image: &str) -> Result<()> {
-        let (_, snapshots) = self.image_snapshots(image).await?;
-        self.ec2_slot().await;
-        match self.ec2.deregister_image().image_id(image).send().await {
-            Ok(_) => {}
-            Err(e)
-                if code(&e) == Some("InvalidAMIID.NotFound")
-                    || code(&e) == Some("InvalidAMIID.Unavailable") => {}
-            Err(e) => return Err(err(format!("deregistering {image} in {}", self.region), e)),
-        }
-        for s in snapshots {
-            self.ec2_slot().await;
-            match self.ec2.delete_snapshot().snapshot_id(&s).send().await {
-                Ok(_) => {}
-                Err(e) if code(&e) == Some("InvalidSnapshot.NotFound") => {}
-                Err(e) => {
-                    return Err(err(
-                        format!("deleting snapshot {s} of {image} in {}", self.region),
-                        e,
-                    ))
-                }
-            }
-        }
         Ok(())
     }
 
@@ -623,7 +590,7 @@ impl Provider for AwsProvider {
     }
 
     async fn delete_image(&self, image_id: &str) -> Result<()> {
-        self.deregister(image_id).await
+        self.images().deregister(image_id).await
     }
 
     async fn leftovers(
@@ -750,7 +717,7 @@ impl Provider for AwsProvider {
     async fn remove_leftover(&self, l: &Leftover) -> Result<()> {
         match l.kind.as_str() {
             "instance" => self.terminate(&l.id).await,
-            "image" => self.deregister(&l.id).await,
+            "image" => self.images().deregister(&l.id).await,
             "security-group" => self.delete_security_group(&l.id).await,
             other => Err(Error::provider(
                 "aws",
@@ -1274,50 +1241,11 @@ impl Step<State> for CreateImage<'_> {
         cx.created("image", &image)?;
         state.image = Some(image.clone());
         // Available several times in a row; fail fast on `failed`.
-        let start = Instant::now();
-        let mut in_a_row = 0;
-        while in_a_row < 3 {
-            let (st, snaps) = p.image_snapshots(&image).await?;
-            match st {
-                Some(ImageState::Available) => {
-                    in_a_row += 1;
-                    state.snapshots = snaps;
-                }
-                Some(
-                    s @ (ImageState::Failed
-                    | ImageState::Error
-                    | ImageState::Invalid
-                    | ImageState::Deregistered),
-                ) => {
-                    return Err(step_err(
-                        cx,
-                        self.name(),
-                        format!("image {image} in {} is {s}", p.region),
-                    ))
-                }
-                _ => in_a_row = 0,
-            }
-            if in_a_row >= 3 {
-                break;
-            }
-            if start.elapsed() > p.settings.image_timeout {
-                return Err(step_err(
-                    cx,
-                    self.name(),
-                    format!(
-                        "image {image} not available after {:?}",
-                        p.settings.image_timeout
-                    ),
-                ));
-            }
-            // Confirmations come quickly; waiting for `available` polls at the interval.
-            let pause = if in_a_row > 0 {
-                p.settings.poll_interval / 4
-            } else {
-                p.settings.poll_interval
-            };
-            tokio::time::sleep(pause).await;
-        }
+        state.snapshots = p
+            .images()
+            .wait_available(&image, p.image_wait())
+            .await
+            .map_err(|e| step_err(cx, self.name(), e.to_string()))?;
         for s in &state.snapshots {
             cx.created("snapshot", s)?;
         }
@@ -1335,7 +1263,7 @@ impl Step<State> for CreateImage<'_> {
             return Ok(());
         }
         if let Some(image) = state.image.take() {
-            self.p.deregister(&image).await?;
+            self.p.images().deregister(&image).await?;
             for s in state.snapshots.drain(..) {
                 cx.removed("snapshot", &s)?;
             }
