@@ -601,3 +601,258 @@ async fn prune_keeps_images_in_use_by_instances_and_launch_templates() {
     );
     assert_eq!(left.as_array().unwrap().len(), 1);
 }
+
+/// The project under `prefix`, copying to us-west-2 and sharing with one account.
+fn copying_project(prefix: &str) -> Project {
+    let p = project(prefix);
+    p.edit(
+        "pipelines/aws.toml",
+        "copy_regions = []\nshare_accounts = []",
+        "copy_regions = [\"us-west-2\"]\nshare_accounts = [\"111122223333\"]\nkms_key_id = \"alias/bake-images\"",
+    );
+    p
+}
+
+async fn west(moto: &Moto) -> aws_config::SdkConfig {
+    moto.sdk()
+        .await
+        .to_builder()
+        .region(aws_config::Region::new("us-west-2"))
+        .build()
+}
+
+/// bake images in us-west-2 (copies), with their tags.
+async fn copies_in_west(moto: &Moto) -> Vec<(String, std::collections::BTreeMap<String, String>)> {
+    let ec2 = aws_sdk_ec2::Client::new(&west(moto).await);
+    let r = ec2.describe_images().owners("self").send().await.unwrap();
+    r.images()
+        .iter()
+        .map(|i| {
+            (
+                i.image_id().unwrap().to_string(),
+                i.tags()
+                    .iter()
+                    .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
+                    .collect(),
+            )
+        })
+        .filter(
+            |(_, tags): &(String, std::collections::BTreeMap<String, String>)| {
+                tags.contains_key("bake:source-image")
+            },
+        )
+        .collect()
+}
+
+async fn shared_with(ec2: &aws_sdk_ec2::Client, image: &str) -> Vec<String> {
+    let r = ec2
+        .describe_image_attribute()
+        .image_id(image)
+        .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+        .send()
+        .await
+        .unwrap();
+    r.launch_permissions()
+        .iter()
+        .map(|l| {
+            l.user_id()
+                .map(str::to_string)
+                .or_else(|| l.group().map(|g| format!("group:{}", g.as_str())))
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn copies_to_the_copy_regions_shares_with_the_accounts_and_publishes_each_regions_id() {
+    let moto = Moto::get();
+    let (x86, arm) = bases(moto).await;
+    let before: Vec<String> = copies_in_west(moto)
+        .await
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
+    // Sharing fails once (a 400 the SDK does not retry): nothing is published, the failing
+    // arch's copy is removed, and the validated images (and the other arch's finished copy)
+    // stay for the next run, which reuses them.
+    moto.set_config(json!({
+        "parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm},
+        "faults": [{"action": "ModifyImageAttribute", "times": 1, "code": "InvalidParameterValue", "status": 400}]
+    }));
+    let p = copying_project("/copies");
+    let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml", "-q"]);
+    assert_eq!(code, 1, "{summary:#}\n{stderr}");
+    assert!(summary["published"].as_array().unwrap().is_empty());
+    assert!(stderr.contains("sharing"), "{stderr}");
+    // Sweep sees the finished copy of the other arch (kept by resume, which reuses it).
+    let (_, swept, _) = bake(&p, moto, &["sweep", "-p", "pipelines/aws.toml"]);
+    let copies_left: Vec<&Value> = swept["leftovers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["kind"] == "image-copy")
+        .collect();
+    assert_eq!(copies_left.len(), 1, "{swept:#}");
+    assert!(copies_left[0]["id"]
+        .as_str()
+        .unwrap()
+        .starts_with("us-west-2/ami-"));
+
+    moto.set_config(json!({"parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm}}));
+    let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml", "-q"]);
+    assert_eq!(code, 0, "{stderr}");
+    let outcomes: Vec<&str> = summary["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["reused", "reused"],
+        "the validated images are not baked again"
+    );
+    let published = &summary["published"][0];
+    let release = published["release"].as_str().unwrap();
+
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let west_ec2 = aws_sdk_ec2::Client::new(&west(moto).await);
+    let west_ssm = aws_sdk_ssm::Client::new(&west(moto).await);
+    let copies: Vec<_> = copies_in_west(moto)
+        .await
+        .into_iter()
+        .filter(|(id, _)| !before.contains(id))
+        .collect();
+    assert_eq!(
+        copies.len(),
+        2,
+        "one copy per arch, none left from the failed run: {copies:?}"
+    );
+    for arch in ["x86_64", "arm64"] {
+        let image = published["images"][arch].as_str().unwrap();
+        let (copy, tags) = copies
+            .iter()
+            .find(|(_, t)| t["bake:source-image"] == image)
+            .unwrap_or_else(|| panic!("no copy of {image}: {copies:?}"));
+        assert_eq!(tags["bake:arch"], arch);
+        assert_eq!(tags["bake:status"], "validated");
+        // us-west-2 has the release parameter with its own AMI ID.
+        let param = west_ssm
+            .get_parameter()
+            .name(format!("/copies/eks-node/releases/{release}/{arch}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(param.parameter().unwrap().value(), Some(copy.as_str()));
+        assert_eq!(
+            param.parameter().unwrap().data_type(),
+            Some("aws:ec2:image")
+        );
+        // Shared with the account, never public, in both regions.
+        assert_eq!(shared_with(&ec2, image).await, ["111122223333"]);
+        assert_eq!(shared_with(&west_ec2, copy).await, ["111122223333"]);
+    }
+    // The manifest lists the copies; the release parameter in the home region is unchanged.
+    let ssm = aws_sdk_ssm::Client::new(&moto.sdk().await);
+    let manifest = ssm
+        .get_parameter()
+        .name(format!("/copies/eks-node/releases/{release}/manifest"))
+        .send()
+        .await
+        .unwrap();
+    let manifest: Value =
+        serde_json::from_str(manifest.parameter().unwrap().value().unwrap()).unwrap();
+    assert!(
+        manifest["images"]["arm64"]["copies"]["us-west-2"].is_string(),
+        "{manifest:#}"
+    );
+    // The images were copied with the pipeline's KMS key, encrypted.
+    for c in moto.params_of("CopyImage") {
+        assert_eq!(
+            c.get("Encrypted").map(String::as_str),
+            Some("true"),
+            "{c:?}"
+        );
+        assert_eq!(
+            c.get("KmsKeyId").map(String::as_str),
+            Some("alias/bake-images")
+        );
+    }
+    assert_eq!(
+        moto.params_of("CopyImage").len(),
+        2 + 1,
+        "1 copy in the failed run, 2 after"
+    );
+
+    // The pipeline's IAM policy allows what copying and sharing call.
+    let (_, policy, _) = bake(&p, moto, &["iam-policy", "pipelines/aws.toml"]);
+    let allowed = bake::iam::actions(&policy);
+    for needed in [
+        "ec2:CopyImage",
+        "ec2:ModifyImageAttribute",
+        "kms:CreateGrant",
+    ] {
+        assert!(allowed.contains(needed), "{needed} not allowed: {policy:#}");
+    }
+
+    // Deleting a published image (what prune does) deletes its copies too.
+    let pipeline = bake::pipeline::Pipeline::load(&p.path("pipelines/aws.toml")).unwrap();
+    let provider =
+        bake::provider::aws::AwsProvider::new(&moto.sdk().await, &pipeline, Default::default())
+            .unwrap();
+    use bake::provider::Provider;
+    let x = published["images"]["x86_64"].as_str().unwrap();
+    provider.delete_image(x).await.unwrap();
+    let left: Vec<_> = copies_in_west(moto)
+        .await
+        .into_iter()
+        .filter(|(_, t)| t["bake:source-image"] == x)
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn copy_and_share_settings_are_checked_before_anything_starts() {
+    for (from, to, says) in [
+        (
+            "copy_regions = []",
+            "copy_regions = [\"us-west\"]",
+            "is not an AWS region name",
+        ),
+        (
+            "copy_regions = []",
+            "copy_regions = [\"us-east-1\"]",
+            "is the pipeline's own region",
+        ),
+        (
+            "share_accounts = []",
+            "share_accounts = [\"all\"]",
+            "never made public",
+        ),
+        (
+            "share_accounts = []",
+            "share_accounts = [\"1234\"]",
+            "is not a 12-digit AWS account ID",
+        ),
+        (
+            "share_accounts = []",
+            "share_accounts = [\"111122223333\"]",
+            "sharing needs `kms_key_id`",
+        ),
+    ] {
+        let p = Project::new();
+        p.edit("pipelines/aws.toml", from, to);
+        let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("bake"))
+            .current_dir(p.dir.path())
+            .args(["plan", "pipelines/aws.toml"])
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{to}: {e}");
+        assert!(
+            e.contains(says) && e.contains("pipelines/aws.toml:"),
+            "{to}: {e}"
+        );
+        assert!(!p.state().exists());
+    }
+}

@@ -756,11 +756,10 @@ async fn open(
             let limits = crate::aws::Limits::default();
             Ok((
                 Box::new(AwsProvider::new(&config, pipeline, limits.clone())?),
-                Box::new(SsmRegistry::new(
-                    &config,
-                    settings.ssm_prefix.clone(),
-                    limits,
-                )),
+                Box::new(
+                    SsmRegistry::new(&config, settings.ssm_prefix.clone(), limits)
+                        .with_replicas(&config, &settings.copy_regions),
+                ),
             ))
         }
     }

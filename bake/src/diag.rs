@@ -106,6 +106,16 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
+/// The span of the value at a key path (`["aws", "share_accounts"]`), if it is there.
+pub fn span_of(src: &str, path: &[&str]) -> Option<Range<usize>> {
+    let doc = toml_edit::ImDocument::parse(src).ok()?;
+    let mut item = doc.as_item();
+    for key in path {
+        item = item.get(key)?;
+    }
+    item.span()
+}
+
 /// The dotted path of the deepest key or value whose span holds `offset`.
 pub fn field_at(src: &str, offset: usize) -> Option<String> {
     let doc = toml_edit::ImDocument::parse(src).ok()?;

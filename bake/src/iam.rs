@@ -132,6 +132,62 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
             "Condition": {"StringLike": {"aws:ResourceTag/bake:run-id": "*"}}
         }));
     }
+    if !aws.copy_regions.is_empty() {
+        let all = |r: &str| -> Vec<String> {
+            aws.copy_regions
+                .iter()
+                .map(|c| format!("arn:aws:ec2:{c}::{r}"))
+                .collect()
+        };
+        let images: Vec<String> = all("image/*")
+            .into_iter()
+            .chain(all("snapshot/*"))
+            .collect();
+        statements.push(json!({
+            "Sid": "CopyImagesToTheCopyRegions",
+            "Effect": "Allow",
+            "Action": "ec2:CopyImage",
+            "Resource": images.iter().cloned().chain([format!("arn:aws:ec2:{region}::image/*")]).collect::<Vec<_>>()
+        }));
+        statements.push(json!({
+            "Sid": "TagAndDeleteOwnCopies",
+            "Effect": "Allow",
+            "Action": ["ec2:CreateTags", "ec2:DeregisterImage", "ec2:DeleteSnapshot"],
+            "Resource": images,
+            "Condition": {"StringLike": {"aws:ResourceTag/bake:recipe": "*"}}
+        }));
+        statements.push(json!({
+            "Sid": "TagNewCopies",
+            "Effect": "Allow",
+            "Action": "ec2:CreateTags",
+            "Resource": all("image/*").into_iter().chain(all("snapshot/*")).collect::<Vec<_>>(),
+            "Condition": {"StringLike": {"aws:RequestTag/bake:recipe": "*"}}
+        }));
+        statements.push(json!({
+            "Sid": "ReleaseParametersInTheCopyRegions",
+            "Effect": "Allow",
+            "Action": ["ssm:GetParameter", "ssm:GetParametersByPath", "ssm:PutParameter", "ssm:DeleteParameters"],
+            "Resource": aws.copy_regions.iter().map(|c| format!("arn:aws:ssm:{c}:*:parameter{prefix}/*")).collect::<Vec<_>>()
+        }));
+    }
+    if !aws.share_accounts.is_empty() {
+        statements.push(json!({
+            "Sid": "ShareOwnImagesWithTheListedAccounts",
+            "Effect": "Allow",
+            "Action": "ec2:ModifyImageAttribute",
+            "Resource": "arn:aws:ec2:*::image/*",
+            "Condition": {"StringLike": {"aws:ResourceTag/bake:recipe": "*"}}
+        }));
+    }
+    if aws.kms_key_id.is_some() {
+        statements.push(json!({
+            "Sid": "UseTheImageKeyThroughEc2",
+            "Effect": "Allow",
+            "Action": ["kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom", "kms:ReEncryptTo"],
+            "Resource": "*",
+            "Condition": {"StringLike": {"kms:ViaService": "ec2.*.amazonaws.com"}}
+        }));
+    }
     if aws.instance_profile.is_some() {
         statements.push(json!({
             "Sid": "PassTheBuilderRoleToEc2",

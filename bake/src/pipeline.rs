@@ -172,10 +172,16 @@ pub struct AwsSettings {
     pub instance_profile: Option<String>,
     #[serde(default)]
     pub instance_type: BTreeMap<Arch, String>,
-    #[serde(default)]
+    /// Regions the validated image is copied to (encrypted); each gets the release parameters
+    /// with its own AMI ID.
+    #[serde(default, deserialize_with = "regions")]
     pub copy_regions: Vec<String>,
-    #[serde(default)]
+    /// Accounts given launch permission on the image and its copies (never public).
+    #[serde(default, deserialize_with = "accounts")]
     pub share_accounts: Vec<String>,
+    /// KMS key (ID, ARN or `alias/...`, which must exist in every region) for the volumes and
+    /// image copies; needed to share (an image under the default EBS key cannot be shared).
+    pub kms_key_id: Option<String>,
     /// How often to poll instance, agent, command and image states.
     #[serde(default = "default_poll", with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -194,6 +200,57 @@ pub struct AwsSettings {
     /// Longest pause between the SDK's retries of a throttled or failed call.
     #[serde(default = "default_retry_max_backoff", with = "humantime_serde")]
     pub retry_max_backoff: Duration,
+}
+
+fn regions<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    let mut seen = BTreeSet::new();
+    for r in &v {
+        let parts: Vec<&str> = r.split('-').collect();
+        let ok = parts.len() >= 3
+            && parts.iter().all(|p| {
+                !p.is_empty()
+                    && p.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            })
+            && parts
+                .last()
+                .is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()));
+        if !ok {
+            return Err(serde::de::Error::custom(format!(
+                "`{r}` is not an AWS region name (e.g. \"us-west-2\")"
+            )));
+        }
+        if !seen.insert(r) {
+            return Err(serde::de::Error::custom(format!(
+                "region `{r}` is listed twice"
+            )));
+        }
+    }
+    Ok(v)
+}
+
+fn accounts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    let mut seen = BTreeSet::new();
+    for a in &v {
+        if a.eq_ignore_ascii_case("all") {
+            return Err(serde::de::Error::custom(
+                "images are never made public: list 12-digit account IDs, not `all`",
+            ));
+        }
+        if a.len() != 12 || !a.chars().all(|c| c.is_ascii_digit()) {
+            return Err(serde::de::Error::custom(format!(
+                "`{a}` is not a 12-digit AWS account ID"
+            )));
+        }
+        if !seen.insert(a) {
+            return Err(serde::de::Error::custom(format!(
+                "account `{a}` is listed twice"
+            )));
+        }
+    }
+    Ok(v)
 }
 
 fn default_retry_max_backoff() -> Duration {
@@ -331,6 +388,23 @@ impl Pipeline {
             ));
         }
 
+        if let Some(aws) = &raw.aws {
+            let span = |key: &str| crate::diag::span_of(&src, &["aws", key]).unwrap_or(0..0);
+            if !aws.share_accounts.is_empty() && aws.kms_key_id.is_none() {
+                return Err(at(
+                    span("share_accounts"),
+                    "sharing needs `kms_key_id` in [aws]: an image encrypted with the default EBS key cannot be shared; use a customer managed key the listed accounts may use".into(),
+                ));
+            }
+            if let Some(r) = aws.region.as_ref().filter(|r| aws.copy_regions.contains(r)) {
+                return Err(at(
+                    span("copy_regions"),
+                    format!(
+                        "`{r}` is the pipeline's own region; copy_regions lists the other regions"
+                    ),
+                ));
+            }
+        }
         if raw.bake.is_empty() {
             return Err(Diagnostic::file(
                 file,

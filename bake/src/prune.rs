@@ -208,6 +208,7 @@ mod tests {
                             validators: BTreeMap::new(),
                             packages_sha256: None,
                             run_id: "r".into(),
+                            copies: Default::default(),
                         },
                     )
                 })

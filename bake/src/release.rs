@@ -101,6 +101,10 @@ pub struct ReleaseImage {
     /// sha256 of the package manifest captured at bake time.
     pub packages_sha256: Option<String>,
     pub run_id: String,
+    /// The image's copies in other regions (region → image ID); each region has the release
+    /// parameters with its own ID.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub copies: BTreeMap<String, String>,
 }
 
 /// The release manifest (`.../releases/<release>/manifest`).

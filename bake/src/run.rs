@@ -454,6 +454,7 @@ fn release_image(image: &ImageRecord) -> ReleaseImage {
             .collect(),
         packages_sha256: image.packages_sha256.clone(),
         run_id: image.run_id.clone(),
+        copies: image.copies.clone(),
     }
 }
 
@@ -483,6 +484,7 @@ async fn bake_arch(
             match image.status {
                 ImageStatus::Validated => {
                     step_cx.phase(&format!("reusing validated image {} (same key)", image.id));
+                    let image = cx.provider.distribute(image, &step_cx).await?;
                     return Ok((image, true));
                 }
                 ImageStatus::Rejected => {

@@ -126,7 +126,10 @@ pub async fn published(registry: &dyn Registry, pipeline: &Pipeline) -> Result<B
     let mut out = BTreeSet::new();
     for bake in &pipeline.bakes {
         for m in registry.releases(&bake.recipe.name).await? {
-            out.extend(m.images.values().map(|i| i.image_id.clone()));
+            for i in m.images.values() {
+                out.insert(i.image_id.clone());
+                out.extend(i.copies.values().cloned());
+            }
         }
         for (_, entry) in registry.channels(&bake.recipe.name).await? {
             out.extend(entry.images.values().cloned());

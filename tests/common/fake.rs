@@ -324,6 +324,7 @@ impl Provider for FakeProvider {
             created_at: Utc::now(),
             verdict,
             packages_sha256: None,
+            copies: Default::default(),
         };
         {
             let mut s = self.shared();

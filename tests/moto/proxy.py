@@ -71,7 +71,7 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             form = urllib.parse.parse_qs(body.decode() or urllib.parse.urlparse(self.path).query)
             service, action = "ec2", (form.get("Action") or ["?"])[0]
         record = {"service": service, "action": action}
-        if service == "ec2" and action in ("RunInstances", "CreateSecurityGroup", "AuthorizeSecurityGroupIngress", "CreateImage"):
+        if service == "ec2" and action in ("RunInstances", "CreateSecurityGroup", "AuthorizeSecurityGroupIngress", "CreateImage", "CopyImage"):
             record["params"] = {k: v[0] for k, v in form.items()}
         with LOCK:
             with open(CALLS, "a") as f:

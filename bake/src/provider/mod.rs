@@ -12,6 +12,7 @@ use crate::{Arch, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A base image resolved to an exact ID for one run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +45,9 @@ pub struct ImageRecord {
     pub created_at: DateTime<Utc>,
     pub verdict: Verdict,
     pub packages_sha256: Option<String>,
+    /// Copies in other regions (region → image ID), made after validation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub copies: BTreeMap<String, String>,
 }
 
 /// Which VM or instance of a bake: the builder that makes the image, or the canary that proves it.
@@ -99,6 +103,17 @@ pub trait Provider: Send + Sync {
     /// Why the image must not be deleted (a running or stopped instance or a launch template
     /// uses it, it has deregistration protection), or None.
     async fn image_in_use(&self, image_id: &str) -> Result<Option<String>>;
+
+    /// Completes what a validated image needs before it can be published: copies to other
+    /// regions and launch permissions (AWS). Reused images go through it too, so a run that died
+    /// after validation finishes the job. Nothing to do by default.
+    async fn distribute(
+        &self,
+        image: ImageRecord,
+        _cx: &crate::steps::StepContext<'_>,
+    ) -> Result<ImageRecord> {
+        Ok(image)
+    }
 
     /// Deletes an image and what belongs to it (snapshots, files).
     async fn delete_image(&self, image_id: &str) -> Result<()>;

@@ -21,6 +21,9 @@ pub struct SsmRegistry {
     prefix: SsmPath,
     region: String,
     limits: Limits,
+    /// The same prefix in each of the pipeline's copy regions: release parameters there hold
+    /// that region's copy, so Terraform in any region reads its own AMI ID.
+    replicas: Vec<SsmRegistry>,
 }
 
 /// What a channel move stores in the description of its `release` parameter version.
@@ -49,6 +52,36 @@ impl SsmRegistry {
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "(no region)".into()),
             limits,
+            replicas: Vec::new(),
+        }
+    }
+
+    /// Also writes release parameters (with each region's copy) in `regions`.
+    pub fn with_replicas(mut self, config: &aws_config::SdkConfig, regions: &[String]) -> Self {
+        self.replicas = regions
+            .iter()
+            .map(|r| {
+                let conf = config
+                    .to_builder()
+                    .region(aws_config::Region::new(r.clone()))
+                    .build();
+                SsmRegistry::new(&conf, self.prefix.clone(), self.limits.clone())
+            })
+            .collect();
+        self
+    }
+
+    /// Writes `value` at `name` unless it is there already with that value (a run finishing a
+    /// release it started); a different value is a conflict.
+    async fn put_once(&self, name: &str, value: &str) -> Result<()> {
+        match self.get(name).await? {
+            Some(p) if p.value() == Some(value) => Ok(()),
+            Some(p) => Err(Error::Conflict(format!(
+                "{name} in {} holds {} but this release has {value}; published parameters are never overwritten",
+                self.region,
+                p.value().unwrap_or_default()
+            ))),
+            None => self.put(name, value, true, false, None).await.map(|_| ()),
         }
     }
 
@@ -325,6 +358,21 @@ impl Registry for SsmRegistry {
                 BTreeMap::new()
             }
         };
+        // Copy regions first: the primary's manifest, written last, is what makes the release
+        // exist; a rerun finishes whatever a dead run left.
+        for replica in &self.replicas {
+            for (arch, image) in &manifest.images {
+                let copy = image.copies.get(&replica.region).ok_or_else(|| {
+                    Error::Conflict(format!(
+                        "{recipe} {arch}: image {} has no copy in {}, a copy region of this pipeline",
+                        image.image_id, replica.region
+                    ))
+                })?;
+                let name =
+                    super::release_parameter(&self.prefix, &recipe, &manifest.release, *arch);
+                replica.put_once(&name, copy).await?;
+            }
+        }
         let dir = super::release_dir(&self.prefix, &recipe, &manifest.release);
         for (arch, image) in &manifest.images {
             if existing.contains_key(&arch.to_string()) {
@@ -367,6 +415,17 @@ impl Registry for SsmRegistry {
             .collect();
         if !rest.is_empty() {
             self.delete(&rest).await?;
+        }
+        for replica in &self.replicas {
+            let names: Vec<String> = replica
+                .list(&dir)
+                .await?
+                .iter()
+                .filter_map(|p| p.name().map(str::to_string))
+                .collect();
+            if !names.is_empty() {
+                replica.delete(&names).await?;
+            }
         }
         Ok(())
     }

@@ -1,10 +1,13 @@
 //! AMIs in one region: waiting for a new image to be usable (several `available` answers in
 //! a row, riding out `InvalidAMIID.NotFound` right after it was created, failing fast on
-//! `failed`), its snapshots, and deregistering it with them.
+//! `failed`), its snapshots, deregistering it with them, whether something uses it, copies
+//! from another region (tagged `bake:source-image`), and launch permissions for accounts.
 
 use crate::aws::{code, err, Limits};
 use crate::{Error, Result};
-use aws_sdk_ec2::types::ImageState;
+use aws_sdk_ec2::types::{
+    Filter, ImageState, LaunchPermission, LaunchPermissionModifications, Tag,
+};
 use std::time::{Duration, Instant};
 
 /// The AMIs of one region, through one EC2 client.
@@ -123,6 +126,206 @@ impl<'a> Images<'a> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Why the image must not be deleted: an instance (running or stopped) or a launch
+    /// template version uses it, or it has deregistration protection.
+    pub async fn in_use(&self, image_id: &str) -> Result<Option<String>> {
+        self.limits.ec2.until_ready().await;
+        let r = self
+            .ec2
+            .describe_instances()
+            .filters(Filter::builder().name("image-id").values(image_id).build())
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .values("pending")
+                    .values("running")
+                    .values("stopping")
+                    .values("stopped")
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!("looking for instances of {image_id} in {}", self.region),
+                    e,
+                )
+            })?;
+        if let Some(i) = r.reservations().iter().flat_map(|r| r.instances()).next() {
+            return Ok(Some(format!(
+                "is used by instance {}",
+                i.instance_id().unwrap_or("?")
+            )));
+        }
+        self.limits.ec2.until_ready().await;
+        let templates = self
+            .ec2
+            .describe_launch_templates()
+            .send()
+            .await
+            .map_err(|e| err(format!("listing launch templates in {}", self.region), e))?;
+        for t in templates.launch_templates() {
+            let Some(id) = t.launch_template_id() else {
+                continue;
+            };
+            self.limits.ec2.until_ready().await;
+            let versions = self
+                .ec2
+                .describe_launch_template_versions()
+                .launch_template_id(id)
+                .send()
+                .await
+                .map_err(|e| {
+                    err(
+                        format!("reading launch template {id} in {}", self.region),
+                        e,
+                    )
+                })?;
+            for v in versions.launch_template_versions() {
+                if v.launch_template_data().and_then(|d| d.image_id()) == Some(image_id) {
+                    return Ok(Some(format!(
+                        "is used by launch template {} version {}",
+                        t.launch_template_name().unwrap_or(id),
+                        v.version_number().unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        self.limits.ec2.until_ready().await;
+        let r = self
+            .ec2
+            .describe_images()
+            .image_ids(image_id)
+            .send()
+            .await
+            .map_err(|e| err(format!("describing {image_id} in {}", self.region), e))?;
+        if let Some(p) = r
+            .images()
+            .first()
+            .and_then(|i| i.deregistration_protection())
+        {
+            if p.starts_with("enabled") {
+                return Ok(Some(format!("has deregistration protection ({p})")));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Available copies of `source` in this region (tagged `bake:source-image`).
+    pub async fn copies_of(&self, source: &str) -> Result<Vec<String>> {
+        self.limits.ec2.until_ready().await;
+        let r = self
+            .ec2
+            .describe_images()
+            .owners("self")
+            .filters(
+                Filter::builder()
+                    .name("tag:bake:source-image")
+                    .values(source)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!("looking for copies of {source} in {}", self.region),
+                    e,
+                )
+            })?;
+        Ok(r.images()
+            .iter()
+            .filter(|i| i.state() == Some(&ImageState::Available))
+            .filter_map(|i| i.image_id().map(str::to_string))
+            .collect())
+    }
+
+    /// Starts an encrypted copy of `source` from `source_region` into this region and returns
+    /// its ID. CopyImage carries no tags on every implementation, so the caller tags it.
+    pub async fn copy_here(
+        &self,
+        source: &str,
+        source_region: &str,
+        name: &str,
+        kms_key_id: Option<&str>,
+    ) -> Result<String> {
+        self.limits.ec2.until_ready().await;
+        let r = self
+            .ec2
+            .copy_image()
+            .source_image_id(source)
+            .source_region(source_region)
+            .name(name)
+            .description(format!("bake copy of {source} from {source_region}"))
+            .encrypted(true)
+            .set_kms_key_id(kms_key_id.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!("copying {source} from {source_region} to {}", self.region),
+                    e,
+                )
+            })?;
+        r.image_id().map(str::to_string).ok_or_else(|| {
+            Error::provider(
+                "aws",
+                format!(
+                    "CopyImage of {source} into {} returned no image ID",
+                    self.region
+                ),
+            )
+        })
+    }
+
+    /// Tags the image and its snapshots.
+    pub async fn tag(&self, image: &str, snapshots: &[String], tags: Vec<Tag>) -> Result<()> {
+        let mut ids = vec![image.to_string()];
+        ids.extend(snapshots.iter().cloned());
+        self.limits.ec2.until_ready().await;
+        self.ec2
+            .create_tags()
+            .set_resources(Some(ids))
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .map_err(|e| err(format!("tagging {image} in {}", self.region), e))?;
+        Ok(())
+    }
+
+    /// Gives these accounts (never `all`) launch permission on the image; adding one that is
+    /// already there is a no-op on EC2's side.
+    pub async fn share(&self, image: &str, accounts: &[String]) -> Result<()> {
+        if accounts.is_empty() {
+            return Ok(());
+        }
+        let add = accounts
+            .iter()
+            .map(|a| LaunchPermission::builder().user_id(a).build())
+            .collect();
+        self.limits.ec2.until_ready().await;
+        self.ec2
+            .modify_image_attribute()
+            .image_id(image)
+            .launch_permission(
+                LaunchPermissionModifications::builder()
+                    .set_add(Some(add))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!(
+                        "sharing {image} in {} with {}",
+                        self.region,
+                        accounts.join(", ")
+                    ),
+                    e,
+                )
+            })?;
         Ok(())
     }
 }

@@ -37,6 +37,8 @@ pub struct AwsProvider {
     settings: AwsSettings,
     /// The EKS cluster canaries join.
     canary_cluster: Option<String>,
+    /// One EC2 client per `copy_regions` entry.
+    copy_clients: Vec<(String, aws_sdk_ec2::Client)>,
     region: String,
     limits: Limits,
 }
@@ -56,12 +58,16 @@ impl AwsProvider {
                 pipeline.file.display()
             )));
         }
-        if !settings.copy_regions.is_empty() || !settings.share_accounts.is_empty() {
-            return Err(Error::Usage(format!(
-                "{}: copy_regions and share_accounts are not available in this build; leave them empty",
-                pipeline.file.display()
-            )));
-        }
+        let copy_clients = settings
+            .copy_regions
+            .iter()
+            .map(|r| {
+                let conf = aws_sdk_ec2::config::Builder::from(config)
+                    .region(aws_sdk_ec2::config::Region::new(r.clone()))
+                    .build();
+                (r.clone(), aws_sdk_ec2::Client::from_conf(conf))
+            })
+            .collect();
         let canary_cluster = pipeline.canary_cluster.as_ref().map(|c| {
             pipeline.clusters[c]
                 .eks_cluster
@@ -73,6 +79,7 @@ impl AwsProvider {
             ssm: aws_sdk_ssm::Client::new(config),
             settings,
             canary_cluster,
+            copy_clients,
             region: config
                 .region()
                 .map(|r| r.to_string())
@@ -355,6 +362,28 @@ impl AwsProvider {
         Ok(())
     }
 
+    /// The `bake:*` tags of an image, for its copies.
+    async fn bake_tags_of(&self, image: &str) -> Result<Vec<Tag>> {
+        self.ec2_slot().await;
+        let r = self
+            .ec2
+            .describe_images()
+            .image_ids(image)
+            .send()
+            .await
+            .map_err(|e| err(format!("describing {image} in {}", self.region), e))?;
+        Ok(r.images()
+            .first()
+            .map(|i| {
+                i.tags()
+                    .iter()
+                    .filter(|t| t.key().is_some_and(|k| k.starts_with("bake:")))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     fn record_from(&self, img: &aws_sdk_ec2::types::Image) -> Option<ImageRecord> {
         let tag = |k: &str| {
             img.tags()
@@ -398,6 +427,7 @@ impl AwsProvider {
                 .unwrap_or_else(Utc::now),
             verdict,
             packages_sha256: tag("bake:packages"),
+            copies: Default::default(),
         })
     }
 }
@@ -498,7 +528,16 @@ impl Provider for AwsProvider {
             .filter_map(|i| self.record_from(i))
             .collect();
         found.sort_by_key(|r| r.created_at);
-        Ok(found.pop())
+        let Some(mut record) = found.pop() else {
+            return Ok(None);
+        };
+        for (region, ec2) in &self.copy_clients {
+            let images = image::Images::new(ec2, &self.limits, region);
+            if let Some(copy) = images.copies_of(&record.id).await?.into_iter().next() {
+                record.copies.insert(region.clone(), copy);
+            }
+        }
+        Ok(Some(record))
     }
 
     async fn package_manifest(&self, _image_id: &str) -> Result<Option<String>> {
@@ -507,89 +546,27 @@ impl Provider for AwsProvider {
     }
 
     async fn image_in_use(&self, image_id: &str) -> Result<Option<String>> {
-        self.ec2_slot().await;
-        let r = self
-            .ec2
-            .describe_instances()
-            .filters(Filter::builder().name("image-id").values(image_id).build())
-            .filters(
-                Filter::builder()
-                    .name("instance-state-name")
-                    .values("pending")
-                    .values("running")
-                    .values("stopping")
-                    .values("stopped")
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| {
-                err(
-                    format!("looking for instances of {image_id} in {}", self.region),
-                    e,
-                )
-            })?;
-        if let Some(i) = r.reservations().iter().flat_map(|r| r.instances()).next() {
-            return Ok(Some(format!(
-                "is used by instance {}",
-                i.instance_id().unwrap_or("?")
-            )));
+        if let Some(why) = self.images().in_use(image_id).await? {
+            return Ok(Some(why));
         }
-        self.ec2_slot().await;
-        let templates = self
-            .ec2
-            .describe_launch_templates()
-            .send()
-            .await
-            .map_err(|e| err(format!("listing launch templates in {}", self.region), e))?;
-        for t in templates.launch_templates() {
-            let Some(id) = t.launch_template_id() else {
-                continue;
-            };
-            self.ec2_slot().await;
-            let versions = self
-                .ec2
-                .describe_launch_template_versions()
-                .launch_template_id(id)
-                .send()
-                .await
-                .map_err(|e| {
-                    err(
-                        format!("reading launch template {id} in {}", self.region),
-                        e,
-                    )
-                })?;
-            for v in versions.launch_template_versions() {
-                if v.launch_template_data().and_then(|d| d.image_id()) == Some(image_id) {
-                    return Ok(Some(format!(
-                        "is used by launch template {} version {}",
-                        t.launch_template_name().unwrap_or(id),
-                        v.version_number().unwrap_or_default()
-                    )));
+        for (region, ec2) in &self.copy_clients {
+            let images = image::Images::new(ec2, &self.limits, region);
+            for copy in images.copies_of(image_id).await? {
+                if let Some(why) = images.in_use(&copy).await? {
+                    return Ok(Some(format!("its copy {copy} in {region} {why}")));
                 }
-            }
-        }
-        self.ec2_slot().await;
-        let r = self
-            .ec2
-            .describe_images()
-            .image_ids(image_id)
-            .send()
-            .await
-            .map_err(|e| err(format!("describing {image_id} in {}", self.region), e))?;
-        if let Some(p) = r
-            .images()
-            .first()
-            .and_then(|i| i.deregistration_protection())
-        {
-            if p.starts_with("enabled") {
-                return Ok(Some(format!("has deregistration protection ({p})")));
             }
         }
         Ok(None)
     }
 
     async fn delete_image(&self, image_id: &str) -> Result<()> {
+        for (region, ec2) in &self.copy_clients {
+            let images = image::Images::new(ec2, &self.limits, region);
+            for copy in images.copies_of(image_id).await? {
+                images.deregister(&copy).await?;
+            }
+        }
         self.images().deregister(image_id).await
     }
 
@@ -705,10 +682,37 @@ impl Provider for AwsProvider {
                 false,
             );
         }
+        // Copies a dead run made in other regions and no release publishes.
+        for (region, ec2) in &self.copy_clients {
+            self.ec2_slot().await;
+            let r = ec2
+                .describe_images()
+                .owners("self")
+                .filters(tagged())
+                .send()
+                .await
+                .map_err(|e| err(format!("looking for bake images in {region}"), e))?;
+            for i in r.images() {
+                let id = i.image_id().unwrap_or_default();
+                if published.contains(id) {
+                    continue;
+                }
+                let status = tag(i.tags(), "bake:status");
+                push(
+                    "image-copy",
+                    &format!("{region}/{id}"),
+                    i.tags(),
+                    &format!(
+                        "deregister the unpublished copy in {region} and delete its snapshots"
+                    ),
+                    status == "validated",
+                );
+            }
+        }
         // Instances first, then images, then groups (a group is in use until its instances go).
         out.sort_by_key(|l| match l.kind.as_str() {
             "instance" => 0,
-            "image" => 1,
+            "image" | "image-copy" => 1,
             _ => 2,
         });
         Ok(out)
@@ -718,12 +722,115 @@ impl Provider for AwsProvider {
         match l.kind.as_str() {
             "instance" => self.terminate(&l.id).await,
             "image" => self.images().deregister(&l.id).await,
+            "image-copy" => {
+                let (region, id) = l.id.split_once('/').unwrap_or_default();
+                match self.copy_clients.iter().find(|(r, _)| r == region) {
+                    Some((r, ec2)) => {
+                        image::Images::new(ec2, &self.limits, r)
+                            .deregister(id)
+                            .await
+                    }
+                    None => Err(Error::Usage(format!(
+                        "{region} is not in copy_regions of this pipeline; cannot remove {id} there"
+                    ))),
+                }
+            }
             "security-group" => self.delete_security_group(&l.id).await,
             other => Err(Error::provider(
                 "aws",
                 format!("unknown leftover kind `{other}`"),
             )),
         }
+    }
+
+    /// Copies a validated image to each of `copy_regions` that lacks one (encrypted, with the
+    /// image's `bake:*` tags and `bake:source-image`) and gives `share_accounts` launch
+    /// permission on the image and every copy. A failure removes the copies this call made;
+    /// the validated image stays and the next run or `resume` distributes it again.
+    async fn distribute(
+        &self,
+        mut image: ImageRecord,
+        cx: &StepContext<'_>,
+    ) -> Result<ImageRecord> {
+        if image.status != ImageStatus::Validated
+            || (self.copy_clients.is_empty() && self.settings.share_accounts.is_empty())
+        {
+            return Ok(image);
+        }
+        let mut made: Vec<(usize, String)> = Vec::new();
+        let result = async {
+            let mut tags: Option<Vec<Tag>> = None;
+            for (n, (region, ec2)) in self.copy_clients.iter().enumerate() {
+                let images = image::Images::new(ec2, &self.limits, region);
+                if let Some(copy) = images.copies_of(&image.id).await?.into_iter().next() {
+                    image.copies.insert(region.clone(), copy);
+                    continue;
+                }
+                cx.phase(&format!("copying {} to {region}", image.id));
+                let name = format!(
+                    "bake-{}-{}-{}-{}",
+                    image.recipe,
+                    image.arch,
+                    image.key.short(),
+                    image.id
+                );
+                let copy = images
+                    .copy_here(
+                        &image.id,
+                        &self.region,
+                        &name,
+                        self.settings.kms_key_id.as_deref(),
+                    )
+                    .await?;
+                cx.created("image-copy", &format!("{region}/{copy}"))?;
+                made.push((n, copy.clone()));
+                let snaps = images.wait_available(&copy, self.image_wait()).await?;
+                if tags.is_none() {
+                    tags = Some(self.bake_tags_of(&image.id).await?);
+                }
+                let mut t = tags.clone().unwrap_or_default();
+                t.push(
+                    Tag::builder()
+                        .key("bake:source-image")
+                        .value(&image.id)
+                        .build(),
+                );
+                images.tag(&copy, &snaps, t).await?;
+                image.copies.insert(region.clone(), copy);
+            }
+            let accounts = &self.settings.share_accounts;
+            if !accounts.is_empty() {
+                cx.phase(&format!("sharing with {}", accounts.join(", ")));
+                self.images().share(&image.id, accounts).await?;
+                for (region, ec2) in &self.copy_clients {
+                    if let Some(copy) = image.copies.get(region) {
+                        image::Images::new(ec2, &self.limits, region)
+                            .share(copy, accounts)
+                            .await?;
+                    }
+                }
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        if let Err(e) = result {
+            for (n, copy) in made {
+                let (region, ec2) = &self.copy_clients[n];
+                match image::Images::new(ec2, &self.limits, region)
+                    .deregister(&copy)
+                    .await
+                {
+                    Ok(()) => {
+                        let _ = cx.removed("image-copy", &format!("{region}/{copy}"));
+                    }
+                    Err(c) => tracing::error!(
+                        "removing the copy {copy} in {region}: {c} (`bake sweep` finds it)"
+                    ),
+                }
+            }
+            return Err(cx.error("distribute", e.to_string()));
+        }
+        Ok(image)
     }
 
     async fn bake(&self, job: &BakeJob<'_>, cx: &StepContext<'_>) -> Result<ImageRecord> {
@@ -773,7 +880,7 @@ impl Provider for AwsProvider {
             })
             .await;
         report.into_result()?;
-        state.record.ok_or_else(|| {
+        let record = state.record.ok_or_else(|| {
             Error::provider(
                 "aws",
                 format!(
@@ -781,7 +888,8 @@ impl Provider for AwsProvider {
                     job.recipe.name, job.arch
                 ),
             )
-        })
+        })?;
+        self.distribute(record, cx).await
     }
 }
 
@@ -969,6 +1077,7 @@ impl Step<State> for Launch<'_> {
                             .volume_size(volume.size_gib as i32)
                             .volume_type(VolumeType::from(volume.volume_type.as_str()))
                             .encrypted(true)
+                            .set_kms_key_id(p.settings.kms_key_id.clone())
                             .delete_on_termination(true)
                             .build(),
                     )
@@ -1395,6 +1504,7 @@ impl Step<State> for Validate<'_> {
             created_at: Utc::now(),
             verdict: verdict.clone(),
             packages_sha256: packages,
+            copies: Default::default(),
         });
         state.verdict = Some(verdict);
         Ok(())

@@ -1129,6 +1129,7 @@ impl Step<State> for Validate<'_> {
             created_at: Utc::now(),
             verdict: verdict.clone(),
             packages_sha256: packages,
+            copies: Default::default(),
         };
         self.provider.store.write_record(&record)?;
         if !verdict.accepted {
