@@ -396,6 +396,23 @@ impl Pipeline {
                     "sharing needs `kms_key_id` in [aws]: an image encrypted with the default EBS key cannot be shared; use a customer managed key the listed accounts may use".into(),
                 ));
             }
+            if aws.engine == Engine::Imagebuilder {
+                let missing: Vec<&str> = [
+                    ("instance_profile", aws.instance_profile.is_none()),
+                    ("subnet_id", aws.subnet_id.is_none()),
+                    ("security_group_id", aws.security_group_id.is_none()),
+                ]
+                .into_iter()
+                .filter(|(_, m)| *m)
+                .map(|(f, _)| f)
+                .collect();
+                if !missing.is_empty() {
+                    return Err(at(
+                        span("engine"),
+                        format!("engine \"imagebuilder\" needs {} in [aws]: Image Builder's infrastructure configuration is reused across runs, so bake does not create a per-run security group for it (give one with no inbound rules)", missing.join(", ")),
+                    ));
+                }
+            }
             if let Some(r) = aws.region.as_ref().filter(|r| aws.copy_regions.contains(r)) {
                 return Err(at(
                     span("copy_regions"),

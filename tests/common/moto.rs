@@ -158,6 +158,19 @@ impl Moto {
             .load()
             .await
     }
+
+    /// The SDK configuration bake itself gets: through the proxy, with fast retries.
+    pub async fn sdk_via_proxy(&self) -> aws_config::SdkConfig {
+        self.sdk()
+            .await
+            .to_builder()
+            .endpoint_url(&self.endpoint)
+            .retry_config(
+                aws_config::retry::RetryConfig::standard()
+                    .with_max_backoff(Duration::from_millis(200)),
+            )
+            .build()
+    }
 }
 
 // What the AWS tests share: bases registered in moto, a project writing under its own

@@ -6,6 +6,8 @@
 
 pub mod canary;
 pub mod image;
+pub mod imagebuilder;
+pub mod toe;
 
 use super::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider, Role};
 use crate::aws::{code, err, Limits};
@@ -34,6 +36,7 @@ const MAX_INLINE_FILE: usize = 48 * 1024;
 pub struct AwsProvider {
     ec2: aws_sdk_ec2::Client,
     ssm: aws_sdk_ssm::Client,
+    imagebuilder: aws_sdk_imagebuilder::Client,
     settings: AwsSettings,
     /// The EKS cluster canaries join.
     canary_cluster: Option<String>,
@@ -52,12 +55,6 @@ impl AwsProvider {
         let settings = pipeline.aws.clone().ok_or_else(|| {
             Error::Usage(format!("{} has no [aws] section", pipeline.file.display()))
         })?;
-        if settings.engine != crate::pipeline::Engine::Ec2 {
-            return Err(Error::Usage(format!(
-                "{}: engine \"imagebuilder\" is not available in this build; use engine = \"ec2\"",
-                pipeline.file.display()
-            )));
-        }
         let copy_clients = settings
             .copy_regions
             .iter()
@@ -77,6 +74,7 @@ impl AwsProvider {
         Ok(AwsProvider {
             ec2: aws_sdk_ec2::Client::new(config),
             ssm: aws_sdk_ssm::Client::new(config),
+            imagebuilder: aws_sdk_imagebuilder::Client::new(config),
             settings,
             canary_cluster,
             copy_clients,
@@ -319,6 +317,35 @@ impl AwsProvider {
                 return Err(Error::provider("aws", format!("{label}: command {command_id} on {instance} did not finish within {timeout:?}")));
             }
         }
+    }
+
+    /// The installed packages of an instance, one `name\tversion\tarch` line each.
+    async fn package_manifest(&self, instance: &str, cx: &StepContext<'_>) -> Result<String> {
+        cx.phase("package manifest");
+        let label = format!("{} {} packages", cx.recipe, cx.arch);
+        let script = "#!/bin/bash\n# bake: package manifest\nif command -v dpkg-query >/dev/null; then dpkg-query -W -f='${Package}\\t${Version}\\t${Architecture}\\n' | sort; else rpm -qa --qf '%{NAME}\\t%{VERSION}-%{RELEASE}\\t%{ARCH}\\n' | sort; fi\n";
+        let (rc, out, errs) = self
+            .run_command(instance, &label, script, self.settings.command_timeout)
+            .await?;
+        if rc != 0 {
+            return Err(cx.error("packages", format!("exited {rc}: {}", errs.trim())));
+        }
+        Ok(out)
+    }
+
+    fn image_builder(&self) -> imagebuilder::ImageBuilder<'_> {
+        imagebuilder::ImageBuilder {
+            client: &self.imagebuilder,
+            limits: &self.limits,
+            region: &self.region,
+        }
+    }
+
+    /// Uses this Image Builder client (tests hand in one answered by aws-smithy-mocks, as
+    /// moto has no Image Builder).
+    pub fn with_imagebuilder(mut self, client: aws_sdk_imagebuilder::Client) -> Self {
+        self.imagebuilder = client;
+        self
     }
 
     fn images(&self) -> image::Images<'_> {
@@ -844,21 +871,7 @@ impl Provider for AwsProvider {
                 )));
             }
         }
-        let steps: Vec<Box<dyn Step<State> + '_>> = vec![
-            Box::new(SecurityGroup { p: self, job }),
-            Box::new(Launch {
-                p: self,
-                job,
-                role: Role::Builder,
-            }),
-            Box::new(Agent {
-                p: self,
-                role: Role::Builder,
-            }),
-            Box::new(Provision { p: self, job }),
-            Box::new(StopBuilder { p: self }),
-            Box::new(CreateImage { p: self, job }),
-            Box::new(TerminateBuilder { p: self }),
+        let canary: Vec<Box<dyn Step<State> + '_>> = vec![
             Box::new(Launch {
                 p: self,
                 job,
@@ -868,8 +881,34 @@ impl Provider for AwsProvider {
                 p: self,
                 role: Role::Canary,
             }),
-            Box::new(Validate { p: self, job }),
         ];
+        let mut steps: Vec<Box<dyn Step<State> + '_>> = match self.settings.engine {
+            crate::pipeline::Engine::Ec2 => vec![
+                Box::new(SecurityGroup { p: self, job }),
+                Box::new(Launch {
+                    p: self,
+                    job,
+                    role: Role::Builder,
+                }),
+                Box::new(Agent {
+                    p: self,
+                    role: Role::Builder,
+                }),
+                Box::new(Provision { p: self, job }),
+                Box::new(StopBuilder { p: self }),
+                Box::new(CreateImage { p: self, job }),
+                Box::new(TerminateBuilder { p: self }),
+            ],
+            crate::pipeline::Engine::Imagebuilder => vec![
+                Box::new(ImageBuilderBuild { p: self, job }),
+                Box::new(SecurityGroup { p: self, job }),
+            ],
+        };
+        steps.extend(canary);
+        if self.settings.engine == crate::pipeline::Engine::Imagebuilder {
+            steps.push(Box::new(CanaryPackages { p: self }));
+        }
+        steps.push(Box::new(Validate { p: self, job }));
         let mut state = State::default();
         let runner = Runner {
             cleanup_timeout: self.settings.instance_timeout + Duration::from_secs(60),
@@ -902,6 +941,9 @@ struct State {
     image: Option<String>,
     snapshots: Vec<String>,
     packages: Option<String>,
+    /// The Image Builder build (`imagebuilder` engine) and whether it has ended.
+    build: Option<String>,
+    build_done: bool,
     verdict: Option<Verdict>,
     record: Option<ImageRecord>,
 }
@@ -1249,18 +1291,162 @@ impl Step<State> for Provision<'_> {
                 ));
             }
         }
-        cx.phase("package manifest");
-        let label = format!("{} {} packages", cx.recipe, cx.arch);
-        let script = "#!/bin/bash\n# bake: package manifest\nif command -v dpkg-query >/dev/null; then dpkg-query -W -f='${Package}\\t${Version}\\t${Architecture}\\n' | sort; else rpm -qa --qf '%{NAME}\\t%{VERSION}-%{RELEASE}\\t%{ARCH}\\n' | sort; fi\n";
-        let (rc, out, errs) = p.run_command(&id, &label, script, timeout).await?;
-        if rc != 0 {
-            return Err(step_err(
-                cx,
-                "packages",
-                format!("exited {rc}: {}", errs.trim()),
-            ));
+        state.packages = Some(p.package_manifest(&id, cx).await?);
+        Ok(())
+    }
+}
+
+/// The package manifest of the canary (the `imagebuilder` engine builds out of bake's reach).
+struct CanaryPackages<'a> {
+    p: &'a AwsProvider,
+}
+
+#[async_trait]
+impl Step<State> for CanaryPackages<'_> {
+    fn name(&self) -> &str {
+        "packages"
+    }
+    async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
+        let id = state
+            .canary
+            .clone()
+            .ok_or_else(|| step_err(cx, self.name(), "no canary"))?;
+        state.packages = Some(self.p.package_manifest(&id, cx).await?);
+        Ok(())
+    }
+}
+
+/// Builds the image with Image Builder from the resources compiled from the recipe, then tags
+/// the output AMI and its snapshots like the `ec2` engine's.
+struct ImageBuilderBuild<'a> {
+    p: &'a AwsProvider,
+    job: &'a BakeJob<'a>,
+}
+
+#[async_trait]
+impl Step<State> for ImageBuilderBuild<'_> {
+    fn name(&self) -> &str {
+        "imagebuilder"
+    }
+    async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
+        let p = self.p;
+        let job = self.job;
+        p.ec2_slot().await;
+        let base = p
+            .ec2
+            .describe_images()
+            .image_ids(&job.base.id)
+            .send()
+            .await
+            .map_err(|e| err(format!("describing {} in {}", job.base.id, p.region), e))?;
+        let root = base
+            .images()
+            .first()
+            .and_then(|i| i.root_device_name())
+            .unwrap_or("/dev/xvda")
+            .to_string();
+        let res = imagebuilder::resources(
+            job.recipe,
+            job.arch,
+            &job.base.id,
+            &job.key,
+            &root,
+            &p.settings,
+            &p.region,
+        )?;
+        let ib = p.image_builder();
+        let tags: std::collections::BTreeMap<String, String> = [
+            ("bake:recipe".to_string(), job.recipe.name.clone()),
+            ("bake:arch".to_string(), job.arch.to_string()),
+        ]
+        .into();
+        cx.phase("image builder: components, recipe, configurations");
+        let (arns, done) = ib.ensure(&res, &tags).await?;
+        for d in &done {
+            tracing::info!(recipe = cx.recipe, arch = %cx.arch, kind = %d.kind, name = %d.name, action = %d.action, "image builder resource");
         }
-        state.packages = Some(out);
+        let mut run_tags = tags.clone();
+        run_tags.insert("bake:run-id".into(), job.run_id.to_string());
+        run_tags.insert("bake:key".into(), job.key.as_str().to_string());
+        let arn = ib
+            .start(&arns, &run_tags, &format!("{}-{}", job.run_id, job.arch))
+            .await?;
+        cx.created("imagebuilder-build", &arn)?;
+        state.build = Some(arn.clone());
+        let start = Instant::now();
+        let mut last = None;
+        let built = loop {
+            let (status, reason, ami) = ib.status(&arn).await?;
+            if last.as_ref() != Some(&status) {
+                cx.phase(&format!("image builder: {}", status.as_str()));
+                last = Some(status.clone());
+            }
+            if let Some(end) = imagebuilder::ended(&status, reason, ami, &p.region) {
+                // Over, either way: nothing left to cancel.
+                state.build_done = true;
+                break end?;
+            }
+            if start.elapsed() > p.settings.image_timeout {
+                return Err(step_err(
+                    cx,
+                    self.name(),
+                    format!("build {arn} not done after {:?}", p.settings.image_timeout),
+                ));
+            }
+            tokio::time::sleep(p.settings.poll_interval).await;
+        };
+        let image = match built {
+            imagebuilder::Built::Available(ami) => ami,
+            imagebuilder::Built::Failed { status, reason } => {
+                return Err(step_err(
+                    cx,
+                    self.name(),
+                    format!("Image Builder build {arn} ended {status}: {reason}"),
+                ))
+            }
+        };
+        cx.created("image", &image)?;
+        state.image = Some(image.clone());
+        state.snapshots = p
+            .images()
+            .wait_available(&image, p.image_wait())
+            .await
+            .map_err(|e| step_err(cx, self.name(), e.to_string()))?;
+        for s in &state.snapshots {
+            cx.created("snapshot", s)?;
+        }
+        let mut tags = p.tags(job, "image");
+        tags.push(Tag::builder().key("bake:status").value("pending").build());
+        p.images().tag(&image, &state.snapshots, tags).await?;
+        Ok(())
+    }
+    async fn cleanup(
+        &self,
+        state: &mut State,
+        outcome: Outcome,
+        cx: &StepContext<'_>,
+    ) -> Result<()> {
+        let ib = self.p.image_builder();
+        if let Some(arn) = state.build.clone() {
+            if !state.build_done {
+                ib.cancel(&arn).await?;
+            }
+            if outcome.discards_image() {
+                ib.delete(&arn).await?;
+                cx.removed("imagebuilder-build", &arn)?;
+                state.build = None;
+            }
+        }
+        if outcome.discards_image() {
+            if let Some(image) = state.image.take() {
+                self.p.images().deregister(&image).await?;
+                for s in state.snapshots.drain(..) {
+                    cx.removed("snapshot", &s)?;
+                }
+                cx.removed("image", &image)?;
+                state.record = None;
+            }
+        }
         Ok(())
     }
 }

@@ -1,0 +1,621 @@
+//! The `imagebuilder` engine: AWS EC2 Image Builder runs the build (and the validators that need
+//! no cluster, as a test component); bake then proves the output AMI on its own canary and
+//! publishes it exactly as the `ec2` engine does. Components, the image recipe and the
+//! infrastructure and distribution configurations are named from digests of their content, so
+//! a rerun reuses them instead of creating duplicates. The distribution is the pipeline's own
+//! region only: copies and launch permissions come after bake's canary has validated the image.
+
+use super::toe::{self, Component};
+use crate::aws::{err, Limits};
+use crate::key::BakeKey;
+use crate::pipeline::AwsSettings;
+use crate::recipe::{sha256_hex, Recipe};
+use crate::{Arch, Error, Result};
+use aws_sdk_imagebuilder::types::{
+    AmiDistributionConfiguration, ComponentConfiguration, Distribution,
+    EbsInstanceBlockDeviceSpecification, EbsVolumeType, Filter, ImageStatus,
+    ImageTestsConfiguration, InstanceBlockDeviceMapping, InstanceMetadataOptions, Platform,
+};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// What a bake of one recipe × arch needs in Image Builder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resources {
+    pub components: Vec<Component>,
+    pub image_recipe: ImageRecipe,
+    pub infrastructure: Infrastructure,
+    pub distribution: DistributionConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageRecipe {
+    /// `bake-<recipe>-<arch>-<key>`: one per bake key.
+    pub name: String,
+    pub version: String,
+    pub parent_image: String,
+    pub root_device: String,
+    pub volume_size_gib: u32,
+    pub volume_type: String,
+    pub kms_key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Infrastructure {
+    pub name: String,
+    pub instance_type: String,
+    pub instance_profile: String,
+    pub subnet_id: String,
+    pub security_group_id: String,
+    /// Always true: a failed build leaves no instance behind.
+    pub terminate_on_failure: bool,
+    /// Always `required` (IMDSv2); no key pair is ever set.
+    pub http_tokens: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DistributionConfig {
+    pub name: String,
+    pub region: String,
+    pub ami_name: String,
+    pub kms_key_id: Option<String>,
+    pub ami_tags: BTreeMap<String, String>,
+}
+
+fn digest(v: &impl Serialize) -> String {
+    sha256_hex(serde_json::to_string(v).expect("serializes").as_bytes())[..12].to_string()
+}
+
+/// The Image Builder resources for one recipe × arch on `base`, in `region`. Fails if the
+/// pipeline lacks what the engine needs (checked at load too).
+#[allow(clippy::too_many_arguments)]
+pub fn resources(
+    recipe: &Recipe,
+    arch: Arch,
+    base: &str,
+    key: &BakeKey,
+    root_device: &str,
+    settings: &AwsSettings,
+    region: &str,
+) -> Result<Resources> {
+    let need = |v: &Option<String>, field: &str| {
+        v.clone().ok_or_else(|| {
+            Error::Usage(format!(
+                "engine \"imagebuilder\" needs [aws] {field} (Image Builder reuses it across runs)"
+            ))
+        })
+    };
+    let components = toe::components(recipe, settings.command_timeout.as_secs());
+    let image_recipe = ImageRecipe {
+        name: format!("bake-{}-{arch}-{}", recipe.name, key.short()),
+        version: "1.0.0".into(),
+        parent_image: base.to_string(),
+        root_device: root_device.to_string(),
+        volume_size_gib: recipe.volume.size_gib,
+        volume_type: recipe.volume.volume_type.clone(),
+        kms_key_id: settings.kms_key_id.clone(),
+    };
+    let instance_type = settings
+        .instance_type
+        .get(&arch)
+        .cloned()
+        .unwrap_or_else(|| match arch {
+            Arch::X86_64 => "m6i.large".into(),
+            Arch::Arm64 => "m7g.large".into(),
+        });
+    let mut infrastructure = Infrastructure {
+        name: String::new(),
+        instance_type,
+        instance_profile: need(&settings.instance_profile, "instance_profile")?,
+        subnet_id: need(&settings.subnet_id, "subnet_id")?,
+        security_group_id: need(&settings.security_group_id, "security_group_id")?,
+        terminate_on_failure: true,
+        http_tokens: "required".into(),
+    };
+    infrastructure.name = format!("bake-{}-{arch}-{}", recipe.name, digest(&infrastructure));
+    let mut distribution = DistributionConfig {
+        name: String::new(),
+        region: region.to_string(),
+        ami_name: format!("bake-{}-{arch}-{{{{imagebuilder:buildDate}}}}", recipe.name),
+        kms_key_id: settings.kms_key_id.clone(),
+        ami_tags: BTreeMap::from([
+            ("bake:recipe".to_string(), recipe.name.clone()),
+            ("bake:arch".to_string(), arch.to_string()),
+            ("bake:status".to_string(), "pending".to_string()),
+        ]),
+    };
+    distribution.name = format!("bake-{}-{arch}-{}", recipe.name, digest(&distribution));
+    Ok(Resources {
+        components,
+        image_recipe,
+        infrastructure,
+        distribution,
+    })
+}
+
+/// Whether a resource of a plan exists already.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Planned {
+    pub kind: String,
+    pub name: String,
+    /// `create` or `reuse`.
+    pub action: String,
+}
+
+/// The Image Builder API in one region.
+pub struct ImageBuilder<'a> {
+    pub client: &'a aws_sdk_imagebuilder::Client,
+    pub limits: &'a Limits,
+    pub region: &'a str,
+}
+
+/// How a build ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Built {
+    /// The AMI in the pipeline's region.
+    Available(String),
+    Failed {
+        status: String,
+        reason: String,
+    },
+}
+
+fn name_filter(name: &str) -> Filter {
+    Filter::builder().name("name").values(name).build()
+}
+
+impl ImageBuilder<'_> {
+    async fn slot(&self) {
+        // Image Builder's control plane allows a few calls per second; share EC2's budget.
+        self.limits.ec2.until_ready().await;
+    }
+
+    async fn component_arn(&self, name: &str) -> Result<Option<String>> {
+        self.slot().await;
+        let r = self
+            .client
+            .list_components()
+            .owner(aws_sdk_imagebuilder::types::Ownership::SelfValue)
+            .filters(name_filter(name))
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!("looking for component {name} in {}", self.region),
+                    e,
+                )
+            })?;
+        Ok(r.component_version_list()
+            .iter()
+            .find(|c| c.name() == Some(name))
+            .and_then(|c| c.arn().map(str::to_string)))
+    }
+
+    async fn image_recipe_arn(&self, name: &str) -> Result<Option<String>> {
+        self.slot().await;
+        let r = self
+            .client
+            .list_image_recipes()
+            .owner(aws_sdk_imagebuilder::types::Ownership::SelfValue)
+            .filters(name_filter(name))
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!("looking for image recipe {name} in {}", self.region),
+                    e,
+                )
+            })?;
+        Ok(r.image_recipe_summary_list()
+            .iter()
+            .find(|c| c.name() == Some(name))
+            .and_then(|c| c.arn().map(str::to_string)))
+    }
+
+    async fn infrastructure_arn(&self, name: &str) -> Result<Option<String>> {
+        self.slot().await;
+        let r = self
+            .client
+            .list_infrastructure_configurations()
+            .filters(name_filter(name))
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!(
+                        "looking for infrastructure configuration {name} in {}",
+                        self.region
+                    ),
+                    e,
+                )
+            })?;
+        Ok(r.infrastructure_configuration_summary_list()
+            .iter()
+            .find(|c| c.name() == Some(name))
+            .and_then(|c| c.arn().map(str::to_string)))
+    }
+
+    async fn distribution_arn(&self, name: &str) -> Result<Option<String>> {
+        self.slot().await;
+        let r = self
+            .client
+            .list_distribution_configurations()
+            .filters(name_filter(name))
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!(
+                        "looking for distribution configuration {name} in {}",
+                        self.region
+                    ),
+                    e,
+                )
+            })?;
+        Ok(r.distribution_configuration_summary_list()
+            .iter()
+            .find(|c| c.name() == Some(name))
+            .and_then(|c| c.arn().map(str::to_string)))
+    }
+
+    /// What exists already and what a bake would create (read-only; `bake plan`).
+    pub async fn plan(&self, res: &Resources) -> Result<Vec<Planned>> {
+        let mut out = Vec::new();
+        let mut push = |kind: &str, name: &str, exists: bool| {
+            out.push(Planned {
+                kind: kind.into(),
+                name: name.into(),
+                action: if exists { "reuse" } else { "create" }.into(),
+            })
+        };
+        for c in &res.components {
+            push(
+                "component",
+                &c.name,
+                self.component_arn(&c.name).await?.is_some(),
+            );
+        }
+        push(
+            "image-recipe",
+            &res.image_recipe.name,
+            self.image_recipe_arn(&res.image_recipe.name)
+                .await?
+                .is_some(),
+        );
+        push(
+            "infrastructure-configuration",
+            &res.infrastructure.name,
+            self.infrastructure_arn(&res.infrastructure.name)
+                .await?
+                .is_some(),
+        );
+        push(
+            "distribution-configuration",
+            &res.distribution.name,
+            self.distribution_arn(&res.distribution.name)
+                .await?
+                .is_some(),
+        );
+        Ok(out)
+    }
+
+    /// Finds or creates every resource; returns (image recipe, infrastructure, distribution)
+    /// ARNs and what was created or reused.
+    pub async fn ensure(
+        &self,
+        res: &Resources,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<((String, String, String), Vec<Planned>)> {
+        let tags: std::collections::HashMap<String, String> =
+            tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut done = Vec::new();
+        let mut component_arns = Vec::new();
+        for c in &res.components {
+            let arn = match self.component_arn(&c.name).await? {
+                Some(arn) => {
+                    done.push(planned("component", &c.name, "reuse"));
+                    arn
+                }
+                None => {
+                    self.slot().await;
+                    let r = self
+                        .client
+                        .create_component()
+                        .name(&c.name)
+                        .semantic_version(&c.version)
+                        .platform(Platform::Linux)
+                        .data(&c.data)
+                        .description(format!("bake {} phase", c.phase))
+                        .set_tags(Some(tags.clone()))
+                        .client_token(&c.name)
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            err(
+                                format!("creating component {} in {}", c.name, self.region),
+                                e,
+                            )
+                        })?;
+                    done.push(planned("component", &c.name, "create"));
+                    r.component_build_version_arn()
+                        .unwrap_or_default()
+                        .to_string()
+                }
+            };
+            component_arns.push(arn);
+        }
+        let ir = &res.image_recipe;
+        let recipe_arn = match self.image_recipe_arn(&ir.name).await? {
+            Some(arn) => {
+                done.push(planned("image-recipe", &ir.name, "reuse"));
+                arn
+            }
+            None => {
+                let components = component_arns
+                    .iter()
+                    .map(|arn| {
+                        ComponentConfiguration::builder()
+                            .component_arn(arn)
+                            .build()
+                            .map_err(|e| Error::provider("aws", format!("component {arn}: {e}")))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                self.slot().await;
+                let r = self
+                    .client
+                    .create_image_recipe()
+                    .name(&ir.name)
+                    .semantic_version(&ir.version)
+                    .parent_image(&ir.parent_image)
+                    .set_components(Some(components))
+                    .block_device_mappings(
+                        InstanceBlockDeviceMapping::builder()
+                            .device_name(&ir.root_device)
+                            .ebs(
+                                EbsInstanceBlockDeviceSpecification::builder()
+                                    .encrypted(true)
+                                    .delete_on_termination(true)
+                                    .volume_size(ir.volume_size_gib as i32)
+                                    .volume_type(EbsVolumeType::from(ir.volume_type.as_str()))
+                                    .set_kms_key_id(ir.kms_key_id.clone())
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .set_tags(Some(tags.clone()))
+                    .client_token(&ir.name)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        err(
+                            format!("creating image recipe {} in {}", ir.name, self.region),
+                            e,
+                        )
+                    })?;
+                done.push(planned("image-recipe", &ir.name, "create"));
+                r.image_recipe_arn().unwrap_or_default().to_string()
+            }
+        };
+        let inf = &res.infrastructure;
+        let infra_arn = match self.infrastructure_arn(&inf.name).await? {
+            Some(arn) => {
+                done.push(planned("infrastructure-configuration", &inf.name, "reuse"));
+                arn
+            }
+            None => {
+                self.slot().await;
+                let r = self
+                    .client
+                    .create_infrastructure_configuration()
+                    .name(&inf.name)
+                    .instance_types(&inf.instance_type)
+                    .instance_profile_name(&inf.instance_profile)
+                    .subnet_id(&inf.subnet_id)
+                    .security_group_ids(&inf.security_group_id)
+                    .terminate_instance_on_failure(inf.terminate_on_failure)
+                    .instance_metadata_options(
+                        InstanceMetadataOptions::builder()
+                            .http_tokens(&inf.http_tokens)
+                            .http_put_response_hop_limit(1)
+                            .build(),
+                    )
+                    .set_resource_tags(Some(tags.clone()))
+                    .set_tags(Some(tags.clone()))
+                    .client_token(&inf.name)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        err(
+                            format!(
+                                "creating infrastructure configuration {} in {}",
+                                inf.name, self.region
+                            ),
+                            e,
+                        )
+                    })?;
+                done.push(planned("infrastructure-configuration", &inf.name, "create"));
+                r.infrastructure_configuration_arn()
+                    .unwrap_or_default()
+                    .to_string()
+            }
+        };
+        let d = &res.distribution;
+        let dist_arn = match self.distribution_arn(&d.name).await? {
+            Some(arn) => {
+                done.push(planned("distribution-configuration", &d.name, "reuse"));
+                arn
+            }
+            None => {
+                let dist = Distribution::builder()
+                    .region(&d.region)
+                    .ami_distribution_configuration(
+                        AmiDistributionConfiguration::builder()
+                            .name(&d.ami_name)
+                            .set_kms_key_id(d.kms_key_id.clone())
+                            .set_ami_tags(Some(d.ami_tags.clone().into_iter().collect()))
+                            .build(),
+                    )
+                    .build()
+                    .map_err(|e| Error::provider("aws", format!("distribution {}: {e}", d.name)))?;
+                self.slot().await;
+                let r = self
+                    .client
+                    .create_distribution_configuration()
+                    .name(&d.name)
+                    .distributions(dist)
+                    .set_tags(Some(tags.clone()))
+                    .client_token(&d.name)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        err(
+                            format!(
+                                "creating distribution configuration {} in {}",
+                                d.name, self.region
+                            ),
+                            e,
+                        )
+                    })?;
+                done.push(planned("distribution-configuration", &d.name, "create"));
+                r.distribution_configuration_arn()
+                    .unwrap_or_default()
+                    .to_string()
+            }
+        };
+        Ok(((recipe_arn, infra_arn, dist_arn), done))
+    }
+
+    /// Starts a build (with the test phase) and returns its image build version ARN.
+    pub async fn start(
+        &self,
+        arns: &(String, String, String),
+        tags: &BTreeMap<String, String>,
+        client_token: &str,
+    ) -> Result<String> {
+        self.slot().await;
+        let r = self
+            .client
+            .create_image()
+            .image_recipe_arn(&arns.0)
+            .infrastructure_configuration_arn(&arns.1)
+            .distribution_configuration_arn(&arns.2)
+            .image_tests_configuration(
+                ImageTestsConfiguration::builder()
+                    .image_tests_enabled(true)
+                    .build(),
+            )
+            .set_tags(Some(
+                tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            ))
+            .client_token(client_token)
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!("starting an Image Builder build in {}", self.region),
+                    e,
+                )
+            })?;
+        r.image_build_version_arn()
+            .map(str::to_string)
+            .ok_or_else(|| {
+                Error::provider(
+                    "aws",
+                    format!("CreateImage in {} returned no ARN", self.region),
+                )
+            })
+    }
+
+    /// The build's status, and its AMI in this region once it is available.
+    pub async fn status(&self, arn: &str) -> Result<(ImageStatus, Option<String>, Option<String>)> {
+        self.slot().await;
+        let r = self
+            .client
+            .get_image()
+            .image_build_version_arn(arn)
+            .send()
+            .await
+            .map_err(|e| err(format!("reading build {arn} in {}", self.region), e))?;
+        let image = r.image();
+        let state = image.and_then(|i| i.state());
+        let status = state
+            .and_then(|s| s.status().cloned())
+            .unwrap_or(ImageStatus::Pending);
+        let reason = state.and_then(|s| s.reason().map(str::to_string));
+        let ami = image.and_then(|i| i.output_resources()).and_then(|o| {
+            o.amis()
+                .iter()
+                .find(|a| a.region() == Some(self.region))
+                .and_then(|a| a.image().map(str::to_string))
+        });
+        Ok((status, reason, ami))
+    }
+
+    /// Stops a build that is still running (cleanup after a failure or an interrupt).
+    pub async fn cancel(&self, arn: &str) -> Result<()> {
+        self.slot().await;
+        match self
+            .client
+            .cancel_image_creation()
+            .image_build_version_arn(arn)
+            .client_token(format!("cancel-{}", &sha256_hex(arn.as_bytes())[..16]))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Already finished: nothing to cancel.
+            Err(e) if crate::aws::code(&e) == Some("ResourceDependencyException") => Ok(()),
+            Err(e) if crate::aws::code(&e) == Some("InvalidRequestException") => Ok(()),
+            Err(e) => Err(err(format!("cancelling build {arn} in {}", self.region), e)),
+        }
+    }
+
+    /// Deletes the build's Image Builder record (its AMI is deregistered separately).
+    pub async fn delete(&self, arn: &str) -> Result<()> {
+        self.slot().await;
+        match self
+            .client
+            .delete_image()
+            .image_build_version_arn(arn)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if crate::aws::code(&e) == Some("ResourceNotFoundException") => Ok(()),
+            Err(e) => Err(err(format!("deleting build {arn} in {}", self.region), e)),
+        }
+    }
+}
+
+fn planned(kind: &str, name: &str, action: &str) -> Planned {
+    Planned {
+        kind: kind.into(),
+        name: name.into(),
+        action: action.into(),
+    }
+}
+
+/// A build's end from its last status.
+pub fn ended(
+    status: &ImageStatus,
+    reason: Option<String>,
+    ami: Option<String>,
+    region: &str,
+) -> Option<Result<Built>> {
+    match status {
+        ImageStatus::Available => Some(match ami {
+            Some(a) => Ok(Built::Available(a)),
+            None => Err(Error::provider(
+                "aws",
+                format!("Image Builder says AVAILABLE but lists no AMI in {region}"),
+            )),
+        }),
+        ImageStatus::Failed | ImageStatus::Cancelled | ImageStatus::Deleted => {
+            Some(Ok(Built::Failed {
+                status: status.as_str().to_string(),
+                reason: reason.unwrap_or_else(|| "no reason given".into()),
+            }))
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,595 @@
+//! The `imagebuilder` engine. The AWSTOE documents compiled from the recipe are parsed back and
+//! snapshot-tested; Image Builder itself (which moto 5.2.5 does not have) answers through
+//! `aws-smithy-mocks` — the state sequence PENDING → BUILDING → TESTING → DISTRIBUTING →
+//! AVAILABLE, a FAILED build with its reason, and reuse of existing resources — while the canary
+//! and publish half runs against moto_server with the AMI the mocked build reports registered
+//! there.
+
+mod common;
+
+use aws_sdk_imagebuilder::operation::{
+    create_component::CreateComponentOutput,
+    create_distribution_configuration::CreateDistributionConfigurationOutput,
+    create_image::CreateImageOutput, create_image_recipe::CreateImageRecipeOutput,
+    create_infrastructure_configuration::CreateInfrastructureConfigurationOutput,
+    delete_image::DeleteImageOutput, get_image::GetImageOutput,
+    list_components::ListComponentsOutput,
+    list_distribution_configurations::ListDistributionConfigurationsOutput,
+    list_image_recipes::ListImageRecipesOutput,
+    list_infrastructure_configurations::ListInfrastructureConfigurationsOutput,
+};
+use aws_sdk_imagebuilder::types::{
+    Ami, ComponentVersion, DistributionConfigurationSummary, Image, ImageRecipeSummary, ImageState,
+    ImageStatus, InfrastructureConfigurationSummary, OutputResources,
+};
+use aws_smithy_mocks::{mock, MockResponseInterceptor, Rule, RuleMode};
+use bake::key::BakeKey;
+use bake::provider::aws::imagebuilder::{self, Resources};
+use bake::provider::aws::toe::{self, Document};
+use bake::report::Reporter;
+use bake::Arch;
+use common::moto::{Moto, UBUNTU_X86};
+use common::Project;
+use serde_json::json;
+use std::sync::Mutex;
+
+fn recipe() -> bake::recipe::Recipe {
+    let pipeline =
+        bake::pipeline::Pipeline::load(&common::repo().join("pipelines/aws.toml")).unwrap();
+    pipeline.bake("eks-node").unwrap().recipe.clone()
+}
+
+#[test]
+fn the_awstoe_documents_parse_back_with_one_build_component_per_step_and_a_test_component() {
+    let r = recipe();
+    let components = toe::components(&r, 1800);
+    let docs: Vec<Document> = components
+        .iter()
+        .map(|c| {
+            serde_yaml::from_str(&c.data).unwrap_or_else(|e| panic!("{}: {e}\n{}", c.name, c.data))
+        })
+        .collect();
+    // files, each step, validators: in the recipe's order.
+    assert_eq!(components.len(), 1 + r.steps.len() + 1);
+    assert_eq!(components[0].phase, "build");
+    assert_eq!(docs[0].phases[0].steps.len(), r.files.len());
+    for (step, (c, d)) in r.steps.iter().zip(components[1..].iter().zip(&docs[1..])) {
+        assert_eq!(c.phase, "build");
+        assert_eq!(d.schema_version, "1.0");
+        assert_eq!(d.phases.len(), 1);
+        assert_eq!(d.phases[0].name, "build");
+        let s = &d.phases[0].steps[0];
+        assert_eq!(s.name, step.name.replace('-', "_"));
+        assert_eq!(s.action, "ExecuteBash");
+        assert_eq!(s.on_failure, "Abort");
+        assert!(
+            s.inputs.commands[0].contains("base64 -d"),
+            "{}",
+            s.inputs.commands[0]
+        );
+        assert!(c.name.starts_with(&format!("bake-eks-node-{}-", step.name)));
+    }
+    let test = docs.last().unwrap();
+    assert_eq!(test.phases[0].name, "test");
+    let names: Vec<&str> = test.phases[0]
+        .steps
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    let expected: Vec<String> = r
+        .validators
+        .iter()
+        .filter(|v| !v.needs_cluster)
+        .map(|v| format!("validate_{}", v.name.replace('-', "_")))
+        .collect();
+    assert_eq!(names, expected, "every validator but the cluster ones");
+    assert!(!names.iter().any(|n| n.contains("node_ready")));
+    assert!(test.phases[0].steps.iter().all(|s| s.on_failure == "Abort"));
+    // The documents themselves, for review when they change.
+    let all: Vec<String> = components
+        .iter()
+        .map(|c| {
+            format!(
+                "# component {} {} ({})\n{}",
+                c.name, c.version, c.phase, c.data
+            )
+        })
+        .collect();
+    insta::assert_snapshot!("awstoe_documents", all.join("---\n"));
+    // Content-addressed: the same recipe gives the same names; a changed script a new one.
+    assert_eq!(toe::components(&r, 1800), components);
+    let mut changed = r.clone();
+    changed.steps[0]
+        .content
+        .extend_from_slice(b"\necho changed\n");
+    let again = toe::components(&changed, 1800);
+    assert_ne!(again[1].name, components[1].name);
+    assert_eq!(again[2].name, components[2].name);
+}
+
+fn settings() -> bake::pipeline::AwsSettings {
+    let mut s = bake::pipeline::Pipeline::load(&common::repo().join("pipelines/aws.toml"))
+        .unwrap()
+        .aws
+        .unwrap();
+    s.subnet_id = Some("subnet-0abc".into());
+    s.security_group_id = Some("sg-0abc".into());
+    s
+}
+
+#[test]
+fn the_resources_are_hardened_and_named_from_their_content() {
+    let key = BakeKey::from_hex("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff");
+    let res: Resources = imagebuilder::resources(
+        &recipe(),
+        Arch::Arm64,
+        "ami-0base",
+        &key,
+        "/dev/sda1",
+        &settings(),
+        "us-east-1",
+    )
+    .unwrap();
+    assert!(res.infrastructure.terminate_on_failure);
+    assert_eq!(res.infrastructure.http_tokens, "required");
+    assert_eq!(
+        res.distribution.region, "us-east-1",
+        "the home region only: copies come after the canary"
+    );
+    assert_eq!(
+        res.image_recipe.name,
+        format!("bake-eks-node-arm64-{}", key.short())
+    );
+    let without_data = json!({
+        "components": res.components.iter().map(|c| json!({"name": c.name, "version": c.version, "phase": c.phase})).collect::<Vec<_>>(),
+        "image_recipe": res.image_recipe,
+        "infrastructure": res.infrastructure,
+        "distribution": res.distribution,
+    });
+    insta::assert_json_snapshot!("imagebuilder_resources", without_data);
+    let mut s = settings();
+    s.security_group_id = None;
+    let e = imagebuilder::resources(
+        &recipe(),
+        Arch::Arm64,
+        "ami-0base",
+        &key,
+        "/dev/sda1",
+        &s,
+        "us-east-1",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("security_group_id"), "{e}");
+}
+
+#[test]
+fn an_imagebuilder_pipeline_without_its_settings_is_refused_at_load() {
+    let p = Project::new();
+    p.edit(
+        "pipelines/aws.toml",
+        "engine = \"ec2\"",
+        "engine = \"imagebuilder\"",
+    );
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("bake"))
+        .current_dir(p.dir.path())
+        .args(["plan", "pipelines/aws.toml"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("pipelines/aws.toml:") && e.contains("subnet_id, security_group_id"),
+        "{e}"
+    );
+}
+
+/// An Image Builder client answered by `rules`.
+fn imagebuilder_client(rules: &[&Rule]) -> aws_sdk_imagebuilder::Client {
+    let mut mocks = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
+    for r in rules {
+        mocks = mocks.with_rule(r);
+    }
+    let conf = aws_sdk_imagebuilder::Config::builder()
+        .behavior_version(aws_sdk_imagebuilder::config::BehaviorVersion::latest())
+        .region(aws_sdk_imagebuilder::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_imagebuilder::config::Credentials::new(
+            "A", "S", None, None, "mocks",
+        ))
+        .http_client(aws_smithy_mocks::create_mock_http_client())
+        .interceptor(mocks)
+        .build();
+    aws_sdk_imagebuilder::Client::from_conf(conf)
+}
+
+const BUILD: &str =
+    "arn:aws:imagebuilder:us-east-1:123456789012:image/bake-eks-node-x86-64/1.0.0/1";
+
+fn image(status: ImageStatus, reason: Option<&str>, ami: Option<&str>) -> GetImageOutput {
+    let mut img = Image::builder().arn(BUILD).state(
+        ImageState::builder()
+            .status(status)
+            .set_reason(reason.map(str::to_string))
+            .build(),
+    );
+    if let Some(a) = ami {
+        img = img.output_resources(
+            OutputResources::builder()
+                .amis(Ami::builder().region("us-east-1").image(a).build())
+                .build(),
+        );
+    }
+    GetImageOutput::builder().image(img.build()).build()
+}
+
+/// Mocks for the resource calls: `existing` makes every List answer with the resource asked for.
+struct ResourceMocks {
+    rules: Vec<Rule>,
+}
+
+impl ResourceMocks {
+    fn new(existing: bool) -> ResourceMocks {
+        let arn = |kind: &str, name: &str| {
+            format!(
+                "arn:aws:imagebuilder:us-east-1:123456789012:{kind}/{}/1.0.0",
+                name.to_lowercase()
+            )
+        };
+        let first = |f: &[aws_sdk_imagebuilder::types::Filter]| {
+            f.first().map(|f| f.values()[0].clone()).unwrap_or_default()
+        };
+        let rules = vec![
+            mock!(aws_sdk_imagebuilder::Client::list_components).then_compute_output(move |r| {
+                let name = first(r.filters());
+                let mut out = ListComponentsOutput::builder();
+                if existing {
+                    out = out.component_version_list(
+                        ComponentVersion::builder()
+                            .name(&name)
+                            .arn(arn("component", &name))
+                            .build(),
+                    );
+                }
+                out.build()
+            }),
+            mock!(aws_sdk_imagebuilder::Client::create_component).then_compute_output(move |r| {
+                CreateComponentOutput::builder()
+                    .component_build_version_arn(format!(
+                        "{}/1",
+                        arn("component", r.name().unwrap())
+                    ))
+                    .build()
+            }),
+            mock!(aws_sdk_imagebuilder::Client::list_image_recipes).then_compute_output(move |r| {
+                let name = first(r.filters());
+                let mut out = ListImageRecipesOutput::builder();
+                if existing {
+                    out = out.image_recipe_summary_list(
+                        ImageRecipeSummary::builder()
+                            .name(&name)
+                            .arn(arn("image-recipe", &name))
+                            .build(),
+                    );
+                }
+                out.build()
+            }),
+            mock!(aws_sdk_imagebuilder::Client::create_image_recipe).then_compute_output(
+                move |r| {
+                    CreateImageRecipeOutput::builder()
+                        .image_recipe_arn(arn("image-recipe", r.name().unwrap()))
+                        .build()
+                },
+            ),
+            mock!(aws_sdk_imagebuilder::Client::list_infrastructure_configurations)
+                .then_compute_output(move |r| {
+                    let name = first(r.filters());
+                    let mut out = ListInfrastructureConfigurationsOutput::builder();
+                    if existing {
+                        out = out.infrastructure_configuration_summary_list(
+                            InfrastructureConfigurationSummary::builder()
+                                .name(&name)
+                                .arn(arn("infrastructure-configuration", &name))
+                                .build(),
+                        );
+                    }
+                    out.build()
+                }),
+            mock!(aws_sdk_imagebuilder::Client::create_infrastructure_configuration)
+                .then_compute_output(move |r| {
+                    CreateInfrastructureConfigurationOutput::builder()
+                        .infrastructure_configuration_arn(arn(
+                            "infrastructure-configuration",
+                            r.name().unwrap(),
+                        ))
+                        .build()
+                }),
+            mock!(aws_sdk_imagebuilder::Client::list_distribution_configurations)
+                .then_compute_output(move |r| {
+                    let name = first(r.filters());
+                    let mut out = ListDistributionConfigurationsOutput::builder();
+                    if existing {
+                        out = out.distribution_configuration_summary_list(
+                            DistributionConfigurationSummary::builder()
+                                .name(&name)
+                                .arn(arn("distribution-configuration", &name))
+                                .build(),
+                        );
+                    }
+                    out.build()
+                }),
+            mock!(aws_sdk_imagebuilder::Client::create_distribution_configuration)
+                .then_compute_output(move |r| {
+                    CreateDistributionConfigurationOutput::builder()
+                        .distribution_configuration_arn(arn(
+                            "distribution-configuration",
+                            r.name().unwrap(),
+                        ))
+                        .build()
+                }),
+        ];
+        ResourceMocks { rules }
+    }
+
+    fn creates(&self) -> usize {
+        [1, 3, 5, 7]
+            .iter()
+            .map(|i| self.rules[*i].num_calls())
+            .sum()
+    }
+}
+
+/// Records phases, so the test can see the build's progress.
+#[derive(Default)]
+struct Phases(Mutex<Vec<String>>);
+
+impl Reporter for Phases {
+    fn phase(&self, _: &str, _: Arch, phase: &str) {
+        self.0.lock().unwrap().push(phase.to_string());
+    }
+    fn finish(&self, _: &str, _: Arch, _: &str) {}
+    fn note(&self, _: &str) {}
+}
+
+/// An x86_64-only imagebuilder project on moto's default subnet and a group without inbound
+/// rules, under `prefix`.
+async fn project(moto: &Moto, prefix: &str) -> Project {
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let subnet = ec2.describe_subnets().send().await.unwrap().subnets()[0]
+        .subnet_id()
+        .unwrap()
+        .to_string();
+    let vpc = ec2.describe_subnets().send().await.unwrap().subnets()[0]
+        .vpc_id()
+        .unwrap()
+        .to_string();
+    let sg = ec2
+        .create_security_group()
+        .group_name(format!("ib-{}", common::moto::rand_suffix()))
+        .description("no inbound")
+        .vpc_id(vpc)
+        .send()
+        .await
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_string();
+    let p = common::moto::project(prefix);
+    let mut text = p
+        .read("pipelines/aws.toml")
+        .replace("arches = [\"x86_64\", \"arm64\"]", "arches = [\"x86_64\"]")
+        .replace(
+            "engine = \"ec2\"",
+            &format!(
+                "engine = \"imagebuilder\"\nsubnet_id = \"{subnet}\"\nsecurity_group_id = \"{sg}\""
+            ),
+        );
+    for c in ["dev", "staging", "prod"] {
+        text = text.replace(
+            &format!("[clusters.{c}]\n"),
+            &format!("[clusters.{c}]\narches = [\"x86_64\"]\n"),
+        );
+    }
+    p.write("pipelines/aws.toml", text);
+    p
+}
+
+async fn register(moto: &Moto, name: &str) -> String {
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    ec2.register_image()
+        .name(format!("{name}-{}", common::moto::rand_suffix()))
+        .architecture(aws_sdk_ec2::types::ArchitectureValues::X8664)
+        .root_device_name("/dev/sda1")
+        .send()
+        .await
+        .unwrap()
+        .image_id()
+        .unwrap()
+        .to_string()
+}
+
+/// Runs the pipeline through the library with the mocked Image Builder.
+async fn run(
+    moto: &Moto,
+    p: &Project,
+    ib: aws_sdk_imagebuilder::Client,
+    reporter: &dyn Reporter,
+) -> (bake::run::RunSummary, bake::Result<()>) {
+    let pipeline = bake::pipeline::Pipeline::load(&p.path("pipelines/aws.toml")).unwrap();
+    let config = moto.sdk_via_proxy().await;
+    let settings = pipeline.aws.clone().unwrap();
+    let provider = bake::provider::aws::AwsProvider::new(&config, &pipeline, Default::default())
+        .unwrap()
+        .with_imagebuilder(ib);
+    let registry =
+        bake::registry::SsmRegistry::new(&config, settings.ssm_prefix.clone(), Default::default());
+    let cx = bake::run::RunContext {
+        pipeline: &pipeline,
+        provider: &provider,
+        registry: &registry,
+        reporter,
+        state_dir: &p.state(),
+        cancel: Default::default(),
+    };
+    bake::run::run(&cx, &bake::run::RunOptions::default()).await
+}
+
+#[tokio::test]
+async fn an_image_builder_build_is_followed_to_available_then_proven_on_a_canary_and_published() {
+    let moto = Moto::get();
+    let base = register(moto, "ib-base").await;
+    let built = register(moto, "ib-output").await;
+    moto.set_config(json!({"parameters": {UBUNTU_X86: base}}));
+    let p = project(moto, "/ib1").await;
+    let resources = ResourceMocks::new(false);
+    let create_image = mock!(aws_sdk_imagebuilder::Client::create_image)
+        .match_requests(|r| {
+            r.image_tests_configuration()
+                .and_then(|t| t.image_tests_enabled())
+                == Some(true)
+                && r.tags().is_some_and(|t| t.contains_key("bake:run-id"))
+        })
+        .then_output(|| {
+            CreateImageOutput::builder()
+                .image_build_version_arn(BUILD)
+                .build()
+        });
+    let b = built.clone();
+    let get_image = mock!(aws_sdk_imagebuilder::Client::get_image)
+        .sequence()
+        .output(|| image(ImageStatus::Pending, None, None))
+        .output(|| image(ImageStatus::Building, None, None))
+        .output(|| image(ImageStatus::Testing, None, None))
+        .output(|| image(ImageStatus::Distributing, None, None))
+        .output(move || image(ImageStatus::Available, None, Some(&b)))
+        .build();
+    let mut rules: Vec<&Rule> = resources.rules.iter().collect();
+    rules.extend([&create_image, &get_image]);
+    let phases = Phases::default();
+    let (summary, result) = run(moto, &p, imagebuilder_client(&rules), &phases).await;
+    result.unwrap_or_else(|e| panic!("{e}\n{summary:#?}"));
+
+    assert_eq!(create_image.num_calls(), 1);
+    assert_eq!(get_image.num_calls(), 5, "followed every state");
+    assert_eq!(
+        resources.creates(),
+        toe::components(&recipe(), 1800).len() + 3
+    );
+    let seen = phases.0.lock().unwrap().clone();
+    for s in [
+        "PENDING",
+        "BUILDING",
+        "TESTING",
+        "DISTRIBUTING",
+        "AVAILABLE",
+    ] {
+        assert!(
+            seen.iter().any(|p| p == &format!("image builder: {s}")),
+            "{s} not shown: {seen:?}"
+        );
+    }
+    // The output AMI went through bake's canary and was published.
+    assert_eq!(summary.published.len(), 1);
+    assert_eq!(summary.published[0].images[&Arch::X86_64], built);
+    let ssm = aws_sdk_ssm::Client::new(&moto.sdk().await);
+    let rel = &summary.published[0].release;
+    let param = ssm
+        .get_parameter()
+        .name(format!("/ib1/eks-node/releases/{rel}/x86_64"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(param.parameter().unwrap().value(), Some(built.as_str()));
+    let canaries = moto.params_of("RunInstances");
+    assert!(
+        canaries.iter().any(|l| l.get("ImageId") == Some(&built)),
+        "a canary ran the output AMI"
+    );
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let img = ec2
+        .describe_images()
+        .image_ids(&built)
+        .send()
+        .await
+        .unwrap();
+    let status = img.images()[0]
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some("bake:status"))
+        .and_then(|t| t.value())
+        .map(str::to_string);
+    assert_eq!(status.as_deref(), Some("validated"));
+}
+
+#[tokio::test]
+async fn a_failed_build_reports_image_builders_reason_cleans_up_and_publishes_nothing() {
+    let moto = Moto::get();
+    let base = register(moto, "ib-base-fail").await;
+    moto.set_config(json!({"parameters": {UBUNTU_X86: base}}));
+    let p = project(moto, "/ib2").await;
+    let resources = ResourceMocks::new(false);
+    let create_image = mock!(aws_sdk_imagebuilder::Client::create_image).then_output(|| {
+        CreateImageOutput::builder()
+            .image_build_version_arn(BUILD)
+            .build()
+    });
+    let get_image = mock!(aws_sdk_imagebuilder::Client::get_image)
+        .sequence()
+        .output(|| image(ImageStatus::Pending, None, None))
+        .output(|| image(ImageStatus::Building, None, None))
+        .output(|| {
+            image(
+                ImageStatus::Failed,
+                Some("Step failed: purge_unattended_upgrades exited 100"),
+                None,
+            )
+        })
+        .build();
+    let delete = mock!(aws_sdk_imagebuilder::Client::delete_image)
+        .then_output(|| DeleteImageOutput::builder().build());
+    let mut rules: Vec<&Rule> = resources.rules.iter().collect();
+    rules.extend([&create_image, &get_image, &delete]);
+    let launches_before = moto.params_of("RunInstances").len();
+    let (summary, result) = run(moto, &p, imagebuilder_client(&rules), &Phases::default()).await;
+    let e = result.unwrap_err();
+    assert_eq!(e.exit_code(), 1);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("FAILED") && msg.contains("purge_unattended_upgrades exited 100"),
+        "{msg}"
+    );
+    assert!(summary.published.is_empty());
+    assert_eq!(
+        delete.num_calls(),
+        1,
+        "the failed build's record is deleted"
+    );
+    assert_eq!(
+        moto.params_of("RunInstances").len(),
+        launches_before,
+        "no canary for a failed build"
+    );
+}
+
+#[tokio::test]
+async fn a_rerun_reuses_the_components_recipe_and_configurations() {
+    let moto = Moto::get();
+    let base = register(moto, "ib-base-reuse").await;
+    let built = register(moto, "ib-output-reuse").await;
+    moto.set_config(json!({"parameters": {UBUNTU_X86: base}}));
+    let p = project(moto, "/ib3").await;
+    let resources = ResourceMocks::new(true);
+    let create_image = mock!(aws_sdk_imagebuilder::Client::create_image).then_output(|| {
+        CreateImageOutput::builder()
+            .image_build_version_arn(BUILD)
+            .build()
+    });
+    let b = built.clone();
+    let get_image = mock!(aws_sdk_imagebuilder::Client::get_image)
+        .then_output(move || image(ImageStatus::Available, None, Some(&b)));
+    let mut rules: Vec<&Rule> = resources.rules.iter().collect();
+    rules.extend([&create_image, &get_image]);
+    let (summary, result) = run(moto, &p, imagebuilder_client(&rules), &Phases::default()).await;
+    result.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resources.creates(), 0, "nothing created twice");
+    assert_eq!(create_image.num_calls(), 1);
+    assert_eq!(summary.published[0].images[&Arch::X86_64], built);
+}
