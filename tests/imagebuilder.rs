@@ -593,3 +593,48 @@ async fn a_rerun_reuses_the_components_recipe_and_configurations() {
     assert_eq!(create_image.num_calls(), 1);
     assert_eq!(summary.published[0].images[&Arch::X86_64], built);
 }
+
+#[tokio::test]
+async fn plan_shows_the_image_builder_resources_it_would_create_or_reuse() {
+    let moto = Moto::get();
+    let base = register(moto, "ib-base-plan").await;
+    moto.set_config(json!({"parameters": {UBUNTU_X86: base}}));
+    let p = project(moto, "/ib4").await;
+    let pipeline = bake::pipeline::Pipeline::load(&p.path("pipelines/aws.toml")).unwrap();
+    let config = moto.sdk_via_proxy().await;
+    let registry = bake::registry::SsmRegistry::new(
+        &config,
+        pipeline.aws.clone().unwrap().ssm_prefix,
+        Default::default(),
+    );
+    for (existing, action) in [(false, "create"), (true, "reuse")] {
+        let mocks = ResourceMocks::new(existing);
+        let rules: Vec<&Rule> = mocks.rules.iter().collect();
+        let provider =
+            bake::provider::aws::AwsProvider::new(&config, &pipeline, Default::default())
+                .unwrap()
+                .with_imagebuilder(imagebuilder_client(&rules));
+        let mut items = bake::plan::plan(&pipeline, &provider, &registry, &Default::default())
+            .await
+            .unwrap();
+        bake::plan::with_resources(&mut items, &pipeline, &provider)
+            .await
+            .unwrap();
+        let res = &items[0].resources;
+        let kinds: Vec<&str> = res.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                vec!["component"; toe::components(&recipe(), 1800).len()],
+                vec![
+                    "image-recipe",
+                    "infrastructure-configuration",
+                    "distribution-configuration"
+                ]
+            ]
+            .concat()
+        );
+        assert!(res.iter().all(|r| r.action == action), "{res:?}");
+        assert_eq!(mocks.creates(), 0, "plan changes nothing");
+    }
+}

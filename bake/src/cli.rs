@@ -385,13 +385,14 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             let pipeline = Pipeline::load(pipeline)?;
             select.check(&pipeline)?;
             let (provider, registry) = open(&pipeline, &g.state_dir).await?;
-            let items = plan::plan(
+            let mut items = plan::plan(
                 &pipeline,
                 provider.as_ref(),
                 registry.as_ref(),
                 &select.filter(),
             )
             .await?;
+            plan::with_resources(&mut items, &pipeline, provider.as_ref()).await?;
             print_plan(g.output, &items);
             Ok(exit::OK)
         }
@@ -836,6 +837,12 @@ fn print_plan(output: Output, items: &[PlanItem]) {
         "{}",
         table(&["RECIPE", "ARCH", "ACTION", "KEY", "BASE"], &rows)
     );
+    for i in items.iter().filter(|i| !i.resources.is_empty()) {
+        println!("\n{} {}: Image Builder resources", i.recipe, i.arch);
+        for r in &i.resources {
+            println!("  {:<7} {:<29} {}", r.action, r.kind, r.name);
+        }
+    }
 }
 
 fn short(s: &str) -> &str {

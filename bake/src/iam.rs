@@ -188,13 +188,47 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
             "Condition": {"StringLike": {"kms:ViaService": "ec2.*.amazonaws.com"}}
         }));
     }
+    let imagebuilder = aws.engine == crate::pipeline::Engine::Imagebuilder;
+    if imagebuilder {
+        let ib = |r: &str| format!("arn:aws:imagebuilder:{region}:*:{r}");
+        statements.push(json!({
+            "Sid": "FindImageBuilderResources",
+            "Effect": "Allow",
+            "Action": [
+                "imagebuilder:ListComponents", "imagebuilder:ListImageRecipes",
+                "imagebuilder:ListInfrastructureConfigurations", "imagebuilder:ListDistributionConfigurations",
+                "imagebuilder:GetImage"
+            ],
+            "Resource": ib("*")
+        }));
+        statements.push(json!({
+            "Sid": "CreateAndRunOwnImageBuilderResources",
+            "Effect": "Allow",
+            "Action": [
+                "imagebuilder:CreateComponent", "imagebuilder:CreateImageRecipe",
+                "imagebuilder:CreateInfrastructureConfiguration", "imagebuilder:CreateDistributionConfiguration",
+                "imagebuilder:CreateImage", "imagebuilder:CancelImageCreation", "imagebuilder:DeleteImage",
+                "imagebuilder:TagResource", "imagebuilder:GetComponent", "imagebuilder:GetImageRecipe",
+                "imagebuilder:GetInfrastructureConfiguration", "imagebuilder:GetDistributionConfiguration"
+            ],
+            "Resource": [
+                ib("component/bake-*"), ib("image-recipe/bake-*"), ib("infrastructure-configuration/bake-*"),
+                ib("distribution-configuration/bake-*"), ib("image/bake-*")
+            ]
+        }));
+    }
     if aws.instance_profile.is_some() {
+        let services = if imagebuilder {
+            json!(["ec2.amazonaws.com", "imagebuilder.amazonaws.com"])
+        } else {
+            json!("ec2.amazonaws.com")
+        };
         statements.push(json!({
             "Sid": "PassTheBuilderRoleToEc2",
             "Effect": "Allow",
             "Action": "iam:PassRole",
             "Resource": "arn:aws:iam::*:role/*",
-            "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+            "Condition": {"StringEquals": {"iam:PassedToService": services}}
         }));
     }
     Ok(json!({"Version": "2012-10-17", "Statement": statements}))

@@ -48,6 +48,10 @@ pub struct PlanItem {
     pub decision: Decision,
     /// The latest release with an image for this arch.
     pub latest: Option<ReleaseId>,
+    /// Long-lived resources the bake would create or reuse (Image Builder); filled by
+    /// `bake plan` for items that need a bake.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<crate::provider::PlannedResource>,
 }
 
 /// Which recipes and arches to consider.
@@ -141,6 +145,7 @@ pub async fn plan(
                 key,
                 decision,
                 latest,
+                resources: Vec::new(),
             });
         }
     }
@@ -150,4 +155,20 @@ pub async fn plan(
         }
     }
     Ok(items)
+}
+
+/// Fills in, for the items that need a bake, the long-lived resources the provider would
+/// create or reuse (read-only calls; Image Builder only).
+pub async fn with_resources(
+    items: &mut [PlanItem],
+    pipeline: &Pipeline,
+    provider: &dyn Provider,
+) -> Result<()> {
+    for item in items.iter_mut().filter(|i| i.decision.needs_bake()) {
+        let recipe = &pipeline.bake(&item.recipe)?.recipe;
+        item.resources = provider
+            .plan_resources(recipe, item.arch, &item.base, &item.key)
+            .await?;
+    }
+    Ok(())
 }

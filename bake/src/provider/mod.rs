@@ -50,6 +50,16 @@ pub struct ImageRecord {
     pub copies: BTreeMap<String, String>,
 }
 
+/// A resource a bake would create or reuse outside bake's own run (Image Builder's
+/// components, recipes and configurations), for `bake plan`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedResource {
+    pub kind: String,
+    pub name: String,
+    /// `create` or `reuse`.
+    pub action: String,
+}
+
 /// Which VM or instance of a bake: the builder that makes the image, or the canary that proves it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -103,6 +113,18 @@ pub trait Provider: Send + Sync {
     /// Why the image must not be deleted (a running or stopped instance or a launch template
     /// uses it, it has deregistration protection), or None.
     async fn image_in_use(&self, image_id: &str) -> Result<Option<String>>;
+
+    /// The long-lived resources a bake of this recipe × arch would create or reuse (read-only).
+    /// None for engines that create nothing beyond the run.
+    async fn plan_resources(
+        &self,
+        _recipe: &crate::recipe::Recipe,
+        _arch: Arch,
+        _base: &BaseImage,
+        _key: &crate::key::BakeKey,
+    ) -> Result<Vec<PlannedResource>> {
+        Ok(Vec::new())
+    }
 
     /// Completes what a validated image needs before it can be published: copies to other
     /// regions and launch permissions (AWS). Reused images go through it too, so a run that died

@@ -133,14 +133,7 @@ pub fn resources(
     })
 }
 
-/// Whether a resource of a plan exists already.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Planned {
-    pub kind: String,
-    pub name: String,
-    /// `create` or `reuse`.
-    pub action: String,
-}
+pub use crate::provider::PlannedResource as Planned;
 
 /// The Image Builder API in one region.
 pub struct ImageBuilder<'a> {

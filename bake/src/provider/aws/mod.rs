@@ -333,6 +333,24 @@ impl AwsProvider {
         Ok(out)
     }
 
+    /// The root device name of an image (`/dev/xvda` if it does not say).
+    async fn root_device(&self, image: &str) -> Result<String> {
+        self.ec2_slot().await;
+        let described = self
+            .ec2
+            .describe_images()
+            .image_ids(image)
+            .send()
+            .await
+            .map_err(|e| err(format!("describing {image} in {}", self.region), e))?;
+        Ok(described
+            .images()
+            .first()
+            .and_then(|i| i.root_device_name())
+            .unwrap_or("/dev/xvda")
+            .to_string())
+    }
+
     fn image_builder(&self) -> imagebuilder::ImageBuilder<'_> {
         imagebuilder::ImageBuilder {
             client: &self.imagebuilder,
@@ -770,6 +788,29 @@ impl Provider for AwsProvider {
         }
     }
 
+    async fn plan_resources(
+        &self,
+        recipe: &Recipe,
+        arch: Arch,
+        base: &BaseImage,
+        key: &BakeKey,
+    ) -> Result<Vec<super::PlannedResource>> {
+        if self.settings.engine != crate::pipeline::Engine::Imagebuilder {
+            return Ok(Vec::new());
+        }
+        let root = self.root_device(&base.id).await?;
+        let res = imagebuilder::resources(
+            recipe,
+            arch,
+            &base.id,
+            key,
+            &root,
+            &self.settings,
+            &self.region,
+        )?;
+        self.image_builder().plan(&res).await
+    }
+
     /// Copies a validated image to each of `copy_regions` that lacks one (encrypted, with the
     /// image's `bake:*` tags and `bake:source-image`) and gives `share_accounts` launch
     /// permission on the image and every copy. A failure removes the copies this call made;
@@ -1059,20 +1100,7 @@ impl Step<State> for Launch<'_> {
                 .ok_or_else(|| step_err(cx, self.name(), "no image to launch"))?,
         };
         cx.phase(&format!("launch {} from {image}", self.role.as_str()));
-        p.ec2_slot().await;
-        let described = p
-            .ec2
-            .describe_images()
-            .image_ids(&image)
-            .send()
-            .await
-            .map_err(|e| err(format!("describing {image} in {}", p.region), e))?;
-        let root = described
-            .images()
-            .first()
-            .and_then(|i| i.root_device_name())
-            .unwrap_or("/dev/xvda")
-            .to_string();
+        let root = p.root_device(&image).await?;
         let instance_type = p
             .settings
             .instance_type
@@ -1331,20 +1359,7 @@ impl Step<State> for ImageBuilderBuild<'_> {
     async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
         let p = self.p;
         let job = self.job;
-        p.ec2_slot().await;
-        let base = p
-            .ec2
-            .describe_images()
-            .image_ids(&job.base.id)
-            .send()
-            .await
-            .map_err(|e| err(format!("describing {} in {}", job.base.id, p.region), e))?;
-        let root = base
-            .images()
-            .first()
-            .and_then(|i| i.root_device_name())
-            .unwrap_or("/dev/xvda")
-            .to_string();
+        let root = p.root_device(&job.base.id).await?;
         let res = imagebuilder::resources(
             job.recipe,
             job.arch,
