@@ -413,6 +413,16 @@ async fn run(
     ib: aws_sdk_imagebuilder::Client,
     reporter: &dyn Reporter,
 ) -> (bake::run::RunSummary, bake::Result<()>) {
+    run_cancellable(moto, p, ib, reporter, Default::default()).await
+}
+
+async fn run_cancellable(
+    moto: &Moto,
+    p: &Project,
+    ib: aws_sdk_imagebuilder::Client,
+    reporter: &dyn Reporter,
+    cancel: tokio_util::sync::CancellationToken,
+) -> (bake::run::RunSummary, bake::Result<()>) {
     let pipeline = bake::pipeline::Pipeline::load(&p.path("pipelines/aws.toml")).unwrap();
     let config = moto.sdk_via_proxy().await;
     let settings = pipeline.aws.clone().unwrap();
@@ -427,7 +437,7 @@ async fn run(
         registry: &registry,
         reporter,
         state_dir: &p.state(),
-        cancel: Default::default(),
+        cancel,
     };
     bake::run::run(&cx, &bake::run::RunOptions::default()).await
 }
@@ -637,4 +647,48 @@ async fn plan_shows_the_image_builder_resources_it_would_create_or_reuse() {
         assert!(res.iter().all(|r| r.action == action), "{res:?}");
         assert_eq!(mocks.creates(), 0, "plan changes nothing");
     }
+}
+
+#[tokio::test]
+async fn an_interrupt_mid_build_cancels_and_deletes_the_build() {
+    use aws_sdk_imagebuilder::operation::cancel_image_creation::CancelImageCreationOutput;
+    let moto = Moto::get();
+    let base = register(moto, "ib-base-cancel").await;
+    moto.set_config(json!({"parameters": {UBUNTU_X86: base}}));
+    let p = project(moto, "/ib5").await;
+    let resources = ResourceMocks::new(true);
+    let create_image = mock!(aws_sdk_imagebuilder::Client::create_image).then_output(|| {
+        CreateImageOutput::builder()
+            .image_build_version_arn(BUILD)
+            .build()
+    });
+    let get_image = mock!(aws_sdk_imagebuilder::Client::get_image)
+        .sequence()
+        .output(|| image(ImageStatus::Building, None, None))
+        .repeatedly()
+        .build();
+    let cancel = mock!(aws_sdk_imagebuilder::Client::cancel_image_creation)
+        .match_requests(|r| r.image_build_version_arn() == Some(BUILD))
+        .then_output(|| CancelImageCreationOutput::builder().build());
+    let delete = mock!(aws_sdk_imagebuilder::Client::delete_image)
+        .then_output(|| DeleteImageOutput::builder().build());
+    let mut rules: Vec<&Rule> = resources.rules.iter().collect();
+    rules.extend([&create_image, &get_image, &cancel, &delete]);
+    let token = tokio_util::sync::CancellationToken::new();
+    let stop = token.clone();
+    let client = imagebuilder_client(&rules);
+    let phases = Phases::default();
+    let (run, ()) = tokio::join!(run_cancellable(moto, &p, client, &phases, token), async {
+        // Ctrl-C once the build is being followed.
+        while get_image.num_calls() < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+    });
+    let (summary, result) = run;
+    let e = result.unwrap_err();
+    assert_eq!(e.exit_code(), 130, "{e}");
+    assert!(summary.published.is_empty());
+    assert_eq!(cancel.num_calls(), 1, "the running build is cancelled");
+    assert_eq!(delete.num_calls(), 1, "and its record deleted");
 }
