@@ -692,3 +692,47 @@ async fn an_interrupt_mid_build_cancels_and_deletes_the_build() {
     assert_eq!(cancel.num_calls(), 1, "the running build is cancelled");
     assert_eq!(delete.num_calls(), 1, "and its record deleted");
 }
+
+#[tokio::test]
+async fn sweep_finds_the_untagged_output_of_a_build_whose_run_died_once_it_is_old() {
+    use bake::provider::Provider;
+    let moto = Moto::get();
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    // What a finished build of a SIGKILLed run leaves: the distribution's tags, no bake:run-id.
+    let orphan = register(moto, "ib-orphan").await;
+    let tag = |k: &str, v: &str| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build();
+    ec2.create_tags()
+        .resources(&orphan)
+        .tags(tag("bake:recipe", "eks-node"))
+        .tags(tag("bake:status", "pending"))
+        .send()
+        .await
+        .unwrap();
+    let p = project(moto, "/ib6").await;
+    let found = |p: Project| async move {
+        let pipeline = bake::pipeline::Pipeline::load(&p.path("pipelines/aws.toml")).unwrap();
+        let provider = bake::provider::aws::AwsProvider::new(
+            &moto.sdk_via_proxy().await,
+            &pipeline,
+            Default::default(),
+        )
+        .unwrap();
+        provider
+            .leftovers(&Default::default(), &Default::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.kind == "image")
+            .map(|l| l.id)
+            .collect::<Vec<_>>()
+    };
+    // Fresh: a live run may be about to tag it.
+    assert!(!found(p).await.contains(&orphan));
+    let p = project(moto, "/ib6").await;
+    p.edit(
+        "pipelines/aws.toml",
+        "poll_interval",
+        "orphan_age = \"0s\"\npoll_interval",
+    );
+    assert!(found(p).await.contains(&orphan));
+}

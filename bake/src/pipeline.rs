@@ -200,6 +200,10 @@ pub struct AwsSettings {
     /// Longest pause between the SDK's retries of a throttled or failed call.
     #[serde(default = "default_retry_max_backoff", with = "humantime_serde")]
     pub retry_max_backoff: Duration,
+    /// `imagebuilder` engine: an untagged Image Builder output older than this belongs to a
+    /// run that died (a live run tags its output seconds after the build); sweep removes it.
+    #[serde(default = "default_orphan_age", with = "humantime_serde")]
+    pub orphan_age: Duration,
 }
 
 fn regions<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -251,6 +255,10 @@ fn accounts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Er
         }
     }
     Ok(v)
+}
+
+fn default_orphan_age() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn default_retry_max_backoff() -> Duration {

@@ -705,6 +705,54 @@ impl Provider for AwsProvider {
                 status == "validated",
             );
         }
+        // Image Builder outputs whose run died before tagging them (the distribution tags them
+        // bake:recipe and bake:status=pending, but only the run adds bake:run-id). A live run
+        // tags its output seconds after the build ends, so only old ones are orphans.
+        if self.settings.engine == crate::pipeline::Engine::Imagebuilder {
+            self.ec2_slot().await;
+            let r = self
+                .ec2
+                .describe_images()
+                .owners("self")
+                .filters(
+                    Filter::builder()
+                        .name("tag:bake:status")
+                        .values("pending")
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| {
+                    err(
+                        format!("looking for Image Builder outputs in {}", self.region),
+                        e,
+                    )
+                })?;
+            let cutoff = Utc::now()
+                - chrono::Duration::from_std(self.settings.orphan_age)
+                    .unwrap_or(chrono::Duration::hours(1));
+            for i in r.images() {
+                let id = i.image_id().unwrap_or_default();
+                let created = i
+                    .creation_date()
+                    .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
+                    .map(|d| d.with_timezone(&Utc));
+                let untagged = !i.tags().iter().any(|t| t.key() == Some("bake:run-id"));
+                if untagged
+                    && !published.contains(id)
+                    && !tag(i.tags(), "bake:recipe").is_empty()
+                    && created.is_some_and(|c| c <= cutoff)
+                {
+                    push(
+                        "image",
+                        id,
+                        i.tags(),
+                        "deregister the Image Builder output of a run that died before tagging it, and its snapshots",
+                        false,
+                    );
+                }
+            }
+        }
         self.ec2_slot().await;
         let r = self
             .ec2
