@@ -204,9 +204,12 @@ fn the_examples_are_two_node_sets_in_separate_states_each_pinning_a_release() {
             Some(Expression::String(s)) => s.clone(),
             other => panic!("{other:?}"),
         };
-        assert!(
-            dir.join(arch).join(&source).join("main.tf").exists(),
-            "{source}"
+        // ... a shared node-set module, which runs the eks-node module.
+        let node_set = parse_file(&dir.join(arch).join(&source).join("main.tf"));
+        let inner = block(&node_set, "module", &["nodes"]);
+        assert_eq!(
+            attr(inner.body(), "source"),
+            Some(&Expression::String("../../../modules/eks-node".into()))
         );
         let tfvars = parse_file(&dir.join(arch).join("image.auto.tfvars"));
         assert_eq!(

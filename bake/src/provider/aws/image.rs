@@ -137,15 +137,7 @@ impl<'a> Images<'a> {
             .ec2
             .describe_instances()
             .filters(Filter::builder().name("image-id").values(image_id).build())
-            .filters(
-                Filter::builder()
-                    .name("instance-state-name")
-                    .values("pending")
-                    .values("running")
-                    .values("stopping")
-                    .values("stopped")
-                    .build(),
-            )
+            .filters(not_terminated())
             .send()
             .await
             .map_err(|e| {
@@ -328,4 +320,15 @@ impl<'a> Images<'a> {
             })?;
         Ok(())
     }
+}
+
+/// Instances that exist (pending, running, stopping or stopped), for DescribeInstances.
+pub fn not_terminated() -> Filter {
+    Filter::builder()
+        .name("instance-state-name")
+        .values("pending")
+        .values("running")
+        .values("stopping")
+        .values("stopped")
+        .build()
 }

@@ -157,6 +157,25 @@ fn name_filter(name: &str) -> Filter {
     Filter::builder().name("name").values(name).build()
 }
 
+/// The ARN of the resource called `$name` among what a List call filtered by that name returns.
+macro_rules! find_arn {
+    ($self:ident, $list:ident, $items:ident, $what:literal, $name:expr $(, $owner:expr)?) => {{
+        $self.slot().await;
+        let r = $self
+            .client
+            .$list()
+            $(.owner($owner))?
+            .filters(name_filter($name))
+            .send()
+            .await
+            .map_err(|e| err(format!("looking for {} {} in {}", $what, $name, $self.region), e))?;
+        Ok(r.$items()
+            .iter()
+            .find(|c| c.name() == Some($name))
+            .and_then(|c| c.arn().map(str::to_string)))
+    }};
+}
+
 impl ImageBuilder<'_> {
     async fn slot(&self) {
         // Image Builder's control plane allows a few calls per second; share EC2's budget.
@@ -164,91 +183,45 @@ impl ImageBuilder<'_> {
     }
 
     async fn component_arn(&self, name: &str) -> Result<Option<String>> {
-        self.slot().await;
-        let r = self
-            .client
-            .list_components()
-            .owner(aws_sdk_imagebuilder::types::Ownership::SelfValue)
-            .filters(name_filter(name))
-            .send()
-            .await
-            .map_err(|e| {
-                err(
-                    format!("looking for component {name} in {}", self.region),
-                    e,
-                )
-            })?;
-        Ok(r.component_version_list()
-            .iter()
-            .find(|c| c.name() == Some(name))
-            .and_then(|c| c.arn().map(str::to_string)))
+        find_arn!(
+            self,
+            list_components,
+            component_version_list,
+            "component",
+            name,
+            aws_sdk_imagebuilder::types::Ownership::SelfValue
+        )
     }
 
     async fn image_recipe_arn(&self, name: &str) -> Result<Option<String>> {
-        self.slot().await;
-        let r = self
-            .client
-            .list_image_recipes()
-            .owner(aws_sdk_imagebuilder::types::Ownership::SelfValue)
-            .filters(name_filter(name))
-            .send()
-            .await
-            .map_err(|e| {
-                err(
-                    format!("looking for image recipe {name} in {}", self.region),
-                    e,
-                )
-            })?;
-        Ok(r.image_recipe_summary_list()
-            .iter()
-            .find(|c| c.name() == Some(name))
-            .and_then(|c| c.arn().map(str::to_string)))
+        find_arn!(
+            self,
+            list_image_recipes,
+            image_recipe_summary_list,
+            "image recipe",
+            name,
+            aws_sdk_imagebuilder::types::Ownership::SelfValue
+        )
     }
 
     async fn infrastructure_arn(&self, name: &str) -> Result<Option<String>> {
-        self.slot().await;
-        let r = self
-            .client
-            .list_infrastructure_configurations()
-            .filters(name_filter(name))
-            .send()
-            .await
-            .map_err(|e| {
-                err(
-                    format!(
-                        "looking for infrastructure configuration {name} in {}",
-                        self.region
-                    ),
-                    e,
-                )
-            })?;
-        Ok(r.infrastructure_configuration_summary_list()
-            .iter()
-            .find(|c| c.name() == Some(name))
-            .and_then(|c| c.arn().map(str::to_string)))
+        find_arn!(
+            self,
+            list_infrastructure_configurations,
+            infrastructure_configuration_summary_list,
+            "infrastructure configuration",
+            name
+        )
     }
 
     async fn distribution_arn(&self, name: &str) -> Result<Option<String>> {
-        self.slot().await;
-        let r = self
-            .client
-            .list_distribution_configurations()
-            .filters(name_filter(name))
-            .send()
-            .await
-            .map_err(|e| {
-                err(
-                    format!(
-                        "looking for distribution configuration {name} in {}",
-                        self.region
-                    ),
-                    e,
-                )
-            })?;
-        Ok(r.distribution_configuration_summary_list()
-            .iter()
-            .find(|c| c.name() == Some(name))
-            .and_then(|c| c.arn().map(str::to_string)))
+        find_arn!(
+            self,
+            list_distribution_configurations,
+            distribution_configuration_summary_list,
+            "distribution configuration",
+            name
+        )
     }
 
     /// What exists already and what a bake would create (read-only; `bake plan`).

@@ -654,15 +654,7 @@ impl Provider for AwsProvider {
             .ec2
             .describe_instances()
             .filters(tagged())
-            .filters(
-                Filter::builder()
-                    .name("instance-state-name")
-                    .values("pending")
-                    .values("running")
-                    .values("stopping")
-                    .values("stopped")
-                    .build(),
-            )
+            .filters(image::not_terminated())
             .send()
             .await
             .map_err(|e| err(format!("looking for bake instances in {}", self.region), e))?;
