@@ -28,7 +28,7 @@ use bake::provider::aws::imagebuilder::{self, Resources};
 use bake::provider::aws::toe::{self, Document};
 use bake::report::Reporter;
 use bake::Arch;
-use common::moto::{Moto, UBUNTU_X86};
+use common::moto::{register_x86, Moto, UBUNTU_X86};
 use common::Project;
 use serde_json::json;
 use std::sync::Mutex;
@@ -392,20 +392,6 @@ async fn project(moto: &Moto, prefix: &str) -> Project {
     p
 }
 
-async fn register(moto: &Moto, name: &str) -> String {
-    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
-    ec2.register_image()
-        .name(format!("{name}-{}", common::moto::rand_suffix()))
-        .architecture(aws_sdk_ec2::types::ArchitectureValues::X8664)
-        .root_device_name("/dev/sda1")
-        .send()
-        .await
-        .unwrap()
-        .image_id()
-        .unwrap()
-        .to_string()
-}
-
 /// Runs the pipeline through the library with the mocked Image Builder.
 async fn run(
     moto: &Moto,
@@ -445,8 +431,8 @@ async fn run_cancellable(
 #[tokio::test]
 async fn an_image_builder_build_is_followed_to_available_then_proven_on_a_canary_and_published() {
     let moto = Moto::get();
-    let base = register(moto, "ib-base").await;
-    let built = register(moto, "ib-output").await;
+    let base = register_x86(moto, "ib-base").await;
+    let built = register_x86(moto, "ib-output").await;
     moto.set_config(json!({"parameters": {UBUNTU_X86: base}}));
     let p = project(moto, "/ib1").await;
     let resources = ResourceMocks::new(false);
@@ -532,7 +518,7 @@ async fn an_image_builder_build_is_followed_to_available_then_proven_on_a_canary
 #[tokio::test]
 async fn a_failed_build_reports_image_builders_reason_cleans_up_and_publishes_nothing() {
     let moto = Moto::get();
-    let base = register(moto, "ib-base-fail").await;
+    let base = register_x86(moto, "ib-base-fail").await;
     moto.set_config(json!({"parameters": {UBUNTU_X86: base}}));
     let p = project(moto, "/ib2").await;
     let resources = ResourceMocks::new(false);
@@ -582,8 +568,8 @@ async fn a_failed_build_reports_image_builders_reason_cleans_up_and_publishes_no
 #[tokio::test]
 async fn a_rerun_reuses_the_components_recipe_and_configurations() {
     let moto = Moto::get();
-    let base = register(moto, "ib-base-reuse").await;
-    let built = register(moto, "ib-output-reuse").await;
+    let base = register_x86(moto, "ib-base-reuse").await;
+    let built = register_x86(moto, "ib-output-reuse").await;
     moto.set_config(json!({"parameters": {UBUNTU_X86: base}}));
     let p = project(moto, "/ib3").await;
     let resources = ResourceMocks::new(true);
@@ -607,7 +593,7 @@ async fn a_rerun_reuses_the_components_recipe_and_configurations() {
 #[tokio::test]
 async fn plan_shows_the_image_builder_resources_it_would_create_or_reuse() {
     let moto = Moto::get();
-    let base = register(moto, "ib-base-plan").await;
+    let base = register_x86(moto, "ib-base-plan").await;
     moto.set_config(json!({"parameters": {UBUNTU_X86: base}}));
     let p = project(moto, "/ib4").await;
     let pipeline = bake::pipeline::Pipeline::load(&p.path("pipelines/aws.toml")).unwrap();
@@ -653,7 +639,7 @@ async fn plan_shows_the_image_builder_resources_it_would_create_or_reuse() {
 async fn an_interrupt_mid_build_cancels_and_deletes_the_build() {
     use aws_sdk_imagebuilder::operation::cancel_image_creation::CancelImageCreationOutput;
     let moto = Moto::get();
-    let base = register(moto, "ib-base-cancel").await;
+    let base = register_x86(moto, "ib-base-cancel").await;
     moto.set_config(json!({"parameters": {UBUNTU_X86: base}}));
     let p = project(moto, "/ib5").await;
     let resources = ResourceMocks::new(true);
@@ -699,7 +685,7 @@ async fn sweep_finds_the_untagged_output_of_a_build_whose_run_died_once_it_is_ol
     let moto = Moto::get();
     let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
     // What a finished build of a SIGKILLed run leaves: the distribution's tags, no bake:run-id.
-    let orphan = register(moto, "ib-orphan").await;
+    let orphan = register_x86(moto, "ib-orphan").await;
     let tag = |k: &str, v: &str| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build();
     ec2.create_tags()
         .resources(&orphan)

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::moto::{bake_command, Moto};
+use common::moto::{bake_command, register_x86, Moto};
 use common::Project;
 use serde_json::{json, Value};
 use std::process::Stdio;
@@ -100,14 +100,6 @@ async fn leaks(moto: &Moto, prefix: &str) -> Vec<String> {
 #[tokio::test]
 async fn sigkill_at_each_step_then_sweep_leaves_nothing_and_resume_completes() {
     let moto = Moto::get();
-    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
-    let register = |n: usize| {
-        ec2.register_image()
-            .name(format!("kill-base-{n}"))
-            .architecture(aws_sdk_ec2::types::ArchitectureValues::X8664)
-            .root_device_name("/dev/sda1")
-            .send()
-    };
     // (action, occurrence): kill when the n-th call of the action reaches the proxy; the
     // proxy still forwards it (AWS got the request), as when a process dies mid-call.
     let points = [
@@ -126,7 +118,7 @@ async fn sigkill_at_each_step_then_sweep_leaves_nothing_and_resume_completes() {
     for (n, (action, occurrence)) in points.iter().enumerate() {
         let prefix = format!("/kill{n}");
         // A new base per kill point: a new bake key, so nothing is reused from the last one.
-        let base = register(n).await.unwrap().image_id().unwrap().to_string();
+        let base = register_x86(moto, &format!("kill-base-{n}")).await;
         let p = x86_project(&prefix);
         moto.set_config(json!({"parameters": {X86: base}, "delay_ms": 40}));
 
@@ -181,15 +173,7 @@ async fn sigkill_at_each_step_then_sweep_leaves_nothing_and_resume_completes() {
         );
 
         // The run can be resumed and finishes: one complete release.
-        let run_id = std::fs::read_dir(p.state().join("runs"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|f| f.extension().is_some_and(|e| e == "jsonl"))
-            .unwrap()
-            .file_stem()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
+        let run_id = p.run_ids().pop().unwrap();
         let (code, resumed, stderr) = json_of(
             bake_command(&p, moto)
                 .args(["resume", &run_id, "-o", "json"])
@@ -210,18 +194,7 @@ async fn sigkill_at_each_step_then_sweep_leaves_nothing_and_resume_completes() {
 #[tokio::test]
 async fn two_concurrent_runs_of_one_recipe_one_bakes_the_other_exits_4() {
     let moto = Moto::get();
-    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
-    let base = ec2
-        .register_image()
-        .name("lock-base")
-        .architecture(aws_sdk_ec2::types::ArchitectureValues::X8664)
-        .root_device_name("/dev/sda1")
-        .send()
-        .await
-        .unwrap()
-        .image_id()
-        .unwrap()
-        .to_string();
+    let base = register_x86(moto, "lock-base").await;
     let p = x86_project("/locktest");
     moto.set_config(json!({"parameters": {X86: base}, "delay_ms": 20}));
     let spawn = || {
@@ -258,19 +231,8 @@ async fn two_concurrent_runs_of_one_recipe_one_bakes_the_other_exits_4() {
 async fn a_run_killed_between_release_parameters_is_finished_by_resume_under_the_same_id() {
     let moto = Moto::get();
     let cfg = moto.sdk().await;
-    let ec2 = aws_sdk_ec2::Client::new(&cfg);
     let ssm = aws_sdk_ssm::Client::new(&cfg);
-    let base = ec2
-        .register_image()
-        .name("half-publish-base")
-        .architecture(aws_sdk_ec2::types::ArchitectureValues::X8664)
-        .root_device_name("/dev/sda1")
-        .send()
-        .await
-        .unwrap()
-        .image_id()
-        .unwrap()
-        .to_string();
+    let base = register_x86(moto, "half-publish-base").await;
     let prefix = "/halfpub";
     let p = x86_project(prefix);
     moto.set_config(json!({"parameters": {X86: base}, "delay_ms": 40}));
@@ -338,15 +300,7 @@ async fn a_run_killed_between_release_parameters_is_finished_by_resume_under_the
     assert_eq!(code, 0, "{stderr}");
     assert!(!listed.to_string().contains(&release), "{listed:#}");
 
-    let run_id = std::fs::read_dir(p.state().join("runs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|f| f.extension().is_some_and(|e| e == "jsonl"))
-        .unwrap()
-        .file_stem()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
+    let run_id = p.run_ids().pop().unwrap();
     let (code, resumed, stderr) = json_of(
         bake_command(&p, moto)
             .args(["resume", &run_id, "-o", "json"])
@@ -380,18 +334,7 @@ async fn a_run_killed_between_release_parameters_is_finished_by_resume_under_the
 #[tokio::test]
 async fn a_second_interrupt_lists_what_is_left_and_the_journal_then_cleanup_finishes() {
     let moto = Moto::get();
-    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
-    let base = ec2
-        .register_image()
-        .name("double-interrupt-base")
-        .architecture(aws_sdk_ec2::types::ArchitectureValues::X8664)
-        .root_device_name("/dev/sda1")
-        .send()
-        .await
-        .unwrap()
-        .image_id()
-        .unwrap()
-        .to_string();
+    let base = register_x86(moto, "double-interrupt-base").await;
     let prefix = "/interrupt2";
     let p = x86_project(prefix);
     // Slow calls, so the cleanup is still running when the second signal comes.

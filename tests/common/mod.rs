@@ -55,6 +55,21 @@ impl Project {
     pub fn state(&self) -> PathBuf {
         self.path(".bake")
     }
+
+    /// The run IDs that have a journal, oldest first.
+    pub fn run_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = std::fs::read_dir(self.state().join("runs"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|f| f.extension().is_some_and(|e| e == "jsonl"))
+                    .filter_map(|f| f.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {

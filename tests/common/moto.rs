@@ -260,3 +260,18 @@ pub fn bake_refused(p: &Project, moto: &Moto, args: &[&str]) -> (i32, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Registers an x86_64 AMI in moto (a base or a build output) and returns its ID.
+pub async fn register_x86(moto: &Moto, name: &str) -> String {
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    ec2.register_image()
+        .name(format!("{name}-{}", rand_suffix()))
+        .architecture(aws_sdk_ec2::types::ArchitectureValues::X8664)
+        .root_device_name("/dev/sda1")
+        .send()
+        .await
+        .unwrap()
+        .image_id()
+        .unwrap()
+        .to_string()
+}
