@@ -226,105 +226,107 @@ struct ResourceMocks {
     rules: Vec<Rule>,
 }
 
+/// The ARN a mocked resource gets.
+fn arn(kind: &str, name: &str) -> String {
+    format!(
+        "arn:aws:imagebuilder:us-east-1:123456789012:{kind}/{}/1.0.0",
+        name.to_lowercase()
+    )
+}
+
+/// A List rule answering with the resource it is asked for (when `existing`), by name.
+macro_rules! list_rule {
+    ($op:ident, $out:ident, $add:ident, $item:ident, $kind:literal, $existing:expr) => {{
+        let existing = $existing;
+        mock!(aws_sdk_imagebuilder::Client::$op).then_compute_output(move |r| {
+            let name = r
+                .filters()
+                .first()
+                .map(|f| f.values()[0].clone())
+                .unwrap_or_default();
+            let mut out = $out::builder();
+            if existing {
+                out = out.$add($item::builder().name(&name).arn(arn($kind, &name)).build());
+            }
+            out.build()
+        })
+    }};
+}
+
+/// A Create rule answering with the new resource's ARN.
+macro_rules! create_rule {
+    ($op:ident, $out:ident, $set:ident, $kind:literal, $suffix:literal) => {
+        mock!(aws_sdk_imagebuilder::Client::$op).then_compute_output(move |r| {
+            $out::builder()
+                .$set(format!("{}{}", arn($kind, r.name().unwrap()), $suffix))
+                .build()
+        })
+    };
+}
+
 impl ResourceMocks {
     fn new(existing: bool) -> ResourceMocks {
-        let arn = |kind: &str, name: &str| {
-            format!(
-                "arn:aws:imagebuilder:us-east-1:123456789012:{kind}/{}/1.0.0",
-                name.to_lowercase()
-            )
-        };
-        let first = |f: &[aws_sdk_imagebuilder::types::Filter]| {
-            f.first().map(|f| f.values()[0].clone()).unwrap_or_default()
-        };
         let rules = vec![
-            mock!(aws_sdk_imagebuilder::Client::list_components).then_compute_output(move |r| {
-                let name = first(r.filters());
-                let mut out = ListComponentsOutput::builder();
-                if existing {
-                    out = out.component_version_list(
-                        ComponentVersion::builder()
-                            .name(&name)
-                            .arn(arn("component", &name))
-                            .build(),
-                    );
-                }
-                out.build()
-            }),
-            mock!(aws_sdk_imagebuilder::Client::create_component).then_compute_output(move |r| {
-                CreateComponentOutput::builder()
-                    .component_build_version_arn(format!(
-                        "{}/1",
-                        arn("component", r.name().unwrap())
-                    ))
-                    .build()
-            }),
-            mock!(aws_sdk_imagebuilder::Client::list_image_recipes).then_compute_output(move |r| {
-                let name = first(r.filters());
-                let mut out = ListImageRecipesOutput::builder();
-                if existing {
-                    out = out.image_recipe_summary_list(
-                        ImageRecipeSummary::builder()
-                            .name(&name)
-                            .arn(arn("image-recipe", &name))
-                            .build(),
-                    );
-                }
-                out.build()
-            }),
-            mock!(aws_sdk_imagebuilder::Client::create_image_recipe).then_compute_output(
-                move |r| {
-                    CreateImageRecipeOutput::builder()
-                        .image_recipe_arn(arn("image-recipe", r.name().unwrap()))
-                        .build()
-                },
+            list_rule!(
+                list_components,
+                ListComponentsOutput,
+                component_version_list,
+                ComponentVersion,
+                "component",
+                existing
             ),
-            mock!(aws_sdk_imagebuilder::Client::list_infrastructure_configurations)
-                .then_compute_output(move |r| {
-                    let name = first(r.filters());
-                    let mut out = ListInfrastructureConfigurationsOutput::builder();
-                    if existing {
-                        out = out.infrastructure_configuration_summary_list(
-                            InfrastructureConfigurationSummary::builder()
-                                .name(&name)
-                                .arn(arn("infrastructure-configuration", &name))
-                                .build(),
-                        );
-                    }
-                    out.build()
-                }),
-            mock!(aws_sdk_imagebuilder::Client::create_infrastructure_configuration)
-                .then_compute_output(move |r| {
-                    CreateInfrastructureConfigurationOutput::builder()
-                        .infrastructure_configuration_arn(arn(
-                            "infrastructure-configuration",
-                            r.name().unwrap(),
-                        ))
-                        .build()
-                }),
-            mock!(aws_sdk_imagebuilder::Client::list_distribution_configurations)
-                .then_compute_output(move |r| {
-                    let name = first(r.filters());
-                    let mut out = ListDistributionConfigurationsOutput::builder();
-                    if existing {
-                        out = out.distribution_configuration_summary_list(
-                            DistributionConfigurationSummary::builder()
-                                .name(&name)
-                                .arn(arn("distribution-configuration", &name))
-                                .build(),
-                        );
-                    }
-                    out.build()
-                }),
-            mock!(aws_sdk_imagebuilder::Client::create_distribution_configuration)
-                .then_compute_output(move |r| {
-                    CreateDistributionConfigurationOutput::builder()
-                        .distribution_configuration_arn(arn(
-                            "distribution-configuration",
-                            r.name().unwrap(),
-                        ))
-                        .build()
-                }),
+            create_rule!(
+                create_component,
+                CreateComponentOutput,
+                component_build_version_arn,
+                "component",
+                "/1"
+            ),
+            list_rule!(
+                list_image_recipes,
+                ListImageRecipesOutput,
+                image_recipe_summary_list,
+                ImageRecipeSummary,
+                "image-recipe",
+                existing
+            ),
+            create_rule!(
+                create_image_recipe,
+                CreateImageRecipeOutput,
+                image_recipe_arn,
+                "image-recipe",
+                ""
+            ),
+            list_rule!(
+                list_infrastructure_configurations,
+                ListInfrastructureConfigurationsOutput,
+                infrastructure_configuration_summary_list,
+                InfrastructureConfigurationSummary,
+                "infrastructure-configuration",
+                existing
+            ),
+            create_rule!(
+                create_infrastructure_configuration,
+                CreateInfrastructureConfigurationOutput,
+                infrastructure_configuration_arn,
+                "infrastructure-configuration",
+                ""
+            ),
+            list_rule!(
+                list_distribution_configurations,
+                ListDistributionConfigurationsOutput,
+                distribution_configuration_summary_list,
+                DistributionConfigurationSummary,
+                "distribution-configuration",
+                existing
+            ),
+            create_rule!(
+                create_distribution_configuration,
+                CreateDistributionConfigurationOutput,
+                distribution_configuration_arn,
+                "distribution-configuration",
+                ""
+            ),
         ];
         ResourceMocks { rules }
     }
