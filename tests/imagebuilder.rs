@@ -18,9 +18,17 @@ use aws_sdk_imagebuilder::operation::{
     list_image_recipes::ListImageRecipesOutput,
     list_infrastructure_configurations::ListInfrastructureConfigurationsOutput,
 };
+use aws_sdk_imagebuilder::operation::{
+    list_workflow_executions::ListWorkflowExecutionsOutput,
+    list_workflow_step_executions::ListWorkflowStepExecutionsOutput,
+};
 use aws_sdk_imagebuilder::types::{
     Ami, ComponentVersion, DistributionConfigurationSummary, Image, ImageRecipeSummary, ImageState,
     ImageStatus, InfrastructureConfigurationSummary, OutputResources,
+};
+use aws_sdk_imagebuilder::types::{
+    WorkflowExecutionMetadata, WorkflowExecutionStatus, WorkflowStepExecutionStatus,
+    WorkflowStepMetadata, WorkflowType,
 };
 use aws_smithy_mocks::{mock, MockResponseInterceptor, Rule, RuleMode};
 use bake::key::BakeKey;
@@ -327,6 +335,33 @@ impl ResourceMocks {
                 "distribution-configuration",
                 ""
             ),
+            // While it builds: the running workflow and its running step, for progress.
+            mock!(aws_sdk_imagebuilder::Client::list_workflow_executions).then_compute_output(
+                |_| {
+                    ListWorkflowExecutionsOutput::builder()
+                        .workflow_executions(
+                            WorkflowExecutionMetadata::builder()
+                                .workflow_execution_id("wf-1")
+                                .r#type(WorkflowType::Build)
+                                .status(WorkflowExecutionStatus::Running)
+                                .build(),
+                        )
+                        .build()
+                },
+            ),
+            mock!(aws_sdk_imagebuilder::Client::list_workflow_step_executions).then_compute_output(
+                |r| {
+                    assert_eq!(r.workflow_execution_id(), Some("wf-1"));
+                    ListWorkflowStepExecutionsOutput::builder()
+                        .steps(
+                            WorkflowStepMetadata::builder()
+                                .name("purge_unattended_upgrades")
+                                .status(WorkflowStepExecutionStatus::Running)
+                                .build(),
+                        )
+                        .build()
+                },
+            ),
         ];
         ResourceMocks { rules }
     }
@@ -480,10 +515,16 @@ async fn an_image_builder_build_is_followed_to_available_then_proven_on_a_canary
         "AVAILABLE",
     ] {
         assert!(
-            seen.iter().any(|p| p == &format!("image builder: {s}")),
+            seen.iter()
+                .any(|p| p.starts_with(&format!("image builder: {s}"))),
             "{s} not shown: {seen:?}"
         );
     }
+    assert!(
+        seen.iter()
+            .any(|p| p == "image builder: BUILDING (build/purge_unattended_upgrades)"),
+        "the running workflow step is shown: {seen:?}"
+    );
     // The output AMI went through bake's canary and was published.
     assert_eq!(summary.published.len(), 1);
     assert_eq!(summary.published[0].images[&Arch::X86_64], built);

@@ -517,6 +517,55 @@ impl ImageBuilder<'_> {
         Ok((status, reason, ami))
     }
 
+    /// The workflow step the build is running now (`build/purge_unattended_upgrades`), for
+    /// progress. Progress is best effort: a failed lookup shows no step, it fails nothing.
+    pub async fn current_step(&self, arn: &str) -> Option<String> {
+        use aws_sdk_imagebuilder::types::{WorkflowExecutionStatus, WorkflowStepExecutionStatus};
+        self.slot().await;
+        let executions = self
+            .client
+            .list_workflow_executions()
+            .image_build_version_arn(arn)
+            .send()
+            .await
+            .map_err(|e| {
+                tracing::debug!(
+                    "listing the workflows of {arn}: {}",
+                    crate::aws::describe(&e)
+                )
+            })
+            .ok()?;
+        let running = executions
+            .workflow_executions()
+            .iter()
+            .rev()
+            .find(|w| w.status() == Some(&WorkflowExecutionStatus::Running))?;
+        let id = running.workflow_execution_id()?;
+        self.slot().await;
+        let steps = self
+            .client
+            .list_workflow_step_executions()
+            .workflow_execution_id(id)
+            .send()
+            .await
+            .map_err(|e| {
+                tracing::debug!(
+                    "listing the steps of workflow {id}: {}",
+                    crate::aws::describe(&e)
+                )
+            })
+            .ok()?;
+        let step = steps
+            .steps()
+            .iter()
+            .find(|s| s.status() == Some(&WorkflowStepExecutionStatus::Running))?;
+        let kind = running
+            .r#type()
+            .map(|t| t.as_str().to_lowercase())
+            .unwrap_or_else(|| "workflow".into());
+        Some(format!("{kind}/{}", step.name().unwrap_or("?")))
+    }
+
     /// Stops a build that is still running (cleanup after a failure or an interrupt).
     pub async fn cancel(&self, arn: &str) -> Result<()> {
         self.slot().await;

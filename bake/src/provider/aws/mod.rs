@@ -1432,9 +1432,24 @@ impl Step<State> for ImageBuilderBuild<'_> {
         let mut last = None;
         let built = loop {
             let (status, reason, ami) = ib.status(&arn).await?;
-            if last.as_ref() != Some(&status) {
-                cx.phase(&format!("image builder: {}", status.as_str()));
-                last = Some(status.clone());
+            let running = matches!(
+                status,
+                aws_sdk_imagebuilder::types::ImageStatus::Building
+                    | aws_sdk_imagebuilder::types::ImageStatus::Testing
+                    | aws_sdk_imagebuilder::types::ImageStatus::Distributing
+            );
+            let step = if running {
+                ib.current_step(&arn).await
+            } else {
+                None
+            };
+            let shown = match &step {
+                Some(s) => format!("image builder: {} ({s})", status.as_str()),
+                None => format!("image builder: {}", status.as_str()),
+            };
+            if last.as_ref() != Some(&shown) {
+                cx.phase(&shown);
+                last = Some(shown);
             }
             if let Some(end) = imagebuilder::ended(&status, reason, ami, &p.region) {
                 // Over, either way: nothing left to cancel.
