@@ -268,10 +268,7 @@ impl SsmRegistry {
 
     /// The error of a run that lost the race for an expired lock: who holds it now.
     async fn lost_takeover(&self, recipe: &str) -> Result<LockInfo> {
-        let now: Option<LockValue> = self
-            .get(&self.path(recipe, "lock"))
-            .await?
-            .and_then(|p| serde_json::from_str(p.value().unwrap_or_default()).ok());
+        let now = self.lock_holder(recipe).await?;
         Err(Error::LockHeld {
             recipe: recipe.to_string(),
             owner: now
@@ -282,6 +279,20 @@ impl SsmRegistry {
                 .map(|h| h.expires_at.to_rfc3339())
                 .unwrap_or_else(|| "unknown".into()),
         })
+    }
+
+    /// Deletes every parameter under `path`.
+    async fn delete_under(&self, path: &str) -> Result<()> {
+        let names: Vec<String> = self
+            .list(path)
+            .await?
+            .iter()
+            .filter_map(|p| p.name().map(str::to_string))
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        self.delete(&names).await
     }
 
     async fn delete(&self, names: &[String]) -> Result<()> {
@@ -404,28 +415,12 @@ impl Registry for SsmRegistry {
     }
 
     async fn delete_release(&self, recipe: &str, id: &ReleaseId) -> Result<()> {
-        let dir = self.path(recipe, &format!("releases/{id}"));
+        let dir = super::release_dir(&self.prefix, recipe, id);
         // The manifest first: the release stops being visible before its parts go.
         self.delete(&[format!("{dir}/manifest")]).await?;
-        let rest: Vec<String> = self
-            .list(&dir)
-            .await?
-            .iter()
-            .filter_map(|p| p.name().map(str::to_string))
-            .collect();
-        if !rest.is_empty() {
-            self.delete(&rest).await?;
-        }
+        self.delete_under(&dir).await?;
         for replica in &self.replicas {
-            let names: Vec<String> = replica
-                .list(&dir)
-                .await?
-                .iter()
-                .filter_map(|p| p.name().map(str::to_string))
-                .collect();
-            if !names.is_empty() {
-                replica.delete(&names).await?;
-            }
+            replica.delete_under(&dir).await?;
         }
         Ok(())
     }

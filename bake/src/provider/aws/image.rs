@@ -11,6 +11,7 @@ use aws_sdk_ec2::types::{
 use std::time::{Duration, Instant};
 
 /// The AMIs of one region, through one EC2 client.
+#[derive(Clone, Copy)]
 pub struct Images<'a> {
     ec2: &'a aws_sdk_ec2::Client,
     limits: &'a Limits,
@@ -33,6 +34,10 @@ impl<'a> Images<'a> {
             limits,
             region,
         }
+    }
+
+    pub fn region(&self) -> &'a str {
+        self.region
     }
 
     /// The image's state and snapshots; `(None, [])` while EC2 does not know it yet.
@@ -272,18 +277,19 @@ impl<'a> Images<'a> {
         })
     }
 
-    /// Tags the image and its snapshots.
-    pub async fn tag(&self, image: &str, snapshots: &[String], tags: Vec<Tag>) -> Result<()> {
-        let mut ids = vec![image.to_string()];
-        ids.extend(snapshots.iter().cloned());
+    /// Tags images and snapshots (nothing to do for none).
+    pub async fn tag(&self, ids: &[String], tags: Vec<Tag>) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         self.limits.ec2.until_ready().await;
         self.ec2
             .create_tags()
-            .set_resources(Some(ids))
+            .set_resources(Some(ids.to_vec()))
             .set_tags(Some(tags))
             .send()
             .await
-            .map_err(|e| err(format!("tagging {image} in {}", self.region), e))?;
+            .map_err(|e| err(format!("tagging {} in {}", ids.join(", "), self.region), e))?;
         Ok(())
     }
 

@@ -370,6 +370,35 @@ impl AwsProvider {
         image::Images::new(&self.ec2, &self.limits, &self.region)
     }
 
+    /// The AMIs of each of `copy_regions`.
+    fn copy_regions(&self) -> impl Iterator<Item = image::Images<'_>> {
+        self.copy_clients
+            .iter()
+            .map(|(region, ec2)| image::Images::new(ec2, &self.limits, region))
+    }
+
+    /// Deregisters the image a step made, with its snapshots, when the outcome discards it
+    /// (the cleanup of the steps that create the image, whichever engine).
+    async fn discard_image(
+        &self,
+        state: &mut State,
+        outcome: Outcome,
+        cx: &StepContext<'_>,
+    ) -> Result<()> {
+        if !outcome.discards_image() {
+            return Ok(());
+        }
+        if let Some(image) = state.image.take() {
+            self.images().deregister(&image).await?;
+            for s in state.snapshots.drain(..) {
+                cx.removed("snapshot", &s)?;
+            }
+            cx.removed("image", &image)?;
+            state.record = None;
+        }
+        Ok(())
+    }
+
     /// Deletes a security group, waiting out the ENIs of just-terminated instances.
     async fn delete_security_group(&self, id: &str) -> Result<()> {
         let mut attempt = 0;
@@ -390,21 +419,6 @@ impl AwsProvider {
                 }
             }
         }
-    }
-
-    async fn tag(&self, ids: &[String], tags: Vec<Tag>) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        self.ec2_slot().await;
-        self.ec2
-            .create_tags()
-            .set_resources(Some(ids.to_vec()))
-            .set_tags(Some(tags))
-            .send()
-            .await
-            .map_err(|e| err(format!("tagging {} in {}", ids.join(", "), self.region), e))?;
-        Ok(())
     }
 
     /// The `bake:*` tags of an image, for its copies.
@@ -576,10 +590,9 @@ impl Provider for AwsProvider {
         let Some(mut record) = found.pop() else {
             return Ok(None);
         };
-        for (region, ec2) in &self.copy_clients {
-            let images = image::Images::new(ec2, &self.limits, region);
+        for images in self.copy_regions() {
             if let Some(copy) = images.copies_of(&record.id).await?.into_iter().next() {
-                record.copies.insert(region.clone(), copy);
+                record.copies.insert(images.region().to_string(), copy);
             }
         }
         Ok(Some(record))
@@ -594,10 +607,10 @@ impl Provider for AwsProvider {
         if let Some(why) = self.images().in_use(image_id).await? {
             return Ok(Some(why));
         }
-        for (region, ec2) in &self.copy_clients {
-            let images = image::Images::new(ec2, &self.limits, region);
+        for images in self.copy_regions() {
             for copy in images.copies_of(image_id).await? {
                 if let Some(why) = images.in_use(&copy).await? {
+                    let region = images.region();
                     return Ok(Some(format!("its copy {copy} in {region} {why}")));
                 }
             }
@@ -606,8 +619,7 @@ impl Provider for AwsProvider {
     }
 
     async fn delete_image(&self, image_id: &str) -> Result<()> {
-        for (region, ec2) in &self.copy_clients {
-            let images = image::Images::new(ec2, &self.limits, region);
+        for images in self.copy_regions() {
             for copy in images.copies_of(image_id).await? {
                 images.deregister(&copy).await?;
             }
@@ -809,12 +821,8 @@ impl Provider for AwsProvider {
             "image" => self.images().deregister(&l.id).await,
             "image-copy" => {
                 let (region, id) = l.id.split_once('/').unwrap_or_default();
-                match self.copy_clients.iter().find(|(r, _)| r == region) {
-                    Some((r, ec2)) => {
-                        image::Images::new(ec2, &self.limits, r)
-                            .deregister(id)
-                            .await
-                    }
+                match self.copy_regions().find(|i| i.region() == region) {
+                    Some(images) => images.deregister(id).await,
                     None => Err(Error::Usage(format!(
                         "{region} is not in copy_regions of this pipeline; cannot remove {id} there"
                     ))),
@@ -865,13 +873,14 @@ impl Provider for AwsProvider {
         {
             return Ok(image);
         }
-        let mut made: Vec<(usize, String)> = Vec::new();
+        // The copies this call made, in order: removed again if a later copy or share fails.
+        let mut made: Vec<(image::Images<'_>, String)> = Vec::new();
         let result = async {
             let mut tags: Option<Vec<Tag>> = None;
-            for (n, (region, ec2)) in self.copy_clients.iter().enumerate() {
-                let images = image::Images::new(ec2, &self.limits, region);
+            for images in self.copy_regions() {
+                let region = images.region();
                 if let Some(copy) = images.copies_of(&image.id).await?.into_iter().next() {
-                    image.copies.insert(region.clone(), copy);
+                    image.copies.insert(region.to_string(), copy);
                     continue;
                 }
                 cx.phase(&format!("copying {} to {region}", image.id));
@@ -891,7 +900,7 @@ impl Provider for AwsProvider {
                     )
                     .await?;
                 cx.created("image-copy", &format!("{region}/{copy}"))?;
-                made.push((n, copy.clone()));
+                made.push((images, copy.clone()));
                 let snaps = images.wait_available(&copy, self.image_wait()).await?;
                 if tags.is_none() {
                     tags = Some(self.bake_tags_of(&image.id).await?);
@@ -903,18 +912,18 @@ impl Provider for AwsProvider {
                         .value(&image.id)
                         .build(),
                 );
-                images.tag(&copy, &snaps, t).await?;
-                image.copies.insert(region.clone(), copy);
+                images
+                    .tag(&[std::slice::from_ref(&copy), &snaps[..]].concat(), t)
+                    .await?;
+                image.copies.insert(region.to_string(), copy);
             }
             let accounts = &self.settings.share_accounts;
             if !accounts.is_empty() {
                 cx.phase(&format!("sharing with {}", accounts.join(", ")));
                 self.images().share(&image.id, accounts).await?;
-                for (region, ec2) in &self.copy_clients {
-                    if let Some(copy) = image.copies.get(region) {
-                        image::Images::new(ec2, &self.limits, region)
-                            .share(copy, accounts)
-                            .await?;
+                for images in self.copy_regions() {
+                    if let Some(copy) = image.copies.get(images.region()) {
+                        images.share(copy, accounts).await?;
                     }
                 }
             }
@@ -922,12 +931,9 @@ impl Provider for AwsProvider {
         }
         .await;
         if let Err(e) = result {
-            for (n, copy) in made {
-                let (region, ec2) = &self.copy_clients[n];
-                match image::Images::new(ec2, &self.limits, region)
-                    .deregister(&copy)
-                    .await
-                {
+            for (images, copy) in made {
+                let region = images.region();
+                match images.deregister(&copy).await {
                     Ok(()) => {
                         let _ = cx.removed("image-copy", &format!("{region}/{copy}"));
                     }
@@ -1487,7 +1493,12 @@ impl Step<State> for ImageBuilderBuild<'_> {
         }
         let mut tags = p.tags(job, "image");
         tags.push(Tag::builder().key("bake:status").value("pending").build());
-        p.images().tag(&image, &state.snapshots, tags).await?;
+        p.images()
+            .tag(
+                &[std::slice::from_ref(&image), &state.snapshots[..]].concat(),
+                tags,
+            )
+            .await?;
         Ok(())
     }
     async fn cleanup(
@@ -1507,17 +1518,7 @@ impl Step<State> for ImageBuilderBuild<'_> {
                 state.build = None;
             }
         }
-        if outcome.discards_image() {
-            if let Some(image) = state.image.take() {
-                self.p.images().deregister(&image).await?;
-                for s in state.snapshots.drain(..) {
-                    cx.removed("snapshot", &s)?;
-                }
-                cx.removed("image", &image)?;
-                state.record = None;
-            }
-        }
-        Ok(())
+        self.p.discard_image(state, outcome, cx).await
     }
 }
 
@@ -1614,7 +1615,8 @@ impl Step<State> for CreateImage<'_> {
         for s in &state.snapshots {
             cx.created("snapshot", s)?;
         }
-        p.tag(&state.snapshots, p.tags(self.job, "snapshot"))
+        p.images()
+            .tag(&state.snapshots, p.tags(self.job, "snapshot"))
             .await?;
         Ok(())
     }
@@ -1624,18 +1626,7 @@ impl Step<State> for CreateImage<'_> {
         outcome: Outcome,
         cx: &StepContext<'_>,
     ) -> Result<()> {
-        if !outcome.discards_image() {
-            return Ok(());
-        }
-        if let Some(image) = state.image.take() {
-            self.p.images().deregister(&image).await?;
-            for s in state.snapshots.drain(..) {
-                cx.removed("snapshot", &s)?;
-            }
-            cx.removed("image", &image)?;
-            state.record = None;
-        }
-        Ok(())
+        self.p.discard_image(state, outcome, cx).await
     }
 }
 
@@ -1745,7 +1736,7 @@ impl Step<State> for Validate<'_> {
         if let Some(d) = &packages {
             tags.push(Tag::builder().key("bake:packages").value(d).build());
         }
-        p.tag(std::slice::from_ref(&image), tags).await?;
+        p.images().tag(std::slice::from_ref(&image), tags).await?;
         if !verdict.accepted {
             cx.phase(&format!("rejected: {}", verdict.blockers().join("; ")));
         }
