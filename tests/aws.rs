@@ -153,14 +153,38 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
         assert!(l.contains_key("SecurityGroupId.1"), "{l:?}");
         assert!(l.values().any(|v| v == "bake:run-id"), "{l:?}");
     }
-    let canaries: Vec<_> = launches
-        .iter()
-        .filter(|l| l.contains_key("UserData"))
-        .collect();
+    // Every instance carries the dead-man's switch: it terminates when it powers itself off,
+    // and its user data arms a power-off timer. Canaries also join the cluster with the
+    // endpoint, CA and DNS address DescribeCluster gave.
+    let mut joins = 0;
+    for l in &launches {
+        assert_eq!(
+            l.get("InstanceInitiatedShutdownBehavior")
+                .map(String::as_str),
+            Some("terminate"),
+            "{l:?}"
+        );
+        let text = common::moto::user_data(l);
+        let minutes: u64 = text
+            .split("shutdown -P +")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("no power-off timer in\n{text}"));
+        assert!(
+            minutes > 60,
+            "the timer must outlive the run: {minutes} min"
+        );
+        if text.contains("/etc/eks/bootstrap.sh 'dev'") {
+            joins += 1;
+            assert!(text.contains("--apiserver-endpoint 'https://"), "{text}");
+            assert!(text.contains("--b64-cluster-ca '"), "{text}");
+            assert!(text.contains("--dns-cluster-ip 10.100.0.10"), "{text}");
+        }
+    }
     assert_eq!(
-        canaries.len(),
-        2,
-        "canaries join the cluster through user data"
+        joins, 2,
+        "the two canaries join the cluster through user data"
     );
     assert!(
         moto.params_of("AuthorizeSecurityGroupIngress").is_empty(),
@@ -390,6 +414,30 @@ async fn an_image_not_yet_visible_after_create_image_is_waited_for() {
     assert_eq!(summary["published"].as_array().unwrap().len(), 1);
 }
 
+/// Snapshots that no image refers to.
+async fn orphaned_snapshots(moto: &Moto) -> Vec<String> {
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let images = ec2.describe_images().owners("self").send().await.unwrap();
+    let used: Vec<&str> = images
+        .images()
+        .iter()
+        .flat_map(|i| i.block_device_mappings())
+        .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()))
+        .collect();
+    let snaps = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .unwrap();
+    snaps
+        .snapshots()
+        .iter()
+        .map(|s| s.snapshot_id().unwrap_or_default().to_string())
+        .filter(|s| !used.contains(&s.as_str()))
+        .collect()
+}
+
 #[tokio::test]
 async fn a_failed_image_fails_fast_cleans_up_and_publishes_nothing() {
     let moto = Moto::get();
@@ -399,13 +447,32 @@ async fn a_failed_image_fails_fast_cleans_up_and_publishes_nothing() {
         .into_iter()
         .map(|(i, _)| i)
         .collect();
+    let orphans_before = orphaned_snapshots(moto).await;
+    // EC2 is eventually consistent: right after DeregisterImage its snapshot may still be
+    // "in use" by it. Deleting it is retried, so no snapshot is orphaned.
     let (code, summary, stderr, _) = with_faults(
         "/e2e6",
-        json!([]),
+        json!([{"action": "DeleteSnapshot", "times": 3, "code": "InvalidSnapshot.InUse",
+                "message": "The snapshot is currently in use by an AMI"}]),
         json!({"image_state_after_create": "failed"}),
     )
     .await;
     assert_eq!(code, 1, "{summary:#}\n{stderr}");
+    let deletes = moto
+        .calls()
+        .iter()
+        .filter(|(_, a)| a == "DeleteSnapshot")
+        .count();
+    assert!(
+        deletes >= 5,
+        "2 snapshots, 3 answered InUse: {deletes} DeleteSnapshot calls"
+    );
+    let orphans: Vec<String> = orphaned_snapshots(moto)
+        .await
+        .into_iter()
+        .filter(|s| !orphans_before.contains(s))
+        .collect();
+    assert!(orphans.is_empty(), "orphaned snapshots: {orphans:?}");
     for r in summary["results"].as_array().unwrap() {
         assert!(r["error"].as_str().unwrap().contains("is failed"), "{r}");
     }
@@ -855,4 +922,210 @@ fn copy_and_share_settings_are_checked_before_anything_starts() {
         );
         assert!(!p.state().exists());
     }
+}
+
+/// The `bake:prefix` value of every live instance, security group and image in moto that a
+/// pipeline publishing under `prefix` made.
+async fn owned_by(moto: &Moto, prefix: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let mine = |tags: &[aws_sdk_ec2::types::Tag]| {
+        tags.iter()
+            .any(|t| t.key() == Some("bake:prefix") && t.value() == Some(prefix))
+    };
+    let instances = ec2.describe_instances().send().await.unwrap();
+    let live = instances
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| {
+            i.state().and_then(|s| s.name())
+                != Some(&aws_sdk_ec2::types::InstanceStateName::Terminated)
+                && mine(i.tags())
+        })
+        .map(|i| i.instance_id().unwrap().to_string())
+        .collect();
+    let groups = ec2.describe_security_groups().send().await.unwrap();
+    let groups = groups
+        .security_groups()
+        .iter()
+        .filter(|g| mine(g.tags()))
+        .map(|g| g.group_id().unwrap().to_string())
+        .collect();
+    let images = ec2.describe_images().owners("self").send().await.unwrap();
+    let images = images
+        .images()
+        .iter()
+        .filter(|i| mine(i.tags()))
+        .map(|i| i.image_id().unwrap().to_string())
+        .collect();
+    (live, groups, images)
+}
+
+/// Two pipelines in one account (prefixes /team-a and /team-b), B's run alive on "another
+/// host" (its own state dir, no journal or lock A can see): A's `sweep --apply` touches nothing
+/// of B's and B's run still publishes; A bakes its own image even with the same bake key; A's
+/// `prune --apply` leaves B's published images alone; and A's provider refuses to count an image
+/// of B's as its own to delete.
+#[tokio::test]
+async fn sweep_prune_and_reuse_stay_in_their_own_pipeline() {
+    use bake::provider::Provider;
+    let moto = Moto::get();
+    let (x86, arm) = bases(moto).await;
+    // B's agents answer late, so its builders are alive while A sweeps.
+    moto.set_config(json!({
+        "parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm},
+        "agent_online_after_s": 3
+    }));
+    let a = project("/team-a");
+    let b = project("/team-b");
+    let b_run = common::moto::bake_command(&b, moto)
+        .args(["run", "pipelines/aws.toml", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let (live, groups, _) = owned_by(moto, "/team-b").await;
+        if live.len() == 2 && groups.len() == 2 {
+            break;
+        }
+        assert!(start.elapsed().as_secs() < 30, "B's builders never started");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (code, plan, stderr) = bake(&a, moto, &["sweep", "-p", "pipelines/aws.toml"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        plan["leftovers"],
+        json!([]),
+        "A's sweep plans to touch B: {plan:#}"
+    );
+    let (code, _, stderr) = bake(&a, moto, &["sweep", "--apply", "-p", "pipelines/aws.toml"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (live, groups, _) = owned_by(moto, "/team-b").await;
+    assert_eq!(
+        (live.len(), groups.len()),
+        (2, 2),
+        "A's sweep touched B's run"
+    );
+    let out = b_run.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "B's run failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b_summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b_images: Vec<String> = ["x86_64", "arm64"]
+        .iter()
+        .map(|a| {
+            b_summary["published"][0]["images"][a]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+
+    // Same recipe, same bases: the same bake key, yet A bakes and publishes its own images.
+    moto.set_config(json!({"parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm}}));
+    let (code, first, stderr) = bake(&a, moto, &["run", "pipelines/aws.toml"]);
+    assert_eq!(code, 0, "{stderr}");
+    for arch in ["x86_64", "arm64"] {
+        let mine = first["published"][0]["images"][arch].as_str().unwrap();
+        assert!(
+            !b_images.contains(&mine.to_string()),
+            "A reused B's image {mine}"
+        );
+    }
+    // Published images carry the release (for people in the console and for other pipelines).
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let described = ec2
+        .describe_images()
+        .set_image_ids(Some(b_images.clone()))
+        .send()
+        .await
+        .unwrap();
+    for i in described.images() {
+        let release = i.tags().iter().find(|t| t.key() == Some("bake:release"));
+        assert_eq!(
+            release.and_then(|t| t.value()),
+            b_summary["published"][0]["release"].as_str(),
+            "{:?}",
+            i.image_id()
+        );
+    }
+
+    // A second release of A, then prune A down to one: only A's first images go.
+    let (x86b, armb) = bases(moto).await;
+    moto.set_config(json!({"parameters": {UBUNTU_X86: x86b, UBUNTU_ARM: armb}}));
+    let (code, _, stderr) = bake(&a, moto, &["run", "pipelines/aws.toml"]);
+    assert_eq!(code, 0, "{stderr}");
+    a.edit("pipelines/aws.toml", "history = 3", "history = 0");
+    let (code, pruned, stderr) = bake(
+        &a,
+        moto,
+        &[
+            "prune",
+            "eks-node",
+            "--keep",
+            "1",
+            "--apply",
+            "-p",
+            "pipelines/aws.toml",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(pruned["delete"].as_array().unwrap().len(), 1, "{pruned:#}");
+    let (_, _, b_left) = owned_by(moto, "/team-b").await;
+    for image in &b_images {
+        assert!(
+            b_left.contains(image),
+            "A's prune deleted B's image {image}"
+        );
+    }
+    // Whatever A's registry might say, an image of B's is not A's to delete.
+    let pipeline = bake::pipeline::Pipeline::load(&a.path("pipelines/aws.toml")).unwrap();
+    let provider = bake::provider::aws::AwsProvider::new(
+        &moto.sdk_via_proxy().await,
+        &pipeline,
+        Default::default(),
+    )
+    .unwrap();
+    let why = provider.image_in_use(&b_images[0]).await.unwrap();
+    assert!(
+        why.as_deref().is_some_and(|w| w.contains("/team-b")),
+        "{why:?}"
+    );
+}
+
+/// A literal AMI base joins the way its name says; one whose name says nothing is refused
+/// before anything is created (exit 2, no mutating call), not sent down a guessed join path.
+#[tokio::test]
+async fn a_literal_ami_base_joins_as_its_name_says_or_is_refused() {
+    let moto = Moto::get();
+    let (x86, arm) = bases(moto).await; // named ubuntu-eks-…
+    let unknown = common::moto::register_x86(moto, "golden-image").await;
+    moto.set_config(json!({"parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm}}));
+    let p = project("/literal");
+    p.edit("recipes/eks-node.toml", UBUNTU_X86, &unknown);
+    let before = moto.calls().len();
+    let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
+    assert_eq!(code, 2, "{summary:#}\n{stderr}");
+    assert_eq!(summary["published"], json!([]));
+    assert!(
+        stderr.contains("base.aws.x86_64") && stderr.contains("cannot tell how nodes from"),
+        "{stderr}"
+    );
+    let mutating: Vec<_> = moto.calls()[before..]
+        .iter()
+        .filter(|(_, a)| MUTATING.contains(&a.as_str()))
+        .cloned()
+        .collect();
+    assert!(mutating.is_empty(), "{mutating:?}");
+
+    let p = project("/literal2");
+    p.edit("recipes/eks-node.toml", UBUNTU_X86, &x86);
+    let (code, plan, stderr) = bake(&p, moto, &["plan", "pipelines/aws.toml"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(plan.to_string().contains(&x86), "{plan}");
 }

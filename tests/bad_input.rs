@@ -504,6 +504,25 @@ fn bad_ami_id_in_recipe() {
     );
 }
 
+/// A base whose nodes bake cannot tell how to join a cluster (neither Ubuntu EKS nor an
+/// EKS-optimized Amazon Linux parameter) is refused at load, not guessed at canary time.
+#[test]
+fn a_base_whose_join_method_cannot_be_told_is_refused() {
+    let p = Project::new();
+    p.edit(RECIPE, "x86_64 = \"/aws/service/canonical/ubuntu/eks/22.04/1.31/stable/current/amd64/hvm/ebs-gp2/ami-id\"", "x86_64 = \"/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64\"");
+    let line = line_of(&p.read(RECIPE), "ami-amazon-linux-latest");
+    refused(
+        &p,
+        AWS,
+        Expect {
+            file: RECIPE,
+            line: Some(line),
+            field: Some("base.aws.x86_64"),
+            message: "knows how to join to a cluster",
+        },
+    );
+}
+
 #[test]
 fn bad_ssm_prefix() {
     let p = Project::new();

@@ -734,6 +734,17 @@ async fn sweep_finds_the_untagged_output_of_a_build_whose_run_died_once_it_is_ol
         .resources(&orphan)
         .tags(tag("bake:recipe", "eks-node"))
         .tags(tag("bake:status", "pending"))
+        .tags(tag("bake:prefix", "/ib6"))
+        .send()
+        .await
+        .unwrap();
+    // The same output of another pipeline's build (its own prefix) is never ours to sweep.
+    let theirs = register_x86(moto, "ib-orphan-other").await;
+    ec2.create_tags()
+        .resources(&theirs)
+        .tags(tag("bake:recipe", "eks-node"))
+        .tags(tag("bake:status", "pending"))
+        .tags(tag("bake:prefix", "/ib6-other"))
         .send()
         .await
         .unwrap();
@@ -763,5 +774,10 @@ async fn sweep_finds_the_untagged_output_of_a_build_whose_run_died_once_it_is_ol
         "poll_interval",
         "orphan_age = \"0s\"\npoll_interval",
     );
-    assert!(found(p).await.contains(&orphan));
+    let found = found(p).await;
+    assert!(found.contains(&orphan));
+    assert!(
+        !found.contains(&theirs),
+        "another pipeline's output: {found:?}"
+    );
 }

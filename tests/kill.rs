@@ -39,8 +39,8 @@ fn json_of(out: std::process::Output) -> (i32, Value, String) {
     (out.status.code().unwrap_or(-1), v, stderr)
 }
 
-/// Live bake instances, bake security groups, unpublished bake images, and the parameters
-/// under `prefix`.
+/// Live bake instances, bake security groups and unpublished bake images of the pipeline that
+/// publishes under `prefix` (each kill point has its own), and its half-written releases.
 async fn leaks(moto: &Moto, prefix: &str) -> Vec<String> {
     let cfg = moto.sdk().await;
     let ec2 = aws_sdk_ec2::Client::new(&cfg);
@@ -65,6 +65,12 @@ async fn leaks(moto: &Moto, prefix: &str) -> Vec<String> {
         .iter()
         .filter(|p| p.name().unwrap().ends_with("/manifest"))
         .count();
+    let ours = |tags: &[aws_sdk_ec2::types::Tag]| {
+        tags.iter().any(|t| t.key() == Some("bake:run-id"))
+            && tags
+                .iter()
+                .any(|t| t.key() == Some("bake:prefix") && t.value() == Some(prefix))
+    };
     let mut out = Vec::new();
     if published.len() != manifests {
         out.push(format!(
@@ -74,23 +80,22 @@ async fn leaks(moto: &Moto, prefix: &str) -> Vec<String> {
     }
     let r = ec2.describe_instances().send().await.unwrap();
     for i in r.reservations().iter().flat_map(|r| r.instances()) {
-        let ours = i.tags().iter().any(|t| t.key() == Some("bake:run-id"));
         let live = i.state().and_then(|s| s.name())
             != Some(&aws_sdk_ec2::types::InstanceStateName::Terminated);
-        if ours && live {
+        if ours(i.tags()) && live {
             out.push(format!("instance {}", i.instance_id().unwrap()));
         }
     }
     let r = ec2.describe_security_groups().send().await.unwrap();
     for g in r.security_groups() {
-        if g.tags().iter().any(|t| t.key() == Some("bake:run-id")) {
+        if ours(g.tags()) {
             out.push(format!("security group {}", g.group_id().unwrap()));
         }
     }
     let r = ec2.describe_images().owners("self").send().await.unwrap();
     for i in r.images() {
         let id = i.image_id().unwrap().to_string();
-        if i.tags().iter().any(|t| t.key() == Some("bake:run-id")) && !published.contains(&id) {
+        if ours(i.tags()) && !published.contains(&id) {
             out.push(format!("unpublished image {id}"));
         }
     }

@@ -109,6 +109,18 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
             "Resource": [format!("arn:aws:ssm:{region}:*:parameter{prefix}"), format!("arn:aws:ssm:{region}:*:parameter{prefix}/*")]
         }),
     ];
+    if let Some(cluster) = &pipeline.canary_cluster {
+        let eks = pipeline.clusters[cluster]
+            .eks_cluster
+            .clone()
+            .unwrap_or_else(|| cluster.clone());
+        statements.push(json!({
+            "Sid": "ReadTheCanaryClustersJoinData",
+            "Effect": "Allow",
+            "Action": "eks:DescribeCluster",
+            "Resource": format!("arn:aws:eks:{region}:*:cluster/{eks}")
+        }));
+    }
     if !base_params.is_empty() {
         statements.push(json!({
             "Sid": "ResolveBaseImages",

@@ -123,11 +123,60 @@ pub enum AwsBaseRef {
     Ami(AmiId),
 }
 
+/// How a node from an EKS base image joins its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Join {
+    /// Amazon Linux 2023 EKS AMIs: nodeadm reads a `NodeConfig`.
+    Nodeadm,
+    /// Canonical's Ubuntu EKS AMIs and the Amazon Linux 2 EKS AMIs: `/etc/eks/bootstrap.sh`.
+    Bootstrap,
+}
+
+impl Join {
+    /// From the public SSM parameter a base is resolved from, if it is a known EKS base.
+    pub fn for_parameter(path: &str) -> Option<Join> {
+        if path.starts_with("/aws/service/canonical/ubuntu/eks/") {
+            Some(Join::Bootstrap)
+        } else if path.starts_with("/aws/service/eks/optimized-ami/") {
+            if path.contains("/amazon-linux-2023/") {
+                Some(Join::Nodeadm)
+            } else if path.contains("/amazon-linux-2/") || path.contains("/amazon-linux-2-arm64/") {
+                Some(Join::Bootstrap)
+            } else {
+                None
+            }
+        } else {
+            None
+        }
+    }
+
+    /// From an AMI's name and description (what DescribeImages says about a literal base).
+    pub fn for_image(name: &str, description: &str) -> Option<Join> {
+        let text = format!("{name} {description}").to_ascii_lowercase();
+        if text.contains("al2023") || text.contains("amazon linux 2023") {
+            Some(Join::Nodeadm)
+        } else if text.contains("ubuntu-eks") || text.contains("ubuntu eks") {
+            Some(Join::Bootstrap)
+        } else if text.contains("amazon-eks-node") || text.contains("amazon-eks-arm64-node") {
+            // The Amazon Linux 2 EKS AMIs (the AL2023 ones say al2023 in their names).
+            Some(Join::Bootstrap)
+        } else {
+            None
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for AwsBaseRef {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         if s.starts_with('/') {
-            SsmPath::parse(&s).map(AwsBaseRef::Parameter)
+            SsmPath::parse(&s).and_then(|p| match Join::for_parameter(p.as_str()) {
+                Some(_) => Ok(AwsBaseRef::Parameter(p)),
+                None => Err(format!(
+                    "`{s}` is not a base whose nodes bake knows how to join to a cluster: use an Ubuntu EKS parameter (`/aws/service/canonical/ubuntu/eks/...`), an EKS-optimized Amazon Linux one (`/aws/service/eks/optimized-ami/<k8s>/amazon-linux-2023/...`), or an AMI ID"
+                )),
+            })
         } else if s.starts_with("ami-") {
             AmiId::parse(&s).map(AwsBaseRef::Ami)
         } else {

@@ -406,6 +406,16 @@ async fn run_recipe(
     }
     let published = cx.registry.publish(manifest).await?;
     tracing::info!(recipe = %published.recipe, release = %published.release, "published");
+    // The release is out; the tag is for people and other pipelines (our own sweep and prune
+    // read the registry), so a failure to write it is reported, not fatal.
+    let images: Vec<ReleaseImage> = published.images.values().cloned().collect();
+    if let Err(e) = cx
+        .provider
+        .mark_published(&published.release.to_string(), &images)
+        .await
+    {
+        tracing::warn!(recipe = %published.recipe, release = %published.release, "published, but tagging its images with the release failed: {e}");
+    }
 
     let mut promoted_to = Vec::new();
     for target in &bake.auto_promote {

@@ -220,6 +220,7 @@ impl Provider for FakeProvider {
         Ok(BaseImage {
             source: format!("fake {id}"),
             id,
+            join: None,
         })
     }
 

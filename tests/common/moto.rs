@@ -81,18 +81,24 @@ impl Moto {
             std::thread::sleep(Duration::from_millis(100));
         }
         // What an account running bake has: the builder instance profile (IAM, via boto3 from
-        // the same venv; moto checks that a launched profile exists).
+        // the same venv; moto checks that a launched profile exists) and the clusters canaries
+        // join (their endpoint, CA and service CIDR go into the canary's user data).
         let status = Command::new(venv.join("bin/python"))
             .args([
                 "-c",
-                "import boto3,sys; boto3.client('iam', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').create_instance_profile(InstanceProfileName='bake-builder')",
+                "import boto3,sys\n\
+                 kw = dict(endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+                 boto3.client('iam', **kw).create_instance_profile(InstanceProfileName='bake-builder')\n\
+                 eks = boto3.client('eks', **kw)\n\
+                 for name in ('dev', 'staging'):\n\
+                 \x20   eks.create_cluster(name=name, roleArn='arn:aws:iam::123456789012:role/eks', resourcesVpcConfig={'subnetIds': []}, kubernetesNetworkConfig={'serviceIpv4Cidr': '10.100.0.0/16'})\n",
                 &moto_url,
             ])
             .status()
             .unwrap();
         assert!(
             status.success(),
-            "creating the instance profile in moto failed"
+            "creating the instance profile and clusters in moto failed"
         );
         let config = dir.path().join("proxy.json");
         std::fs::write(&config, "{}").unwrap();
@@ -259,6 +265,17 @@ pub fn bake_refused(p: &Project, moto: &Moto, args: &[&str]) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The decoded user data of a logged RunInstances call ("" if it had none).
+pub fn user_data(params: &std::collections::BTreeMap<String, String>) -> String {
+    use base64::Engine as _;
+    params
+        .get("UserData")
+        .map(|u| {
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(u).unwrap()).unwrap()
+        })
+        .unwrap_or_default()
 }
 
 /// Registers an x86_64 AMI in moto (a base or a build output) and returns its ID.

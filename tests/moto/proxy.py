@@ -20,6 +20,7 @@ count mutating calls.
 """
 import http.server
 import json
+import re
 import os
 import sys
 import threading
@@ -37,6 +38,16 @@ FIRST_ASKED = {}                # instance id -> first DescribeInstanceInformati
 FAULTS_USED = {}                # fault index -> times injected
 CREATED_AT = {}                 # image id -> when CreateImage answered
 SEEN = set()                    # actions seen so far (for faults that start "after" one)
+
+
+def rest_action(method, path):
+    """The action of an EKS REST call, as IAM names it (the calls bake makes)."""
+    parts = [p for p in path.split("/") if p]
+    if parts[:1] == ["clusters"] and len(parts) == 2 and method == "GET":
+        return "DescribeCluster"
+    if parts[:1] == ["clusters"] and len(parts) == 1 and method == "GET":
+        return "ListClusters"
+    return "%s %s" % (method, path)
 
 
 def config():
@@ -64,9 +75,14 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         cfg = config()
         target = self.headers.get("X-Amz-Target", "")
+        # The signing scope names the service: Credential=<key>/<date>/<region>/<service>/aws4_request
+        scope = re.search(r"Credential=[^/]+/[^/]+/([^/]+)/([^/]+)/", self.headers.get("Authorization", ""))
+        form = {}
         if target:
             service, action = target.split(".", 1)
             service = "ssm" if "SSM" in service else service
+        elif scope and scope.group(2) == "eks":
+            service, action = "eks", rest_action(method, urllib.parse.urlparse(self.path).path)
         else:
             form = urllib.parse.parse_qs(body.decode() or urllib.parse.urlparse(self.path).query)
             service, action = "ec2", (form.get("Action") or ["?"])[0]
@@ -90,13 +106,11 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 return self.reply(200, handled)
         status, headers, data = self.forward(method, body)
         if service == "ec2" and action == "CreateImage" and status == 200:
-            import re
             m = re.search(rb"<imageId>([^<]+)</imageId>", data)
             if m:
                 CREATED_AT[m.group(1).decode()] = time.time()
         wait = cfg.get("image_available_after_s", 0)
         if wait and service == "ec2" and action == "DescribeImages":
-            import re
             def pend(m):
                 created = CREATED_AT.get(m.group(1).decode())
                 if created is not None and time.time() - created < wait:

@@ -21,6 +21,9 @@ pub struct BaseImage {
     pub id: String,
     /// Where it came from, for people ("ssm:/aws/service/...", "mmdebstrap bookworm amd64").
     pub source: String,
+    /// How a canary from it joins an EKS cluster (AWS bases; None for local ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<crate::names::Join>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +138,16 @@ pub trait Provider: Send + Sync {
         _cx: &crate::steps::StepContext<'_>,
     ) -> Result<ImageRecord> {
         Ok(image)
+    }
+
+    /// Marks published images (and their copies) with the release that now holds them, so a
+    /// person and every other pipeline can tell an image is published. Nothing by default.
+    async fn mark_published(
+        &self,
+        _release: &str,
+        _images: &[crate::release::ReleaseImage],
+    ) -> Result<()> {
+        Ok(())
     }
 
     /// Deletes an image and what belongs to it (snapshots, files).

@@ -6,9 +6,27 @@
 use crate::aws::{code, err, Limits};
 use crate::{Error, Result};
 use aws_sdk_ec2::types::{
-    Filter, ImageState, LaunchPermission, LaunchPermissionModifications, Tag,
+    Filter, ImageState, LaunchPermission, LaunchPermissionModifications, ResourceType, Tag,
+    TagSpecification,
 };
+
+/// What one CopyImage asks for.
+pub struct CopyRequest<'a> {
+    pub source: &'a str,
+    pub source_region: &'a str,
+    pub name: &'a str,
+    pub kms_key_id: Option<&'a str>,
+    /// The tags of the copy and its snapshots, applied by CopyImage itself.
+    pub tags: Vec<Tag>,
+    /// At most 64 ASCII characters; the same token for a retried request.
+    pub client_token: String,
+}
 use std::time::{Duration, Instant};
+
+/// `InvalidSnapshot.InUse` right after DeregisterImage: retries, the first pause (doubling,
+/// at most 10 s apart: about 70 s in all).
+const SNAPSHOT_RETRIES: u32 = 10;
+const SNAPSHOT_RETRY_FIRST: Duration = Duration::from_millis(250);
 
 /// The AMIs of one region, through one EC2 client.
 #[derive(Clone, Copy)]
@@ -38,6 +56,15 @@ impl<'a> Images<'a> {
 
     pub fn region(&self) -> &'a str {
         self.region
+    }
+
+    /// Listings through the same client, every page.
+    pub fn lister(&self) -> super::list::Lister<'a> {
+        super::list::Lister {
+            ec2: self.ec2,
+            limits: self.limits,
+            region: self.region,
+        }
     }
 
     /// The image's state and snapshots; `(None, [])` while EC2 does not know it yet.
@@ -119,69 +146,72 @@ impl<'a> Images<'a> {
             Err(e) => return Err(err(format!("deregistering {image} in {}", self.region), e)),
         }
         for s in snapshots {
+            self.delete_snapshot(&s, image).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a snapshot of a just-deregistered image. EC2 is eventually consistent: right
+    /// after DeregisterImage the snapshot may still count as in use by it
+    /// (`InvalidSnapshot.InUse`), so that answer is retried with backoff, up to a limit.
+    async fn delete_snapshot(&self, s: &str, image: &str) -> Result<()> {
+        let mut pause = SNAPSHOT_RETRY_FIRST;
+        let mut attempts = 0;
+        loop {
             self.limits.ec2.until_ready().await;
-            match self.ec2.delete_snapshot().snapshot_id(&s).send().await {
-                Ok(_) => {}
-                Err(e) if code(&e) == Some("InvalidSnapshot.NotFound") => {}
+            match self.ec2.delete_snapshot().snapshot_id(s).send().await {
+                Ok(_) => return Ok(()),
+                Err(e) if code(&e) == Some("InvalidSnapshot.NotFound") => return Ok(()),
+                Err(e)
+                    if code(&e) == Some("InvalidSnapshot.InUse") && attempts < SNAPSHOT_RETRIES =>
+                {
+                    attempts += 1;
+                    tracing::debug!(
+                        snapshot = s,
+                        image,
+                        attempts,
+                        "snapshot still in use after deregistering its image; retrying"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
                 Err(e) => {
                     return Err(err(
-                        format!("deleting snapshot {s} of {image} in {}", self.region),
+                        format!(
+                            "deleting snapshot {s} of {image} in {} (after {attempts} retries)",
+                            self.region
+                        ),
                         e,
                     ))
                 }
             }
         }
-        Ok(())
     }
 
     /// Why the image must not be deleted: an instance (running or stopped) or a launch
     /// template version uses it, or it has deregistration protection.
     pub async fn in_use(&self, image_id: &str) -> Result<Option<String>> {
-        self.limits.ec2.until_ready().await;
-        let r = self
-            .ec2
-            .describe_instances()
-            .filters(Filter::builder().name("image-id").values(image_id).build())
-            .filters(not_terminated())
-            .send()
-            .await
-            .map_err(|e| {
-                err(
-                    format!("looking for instances of {image_id} in {}", self.region),
-                    e,
-                )
-            })?;
-        if let Some(i) = r.reservations().iter().flat_map(|r| r.instances()).next() {
+        let list = self.lister();
+        let users = list
+            .instances(
+                &[
+                    Filter::builder().name("image-id").values(image_id).build(),
+                    not_terminated(),
+                ],
+                &format!("instances of {image_id}"),
+            )
+            .await?;
+        if let Some(i) = users.first() {
             return Ok(Some(format!(
                 "is used by instance {}",
                 i.instance_id().unwrap_or("?")
             )));
         }
-        self.limits.ec2.until_ready().await;
-        let templates = self
-            .ec2
-            .describe_launch_templates()
-            .send()
-            .await
-            .map_err(|e| err(format!("listing launch templates in {}", self.region), e))?;
-        for t in templates.launch_templates() {
+        for t in list.launch_templates().await? {
             let Some(id) = t.launch_template_id() else {
                 continue;
             };
-            self.limits.ec2.until_ready().await;
-            let versions = self
-                .ec2
-                .describe_launch_template_versions()
-                .launch_template_id(id)
-                .send()
-                .await
-                .map_err(|e| {
-                    err(
-                        format!("reading launch template {id} in {}", self.region),
-                        e,
-                    )
-                })?;
-            for v in versions.launch_template_versions() {
+            for v in list.launch_template_versions(id).await? {
                 if v.launch_template_data().and_then(|d| d.image_id()) == Some(image_id) {
                     return Ok(Some(format!(
                         "is used by launch template {} version {}",
@@ -213,41 +243,41 @@ impl<'a> Images<'a> {
 
     /// Available copies of `source` in this region (tagged `bake:source-image`).
     pub async fn copies_of(&self, source: &str) -> Result<Vec<String>> {
-        self.limits.ec2.until_ready().await;
-        let r = self
-            .ec2
-            .describe_images()
-            .owners("self")
-            .filters(
-                Filter::builder()
+        let found = self
+            .lister()
+            .own_images(
+                &[Filter::builder()
                     .name("tag:bake:source-image")
                     .values(source)
-                    .build(),
+                    .build()],
+                &format!("copies of {source}"),
             )
-            .send()
-            .await
-            .map_err(|e| {
-                err(
-                    format!("looking for copies of {source} in {}", self.region),
-                    e,
-                )
-            })?;
-        Ok(r.images()
+            .await?;
+        Ok(found
             .iter()
             .filter(|i| i.state() == Some(&ImageState::Available))
             .filter_map(|i| i.image_id().map(str::to_string))
             .collect())
     }
 
-    /// Starts an encrypted copy of `source` from `source_region` into this region and returns
-    /// its ID. CopyImage carries no tags on every implementation, so the caller tags it.
-    pub async fn copy_here(
-        &self,
-        source: &str,
-        source_region: &str,
-        name: &str,
-        kms_key_id: Option<&str>,
-    ) -> Result<String> {
+    /// Starts an encrypted copy of `source` from `source_region` into this region, tagged at
+    /// creation (image and snapshots) so a run that dies mid-copy leaves something sweep can
+    /// find, with a client token so an SDK retry never starts a second copy. Returns its ID.
+    pub async fn copy_here(&self, copy: CopyRequest<'_>) -> Result<String> {
+        let CopyRequest {
+            source,
+            source_region,
+            name,
+            kms_key_id,
+            tags,
+            client_token,
+        } = copy;
+        let spec = |t: ResourceType| {
+            TagSpecification::builder()
+                .resource_type(t)
+                .set_tags(Some(tags.clone()))
+                .build()
+        };
         self.limits.ec2.until_ready().await;
         let r = self
             .ec2
@@ -258,6 +288,9 @@ impl<'a> Images<'a> {
             .description(format!("bake copy of {source} from {source_region}"))
             .encrypted(true)
             .set_kms_key_id(kms_key_id.map(str::to_string))
+            .client_token(client_token)
+            .tag_specifications(spec(ResourceType::Image))
+            .tag_specifications(spec(ResourceType::Snapshot))
             .send()
             .await
             .map_err(|e| {

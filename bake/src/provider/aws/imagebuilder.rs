@@ -122,6 +122,10 @@ pub fn resources(
             ("bake:recipe".to_string(), recipe.name.clone()),
             ("bake:arch".to_string(), arch.to_string()),
             ("bake:status".to_string(), "pending".to_string()),
+            (
+                super::OWNER_TAG.to_string(),
+                settings.ssm_prefix.as_str().to_string(),
+            ),
         ]),
     };
     distribution.name = format!("bake-{}-{arch}-{}", recipe.name, digest(&distribution));

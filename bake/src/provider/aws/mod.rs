@@ -4,10 +4,11 @@
 //! pair, a security group with no inbound rules, and encrypted volumes; everything is tagged
 //! `bake:run-id` and journalled before the next call that can fail.
 
-pub mod canary;
 pub mod image;
 pub mod imagebuilder;
+pub mod list;
 pub mod toe;
+pub mod user_data;
 
 use super::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider, Role};
 use crate::aws::{code, err, Limits};
@@ -23,7 +24,7 @@ use async_trait::async_trait;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
     ImageState, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName,
-    InstanceType, ResourceType, Tag, TagSpecification, VolumeType,
+    InstanceType, ResourceType, ShutdownBehavior, Tag, TagSpecification, VolumeType,
 };
 use aws_sdk_ssm::types::{CommandInvocationStatus, InstanceInformationStringFilter, PingStatus};
 use base64::Engine as _;
@@ -37,6 +38,7 @@ pub struct AwsProvider {
     ec2: aws_sdk_ec2::Client,
     ssm: aws_sdk_ssm::Client,
     imagebuilder: aws_sdk_imagebuilder::Client,
+    eks: aws_sdk_eks::Client,
     settings: AwsSettings,
     /// The EKS cluster canaries join.
     canary_cluster: Option<String>,
@@ -44,7 +46,15 @@ pub struct AwsProvider {
     copy_clients: Vec<(String, aws_sdk_ec2::Client)>,
     region: String,
     limits: Limits,
+    /// The recipes of the pipeline: sweep looks only at their resources.
+    recipes: std::collections::BTreeSet<String>,
 }
+
+/// The tag that says which registry (`ssm_prefix`) a resource belongs to. Sweep, prune and
+/// reuse by key act only on resources that carry the pipeline's own value.
+pub const OWNER_TAG: &str = "bake:prefix";
+/// The tag a published image (and its copies) carries: the latest release that holds it.
+pub const RELEASE_TAG: &str = "bake:release";
 
 impl AwsProvider {
     pub fn new(
@@ -75,6 +85,7 @@ impl AwsProvider {
             ec2: aws_sdk_ec2::Client::new(config),
             ssm: aws_sdk_ssm::Client::new(config),
             imagebuilder: aws_sdk_imagebuilder::Client::new(config),
+            eks: aws_sdk_eks::Client::new(config),
             settings,
             canary_cluster,
             copy_clients,
@@ -83,7 +94,25 @@ impl AwsProvider {
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "(no region)".into()),
             limits,
+            recipes: pipeline
+                .bakes
+                .iter()
+                .map(|b| b.recipe.name.clone())
+                .collect(),
         })
+    }
+
+    /// The registry prefix this pipeline publishes under, as its resources are tagged.
+    fn owner(&self) -> &str {
+        self.settings.ssm_prefix.as_str()
+    }
+
+    /// `tag:bake:prefix = <ours>`, for every scan of what belongs to this pipeline.
+    fn owned(&self) -> Filter {
+        Filter::builder()
+            .name(format!("tag:{OWNER_TAG}"))
+            .values(self.owner())
+            .build()
     }
 
     fn image_wait(&self) -> image::Wait {
@@ -100,6 +129,10 @@ impl AwsProvider {
     async fn ssm_slot(&self) {
         self.limits.ssm.until_ready().await;
     }
+    async fn eks_slot(&self) {
+        // DescribeCluster is a light read; EC2's bucket paces it well enough.
+        self.limits.ec2.until_ready().await;
+    }
 
     fn tags(&self, job: &BakeJob<'_>, role: &str) -> Vec<Tag> {
         let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
@@ -114,6 +147,7 @@ impl AwsProvider {
             tag("bake:base", &job.base.id),
             tag("bake:run-id", job.run_id),
             tag("bake:role", role),
+            tag(OWNER_TAG, self.owner()),
         ]
     }
 
@@ -491,6 +525,12 @@ impl AwsProvider {
     }
 }
 
+/// An idempotency token (at most 64 characters) that is the same for the same parts.
+fn client_token(parts: &[&str]) -> String {
+    let digest = sha256_hex(parts.join("\n").as_bytes());
+    format!("bake-{}", &digest[..48])
+}
+
 fn step_err(cx: &StepContext<'_>, step: &str, message: impl Into<String>) -> Error {
     cx.error(step, message)
 }
@@ -526,8 +566,44 @@ impl Provider for AwsProvider {
                 recipe.file.display()
             ))
         })?;
-        let id = match source {
-            AwsBaseRef::Ami(a) => a.to_string(),
+        let (id, join) = match source {
+            AwsBaseRef::Ami(a) => {
+                // A literal AMI says what it is only in its name and description.
+                self.ec2_slot().await;
+                let r = self
+                    .ec2
+                    .describe_images()
+                    .image_ids(a.as_str())
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        err(
+                            format!(
+                                "describing the {arch} base {a} of `{}` in {}",
+                                recipe.name, self.region
+                            ),
+                            e,
+                        )
+                    })?;
+                let img = r.images().first().ok_or_else(|| {
+                    Error::Usage(format!(
+                        "{}: base.aws.{arch}: {a} does not exist in {} (or this account cannot see it)",
+                        recipe.file.display(),
+                        self.region
+                    ))
+                })?;
+                let (name, description) = (
+                    img.name().unwrap_or_default(),
+                    img.description().unwrap_or_default(),
+                );
+                let join = crate::names::Join::for_image(name, description).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "{}: base.aws.{arch}: cannot tell how nodes from {a} (`{name}`) join a cluster: its name and description name neither an Ubuntu EKS nor an EKS-optimized Amazon Linux image; use the base's public SSM parameter instead",
+                        recipe.file.display()
+                    ))
+                })?;
+                (a.to_string(), join)
+            }
             AwsBaseRef::Parameter(p) => {
                 self.ssm_slot().await;
                 let r = self
@@ -546,14 +622,23 @@ impl Provider for AwsProvider {
                         )
                     })?;
                 let value = r.parameter().and_then(|p| p.value()).unwrap_or_default();
-                crate::names::AmiId::parse(value)
+                let id = crate::names::AmiId::parse(value)
                     .map_err(|m| Error::provider("aws", format!("{p} in {}: {m}", self.region)))?
-                    .to_string()
+                    .to_string();
+                // Known at load: the recipe refuses a parameter whose join it cannot tell.
+                let join = crate::names::Join::for_parameter(p.as_str()).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "{}: base.aws.{arch}: {p} is not a known EKS base",
+                        recipe.file.display()
+                    ))
+                })?;
+                (id, join)
             }
         };
         Ok(BaseImage {
             id,
             source: source.to_string(),
+            join: Some(join),
         })
     }
 
@@ -572,6 +657,7 @@ impl Provider for AwsProvider {
             .filters(f("tag:bake:key", key.as_str()))
             .filters(f("tag:bake:recipe", recipe))
             .filters(f("tag:bake:arch", arch.as_str()))
+            .filters(self.owned())
             .send()
             .await
             .map_err(|e| {
@@ -604,6 +690,15 @@ impl Provider for AwsProvider {
     }
 
     async fn image_in_use(&self, image_id: &str) -> Result<Option<String>> {
+        // An image another pipeline made is never ours to delete, whatever our registry says.
+        let tags = self.bake_tags_of(image_id).await?;
+        let owner = list::tag(&tags, OWNER_TAG);
+        if !owner.is_empty() && owner != self.owner() {
+            return Ok(Some(format!(
+                "belongs to the pipeline that publishes under {owner}, not {}",
+                self.owner()
+            )));
+        }
         if let Some(why) = self.images().in_use(image_id).await? {
             return Ok(Some(why));
         }
@@ -616,6 +711,25 @@ impl Provider for AwsProvider {
             }
         }
         Ok(None)
+    }
+
+    async fn mark_published(
+        &self,
+        release: &str,
+        images: &[crate::release::ReleaseImage],
+    ) -> Result<()> {
+        let tags = vec![Tag::builder().key(RELEASE_TAG).value(release).build()];
+        for i in images {
+            self.images()
+                .tag(std::slice::from_ref(&i.image_id), tags.clone())
+                .await?;
+            for copies in self.copy_regions() {
+                if let Some(copy) = i.copies.get(copies.region()) {
+                    copies.tag(std::slice::from_ref(copy), tags.clone()).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn delete_image(&self, image_id: &str) -> Result<()> {
@@ -632,22 +746,26 @@ impl Provider for AwsProvider {
         live: &std::collections::BTreeSet<String>,
         published: &std::collections::BTreeSet<String>,
     ) -> Result<Vec<Leftover>> {
-        let tagged = || {
-            Filter::builder()
-                .name("tag-key")
-                .values("bake:run-id")
-                .build()
+        // Only what this pipeline made: tagged with a run ID, our registry prefix and one of
+        // our recipes. Another pipeline's runs (its own prefix) and anything untagged are
+        // never looked at, let alone touched.
+        let ours = || {
+            vec![
+                Filter::builder()
+                    .name("tag-key")
+                    .values("bake:run-id")
+                    .build(),
+                self.owned(),
+                Filter::builder()
+                    .name("tag:bake:recipe")
+                    .set_values(Some(self.recipes.iter().cloned().collect()))
+                    .build(),
+            ]
         };
-        let tag = |tags: &[Tag], k: &str| {
-            tags.iter()
-                .find(|t| t.key() == Some(k))
-                .and_then(|t| t.value())
-                .unwrap_or_default()
-                .to_string()
-        };
+        let tag = list::tag;
         let mut out = Vec::new();
         let mut push = |kind: &str, id: &str, tags: &[Tag], action: &str, reusable: bool| {
-            let run_id = tag(tags, "bake:run-id");
+            let run_id = tag(tags, "bake:run-id").to_string();
             if live.contains(&run_id) {
                 return;
             }
@@ -655,22 +773,22 @@ impl Provider for AwsProvider {
                 kind: kind.to_string(),
                 id: id.to_string(),
                 run_id,
-                recipe: tag(tags, "bake:recipe"),
+                recipe: tag(tags, "bake:recipe").to_string(),
                 arch: tag(tags, "bake:arch").parse().ok(),
                 action: action.to_string(),
                 reusable,
             });
         };
-        self.ec2_slot().await;
-        let r = self
-            .ec2
-            .describe_instances()
-            .filters(tagged())
-            .filters(image::not_terminated())
-            .send()
-            .await
-            .map_err(|e| err(format!("looking for bake instances in {}", self.region), e))?;
-        for i in r.reservations().iter().flat_map(|r| r.instances()) {
+        // An image is never a leftover once a registry published it: ours lists it, and any
+        // registry's publish tags it with the release.
+        let unpublished = |i: &aws_sdk_ec2::types::Image| -> bool {
+            !published.contains(i.image_id().unwrap_or_default())
+                && tag(i.tags(), RELEASE_TAG).is_empty()
+        };
+        let home = self.images().lister();
+        let mut filters = ours();
+        filters.push(image::not_terminated());
+        for i in home.instances(&filters, "bake instances").await? {
             push(
                 "instance",
                 i.instance_id().unwrap_or_default(),
@@ -679,77 +797,50 @@ impl Provider for AwsProvider {
                 false,
             );
         }
-        self.ec2_slot().await;
-        let r = self
-            .ec2
-            .describe_images()
-            .owners("self")
-            .filters(tagged())
-            .send()
-            .await
-            .map_err(|e| err(format!("looking for bake images in {}", self.region), e))?;
-        for i in r.images() {
-            let id = i.image_id().unwrap_or_default();
-            if published.contains(id) {
+        for i in home.own_images(&ours(), "bake images").await? {
+            if !unpublished(&i) {
                 continue;
             }
             let status = tag(i.tags(), "bake:status");
             push(
                 "image",
-                id,
+                i.image_id().unwrap_or_default(),
                 i.tags(),
                 &format!(
                     "deregister the unpublished {} image and delete its snapshots",
-                    if status.is_empty() {
-                        "pending"
-                    } else {
-                        &status
-                    }
+                    if status.is_empty() { "pending" } else { status }
                 ),
                 status == "validated",
             );
         }
         // Image Builder outputs whose run died before tagging them (the distribution tags them
-        // bake:recipe and bake:status=pending, but only the run adds bake:run-id). A live run
-        // tags its output seconds after the build ends, so only old ones are orphans.
+        // with recipe, prefix and bake:status=pending, but only the run adds bake:run-id). A
+        // live run tags its output seconds after the build ends, so only old ones are orphans.
         if self.settings.engine == crate::pipeline::Engine::Imagebuilder {
-            self.ec2_slot().await;
-            let r = self
-                .ec2
-                .describe_images()
-                .owners("self")
-                .filters(
-                    Filter::builder()
-                        .name("tag:bake:status")
-                        .values("pending")
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| {
-                    err(
-                        format!("looking for Image Builder outputs in {}", self.region),
-                        e,
-                    )
-                })?;
+            let pending = [
+                Filter::builder()
+                    .name("tag:bake:status")
+                    .values("pending")
+                    .build(),
+                self.owned(),
+            ];
             let cutoff = Utc::now()
                 - chrono::Duration::from_std(self.settings.orphan_age)
                     .unwrap_or(chrono::Duration::hours(1));
-            for i in r.images() {
-                let id = i.image_id().unwrap_or_default();
+            for i in home.own_images(&pending, "Image Builder outputs").await? {
                 let created = i
                     .creation_date()
                     .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
                     .map(|d| d.with_timezone(&Utc));
                 let untagged = !i.tags().iter().any(|t| t.key() == Some("bake:run-id"));
                 if untagged
-                    && !published.contains(id)
-                    && !tag(i.tags(), "bake:recipe").is_empty()
+                    && unpublished(&i)
+                    && self.recipes.contains(tag(i.tags(), "bake:recipe"))
                     && created.is_some_and(|c| c <= cutoff)
                 {
                     push(
                         "image",
-                        id,
+                        i.image_id().unwrap_or_default(),
                         i.tags(),
                         "deregister the Image Builder output of a run that died before tagging it, and its snapshots",
                         false,
@@ -757,20 +848,10 @@ impl Provider for AwsProvider {
                 }
             }
         }
-        self.ec2_slot().await;
-        let r = self
-            .ec2
-            .describe_security_groups()
-            .filters(tagged())
-            .send()
-            .await
-            .map_err(|e| {
-                err(
-                    format!("looking for bake security groups in {}", self.region),
-                    e,
-                )
-            })?;
-        for g in r.security_groups() {
+        for g in home
+            .security_groups(&ours(), "bake security groups")
+            .await?
+        {
             push(
                 "security-group",
                 g.group_id().unwrap_or_default(),
@@ -780,24 +861,16 @@ impl Provider for AwsProvider {
             );
         }
         // Copies a dead run made in other regions and no release publishes.
-        for (region, ec2) in &self.copy_clients {
-            self.ec2_slot().await;
-            let r = ec2
-                .describe_images()
-                .owners("self")
-                .filters(tagged())
-                .send()
-                .await
-                .map_err(|e| err(format!("looking for bake images in {region}"), e))?;
-            for i in r.images() {
-                let id = i.image_id().unwrap_or_default();
-                if published.contains(id) {
+        for images in self.copy_regions() {
+            let region = images.region();
+            for i in images.lister().own_images(&ours(), "bake images").await? {
+                if !unpublished(&i) {
                     continue;
                 }
                 let status = tag(i.tags(), "bake:status");
                 push(
                     "image-copy",
-                    &format!("{region}/{id}"),
+                    &format!("{region}/{}", i.image_id().unwrap_or_default()),
                     i.tags(),
                     &format!(
                         "deregister the unpublished copy in {region} and delete its snapshots"
@@ -891,27 +964,32 @@ impl Provider for AwsProvider {
                     image.key.short(),
                     image.id
                 );
+                if tags.is_none() {
+                    let mut t = self.bake_tags_of(&image.id).await?;
+                    t.push(
+                        Tag::builder()
+                            .key("bake:source-image")
+                            .value(&image.id)
+                            .build(),
+                    );
+                    tags = Some(t);
+                }
+                let t = tags.clone().unwrap_or_default();
                 let copy = images
-                    .copy_here(
-                        &image.id,
-                        &self.region,
-                        &name,
-                        self.settings.kms_key_id.as_deref(),
-                    )
+                    .copy_here(image::CopyRequest {
+                        source: &image.id,
+                        source_region: &self.region,
+                        name: &name,
+                        kms_key_id: self.settings.kms_key_id.as_deref(),
+                        tags: t.clone(),
+                        client_token: client_token(&[cx.journal.run_id(), &image.id, region]),
+                    })
                     .await?;
                 cx.created("image-copy", &format!("{region}/{copy}"))?;
                 made.push((images, copy.clone()));
                 let snaps = images.wait_available(&copy, self.image_wait()).await?;
-                if tags.is_none() {
-                    tags = Some(self.bake_tags_of(&image.id).await?);
-                }
-                let mut t = tags.clone().unwrap_or_default();
-                t.push(
-                    Tag::builder()
-                        .key("bake:source-image")
-                        .value(&image.id)
-                        .build(),
-                );
+                // CopyImage tagged them already on EC2; tagging again is a no-op there and
+                // covers implementations that drop the TagSpecifications.
                 images
                     .tag(&[std::slice::from_ref(&copy), &snaps[..]].concat(), t)
                     .await?;
@@ -1218,22 +1296,55 @@ impl Step<State> for Launch<'_> {
                     .build(),
             );
         }
-        if self.role == Role::Canary {
-            let cluster = p.canary_cluster.clone().ok_or_else(|| {
-                step_err(
-                    cx,
-                    self.name(),
-                    "the pipeline has no [canary] cluster for the canary to join",
-                )
-            })?;
-            let base = self
-                .job
-                .recipe
-                .aws
-                .get(&cx.arch)
-                .ok_or_else(|| step_err(cx, self.name(), "no aws base"))?;
-            req = req.user_data(canary::user_data(canary::join_for(base), &cluster));
-        }
+        // The dead-man's switch: an instance that powers itself off terminates, and its
+        // timer outlives every wait of this run.
+        req = req.instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate);
+        let timeout = p.settings.command_timeout;
+        let recipe = self.job.recipe;
+        req = match self.role {
+            Role::Builder => {
+                let limits: Vec<Duration> = recipe
+                    .files
+                    .iter()
+                    .map(|_| timeout)
+                    .chain(recipe.steps.iter().map(|s| s.timeout.unwrap_or(timeout)))
+                    .chain([timeout])
+                    .collect();
+                req.user_data(user_data::builder(user_data::lifetime(
+                    &p.settings,
+                    &limits,
+                )))
+            }
+            Role::Canary => {
+                let name = p.canary_cluster.clone().ok_or_else(|| {
+                    step_err(
+                        cx,
+                        self.name(),
+                        "the pipeline has no [canary] cluster for the canary to join",
+                    )
+                })?;
+                let join = self.job.base.join.ok_or_else(|| {
+                    step_err(
+                        cx,
+                        self.name(),
+                        "the base does not say how its nodes join a cluster",
+                    )
+                })?;
+                p.eks_slot().await;
+                let cluster = user_data::Cluster::describe(&p.eks, &name, &p.region).await?;
+                let limits: Vec<Duration> = recipe
+                    .validators
+                    .iter()
+                    .map(|_| timeout)
+                    .chain([timeout])
+                    .collect();
+                req.user_data(user_data::canary(
+                    join,
+                    &cluster,
+                    user_data::lifetime(&p.settings, &limits),
+                )?)
+            }
+        };
         let r = req.send().await.map_err(|e| {
             err(
                 format!(

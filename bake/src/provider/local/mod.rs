@@ -189,6 +189,7 @@ impl Provider for LocalProvider {
         Ok(BaseImage {
             id: format!("base-{}", &spec.digest()[..16]),
             source: spec.describe(),
+            join: None,
         })
     }
 
