@@ -230,17 +230,8 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
         calls.len()
     );
 
-    // The IAM policy bake prints allows every call the run made.
-    let (code, policy, _) = bake(&p, moto, &["iam-policy", "pipelines/aws.toml"]);
-    assert_eq!(code, 0);
-    let allowed = bake::iam::actions(&policy);
-    for (service, action) in moto.calls() {
-        let needed = format!("{service}:{action}");
-        assert!(
-            allowed.contains(&needed),
-            "the IAM policy does not allow {needed}"
-        );
-    }
+    // The IAM policy bake prints allows every call the run made, as IAM evaluates it.
+    common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
 
     // Status, releases and promotion work on the SSM registry too.
     let (code, rel, _) = bake(
@@ -324,6 +315,7 @@ async fn a_failed_validator_rejects_the_image_and_publishes_nothing() {
         1,
         "the rejected image is kept, tagged: {baked:?}"
     );
+    common::moto::assert_iam_allows(Moto::get(), &[&p], "pipelines/aws.toml");
 }
 
 #[tokio::test]
@@ -357,6 +349,7 @@ async fn a_failing_step_cleans_up_everything_and_deletes_the_image() {
     assert!(groups.is_empty(), "security groups left: {groups:?}");
     // Only arm64's validated image was added (kept for reuse); x86_64 never got one.
     assert_eq!(baked.len(), before + 1, "{baked:?}");
+    common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
 }
 
 /// Runs the pipeline with `faults` injected by the proxy; returns exit code, summary, stderr.
@@ -376,7 +369,7 @@ async fn with_faults(prefix: &str, faults: Value, extra: Value) -> (i32, Value, 
 #[tokio::test]
 async fn throttling_and_5xx_are_retried_and_the_run_completes() {
     let moto = Moto::get();
-    let (code, summary, stderr, _) = with_faults(
+    let (code, summary, stderr, p) = with_faults(
         "/e2e4",
         json!([
             {"action": "RunInstances", "times": 2, "code": "RequestLimitExceeded", "status": 503},
@@ -400,11 +393,12 @@ async fn throttling_and_5xx_are_retried_and_the_run_completes() {
     );
     let (live, _, groups) = inventory(moto).await;
     assert!(live.is_empty() && groups.is_empty());
+    common::moto::assert_iam_allows(Moto::get(), &[&p], "pipelines/aws.toml");
 }
 
 #[tokio::test]
 async fn an_image_not_yet_visible_after_create_image_is_waited_for() {
-    let (code, summary, stderr, _) = with_faults(
+    let (code, summary, stderr, p) = with_faults(
         "/e2e5",
         json!([{"action": "DescribeImages", "times": 3, "code": "InvalidAMIID.NotFound", "after": "CreateImage"}]),
         json!({}),
@@ -412,6 +406,7 @@ async fn an_image_not_yet_visible_after_create_image_is_waited_for() {
     .await;
     assert_eq!(code, 0, "{summary:#}\n{stderr}");
     assert_eq!(summary["published"].as_array().unwrap().len(), 1);
+    common::moto::assert_iam_allows(Moto::get(), &[&p], "pipelines/aws.toml");
 }
 
 /// Snapshots that no image refers to.
@@ -450,7 +445,7 @@ async fn a_failed_image_fails_fast_cleans_up_and_publishes_nothing() {
     let orphans_before = orphaned_snapshots(moto).await;
     // EC2 is eventually consistent: right after DeregisterImage its snapshot may still be
     // "in use" by it. Deleting it is retried, so no snapshot is orphaned.
-    let (code, summary, stderr, _) = with_faults(
+    let (code, summary, stderr, p) = with_faults(
         "/e2e6",
         json!([{"action": "DeleteSnapshot", "times": 3, "code": "InvalidSnapshot.InUse",
                 "message": "The snapshot is currently in use by an AMI"}]),
@@ -494,6 +489,7 @@ async fn a_failed_image_fails_fast_cleans_up_and_publishes_nothing() {
         new.is_empty(),
         "failed images must be deregistered: {new:?}"
     );
+    common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
 }
 
 /// Runs under random faults (30% throttling, 5% 5xx, up to 50 ms extra latency per call): each
@@ -505,7 +501,7 @@ async fn runs_under_random_throttling_5xx_and_latency_complete_or_fail_cleanly()
     let runs = 3;
     for n in 0..runs {
         let prefix = format!("/rnd{n}");
-        let (code, summary, stderr, _) = with_faults(
+        let (code, summary, stderr, p) = with_faults(
             &prefix,
             json!([]),
             json!({"random_faults": {"throttle": 0.30, "server_error": 0.05, "max_latency_ms": 50}}),
@@ -549,6 +545,7 @@ async fn runs_under_random_throttling_5xx_and_latency_complete_or_fail_cleanly()
             .filter(|p| p.name().unwrap().ends_with("/manifest"))
             .count();
         assert_eq!(images, manifests * 2, "run {n}: half-published release");
+        common::moto::assert_iam_allows(Moto::get(), &[&p], "pipelines/aws.toml");
     }
     eprintln!("random faults: {survived}/{runs} runs completed, the rest failed cleanly; 0 leaks");
 }
@@ -667,6 +664,7 @@ async fn prune_keeps_images_in_use_by_instances_and_launch_templates() {
         &["releases", "eks-node", "-p", "pipelines/aws.toml"],
     );
     assert_eq!(left.as_array().unwrap().len(), 1);
+    common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
 }
 
 /// The project under `prefix`, copying to us-west-2 and sharing with one account.
@@ -876,6 +874,7 @@ async fn copies_to_the_copy_regions_shares_with_the_accounts_and_publishes_each_
         .filter(|(_, t)| t["bake:source-image"] == x)
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
 }
 
 #[test]
@@ -1096,6 +1095,7 @@ async fn sweep_prune_and_reuse_stay_in_their_own_pipeline() {
         why.as_deref().is_some_and(|w| w.contains("/team-b")),
         "{why:?}"
     );
+    common::moto::assert_iam_allows(moto, &[&a, &b], "pipelines/aws.toml");
 }
 
 /// A literal AMI base joins the way its name says; one whose name says nothing is refused
@@ -1128,4 +1128,5 @@ async fn a_literal_ami_base_joins_as_its_name_says_or_is_refused() {
     let (code, plan, stderr) = bake(&p, moto, &["plan", "pipelines/aws.toml"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(plan.to_string().contains(&x86), "{plan}");
+    common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
 }

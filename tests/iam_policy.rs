@@ -72,3 +72,217 @@ fn a_local_pipeline_needs_no_policy() {
         bake::pipeline::Pipeline::load(&common::repo().join("pipelines/local.toml")).unwrap();
     assert!(bake::iam::policy(&pipeline).is_err());
 }
+
+/// Requests bake must never be able to make, evaluated against the printed policy by a real IAM
+/// evaluator (tests/iam/simulate.mjs): each must be denied. The same requests with bake's own
+/// tags are allowed, so a denial is the policy's doing and not a broken request.
+#[test]
+fn what_bake_must_never_do_is_denied_by_the_printed_policy() {
+    use serde_json::json;
+    let pipeline =
+        bake::pipeline::Pipeline::load(&common::repo().join("pipelines/aws.toml")).unwrap();
+    let policy = bake::iam::policy(&pipeline).unwrap();
+    let ec2 = |t: &str, id: &str| {
+        if t == "image" || t == "snapshot" {
+            format!("arn:aws:ec2:us-east-1::{t}/{id}")
+        } else {
+            format!("arn:aws:ec2:us-east-1:123456789012:{t}/{id}")
+        }
+    };
+    let req = |action: &str, resource: String, context: serde_json::Value| json!({"action": action, "resource": resource, "context": context});
+    let ours =
+        json!({"aws:ResourceTag/bake:prefix": "/bake", "ssm:resourceTag/bake:prefix": "/bake"});
+    let theirs =
+        json!({"aws:ResourceTag/bake:prefix": "/team-b", "ssm:resourceTag/bake:prefix": "/team-b"});
+    let untagged = json!({});
+    let denied = [
+        (
+            "launch without bake's tags",
+            req(
+                "ec2:RunInstances",
+                ec2("instance", "i-0000000000000new0"),
+                untagged.clone(),
+            ),
+        ),
+        (
+            "launch tagged as another pipeline's",
+            req(
+                "ec2:RunInstances",
+                ec2("instance", "i-0000000000000new0"),
+                json!({"aws:RequestTag/bake:prefix": "/team-b", "aws:TagKeys": ["bake:prefix"]}),
+            ),
+        ),
+        (
+            "terminate an untagged instance",
+            req(
+                "ec2:TerminateInstances",
+                ec2("instance", "i-0123456789abcdef0"),
+                untagged.clone(),
+            ),
+        ),
+        (
+            "terminate another pipeline's instance",
+            req(
+                "ec2:TerminateInstances",
+                ec2("instance", "i-0123456789abcdef0"),
+                theirs.clone(),
+            ),
+        ),
+        (
+            "stop an untagged instance",
+            req(
+                "ec2:StopInstances",
+                ec2("instance", "i-0123456789abcdef0"),
+                untagged.clone(),
+            ),
+        ),
+        (
+            "deregister an untagged image",
+            req(
+                "ec2:DeregisterImage",
+                ec2("image", "ami-0123456789abcdef0"),
+                untagged.clone(),
+            ),
+        ),
+        (
+            "deregister another pipeline's image",
+            req(
+                "ec2:DeregisterImage",
+                ec2("image", "ami-0123456789abcdef0"),
+                theirs.clone(),
+            ),
+        ),
+        (
+            "delete an untagged snapshot",
+            req(
+                "ec2:DeleteSnapshot",
+                ec2("snapshot", "snap-0123456789abcdef0"),
+                untagged.clone(),
+            ),
+        ),
+        (
+            "claim an untagged image by tagging it",
+            req(
+                "ec2:CreateTags",
+                ec2("image", "ami-0123456789abcdef0"),
+                json!({"aws:RequestTag/bake:prefix": "/bake", "aws:TagKeys": ["bake:prefix"]}),
+            ),
+        ),
+        (
+            "hand its own image to another pipeline",
+            req(
+                "ec2:CreateTags",
+                ec2("image", "ami-0123456789abcdef0"),
+                json!({"aws:ResourceTag/bake:prefix": "/bake", "aws:RequestTag/bake:prefix": "/team-b", "aws:TagKeys": ["bake:prefix"]}),
+            ),
+        ),
+        (
+            "run a command on an untagged instance",
+            req(
+                "ssm:SendCommand",
+                ec2("instance", "i-0123456789abcdef0"),
+                untagged.clone(),
+            ),
+        ),
+        (
+            "run a command on another pipeline's instance",
+            req(
+                "ssm:SendCommand",
+                ec2("instance", "i-0123456789abcdef0"),
+                theirs.clone(),
+            ),
+        ),
+        (
+            "delete an untagged security group",
+            req(
+                "ec2:DeleteSecurityGroup",
+                ec2("security-group", "sg-0123456789abcdef0"),
+                untagged.clone(),
+            ),
+        ),
+        (
+            "pass an administrator role",
+            req(
+                "iam:PassRole",
+                "arn:aws:iam::123456789012:role/admin".into(),
+                json!({"iam:PassedToService": "ec2.amazonaws.com"}),
+            ),
+        ),
+        (
+            "pass the instance role to another service",
+            req(
+                "iam:PassRole",
+                "arn:aws:iam::123456789012:role/bake-builder".into(),
+                json!({"iam:PassedToService": "lambda.amazonaws.com"}),
+            ),
+        ),
+        (
+            "write a parameter outside ssm_prefix",
+            req(
+                "ssm:PutParameter",
+                "arn:aws:ssm:us-east-1:123456789012:parameter/team-b/eks-node/channels/prod/x86_64"
+                    .into(),
+                untagged.clone(),
+            ),
+        ),
+        (
+            "write a parameter beside ssm_prefix",
+            req(
+                "ssm:PutParameter",
+                "arn:aws:ssm:us-east-1:123456789012:parameter/bakery/x".into(),
+                untagged.clone(),
+            ),
+        ),
+        (
+            "make an image public (no shares configured)",
+            req(
+                "ec2:ModifyImageAttribute",
+                ec2("image", "ami-0123456789abcdef0"),
+                ours.clone(),
+            ),
+        ),
+        (
+            "copy an image (no copy regions configured)",
+            req(
+                "ec2:CopyImage",
+                ec2("image", "ami-0123456789abcdef0"),
+                ours.clone(),
+            ),
+        ),
+        (
+            "read another cluster's join data",
+            req(
+                "eks:DescribeCluster",
+                "arn:aws:eks:us-east-1:123456789012:cluster/prod".into(),
+                untagged.clone(),
+            ),
+        ),
+    ];
+    let allowed = [
+        ("tag its own image with a verdict", req("ec2:CreateTags", ec2("image", "ami-0123456789abcdef0"), json!({"aws:ResourceTag/bake:prefix": "/bake", "aws:RequestTag/bake:status": "validated", "aws:TagKeys": ["bake:status"]}))),
+        ("terminate its own instance", req("ec2:TerminateInstances", ec2("instance", "i-0123456789abcdef0"), ours.clone())),
+        ("pass the instance role to EC2", req("iam:PassRole", "arn:aws:iam::123456789012:role/bake-builder".into(), json!({"iam:PassedToService": "ec2.amazonaws.com"}))),
+        ("write a release parameter", req("ssm:PutParameter", "arn:aws:ssm:us-east-1:123456789012:parameter/bake/eks-node/releases/2026.12.01-1/x86_64".into(), untagged.clone())),
+    ];
+    let requests: Vec<serde_json::Value> = denied
+        .iter()
+        .chain(allowed.iter())
+        .map(|(_, r)| r.clone())
+        .collect();
+    let verdicts = common::moto::simulate(&policy, &[], &requests);
+    assert_eq!(verdicts.len(), requests.len());
+    for ((what, _), v) in denied.iter().zip(&verdicts) {
+        assert!(
+            v["result"] == "ImplicitlyDenied" || v["result"] == "ExplicitlyDenied",
+            "{what}: {v}"
+        );
+    }
+    for ((what, _), v) in allowed.iter().zip(&verdicts[denied.len()..]) {
+        assert_eq!(v["result"], "Allowed", "{what}: {v}");
+    }
+    eprintln!(
+        "IAM: {} forbidden requests denied, {} of bake's allowed",
+        denied.len(),
+        allowed.len()
+    );
+}

@@ -465,11 +465,29 @@ async fn run_cancellable(
     bake::run::run(&cx, &bake::run::RunOptions::default()).await
 }
 
+/// The AMI an Image Builder build distributes: tagged by the distribution configuration
+/// (recipe, arch, status pending, and the pipeline's prefix), its snapshots untagged.
+async fn distributed(moto: &Moto, name: &str, prefix: &str) -> String {
+    let id = register_x86(moto, name).await;
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let tag = |k: &str, v: &str| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build();
+    ec2.create_tags()
+        .resources(&id)
+        .tags(tag("bake:recipe", "eks-node"))
+        .tags(tag("bake:arch", "x86_64"))
+        .tags(tag("bake:status", "pending"))
+        .tags(tag("bake:prefix", prefix))
+        .send()
+        .await
+        .unwrap();
+    id
+}
+
 #[tokio::test]
 async fn an_image_builder_build_is_followed_to_available_then_proven_on_a_canary_and_published() {
     let moto = Moto::get();
     let base = register_x86(moto, "ib-base").await;
-    let built = register_x86(moto, "ib-output").await;
+    let built = distributed(moto, "ib-output", "/ib1").await;
     moto.set_config(json!({"parameters": {UBUNTU_X86: base}}));
     let p = project(moto, "/ib1").await;
     let resources = ResourceMocks::new(false);
@@ -556,6 +574,7 @@ async fn an_image_builder_build_is_followed_to_available_then_proven_on_a_canary
         .and_then(|t| t.value())
         .map(str::to_string);
     assert_eq!(status.as_deref(), Some("validated"));
+    common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
 }
 
 #[tokio::test]
@@ -606,13 +625,14 @@ async fn a_failed_build_reports_image_builders_reason_cleans_up_and_publishes_no
         launches_before,
         "no canary for a failed build"
     );
+    common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
 }
 
 #[tokio::test]
 async fn a_rerun_reuses_the_components_recipe_and_configurations() {
     let moto = Moto::get();
     let base = register_x86(moto, "ib-base-reuse").await;
-    let built = register_x86(moto, "ib-output-reuse").await;
+    let built = distributed(moto, "ib-output-reuse", "/ib3").await;
     moto.set_config(json!({"parameters": {UBUNTU_X86: base}}));
     let p = project(moto, "/ib3").await;
     let resources = ResourceMocks::new(true);

@@ -192,6 +192,7 @@ async fn sigkill_at_each_step_then_sweep_leaves_nothing_and_resume_completes() {
             "{resumed:#}"
         );
         assert!(leaks(moto, &prefix).await.is_empty());
+        common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
     }
     eprintln!("kill points × leaks found:\n{}", report.join("\n"));
 }
@@ -230,6 +231,7 @@ async fn two_concurrent_runs_of_one_recipe_one_bakes_the_other_exits_4() {
         .count();
     assert!(launches >= 2);
     assert!(leaks(moto, "/locktest").await.is_empty());
+    common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
 }
 
 #[tokio::test]
@@ -334,6 +336,7 @@ async fn a_run_killed_between_release_parameters_is_finished_by_resume_under_the
     );
     assert_eq!(done.len(), 2, "no second release: {done:?}");
     assert!(leaks(moto, prefix).await.is_empty());
+    common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
 }
 
 #[tokio::test]
@@ -396,4 +399,5 @@ async fn a_second_interrupt_lists_what_is_left_and_the_journal_then_cleanup_fini
         leaks(moto, prefix).await.is_empty(),
         "the cleanup still finished"
     );
+    common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
 }

@@ -8,6 +8,12 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
 /// The policy document for `pipeline` (which must use the aws provider).
+///
+/// Ownership is the `bake:prefix` tag, whose value is the pipeline's `ssm_prefix`: bake may
+/// create instances, volumes, security groups, images and snapshots only with that tag, and may
+/// stop, terminate, tag, deregister, delete or command only what carries it. Tags go on at
+/// creation (`ec2:CreateAction`), so nothing needs the right to tag what bake did not make, and
+/// no request may change a resource's `bake:prefix`.
 pub fn policy(pipeline: &Pipeline) -> Result<Value> {
     let aws = pipeline.aws.as_ref().ok_or_else(|| {
         Error::Usage(format!(
@@ -17,7 +23,24 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
     })?;
     let region = aws.region.clone().unwrap_or_else(|| "*".into());
     let prefix = aws.ssm_prefix.as_str().trim_end_matches('/');
+    let owner = aws.ssm_prefix.as_str();
     let ec2 = |r: &str| format!("arn:aws:ec2:{region}:*:{r}");
+    // Images and snapshots live in the home region and every copy region.
+    let regions: Vec<String> = std::iter::once(region.clone())
+        .chain(aws.copy_regions.iter().cloned())
+        .collect();
+    let amis = |r: &str| -> Vec<String> {
+        regions
+            .iter()
+            .map(|g| format!("arn:aws:ec2:{g}::{r}"))
+            .collect()
+    };
+    let images_and_snapshots: Vec<String> = amis("image/*")
+        .into_iter()
+        .chain(amis("snapshot/*"))
+        .collect();
+    let requested = json!({"StringEquals": {"aws:RequestTag/bake:prefix": owner}});
+    let owned = json!({"StringEquals": {"aws:ResourceTag/bake:prefix": owner}});
     let mut base_params: BTreeSet<String> = BTreeSet::new();
     for b in &pipeline.bakes {
         for arch in &b.arches {
@@ -26,6 +49,17 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
             }
         }
     }
+    let mut create_actions = vec!["RunInstances", "CreateImage"];
+    if aws.security_group_id.is_none() {
+        create_actions.push("CreateSecurityGroup");
+    }
+    if !aws.copy_regions.is_empty() {
+        create_actions.push("CopyImage");
+    }
+    let tag_on_create: Vec<String> = [ec2("instance/*"), ec2("volume/*"), ec2("security-group/*")]
+        .into_iter()
+        .chain(images_and_snapshots.clone())
+        .collect();
     let mut statements = vec![
         json!({
             "Sid": "Discover",
@@ -38,11 +72,11 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
             "Resource": "*"
         }),
         json!({
-            "Sid": "LaunchOnlyTaggedInstancesAndVolumes",
+            "Sid": "LaunchOnlyOwnTaggedInstancesAndVolumes",
             "Effect": "Allow",
             "Action": "ec2:RunInstances",
             "Resource": [ec2("instance/*"), ec2("volume/*")],
-            "Condition": {"StringLike": {"aws:RequestTag/bake:run-id": "*"}}
+            "Condition": requested
         }),
         json!({
             "Sid": "LaunchFromImagesIntoTheNetwork",
@@ -53,45 +87,51 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
             ]
         }),
         json!({
-            "Sid": "TagOnlyWhenCreating",
+            "Sid": "TagOnlyWhenCreatingAndAsOwn",
             "Effect": "Allow",
             "Action": "ec2:CreateTags",
-            "Resource": "*",
-            "Condition": {"StringEquals": {"ec2:CreateAction": ["RunInstances", "CreateImage", "CreateSecurityGroup"]}}
+            "Resource": tag_on_create,
+            "Condition": {
+                "StringEquals": {"ec2:CreateAction": create_actions, "aws:RequestTag/bake:prefix": owner}
+            }
         }),
         json!({
-            "Sid": "ManageOwnInstances",
+            "Sid": "RetagOwnImagesWithoutChangingTheirOwner",
+            "Effect": "Allow",
+            "Action": "ec2:CreateTags",
+            "Resource": images_and_snapshots.clone(),
+            "Condition": {
+                "StringEquals": {"aws:ResourceTag/bake:prefix": owner},
+                "StringEqualsIfExists": {"aws:RequestTag/bake:prefix": owner}
+            }
+        }),
+        json!({
+            "Sid": "StopTerminateAndImageOwnInstances",
             "Effect": "Allow",
             "Action": ["ec2:StopInstances", "ec2:TerminateInstances", "ec2:CreateImage"],
-            "Resource": [ec2("instance/*"), format!("arn:aws:ec2:{region}::image/*"), ec2("snapshot/*")],
-            "Condition": {"StringLike": {"aws:ResourceTag/bake:run-id": "*"}}
+            "Resource": ec2("instance/*"),
+            "Condition": owned
         }),
         json!({
-            "Sid": "CreateImagesAndSnapshots",
+            "Sid": "CreateOwnTaggedImagesAndSnapshots",
             "Effect": "Allow",
             "Action": "ec2:CreateImage",
-            "Resource": [format!("arn:aws:ec2:{region}::image/*"), format!("arn:aws:ec2:{region}::snapshot/*")]
-        }),
-        json!({
-            "Sid": "TagOwnImagesAndTheirSnapshots",
-            "Effect": "Allow",
-            "Action": "ec2:CreateTags",
             "Resource": [format!("arn:aws:ec2:{region}::image/*"), format!("arn:aws:ec2:{region}::snapshot/*")],
-            "Condition": {"StringLike": {"aws:RequestTag/bake:recipe": "*"}}
+            "Condition": requested
         }),
         json!({
-            "Sid": "DeleteOnlyOwnImages",
+            "Sid": "DeleteOnlyOwnImagesAndSnapshots",
             "Effect": "Allow",
             "Action": ["ec2:DeregisterImage", "ec2:DeleteSnapshot"],
-            "Resource": [format!("arn:aws:ec2:{region}::image/*"), format!("arn:aws:ec2:{region}::snapshot/*")],
-            "Condition": {"StringLike": {"aws:ResourceTag/bake:recipe": "*"}}
+            "Resource": images_and_snapshots.clone(),
+            "Condition": owned
         }),
         json!({
             "Sid": "RunShellScriptOnOwnInstancesOnly",
             "Effect": "Allow",
             "Action": "ssm:SendCommand",
             "Resource": ec2("instance/*"),
-            "Condition": {"StringLike": {"ssm:resourceTag/bake:run-id": "*"}}
+            "Condition": {"StringEquals": {"ssm:resourceTag/bake:prefix": owner}}
         }),
         json!({
             "Sid": "TheRunShellScriptDocument",
@@ -131,49 +171,50 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
     }
     if aws.security_group_id.is_none() {
         statements.push(json!({
-            "Sid": "OwnSecurityGroupWithoutInboundRules",
+            "Sid": "OwnSecurityGroupsWithoutInboundRules",
             "Effect": "Allow",
             "Action": "ec2:CreateSecurityGroup",
-            "Resource": [ec2("security-group/*"), ec2("vpc/*")]
+            "Resource": ec2("security-group/*"),
+            "Condition": requested
+        }));
+        statements.push(json!({
+            "Sid": "SecurityGroupsInAVpc",
+            "Effect": "Allow",
+            "Action": "ec2:CreateSecurityGroup",
+            "Resource": ec2("vpc/*")
         }));
         statements.push(json!({
             "Sid": "DeleteOwnSecurityGroups",
             "Effect": "Allow",
             "Action": "ec2:DeleteSecurityGroup",
             "Resource": ec2("security-group/*"),
-            "Condition": {"StringLike": {"aws:ResourceTag/bake:run-id": "*"}}
+            "Condition": owned
         }));
     }
     if !aws.copy_regions.is_empty() {
-        let all = |r: &str| -> Vec<String> {
-            aws.copy_regions
-                .iter()
-                .map(|c| format!("arn:aws:ec2:{c}::{r}"))
-                .collect()
-        };
-        let images: Vec<String> = all("image/*")
-            .into_iter()
-            .chain(all("snapshot/*"))
+        let copies: Vec<String> = aws
+            .copy_regions
+            .iter()
+            .flat_map(|c| {
+                [
+                    format!("arn:aws:ec2:{c}::image/*"),
+                    format!("arn:aws:ec2:{c}::snapshot/*"),
+                ]
+            })
             .collect();
         statements.push(json!({
-            "Sid": "CopyImagesToTheCopyRegions",
+            "Sid": "CopyIntoTheCopyRegionsTaggedAsOwn",
             "Effect": "Allow",
             "Action": "ec2:CopyImage",
-            "Resource": images.iter().cloned().chain([format!("arn:aws:ec2:{region}::image/*")]).collect::<Vec<_>>()
+            "Resource": copies,
+            "Condition": requested
         }));
         statements.push(json!({
-            "Sid": "TagAndDeleteOwnCopies",
+            "Sid": "CopyOnlyOwnImages",
             "Effect": "Allow",
-            "Action": ["ec2:CreateTags", "ec2:DeregisterImage", "ec2:DeleteSnapshot"],
-            "Resource": images,
-            "Condition": {"StringLike": {"aws:ResourceTag/bake:recipe": "*"}}
-        }));
-        statements.push(json!({
-            "Sid": "TagNewCopies",
-            "Effect": "Allow",
-            "Action": "ec2:CreateTags",
-            "Resource": all("image/*").into_iter().chain(all("snapshot/*")).collect::<Vec<_>>(),
-            "Condition": {"StringLike": {"aws:RequestTag/bake:recipe": "*"}}
+            "Action": "ec2:CopyImage",
+            "Resource": format!("arn:aws:ec2:{region}::image/*"),
+            "Condition": owned
         }));
         statements.push(json!({
             "Sid": "ReleaseParametersInTheCopyRegions",
@@ -183,12 +224,14 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
         }));
     }
     if !aws.share_accounts.is_empty() {
+        // IAM cannot see which accounts a ModifyImageAttribute adds; bake adds exactly
+        // `share_accounts` and never `all` (turn on EC2's block public access for AMIs as well).
         statements.push(json!({
             "Sid": "ShareOwnImagesWithTheListedAccounts",
             "Effect": "Allow",
             "Action": "ec2:ModifyImageAttribute",
-            "Resource": "arn:aws:ec2:*::image/*",
-            "Condition": {"StringLike": {"aws:ResourceTag/bake:recipe": "*"}}
+            "Resource": amis("image/*"),
+            "Condition": owned
         }));
     }
     if aws.kms_key_id.is_some() {
@@ -228,18 +271,30 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
                 ib("distribution-configuration/bake-*"), ib("image/bake-*")
             ]
         }));
+        // Image Builder tags the AMI it distributes (with bake:prefix) but not its snapshots:
+        // bake claims them, and only snapshots that no pipeline owns yet.
+        statements.push(json!({
+            "Sid": "ClaimTheSnapshotsOfImageBuilderOutputs",
+            "Effect": "Allow",
+            "Action": "ec2:CreateTags",
+            "Resource": format!("arn:aws:ec2:{region}::snapshot/*"),
+            "Condition": {
+                "StringEquals": {"aws:RequestTag/bake:prefix": owner},
+                "Null": {"aws:ResourceTag/bake:prefix": "true"}
+            }
+        }));
     }
-    if aws.instance_profile.is_some() {
+    if let Some(role) = pipeline.instance_role() {
         let services = if imagebuilder {
             json!(["ec2.amazonaws.com", "imagebuilder.amazonaws.com"])
         } else {
             json!("ec2.amazonaws.com")
         };
         statements.push(json!({
-            "Sid": "PassTheBuilderRoleToEc2",
+            "Sid": "PassOnlyTheInstanceRoleToEc2",
             "Effect": "Allow",
             "Action": "iam:PassRole",
-            "Resource": "arn:aws:iam::*:role/*",
+            "Resource": format!("arn:aws:iam::*:role/{role}"),
             "Condition": {"StringEquals": {"iam:PassedToService": services}}
         }));
     }

@@ -170,6 +170,10 @@ pub struct AwsSettings {
     pub subnet_id: Option<String>,
     pub security_group_id: Option<String>,
     pub instance_profile: Option<String>,
+    /// The IAM role inside `instance_profile` (default: the profile's name). The printed IAM
+    /// policy lets bake pass this role and no other.
+    #[serde(default, deserialize_with = "role_name")]
+    pub instance_role: Option<String>,
     #[serde(default)]
     pub instance_type: BTreeMap<Arch, String>,
     /// Regions the validated image is copied to (encrypted); each gets the release parameters
@@ -232,6 +236,20 @@ fn regions<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
         }
     }
     Ok(v)
+}
+
+fn role_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let v = String::deserialize(d)?;
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
+    if !ok {
+        return Err(serde::de::Error::custom(format!(
+            "`{v}` is not an IAM role name (1-64 of letters, digits and +=,.@_-)"
+        )));
+    }
+    Ok(Some(v))
 }
 
 fn accounts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -553,6 +571,14 @@ impl Pipeline {
                         .join(", ")
                 ))
             })
+    }
+
+    /// The role the builder and canary instances run as, if they get an instance profile.
+    pub fn instance_role(&self) -> Option<&str> {
+        let aws = self.aws.as_ref()?;
+        aws.instance_role
+            .as_deref()
+            .or(aws.instance_profile.as_deref())
     }
 
     pub fn ssm_prefix(&self) -> Option<&SsmPath> {

@@ -52,6 +52,14 @@ impl Project {
         self.write(rel, s.replacen(from, to, 1));
     }
 
+    /// The AWS access key this project's `bake` runs with: each project signs with its own, so
+    /// the calls of two pipelines in one test can be told apart (moto accepts any key).
+    pub fn access_key(&self) -> String {
+        let name = self.dir.path().file_name().unwrap().to_string_lossy();
+        let id: String = name.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+        format!("AKIABAKE{}", id.to_ascii_uppercase())
+    }
+
     pub fn state(&self) -> PathBuf {
         self.path(".bake")
     }

@@ -143,6 +143,16 @@ impl Moto {
             .collect()
     }
 
+    /// Every call that went through the proxy, as it recorded them (service, action, region,
+    /// access key, parameters, the tags of the resources it named).
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("calls.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     /// The form parameters of every logged call of `action` (RunInstances, CreateImage...).
     pub fn params_of(&self, action: &str) -> Vec<std::collections::BTreeMap<String, String>> {
         std::fs::read_to_string(self.dir.path().join("calls.jsonl"))
@@ -228,7 +238,7 @@ pub fn bake_command(p: &Project, moto: &Moto) -> Command {
     let mut c = Command::new(assert_cmd::cargo::cargo_bin("bake"));
     c.current_dir(p.dir.path())
         .env("AWS_ENDPOINT_URL", &moto.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_ACCESS_KEY_ID", p.access_key())
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("AWS_REGION", "us-east-1")
         .env_remove("AWS_PROFILE");
@@ -291,4 +301,92 @@ pub async fn register_x86(moto: &Moto, name: &str) -> String {
         .image_id()
         .unwrap()
         .to_string()
+}
+
+/// Runs the IAM policy evaluator (tests/iam/simulate.mjs, @cloud-copilot/iam-simulate) on
+/// `calls` (proxy records) and extra `requests` against `policy`; one verdict per request.
+pub fn simulate(policy: &Value, calls: &[Value], requests: &[Value]) -> Vec<Value> {
+    use std::io::Write;
+    let script = super::repo().join("tests/iam/simulate.mjs");
+    assert!(
+        super::repo()
+            .join("tests/iam/node_modules/@cloud-copilot/iam-simulate")
+            .exists(),
+        "the IAM evaluator is missing: run scripts/setup-host"
+    );
+    let mut child = Command::new("node")
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node runs the IAM evaluator");
+    let input = serde_json::json!({
+        "policy": policy,
+        "account": "123456789012",
+        "roles": {"bake-builder": "bake-builder"},
+        "calls": calls,
+        "requests": requests,
+    });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the IAM evaluator failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+}
+
+/// Every call a project's `bake` made through the proxy (and, for the first project, the calls
+/// the test made in process through `sdk_via_proxy`, signed `testing`) must be `Allowed` by
+/// the policy `bake iam-policy` prints for that project's pipeline. Returns (calls, requests)
+/// evaluated.
+pub fn assert_iam_allows(moto: &Moto, projects: &[&Project], pipeline: &str) -> (usize, usize) {
+    let records = moto.records();
+    let (mut calls, mut requests) = (0, 0);
+    for (n, p) in projects.iter().enumerate() {
+        let key = p.access_key();
+        let mine: Vec<Value> = records
+            .iter()
+            .filter(|r| r["key"] == key.as_str() || (n == 0 && r["key"] == "testing"))
+            .cloned()
+            .collect();
+        let out = bake_command(p, moto)
+            .args(["iam-policy", pipeline, "-o", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let policy: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let verdicts = simulate(&policy, &mine, &[]);
+        let denied: Vec<&Value> = verdicts
+            .iter()
+            .filter(|v| v["result"] != "Allowed")
+            .collect();
+        assert!(
+            denied.is_empty(),
+            "the printed IAM policy does not allow {} of bake's {} requests, e.g.:\n{}",
+            denied.len(),
+            verdicts.len(),
+            denied
+                .iter()
+                .take(5)
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        calls += mine.len();
+        requests += verdicts.len();
+    }
+    eprintln!("IAM: {calls} calls, {requests} requests simulated, all Allowed");
+    (calls, requests)
 }

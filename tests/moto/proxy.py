@@ -50,6 +50,47 @@ def rest_action(method, path):
     return "%s %s" % (method, path)
 
 
+def unescape(text):
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&apos;", "'").replace("&amp;", "&")
+
+
+def ec2_ids(form, action):
+    """(region or None, resource ID) of every existing EC2 resource a call names."""
+    ids = []
+    for k, vs in form.items():
+        v = vs[0]
+        if re.fullmatch(r"(InstanceId(\.\d+)?|ImageId|ResourceId\.\d+|SnapshotId|GroupId|SecurityGroupId\.\d+|SubnetId|VpcId)", k):
+            ids.append((None, v))
+    if action == "CopyImage" and "SourceImageId" in form:
+        ids.append((form.get("SourceRegion", [None])[0], form["SourceImageId"][0]))
+    return ids
+
+
+def split_tag_specs(form, only):
+    """Removes the TagSpecifications (all, or only those of resource type `only`) from a form;
+    returns the form and [(resource type, [(key, value)])] of what was removed."""
+    specs = {}
+    for k, vs in form.items():
+        m = re.fullmatch(r"TagSpecification\.(\d+)\.(.*)", k)
+        if m:
+            specs.setdefault(m.group(1), {})[m.group(2)] = vs[0]
+    removed, keep = [], set()
+    for n, spec in specs.items():
+        rtype = spec.get("ResourceType", "")
+        if only is None or rtype == only:
+            tags, i = [], 1
+            while "Tag.%d.Key" % i in spec:
+                tags.append((spec["Tag.%d.Key" % i], spec.get("Tag.%d.Value" % i, "")))
+                i += 1
+            removed.append((rtype, tags))
+        else:
+            keep.add(n)
+    out = {k: vs for k, vs in form.items()
+           if not (re.fullmatch(r"TagSpecification\.(\d+)\..*", k)
+                   and re.fullmatch(r"TagSpecification\.(\d+)\..*", k).group(1) not in keep)}
+    return out, removed
+
+
 def config():
     try:
         with open(CONFIG) as f:
@@ -86,9 +127,21 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         else:
             form = urllib.parse.parse_qs(body.decode() or urllib.parse.urlparse(self.path).query)
             service, action = "ec2", (form.get("Action") or ["?"])[0]
-        record = {"service": service, "action": action}
-        if service == "ec2" and action in ("RunInstances", "CreateSecurityGroup", "AuthorizeSecurityGroupIngress", "CreateImage", "CopyImage"):
+        region = scope.group(1) if scope else "us-east-1"
+        key = re.search(r"Credential=([^/]+)/", self.headers.get("Authorization", ""))
+        record = {"service": service, "action": action, "region": region,
+                  "key": key.group(1) if key else ""}
+        if service == "ec2":
             record["params"] = {k: v[0] for k, v in form.items()}
+            # The tags each referenced resource has now (aws:ResourceTag/* for IAM).
+            record["tags"] = self.tags_of(ec2_ids(form, action), region)
+        elif service == "ssm":
+            req = json.loads(body or b"{}")
+            record["body"] = req
+            if action == "SendCommand":
+                record["tags"] = self.tags_of([(None, i) for i in req.get("InstanceIds") or []], region)
+        elif service == "eks":
+            record["path"] = urllib.parse.urlparse(self.path).path
         with LOCK:
             with open(CALLS, "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -104,11 +157,20 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             handled = self.ssm(action, req, cfg)
             if handled is not None:
                 return self.reply(200, handled)
+        # moto 5.2.5 answers 500 to a snapshot TagSpecification on CreateImage and ignores
+        # CopyImage's TagSpecifications; EC2 applies both to the new image and its snapshots.
+        # Forward without them and apply them as EC2 would.
+        deferred = []
+        if service == "ec2" and action in ("CreateImage", "CopyImage"):
+            form, deferred = split_tag_specs(form, "snapshot" if action == "CreateImage" else None)
+            body = urllib.parse.urlencode([(k, v) for k, vs in form.items() for v in vs]).encode()
         status, headers, data = self.forward(method, body)
-        if service == "ec2" and action == "CreateImage" and status == 200:
+        if service == "ec2" and action in ("CreateImage", "CopyImage") and status == 200:
             m = re.search(rb"<imageId>([^<]+)</imageId>", data)
             if m:
-                CREATED_AT[m.group(1).decode()] = time.time()
+                image = m.group(1).decode()
+                CREATED_AT[image] = time.time()
+                self.apply_tag_specs(image, deferred, region)
         wait = cfg.get("image_available_after_s", 0)
         if wait and service == "ec2" and action == "DescribeImages":
             def pend(m):
@@ -129,6 +191,49 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def moto_ec2(self, region, pairs):
+        """A call straight to moto's EC2 in `region` (moto reads the region from the scope)."""
+        data = urllib.parse.urlencode([("Version", "2016-11-15")] + pairs).encode()
+        req = urllib.request.Request(UPSTREAM + "/", data=data, method="POST")
+        req.add_header("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")
+        req.add_header("Authorization", "AWS4-HMAC-SHA256 Credential=testing/20260101/%s/ec2/aws4_request, SignedHeaders=host, Signature=0" % region)
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.read()
+
+    def tags_of(self, ids, region):
+        """{id: {key: value}} for these EC2 resource IDs, as they are tagged now."""
+        out = {}
+        for where, rid in ids:
+            rgn = where or region
+            try:
+                xml = self.moto_ec2(rgn, [("Action", "DescribeTags"), ("Filter.1.Name", "resource-id"),
+                                          ("Filter.1.Value.1", rid)]).decode()
+            except Exception:
+                xml = ""
+            tags = {}
+            for item in re.findall(r"<item>(.*?)</item>", xml, flags=re.S):
+                k = re.search(r"<key>(.*?)</key>", item, flags=re.S)
+                v = re.search(r"<value>(.*?)</value>", item, flags=re.S)
+                if k:
+                    tags[unescape(k.group(1))] = unescape(v.group(1)) if v else ""
+            out[rid] = tags
+        return out
+
+    def apply_tag_specs(self, image, specs, region):
+        if not specs:
+            return
+        xml = self.moto_ec2(region, [("Action", "DescribeImages"), ("ImageId.1", image)]).decode()
+        snaps = re.findall(r"<snapshotId>([^<]+)</snapshotId>", xml)
+        for rtype, tags in specs:
+            targets = [image] if rtype == "image" else snaps
+            if not targets or not tags:
+                continue
+            pairs = [("Action", "CreateTags")]
+            pairs += [("ResourceId.%d" % (i + 1), t) for i, t in enumerate(targets)]
+            for i, (k, v) in enumerate(tags):
+                pairs += [("Tag.%d.Key" % (i + 1), k), ("Tag.%d.Value" % (i + 1), v)]
+            self.moto_ec2(region, pairs)
 
     def fault(self, service, action, cfg):
         rnd = cfg.get("random_faults")

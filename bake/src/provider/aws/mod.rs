@@ -974,25 +974,19 @@ impl Provider for AwsProvider {
                     );
                     tags = Some(t);
                 }
-                let t = tags.clone().unwrap_or_default();
                 let copy = images
                     .copy_here(image::CopyRequest {
                         source: &image.id,
                         source_region: &self.region,
                         name: &name,
                         kms_key_id: self.settings.kms_key_id.as_deref(),
-                        tags: t.clone(),
+                        tags: tags.clone().unwrap_or_default(),
                         client_token: client_token(&[cx.journal.run_id(), &image.id, region]),
                     })
                     .await?;
                 cx.created("image-copy", &format!("{region}/{copy}"))?;
                 made.push((images, copy.clone()));
-                let snaps = images.wait_available(&copy, self.image_wait()).await?;
-                // CopyImage tagged them already on EC2; tagging again is a no-op there and
-                // covers implementations that drop the TagSpecifications.
-                images
-                    .tag(&[std::slice::from_ref(&copy), &snaps[..]].concat(), t)
-                    .await?;
+                images.wait_available(&copy, self.image_wait()).await?;
                 image.copies.insert(region.to_string(), copy);
             }
             let accounts = &self.settings.share_accounts;
@@ -1687,8 +1681,8 @@ impl Step<State> for CreateImage<'_> {
         let mut tags = p.tags(self.job, "image");
         tags.push(Tag::builder().key("bake:status").value("pending").build());
         p.ec2_slot().await;
-        // Tag the image here and the snapshots afterwards (a snapshot TagSpecification in
-        // CreateImage is not accepted everywhere).
+        // Image and snapshots are tagged at creation, so nothing of it is ever untagged (and
+        // the IAM policy needs no right to tag what bake did not create).
         let r = p
             .ec2
             .create_image()
@@ -1704,6 +1698,12 @@ impl Step<State> for CreateImage<'_> {
                 TagSpecification::builder()
                     .resource_type(ResourceType::Image)
                     .set_tags(Some(tags))
+                    .build(),
+            )
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Snapshot)
+                    .set_tags(Some(p.tags(self.job, "snapshot")))
                     .build(),
             )
             .send()
@@ -1726,9 +1726,6 @@ impl Step<State> for CreateImage<'_> {
         for s in &state.snapshots {
             cx.created("snapshot", s)?;
         }
-        p.images()
-            .tag(&state.snapshots, p.tags(self.job, "snapshot"))
-            .await?;
         Ok(())
     }
     async fn cleanup(

@@ -1,0 +1,224 @@
+// Evaluates calls bake made (as the tests' proxy recorded them) against an IAM policy with a
+// real IAM policy evaluator, @cloud-copilot/iam-simulate.
+//
+// Each call becomes the requests AWS authorizes for it, per the Service Authorization
+// Reference: one per resource the action authorizes (RunInstances: the instance, its volumes,
+// the image, the security group, the subnet, the network interface; plus ec2:CreateTags with
+// ec2:CreateAction for tags at creation, plus iam:PassRole for the instance profile's role),
+// with the context keys AWS sets: aws:RequestTag/*, aws:TagKeys, aws:ResourceTag/* (the tags the
+// resource had when it was called), ssm:resourceTag/*, ec2:CreateAction, iam:PassedToService.
+//
+// stdin:  {"policy": {...}, "account": "123456789012", "roles": {"<profile>": "<role>"},
+//          "calls": [<calls.jsonl records>], "requests": [<extra requests, already built>]}
+// stdout: [{"call": n | null, "action", "resource", "context", "result", "errors"?}]
+// A call whose action has no mapping here is reported with result "Unmapped".
+
+import { runSimulation, runUnsafeSimulation } from '@cloud-copilot/iam-simulate'
+
+const input = JSON.parse(await new Promise((resolve) => {
+  let text = ''
+  process.stdin.on('data', (d) => (text += d))
+  process.stdin.on('end', () => resolve(text))
+}))
+const account = input.account || '123456789012'
+const roles = input.roles || {}
+
+const TYPES = [
+  ['ami-', 'image'], ['snap-', 'snapshot'], ['i-', 'instance'], ['sg-', 'security-group'],
+  ['subnet-', 'subnet'], ['vpc-', 'vpc'], ['vol-', 'volume'], ['eni-', 'network-interface'],
+]
+// The ID a resource being created is authorized under (its real ID is not known yet).
+const NEW = {
+  instance: 'i-0000000000000new0', volume: 'vol-0000000000000new0', 'network-interface': 'eni-0000000000000new0',
+  image: 'ami-0000000000000new0', snapshot: 'snap-0000000000000new0', 'security-group': 'sg-0000000000000new0',
+  subnet: 'subnet-0000000default', vpc: 'vpc-0000000000default',
+}
+const typeOf = (id) => (TYPES.find(([p]) => id.startsWith(p)) || [null, 'unknown'])[1]
+const ec2Arn = (region, type, id) =>
+  type === 'image' || type === 'snapshot'
+    ? `arn:aws:ec2:${region}::${type}/${id}`
+    : `arn:aws:ec2:${region}:${account}:${type}/${id}`
+const paramArn = (region, name) =>
+  name.startsWith('/aws/service/')
+    ? `arn:aws:ssm:${region}::parameter${name}`
+    : `arn:aws:ssm:${region}:${account}:parameter${name.startsWith('/') ? name : '/' + name}`
+
+const requestTags = (tags) => {
+  const ctx = {}
+  for (const [k, v] of tags) ctx[`aws:RequestTag/${k}`] = v
+  if (tags.length) ctx['aws:TagKeys'] = tags.map(([k]) => k)
+  return ctx
+}
+const resourceTags = (tags, ssm = false) => {
+  const ctx = {}
+  for (const [k, v] of Object.entries(tags || {})) {
+    ctx[`aws:ResourceTag/${k}`] = v
+    if (ssm) ctx[`ssm:resourceTag/${k}`] = v
+  }
+  return ctx
+}
+
+// Form fields `<prefix>.N` in order.
+const listOf = (p, prefix) => {
+  const out = []
+  for (let i = 1; p[`${prefix}.${i}`] !== undefined; i++) out.push(p[`${prefix}.${i}`])
+  return out
+}
+const tagsOf = (p, prefix) => {
+  const out = []
+  for (let i = 1; p[`${prefix}.${i}.Key`] !== undefined; i++) out.push([p[`${prefix}.${i}.Key`], p[`${prefix}.${i}.Value`] ?? ''])
+  return out
+}
+// TagSpecifications by resource type.
+const tagSpecs = (p) => {
+  const out = {}
+  for (let n = 1; p[`TagSpecification.${n}.ResourceType`] !== undefined; n++) {
+    out[p[`TagSpecification.${n}.ResourceType`]] = tagsOf(p, `TagSpecification.${n}.Tag`)
+  }
+  return out
+}
+
+function ec2Requests(call) {
+  const p = call.params || {}
+  const r = call.region
+  const known = call.tags || {}
+  const own = (id) => ({ action: `ec2:${call.action}`, resource: ec2Arn(r, typeOf(id), id), context: resourceTags(known[id]) })
+  // A resource the call creates: AWS authorizes it under its new ID.
+  const created = (type, tags, action = call.action) => ({ action: `ec2:${action}`, resource: ec2Arn(r, type, NEW[type]), context: requestTags(tags || []) })
+  const tagOnCreate = (specs) => Object.entries(specs).filter(([, t]) => t.length).map(([type, t]) => ({
+    action: 'ec2:CreateTags', resource: ec2Arn(r, type, NEW[type]), context: { ...requestTags(t), 'ec2:CreateAction': call.action },
+  }))
+  switch (call.action) {
+    case 'RunInstances': {
+      const specs = tagSpecs(p)
+      const out = [
+        created('instance', specs.instance), created('volume', specs.volume), created('network-interface', []),
+        own(p.ImageId),
+        ...listOf(p, 'SecurityGroupId').map(own),
+        p.SubnetId ? own(p.SubnetId) : created('subnet', []),
+        ...tagOnCreate(specs),
+      ]
+      const profile = p['IamInstanceProfile.Name']
+      if (profile) {
+        out.push({ action: 'iam:PassRole', resource: `arn:aws:iam::${account}:role/${roles[profile] || profile}`, context: { 'iam:PassedToService': 'ec2.amazonaws.com' } })
+      }
+      return out
+    }
+    case 'CreateSecurityGroup': {
+      const specs = tagSpecs(p)
+      return [created('security-group', specs['security-group']), p.VpcId ? own(p.VpcId) : created('vpc', []), ...tagOnCreate(specs)]
+    }
+    case 'CreateImage': {
+      const specs = tagSpecs(p)
+      const out = [created('image', specs.image), created('snapshot', specs.snapshot), own(p.InstanceId), ...tagOnCreate(specs)]
+      return out
+    }
+    case 'CopyImage': {
+      const specs = tagSpecs(p)
+      const src = p.SourceImageId
+      return [
+        created('image', specs.image), created('snapshot', specs.snapshot),
+        { action: 'ec2:CopyImage', resource: ec2Arn(p.SourceRegion, 'image', src), context: resourceTags(known[src]) },
+        ...tagOnCreate(specs),
+      ]
+    }
+    case 'CreateTags': {
+      const tags = tagsOf(p, 'Tag')
+      return listOf(p, 'ResourceId').map((id) => ({
+        action: 'ec2:CreateTags', resource: ec2Arn(r, typeOf(id), id), context: { ...resourceTags(known[id]), ...requestTags(tags) },
+      }))
+    }
+    case 'StopInstances':
+    case 'TerminateInstances':
+      return listOf(p, 'InstanceId').map(own)
+    case 'DeregisterImage':
+    case 'ModifyImageAttribute':
+      return [own(p.ImageId)]
+    case 'DeleteSnapshot':
+      return [own(p.SnapshotId)]
+    case 'DeleteSecurityGroup':
+      return [own(p.GroupId)]
+    default:
+      if (call.action.startsWith('Describe')) return [{ action: `ec2:${call.action}`, resource: '*', context: {} }]
+      return null
+  }
+}
+
+function ssmRequests(call) {
+  const b = call.body || {}
+  const r = call.region
+  const one = (name) => ({ action: `ssm:${call.action}`, resource: paramArn(r, name), context: {} })
+  switch (call.action) {
+    case 'GetParameter':
+    case 'GetParameterHistory':
+    case 'DeleteParameter':
+      return [one(b.Name)]
+    case 'PutParameter':
+      return [{ ...one(b.Name), context: requestTags((b.Tags || []).map((t) => [t.Key, t.Value])) }]
+    case 'GetParametersByPath':
+      return [one(b.Path)]
+    case 'GetParameters':
+    case 'DeleteParameters':
+      return (b.Names || []).map(one)
+    case 'SendCommand': {
+      const doc = b.DocumentName
+      const docArn = doc.startsWith('AWS-') ? `arn:aws:ssm:${r}::document/${doc}` : `arn:aws:ssm:${r}:${account}:document/${doc}`
+      return [
+        { action: 'ssm:SendCommand', resource: docArn, context: {} },
+        ...(b.InstanceIds || []).map((id) => ({ action: 'ssm:SendCommand', resource: ec2Arn(r, 'instance', id), context: resourceTags((call.tags || {})[id], true) })),
+      ]
+    }
+    case 'GetCommandInvocation':
+    case 'DescribeInstanceInformation':
+    case 'ListCommandInvocations':
+      return [{ action: `ssm:${call.action}`, resource: '*', context: {} }]
+    default:
+      return null
+  }
+}
+
+function requestsOf(call) {
+  if (call.service === 'ec2') return ec2Requests(call)
+  if (call.service === 'ssm') return ssmRequests(call)
+  if (call.service === 'eks' && call.action === 'DescribeCluster') {
+    const name = (call.path || '').split('/').filter(Boolean)[1]
+    return [{ action: 'eks:DescribeCluster', resource: `arn:aws:eks:${call.region}:${account}:cluster/${name}`, context: {} }]
+  }
+  if (call.service === 'sts' && call.action === 'GetCallerIdentity') return [{ action: 'sts:GetCallerIdentity', resource: '*', context: {} }]
+  return null
+}
+
+async function evaluate(req) {
+  const simulation = {
+    identityPolicies: [{ name: 'bake', policy: input.policy }],
+    serviceControlPolicies: [],
+    resourceControlPolicies: [],
+    request: {
+      principal: `arn:aws:iam::${account}:role/bake-pipeline`,
+      action: req.action,
+      resource: { resource: req.resource, accountId: account },
+      contextVariables: req.context,
+    },
+  }
+  // AWS-owned resources (public parameters, AWS-* documents) have ARNs without an account,
+  // which the evaluator's ARN validation does not accept; they are evaluated unvalidated.
+  if (/^arn:aws:ssm:[^:]*::/.test(req.resource)) {
+    const result = runUnsafeSimulation(simulation, {})
+    return { result: typeof result === 'string' ? result : result?.result ?? JSON.stringify(result) }
+  }
+  const response = await runSimulation(simulation, {})
+  if (response.resultType === 'error') return { result: 'Error', errors: response.errors }
+  return { result: response.overallResult }
+}
+
+const out = []
+for (const [n, call] of (input.calls || []).entries()) {
+  const reqs = requestsOf(call)
+  if (reqs === null) {
+    out.push({ call: n, action: `${call.service}:${call.action}`, resource: null, context: {}, result: 'Unmapped' })
+    continue
+  }
+  for (const req of reqs) out.push({ call: n, ...req, ...(await evaluate(req)) })
+}
+for (const req of input.requests || []) out.push({ call: null, ...req, ...(await evaluate(req)) })
+process.stdout.write(JSON.stringify(out))
