@@ -70,9 +70,19 @@ async fn inventory(moto: &Moto) -> (Vec<String>, Vec<(String, String)>, Vec<Stri
 async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() {
     let moto = Moto::get();
     let (x86, arm) = bases(moto).await;
+    // A package list as long as a real EKS AMI's (~200 KB): far more than the 24,000
+    // characters SSM returns of a command's output, which the proxy enforces.
+    let packages: String = (0..3000)
+        .map(|i| format!("lib-package-{i:04}-of-an-eks-node\t1:2.{i}.0-1ubuntu0.22.04.1\tamd64\n"))
+        .chain([
+            "kubelet\t1.31.2\tamd64\n".to_string(),
+            "systemd\t249.11-0ubuntu3.12\tamd64\n".to_string(),
+        ])
+        .collect();
+    assert!(packages.len() > 150_000);
     moto.set_config(json!({
         "parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm},
-        "default_stdout": {"package manifest": "apt\t2.4.13\tamd64\nkubelet\t1.31.2\tamd64\n"}
+        "commands": common::moto::package_rules(&packages),
     }));
     let p = project("/e2e1");
     let (code, summary, stderr) = bake(
@@ -125,7 +135,11 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
         serde_json::from_str(manifest.parameter().unwrap().value().unwrap()).unwrap();
     assert_eq!(manifest["release"], release.as_str());
     assert_eq!(manifest["images"]["arm64"]["base"], arm.as_str());
-    assert!(manifest["images"]["x86_64"]["packages_sha256"].is_string());
+    // The digest covers the whole list, tail (systemd) included, not the first 24,000 characters.
+    assert_eq!(
+        manifest["images"]["x86_64"]["packages_sha256"].as_str(),
+        Some(bake::recipe::sha256_hex(packages.as_bytes()).as_str())
+    );
     let ch = ssm
         .get_parameter()
         .name("/e2e1/eks-node/channels/dev/release")

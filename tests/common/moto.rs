@@ -124,7 +124,22 @@ impl Moto {
         }
     }
 
-    pub fn set_config(&self, config: serde_json::Value) {
+    /// What the proxy answers from now on. Unless the config scripts the package manifest
+    /// itself, instances report an empty package list.
+    pub fn set_config(&self, mut config: serde_json::Value) {
+        if let Some(obj) = config.as_object_mut() {
+            let commands = obj
+                .entry("commands")
+                .or_insert_with(|| serde_json::json!([]))
+                .as_array_mut()
+                .unwrap();
+            if !commands
+                .iter()
+                .any(|r| r["match"] == PACKAGE_MANIFEST_NEEDLE)
+            {
+                commands.extend(package_rules(""));
+            }
+        }
         std::fs::write(self.dir.path().join("proxy.json"), config.to_string()).unwrap();
     }
 
@@ -275,6 +290,31 @@ pub fn bake_refused(p: &Project, moto: &Moto, args: &[&str]) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// What bake's package-manifest command carries, for scripting its answer.
+pub const PACKAGE_MANIFEST_NEEDLE: &str = "bake: package manifest";
+
+/// Proxy rules that answer bake's package manifest as an instance whose package list is
+/// `list` would: the staging command prints size, sha256 and path of the list it wrote, and
+/// each slice command the base64 of its slice (bake reads long output in slices, as SSM cuts
+/// stdout at 24,000 characters; the proxy enforces that cut).
+pub fn package_rules(list: &str) -> Vec<Value> {
+    use base64::Engine as _;
+    let path = "/var/tmp/bake-output-scripted";
+    let digest = bake::recipe::sha256_hex(list.as_bytes());
+    let mut rules = vec![serde_json::json!({
+        "match": PACKAGE_MANIFEST_NEEDLE,
+        "stdout": format!("{} {digest} {path}\n", list.len()),
+    })];
+    let slice = bake::provider::aws::long_output::SLICE;
+    for (i, chunk) in list.as_bytes().chunks(slice).enumerate() {
+        rules.push(serde_json::json!({
+            "match": format!("dd if='{path}' iflag=skip_bytes,count_bytes skip={} ", i * slice),
+            "stdout": base64::engine::general_purpose::STANDARD.encode(chunk),
+        }));
+    }
+    rules
 }
 
 /// The decoded user data of a logged RunInstances call ("" if it had none).

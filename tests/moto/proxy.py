@@ -306,8 +306,10 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 return {"CommandId": req["CommandId"], "InstanceId": req.get("InstanceId"),
                         "Status": rule.get("status", "Success"), "StatusDetails": rule.get("status", "Success"),
                         "ResponseCode": rule.get("exit_code", 0),
-                        "StandardOutputContent": rule.get("stdout", ""),
-                        "StandardErrorContent": rule.get("stderr", "")}
+                        # GetCommandInvocation returns at most 24,000 characters of stdout
+                        # and 8,000 of stderr; the rest is cut without a word.
+                        "StandardOutputContent": rule.get("stdout", "")[:24000],
+                        "StandardErrorContent": rule.get("stderr", "")[:8000]}
         return None
 
     def remember(self, req, resp, cfg):

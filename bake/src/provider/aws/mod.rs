@@ -7,6 +7,7 @@
 pub mod image;
 pub mod imagebuilder;
 pub mod list;
+pub mod long_output;
 pub mod toe;
 pub mod user_data;
 
@@ -353,18 +354,22 @@ impl AwsProvider {
         }
     }
 
-    /// The installed packages of an instance, one `name\tversion\tarch` line each.
+    /// The installed packages of an instance, one `name\tversion\tarch` line each, read whole
+    /// however long (SSM cuts a command's stdout at 24,000 characters).
     async fn package_manifest(&self, instance: &str, cx: &StepContext<'_>) -> Result<String> {
         cx.phase("package manifest");
         let label = format!("{} {} packages", cx.recipe, cx.arch);
-        let script = "#!/bin/bash\n# bake: package manifest\nif command -v dpkg-query >/dev/null; then dpkg-query -W -f='${Package}\\t${Version}\\t${Architecture}\\n' | sort; else rpm -qa --qf '%{NAME}\\t%{VERSION}-%{RELEASE}\\t%{ARCH}\\n' | sort; fi\n";
-        let (rc, out, errs) = self
-            .run_command(instance, &label, script, self.settings.command_timeout)
-            .await?;
-        if rc != 0 {
-            return Err(cx.error("packages", format!("exited {rc}: {}", errs.trim())));
-        }
-        Ok(out)
+        let producer = "# bake: package manifest\nif command -v dpkg-query >/dev/null; then dpkg-query -W -f='${Package}\\t${Version}\\t${Architecture}\\n' | sort; else rpm -qa --qf '%{NAME}\\t%{VERSION}-%{RELEASE}\\t%{ARCH}\\n' | sort; fi";
+        let run = |script: String| {
+            let label = &label;
+            async move {
+                self.run_command(instance, label, &script, self.settings.command_timeout)
+                    .await
+            }
+        };
+        long_output::read_whole(run, producer)
+            .await
+            .map_err(|why| cx.error("packages", why))
     }
 
     /// The root device name of an image (`/dev/xvda` if it does not say).
