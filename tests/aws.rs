@@ -1144,3 +1144,47 @@ async fn a_literal_ami_base_joins_as_its_name_says_or_is_refused() {
     assert!(plan.to_string().contains(&x86), "{plan}");
     common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
 }
+
+/// EC2 answers lists in pages (the proxy in pages of 5): sweep finds a dead run's 12 images,
+/// not the first page of them.
+#[tokio::test]
+async fn sweep_reads_every_page_of_what_a_dead_run_left() {
+    let moto = Moto::get();
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let tag = |k: &str, v: &str| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build();
+    let mut left = Vec::new();
+    for i in 0..12 {
+        let id = common::moto::register_x86(moto, &format!("dead-{i}")).await;
+        ec2.create_tags()
+            .resources(&id)
+            .tags(tag("bake:recipe", "eks-node"))
+            .tags(tag("bake:arch", "x86_64"))
+            .tags(tag("bake:run-id", "20261130T000000Z-dead00"))
+            .tags(tag("bake:prefix", "/paged"))
+            .tags(tag("bake:status", "pending"))
+            .send()
+            .await
+            .unwrap();
+        left.push(id);
+    }
+    let p = project("/paged");
+    let (code, plan, stderr) = bake(&p, moto, &["sweep", "-p", "pipelines/aws.toml"]);
+    assert_eq!(code, 0, "{stderr}");
+    let found: Vec<&str> = plan["leftovers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["kind"] == "image")
+        .map(|l| l["id"].as_str().unwrap())
+        .collect();
+    for id in &left {
+        assert!(found.contains(&id.as_str()), "{id} not found: {found:?}");
+    }
+    let pages = moto
+        .records()
+        .iter()
+        .filter(|r| r["action"] == "DescribeImages" && r["params"].get("NextToken").is_some())
+        .count();
+    assert!(pages >= 2, "sweep read {pages} later pages");
+    common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
+}

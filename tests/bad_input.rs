@@ -523,6 +523,29 @@ fn a_base_whose_join_method_cannot_be_told_is_refused() {
     );
 }
 
+/// The prefix is also the value of every resource's `bake:prefix` tag (256 characters at most).
+#[test]
+fn an_ssm_prefix_too_long_for_a_tag_is_refused() {
+    let p = Project::new();
+    let long = format!("/{}", "p".repeat(240));
+    p.edit(
+        AWS,
+        "ssm_prefix = \"/bake\"",
+        &format!("ssm_prefix = \"{long}\""),
+    );
+    let line = line_of(&p.read(AWS), "ssm_prefix");
+    refused(
+        &p,
+        AWS,
+        Expect {
+            file: AWS,
+            line: Some(line),
+            field: Some("aws.ssm_prefix"),
+            message: "at most 200",
+        },
+    );
+}
+
 #[test]
 fn bad_ssm_prefix() {
     let p = Project::new();

@@ -305,6 +305,15 @@ fn default_prefix() -> SsmPath {
 
 fn writable_prefix<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SsmPath, D::Error> {
     let s = String::deserialize(d)?;
+    // Every resource bake creates carries the prefix as its `bake:prefix` tag, and an EC2 tag
+    // value holds 256 characters; release and channel names must still fit under it.
+    if s.chars().count() > 200 {
+        return Err(serde::de::Error::custom(format!(
+            "`{}…` is {} characters; ssm_prefix may have at most 200 (it is also the value of an EC2 tag)",
+            s.chars().take(24).collect::<String>(),
+            s.chars().count()
+        )));
+    }
     SsmPath::parse_writable(&s).map_err(serde::de::Error::custom)
 }
 

@@ -50,6 +50,71 @@ def rest_action(method, path):
     return "%s %s" % (method, path)
 
 
+PAGED_EC2 = {"DescribeImages": b"imagesSet", "DescribeInstances": b"reservationSet",
+             "DescribeSecurityGroups": b"securityGroupInfo", "DescribeSnapshots": b"snapshotSet",
+             "DescribeLaunchTemplates": b"launchTemplates",
+             "DescribeLaunchTemplateVersions": b"launchTemplateVersionSet"}
+PAGE = 5
+
+
+def paginate(data, action, page):
+    """Cuts an EC2 answer to items [page, page+5) of its list and adds a nextToken if more."""
+    tag = PAGED_EC2[action]
+    start = data.find(b"<" + tag + b">")
+    end = data.rfind(b"</" + tag + b">")
+    if start < 0 or end < 0:
+        return data
+    inner_start = start + len(tag) + 2
+    items, depth, i, item_start = [], 0, inner_start, None
+    for m in re.finditer(rb"<(/?)item>", data[inner_start:end]):
+        if m.group(1) == b"":
+            if depth == 0:
+                item_start = inner_start + m.start()
+            depth += 1
+        else:
+            depth -= 1
+            if depth == 0:
+                items.append(data[item_start:inner_start + m.end()])
+    chosen = items[page:page + PAGE]
+    out = data[:inner_start] + b"".join(chosen) + data[end:]
+    if page + PAGE < len(items):
+        close = out.rfind(b"</")
+        out = out[:close] + b"<nextToken>proxy-page-%d</nextToken>" % (page + PAGE) + out[close:]
+    return out
+
+
+def limits(service, action, form, record):
+    """The limits EC2 and SSM enforce and moto does not: an error to answer, or None."""
+    if service == "ec2":
+        specs = {}
+        for k, vs in form.items():
+            m = re.fullmatch(r"(TagSpecification\.\d+\.)?Tag\.(\d+)\.(Key|Value)", k)
+            if m:
+                specs.setdefault(m.group(1) or "", {}).setdefault(m.group(2), {})[m.group(3)] = vs[0]
+        for spec, tags in specs.items():
+            for t in tags.values():
+                if len(t.get("Key", "")) > 128:
+                    return {"code": "InvalidParameterValue", "status": 400, "message": "Tag key exceeds the maximum length of 128 characters"}
+                if len(t.get("Value", "")) > 256:
+                    return {"code": "InvalidParameterValue", "status": 400, "message": "Tag value exceeds the maximum length of 256 characters"}
+            keys = {t.get("Key") for t in tags.values()}
+            if spec == "" and action == "CreateTags":
+                for rid, existing in (record.get("tags") or {}).items():
+                    if len(keys | set(existing)) > 50:
+                        return {"code": "TagLimitExceeded", "status": 400, "message": "The maximum number of tags (50) for resource %s has been reached" % rid}
+            elif len(keys) > 50:
+                return {"code": "TagLimitExceeded", "status": 400, "message": "The maximum number of tags (50) has been reached"}
+    if service == "ssm" and action == "PutParameter":
+        req = record.get("body") or {}
+        value, tier = req.get("Value", ""), req.get("Tier", "Standard")
+        cap = 8192 if tier in ("Advanced", "Intelligent-Tiering") else 4096
+        if len(value.encode()) > cap:
+            return {"code": "ValidationException", "status": 400, "message": "%s tier parameters support a maximum parameter value of %d characters" % (tier, cap)}
+        if len(req.get("Description", "")) > 1024:
+            return {"code": "ValidationException", "status": 400, "message": "Description has a maximum length of 1024"}
+    return None
+
+
 def unescape(text):
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&apos;", "'").replace("&amp;", "&")
 
@@ -152,6 +217,22 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             SEEN.add(action)
         if fault is not None:
             return self.error(service, fault)
+        refused = limits(service, action, form, record)
+        if refused is not None:
+            return self.error(service, refused)
+        page = None
+        if service == "ec2" and action in PAGED_EC2 and not any(re.fullmatch(r"(ImageId|InstanceId|GroupId|SnapshotId|LaunchTemplateId|LaunchTemplateName)(\.\d+)?", k) and action != "DescribeLaunchTemplateVersions" for k in form):
+            # EC2 answers in pages whatever the caller asks; a caller that reads only the
+            # first page misses the rest. Moto answers all at once: the proxy pages it by 5.
+            token = (form.pop("NextToken", [""]) or [""])[0]
+            form.pop("MaxResults", None)
+            page = int(token[len("proxy-page-"):]) if token.startswith("proxy-page-") else 0
+            body = urllib.parse.urlencode([(k, v) for k, vs in form.items() for v in vs]).encode()
+        if service == "ssm" and action in ("GetParametersByPath", "GetParameterHistory", "DescribeParameters"):
+            # Pages of at most 5 (the real service stops at 10 or 50, and at any size it likes).
+            req = json.loads(body or b"{}")
+            req["MaxResults"] = min(int(req.get("MaxResults") or 5), 5)
+            body = json.dumps(req).encode()
         if service == "ssm":
             req = json.loads(body or b"{}")
             handled = self.ssm(action, req, cfg)
@@ -179,6 +260,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                     return m.group(0).replace(b"<imageState>available</imageState>", b"<imageState>pending</imageState>")
                 return m.group(0)
             data = re.sub(rb"<imageId>([^<]+)</imageId>.*?</item>", pend, data, flags=re.S)
+        if page is not None and status == 200:
+            data = paginate(data, action, page)
         state = cfg.get("image_state_after_create")
         if state and service == "ec2" and action == "DescribeImages" and "CreateImage" in SEEN:
             data = data.replace(b"<imageState>available</imageState>", ("<imageState>%s</imageState>" % state).encode())

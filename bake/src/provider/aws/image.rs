@@ -315,6 +315,7 @@ impl<'a> Images<'a> {
         if ids.is_empty() {
             return Ok(());
         }
+        super::tags::check(&tags, &ids.join(", "))?;
         self.limits.ec2.until_ready().await;
         self.ec2
             .create_tags()

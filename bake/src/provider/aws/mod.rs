@@ -8,6 +8,7 @@ pub mod image;
 pub mod imagebuilder;
 pub mod list;
 pub mod long_output;
+pub mod tags;
 pub mod toe;
 pub mod user_data;
 
@@ -496,9 +497,7 @@ impl AwsProvider {
             _ => return None,
         };
         // The validator summary the validate step tagged; the full output is in the run log.
-        let results = tag("bake:validators")
-            .and_then(|v| serde_json::from_str::<Vec<(String, crate::validate::Status)>>(&v).ok())
-            .unwrap_or_default()
+        let results = tags::decode_summary(img.tags())
             .into_iter()
             .map(|(name, status)| CheckResult {
                 name,
@@ -653,26 +652,21 @@ impl Provider for AwsProvider {
         arch: Arch,
         key: &BakeKey,
     ) -> Result<Option<ImageRecord>> {
-        self.ec2_slot().await;
         let f = |k: &str, v: &str| Filter::builder().name(k).values(v).build();
-        let r = self
-            .ec2
-            .describe_images()
-            .owners("self")
-            .filters(f("tag:bake:key", key.as_str()))
-            .filters(f("tag:bake:recipe", recipe))
-            .filters(f("tag:bake:arch", arch.as_str()))
-            .filters(self.owned())
-            .send()
-            .await
-            .map_err(|e| {
-                err(
-                    format!("looking for images of `{recipe}` {arch} in {}", self.region),
-                    e,
-                )
-            })?;
-        let mut found: Vec<ImageRecord> = r
+        let images = self
             .images()
+            .lister()
+            .own_images(
+                &[
+                    f("tag:bake:key", key.as_str()),
+                    f("tag:bake:recipe", recipe),
+                    f("tag:bake:arch", arch.as_str()),
+                    self.owned(),
+                ],
+                &format!("images of `{recipe}` {arch}"),
+            )
+            .await?;
+        let mut found: Vec<ImageRecord> = images
             .iter()
             .filter(|i| i.state() == Some(&ImageState::Available))
             .filter_map(|i| self.record_from(i))
@@ -1826,26 +1820,15 @@ impl Step<State> for Validate<'_> {
             .iter()
             .map(|r| (r.name.clone(), r.status))
             .collect();
-        let mut tags = vec![
-            Tag::builder()
-                .key("bake:status")
-                .value(if verdict.accepted {
-                    "validated"
-                } else {
-                    "rejected"
-                })
-                .build(),
-            Tag::builder()
-                .key("bake:validators")
-                .value(
-                    serde_json::to_string(&summary)
-                        .unwrap_or_default()
-                        .chars()
-                        .take(256)
-                        .collect::<String>(),
-                )
-                .build(),
-        ];
+        let mut tags = vec![Tag::builder()
+            .key("bake:status")
+            .value(if verdict.accepted {
+                "validated"
+            } else {
+                "rejected"
+            })
+            .build()];
+        tags.extend(tags::encode_summary(&summary)?);
         if let Some(d) = &packages {
             tags.push(Tag::builder().key("bake:packages").value(d).build());
         }
