@@ -298,3 +298,108 @@ async fn ssm_an_expired_lock_is_taken_over_by_exactly_one_of_many_contenders() {
     }
     eprintln!("winners per round of 6 contenders: {winners_per_round:?}");
 }
+
+/// SSM keeps only a parameter's last 100 versions. After 150 moves of a channel its history is
+/// still complete and in order, and the pin `bake pin --channel` printed at move 3 (the release
+/// parameter of what the channel held then) still reads the same image at move 150 — while the
+/// channel parameter's version 3, what a `:3` pin would read, is gone.
+#[tokio::test]
+async fn ssm_a_channel_keeps_its_whole_history_and_its_pins_past_100_moves() {
+    let reg = ssm("/t150").await;
+    let a = reg
+        .publish(manifest(&[(Arch::X86_64, "img-a")]))
+        .await
+        .unwrap();
+    let b = reg
+        .publish(manifest(&[(Arch::X86_64, "img-b")]))
+        .await
+        .unwrap();
+    let prefix = bake::names::SsmPath::parse("/t150").unwrap();
+    let mut pinned = None;
+    for i in 0..150u64 {
+        let release = if i % 2 == 0 { &a } else { &b };
+        reg.move_channel(
+            "eks-node",
+            "nightly",
+            ChannelMove {
+                release: release.release.clone(),
+                images: [(Arch::X86_64, release.images[&Arch::X86_64].image_id.clone())]
+                    .into_iter()
+                    .collect(),
+                from: None,
+                who: "scheduler@ci".into(),
+                reason: Some(format!("move {}", i + 1)),
+            },
+        )
+        .await
+        .unwrap();
+        if i + 1 == 3 {
+            let pins = bake::pin::pins(
+                &reg,
+                &prefix,
+                "eks-node",
+                &bake::pin::Target::Channel("nightly".into()),
+                Some(Arch::X86_64),
+            )
+            .await
+            .unwrap();
+            pinned = Some((pins[0].parameter.clone(), pins[0].image_id.clone()));
+        }
+    }
+    let history = reg.channel_history("eks-node", "nightly").await.unwrap();
+    assert_eq!(
+        history.iter().map(|e| e.version).collect::<Vec<_>>(),
+        (1..=150).collect::<Vec<u64>>(),
+        "the history lost moves"
+    );
+    assert_eq!(history[0].reason.as_deref(), Some("move 1"));
+    assert_eq!(history[0].release, a.release);
+    assert_eq!(history[149].release, b.release);
+
+    let moto = common::moto::Moto::get();
+    let client = aws_sdk_ssm::Client::new(&moto.sdk().await);
+    let (name, image) = pinned.unwrap();
+    let read = client.get_parameter().name(&name).send().await.unwrap();
+    assert_eq!(read.parameter().unwrap().value(), Some(image.as_str()));
+    let gone = client
+        .get_parameter()
+        .name("/t150/eks-node/channels/nightly/x86_64:3")
+        .send()
+        .await;
+    assert!(gone.is_err(), "SSM kept version 3 of 150: {gone:?}");
+}
+
+/// A run killed between moving a channel and writing the move's durable history entry: the move
+/// is still in the parameter's history, and the next move writes the missing entry.
+#[tokio::test]
+async fn ssm_a_move_whose_history_entry_was_not_written_is_recorded_by_the_next_move() {
+    let reg = ssm("/tgap").await;
+    let moved = |i: u64| ChannelMove {
+        release: "2026.11.20-1".parse::<ReleaseId>().unwrap(),
+        images: [(Arch::X86_64, format!("img-{i}"))].into_iter().collect(),
+        from: None,
+        who: "tester@host".into(),
+        reason: Some(format!("move {i}")),
+    };
+    reg.move_channel("eks-node", "dev", moved(1)).await.unwrap();
+    reg.move_channel("eks-node", "dev", moved(2)).await.unwrap();
+    let moto = common::moto::Moto::get();
+    let client = aws_sdk_ssm::Client::new(&moto.sdk().await);
+    let entry = "/tgap/eks-node/channels/dev/history/0000000002";
+    client.delete_parameter().name(entry).send().await.unwrap();
+    // Still complete from the parameter's own history...
+    let history = reg.channel_history("eks-node", "dev").await.unwrap();
+    assert_eq!(
+        history.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    // ...and durable again after the next move.
+    reg.move_channel("eks-node", "dev", moved(3)).await.unwrap();
+    let back = client.get_parameter().name(entry).send().await.unwrap();
+    assert!(back
+        .parameter()
+        .unwrap()
+        .value()
+        .unwrap()
+        .contains("move 2"));
+}

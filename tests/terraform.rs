@@ -306,7 +306,9 @@ async fn bake_pin_names_exactly_the_parameters_bake_published_and_channel_pins_d
         );
     }
 
-    // A channel pin: dev's current version, which keeps reading rel2's image after dev moves.
+    // A channel pin: the release dev holds now (rel2), pinned by its immutable release
+    // parameter, so it keeps reading rel2's image after dev moves (a `:<version>` pin of the
+    // channel parameter would stop resolving 100 moves later).
     let (code, pins, e) = bake(
         &p,
         moto,
@@ -328,7 +330,7 @@ async fn bake_pin_names_exactly_the_parameters_bake_published_and_channel_pins_d
     assert_eq!(pin["release"].as_str(), Some(rel2.as_str()));
     let tfvars = parse(pin["tfvars"].as_str().unwrap(), "bake pin --channel tfvars");
     let name = image_parameter(&m, &tfvars);
-    assert_eq!(name, "/tfpin/eks-node/channels/dev/arm64:2");
+    assert_eq!(name, format!("/tfpin/eks-node/releases/{rel2}/arm64"));
     let rel2_arm = second["published"][0]["images"]["arm64"].as_str().unwrap();
     assert_eq!(get(name.clone()).await, rel2_arm);
 
@@ -347,7 +349,7 @@ async fn bake_pin_names_exactly_the_parameters_bake_published_and_channel_pins_d
         ],
     );
     assert_eq!(code, 0, "{e}");
-    assert_eq!(get(name).await, rel2_arm, "the pinned version did not move");
+    assert_eq!(get(name).await, rel2_arm, "the pin did not move");
     let (_, pins, _) = bake(
         &p,
         moto,

@@ -1,7 +1,11 @@
-//! `bake pin`: the Terraform inputs that pin a node set to a release, or to the current
-//! version of a cluster's channel. They name exactly the SSM parameter `bake` published (and,
-//! for a channel, its version), so `terraform/modules/eks-node` reads that image and nothing
-//! else until someone changes the pin and runs `terraform apply`.
+//! `bake pin`: the Terraform inputs that pin a node set to a release — named directly, or the
+//! release a cluster's channel holds now. They name exactly the immutable release parameter
+//! `bake` published, so `terraform/modules/eks-node` reads that image and nothing else until
+//! someone changes the pin and runs `terraform apply`.
+//!
+//! A channel is resolved to its release rather than pinned as `<channel parameter>:<version>`:
+//! SSM keeps only a parameter's last 100 versions, so a version pin stops resolving 100 moves
+//! later (a nightly auto-promoted channel gets there in about three months).
 
 use crate::names::SsmPath;
 use crate::registry::{self, Registry};
@@ -14,7 +18,7 @@ use std::fmt::Write as _;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Release(ReleaseId),
-    /// The version of the cluster's channel parameter that is current now.
+    /// The release the cluster's channel holds now.
     Channel(String),
 }
 
@@ -26,9 +30,11 @@ pub struct Pin {
     pub ssm_prefix: String,
     /// The release the image belongs to (for a channel: the release it points at now).
     pub release: ReleaseId,
+    /// For a channel pin: the channel and the version of it that was resolved (for people; the
+    /// pin itself is the release).
     pub channel: Option<String>,
     pub channel_version: Option<u64>,
-    /// The exact name Terraform reads, with `:<version>` for a channel.
+    /// The exact name Terraform reads: the release parameter.
     pub parameter: String,
     pub image_id: String,
 }
@@ -95,7 +101,7 @@ pub async fn pins(
                     release: entry.release.clone(),
                     channel: Some(cluster.clone()),
                     channel_version: Some(current.version),
-                    parameter: format!("{name}:{}", current.version),
+                    parameter: registry::release_parameter(prefix, recipe, &entry.release, *a),
                     image_id: current.image_id,
                 });
             }
@@ -140,13 +146,7 @@ impl Pin {
             ("recipe", quote(&self.recipe)),
             ("arch", quote(&self.arch.to_string())),
         ];
-        match (&self.channel, self.channel_version) {
-            (Some(c), Some(v)) => {
-                vars.push(("channel", quote(c)));
-                vars.push(("channel_version", v.to_string()));
-            }
-            _ => vars.push(("release", quote(&self.release.to_string()))),
-        }
+        vars.push(("release", quote(&self.release.to_string())));
         let width = vars.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         let mut out = format!("# {}\n", self.comment());
         for (k, v) in vars {
@@ -170,12 +170,12 @@ impl Pin {
     fn comment(&self) -> String {
         match &self.channel {
             Some(c) => format!(
-                "bake pin: {} {} = {} (channel {c} at version {}, release {}; {})",
+                "bake pin: {} {} = {} (release {}, what channel {c} held at version {}; {})",
                 self.recipe,
                 self.arch,
                 self.image_id,
-                self.channel_version.unwrap_or_default(),
                 self.release,
+                self.channel_version.unwrap_or_default(),
                 self.parameter
             ),
             None => format!(

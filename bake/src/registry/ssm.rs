@@ -35,6 +35,10 @@ struct MoveNote {
     reason: Option<String>,
 }
 
+/// How many moves back a move looks for ones whose history entry a killed run did not write
+/// (GetParameters takes at most 10 names).
+const BACKFILL: u64 = 10;
+
 #[derive(Debug, Serialize, Deserialize)]
 struct LockValue {
     owner: String,
@@ -82,6 +86,110 @@ impl SsmRegistry {
                 p.value().unwrap_or_default()
             ))),
             None => self.put(name, value, true, false, None).await.map(|_| ()),
+        }
+    }
+
+    /// The moves SSM still remembers: the channel parameter's history (its last 100 versions).
+    async fn parameter_history(&self, recipe: &str, cluster: &str) -> Result<Vec<ChannelEntry>> {
+        let name = self.path(recipe, &format!("channels/{cluster}/release"));
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            self.wait().await;
+            let page = match self
+                .client
+                .get_parameter_history()
+                .name(&name)
+                .set_next_token(token)
+                .send()
+                .await
+            {
+                Ok(p) => p,
+                Err(e) if code(&e) == Some("ParameterNotFound") => return Ok(out),
+                Err(e) => {
+                    return Err(err(
+                        format!("reading the history of {name} in {}", self.region),
+                        e,
+                    ))
+                }
+            };
+            for h in page.parameters() {
+                let note: MoveNote = serde_json::from_str(h.description().unwrap_or("{}"))
+                    .map_err(|e| {
+                        Error::Conflict(format!(
+                            "{name}:{} in {} has no bake history note: {e}",
+                            h.version(),
+                            self.region
+                        ))
+                    })?;
+                let release = h
+                    .value()
+                    .unwrap_or_default()
+                    .parse::<ReleaseId>()
+                    .map_err(Error::Conflict)?;
+                let at = h
+                    .last_modified_date()
+                    .and_then(|d| DateTime::from_timestamp(d.secs(), d.subsec_nanos()))
+                    .unwrap_or_else(Utc::now);
+                out.push(ChannelEntry {
+                    version: h.version() as u64,
+                    release,
+                    images: note.images,
+                    from: note.from,
+                    who: note.who,
+                    reason: note.reason,
+                    at,
+                });
+            }
+            token = page.next_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        out.sort_by_key(|e| e.version);
+        Ok(out)
+    }
+
+    /// Every move as written once under `channels/<cluster>/history/<version>`.
+    async fn durable_history(
+        &self,
+        recipe: &str,
+        cluster: &str,
+    ) -> Result<BTreeMap<u64, ChannelEntry>> {
+        let dir = self.path(recipe, &format!("channels/{cluster}/history"));
+        let mut out = BTreeMap::new();
+        for p in self.list(&dir).await? {
+            let name = p.name().unwrap_or_default();
+            let entry: ChannelEntry =
+                serde_json::from_str(p.value().unwrap_or_default()).map_err(|e| {
+                    Error::Conflict(format!(
+                        "{name} in {} is not a bake channel history entry: {e}",
+                        self.region
+                    ))
+                })?;
+            out.insert(entry.version, entry);
+        }
+        Ok(out)
+    }
+
+    fn history_entry(&self, recipe: &str, cluster: &str, version: u64) -> String {
+        self.path(recipe, &format!("channels/{cluster}/history/{version:010}"))
+    }
+
+    /// Writes the durable history entry of a move (once; an entry already there is kept).
+    async fn record_move(&self, recipe: &str, cluster: &str, entry: &ChannelEntry) -> Result<()> {
+        let name = self.history_entry(recipe, cluster, entry.version);
+        let mut entry = entry.clone();
+        let mut json = serde_json::to_string(&entry).expect("entries serialize");
+        if json.len() > 4096 {
+            entry.reason = entry
+                .reason
+                .map(|r| r.chars().take(1000).collect::<String>() + "…");
+            json = serde_json::to_string(&entry).expect("entries serialize");
+        }
+        match self.put(&name, &json, false, false, None).await {
+            Ok(_) | Err(Error::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -426,63 +534,14 @@ impl Registry for SsmRegistry {
     }
 
     async fn channel_history(&self, recipe: &str, cluster: &str) -> Result<Vec<ChannelEntry>> {
-        let name = self.path(recipe, &format!("channels/{cluster}/release"));
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
-            self.wait().await;
-            let page = match self
-                .client
-                .get_parameter_history()
-                .name(&name)
-                .set_next_token(token)
-                .send()
-                .await
-            {
-                Ok(p) => p,
-                Err(e) if code(&e) == Some("ParameterNotFound") => return Ok(out),
-                Err(e) => {
-                    return Err(err(
-                        format!("reading the history of {name} in {}", self.region),
-                        e,
-                    ))
-                }
-            };
-            for h in page.parameters() {
-                let note: MoveNote = serde_json::from_str(h.description().unwrap_or("{}"))
-                    .map_err(|e| {
-                        Error::Conflict(format!(
-                            "{name}:{} in {} has no bake history note: {e}",
-                            h.version(),
-                            self.region
-                        ))
-                    })?;
-                let release = h
-                    .value()
-                    .unwrap_or_default()
-                    .parse::<ReleaseId>()
-                    .map_err(Error::Conflict)?;
-                let at = h
-                    .last_modified_date()
-                    .and_then(|d| DateTime::from_timestamp(d.secs(), d.subsec_nanos()))
-                    .unwrap_or_else(Utc::now);
-                out.push(ChannelEntry {
-                    version: h.version() as u64,
-                    release,
-                    images: note.images,
-                    from: note.from,
-                    who: note.who,
-                    reason: note.reason,
-                    at,
-                });
-            }
-            token = page.next_token().map(str::to_string);
-            if token.is_none() {
-                break;
-            }
+        // SSM keeps only the last 100 versions of the channel parameter: the durable entries
+        // hold every move, the parameter's own history covers a move whose entry a killed run
+        // did not write yet.
+        let mut merged = self.durable_history(recipe, cluster).await?;
+        for e in self.parameter_history(recipe, cluster).await? {
+            merged.entry(e.version).or_insert(e);
         }
-        out.sort_by_key(|e| e.version);
-        Ok(out)
+        Ok(merged.into_values().collect())
     }
 
     async fn channels(&self, recipe: &str) -> Result<BTreeMap<String, ChannelEntry>> {
@@ -546,7 +605,7 @@ impl Registry for SsmRegistry {
                 Some(description),
             )
             .await?;
-        Ok(ChannelEntry {
+        let entry = ChannelEntry {
             version: version as u64,
             release: change.release,
             images: change.images,
@@ -554,7 +613,42 @@ impl Registry for SsmRegistry {
             who: change.who,
             reason: change.reason,
             at: Utc::now(),
-        })
+        };
+        // A run killed between moving the channel and writing the entry left its move only in
+        // the parameter's history (for 100 more moves): the moves just before this one get
+        // their entries now if they lack them, then this one.
+        let recent: Vec<ChannelEntry> = self
+            .parameter_history(recipe, cluster)
+            .await?
+            .into_iter()
+            .filter(|e| e.version < entry.version && e.version + BACKFILL > entry.version)
+            .collect();
+        if !recent.is_empty() {
+            let names: Vec<String> = recent
+                .iter()
+                .map(|e| self.history_entry(recipe, cluster, e.version))
+                .collect();
+            self.wait().await;
+            let found = self
+                .client
+                .get_parameters()
+                .set_names(Some(names.clone()))
+                .send()
+                .await
+                .map_err(|e| {
+                    err(
+                        format!("reading the history of {cluster} in {}", self.region),
+                        e,
+                    )
+                })?;
+            for (e, name) in recent.iter().zip(&names) {
+                if found.invalid_parameters().contains(name) {
+                    self.record_move(recipe, cluster, e).await?;
+                }
+            }
+        }
+        self.record_move(recipe, cluster, &entry).await?;
+        Ok(entry)
     }
 
     async fn channel_image(

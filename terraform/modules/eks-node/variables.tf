@@ -50,7 +50,7 @@ variable "channel" {
 }
 
 variable "channel_version" {
-  description = "The version of <prefix>/<recipe>/channels/<channel>/<arch> to read (the VERSION column of `bake history`). A channel without a version would float; it is refused."
+  description = "The version of <prefix>/<recipe>/channels/<channel>/<arch> to read (the VERSION column of `bake history`). A channel without a version would float; it is refused. SSM keeps only a parameter's last 100 versions, so such a pin stops resolving 100 promotions later: prefer `release` (what `bake pin --channel` prints)."
   type        = number
   default     = null
 
@@ -61,7 +61,7 @@ variable "channel_version" {
 
   validation {
     condition     = var.channel == null || var.channel_version != null
-    error_message = "channel needs channel_version: a channel without a version would move the nodes on the next apply after any promotion. Use `bake pin <recipe> --channel <cluster>`."
+    error_message = "channel needs channel_version: a channel without a version would move the nodes on the next apply after any promotion. Use `bake pin <recipe> --channel <cluster>`, which pins the release the channel holds."
   }
 }
 
