@@ -417,6 +417,8 @@ async fn bake_pin_names_exactly_the_parameters_bake_published_and_channel_pins_d
     );
     assert_eq!(code, 4, "{e}");
     assert!(e.contains("changed outside bake"), "{e}");
+    // Run, rollback and pin on SSM: every call allowed by the printed IAM policy.
+    common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
 }
 
 #[test]

@@ -130,6 +130,30 @@ fn bake_and_publish(arch: &str) {
         assert_eq!(status, want, "{name}");
     }
 
+    // The canary booted as an EC2 instance does: with an SMBIOS system UUID (x86_64; QEMU's
+    // arm64 virt machine has no SMBIOS without firmware), from which systemd made the
+    // machine-id the image shipped empty.
+    if arch == "x86_64" {
+        let record: Value = serde_json::from_slice(
+            &std::fs::read(p.state().join("images").join(format!("{image}.json"))).unwrap(),
+        )
+        .unwrap();
+        let check = record["verdict"]["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "machine-id-empty")
+            .unwrap()
+            .clone();
+        assert!(
+            check["output"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("from VM UUID"),
+            "{check}"
+        );
+    }
+
     // `status` shows the release on the dev channel.
     let (code, status, _) = bake(&p, &["status"]);
     assert_eq!(code, 0);
@@ -229,6 +253,29 @@ fn an_image_that_keeps_unattended_upgrades_is_rejected() {
         "no-unattended-upgrades",
         "unattended-upgrades is installed",
     );
+}
+
+/// An image that ships a machine-id: every node from it would share one. On a canary that boots
+/// like an EC2 instance (SMBIOS UUID) systemd initializes nothing, and the check says so.
+#[test]
+fn an_image_that_ships_a_machine_id_is_rejected() {
+    let p = project_for("x86_64");
+    p.write(
+        "recipes/eks-node/bake-in-machine-id.sh",
+        "#!/bin/sh\nset -eu\necho 0123456789abcdef0123456789abcdef > /etc/machine-id\n",
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        p.path("recipes/eks-node/bake-in-machine-id.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let text = p.read("recipes/eks-node.toml");
+    p.write(
+        "recipes/eks-node.toml",
+        format!("{text}\n[[steps]]\nname = \"bake-in-machine-id\"\nscript = \"eks-node/bake-in-machine-id.sh\"\n"),
+    );
+    rejected(&p, "machine-id-empty", "the image shipped a machine-id");
 }
 
 #[test]

@@ -64,6 +64,22 @@ pub struct Vm {
     pub serial: PathBuf,
 }
 
+/// A random (version 4) UUID for a VM's SMBIOS system UUID.
+fn vm_uuid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 impl Vm {
     pub fn start(spec: &VmSpec) -> Result<Vm> {
         std::fs::create_dir_all(&spec.dir)
@@ -82,6 +98,9 @@ impl Vm {
             .args(["-cpu", cpu])
             .args(["-m", &spec.memory_mib.to_string()])
             .args(["-smp", &spec.cpus.to_string()])
+            // Every EC2 instance has its own SMBIOS system UUID, and systemd makes an empty
+            // machine-id from it: each VM gets one too, so the canary boots as an instance does.
+            .args(["-uuid", &vm_uuid()])
             .args([
                 "-nographic",
                 "-no-reboot",
