@@ -1189,3 +1189,55 @@ async fn sweep_reads_every_page_of_what_a_dead_run_left() {
     assert!(pages >= 2, "sweep read {pages} later pages");
     common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
 }
+
+/// A canary that never joins its cluster is no verdict on the image: the run fails (exit 1),
+/// the image is not tagged rejected, nothing is published, and the next run bakes again and
+/// publishes — unlike a check that ran and failed (exit 3, rejected, not baked again).
+#[tokio::test]
+async fn a_canary_that_never_joins_fails_the_run_without_rejecting_the_image() {
+    let moto = Moto::get();
+    let (x86, arm) = bases(moto).await;
+    moto.set_config(json!({
+        "parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm},
+        "commands": [{"match": "x86_64 validator node-ready", "status": "Failed", "exit_code": 75,
+                      "stdout": "the canary did not become a Ready node within 600s: kubelet healthz does not answer\n"}]
+    }));
+    let p = project("/join");
+    let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
+    assert_eq!(code, 1, "{summary:#}\n{stderr}");
+    let x86_result = summary["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["arch"] == "x86_64")
+        .unwrap();
+    assert_eq!(x86_result["outcome"], "failed", "{x86_result}");
+    let error = x86_result["error"].as_str().unwrap();
+    assert!(
+        error.contains("could not judge") && error.contains("kubelet healthz does not answer"),
+        "{error}"
+    );
+    assert_eq!(summary["published"], json!([]));
+    let (_, _, mine) = owned_by(moto, "/join").await;
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let described = ec2
+        .describe_images()
+        .set_image_ids(Some(mine))
+        .send()
+        .await
+        .unwrap();
+    for i in described.images() {
+        let status = i
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some("bake:status"))
+            .and_then(|t| t.value());
+        assert_ne!(status, Some("rejected"), "{:?} was rejected", i.image_id());
+    }
+    // The next run (the cluster is back) bakes x86_64 again and publishes.
+    moto.set_config(json!({"parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm}}));
+    let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
+    assert_eq!(code, 0, "{summary:#}\n{stderr}");
+    assert_eq!(summary["published"].as_array().unwrap().len(), 1);
+    common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
+}

@@ -198,6 +198,10 @@ pub struct AwsSettings {
     /// Limit for one step or validator command.
     #[serde(default = "default_command_timeout", with = "humantime_serde")]
     pub command_timeout: Duration,
+    /// How long a cluster check (`node-ready`) waits for the canary to join and be Ready; a
+    /// canary that never does fails the run (exit 1) without rejecting the image.
+    #[serde(default = "default_join_timeout", with = "humantime_serde")]
+    pub join_timeout: Duration,
     /// Limit for a new image to become available.
     #[serde(default = "default_image_timeout", with = "humantime_serde")]
     pub image_timeout: Duration,
@@ -273,6 +277,10 @@ fn accounts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Er
         }
     }
     Ok(v)
+}
+
+fn default_join_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn default_orphan_age() -> Duration {

@@ -14,6 +14,35 @@ use toml::Spanned;
 /// Exit code a validator script uses to say "cannot check here", with the reason on stdout.
 pub const SKIP_EXIT: i32 = 77;
 
+/// Exit code a validator script uses to say "could not judge the image yet": what it checks
+/// never came up in time (a canary that did not join its cluster). That is no verdict on the
+/// image: the bake fails (exit 1), the image is not marked rejected, and the next run tries
+/// again — unlike a check that ran and failed (rejected, exit 3).
+pub const NOT_JUDGED_EXIT: i32 = 75;
+
+/// A validator's exit as a verdict, or why it gave none (`NOT_JUDGED_EXIT`, with its reason).
+pub fn judged(
+    name: &str,
+    exit_code: i32,
+    stdout: &str,
+    stderr: &str,
+) -> Result<CheckResult, String> {
+    if exit_code == NOT_JUDGED_EXIT {
+        let why = stdout
+            .lines()
+            .chain(stderr.lines())
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no reason given")
+            .trim()
+            .to_string();
+        return Err(format!(
+            "validator {name} could not judge the image: {why} (not a rejection; the next run tries again)"
+        ));
+    }
+    Ok(CheckResult::from_exit(name, exit_code, stdout, stderr))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
@@ -256,6 +285,46 @@ impl Verdict {
 
 #[cfg(test)]
 mod tests {
+
+    /// node-ready run for real on a node that never joins (a kubectl but no kubeconfig): it
+    /// waits its BAKE_JOIN_TIMEOUT, then says it could not judge — a failed run, not a rejection.
+    #[test]
+    fn node_ready_on_a_node_that_never_joins_gives_no_verdict() {
+        let dir = tempfile::tempdir().unwrap();
+        let kubectl = dir.path().join("kubectl");
+        std::fs::write(&kubectl, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&kubectl, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../validators/node-ready.sh");
+        let out = std::process::Command::new("sh")
+            .arg(&script)
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    dir.path().display(),
+                    std::env::var("PATH").unwrap()
+                ),
+            )
+            .env("BAKE_JOIN_TIMEOUT", "1")
+            .output()
+            .unwrap();
+        let code = out.status.code().unwrap();
+        assert_eq!(code, NOT_JUDGED_EXIT);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let why = super::judged("node-ready", code, &stdout, "").unwrap_err();
+        assert!(
+            why.contains("did not become a Ready node within 1s"),
+            "{why}"
+        );
+        // Any other exit is a verdict.
+        assert_eq!(
+            super::judged("node-ready", 1, "node x is not Ready: False\n", "")
+                .unwrap()
+                .status,
+            Status::Fail
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -1791,20 +1791,37 @@ impl Step<State> for Validate<'_> {
                 v.name
             ));
             let label = format!("{} {} validator {}", cx.recipe, cx.arch, v.name);
-            let script = wrapped(&label, &v.content, &env, None);
+            // A cluster check waits for the canary to join, up to join_timeout; its command
+            // may take that long and a minute more.
+            let join = p.settings.join_timeout.as_secs().to_string();
+            let mut venv = env.to_vec();
+            let mut limit = p.settings.command_timeout;
+            if v.needs_cluster {
+                venv.push(("BAKE_JOIN_TIMEOUT", join.as_str()));
+                limit = limit.max(p.settings.join_timeout + Duration::from_secs(60));
+                cx.phase(&format!(
+                    "validator {}/{} {} (waiting up to {} for the canary to join)",
+                    i + 1,
+                    validators.len(),
+                    v.name,
+                    humantime::format_duration(p.settings.join_timeout)
+                ));
+            }
+            let script = wrapped(&label, &v.content, &venv, None);
             // A validator that could not run (an API or agent error) fails the bake, which
             // retries next time; only the validator's own verdict may reject the image.
-            let (rc, out, errs) = p
-                .run_command(&id, &label, &script, p.settings.command_timeout)
-                .await
-                .map_err(|e| {
-                    step_err(
-                        cx,
-                        self.name(),
-                        format!("validator {} could not run: {e}", v.name),
-                    )
-                })?;
-            let result = CheckResult::from_exit(&v.name, rc, &out, &errs);
+            let (rc, out, errs) =
+                p.run_command(&id, &label, &script, limit)
+                    .await
+                    .map_err(|e| {
+                        step_err(
+                            cx,
+                            self.name(),
+                            format!("validator {} could not run: {e}", v.name),
+                        )
+                    })?;
+            let result = crate::validate::judged(&v.name, rc, &out, &errs)
+                .map_err(|why| step_err(cx, self.name(), why))?;
             tracing::info!(recipe = cx.recipe, arch = %cx.arch, validator = %v.name, status = %result.status, "{}", result.reason.clone().unwrap_or_default());
             results.push(result);
         }

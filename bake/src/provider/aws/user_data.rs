@@ -171,6 +171,7 @@ pub fn canary(join: Join, cluster: &Cluster, lifetime: Duration) -> Result<Strin
 pub fn lifetime(settings: &crate::pipeline::AwsSettings, command_limits: &[Duration]) -> Duration {
     settings.instance_timeout * 2
         + settings.agent_timeout
+        + settings.join_timeout
         + command_limits.iter().sum::<Duration>()
         + settings.image_timeout
         + Duration::from_secs(3600)

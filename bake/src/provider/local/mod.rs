@@ -1095,7 +1095,8 @@ impl Step<State> for Validate<'_> {
                         format!("validator {} could not run: {e}", v.name),
                     )
                 })?;
-            let result = CheckResult::from_exit(&v.name, out.exit_code, &out.stdout, &out.stderr);
+            let result = crate::validate::judged(&v.name, out.exit_code, &out.stdout, &out.stderr)
+                .map_err(|why| step_err(cx, self.name(), why))?;
             let _ = std::fs::write(
                 logs.join(format!("validator-{}.log", v.name)),
                 format!(
