@@ -27,6 +27,16 @@ const MUTATING: &[&str] = &[
     "SendCommand",
 ];
 
+/// The result of one arch in a run's summary.
+fn arch_result<'a>(summary: &'a Value, arch: &str) -> &'a Value {
+    summary["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["arch"] == arch)
+        .unwrap_or_else(|| panic!("no {arch} result in {summary:#}"))
+}
+
 async fn inventory(moto: &Moto) -> (Vec<String>, Vec<(String, String)>, Vec<String>) {
     let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
     let instances = ec2.describe_instances().send().await.unwrap();
@@ -296,12 +306,7 @@ async fn a_failed_validator_rejects_the_image_and_publishes_nothing() {
     let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
     assert_eq!(code, 3, "{summary:#}\n{stderr}");
     assert!(summary["published"].as_array().unwrap().is_empty());
-    let arm_result = summary["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["arch"] == "arm64")
-        .unwrap();
+    let arm_result = arch_result(&summary, "arm64");
     assert_eq!(arm_result["outcome"], "rejected");
     assert!(arm_result["error"]
         .as_str()
@@ -346,12 +351,7 @@ async fn a_failing_step_cleans_up_everything_and_deletes_the_image() {
     let before = inventory(moto).await.1.len();
     let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
     assert_eq!(code, 1, "{summary:#}\n{stderr}");
-    let x86_result = summary["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["arch"] == "x86_64")
-        .unwrap();
+    let x86_result = arch_result(&summary, "x86_64");
     assert!(
         x86_result["error"]
             .as_str()
@@ -1205,12 +1205,7 @@ async fn a_canary_that_never_joins_fails_the_run_without_rejecting_the_image() {
     let p = project("/join");
     let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
     assert_eq!(code, 1, "{summary:#}\n{stderr}");
-    let x86_result = summary["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["arch"] == "x86_64")
-        .unwrap();
+    let x86_result = arch_result(&summary, "x86_64");
     assert_eq!(x86_result["outcome"], "failed", "{x86_result}");
     let error = x86_result["error"].as_str().unwrap();
     assert!(
