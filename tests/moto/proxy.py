@@ -65,7 +65,7 @@ def paginate(data, action, page):
     if start < 0 or end < 0:
         return data
     inner_start = start + len(tag) + 2
-    items, depth, i, item_start = [], 0, inner_start, None
+    items, depth, item_start = [], 0, None
     for m in re.finditer(rb"<(/?)item>", data[inner_start:end]):
         if m.group(1) == b"":
             if depth == 0:
@@ -115,6 +115,19 @@ def limits(service, action, form, record):
     return None
 
 
+def names_ids(form, action):
+    """True if a Describe call lists resources by ID (EC2 answers those whole, unpaged); the
+    versions of one launch template are paged all the same."""
+    if action == "DescribeLaunchTemplateVersions":
+        return False
+    return any(re.fullmatch(r"(ImageId|InstanceId|GroupId|SnapshotId|LaunchTemplateId|LaunchTemplateName)(\.\d+)?", k)
+               for k in form)
+
+
+def encode_form(form):
+    return urllib.parse.urlencode([(k, v) for k, vs in form.items() for v in vs]).encode()
+
+
 def unescape(text):
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&apos;", "'").replace("&amp;", "&")
 
@@ -150,10 +163,10 @@ def split_tag_specs(form, only):
             removed.append((rtype, tags))
         else:
             keep.add(n)
-    out = {k: vs for k, vs in form.items()
-           if not (re.fullmatch(r"TagSpecification\.(\d+)\..*", k)
-                   and re.fullmatch(r"TagSpecification\.(\d+)\..*", k).group(1) not in keep)}
-    return out, removed
+    def removed_spec(k):
+        m = re.fullmatch(r"TagSpecification\.(\d+)\..*", k)
+        return m is not None and m.group(1) not in keep
+    return {k: vs for k, vs in form.items() if not removed_spec(k)}, removed
 
 
 def config():
@@ -221,13 +234,13 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         if refused is not None:
             return self.error(service, refused)
         page = None
-        if service == "ec2" and action in PAGED_EC2 and not any(re.fullmatch(r"(ImageId|InstanceId|GroupId|SnapshotId|LaunchTemplateId|LaunchTemplateName)(\.\d+)?", k) and action != "DescribeLaunchTemplateVersions" for k in form):
+        if service == "ec2" and action in PAGED_EC2 and not names_ids(form, action):
             # EC2 answers in pages whatever the caller asks; a caller that reads only the
             # first page misses the rest. Moto answers all at once: the proxy pages it by 5.
             token = (form.pop("NextToken", [""]) or [""])[0]
             form.pop("MaxResults", None)
             page = int(token[len("proxy-page-"):]) if token.startswith("proxy-page-") else 0
-            body = urllib.parse.urlencode([(k, v) for k, vs in form.items() for v in vs]).encode()
+            body = encode_form(form)
         if service == "ssm" and action in ("GetParametersByPath", "GetParameterHistory", "DescribeParameters"):
             # Pages of at most 5 (the real service stops at 10 or 50, and at any size it likes).
             req = json.loads(body or b"{}")
@@ -244,7 +257,7 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         deferred = []
         if service == "ec2" and action in ("CreateImage", "CopyImage"):
             form, deferred = split_tag_specs(form, "snapshot" if action == "CreateImage" else None)
-            body = urllib.parse.urlencode([(k, v) for k, vs in form.items() for v in vs]).encode()
+            body = encode_form(form)
         status, headers, data = self.forward(method, body)
         if service == "ec2" and action in ("CreateImage", "CopyImage") and status == 200:
             m = re.search(rb"<imageId>([^<]+)</imageId>", data)

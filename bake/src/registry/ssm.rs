@@ -558,7 +558,9 @@ impl Registry for SsmRegistry {
         }
         let mut out = BTreeMap::new();
         for c in clusters {
-            if let Some(last) = self.channel_history(recipe, &c).await?.pop() {
+            // The current entry is the newest version, which SSM always keeps: no need to read
+            // every durable entry of the channel's history.
+            if let Some(last) = self.parameter_history(recipe, &c).await?.pop() {
                 out.insert(c, last);
             }
         }

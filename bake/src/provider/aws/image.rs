@@ -188,9 +188,28 @@ impl<'a> Images<'a> {
         }
     }
 
-    /// Why the image must not be deleted: an instance (running or stopped) or a launch
-    /// template version uses it, or it has deregistration protection.
-    pub async fn in_use(&self, image_id: &str) -> Result<Option<String>> {
+    /// Why the image must not be deleted by the pipeline that publishes under `owner`: another
+    /// pipeline's `bake:prefix` is on it, an instance (running or stopped) or a launch template
+    /// version uses it, or it has deregistration protection.
+    pub async fn in_use(&self, image_id: &str, owner: &str) -> Result<Option<String>> {
+        self.limits.ec2.until_ready().await;
+        let described = self
+            .ec2
+            .describe_images()
+            .image_ids(image_id)
+            .send()
+            .await
+            .map_err(|e| err(format!("describing {image_id} in {}", self.region), e))?;
+        let image = described.images().first();
+        let theirs = super::list::tag(
+            image.map(|i| i.tags()).unwrap_or_default(),
+            super::OWNER_TAG,
+        );
+        if !theirs.is_empty() && theirs != owner {
+            return Ok(Some(format!(
+                "belongs to the pipeline that publishes under {theirs}, not {owner}"
+            )));
+        }
         let list = self.lister();
         let users = list
             .instances(
@@ -221,19 +240,7 @@ impl<'a> Images<'a> {
                 }
             }
         }
-        self.limits.ec2.until_ready().await;
-        let r = self
-            .ec2
-            .describe_images()
-            .image_ids(image_id)
-            .send()
-            .await
-            .map_err(|e| err(format!("describing {image_id} in {}", self.region), e))?;
-        if let Some(p) = r
-            .images()
-            .first()
-            .and_then(|i| i.deregistration_protection())
-        {
+        if let Some(p) = image.and_then(|i| i.deregistration_protection()) {
             if p.starts_with("enabled") {
                 return Ok(Some(format!("has deregistration protection ({p})")));
             }

@@ -689,21 +689,13 @@ impl Provider for AwsProvider {
     }
 
     async fn image_in_use(&self, image_id: &str) -> Result<Option<String>> {
-        // An image another pipeline made is never ours to delete, whatever our registry says.
-        let tags = self.bake_tags_of(image_id).await?;
-        let owner = list::tag(&tags, OWNER_TAG);
-        if !owner.is_empty() && owner != self.owner() {
-            return Ok(Some(format!(
-                "belongs to the pipeline that publishes under {owner}, not {}",
-                self.owner()
-            )));
-        }
-        if let Some(why) = self.images().in_use(image_id).await? {
+        // Used, protected, or another pipeline's (whatever our registry says): never deleted.
+        if let Some(why) = self.images().in_use(image_id, self.owner()).await? {
             return Ok(Some(why));
         }
         for images in self.copy_regions() {
             for copy in images.copies_of(image_id).await? {
-                if let Some(why) = images.in_use(&copy).await? {
+                if let Some(why) = images.in_use(&copy, self.owner()).await? {
                     let region = images.region();
                     return Ok(Some(format!("its copy {copy} in {region} {why}")));
                 }
@@ -718,15 +710,14 @@ impl Provider for AwsProvider {
         images: &[crate::release::ReleaseImage],
     ) -> Result<()> {
         let tags = vec![Tag::builder().key(RELEASE_TAG).value(release).build()];
-        for i in images {
-            self.images()
-                .tag(std::slice::from_ref(&i.image_id), tags.clone())
-                .await?;
-            for copies in self.copy_regions() {
-                if let Some(copy) = i.copies.get(copies.region()) {
-                    copies.tag(std::slice::from_ref(copy), tags.clone()).await?;
-                }
-            }
+        let home: Vec<String> = images.iter().map(|i| i.image_id.clone()).collect();
+        self.images().tag(&home, tags.clone()).await?;
+        for copies in self.copy_regions() {
+            let here: Vec<String> = images
+                .iter()
+                .filter_map(|i| i.copies.get(copies.region()).cloned())
+                .collect();
+            copies.tag(&here, tags.clone()).await?;
         }
         Ok(())
     }
@@ -1784,29 +1775,27 @@ impl Step<State> for Validate<'_> {
         let mut results = Vec::new();
         let validators = &self.job.recipe.validators;
         for (i, v) in validators.iter().enumerate() {
-            cx.phase(&format!(
-                "validator {}/{} {}",
-                i + 1,
-                validators.len(),
-                v.name
-            ));
             let label = format!("{} {} validator {}", cx.recipe, cx.arch, v.name);
             // A cluster check waits for the canary to join, up to join_timeout; its command
             // may take that long and a minute more.
             let join = p.settings.join_timeout.as_secs().to_string();
             let mut venv = env.to_vec();
             let mut limit = p.settings.command_timeout;
+            let mut waits = String::new();
             if v.needs_cluster {
                 venv.push(("BAKE_JOIN_TIMEOUT", join.as_str()));
                 limit = limit.max(p.settings.join_timeout + Duration::from_secs(60));
-                cx.phase(&format!(
-                    "validator {}/{} {} (waiting up to {} for the canary to join)",
-                    i + 1,
-                    validators.len(),
-                    v.name,
+                waits = format!(
+                    " (waiting up to {} for the canary to join)",
                     humantime::format_duration(p.settings.join_timeout)
-                ));
+                );
             }
+            cx.phase(&format!(
+                "validator {}/{} {}{waits}",
+                i + 1,
+                validators.len(),
+                v.name
+            ));
             let script = wrapped(&label, &v.content, &venv, None);
             // A validator that could not run (an API or agent error) fails the bake, which
             // retries next time; only the validator's own verdict may reject the image.

@@ -181,6 +181,19 @@ pub fn lifetime(settings: &crate::pipeline::AwsSettings, command_limits: &[Durat
 mod tests {
     use super::*;
 
+    /// `bash -n` accepts the script.
+    fn valid_shell(text: &str) {
+        let out = std::process::Command::new("bash")
+            .args(["-n", "-c", text])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn cluster() -> Cluster {
         Cluster {
             name: "dev".into(),
@@ -237,16 +250,7 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want} missing in\n{text}");
         }
-        // The script is valid shell.
-        let out = std::process::Command::new("bash")
-            .args(["-n", "-c", &text])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        valid_shell(&text);
     }
 
     #[test]
@@ -258,10 +262,6 @@ mod tests {
         )
         .unwrap();
         assert!(text.starts_with("#!/bin/bash\n") && text.contains("shutdown -P +181 "));
-        let out = std::process::Command::new("bash")
-            .args(["-n", "-c", &text])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        valid_shell(&text);
     }
 }
