@@ -140,7 +140,7 @@ fn unknown_key_in_a_step() {
         Expect {
             file: RECIPE,
             line: Some(line),
-            field: Some("steps[1].run_as"),
+            field: Some("steps[2].run_as"),
             message: "unknown field `run_as`",
         },
     );
@@ -274,7 +274,7 @@ fn missing_script() {
         Expect {
             file: RECIPE,
             line: Some(line),
-            field: Some("steps[1].script"),
+            field: Some("steps[2].script"),
             message: "does not exist",
         },
     );
@@ -293,7 +293,7 @@ fn non_executable_script() {
         Expect {
             file: RECIPE,
             line: Some(line),
-            field: Some("steps[2].script"),
+            field: Some("steps[4].script"),
             message: "not executable",
         },
     );
@@ -314,7 +314,7 @@ fn script_path_with_dot_dot() {
         Expect {
             file: RECIPE,
             line: Some(line),
-            field: Some("steps[2].script"),
+            field: Some("steps[4].script"),
             message: "uses `..`",
         },
     );
@@ -335,7 +335,7 @@ fn absolute_script_path() {
         Expect {
             file: RECIPE,
             line: Some(line),
-            field: Some("steps[2].script"),
+            field: Some("steps[4].script"),
             message: "is absolute",
         },
     );
@@ -357,7 +357,7 @@ fn script_outside_the_recipe_dirs() {
         Expect {
             file: RECIPE,
             line: Some(line),
-            field: Some("steps[2].script"),
+            field: Some("steps[4].script"),
             message: "outside",
         },
     );
@@ -379,7 +379,7 @@ fn symlink_out_of_the_recipe_dir() {
         Expect {
             file: RECIPE,
             line: Some(line),
-            field: Some("steps[2].script"),
+            field: Some("steps[4].script"),
             message: "symlinks may not lead out",
         },
     );
@@ -447,7 +447,7 @@ fn duplicate_step_names() {
         Expect {
             file: RECIPE,
             line: Some(second),
-            field: Some("steps[1].name"),
+            field: Some("steps[2].name"),
             message: "duplicate step name",
         },
     );
@@ -464,7 +464,7 @@ fn unknown_validator() {
         Expect {
             file: RECIPE,
             line: Some(line),
-            field: Some("validators[5]"),
+            field: Some("validators[7]"),
             message: "unknown validator `no-ssh-keys`",
         },
     );
@@ -743,7 +743,7 @@ fn step_name_with_a_space() {
         Expect {
             file: RECIPE,
             line: Some(line),
-            field: Some("steps[2].name"),
+            field: Some("steps[4].name"),
             message: "must be letters",
         },
     );
@@ -805,7 +805,7 @@ fn validator_listed_twice() {
         Expect {
             file: RECIPE,
             line: Some(line),
-            field: Some("validators[6]"),
+            field: Some("validators[8]"),
             message: "listed twice",
         },
     );

@@ -40,12 +40,14 @@ fn the_key_is_stable_and_ignores_formatting_and_key_order() {
         .unwrap()
         .to_string();
     let rewritten = format!(
-        r#"validators = ['mac-policy', 'no-unattended-upgrades', 'apt-timers-masked', 'apt-periodic-off', 'machine-id-empty', 'no-ssh-host-keys', 'no-bake-leftovers', 'node-ready']
+        r#"validators = ['mac-policy', 'pod-network', 'no-unattended-upgrades', 'apt-timers-masked', 'apt-periodic-off', 'snap-refresh-held', 'machine-id-empty', 'no-ssh-host-keys', 'no-bake-leftovers', 'node-ready']
 description = "reworded: the description is documentation"
 files = [ {{ mode = "0644", sha256 = "{sha}", dest = "/etc/systemd/network/99-default.link.d/99-bake-mac-policy.conf", source = "eks-node/files/99-bake-mac-policy.conf" }} ]
 steps = [
+  {{ script = "steps/settle-first-boot.sh", name = "settle-first-boot" }},
   {{ script = "eks-node/purge-unattended-upgrades.sh", name = "purge-unattended-upgrades" }},
   {{ script = "eks-node/disable-apt-timers.sh", name = "disable-apt-timers" }},
+  {{ name = "hold-snap-refreshes", script = "steps/hold-snap-refreshes.sh" }},
   {{ script = "steps/generalize.sh", name = "generalize" }},
 ]
 volume = {{ encrypted = true, type = "gp3", size_gib = 8 }}

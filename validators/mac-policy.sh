@@ -11,8 +11,15 @@ if [ -z "$dropin" ]; then
   echo "no /etc/systemd/network/99-default.link.d/*.conf sets MACAddressPolicy=none"
   exit 1
 fi
-if dpkg --verify udev systemd 2>/dev/null | grep -q '99-default.link'; then
-  echo "/usr/lib/systemd/network/99-default.link was edited in place; the next udev/systemd upgrade reverts it"
+link=/usr/lib/systemd/network/99-default.link
+edited=""
+if command -v dpkg >/dev/null 2>&1; then
+  dpkg --verify udev systemd 2>/dev/null | grep -q '99-default.link' && edited=1
+elif command -v rpm >/dev/null 2>&1; then
+  rpm -Vf "$link" 2>/dev/null | grep -q '99-default.link' && edited=1
+fi
+if [ -n "$edited" ]; then
+  echo "$link was edited in place; the next udev/systemd upgrade reverts it"
   exit 1
 fi
 

@@ -5,6 +5,7 @@
 
 pub mod arch;
 pub mod aws;
+pub mod canary;
 pub mod cli;
 pub mod diag;
 pub mod diff;
@@ -26,6 +27,7 @@ pub mod report;
 pub mod run;
 pub mod steps;
 pub mod sweep;
+pub mod user_data;
 pub mod validate;
 
 pub use arch::Arch;

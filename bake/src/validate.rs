@@ -62,6 +62,10 @@ struct RawValidator {
     scope: Scope,
     #[serde(default)]
     needs_cluster: bool,
+    #[serde(default)]
+    reads_image: bool,
+    #[serde(default)]
+    applies_to: Vec<String>,
 }
 
 /// One validator from the catalog.
@@ -76,6 +80,13 @@ pub struct Validator {
     pub scope: Scope,
     /// Needs a joined cluster node (kubelet, node Ready); skipped where there is none.
     pub needs_cluster: bool,
+    /// Judges the image's root filesystem as the image shipped it (mounted read-only at
+    /// `BAKE_IMAGE_ROOT` from a second disk made from the image), not what the canary's first
+    /// boot made of it: machine-id, host keys, logs and anything else cloud-init writes.
+    pub reads_image: bool,
+    /// The distributions it applies to (os-release `ID`, matched against `ID` and `ID_LIKE`);
+    /// empty = all. Elsewhere it is reported as not applicable and does not run.
+    pub applies_to: Vec<String>,
 }
 
 /// All validators defined in `validators/catalog.toml`.
@@ -112,6 +123,11 @@ impl Catalog {
                     v.script.get_ref()
                 )));
             }
+            if let Some(bad) = v.applies_to.iter().find(|d| !is_simple_name(d)) {
+                return Err(at(format!(
+                    "validator `{name}`: applies_to entry `{bad}` is not an os-release ID (like `debian`, `ubuntu`, `amzn`)"
+                )));
+            }
             let content = std::fs::read(&path).map_err(|e| at(e.to_string()))?;
             validators.insert(
                 name.clone(),
@@ -122,6 +138,8 @@ impl Catalog {
                     content,
                     scope: v.scope,
                     needs_cluster: v.needs_cluster,
+                    reads_image: v.reads_image,
+                    applies_to: v.applies_to,
                 },
             );
         }
@@ -210,6 +228,18 @@ impl CheckResult {
             reason,
             exit_code: Some(exit_code),
             output,
+            not_applicable: false,
+        }
+    }
+
+    /// A check that could not be made here although it applies: skipped, which blocks.
+    pub fn skipped(name: &str, reason: impl Into<String>) -> CheckResult {
+        CheckResult {
+            name: name.to_string(),
+            status: Status::Skipped,
+            reason: Some(reason.into()),
+            exit_code: None,
+            output: String::new(),
             not_applicable: false,
         }
     }

@@ -10,7 +10,6 @@ pub mod list;
 pub mod long_output;
 pub mod tags;
 pub mod toe;
-pub mod user_data;
 
 use super::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider, Role};
 use crate::aws::{code, err, Limits};
@@ -20,6 +19,7 @@ use crate::pipeline::{AwsSettings, Pipeline};
 use crate::recipe::{sha256_hex, Recipe};
 use crate::steps::{Outcome, Runner, Step, StepContext};
 use crate::sweep::Leftover;
+use crate::user_data;
 use crate::validate::{CheckResult, Verdict};
 use crate::{Arch, Error, Result};
 use async_trait::async_trait;

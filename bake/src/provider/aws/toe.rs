@@ -164,24 +164,30 @@ pub fn components(recipe: &Recipe, step_timeout: u64) -> Vec<Component> {
             },
         ));
     }
-    // Validators that need a joined cluster run only on bake's canary. Here every other one
-    // must pass: a skip (exit 77) fails the test phase too, because skipped is never pass.
+    // Only checks a build instance can judge run here: those that need a joined cluster or
+    // the image's root as shipped (a second disk) run only on bake's canary. A check for
+    // another distribution says so and passes; every other one must pass: a skip (exit 77)
+    // fails the test phase too, because skipped is never pass.
     let steps: Vec<ToeStep> = recipe
         .validators
         .iter()
-        .filter(|v| !v.needs_cluster)
+        .filter(|v| !v.needs_cluster && !v.reads_image)
         .map(|v| ToeStep {
             name: toe_name(&format!("validate_{}", v.name)),
             action: "ExecuteBash".into(),
             on_failure: "Abort".into(),
             timeout_seconds: Some(300),
             inputs: Inputs {
-                commands: vec![run_script(
-                    &format!(
-                        "validator {} (exit {SKIP_EXIT} = skipped, which fails here)",
-                        v.name
-                    ),
-                    &v.content,
+                commands: vec![format!(
+                    "{}{}",
+                    crate::canary::applies_guard(v).unwrap_or_default(),
+                    run_script(
+                        &format!(
+                            "validator {} (exit {SKIP_EXIT} = skipped, which fails here)",
+                            v.name
+                        ),
+                        &v.content,
+                    )
                 )],
             },
         })
@@ -194,7 +200,7 @@ pub fn components(recipe: &Recipe, step_timeout: u64) -> Vec<Component> {
             Document {
                 name: format!("bake-{}-validators", recipe.name),
                 description: format!(
-                    "bake: validators of recipe {} that need no cluster (bake's canary runs them all again)",
+                    "bake: validators of recipe {} a build instance can judge (bake's canary runs them all again)",
                     recipe.name
                 ),
                 schema_version: "1.0".into(),

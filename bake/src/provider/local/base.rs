@@ -11,11 +11,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Bump when the way a base is built changes, so old caches are not reused.
-const BASE_FORMAT: &str = "bake-local-base/1";
+const BASE_FORMAT: &str = "bake-local-base/2";
 
 /// Every node base has these: init and device management, the cloud kernel, the guest agent
 /// that drives the VM, networking tools, and what a real node image ships and the hardening
-/// must deal with (apt, unattended-upgrades and its timers, dbus for clean shutdown).
+/// must deal with (apt, unattended-upgrades and its timers, dbus for clean shutdown). Like an
+/// EC2 image it boots with cloud-init (fed a NoCloud seed) and an SSH server, so first boot
+/// makes host keys and takes user data as on EC2; the standard CNI plugins let the canary
+/// wire a pod network the way a CNI does.
 pub const NODE_PACKAGES: &[&str] = &[
     "systemd",
     "systemd-sysv",
@@ -27,6 +30,9 @@ pub const NODE_PACKAGES: &[&str] = &[
     "apt",
     "unattended-upgrades",
     "ca-certificates",
+    "cloud-init",
+    "openssh-server",
+    "containernetworking-plugins",
 ];
 
 /// What a base is built from.

@@ -6,10 +6,11 @@ pub mod base;
 mod cmd;
 pub mod qemu;
 pub mod qga;
+mod seed;
 pub mod store;
 
 use self::base::{Base, BaseSpec};
-use self::qemu::{Accel, Vm, VmSpec};
+use self::qemu::{Accel, Drive, Vm, VmSpec};
 use self::qga::Agent;
 use self::store::{ImageFiles, Store};
 use super::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider, Role};
@@ -19,7 +20,7 @@ use crate::pipeline::{self, LocalSettings};
 use crate::recipe::{sha256_hex, Recipe};
 use crate::steps::{Outcome, Runner, Step, StepContext};
 use crate::sweep::Leftover;
-use crate::validate::{CheckResult, Verdict};
+use crate::validate::Verdict;
 use crate::{Arch, Error, Result};
 use async_trait::async_trait;
 use chrono::Utc;
@@ -584,7 +585,8 @@ struct BootVm<'a> {
 }
 
 impl BootVm<'_> {
-    fn spec(&self, state: &State, accel: Accel) -> Result<VmSpec> {
+    fn spec(&self, state: &State, accel: Accel, seed: Drive) -> Result<VmSpec> {
+        let mut drives = vec![seed];
         let (kernel, initrd, disk) = match self.role {
             Role::Builder => {
                 let base = state
@@ -602,6 +604,13 @@ impl BootVm<'_> {
                     .image
                     .as_ref()
                     .ok_or_else(|| Error::provider("local", "no image"))?;
+                // The image as shipped, read-only beside the canary's own disk: what the
+                // validators of the image's root judge (first boot changes the root disk).
+                drives.push(Drive {
+                    path: image.disk.clone(),
+                    format: "qcow2",
+                    serial: crate::canary::LOCAL_IMAGE_SERIAL.into(),
+                });
                 (
                     image.kernel.clone(),
                     image.initrd.clone(),
@@ -620,6 +629,46 @@ impl BootVm<'_> {
             disk: disk.ok_or_else(|| Error::provider("local", "no disk"))?,
             dir: state.work.clone(),
             log_dir: state.logs.clone(),
+            drives,
+        })
+    }
+
+    /// How long this VM may live before its dead-man's timer powers it off: longer than every
+    /// wait of the run (boots, each file, step and validator at its limit, shutdown) plus an hour.
+    fn lifetime(&self) -> Duration {
+        let s = &self.provider.settings;
+        let recipe = self.job.recipe;
+        let commands = recipe.files.len() + recipe.validators.len() + 3;
+        let steps: Duration = recipe
+            .steps
+            .iter()
+            .map(|st| st.timeout.unwrap_or(s.step_timeout))
+            .sum();
+        s.boot_timeout * 2
+            + s.step_timeout * commands as u32
+            + steps
+            + s.shutdown_timeout
+            + Duration::from_secs(3600)
+    }
+
+    /// The NoCloud seed for this boot: a new instance ID, and user data of the same kind an
+    /// EC2 instance of bake gets (the dead-man's timer; there is no cluster to join locally).
+    async fn seed(&self, state: &State) -> Result<Drive> {
+        let instance_id = format!("i-{}", &hex::encode(rand::random::<[u8; 9]>())[..17]);
+        let path = seed::write(
+            &state.work,
+            self.role.as_str(),
+            &seed::Seed {
+                instance_id: &instance_id,
+                hostname: &format!("bake-{}", self.role.as_str()),
+                user_data: &crate::user_data::dead_man_text(self.role.as_str(), self.lifetime()),
+            },
+        )
+        .await?;
+        Ok(Drive {
+            path,
+            format: "raw",
+            serial: "bake-seed".into(),
         })
     }
 
@@ -630,7 +679,8 @@ impl BootVm<'_> {
         accel: Accel,
         timeout: Duration,
     ) -> Result<()> {
-        let spec = self.spec(state, accel)?;
+        let seed = self.seed(state).await?;
+        let spec = self.spec(state, accel, seed)?;
         let mut vm = Vm::start(&spec)?;
         cx.created("vm", &format!("{} pid {}", vm.socket.display(), vm.pid))?;
         let started = Instant::now();
@@ -1047,30 +1097,56 @@ impl Step<State> for Validate<'_> {
         let logs = state.logs.clone();
         let timeout = self.provider.settings.step_timeout;
         let agent = state.agent(Role::Canary)?;
-        sh(
-            agent,
-            cx,
-            self.name(),
-            "mkdir -p /var/lib/bake-validators",
-            timeout,
-        )
-        .await?;
+        let dir = "/var/lib/bake-validators";
+        sh(agent, cx, self.name(), &format!("mkdir -p {dir}"), timeout).await?;
+        let prepare = format!("{dir}/.prepare-canary");
+        agent
+            .write_file(&prepare, crate::canary::PREPARE_SCRIPT.as_bytes())
+            .await
+            .map_err(|e| {
+                step_err(
+                    cx,
+                    self.name(),
+                    format!("uploading the prepare script: {e}"),
+                )
+            })?;
+        let devices = [format!(
+            "/dev/disk/by-id/virtio-{}",
+            crate::canary::LOCAL_IMAGE_SERIAL
+        )];
+        let prepared = crate::canary::Prepared::parse(
+            &sh(
+                agent,
+                cx,
+                self.name(),
+                &crate::canary::prepare_command(&prepare, &devices),
+                timeout,
+            )
+            .await?,
+        );
+        tracing::info!(recipe = cx.recipe, arch = %cx.arch, os = %prepared.os(), image_root = ?prepared.image_root, "canary prepared");
+        let planned = crate::canary::plan(
+            validators,
+            &prepared,
+            Some("needs a joined cluster node; the local provider has no cluster"),
+        );
         let mut results = Vec::new();
-        for (i, v) in validators.iter().enumerate() {
+        for (i, p) in planned.into_iter().enumerate() {
+            let (v, extra) = match p {
+                crate::canary::Planned::Settled(r) => {
+                    tracing::info!(recipe = cx.recipe, arch = %cx.arch, validator = %r.name, status = %r.status, "{}", r.reason.clone().unwrap_or_default());
+                    results.push(r);
+                    continue;
+                }
+                crate::canary::Planned::Run(v, extra) => (v, extra),
+            };
             cx.phase(&format!(
                 "validator {}/{} {}",
                 i + 1,
                 validators.len(),
                 v.name
             ));
-            if v.needs_cluster {
-                results.push(CheckResult::not_applicable(
-                    &v.name,
-                    "needs a joined cluster node; the local provider has no cluster",
-                ));
-                continue;
-            }
-            let path = format!("/var/lib/bake-validators/{}", v.name);
+            let path = format!("{dir}/{}", v.name);
             // A validator that could not run (the agent failed) fails the bake, which retries
             // next time; only the validator's own verdict may reject the image.
             agent.write_file(&path, &v.content).await.map_err(|e| {
@@ -1080,11 +1156,13 @@ impl Step<State> for Validate<'_> {
                     format!("validator {}: could not upload the script: {e}", v.name),
                 )
             })?;
+            let mut env = guest_env(cx);
+            env.extend(extra.iter().map(|(k, v)| format!("{k}={v}")));
             let out = agent
                 .exec(
                     "/bin/sh",
                     &["-c", &format!("chmod 0700 '{path}' && exec '{path}'")],
-                    &guest_env(cx),
+                    &env,
                     timeout,
                 )
                 .await

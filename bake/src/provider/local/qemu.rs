@@ -54,6 +54,18 @@ pub struct VmSpec {
     pub dir: PathBuf,
     /// Where the serial console log goes.
     pub log_dir: PathBuf,
+    /// Read-only drives after the root disk (`/dev/vdb`, ...): the NoCloud seed, the image.
+    pub drives: Vec<Drive>,
+}
+
+/// A read-only virtio drive; the guest finds it as `/dev/disk/by-id/virtio-<serial>`.
+#[derive(Debug, Clone)]
+pub struct Drive {
+    pub path: PathBuf,
+    /// `raw` or `qcow2`.
+    pub format: &'static str,
+    /// At most 20 characters (virtio-blk).
+    pub serial: String,
 }
 
 pub struct Vm {
@@ -116,13 +128,28 @@ impl Vm {
                 "-append",
                 &format!("root=/dev/vda rw console={console} panic=-1 quiet"),
             ])
+            // The root disk first, so it is /dev/vda; the read-only drives follow in order.
             .args([
                 "-drive",
                 &format!(
-                    "file={},if=virtio,format=qcow2,cache=unsafe",
+                    "file={},if=none,id=root,format=qcow2,cache=unsafe",
                     spec.disk.display()
                 ),
+                "-device",
+                "virtio-blk-pci,drive=root,serial=bake-root",
             ])
+            .args(spec.drives.iter().enumerate().flat_map(|(i, d)| {
+                [
+                    "-drive".to_string(),
+                    format!(
+                        "file={},if=none,id=ro{i},format={},readonly=on",
+                        d.path.display(),
+                        d.format,
+                    ),
+                    "-device".to_string(),
+                    format!("virtio-blk-pci,drive=ro{i},serial={}", d.serial),
+                ]
+            }))
             .args(["-device", "virtio-serial"])
             .args([
                 "-chardev",

@@ -123,13 +123,18 @@ fn timer(lifetime: Duration) -> String {
     )
 }
 
+/// User data text with only the dead-man's timer, for an instance that joins nothing
+/// (`role`: builder, or a canary with no cluster).
+pub fn dead_man_text(role: &str, lifetime: Duration) -> String {
+    format!(
+        "#!/bin/bash\n# bake {role}: power off (= terminate) if the run never ends\n{}",
+        timer(lifetime)
+    )
+}
+
 /// Base64 user data for a builder: only the dead-man's timer.
 pub fn builder(lifetime: Duration) -> String {
-    let text = format!(
-        "#!/bin/bash\n# bake builder: power off (= terminate) if the run never ends\n{}",
-        timer(lifetime)
-    );
-    base64::engine::general_purpose::STANDARD.encode(text)
+    base64::engine::general_purpose::STANDARD.encode(dead_man_text("builder", lifetime))
 }
 
 /// The user data text for a canary of `cluster` (before base64).
