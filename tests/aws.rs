@@ -176,6 +176,29 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
         );
         assert!(l.contains_key("SecurityGroupId.1"), "{l:?}");
         assert!(l.values().any(|v| v == "bake:run-id"), "{l:?}");
+        // The recipe names no size: the base's own (its root snapshot's), never less.
+        let base = if l["ImageId"] == arm { &arm } else { &x86 };
+        let from = if l.contains_key("BlockDeviceMapping.2.Ebs.SnapshotId") {
+            // A canary's image is the builder's volume, which is the base's size.
+            l["ImageId"].clone()
+        } else {
+            base.clone()
+        };
+        assert_eq!(
+            l.get("BlockDeviceMapping.1.Ebs.VolumeSize")
+                .map(String::as_str),
+            Some(
+                common::moto::root_gib(moto, &from)
+                    .await
+                    .to_string()
+                    .as_str()
+            ),
+            "{l:?}"
+        );
+        assert_eq!(
+            common::moto::root_gib(moto, &from).await,
+            common::moto::root_gib(moto, &x86).await
+        );
     }
     // Every instance carries the dead-man's switch: it terminates when it powers itself off,
     // and its user data arms a power-off timer. Canaries also join the cluster with the
@@ -210,6 +233,55 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
         joins, 2,
         "the two canaries join the cluster through user data"
     );
+    // Each canary also gets the image as shipped: a second volume from the image's own root
+    // snapshot, encrypted, deleted with the instance; builders get none.
+    let images = moto.params_of("CreateImage").len();
+    assert_eq!(images, 2);
+    let mut copies = 0;
+    for l in &launches {
+        let Some(snapshot) = l.get("BlockDeviceMapping.2.Ebs.SnapshotId") else {
+            assert!(
+                !common::moto::user_data(l).contains("bootstrap.sh"),
+                "a canary without the image's copy: {l:?}"
+            );
+            continue;
+        };
+        copies += 1;
+        assert!(snapshot.starts_with("snap-"), "{l:?}");
+        assert_eq!(
+            l.get("BlockDeviceMapping.2.DeviceName").map(String::as_str),
+            Some("/dev/sdf")
+        );
+        for (k, want) in [("Encrypted", "true"), ("DeleteOnTermination", "true")] {
+            assert_eq!(
+                l.get(&format!("BlockDeviceMapping.2.Ebs.{k}"))
+                    .map(String::as_str),
+                Some(want),
+                "{k}: {l:?}"
+            );
+        }
+    }
+    assert_eq!(copies, 2, "each canary gets a copy of its image");
+    // The canary is prepared before its validators: the script mounts that volume, found by
+    // its volume ID on Nitro.
+    let sent: Vec<String> = moto
+        .records()
+        .iter()
+        .filter(|r| r["action"] == "SendCommand")
+        .filter_map(|r| {
+            r["body"]["Parameters"]["commands"][0]
+                .as_str()
+                .map(str::to_string)
+        })
+        .filter(|c| c.contains(common::moto::PREPARE_CANARY_NEEDLE))
+        .collect();
+    assert_eq!(sent.len(), 2, "one prepare per canary");
+    for c in &sent {
+        assert!(
+            c.contains("BAKE_IMAGE_DEVICES='/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol"),
+            "{c}"
+        );
+    }
     assert!(
         moto.params_of("AuthorizeSecurityGroupIngress").is_empty(),
         "no inbound rule is ever added"
@@ -1235,4 +1307,55 @@ async fn a_canary_that_never_joins_fails_the_run_without_rejecting_the_image() {
     assert_eq!(code, 0, "{summary:#}\n{stderr}");
     assert_eq!(summary["published"].as_array().unwrap().len(), 1);
     common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
+}
+
+/// A recipe that asks for a root volume smaller than its base's root snapshot would be refused
+/// by RunInstances half way into a run; bake refuses it at plan, naming the field, and
+/// creates nothing. At or above the snapshot's size it plans.
+#[tokio::test]
+async fn a_volume_smaller_than_the_base_snapshot_is_refused_at_plan() {
+    let moto = Moto::get();
+    let (x86, arm) = bases(moto).await;
+    moto.set_config(json!({"parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm}}));
+    let p = project("/small");
+    p.edit(
+        "recipes/eks-node.toml",
+        "[volume]\n",
+        "[volume]\nsize_gib = 8\n",
+    );
+    let line = p
+        .read("recipes/eks-node.toml")
+        .lines()
+        .position(|l| l == "size_gib = 8")
+        .unwrap()
+        + 1;
+    let before = moto.calls().len();
+    let have = common::moto::root_gib(moto, &x86).await;
+    assert!(have > 8, "the bases are bigger than 8 GiB: {have}");
+    for cmd in ["plan", "run"] {
+        let (code, stderr) = common::moto::bake_refused(&p, moto, &[cmd, "pipelines/aws.toml"]);
+        assert_eq!(code, 2, "{cmd}: {stderr}");
+        for want in [
+            format!("recipes/eks-node.toml:{line}:"),
+            "field `volume.size_gib`".to_string(),
+            format!(
+                "8 GiB is smaller than the x86_64 base {x86}, whose root snapshot is {have} GiB"
+            ),
+        ] {
+            assert!(stderr.contains(&want), "{cmd}: {want:?} not in\n{stderr}");
+        }
+    }
+    let mutating: Vec<(String, String)> = moto.calls()[before..]
+        .iter()
+        .filter(|(_, a)| MUTATING.contains(&a.as_str()))
+        .cloned()
+        .collect();
+    assert!(mutating.is_empty(), "{mutating:?}");
+    p.edit(
+        "recipes/eks-node.toml",
+        "size_gib = 8",
+        &format!("size_gib = {have}"),
+    );
+    let (code, _, stderr) = bake(&p, moto, &["plan", "pipelines/aws.toml"]);
+    assert_eq!(code, 0, "{stderr}");
 }

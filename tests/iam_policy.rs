@@ -250,6 +250,22 @@ fn what_bake_must_never_do_is_denied_by_the_printed_policy() {
             ),
         ),
         (
+            "launch with a volume from another pipeline's snapshot",
+            req(
+                "ec2:RunInstances",
+                ec2("snapshot", "snap-0123456789abcdef0"),
+                theirs.clone(),
+            ),
+        ),
+        (
+            "launch with a volume from an untagged snapshot",
+            req(
+                "ec2:RunInstances",
+                ec2("snapshot", "snap-0123456789abcdef0"),
+                untagged.clone(),
+            ),
+        ),
+        (
             "read another cluster's join data",
             req(
                 "eks:DescribeCluster",
@@ -260,6 +276,7 @@ fn what_bake_must_never_do_is_denied_by_the_printed_policy() {
     ];
     let allowed = [
         ("tag its own image with a verdict", req("ec2:CreateTags", ec2("image", "ami-0123456789abcdef0"), json!({"aws:ResourceTag/bake:prefix": "/bake", "aws:RequestTag/bake:status": "validated", "aws:TagKeys": ["bake:status"]}))),
+        ("launch a canary with a copy of its own image", req("ec2:RunInstances", ec2("snapshot", "snap-0123456789abcdef0"), ours.clone())),
         ("terminate its own instance", req("ec2:TerminateInstances", ec2("instance", "i-0123456789abcdef0"), ours.clone())),
         ("pass the instance role to EC2", req("iam:PassRole", "arn:aws:iam::123456789012:role/bake-builder".into(), json!({"iam:PassedToService": "ec2.amazonaws.com"}))),
         ("write a release parameter", req("ssm:PutParameter", "arn:aws:ssm:us-east-1:123456789012:parameter/bake/eks-node/releases/2026.12.01-1/x86_64".into(), untagged.clone())),

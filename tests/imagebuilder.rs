@@ -140,6 +140,7 @@ fn the_resources_are_hardened_and_named_from_their_content() {
         "ami-0base",
         &key,
         "/dev/sda1",
+        20,
         &settings(),
         "us-east-1",
     )
@@ -169,6 +170,7 @@ fn the_resources_are_hardened_and_named_from_their_content() {
         "ami-0base",
         &key,
         "/dev/sda1",
+        20,
         &s,
         "us-east-1",
     )

@@ -50,7 +50,7 @@ steps = [
   {{ name = "hold-snap-refreshes", script = "steps/hold-snap-refreshes.sh" }},
   {{ script = "steps/generalize.sh", name = "generalize" }},
 ]
-volume = {{ encrypted = true, type = "gp3", size_gib = 8 }}
+volume = {{ encrypted = true, type = "gp3" }}
 [base]
 aws.arm64 = "/aws/service/canonical/ubuntu/eks/22.04/1.31/stable/current/arm64/hvm/ebs-gp2/ami-id"
 aws.x86_64 = "/aws/service/canonical/ubuntu/eks/22.04/1.31/stable/current/amd64/hvm/ebs-gp2/ami-id"
@@ -154,7 +154,13 @@ fn every_input_changes_the_key() {
         ),
         (
             "volume size",
-            Box::new(|p: &Project| p.edit("recipes/eks-node.toml", "size_gib = 8", "size_gib = 9")),
+            Box::new(|p: &Project| {
+                p.edit(
+                    "recipes/eks-node.toml",
+                    "[volume]\n",
+                    "[volume]\nsize_gib = 9\n",
+                )
+            }),
         ),
         (
             "validator list",

@@ -868,6 +868,10 @@ fn print_run(output: Output, summary: &RunSummary, error: Option<&Error>) {
             exit_code: error.map(Error::exit_code).unwrap_or(exit::OK),
         });
     }
+    if summary.results.is_empty() && error.is_some() {
+        // Refused before anything ran (bad input found at plan): the error on stderr says it.
+        return;
+    }
     if summary.up_to_date {
         let what: Vec<String> = summary
             .results

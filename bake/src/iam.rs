@@ -79,6 +79,13 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
             "Condition": requested
         }),
         json!({
+            "Sid": "LaunchCanariesWithACopyOfTheirOwnImage",
+            "Effect": "Allow",
+            "Action": "ec2:RunInstances",
+            "Resource": format!("arn:aws:ec2:{region}::snapshot/*"),
+            "Condition": owned
+        }),
+        json!({
             "Sid": "LaunchFromImagesIntoTheNetwork",
             "Effect": "Allow",
             "Action": "ec2:RunInstances",

@@ -41,7 +41,7 @@ struct Canonical<'a> {
     recipe: &'a str,
     arch: Arch,
     base: &'a str,
-    volume: (u32, &'a str),
+    volume: (Option<u32>, &'a str),
     files: Vec<(&'a str, String, u32)>,
     steps: Vec<(&'a str, String, Option<u64>)>,
     validators: Vec<(&'a str, String, String, bool)>,
@@ -54,7 +54,7 @@ pub fn bake_key(recipe: &Recipe, arch: Arch, base_id: &str) -> BakeKey {
         recipe: &recipe.name,
         arch,
         base: base_id,
-        volume: (recipe.volume.size_gib, &recipe.volume.volume_type),
+        volume: (recipe.volume.size(), &recipe.volume.volume_type),
         files: recipe
             .files
             .iter()

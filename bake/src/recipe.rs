@@ -61,16 +61,24 @@ pub struct LocalBase {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Volume {
-    #[serde(default = "default_size")]
-    pub size_gib: u32,
+    /// GiB. Unset: the base's own root volume size on AWS, 8 GiB for a local base. Never less
+    /// than the base's root snapshot (RunInstances refuses that), checked at plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_gib: Option<Spanned<u32>>,
     #[serde(default = "default_volume_type", rename = "type")]
     pub volume_type: String,
     #[serde(default = "default_true")]
     pub encrypted: Spanned<bool>,
 }
 
-fn default_size() -> u32 {
-    8
+/// The root volume of a local base, and the fallback where a base does not say its size.
+pub const DEFAULT_SIZE_GIB: u32 = 8;
+
+impl Volume {
+    /// What the recipe asks for, if anything.
+    pub fn size(&self) -> Option<u32> {
+        self.size_gib.as_ref().map(|s| *s.get_ref())
+    }
 }
 fn default_volume_type() -> String {
     "gp3".into()
@@ -82,7 +90,7 @@ fn default_true() -> Spanned<bool> {
 impl Default for Volume {
     fn default() -> Self {
         Volume {
-            size_gib: default_size(),
+            size_gib: None,
             volume_type: default_volume_type(),
             encrypted: default_true(),
         }
@@ -121,6 +129,8 @@ pub struct Recipe {
     pub local: Option<LocalBase>,
     pub aws: BTreeMap<Arch, AwsBaseRef>,
     pub volume: Volume,
+    /// `file:line:col` of `volume.size_gib`, for errors found later (at plan).
+    pub size_place: Option<String>,
     pub files: Vec<FileSpec>,
     pub steps: Vec<StepSpec>,
     pub validators: Vec<Validator>,
@@ -151,6 +161,27 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl Recipe {
+    /// The root volume size for a base whose root snapshot is `base_gib` (None: unknown), or
+    /// the refusal when the recipe asks for less than the snapshot holds.
+    pub fn volume_size_for(
+        &self,
+        arch: Arch,
+        base: &str,
+        base_gib: Option<u32>,
+    ) -> Result<u32, crate::Error> {
+        match (self.volume.size(), base_gib) {
+            (Some(want), Some(have)) if want < have => Err(crate::Error::Usage(format!(
+                "{}: field `volume.size_gib`: {want} GiB is smaller than the {arch} base {base}, whose root snapshot is {have} GiB; EC2 refuses a volume smaller than its snapshot (ask for at least {have}, or leave size_gib out to take the base's size)",
+                self.size_place
+                    .clone()
+                    .unwrap_or_else(|| self.file.display().to_string())
+            ))),
+            (Some(want), _) => Ok(want),
+            (None, Some(have)) => Ok(have),
+            (None, None) => Ok(DEFAULT_SIZE_GIB),
+        }
+    }
+
     /// Loads `recipes_dir/<name>.toml` and everything it references.
     pub fn load(recipes_dir: &Path, name: &str, catalog: &Catalog) -> Result<Recipe, Diagnostic> {
         let file = recipes_dir.join(format!("{name}.toml"));
@@ -286,6 +317,10 @@ impl Recipe {
             validators.push(validator.clone());
         }
 
+        let size_place = raw.volume.size_gib.as_ref().map(|s| {
+            let (line, col) = crate::diag::line_col(&src, s.span().start);
+            format!("{}:{line}:{col}", file.display())
+        });
         Ok(Recipe {
             name: name.to_string(),
             description: raw.description,
@@ -293,6 +328,7 @@ impl Recipe {
             local: raw.base.local,
             aws: raw.base.aws.unwrap_or_default(),
             volume: raw.volume,
+            size_place,
             files,
             steps,
             validators,

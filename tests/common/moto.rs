@@ -124,8 +124,9 @@ impl Moto {
         }
     }
 
-    /// What the proxy answers from now on. Unless the config scripts the package manifest
-    /// itself, instances report an empty package list.
+    /// What the proxy answers from now on. Unless the config scripts them itself, instances
+    /// report an empty package list, and canaries an Ubuntu system with the image's root
+    /// mounted from its second volume.
     pub fn set_config(&self, mut config: serde_json::Value) {
         if let Some(obj) = config.as_object_mut() {
             let commands = obj
@@ -138,6 +139,12 @@ impl Moto {
                 .any(|r| r["match"] == PACKAGE_MANIFEST_NEEDLE)
             {
                 commands.extend(package_rules(""));
+            }
+            if !commands.iter().any(|r| r["match"] == PREPARE_CANARY_NEEDLE) {
+                commands.push(serde_json::json!({
+                    "match": PREPARE_CANARY_NEEDLE,
+                    "stdout": "os_id=ubuntu\nos_like=debian\nos_version=\"22.04\"\nimage_root=/run/bake/image-root\nimage_device=/dev/nvme1n1p1\n",
+                }));
             }
         }
         std::fs::write(self.dir.path().join("proxy.json"), config.to_string()).unwrap();
@@ -216,10 +223,25 @@ pub const UBUNTU_ARM: &str =
     "/aws/service/canonical/ubuntu/eks/22.04/1.31/stable/current/arm64/hvm/ebs-gp2/ami-id";
 
 /// Registers one base AMI per arch in moto and points the public parameters at them.
+/// The root volume size DescribeImages gives for `image`.
+pub async fn root_gib(moto: &Moto, image: &str) -> i32 {
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let r = ec2.describe_images().image_ids(image).send().await.unwrap();
+    let img = &r.images()[0];
+    img.block_device_mappings()
+        .iter()
+        .find(|m| m.device_name() == img.root_device_name())
+        .and_then(|m| m.ebs())
+        .and_then(|e| e.volume_size())
+        .expect("a base with an EBS root of a known size")
+}
+
 pub async fn bases(moto: &Moto) -> (String, String) {
     let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
     let mut ids = Vec::new();
     for arch in ["x86_64", "arm64"] {
+        // moto gives a registered image an EBS root from a snapshot of its own (15 GiB):
+        // bigger than 8, as the EKS bases are (see root_gib).
         let r = ec2
             .register_image()
             .name(format!("ubuntu-eks-{arch}-{}", rand_suffix()))
@@ -293,6 +315,9 @@ pub fn bake_refused(p: &Project, moto: &Moto, args: &[&str]) -> (i32, String) {
 }
 
 /// What bake's package-manifest command carries, for scripting its answer.
+/// What identifies the canary's prepare command in the proxy's command rules.
+pub const PREPARE_CANARY_NEEDLE: &str = "prepare canary";
+
 pub const PACKAGE_MANIFEST_NEEDLE: &str = "bake: package manifest";
 
 /// Proxy rules that answer bake's package manifest as an instance whose package list is

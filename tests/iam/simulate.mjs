@@ -3,7 +3,7 @@
 //
 // Each call becomes the requests AWS authorizes for it, per the Service Authorization
 // Reference: one per resource the action authorizes (RunInstances: the instance, its volumes,
-// the image, the security group, the subnet, the network interface; plus ec2:CreateTags with
+// the image, the snapshots its block device mappings make volumes from, the security group, the subnet, the network interface; plus ec2:CreateTags with
 // ec2:CreateAction for tags at creation, plus iam:PassRole for the instance profile's role),
 // with the context keys AWS sets: aws:RequestTag/*, aws:TagKeys, aws:ResourceTag/* (the tags the
 // resource had when it was called), ssm:resourceTag/*, ec2:CreateAction, iam:PassedToService.
@@ -94,6 +94,8 @@ function ec2Requests(call) {
       const out = [
         created('instance', specs.instance), created('volume', specs.volume), created('network-interface', []),
         own(p.ImageId),
+        // A volume made from a snapshot at launch authorizes that snapshot too.
+        ...Object.keys(p).filter((k) => /^BlockDeviceMapping\.\d+\.Ebs\.SnapshotId$/.test(k)).map((k) => own(p[k])),
         ...listOf(p, 'SecurityGroupId').map(own),
         p.SubnetId ? own(p.SubnetId) : created('subnet', []),
         ...tagOnCreate(specs),

@@ -137,7 +137,7 @@ def ec2_ids(form, action):
     ids = []
     for k, vs in form.items():
         v = vs[0]
-        if re.fullmatch(r"(InstanceId(\.\d+)?|ImageId|ResourceId\.\d+|SnapshotId|GroupId|SecurityGroupId\.\d+|SubnetId|VpcId)", k):
+        if re.fullmatch(r"(InstanceId(\.\d+)?|ImageId|ResourceId\.\d+|SnapshotId|BlockDeviceMapping\.\d+\.Ebs\.SnapshotId|GroupId|SecurityGroupId\.\d+|SubnetId|VpcId)", k):
             ids.append((None, v))
     if action == "CopyImage" and "SourceImageId" in form:
         ids.append((form.get("SourceRegion", [None])[0], form["SourceImageId"][0]))

@@ -3,9 +3,12 @@
 # the image's root filesystem as the image shipped it -- a second disk made from the image (QEMU:
 # a read-only drive; EC2: a volume from the AMI's root snapshot) -- read-only at the image root,
 # so checks of what the image ships are not fooled by what the canary's first boot made
-# (machine-id, SSH host keys, cloud-init state, logs). Usage: prepare-canary ROOT DEVICE...
+# (machine-id, SSH host keys, cloud-init state, logs).
+# Usage: prepare-canary ROOT DEVICE...   (or BAKE_IMAGE_ROOT and BAKE_IMAGE_DEVICES in the env)
 set -u
-root=$1; shift
+root=${1:-${BAKE_IMAGE_ROOT:-/run/bake/image-root}}
+[ "$#" -gt 0 ] && shift
+set -- "$@" ${BAKE_IMAGE_DEVICES:-}
 . /etc/os-release 2>/dev/null || . /usr/lib/os-release 2>/dev/null || true
 echo "os_id=${ID:-}"
 echo "os_like=${ID_LIKE:-}"

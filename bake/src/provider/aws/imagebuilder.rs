@@ -75,6 +75,7 @@ pub fn resources(
     base: &str,
     key: &BakeKey,
     root_device: &str,
+    volume_size_gib: u32,
     settings: &AwsSettings,
     region: &str,
 ) -> Result<Resources> {
@@ -91,7 +92,7 @@ pub fn resources(
         version: "1.0.0".into(),
         parent_image: base.to_string(),
         root_device: root_device.to_string(),
-        volume_size_gib: recipe.volume.size_gib,
+        volume_size_gib,
         volume_type: recipe.volume.volume_type.clone(),
         kms_key_id: settings.kms_key_id.clone(),
     };

@@ -374,7 +374,28 @@ impl AwsProvider {
     }
 
     /// The root device name of an image (`/dev/xvda` if it does not say).
-    async fn root_device(&self, image: &str) -> Result<String> {
+    /// The ID of the EBS volume attached to `instance` at `device`, if any.
+    async fn volume_at(&self, instance: &str, device: &str) -> Result<Option<String>> {
+        self.ec2_slot().await;
+        let r = self
+            .ec2
+            .describe_instances()
+            .instance_ids(instance)
+            .send()
+            .await
+            .map_err(|e| err(format!("describing {instance} in {}", self.region), e))?;
+        Ok(r.reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .flat_map(|i| i.block_device_mappings())
+            .find(|m| m.device_name() == Some(device))
+            .and_then(|m| m.ebs())
+            .and_then(|e| e.volume_id())
+            .map(str::to_string))
+    }
+
+    /// The image's root device and the snapshot and size its root volume is made from.
+    async fn root_volume(&self, image: &str) -> Result<RootVolume> {
         self.ec2_slot().await;
         let described = self
             .ec2
@@ -383,12 +404,22 @@ impl AwsProvider {
             .send()
             .await
             .map_err(|e| err(format!("describing {image} in {}", self.region), e))?;
-        Ok(described
-            .images()
-            .first()
+        let found = described.images().first();
+        let device = found
             .and_then(|i| i.root_device_name())
             .unwrap_or("/dev/xvda")
-            .to_string())
+            .to_string();
+        let ebs = found.and_then(|i| {
+            i.block_device_mappings()
+                .iter()
+                .find(|m| m.device_name() == Some(device.as_str()))
+                .and_then(|m| m.ebs())
+        });
+        Ok(RootVolume {
+            snapshot: ebs.and_then(|e| e.snapshot_id()).map(str::to_string),
+            size_gib: ebs.and_then(|e| e.volume_size()).map(|s| s.max(0) as u32),
+            device,
+        })
     }
 
     fn image_builder(&self) -> imagebuilder::ImageBuilder<'_> {
@@ -606,6 +637,14 @@ impl Provider for AwsProvider {
                         recipe.file.display()
                     ))
                 })?;
+                let root_gib = img
+                    .block_device_mappings()
+                    .iter()
+                    .find(|m| m.device_name() == img.root_device_name())
+                    .and_then(|m| m.ebs())
+                    .and_then(|e| e.volume_size())
+                    .map(|s| s.max(0) as u32);
+                recipe.volume_size_for(arch, a.as_str(), root_gib)?;
                 (a.to_string(), join)
             }
             AwsBaseRef::Parameter(p) => {
@@ -636,6 +675,9 @@ impl Provider for AwsProvider {
                         recipe.file.display()
                     ))
                 })?;
+                // Refused here, at plan, not by RunInstances half way into a run.
+                let root = self.root_volume(&id).await?;
+                recipe.volume_size_for(arch, &id, root.size_gib)?;
                 (id, join)
             }
         };
@@ -909,13 +951,16 @@ impl Provider for AwsProvider {
         if self.settings.engine != crate::pipeline::Engine::Imagebuilder {
             return Ok(Vec::new());
         }
-        let root = self.root_device(&base.id).await?;
+        let root_volume = self.root_volume(&base.id).await?;
+        let root = root_volume.device.clone();
+        let size = recipe.volume_size_for(arch, &base.id, root_volume.size_gib)?;
         let res = imagebuilder::resources(
             recipe,
             arch,
             &base.id,
             key,
             &root,
+            size,
             &self.settings,
             &self.region,
         )?;
@@ -1081,12 +1126,27 @@ impl Provider for AwsProvider {
     }
 }
 
+/// An image's root volume as DescribeImages tells it.
+#[derive(Debug, Clone)]
+struct RootVolume {
+    device: String,
+    snapshot: Option<String>,
+    size_gib: Option<u32>,
+}
+
+/// Where the canary gets a second volume made from its image's root snapshot: the image as
+/// shipped, which the validators that read the image mount read-only (first boot changes the
+/// root volume). Deleted with the instance.
+const IMAGE_COPY_DEVICE: &str = "/dev/sdf";
+
 #[derive(Default)]
 struct State {
     security_group: Option<String>,
     created_group: bool,
     builder: Option<String>,
     canary: Option<String>,
+    /// The canary's volume made from the image's root snapshot (see IMAGE_COPY_DEVICE).
+    image_copy: Option<String>,
     image: Option<String>,
     snapshots: Vec<String>,
     packages: Option<String>,
@@ -1208,7 +1268,20 @@ impl Step<State> for Launch<'_> {
                 .ok_or_else(|| step_err(cx, self.name(), "no image to launch"))?,
         };
         cx.phase(&format!("launch {} from {image}", self.role.as_str()));
-        let root = p.root_device(&image).await?;
+        let root_volume = p.root_volume(&image).await?;
+        let root = root_volume.device.clone();
+        // The builder's volume: what the recipe asks (checked at plan) or the base's own size;
+        // the canary's: its image's, which is the builder's.
+        let size = match self.role {
+            Role::Builder => {
+                self.job
+                    .recipe
+                    .volume_size_for(cx.arch, &image, root_volume.size_gib)?
+            }
+            Role::Canary => root_volume
+                .size_gib
+                .unwrap_or(crate::recipe::DEFAULT_SIZE_GIB),
+        };
         let instance_type = p
             .settings
             .instance_type
@@ -1252,7 +1325,7 @@ impl Step<State> for Launch<'_> {
                     .device_name(root)
                     .ebs(
                         EbsBlockDevice::builder()
-                            .volume_size(volume.size_gib as i32)
+                            .volume_size(size as i32)
                             .volume_type(VolumeType::from(volume.volume_type.as_str()))
                             .encrypted(true)
                             .set_kms_key_id(p.settings.kms_key_id.clone())
@@ -1273,6 +1346,23 @@ impl Step<State> for Launch<'_> {
                     .set_tags(Some(p.tags(self.job, self.role.as_str())))
                     .build(),
             );
+        if let (Role::Canary, Some(snapshot)) = (self.role, &root_volume.snapshot) {
+            // The canary also gets the image as shipped, on a second volume.
+            req = req.block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(IMAGE_COPY_DEVICE)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .snapshot_id(snapshot)
+                            .volume_type(VolumeType::from(volume.volume_type.as_str()))
+                            .encrypted(true)
+                            .set_kms_key_id(p.settings.kms_key_id.clone())
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
         if let Some(profile) = &p.settings.instance_profile {
             req = req.iam_instance_profile(
                 IamInstanceProfileSpecification::builder()
@@ -1350,7 +1440,11 @@ impl Step<State> for Launch<'_> {
             Role::Builder => state.builder = Some(id.clone()),
             Role::Canary => state.canary = Some(id.clone()),
         }
-        p.wait_instance(&id, InstanceStateName::Running).await
+        p.wait_instance(&id, InstanceStateName::Running).await?;
+        if self.role == Role::Canary {
+            state.image_copy = p.volume_at(&id, IMAGE_COPY_DEVICE).await?;
+        }
+        Ok(())
     }
     async fn cleanup(
         &self,
@@ -1500,13 +1594,18 @@ impl Step<State> for ImageBuilderBuild<'_> {
     async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
         let p = self.p;
         let job = self.job;
-        let root = p.root_device(&job.base.id).await?;
+        let root_volume = p.root_volume(&job.base.id).await?;
+        let root = root_volume.device.clone();
+        let size = job
+            .recipe
+            .volume_size_for(job.arch, &job.base.id, root_volume.size_gib)?;
         let res = imagebuilder::resources(
             job.recipe,
             job.arch,
             &job.base.id,
             &job.key,
             &root,
+            size,
             &p.settings,
             &p.region,
         )?;
@@ -1774,12 +1873,65 @@ impl Step<State> for Validate<'_> {
         let env = [("BAKE_RECIPE", cx.recipe), ("BAKE_ARCH", cx.arch.as_str())];
         let mut results = Vec::new();
         let validators = &self.job.recipe.validators;
-        for (i, v) in validators.iter().enumerate() {
+        // The image as shipped is the second volume: on Nitro an NVMe disk named after its
+        // volume ID, on Xen the device name itself.
+        let mut devices: Vec<String> = state
+            .image_copy
+            .iter()
+            .map(|v| {
+                format!(
+                    "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{}",
+                    v.replace('-', "")
+                )
+            })
+            .collect();
+        devices.extend([IMAGE_COPY_DEVICE.to_string(), "/dev/xvdf".to_string()]);
+        let devices = devices.join(" ");
+        let label = format!("{} {} prepare canary", cx.recipe, cx.arch);
+        let prepare = wrapped(
+            &label,
+            crate::canary::PREPARE_SCRIPT.as_bytes(),
+            &[
+                ("BAKE_IMAGE_ROOT", crate::canary::IMAGE_ROOT),
+                ("BAKE_IMAGE_DEVICES", &devices),
+            ],
+            None,
+        );
+        let (rc, out, errs) = p
+            .run_command(&id, &label, &prepare, p.settings.command_timeout)
+            .await
+            .map_err(|e| step_err(cx, self.name(), format!("preparing the canary: {e}")))?;
+        if rc != 0 {
+            return Err(step_err(
+                cx,
+                self.name(),
+                format!(
+                    "preparing the canary exited {rc}: {}{}",
+                    out.trim(),
+                    errs.trim()
+                ),
+            ));
+        }
+        let prepared = crate::canary::Prepared::parse(&out);
+        tracing::info!(recipe = cx.recipe, arch = %cx.arch, os = %prepared.os(), image_root = ?prepared.image_root, "canary prepared");
+        for (i, planned) in crate::canary::plan(validators, &prepared, None)
+            .into_iter()
+            .enumerate()
+        {
+            let (v, extra) = match planned {
+                crate::canary::Planned::Settled(r) => {
+                    tracing::info!(recipe = cx.recipe, arch = %cx.arch, validator = %r.name, status = %r.status, "{}", r.reason.clone().unwrap_or_default());
+                    results.push(r);
+                    continue;
+                }
+                crate::canary::Planned::Run(v, extra) => (v, extra),
+            };
             let label = format!("{} {} validator {}", cx.recipe, cx.arch, v.name);
             // A cluster check waits for the canary to join, up to join_timeout; its command
             // may take that long and a minute more.
             let join = p.settings.join_timeout.as_secs().to_string();
             let mut venv = env.to_vec();
+            venv.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
             let mut limit = p.settings.command_timeout;
             let mut waits = String::new();
             if v.needs_cluster {

@@ -85,7 +85,10 @@ impl LocalProvider {
             local,
             arch,
             self.settings.mirror.clone(),
-            recipe.volume.size_gib,
+            recipe
+                .volume
+                .size()
+                .unwrap_or(crate::recipe::DEFAULT_SIZE_GIB),
         ))
     }
 
