@@ -1359,3 +1359,91 @@ async fn a_volume_smaller_than_the_base_snapshot_is_refused_at_plan() {
     let (code, _, stderr) = bake(&p, moto, &["plan", "pipelines/aws.toml"]);
     assert_eq!(code, 0, "{stderr}");
 }
+
+/// The recipes for the real EKS bases load, and plan against the public parameters of their
+/// bases: Ubuntu 22.04 and 24.04 (bootstrap.sh, kubelet as a snap) and AL2023 (nodeadm), each
+/// with checks for its own package manager and none for another's.
+#[tokio::test]
+async fn the_ubuntu_and_al2023_recipes_plan_against_their_bases() {
+    let moto = Moto::get();
+    let recipes = [
+        ("ubuntu2204-eks", "/aws/service/canonical/ubuntu/eks/22.04/1.31/stable/current/amd64/hvm/ebs-gp2/ami-id", "/aws/service/canonical/ubuntu/eks/22.04/1.31/stable/current/arm64/hvm/ebs-gp2/ami-id"),
+        ("ubuntu2404-eks", "/aws/service/canonical/ubuntu/eks/24.04/1.31/stable/current/amd64/hvm/ebs-gp3/ami-id", "/aws/service/canonical/ubuntu/eks/24.04/1.31/stable/current/arm64/hvm/ebs-gp3/ami-id"),
+        ("al2023-eks", "/aws/service/eks/optimized-ami/1.31/amazon-linux-2023/x86_64/standard/recommended/image_id", "/aws/service/eks/optimized-ami/1.31/amazon-linux-2023/arm64/standard/recommended/image_id"),
+    ];
+    let mut parameters = serde_json::Map::new();
+    for (_, x86_path, arm_path) in &recipes {
+        let (x86, arm) = bases(moto).await;
+        parameters.insert(x86_path.to_string(), json!(x86));
+        parameters.insert(arm_path.to_string(), json!(arm));
+    }
+    moto.set_config(json!({ "parameters": parameters }));
+    let p = project("/realbases");
+    let text = p.read("pipelines/aws.toml");
+    let stanza = "[[bake]]\nrecipe = \"eks-node\"\narches = [\"x86_64\", \"arm64\"]\nauto_promote = [\"dev\"]\n";
+    assert!(text.contains(stanza));
+    let bakes: String = recipes
+        .iter()
+        .map(|(r, _, _)| {
+            format!("[[bake]]\nrecipe = \"{r}\"\narches = [\"x86_64\", \"arm64\"]\n\n")
+        })
+        .collect();
+    p.write("pipelines/aws.toml", text.replace(stanza, &bakes));
+    let (code, plan, stderr) = bake(&p, moto, &["plan", "pipelines/aws.toml"]);
+    assert_eq!(code, 0, "{stderr}");
+    let items = plan
+        .as_array()
+        .unwrap_or_else(|| plan["items"].as_array().unwrap());
+    assert_eq!(items.len(), 6, "{plan:#}");
+    for (recipe, x86_path, _) in &recipes {
+        let item = items
+            .iter()
+            .find(|i| i["recipe"] == *recipe && i["arch"] == "x86_64")
+            .unwrap_or_else(|| panic!("{recipe} not planned: {plan:#}"));
+        assert_eq!(item["base"]["id"], parameters[*x86_path], "{item:#}");
+        let join = if recipe.starts_with("al2023") {
+            "nodeadm"
+        } else {
+            "bootstrap"
+        };
+        assert_eq!(item["base"]["join"], join, "{item:#}");
+    }
+    // Each recipe checks its own distribution's drift and no other's.
+    let catalog = bake::validate::Catalog::load(&p.path("validators")).unwrap();
+    for (recipe, _, _) in &recipes {
+        let r = bake::recipe::Recipe::load(&p.path("recipes"), recipe, &catalog).unwrap();
+        let family = if recipe.starts_with("al2023") {
+            "amzn"
+        } else {
+            "ubuntu"
+        };
+        for v in &r.validators {
+            assert!(
+                v.applies_to.is_empty()
+                    || v.applies_to
+                        .iter()
+                        .any(|d| d == family || (family == "ubuntu" && d == "debian")),
+                "{recipe} lists {} which applies to {:?}",
+                v.name,
+                v.applies_to
+            );
+        }
+        let names: Vec<&str> = r.validators.iter().map(|v| v.name.as_str()).collect();
+        for always in [
+            "mac-policy",
+            "pod-network",
+            "machine-id-empty",
+            "no-ssh-host-keys",
+            "node-ready",
+        ] {
+            assert!(names.contains(&always), "{recipe}: {always}");
+        }
+        let own = if family == "amzn" {
+            "dnf-release-locked"
+        } else {
+            "snap-refresh-held"
+        };
+        assert!(names.contains(&own), "{recipe}: {own}");
+        assert!(r.volume.size().is_none(), "{recipe} takes its base's size");
+    }
+}

@@ -263,11 +263,8 @@ fn duplicate_key() {
 #[test]
 fn missing_script() {
     let p = Project::new();
-    std::fs::remove_file(p.path("recipes/eks-node/disable-apt-timers.sh")).unwrap();
-    let line = line_of(
-        &p.read(RECIPE),
-        "script = \"eks-node/disable-apt-timers.sh\"",
-    );
+    std::fs::remove_file(p.path("recipes/steps/disable-apt-timers.sh")).unwrap();
+    let line = line_of(&p.read(RECIPE), "script = \"steps/disable-apt-timers.sh\"");
     refused(
         &p,
         LOCAL,
@@ -366,6 +363,7 @@ fn script_outside_the_recipe_dirs() {
 #[test]
 fn symlink_out_of_the_recipe_dir() {
     let p = Project::new();
+    std::fs::create_dir_all(p.path("recipes/eks-node")).unwrap();
     std::os::unix::fs::symlink("/bin/true", p.path("recipes/eks-node/escape.sh")).unwrap();
     p.edit(
         RECIPE,
@@ -389,7 +387,7 @@ fn symlink_out_of_the_recipe_dir() {
 fn pinned_file_sha256_mismatch() {
     let p = Project::new();
     p.write(
-        "recipes/eks-node/files/99-bake-mac-policy.conf",
+        "recipes/steps/files/99-bake-mac-policy.conf",
         "[Link]\nMACAddressPolicy=persistent\n",
     );
     let line = line_of(&p.read(RECIPE), "sha256 =");

@@ -42,11 +42,11 @@ fn the_key_is_stable_and_ignores_formatting_and_key_order() {
     let rewritten = format!(
         r#"validators = ['mac-policy', 'pod-network', 'no-unattended-upgrades', 'apt-timers-masked', 'apt-periodic-off', 'snap-refresh-held', 'machine-id-empty', 'no-ssh-host-keys', 'no-bake-leftovers', 'node-ready']
 description = "reworded: the description is documentation"
-files = [ {{ mode = "0644", sha256 = "{sha}", dest = "/etc/systemd/network/99-default.link.d/99-bake-mac-policy.conf", source = "eks-node/files/99-bake-mac-policy.conf" }} ]
+files = [ {{ mode = "0644", sha256 = "{sha}", dest = "/etc/systemd/network/99-default.link.d/99-bake-mac-policy.conf", source = "steps/files/99-bake-mac-policy.conf" }} ]
 steps = [
   {{ script = "steps/settle-first-boot.sh", name = "settle-first-boot" }},
-  {{ script = "eks-node/purge-unattended-upgrades.sh", name = "purge-unattended-upgrades" }},
-  {{ script = "eks-node/disable-apt-timers.sh", name = "disable-apt-timers" }},
+  {{ script = "steps/purge-unattended-upgrades.sh", name = "purge-unattended-upgrades" }},
+  {{ script = "steps/disable-apt-timers.sh", name = "disable-apt-timers" }},
   {{ name = "hold-snap-refreshes", script = "steps/hold-snap-refreshes.sh" }},
   {{ script = "steps/generalize.sh", name = "generalize" }},
 ]
@@ -87,9 +87,9 @@ fn every_input_changes_the_key() {
         (
             "script content",
             Box::new(|p: &Project| {
-                let s = p.read("recipes/eks-node/disable-apt-timers.sh");
+                let s = p.read("recipes/steps/disable-apt-timers.sh");
                 p.write(
-                    "recipes/eks-node/disable-apt-timers.sh",
+                    "recipes/steps/disable-apt-timers.sh",
                     format!("{s}\ntrue\n"),
                 );
             }),
@@ -105,8 +105,8 @@ fn every_input_changes_the_key() {
             "step order",
             Box::new(|p: &Project| {
                 let s = p.read("recipes/eks-node.toml");
-                let a = "[[steps]]\nname = \"purge-unattended-upgrades\"\nscript = \"eks-node/purge-unattended-upgrades.sh\"\n\n";
-                let b = "[[steps]]\nname = \"disable-apt-timers\"\nscript = \"eks-node/disable-apt-timers.sh\"\n\n";
+                let a = "[[steps]]\nname = \"purge-unattended-upgrades\"\nscript = \"steps/purge-unattended-upgrades.sh\"\n\n";
+                let b = "[[steps]]\nname = \"disable-apt-timers\"\nscript = \"steps/disable-apt-timers.sh\"\n\n";
                 assert!(s.contains(a) && s.contains(b));
                 p.write(
                     "recipes/eks-node.toml",
@@ -118,7 +118,7 @@ fn every_input_changes_the_key() {
             "file content and pin",
             Box::new(|p: &Project| {
                 let content = "[Link]\nMACAddressPolicy=none\n";
-                p.write("recipes/eks-node/files/99-bake-mac-policy.conf", content);
+                p.write("recipes/steps/files/99-bake-mac-policy.conf", content);
                 let sha = bake::recipe::sha256_hex(content.as_bytes());
                 let s = p.read("recipes/eks-node.toml");
                 let old = s

@@ -302,7 +302,7 @@ fn an_image_that_keeps_unattended_upgrades_is_rejected() {
     let p = project_for("x86_64");
     p.edit(
         "recipes/eks-node.toml",
-        "[[steps]]\nname = \"purge-unattended-upgrades\"\nscript = \"eks-node/purge-unattended-upgrades.sh\"\n",
+        "[[steps]]\nname = \"purge-unattended-upgrades\"\nscript = \"steps/purge-unattended-upgrades.sh\"\n",
         "",
     );
     rejected(
