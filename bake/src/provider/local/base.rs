@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Bump when the way a base is built changes, so old caches are not reused.
-const BASE_FORMAT: &str = "bake-local-base/2";
+const BASE_FORMAT: &str = "bake-local-base/4";
 
 /// Every node base has these: init and device management, the cloud kernel, the guest agent
 /// that drives the VM, networking tools, and what a real node image ships and the hardening
@@ -31,9 +31,14 @@ pub const NODE_PACKAGES: &[&str] = &[
     "unattended-upgrades",
     "ca-certificates",
     "cloud-init",
+    // cloud-init grows the root filesystem at first boot, as on EC2.
+    "e2fsprogs",
     "openssh-server",
     "containernetworking-plugins",
 ];
+
+/// cloud-init settings of the local base (see `build`).
+const CLOUD_CFG: &str = "# bake local base: no locales package (C.UTF-8 needs none); only the NoCloud seed bake attaches\nlocale: C.UTF-8\ndatasource_list: [ NoCloud, None ]\n";
 
 /// What a base is built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +166,9 @@ async fn build(spec: &BaseSpec, tmp: &Path) -> Result<()> {
         format!("--include={}", spec.packages.join(",")),
         // A node boots from the virtio disk straight into systemd; no fstab entries needed.
         "--customize-hook=echo bake-node > \"$1/etc/hostname\"".into(),
+        // A minimal Debian has no `locales`: C.UTF-8 needs no generation, so cloud-init's locale
+        // module succeeds instead of failing every first boot; it probes only the NoCloud seed.
+        format!("--customize-hook=printf '%s' '{CLOUD_CFG}' > \"$1/etc/cloud/cloud.cfg.d/90-bake-local-base.cfg\""),
     ];
     if spec.offline_apt {
         args.push("--skip=cleanup/apt/lists".into());
