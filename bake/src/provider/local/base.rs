@@ -131,6 +131,7 @@ pub async fn ensure(spec: &BaseSpec, cache_dir: &Path, timeout: Duration) -> Res
     if base.complete() {
         return Ok(base);
     }
+    remove_stale_builds(&bases, &digest);
     let tmp = bases.join(format!("{digest}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)
@@ -155,6 +156,54 @@ pub async fn ensure(spec: &BaseSpec, cache_dir: &Path, timeout: Duration) -> Res
     std::fs::rename(&tmp, &dir)
         .map_err(|e| Error::io(format!("moving {} into place", tmp.display()), e))?;
     Ok(base)
+}
+
+/// Removes what builds of `digest` killed before they finished left (`<digest>.tmp-<pid>` of a
+/// process that is gone): a root filesystem of several hundred MB each. Called with the base's
+/// lock held, so no live build of it is touched. A directory with anything still mounted below
+/// it (mmdebstrap mounts /proc, /sys and /dev into the root it builds) is left alone and named:
+/// deleting through a mount would delete what is mounted.
+fn remove_stale_builds(bases: &Path, digest: &str) {
+    let prefix = format!("{digest}.tmp-");
+    let Ok(entries) = std::fs::read_dir(bases) else {
+        return;
+    };
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let dir = e.path();
+        if has_mount_below(&mounts, &dir) {
+            tracing::warn!(
+                "{} is left from a killed base build and still has mounts below it; unmount them (umount -R) and remove it",
+                dir.display()
+            );
+            continue;
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => tracing::info!("removed {} left by a killed base build", dir.display()),
+            Err(err) => tracing::warn!("cannot remove {}: {err}", dir.display()),
+        }
+    }
+}
+
+/// True if a mount point in `mountinfo` (the format of /proc/self/mountinfo) is `dir` or below.
+fn has_mount_below(mountinfo: &str, dir: &Path) -> bool {
+    let dir = dir.to_string_lossy();
+    mountinfo.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .map(|m| m.replace("\\040", " "))
+            .is_some_and(|m| m == *dir || m.starts_with(&format!("{dir}/")))
+    })
 }
 
 async fn build(spec: &BaseSpec, tmp: &Path) -> Result<()> {
@@ -284,6 +333,40 @@ mod tests {
             None,
             8,
         )
+    }
+
+    /// A killed build's directory goes; a live process's and a mounted one stay.
+    #[test]
+    fn stale_builds_of_dead_processes_are_removed_and_nothing_mounted_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let bases = dir.path();
+        // A pid that is surely gone: past the kernel's maximum.
+        let dead = bases.join("abc.tmp-4194305");
+        std::fs::create_dir_all(dead.join("rootfs/etc")).unwrap();
+        std::fs::write(dead.join("rootfs/etc/os-release"), "ID=debian\n").unwrap();
+        let live = bases.join(format!("abc.tmp-{}", std::process::id()));
+        std::fs::create_dir_all(&live).unwrap();
+        let other = bases.join("xyz.tmp-4194305");
+        std::fs::create_dir_all(&other).unwrap();
+        remove_stale_builds(bases, "abc");
+        assert!(!dead.exists());
+        assert!(live.exists(), "our own build stays");
+        assert!(
+            other.exists(),
+            "another digest's is not this lock's to judge"
+        );
+
+        let mountinfo = format!(
+            "36 35 98:0 / /proc rw - proc proc rw\n\
+             40 36 0:5 / {}/rootfs/proc rw - proc proc rw\n",
+            other.display()
+        );
+        assert!(has_mount_below(&mountinfo, &other));
+        assert!(!has_mount_below(&mountinfo, &live));
+        assert!(!has_mount_below(
+            "40 36 0:5 / /x/abc.tmp-12rootfs rw - proc proc rw\n",
+            Path::new("/x/abc.tmp-12")
+        ));
     }
 
     #[test]
