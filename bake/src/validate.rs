@@ -247,12 +247,8 @@ impl CheckResult {
     /// A check that needs something this provider does not have.
     pub fn not_applicable(name: &str, reason: impl Into<String>) -> CheckResult {
         CheckResult {
-            name: name.to_string(),
-            status: Status::Skipped,
-            reason: Some(reason.into()),
-            exit_code: None,
-            output: String::new(),
             not_applicable: true,
+            ..CheckResult::skipped(name, reason)
         }
     }
 }

@@ -373,7 +373,19 @@ impl AwsProvider {
             .map_err(|why| cx.error("packages", why))
     }
 
-    /// The root device name of an image (`/dev/xvda` if it does not say).
+    /// DescribeImages of one image in the home region (None if it is not there).
+    async fn describe_image(&self, image: &str) -> Result<Option<aws_sdk_ec2::types::Image>> {
+        self.ec2_slot().await;
+        let r = self
+            .ec2
+            .describe_images()
+            .image_ids(image)
+            .send()
+            .await
+            .map_err(|e| err(format!("describing {image} in {}", self.region), e))?;
+        Ok(r.images().first().cloned())
+    }
+
     /// The ID of the EBS volume attached to `instance` at `device`, if any.
     async fn volume_at(&self, instance: &str, device: &str) -> Result<Option<String>> {
         self.ec2_slot().await;
@@ -396,15 +408,8 @@ impl AwsProvider {
 
     /// The image's root device and the snapshot and size its root volume is made from.
     async fn root_volume(&self, image: &str) -> Result<RootVolume> {
-        self.ec2_slot().await;
-        let described = self
-            .ec2
-            .describe_images()
-            .image_ids(image)
-            .send()
-            .await
-            .map_err(|e| err(format!("describing {image} in {}", self.region), e))?;
-        let found = described.images().first();
+        let described = self.describe_image(image).await?;
+        let found = described.as_ref();
         let device = found
             .and_then(|i| i.root_device_name())
             .unwrap_or("/dev/xvda")
@@ -494,16 +499,10 @@ impl AwsProvider {
 
     /// The `bake:*` tags of an image, for its copies.
     async fn bake_tags_of(&self, image: &str) -> Result<Vec<Tag>> {
-        self.ec2_slot().await;
-        let r = self
-            .ec2
-            .describe_images()
-            .image_ids(image)
-            .send()
-            .await
-            .map_err(|e| err(format!("describing {image} in {}", self.region), e))?;
-        Ok(r.images()
-            .first()
+        Ok(self
+            .describe_image(image)
+            .await?
+            .as_ref()
             .map(|i| {
                 i.tags()
                     .iter()
