@@ -169,6 +169,26 @@ fn every_input_changes_the_key() {
             }),
         ),
         (
+            "where a validator applies",
+            Box::new(|p: &Project| {
+                p.edit(
+                    "validators/catalog.toml",
+                    "script = \"apt-periodic-off.sh\"\napplies_to = [\"debian\"]",
+                    "script = \"apt-periodic-off.sh\"\napplies_to = [\"debian\", \"ubuntu\"]",
+                )
+            }),
+        ),
+        (
+            "what a validator reads",
+            Box::new(|p: &Project| {
+                p.edit(
+                    "validators/catalog.toml",
+                    "script = \"mac-policy.sh\"\n",
+                    "script = \"mac-policy.sh\"\nreads_image = true\n",
+                )
+            }),
+        ),
+        (
             "validator script",
             Box::new(|p: &Project| {
                 let s = p.read("validators/mac-policy.sh");

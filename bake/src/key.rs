@@ -44,7 +44,18 @@ struct Canonical<'a> {
     volume: (Option<u32>, &'a str),
     files: Vec<(&'a str, String, u32)>,
     steps: Vec<(&'a str, String, Option<u64>)>,
-    validators: Vec<(&'a str, String, String, bool)>,
+    validators: Vec<ValidatorKey<'a>>,
+}
+
+/// Everything about a validator that decides its verdict.
+#[derive(Serialize)]
+struct ValidatorKey<'a> {
+    name: &'a str,
+    script_sha256: String,
+    scope: String,
+    needs_cluster: bool,
+    reads_image: bool,
+    applies_to: &'a [String],
 }
 
 /// Computes the key of `recipe` for `arch` on the resolved base image `base_id`.
@@ -74,13 +85,13 @@ pub fn bake_key(recipe: &Recipe, arch: Arch, base_id: &str) -> BakeKey {
         validators: recipe
             .validators
             .iter()
-            .map(|v| {
-                (
-                    v.name.as_str(),
-                    sha256_hex(&v.content),
-                    format!("{:?}", v.scope),
-                    v.needs_cluster,
-                )
+            .map(|v| ValidatorKey {
+                name: &v.name,
+                script_sha256: sha256_hex(&v.content),
+                scope: format!("{:?}", v.scope),
+                needs_cluster: v.needs_cluster,
+                reads_image: v.reads_image,
+                applies_to: &v.applies_to,
             })
             .collect(),
     };
