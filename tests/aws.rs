@@ -161,6 +161,8 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
     // Every instance was launched hardened: IMDSv2, no key, our group, encrypted volume, tags.
     let launches = moto.params_of("RunInstances");
     assert_eq!(launches.len(), 4, "a builder and a canary per arch");
+    let base_gib = common::moto::root_gib(moto, &x86).await;
+    assert_eq!(base_gib, common::moto::root_gib(moto, &arm).await);
     for l in &launches {
         assert_eq!(
             l.get("MetadataOptions.HttpTokens").map(String::as_str),
@@ -177,27 +179,17 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
         assert!(l.contains_key("SecurityGroupId.1"), "{l:?}");
         assert!(l.values().any(|v| v == "bake:run-id"), "{l:?}");
         // The recipe names no size: the base's own (its root snapshot's), never less.
-        let base = if l["ImageId"] == arm { &arm } else { &x86 };
-        let from = if l.contains_key("BlockDeviceMapping.2.Ebs.SnapshotId") {
-            // A canary's image is the builder's volume, which is the base's size.
-            l["ImageId"].clone()
-        } else {
-            base.clone()
-        };
+        // (A builder launches from its base, a canary from its image: the builder's volume.)
+        let from = common::moto::root_gib(moto, &l["ImageId"]).await;
         assert_eq!(
             l.get("BlockDeviceMapping.1.Ebs.VolumeSize")
                 .map(String::as_str),
-            Some(
-                common::moto::root_gib(moto, &from)
-                    .await
-                    .to_string()
-                    .as_str()
-            ),
+            Some(from.to_string().as_str()),
             "{l:?}"
         );
         assert_eq!(
-            common::moto::root_gib(moto, &from).await,
-            common::moto::root_gib(moto, &x86).await
+            from, base_gib,
+            "the base's size, carried into the image: {l:?}"
         );
     }
     // Every instance carries the dead-man's switch: it terminates when it powers itself off,

@@ -232,6 +232,11 @@ impl CheckResult {
         }
     }
 
+    /// Logs the result (status and reason) for `recipe` × `arch`.
+    pub fn log(&self, recipe: &str, arch: crate::Arch) {
+        tracing::info!(recipe, arch = %arch, validator = %self.name, status = %self.status, "{}", self.reason.as_deref().unwrap_or_default());
+    }
+
     /// A check that could not be made here although it applies: skipped, which blocks.
     pub fn skipped(name: &str, reason: impl Into<String>) -> CheckResult {
         CheckResult {

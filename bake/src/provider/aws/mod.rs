@@ -408,23 +408,7 @@ impl AwsProvider {
 
     /// The image's root device and the snapshot and size its root volume is made from.
     async fn root_volume(&self, image: &str) -> Result<RootVolume> {
-        let described = self.describe_image(image).await?;
-        let found = described.as_ref();
-        let device = found
-            .and_then(|i| i.root_device_name())
-            .unwrap_or("/dev/xvda")
-            .to_string();
-        let ebs = found.and_then(|i| {
-            i.block_device_mappings()
-                .iter()
-                .find(|m| m.device_name() == Some(device.as_str()))
-                .and_then(|m| m.ebs())
-        });
-        Ok(RootVolume {
-            snapshot: ebs.and_then(|e| e.snapshot_id()).map(str::to_string),
-            size_gib: ebs.and_then(|e| e.volume_size()).map(|s| s.max(0) as u32),
-            device,
-        })
+        Ok(RootVolume::of(self.describe_image(image).await?.as_ref()))
     }
 
     fn image_builder(&self) -> imagebuilder::ImageBuilder<'_> {
@@ -636,14 +620,7 @@ impl Provider for AwsProvider {
                         recipe.file.display()
                     ))
                 })?;
-                let root_gib = img
-                    .block_device_mappings()
-                    .iter()
-                    .find(|m| m.device_name() == img.root_device_name())
-                    .and_then(|m| m.ebs())
-                    .and_then(|e| e.volume_size())
-                    .map(|s| s.max(0) as u32);
-                recipe.volume_size_for(arch, a.as_str(), root_gib)?;
+                recipe.volume_size_for(arch, a.as_str(), RootVolume::of(Some(img)).size_gib)?;
                 (a.to_string(), join)
             }
             AwsBaseRef::Parameter(p) => {
@@ -1131,6 +1108,27 @@ struct RootVolume {
     device: String,
     snapshot: Option<String>,
     size_gib: Option<u32>,
+}
+
+impl RootVolume {
+    /// Read from what DescribeImages said of an image (`/dev/xvda` if it names no root).
+    fn of(image: Option<&aws_sdk_ec2::types::Image>) -> RootVolume {
+        let device = image
+            .and_then(|i| i.root_device_name())
+            .unwrap_or("/dev/xvda")
+            .to_string();
+        let ebs = image.and_then(|i| {
+            i.block_device_mappings()
+                .iter()
+                .find(|m| m.device_name() == Some(device.as_str()))
+                .and_then(|m| m.ebs())
+        });
+        RootVolume {
+            snapshot: ebs.and_then(|e| e.snapshot_id()).map(str::to_string),
+            size_gib: ebs.and_then(|e| e.volume_size()).map(|s| s.max(0) as u32),
+            device,
+        }
+    }
 }
 
 /// Where the canary gets a second volume made from its image's root snapshot: the image as
@@ -1919,7 +1917,7 @@ impl Step<State> for Validate<'_> {
         {
             let (v, extra) = match planned {
                 crate::canary::Planned::Settled(r) => {
-                    tracing::info!(recipe = cx.recipe, arch = %cx.arch, validator = %r.name, status = %r.status, "{}", r.reason.clone().unwrap_or_default());
+                    r.log(cx.recipe, cx.arch);
                     results.push(r);
                     continue;
                 }
@@ -1962,7 +1960,7 @@ impl Step<State> for Validate<'_> {
                     })?;
             let result = crate::validate::judged(&v.name, rc, &out, &errs)
                 .map_err(|why| step_err(cx, self.name(), why))?;
-            tracing::info!(recipe = cx.recipe, arch = %cx.arch, validator = %v.name, status = %result.status, "{}", result.reason.clone().unwrap_or_default());
+            result.log(cx.recipe, cx.arch);
             results.push(result);
         }
         let verdict = Verdict::decide(results);

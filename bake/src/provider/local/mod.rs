@@ -1137,7 +1137,7 @@ impl Step<State> for Validate<'_> {
         for (i, p) in planned.into_iter().enumerate() {
             let (v, extra) = match p {
                 crate::canary::Planned::Settled(r) => {
-                    tracing::info!(recipe = cx.recipe, arch = %cx.arch, validator = %r.name, status = %r.status, "{}", r.reason.clone().unwrap_or_default());
+                    r.log(cx.recipe, cx.arch);
                     results.push(r);
                     continue;
                 }
@@ -1188,7 +1188,7 @@ impl Step<State> for Validate<'_> {
                     result.output
                 ),
             );
-            tracing::info!(recipe = cx.recipe, arch = %cx.arch, validator = %v.name, status = %result.status, "{}", result.reason.clone().unwrap_or_default());
+            result.log(cx.recipe, cx.arch);
             results.push(result);
         }
         let verdict = Verdict::decide(results);
