@@ -7,6 +7,7 @@
 //! Bases are cached in the user's cache dir (shared with `bake` itself and across runs).
 
 mod common;
+mod rehearsal;
 
 use assert_cmd::Command;
 use common::Project;

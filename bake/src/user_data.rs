@@ -137,6 +137,12 @@ pub fn builder(lifetime: Duration) -> String {
     base64::engine::general_purpose::STANDARD.encode(dead_man_text("builder", lifetime))
 }
 
+/// Base64 user data for a canary that joins no cluster (a pipeline without a `[canary]`
+/// cluster): only the dead-man's timer.
+pub fn unjoined_canary(lifetime: Duration) -> String {
+    base64::engine::general_purpose::STANDARD.encode(dead_man_text("canary", lifetime))
+}
+
 /// The user data text for a canary of `cluster` (before base64).
 pub fn canary_text(join: Join, cluster: &Cluster, lifetime: Duration) -> Result<String> {
     let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));

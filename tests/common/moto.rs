@@ -124,11 +124,13 @@ impl Moto {
         }
     }
 
-    /// What the proxy answers from now on. Unless the config scripts them itself, instances
-    /// report an empty package list, and canaries an Ubuntu system with the image's root
-    /// mounted from its second volume.
+    /// What the proxy answers from now on. Unless the config scripts them itself or makes
+    /// instances real VMs (`machines`), instances report an empty package list, and canaries
+    /// an Ubuntu system with the image's root mounted from its second volume.
     pub fn set_config(&self, mut config: serde_json::Value) {
-        if let Some(obj) = config.as_object_mut() {
+        // Instances that are real VMs answer for themselves.
+        let scripted = config.get("machines").is_none();
+        if let Some(obj) = config.as_object_mut().filter(|_| scripted) {
             let commands = obj
                 .entry("commands")
                 .or_insert_with(|| serde_json::json!([]))

@@ -17,6 +17,11 @@ Faults answer the first `times` calls of `action` (after a call of `after`, if g
 AWS error, before moto sees them: throttling, 5xx, eventual-consistency errors.
 Every request is appended to calls.jsonl next to the config (service, action), so tests can
 count mutating calls.
+
+  "machines": {"dir": "/tmp/...", "images": {"ami-...": {"disk": "base.qcow2", "kernel": "vmlinuz",
+               "initrd": "initrd.img", "arch": "x86_64"}}, "cpus": 2, "memory_mib": 1536}
+makes instances of those images (and of images created from them) real VMs (machines.py):
+their agent status, commands, stop, images and termination come from the VM, not from rules.
 """
 import http.server
 import json
@@ -28,6 +33,9 @@ import time
 import urllib.parse
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import machines as machines_mod  # noqa: E402
+
 UPSTREAM = sys.argv[1]          # http://127.0.0.1:<moto port>
 CONFIG = sys.argv[2]
 PORT = int(sys.argv[3]) if len(sys.argv) > 3 else 0
@@ -38,6 +46,7 @@ FIRST_ASKED = {}                # instance id -> first DescribeInstanceInformati
 FAULTS_USED = {}                # fault index -> times injected
 CREATED_AT = {}                 # image id -> when CreateImage answered
 SEEN = set()                    # actions seen so far (for faults that start "after" one)
+MACHINES = None                 # machines.Machines, made on first use (needs moto_ec2)
 
 
 def rest_action(method, path):
@@ -246,6 +255,7 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             req = json.loads(body or b"{}")
             req["MaxResults"] = min(int(req.get("MaxResults") or 5), 5)
             body = json.dumps(req).encode()
+        machine = MACHINES.configure(cfg)
         if service == "ssm":
             req = json.loads(body or b"{}")
             handled = self.ssm(action, req, cfg)
@@ -279,7 +289,22 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         if state and service == "ec2" and action == "DescribeImages" and "CreateImage" in SEEN:
             data = data.replace(b"<imageState>available</imageState>", ("<imageState>%s</imageState>" % state).encode())
         if service == "ssm" and action == "SendCommand" and status == 200:
-            self.remember(json.loads(body or b"{}"), json.loads(data or b"{}"), cfg)
+            req, resp = json.loads(body or b"{}"), json.loads(data or b"{}")
+            MACHINES.send_command(req, (resp.get("Command") or {}).get("CommandId"))
+            self.remember(req, resp, cfg)
+        if service == "ec2" and status == 200 and machine is not None:
+            if action == "RunInstances":
+                MACHINES.run_instances(region, form, data, machine)
+            elif action == "StopInstances":
+                MACHINES.stop_instances(form)
+            elif action == "CreateImage":
+                MACHINES.create_image(region, form, data)
+            elif action == "TerminateInstances":
+                MACHINES.terminate_instances(form)
+            elif action == "DeregisterImage":
+                MACHINES.deregister_image(form)
+            elif action == "DescribeInstances":
+                data = self.stopping_states(data)
         self.send_response(status)
         for k, v in headers:
             if k.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -287,6 +312,15 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def stopping_states(self, data):
+        """An instance whose VM is still shutting down is `stopping`, whatever moto says."""
+        def state(m):
+            if not MACHINES.stopping(m.group(2).decode()):
+                return m.group(0)
+            return m.group(1) + b"<code>64</code><name>stopping</name>"
+        return re.sub(rb"(<instanceId>([^<]+)</instanceId>(?:(?!<instanceId>).)*?<instanceState>)\s*<code>\d+</code>\s*<name>[a-z-]+</name>",
+                      state, data, flags=re.S)
 
     def moto_ec2(self, region, pairs):
         """A call straight to moto's EC2 in `region` (moto reads the region from the scope)."""
@@ -392,11 +426,24 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             now = time.time()
             online = []
             for i in ids:
+                if MACHINES.owns(i):
+                    if MACHINES.online(i):
+                        online.append({"InstanceId": i, "PingStatus": "Online", "PlatformType": "Linux"})
+                    continue
                 first = FIRST_ASKED.setdefault(i, now)
                 if now - first >= cfg.get("agent_online_after_s", 0):
                     online.append({"InstanceId": i, "PingStatus": "Online", "PlatformType": "Linux"})
             return {"InstanceInformationList": online}
+        if action == "SendCommand":
+            # SSM refuses a command to a node whose agent is not online.
+            down = [i for i in req.get("InstanceIds") or [] if MACHINES.owns(i) and not MACHINES.online(i)]
+            if down:
+                return {"__type": "InvalidInstanceId",
+                        "message": "Instances [[%s]] not in a valid state for account 123456789012" % ", ".join(down)}
         if action == "GetCommandInvocation":
+            answer = MACHINES.invocation(req.get("CommandId"), req.get("InstanceId"))
+            if answer is not None:
+                return answer
             rule = OUTCOMES.get(req.get("CommandId"))
             if rule is not None:
                 return {"CommandId": req["CommandId"], "InstanceId": req.get("InstanceId"),
@@ -442,6 +489,7 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+MACHINES = machines_mod.Machines(lambda region, pairs: Proxy.moto_ec2(None, region, pairs))
 server = http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Proxy)
 print(server.server_address[1], flush=True)
 server.serve_forever()

@@ -1387,13 +1387,25 @@ impl Step<State> for Launch<'_> {
                 )))
             }
             Role::Canary => {
-                let name = p.canary_cluster.clone().ok_or_else(|| {
-                    step_err(
-                        cx,
-                        self.name(),
-                        "the pipeline has no [canary] cluster for the canary to join",
-                    )
-                })?;
+                let limits: Vec<Duration> = recipe
+                    .validators
+                    .iter()
+                    .map(|_| timeout)
+                    .chain([timeout])
+                    .collect();
+                let lifetime = user_data::lifetime(&p.settings, &limits);
+                // A pipeline that names no canary cluster (a rehearsal) boots the canary with
+                // the dead-man's timer only; its cluster checks are skipped and say so.
+                let Some(name) = p.canary_cluster.clone() else {
+                    return self
+                        .launch(
+                            state,
+                            cx,
+                            req.user_data(user_data::unjoined_canary(lifetime)),
+                            &image,
+                        )
+                        .await;
+                };
                 let join = self.job.base.join.ok_or_else(|| {
                     step_err(
                         cx,
@@ -1403,19 +1415,39 @@ impl Step<State> for Launch<'_> {
                 })?;
                 p.eks_slot().await;
                 let cluster = user_data::Cluster::describe(&p.eks, &name, &p.region).await?;
-                let limits: Vec<Duration> = recipe
-                    .validators
-                    .iter()
-                    .map(|_| timeout)
-                    .chain([timeout])
-                    .collect();
-                req.user_data(user_data::canary(
-                    join,
-                    &cluster,
-                    user_data::lifetime(&p.settings, &limits),
-                )?)
+                req.user_data(user_data::canary(join, &cluster, lifetime)?)
             }
         };
+        self.launch(state, cx, req, &image).await
+    }
+    async fn cleanup(
+        &self,
+        state: &mut State,
+        _outcome: Outcome,
+        cx: &StepContext<'_>,
+    ) -> Result<()> {
+        let id = match self.role {
+            Role::Builder => state.builder.take(),
+            Role::Canary => state.canary.take(),
+        };
+        if let Some(id) = id {
+            self.p.terminate(&id).await?;
+            cx.removed("instance", &id)?;
+        }
+        Ok(())
+    }
+}
+
+impl Launch<'_> {
+    /// Sends the finished RunInstances request, records the instance and waits for it to run.
+    async fn launch(
+        &self,
+        state: &mut State,
+        cx: &StepContext<'_>,
+        req: aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder,
+        image: &str,
+    ) -> Result<()> {
+        let p = self.p;
         let r = req.send().await.map_err(|e| {
             err(
                 format!(
@@ -1440,22 +1472,6 @@ impl Step<State> for Launch<'_> {
         p.wait_instance(&id, InstanceStateName::Running).await?;
         if self.role == Role::Canary {
             state.image_copy = p.volume_at(&id, IMAGE_COPY_DEVICE).await?;
-        }
-        Ok(())
-    }
-    async fn cleanup(
-        &self,
-        state: &mut State,
-        _outcome: Outcome,
-        cx: &StepContext<'_>,
-    ) -> Result<()> {
-        let id = match self.role {
-            Role::Builder => state.builder.take(),
-            Role::Canary => state.canary.take(),
-        };
-        if let Some(id) = id {
-            self.p.terminate(&id).await?;
-            cx.removed("instance", &id)?;
         }
         Ok(())
     }
@@ -1911,7 +1927,11 @@ impl Step<State> for Validate<'_> {
         }
         let prepared = crate::canary::Prepared::parse(&out);
         tracing::info!(recipe = cx.recipe, arch = %cx.arch, os = %prepared.os(), image_root = ?prepared.image_root, "canary prepared");
-        for (i, planned) in crate::canary::plan(validators, &prepared, None)
+        let no_cluster = p
+            .canary_cluster
+            .is_none()
+            .then_some("needs a joined cluster node; the pipeline names no [canary] cluster");
+        for (i, planned) in crate::canary::plan(validators, &prepared, no_cluster)
             .into_iter()
             .enumerate()
         {

@@ -1,0 +1,553 @@
+"""Real machines behind the emulator's EC2 instances, for the rehearsal tier (see proxy.py).
+
+An instance launched from an image this module knows is a QEMU VM booted from a copy-on-write
+disk of that image; everything the instance's API answers comes from the VM:
+
+- RunInstances: the VM boots with the user data delivered as EC2 delivers it to cloud-init
+  (here NoCloud's user-data, unchanged), an SMBIOS UUID of its own, the root volume resized to
+  what the block device mapping asked, and every further mapping of a snapshot this module
+  knows attached as an NVMe disk whose serial is the volume ID, as on Nitro.
+- DescribeInstanceInformation: Online only while the VM's guest agent answers.
+- SendCommand (AWS-RunShellScript): the commands, joined by newlines, are written to
+  `_script.sh` under the agent's orchestration directory and run with `sh -c <script>` as root
+  in that directory, as the SSM agent does; GetCommandInvocation answers InProgress until it
+  ends, then Success or Failed with its exit code, or TimedOut after executionTimeout, with the
+  first 24,000 characters of stdout and 8,000 of stderr.
+- StopInstances: an ACPI-like shutdown of the guest; the instance reads `stopping` until the VM
+  has exited. A VM that powers itself off (the dead-man's timer) is terminated, as
+  InstanceInitiatedShutdownBehavior=terminate does.
+- CreateImage: the stopped instance's root disk becomes the new image's disk (its kernel and
+  initrd are what the disk's /vmlinuz and /initrd.img were when it stopped: the emulator's
+  boot loader); DeregisterImage forgets it.
+- TerminateInstances: the VM is killed and its disks removed.
+
+The VM is the instance: this module never looks at what the commands say.
+"""
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+
+STDOUT_LIMIT = 24000
+STDERR_LIMIT = 8000
+# Hardware identity, delivered as platform vendor-data (never in the image): udev names an NVMe
+# disk whose serial is a volume ID the way a Nitro instance shows an EBS volume.
+VENDOR_DATA = """#cloud-config
+bootcmd:
+  - [sh, -c, "mkdir -p /run/udev/rules.d && echo 'KERNEL==\\"nvme*n*\\", ENV{DEVTYPE}==\\"disk\\", ENV{ID_SERIAL_SHORT}==\\"vol*\\", SYMLINK+=\\"disk/by-id/nvme-Amazon_Elastic_Block_Store_$env{ID_SERIAL_SHORT}\\"' > /run/udev/rules.d/70-ebs-nvme.rules && udevadm control --reload && udevadm trigger --subsystem-match=block --action=add"]
+"""
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class AgentGone(Exception):
+    pass
+
+
+class Agent:
+    """The QEMU guest agent of one VM, over its Unix socket (one request at a time)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = None
+        self.buf = b""
+        self.lock = threading.Lock()
+        self.sync_id = int(time.time()) % 100000
+
+    def close(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = None
+        self.buf = b""
+
+    def _line(self, deadline):
+        while b"\n" not in self.buf:
+            left = deadline - time.time()
+            if left <= 0:
+                raise socket.timeout()
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise AgentGone("the guest agent closed its socket")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.strip().lstrip(b"\xff")
+
+    def _connect(self, timeout):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        s.connect(self.path)
+        self.sock = s
+        self.buf = b""
+        self.sync_id += 1
+        want = self.sync_id
+        s.sendall(b"\xff" + json.dumps({"execute": "guest-sync-delimited", "arguments": {"id": want}}).encode() + b"\n")
+        deadline = time.time() + timeout
+        while True:
+            line = self._line(deadline)
+            if not line:
+                continue
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if msg.get("return") == want:
+                return
+
+    def call(self, command, arguments=None, timeout=30):
+        with self.lock:
+            try:
+                if self.sock is None:
+                    self._connect(timeout)
+                req = {"execute": command}
+                if arguments is not None:
+                    req["arguments"] = arguments
+                self.sock.sendall(json.dumps(req).encode() + b"\n")
+                if command == "guest-shutdown":
+                    return None
+                deadline = time.time() + timeout
+                while True:
+                    line = self._line(deadline)
+                    if not line:
+                        continue
+                    msg = json.loads(line)
+                    if "error" in msg:
+                        raise RuntimeError("%s: %s" % (command, msg["error"].get("desc")))
+                    if "return" in msg:
+                        return msg["return"]
+            except (OSError, socket.timeout, AgentGone, ValueError):
+                self.close()
+                raise
+
+    def ping(self, timeout=2):
+        try:
+            self.call("guest-ping", timeout=timeout)
+            return True
+        except Exception:
+            return False
+
+    def write_file(self, path, data, mode=None):
+        h = self.call("guest-file-open", {"path": path, "mode": "w"})
+        try:
+            for i in range(0, len(data), 1 << 20):
+                self.call("guest-file-write", {"handle": h, "buf-b64": base64.b64encode(data[i:i + (1 << 20)]).decode()})
+        finally:
+            self.call("guest-file-close", {"handle": h})
+
+    def read_file(self, path):
+        h = self.call("guest-file-open", {"path": path, "mode": "r"})
+        out = b""
+        try:
+            while True:
+                r = self.call("guest-file-read", {"handle": h, "count": 4 << 20}, timeout=120)
+                out += base64.b64decode(r.get("buf-b64", ""))
+                if r.get("eof") or not r.get("count"):
+                    return out
+        finally:
+            self.call("guest-file-close", {"handle": h})
+
+    def start(self, argv, env=None):
+        args = {"path": argv[0], "arg": argv[1:], "capture-output": True}
+        if env is not None:
+            args["env"] = env
+        return self.call("guest-exec", args)["pid"]
+
+    def status(self, pid):
+        return self.call("guest-exec-status", {"pid": pid})
+
+    def run(self, argv, timeout=120):
+        pid = self.start(argv, env=["PATH=" + PATH])
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            st = self.status(pid)
+            if st.get("exited"):
+                return st.get("exitcode", -1), base64.b64decode(st.get("out-data", "")), base64.b64decode(st.get("err-data", ""))
+            time.sleep(0.2)
+        raise RuntimeError("%s did not finish in %ds" % (argv, timeout))
+
+
+class Vm:
+    def __init__(self, instance, image, spec, dirpath):
+        self.instance = instance
+        self.image = image
+        self.dir = dirpath
+        self.disk = os.path.join(dirpath, "root.qcow2")
+        self.kernel = image["kernel"]
+        self.initrd = image["initrd"]
+        self.proc = None
+        self.agent = Agent(os.path.join(dirpath, "qga.sock"))
+        self.expected_exit = False      # stopping or terminating: the VM's exit is asked for
+        self.stopping = False
+        self.stopped = threading.Event()
+        self.spec = spec
+        self.extra = []                 # (path, serial)
+
+    def boot(self, user_data, volume_gib, extra, machine):
+        os.makedirs(self.dir, exist_ok=True)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", self.image.get("format", "qcow2"),
+                        "-b", self.image["disk"], self.disk], check=True)
+        if volume_gib:
+            virtual = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-U", self.disk],
+                                                check=True, capture_output=True).stdout)["virtual-size"]
+            if volume_gib * (1 << 30) > virtual:
+                subprocess.run(["qemu-img", "resize", "-q", self.disk, "%dG" % volume_gib], check=True)
+        self.extra = []
+        for i, (disk, fmt, serial) in enumerate(extra):
+            path = os.path.join(self.dir, "volume-%d.qcow2" % i)
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", disk, path], check=True)
+            self.extra.append((path, serial))
+        seed = self.seed(user_data)
+        arch = self.image.get("arch", "x86_64")
+        binary, mach, cpu, console = {
+            "x86_64": ("qemu-system-x86_64", "q35,accel=tcg", "qemu64", "ttyS0"),
+            "arm64": ("qemu-system-aarch64", "virt,accel=tcg", "max", "ttyAMA0"),
+        }[arch]
+        argv = [binary, "-machine", mach, "-cpu", cpu, "-m", str(machine.get("memory_mib", 1536)),
+                "-smp", str(machine.get("cpus", 2)), "-uuid", str(uuid.uuid4()),
+                "-nographic", "-no-reboot", "-nodefaults", "-display", "none", "-monitor", "none",
+                "-kernel", self.kernel, "-initrd", self.initrd,
+                "-append", "root=/dev/vda rw console=%s panic=-1 quiet" % console,
+                "-drive", "file=%s,if=none,id=root,format=qcow2,cache=unsafe" % self.disk,
+                "-device", "virtio-blk-pci,drive=root,serial=%s" % self.instance[:20],
+                "-drive", "file=%s,if=none,id=seed,format=raw,readonly=on" % seed,
+                "-device", "virtio-blk-pci,drive=seed,serial=cidata"]
+        for i, (path, serial) in enumerate(self.extra):
+            argv += ["-drive", "file=%s,if=none,id=vol%d,format=qcow2,cache=unsafe" % (path, i),
+                     "-device", "nvme,drive=vol%d,serial=%s" % (i, serial[:20])]
+        argv += ["-device", "virtio-serial",
+                 "-chardev", "socket,path=%s,server=on,wait=off,id=qga0" % self.agent.path,
+                 "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+                 "-nic", "none", "-serial", "file:%s" % os.path.join(self.dir, "serial.log")]
+        self.proc = LAUNCHER.popen(argv, os.path.join(self.dir, "qemu.err"))
+        deadline = time.time() + 10
+        while not os.path.exists(self.agent.path) and self.proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+
+    def seed(self, user_data):
+        files = os.path.join(self.dir, "seed")
+        os.makedirs(files, exist_ok=True)
+        with open(os.path.join(files, "meta-data"), "w") as f:
+            f.write("instance-id: %s\nlocal-hostname: ip-10-0-0-%d\n" % (self.instance, int(self.instance[-2:], 16)))
+        with open(os.path.join(files, "user-data"), "wb") as f:
+            f.write(user_data)
+        with open(os.path.join(files, "vendor-data"), "w") as f:
+            f.write(VENDOR_DATA)
+        with open(os.path.join(files, "network-config"), "w") as f:
+            f.write("version: 1\nconfig: disabled\n")
+        img = os.path.join(self.dir, "seed.img")
+        subprocess.run(["mkfs.vfat", "-C", "-n", "CIDATA", img, "1024"], check=True, capture_output=True)
+        subprocess.run(["mcopy", "-i", img, "-o"] + [os.path.join(files, n) for n in
+                       ("meta-data", "user-data", "vendor-data", "network-config")] + ["::"], check=True)
+        return img
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self):
+        self.expected_exit = True
+        if self.running():
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.agent.close()
+
+
+def dies_with_parent():
+    import ctypes
+    ctypes.CDLL("libc.so.6").prctl(1, 9)    # PR_SET_PDEATHSIG, SIGKILL
+
+
+class Launcher:
+    """Starts QEMU from one thread that lives as long as the proxy: PDEATHSIG fires when the
+    *thread* that forked a child ends, and the server's request threads end with each request."""
+
+    def __init__(self):
+        import queue
+        self.queue = queue.Queue()
+        threading.Thread(target=self.loop, daemon=True).start()
+
+    def loop(self):
+        while True:
+            argv, err, box, done = self.queue.get()
+            try:
+                box.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=open(err, "w"), preexec_fn=dies_with_parent))
+            except Exception as e:
+                box.append(e)
+            done.set()
+
+    def popen(self, argv, err):
+        box, done = [], threading.Event()
+        self.queue.put((argv, err, box, done))
+        done.wait()
+        if isinstance(box[0], Exception):
+            raise box[0]
+        return box[0]
+
+
+LAUNCHER = Launcher()
+
+
+class Machines:
+    """The VMs behind instances, the disks behind images and snapshots."""
+
+    def __init__(self, moto_ec2):
+        self.moto_ec2 = moto_ec2        # (region, [(k, v)]) -> XML bytes, straight to moto
+        self.lock = threading.Lock()
+        self.vms = {}                   # instance ID -> Vm
+        self.images = {}                # image ID -> {"disk", "format", "kernel", "initrd", "arch"}
+        self.snapshots = {}             # snapshot ID -> image ID
+        self.commands = {}              # (command ID, instance ID) -> invocation dict
+        self.dir = None
+
+    # -- configuration --------------------------------------------------------------------
+    def configure(self, cfg):
+        m = cfg.get("machines")
+        if not m:
+            return None
+        with self.lock:
+            self.dir = m["dir"]
+            for image, spec in (m.get("images") or {}).items():
+                if image not in self.images:
+                    self.images[image] = dict(spec)
+        return m
+
+    def image_of_snapshot(self, region, snapshot):
+        with self.lock:
+            if snapshot in self.snapshots:
+                return self.images.get(self.snapshots[snapshot])
+            known = list(self.images)
+        for image in known:
+            xml = self.moto_ec2(region, [("Action", "DescribeImages"), ("ImageId.1", image)]).decode()
+            for s in re.findall(r"<snapshotId>([^<]+)</snapshotId>", xml):
+                with self.lock:
+                    self.snapshots[s] = image
+        with self.lock:
+            return self.images.get(self.snapshots.get(snapshot))
+
+    def owns(self, instance):
+        with self.lock:
+            return instance in self.vms
+
+    # -- EC2 ------------------------------------------------------------------------------
+    def run_instances(self, region, form, answer, machine):
+        image_id = form.get("ImageId", [""])[0]
+        with self.lock:
+            image = self.images.get(image_id)
+        if image is None:
+            return
+        instances = re.findall(r"<instanceId>([^<]+)</instanceId>", answer.decode())
+        user_data = base64.b64decode(form.get("UserData", [""])[0] or "")
+        for instance in instances:
+            with self.lock:
+                if instance in self.vms:
+                    continue    # a retried RunInstances (same client token) answers the same
+            xml = self.moto_ec2(region, [("Action", "DescribeInstances"), ("InstanceId.1", instance)]).decode()
+            root = re.search(r"<rootDeviceName>([^<]+)</rootDeviceName>", xml)
+            root = root.group(1) if root else "/dev/sda1"
+            volumes = dict(re.findall(r"<deviceName>([^<]+)</deviceName>\s*<ebs>.*?<volumeId>([^<]+)</volumeId>", xml, flags=re.S))
+            size, extra = None, []
+            i = 1
+            while "BlockDeviceMapping.%d.DeviceName" % i in form:
+                dev = form["BlockDeviceMapping.%d.DeviceName" % i][0]
+                snap = form.get("BlockDeviceMapping.%d.Ebs.SnapshotId" % i, [None])[0]
+                gib = form.get("BlockDeviceMapping.%d.Ebs.VolumeSize" % i, [None])[0]
+                if dev == root:
+                    size = int(gib) if gib else None
+                elif snap:
+                    source = self.image_of_snapshot(region, snap)
+                    if source is not None:
+                        serial = volumes.get(dev, "vol-unknown").replace("-", "")
+                        extra.append((source["disk"], source.get("format", "qcow2"), serial))
+                i += 1
+            vm = Vm(instance, image, machine, os.path.join(self.dir, instance))
+            with self.lock:
+                self.vms[instance] = vm
+            vm.boot(user_data, size, extra, machine)
+            threading.Thread(target=self.watch, args=(region, vm), daemon=True).start()
+
+    def watch(self, region, vm):
+        """A VM that exits on its own was shut down from inside: it terminates (the launch asked
+        InstanceInitiatedShutdownBehavior=terminate of every instance bake starts)."""
+        vm.proc.wait()
+        vm.stopped.set()
+        if not vm.expected_exit:
+            try:
+                self.moto_ec2(region, [("Action", "TerminateInstances"), ("InstanceId.1", vm.instance)])
+            except Exception:
+                pass
+            self.forget(vm.instance)
+
+    def stop_instances(self, form):
+        for instance in ids(form, "InstanceId"):
+            with self.lock:
+                vm = self.vms.get(instance)
+            if vm is None or not vm.running():
+                continue
+            vm.expected_exit = True
+            vm.stopping = True
+            threading.Thread(target=self.shut_down, args=(vm,), daemon=True).start()
+
+    def shut_down(self, vm):
+        try:
+            # What the disk would boot next time: its own kernel and initrd.
+            kernel = vm.agent.read_file("/vmlinuz")
+            initrd = vm.agent.read_file("/initrd.img")
+            for name, data in (("vmlinuz", kernel), ("initrd.img", initrd)):
+                with open(os.path.join(vm.dir, name), "wb") as f:
+                    f.write(data)
+            vm.kernel = os.path.join(vm.dir, "vmlinuz")
+            vm.initrd = os.path.join(vm.dir, "initrd.img")
+            vm.agent.call("guest-shutdown", {"mode": "powerdown"})
+        except Exception:
+            pass
+        try:
+            vm.proc.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            vm.proc.kill()
+            vm.proc.wait()
+        vm.agent.close()
+        vm.stopping = False
+
+    def stopping(self, instance):
+        with self.lock:
+            vm = self.vms.get(instance)
+        return vm is not None and vm.stopping
+
+    def create_image(self, region, form, answer):
+        instance = form.get("InstanceId", [""])[0]
+        m = re.search(rb"<imageId>([^<]+)</imageId>", answer)
+        with self.lock:
+            vm = self.vms.get(instance)
+        if vm is None or m is None:
+            return
+        image = m.group(1).decode()
+        # EC2 snapshots a volume as it is at that moment; an instance still shutting down is
+        # waited for (bake stops first).
+        vm.stopped.wait(timeout=180)
+        disk = os.path.join(self.dir, image + ".qcow2")
+        subprocess.run(["qemu-img", "convert", "-U", "-O", "qcow2", vm.disk, disk], check=True)
+        kernel, initrd = disk + ".vmlinuz", disk + ".initrd.img"
+        shutil.copyfile(vm.kernel, kernel)
+        shutil.copyfile(vm.initrd, initrd)
+        with self.lock:
+            self.images[image] = {"disk": disk, "format": "qcow2", "kernel": kernel, "initrd": initrd,
+                                  "arch": vm.image.get("arch", "x86_64"), "created": True}
+
+    def deregister_image(self, form):
+        image = form.get("ImageId", [""])[0]
+        with self.lock:
+            spec = self.images.get(image)
+            if spec is None or not spec.get("created"):
+                return
+            del self.images[image]
+            for s in [s for s, i in self.snapshots.items() if i == image]:
+                del self.snapshots[s]
+        # A canary booted from it keeps its own overlay's backing file open; unlinking is safe.
+        for path in (spec["disk"], spec["kernel"], spec["initrd"]):
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+
+    def terminate_instances(self, form):
+        for instance in ids(form, "InstanceId"):
+            self.forget(instance)
+
+    def forget(self, instance):
+        with self.lock:
+            vm = self.vms.pop(instance, None)
+        if vm is None:
+            return
+        vm.kill()
+        shutil.rmtree(vm.dir, ignore_errors=True)
+
+    # -- SSM ------------------------------------------------------------------------------
+    def online(self, instance):
+        with self.lock:
+            vm = self.vms.get(instance)
+        return vm is not None and vm.running() and not vm.stopping and vm.agent.ping()
+
+    def send_command(self, req, command_id):
+        """Starts AWS-RunShellScript on every VM-backed target; returns the instances that are
+        VM-backed but not reachable (SSM refuses those)."""
+        params = req.get("Parameters") or {}
+        script = "\n".join(params.get("commands") or [])
+        timeout = int((params.get("executionTimeout") or ["3600"])[0])
+        workdir = (params.get("workingDirectory") or [""])[0]
+        for instance in req.get("InstanceIds") or []:
+            with self.lock:
+                vm = self.vms.get(instance)
+            if vm is None:
+                continue
+            inv = {"Status": "InProgress", "ResponseCode": -1, "out": b"", "err": b""}
+            with self.lock:
+                self.commands[(command_id, instance)] = inv
+            threading.Thread(target=self.execute, args=(vm, command_id, script, timeout, workdir, inv),
+                             daemon=True).start()
+
+    def execute(self, vm, command_id, script, timeout, workdir, inv):
+        orch = "/var/lib/amazon/ssm/%s/document/orchestration/%s/awsrunShellScript/0.awsrunShellScript" % (vm.instance, command_id)
+        path = orch + "/_script.sh"
+        try:
+            rc, _, err = vm.agent.run(["/bin/mkdir", "-p", orch])
+            if rc != 0:
+                raise RuntimeError(err.decode(errors="replace"))
+            vm.agent.write_file(path, script.encode())
+            vm.agent.run(["/bin/chmod", "0700", path])
+            cwd = workdir or orch
+            pid = vm.agent.start(["/bin/sh", "-c", 'cd "$1" && exec sh -c "$2"', "sh", cwd, path],
+                                 env=["PATH=" + PATH])
+            deadline = time.time() + timeout
+            while True:
+                st = vm.agent.status(pid)
+                if st.get("exited"):
+                    inv["out"] = base64.b64decode(st.get("out-data", ""))
+                    inv["err"] = base64.b64decode(st.get("err-data", ""))
+                    code = st.get("exitcode")
+                    if code is None:
+                        code = 128 + st.get("signal", 0)
+                    inv["ResponseCode"] = code
+                    inv["Status"] = "Success" if code == 0 else "Failed"
+                    return
+                if time.time() > deadline:
+                    # The agent kills the process tree of a command past executionTimeout.
+                    vm.agent.run(["/bin/sh", "-c", "pkill -KILL -P %d; kill -KILL %d" % (pid, pid)])
+                    inv["Status"] = "TimedOut"
+                    return
+                time.sleep(0.25)
+        except Exception as e:
+            # The agent lost its instance (stopped, terminated, crashed) mid-command.
+            inv["Status"] = "Failed"
+            inv["err"] += ("failed to run commands: %s" % e).encode()
+            inv["ResponseCode"] = -1
+
+    def invocation(self, command_id, instance):
+        with self.lock:
+            inv = self.commands.get((command_id, instance))
+        if inv is None:
+            return None
+        status = inv["Status"]
+        details = {"InProgress": "InProgress", "TimedOut": "ExecutionTimedOut"}.get(status, status)
+        return {"CommandId": command_id, "InstanceId": instance, "DocumentName": "AWS-RunShellScript",
+                "PluginName": "aws:runShellScript", "Status": status, "StatusDetails": details,
+                "ResponseCode": inv["ResponseCode"] if status != "InProgress" else -1,
+                "StandardOutputContent": inv["out"].decode("utf-8", errors="replace")[:STDOUT_LIMIT],
+                "StandardErrorContent": inv["err"].decode("utf-8", errors="replace")[:STDERR_LIMIT]}
+
+    def shutdown_all(self):
+        with self.lock:
+            vms = list(self.vms.values())
+        for vm in vms:
+            vm.kill()
+
+
+def ids(form, name):
+    return [vs[0] for k, vs in form.items() if re.fullmatch(r"%s(\.\d+)?" % name, k)]

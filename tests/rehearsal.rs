@@ -1,0 +1,509 @@
+//! The AWS engine rehearsed for real (part of the VM tier): the emulator's instances are QEMU
+//! VMs (tests/moto/machines.py behind the test proxy), so every command bake sends over SSM
+//! RunCommand runs in a real guest and answers with its real exit code and output, within the
+//! service's limits. The base AMI is the local Debian base; the canary boots from the disk the
+//! builder's CreateImage made, with the image as shipped on a second, NVMe volume. There is no
+//! cluster: the rehearsal pipeline names none, so the cluster check is skipped and says so.
+
+use crate::common::moto::{self, Moto, UBUNTU_X86};
+use crate::common::Project;
+use bake::provider::local::base;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// The local x86_64 base the eks-node recipe bakes from (built once, cached like bake's own).
+async fn local_base(p: &Project) -> base::Base {
+    let catalog = bake::validate::Catalog::load(&p.path("validators")).unwrap();
+    let recipe = bake::recipe::Recipe::load(&p.path("recipes"), "eks-node", &catalog).unwrap();
+    let spec = base::BaseSpec::new(
+        recipe.local.as_ref().unwrap(),
+        bake::Arch::X86_64,
+        None,
+        recipe
+            .volume
+            .size()
+            .unwrap_or(bake::recipe::DEFAULT_SIZE_GIB),
+    );
+    base::ensure(
+        &spec,
+        &bake::provider::local::cache_dir(),
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap()
+}
+
+/// A project whose aws pipeline bakes x86_64 only, joins no cluster, and waits as long as VMs
+/// under TCG need.
+fn rehearsal_project(prefix: &str) -> Project {
+    let p = Project::new();
+    p.edit(
+        "pipelines/aws.toml",
+        "ssm_prefix = \"/bake\"",
+        &format!(
+            "ssm_prefix = \"{prefix}\"\npoll_interval = \"500ms\"\ninstance_timeout = \"300s\"\nagent_timeout = \"600s\"\ncommand_timeout = \"900s\"\nimage_timeout = \"600s\"\nretry_max_backoff = \"1s\""
+        ),
+    );
+    p.edit(
+        "pipelines/aws.toml",
+        "arches = [\"x86_64\", \"arm64\"]",
+        "arches = [\"x86_64\"]",
+    );
+    p.edit("pipelines/aws.toml", "[canary]\ncluster = \"dev\"\n", "");
+    for c in ["dev", "staging", "prod"] {
+        p.edit(
+            "pipelines/aws.toml",
+            &format!("[clusters.{c}]\n"),
+            &format!("[clusters.{c}]\narches = [\"x86_64\"]\n"),
+        );
+    }
+    p
+}
+
+/// Registers a base AMI whose instances are VMs of the local base, and points the recipe's
+/// public base parameter at it.
+async fn rehearsal_emulator(p: &Project) -> (&'static Moto, String) {
+    let base = local_base(p).await;
+    let moto = Moto::get();
+    let ami = moto::register_x86(moto, "rehearsal-base").await;
+    let dir = moto.dir.path().join("machines");
+    std::fs::create_dir_all(&dir).unwrap();
+    moto.set_config(json!({
+        "parameters": {UBUNTU_X86: ami},
+        "machines": {
+            "dir": dir,
+            "images": {ami.clone(): {
+                "disk": base.disk, "kernel": base.kernel, "initrd": base.initrd, "arch": "x86_64",
+            }},
+            "cpus": 2,
+            "memory_mib": 1536,
+        },
+    }));
+    (moto, ami)
+}
+
+fn bake(p: &Project, moto: &Moto, args: &[&str]) -> (i32, Value, String) {
+    moto::bake(p, moto, args)
+}
+
+/// No VM runs and no instance disk is left; every instance the run made is terminated.
+async fn assert_nothing_left(moto: &Moto) {
+    let dir = moto.dir.path().join("machines");
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    let running: Vec<&str> = ps
+        .lines()
+        .filter(|l| l.contains("qemu-system") && l.contains(&*dir.to_string_lossy()))
+        .collect();
+    assert!(running.is_empty(), "VMs left running: {running:?}");
+    let instances: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("i-"))
+        .collect();
+    assert!(instances.is_empty(), "instance disks left: {instances:?}");
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let r = ec2.describe_instances().send().await.unwrap();
+    let alive: Vec<String> = r
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| {
+            i.state().and_then(|s| s.name())
+                != Some(&aws_sdk_ec2::types::InstanceStateName::Terminated)
+        })
+        .map(|i| i.instance_id().unwrap_or_default().to_string())
+        .collect();
+    assert!(alive.is_empty(), "instances not terminated: {alive:?}");
+}
+
+/// One x86_64 `bake run` of the production pipeline's ec2 engine, every step, file, package
+/// manifest and validator really executed on the VMs, the release published to the emulator's
+/// SSM; then the seed's incident through the same path: a recipe without the MAC drop-in is
+/// rejected by what ran on the canary, exit 3, nothing published.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ec2_engine_on_real_vms_publishes_a_hardened_image_and_rejects_the_incident() {
+    let p = rehearsal_project("/rehearsal");
+    let (moto, _) = rehearsal_emulator(&p).await;
+    let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
+    assert_eq!(code, 0, "{summary:#}\n{stderr}");
+    let published = &summary["published"][0];
+    let release = published["release"].as_str().unwrap().to_string();
+    let image = published["images"]["x86_64"].as_str().unwrap().to_string();
+    assert!(image.starts_with("ami-"), "{published}");
+    let ssm = aws_sdk_ssm::Client::new(&moto.sdk().await);
+    let param = ssm
+        .get_parameter()
+        .name(format!("/rehearsal/eks-node/releases/{release}/x86_64"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(param.parameter().unwrap().value(), Some(image.as_str()));
+
+    // What each validator said, as the canary answered it (the image's tags keep the summary).
+    let (code, rel, stderr) = bake(
+        &p,
+        moto,
+        &["releases", "eks-node", "-p", "pipelines/aws.toml"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let validators = rel[0]["images"]["x86_64"]["validators"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{rel:#}"))
+        .clone();
+    for (name, status) in &validators {
+        // No cluster in a rehearsal; no snapd on the Debian base.
+        let want = if name == "node-ready" || name == "snap-refresh-held" {
+            "skipped"
+        } else {
+            "pass"
+        };
+        assert_eq!(status, want, "{name}: {rel:#}");
+    }
+    assert!(
+        stderr.is_empty() || !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    // The package manifest was read whole from the builder (longer than one SSM answer).
+    let logged = moto.records();
+    let sends: Vec<&Value> = logged
+        .iter()
+        .filter(|r| r["action"] == "SendCommand")
+        .collect();
+    assert!(
+        sends.len() >= 10,
+        "steps, files, manifest and validators all went over SSM: {}",
+        sends.len()
+    );
+    assert_nothing_left(moto).await;
+    moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
+
+    // The seed's incident: no MAC drop-in. The canary's own udev rewrites the veth's MAC.
+    let n = rehearsal_project("/rehearsal-incident");
+    let text = n.read("recipes/eks-node.toml");
+    let start = text.find("[[files]]").unwrap();
+    let end = start + text[start..].find("[[steps]]").unwrap();
+    n.write(
+        "recipes/eks-node.toml",
+        format!("{}{}", &text[..start], &text[end..]),
+    );
+    let (code, summary, stderr) = bake(&n, moto, &["run", "pipelines/aws.toml"]);
+    assert_eq!(code, 3, "expected rejection: {summary:#}\n{stderr}");
+    assert!(summary["published"].as_array().unwrap().is_empty());
+    let error = summary["results"][0]["error"].as_str().unwrap();
+    assert!(error.contains("mac-policy fail"), "{error}");
+    assert!(error.contains("pod-network fail"), "{error}");
+    let none = ssm
+        .get_parameters_by_path()
+        .path("/rehearsal-incident")
+        .recursive(true)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        none.parameters()
+            .iter()
+            .all(|p| !p.name().unwrap_or_default().contains("/releases/")),
+        "a rejected image was published: {:?}",
+        none.parameters()
+    );
+    assert_nothing_left(moto).await;
+}
+
+/// EC2 and SSM through the proxy, signed with a key of their own (not bake's, not `testing`,
+/// so no IAM assertion of a bake project counts these calls).
+struct Driver {
+    ec2: aws_sdk_ec2::Client,
+    ssm: aws_sdk_ssm::Client,
+}
+
+impl Driver {
+    async fn new(moto: &Moto) -> Driver {
+        let config = moto
+            .sdk_via_proxy()
+            .await
+            .to_builder()
+            .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(
+                aws_sdk_ec2::config::Credentials::new("AKIATOEREHEARSAL", "t", None, None, "toe"),
+            ))
+            .build();
+        Driver {
+            ec2: aws_sdk_ec2::Client::new(&config),
+            ssm: aws_sdk_ssm::Client::new(&config),
+        }
+    }
+
+    /// Launches an instance of `image` and waits until its agent is online.
+    async fn launch(&self, image: &str) -> String {
+        let r = self
+            .ec2
+            .run_instances()
+            .image_id(image)
+            .instance_type(aws_sdk_ec2::types::InstanceType::M6iLarge)
+            .min_count(1)
+            .max_count(1)
+            .send()
+            .await
+            .unwrap();
+        let id = r.instances()[0].instance_id().unwrap().to_string();
+        let start = std::time::Instant::now();
+        loop {
+            let info = self
+                .ssm
+                .describe_instance_information()
+                .filters(
+                    aws_sdk_ssm::types::InstanceInformationStringFilter::builder()
+                        .key("InstanceIds")
+                        .values(&id)
+                        .build()
+                        .unwrap(),
+                )
+                .send()
+                .await
+                .unwrap();
+            if !info.instance_information_list().is_empty() {
+                return id;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(600),
+                "{id} never came online"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// AWS-RunShellScript of `script`: (status, exit code, stdout, stderr).
+    async fn run(&self, id: &str, script: &str, timeout: u64) -> (String, i32, String, String) {
+        let sent = self
+            .ssm
+            .send_command()
+            .document_name("AWS-RunShellScript")
+            .instance_ids(id)
+            .parameters("commands", vec![script.to_string()])
+            .parameters("executionTimeout", vec![timeout.to_string()])
+            .send()
+            .await
+            .unwrap();
+        let command = sent.command().unwrap().command_id().unwrap().to_string();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let inv = self
+                .ssm
+                .get_command_invocation()
+                .command_id(&command)
+                .instance_id(id)
+                .send()
+                .await
+                .unwrap();
+            let status = inv.status().unwrap().as_str().to_string();
+            if status != "InProgress" && status != "Pending" {
+                return (
+                    status,
+                    inv.response_code(),
+                    inv.standard_output_content().unwrap_or_default().into(),
+                    inv.standard_error_content().unwrap_or_default().into(),
+                );
+            }
+        }
+    }
+
+    /// Stops the instance, waits for `stopped`, and makes an image of it.
+    async fn image_of(&self, id: &str) -> String {
+        self.ec2
+            .stop_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .unwrap();
+        let start = std::time::Instant::now();
+        loop {
+            let r = self
+                .ec2
+                .describe_instances()
+                .instance_ids(id)
+                .send()
+                .await
+                .unwrap();
+            let state = r.reservations()[0].instances()[0]
+                .state()
+                .and_then(|s| s.name())
+                .cloned();
+            if state == Some(aws_sdk_ec2::types::InstanceStateName::Stopped) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "{id} never stopped"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let r = self
+            .ec2
+            .create_image()
+            .instance_id(id)
+            .name(format!("toe-rehearsal-{}", moto::rand_suffix()))
+            .send()
+            .await
+            .unwrap();
+        r.image_id().unwrap().to_string()
+    }
+
+    async fn terminate(&self, id: &str) {
+        self.ec2
+            .terminate_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+/// What AWSTOE does with an `ExecuteBash` step: its commands, one after another, as a bash
+/// script; the step fails if the script exits non-zero.
+fn execute_bash(step: &bake::provider::aws::toe::ToeStep) -> String {
+    assert_eq!(step.action, "ExecuteBash", "{step:?}");
+    format!("#!/bin/bash\n{}\n", step.inputs.commands.join("\n"))
+}
+
+/// Every step of `phase` in the components, in the image recipe's order: (name, timeout, bash).
+fn phase_steps(
+    components: &[bake::provider::aws::toe::Component],
+    phase: &str,
+) -> Vec<(String, u64, String)> {
+    components
+        .iter()
+        .flat_map(|c| {
+            let doc: bake::provider::aws::toe::Document = serde_yaml::from_str(&c.data).unwrap();
+            doc.phases
+                .into_iter()
+                .filter(|p| p.name == phase)
+                .flat_map(|p| p.steps)
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        s.timeout_seconds.unwrap_or(7200),
+                        execute_bash(&s),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The AWSTOE documents the `imagebuilder` engine creates, run as Image Builder runs them: the
+/// build phases on a build instance of the base, the test phase on an instance launched from
+/// the image made of it. The hardened recipe's documents build an image whose test phase
+/// passes; once the MAC drop-in is gone from that instance the same test phase fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_image_builder_documents_build_and_test_on_real_vms() {
+    let p = rehearsal_project("/rehearsal-toe");
+    let (moto, ami) = rehearsal_emulator(&p).await;
+    let catalog = bake::validate::Catalog::load(&p.path("validators")).unwrap();
+    let recipe = bake::recipe::Recipe::load(&p.path("recipes"), "eks-node", &catalog).unwrap();
+    let components = bake::provider::aws::toe::components(&recipe, 900);
+    let d = Driver::new(moto).await;
+
+    let builder = d.launch(&ami).await;
+    for (name, timeout, script) in phase_steps(&components, "build") {
+        let (status, rc, out, err) = d.run(&builder, &script, timeout).await;
+        assert_eq!(
+            status, "Success",
+            "build step {name} exited {rc}:\n{out}\n{err}"
+        );
+    }
+    let image = d.image_of(&builder).await;
+    d.terminate(&builder).await;
+
+    let tester = d.launch(&image).await;
+    let tests = phase_steps(&components, "test");
+    assert!(
+        tests.iter().any(|(n, _, _)| n == "validate_mac_policy"),
+        "{tests:?}"
+    );
+    for (name, timeout, script) in &tests {
+        let (status, rc, out, err) = d.run(&tester, script, *timeout).await;
+        assert_eq!(
+            status, "Success",
+            "test step {name} exited {rc}:\n{out}\n{err}"
+        );
+    }
+    // The incident on the same instance: without the drop-in the test phase fails.
+    let dropin = &recipe.files[0].dest;
+    let (status, ..) = d.run(&tester, &format!("rm -f '{dropin}'"), 60).await;
+    assert_eq!(status, "Success");
+    let failed: Vec<String> = {
+        let mut failed = Vec::new();
+        for (name, timeout, script) in &tests {
+            let (status, _, _, _) = d.run(&tester, script, *timeout).await;
+            if status != "Success" {
+                failed.push(name.clone());
+            }
+        }
+        failed
+    };
+    assert!(
+        failed.contains(&"validate_mac_policy".to_string())
+            && failed.contains(&"validate_pod_network".to_string()),
+        "{failed:?}"
+    );
+    d.terminate(&tester).await;
+    let _ = d.ec2.deregister_image().image_id(&image).send().await;
+}
+
+/// SIGKILL while a recipe step really runs on the builder VM; `sweep --apply` then leaves no
+/// VM, no live instance, no security group and no image of the run.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_a_real_step_then_sweep_leaves_no_vm_instance_or_image() {
+    let p = rehearsal_project("/rehearsal-kill");
+    let (moto, _) = rehearsal_emulator(&p).await;
+    let mut child = moto::bake_command(&p, moto)
+        .args(["run", "pipelines/aws.toml", "-q"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The third command is the second recipe step (after the files and settle-first-boot):
+    // kill while the guest runs it.
+    let start = std::time::Instant::now();
+    while moto
+        .calls()
+        .iter()
+        .filter(|(_, a)| a == "SendCommand")
+        .count()
+        < 3
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before its third command"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(900),
+            "no third command"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (code, swept, stderr) = bake(&p, moto, &["sweep", "-p", "pipelines/aws.toml", "--apply"]);
+    assert_eq!(code, 0, "{swept:#}\n{stderr}");
+    assert!(
+        !swept["leftovers"].as_array().unwrap().is_empty(),
+        "the killed run left its builder: {swept:#}"
+    );
+    // TerminateInstances ends the VM at once.
+    assert_nothing_left(moto).await;
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let groups = ec2.describe_security_groups().send().await.unwrap();
+    let images = ec2.describe_images().owners("self").send().await.unwrap();
+    let ours = |tags: &[aws_sdk_ec2::types::Tag]| {
+        tags.iter()
+            .any(|t| t.key() == Some("bake:prefix") && t.value() == Some("/rehearsal-kill"))
+    };
+    assert!(!groups.security_groups().iter().any(|g| ours(g.tags())));
+    assert!(!images.images().iter().any(|i| ours(i.tags())));
+}
