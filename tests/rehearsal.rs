@@ -237,12 +237,14 @@ impl Driver {
         }
     }
 
-    /// Launches an instance of `image` and waits until its agent is online.
-    async fn launch(&self, image: &str) -> String {
+    /// Launches an instance of `image` (with base64 `user_data`) and waits until its agent is
+    /// online.
+    async fn launch(&self, image: &str, user_data: Option<String>) -> String {
         let r = self
             .ec2
             .run_instances()
             .image_id(image)
+            .set_user_data(user_data)
             .instance_type(aws_sdk_ec2::types::InstanceType::M6iLarge)
             .min_count(1)
             .max_count(1)
@@ -407,7 +409,11 @@ async fn the_image_builder_documents_build_and_test_on_real_vms() {
     let components = bake::provider::aws::toe::components(&recipe, 900);
     let d = Driver::new(moto).await;
 
-    let builder = d.launch(&ami).await;
+    // With the dead-man's user data bake gives every builder.
+    let lifetime = Duration::from_secs(3 * 3600);
+    let builder = d
+        .launch(&ami, Some(bake::user_data::builder(lifetime)))
+        .await;
     for (name, timeout, script) in phase_steps(&components, "build") {
         let (status, rc, out, err) = d.run(&builder, &script, timeout).await;
         assert_eq!(
@@ -415,10 +421,18 @@ async fn the_image_builder_documents_build_and_test_on_real_vms() {
             "build step {name} exited {rc}:\n{out}\n{err}"
         );
     }
+    // cloud-init ran that user data on first boot: the power-off is scheduled (in /run).
+    let (status, _, out, err) = d
+        .run(&builder, "cat /run/systemd/shutdown/scheduled", 60)
+        .await;
+    assert!(
+        status == "Success" && out.contains("MODE=poweroff"),
+        "the dead-man's timer is not armed: {status} {out} {err}"
+    );
     let image = d.image_of(&builder).await;
     d.terminate(&builder).await;
 
-    let tester = d.launch(&image).await;
+    let tester = d.launch(&image, None).await;
     let tests = phase_steps(&components, "test");
     assert!(
         tests.iter().any(|(n, _, _)| n == "validate_mac_policy"),
