@@ -39,17 +39,7 @@ fn arch_result<'a>(summary: &'a Value, arch: &str) -> &'a Value {
 
 async fn inventory(moto: &Moto) -> (Vec<String>, Vec<(String, String)>, Vec<String>) {
     let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
-    let instances = ec2.describe_instances().send().await.unwrap();
-    let live: Vec<String> = instances
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .filter(|i| {
-            i.state().and_then(|s| s.name())
-                != Some(&aws_sdk_ec2::types::InstanceStateName::Terminated)
-        })
-        .map(|i| i.instance_id().unwrap().to_string())
-        .collect();
+    let live = common::moto::live_instances(moto).await;
     let images = ec2.describe_images().owners("self").send().await.unwrap();
     let baked: Vec<(String, String)> = images
         .images()

@@ -106,18 +106,7 @@ async fn assert_nothing_left(moto: &Moto) {
         .filter(|n| n.starts_with("i-"))
         .collect();
     assert!(instances.is_empty(), "instance disks left: {instances:?}");
-    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
-    let r = ec2.describe_instances().send().await.unwrap();
-    let alive: Vec<String> = r
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .filter(|i| {
-            i.state().and_then(|s| s.name())
-                != Some(&aws_sdk_ec2::types::InstanceStateName::Terminated)
-        })
-        .map(|i| i.instance_id().unwrap_or_default().to_string())
-        .collect();
+    let alive = moto::live_instances(moto).await;
     assert!(alive.is_empty(), "instances not terminated: {alive:?}");
 }
 

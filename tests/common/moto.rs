@@ -344,6 +344,21 @@ pub fn package_rules(list: &str) -> Vec<Value> {
     rules
 }
 
+/// The IDs of every instance in moto that is not terminated.
+pub async fn live_instances(moto: &Moto) -> Vec<String> {
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let r = ec2.describe_instances().send().await.unwrap();
+    r.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| {
+            i.state().and_then(|s| s.name())
+                != Some(&aws_sdk_ec2::types::InstanceStateName::Terminated)
+        })
+        .map(|i| i.instance_id().unwrap().to_string())
+        .collect()
+}
+
 /// The decoded user data of a logged RunInstances call ("" if it had none).
 pub fn user_data(params: &std::collections::BTreeMap<String, String>) -> String {
     use base64::Engine as _;
