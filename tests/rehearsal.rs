@@ -173,19 +173,16 @@ async fn the_ec2_engine_on_real_vms_publishes_a_hardened_image_and_rejects_the_i
 
     // The seed's incident: no MAC drop-in. The canary's own udev rewrites the veth's MAC.
     let n = rehearsal_project("/rehearsal-incident");
-    let text = n.read("recipes/eks-node.toml");
-    let start = text.find("[[files]]").unwrap();
-    let end = start + text[start..].find("[[steps]]").unwrap();
-    n.write(
-        "recipes/eks-node.toml",
-        format!("{}{}", &text[..start], &text[end..]),
-    );
+    n.without_mac_dropin();
     let (code, summary, stderr) = bake(&n, moto, &["run", "pipelines/aws.toml"]);
     assert_eq!(code, 3, "expected rejection: {summary:#}\n{stderr}");
     assert!(summary["published"].as_array().unwrap().is_empty());
     let error = summary["results"][0]["error"].as_str().unwrap();
-    assert!(error.contains("mac-policy fail"), "{error}");
-    assert!(error.contains("pod-network fail"), "{error}");
+    let (pod, lost) = crate::common::POD_LOST;
+    for (validator, reason) in [("mac-policy", "MACAddressPolicy=none"), (pod, lost)] {
+        assert!(error.contains(&format!("{validator} fail")), "{error}");
+        assert!(error.contains(reason), "expected {reason:?} in {error}");
+    }
     let none = ssm
         .get_parameters_by_path()
         .path("/rehearsal-incident")

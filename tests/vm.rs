@@ -10,7 +10,7 @@ mod common;
 mod rehearsal;
 
 use assert_cmd::Command;
-use common::Project;
+use common::{Project, POD_LOST};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -242,9 +242,6 @@ fn rejected(p: &Project, validator: &str, reason: &str) {
     rejected_by(p, &[(validator, reason)]);
 }
 
-/// What the seed incident looks like from the pod's side.
-const POD_LOST: (&str, &str) = ("pod-network", "udev rewrote the host veth's MAC");
-
 /// Adds an executable step script and a step running it before `before` (or at the end).
 fn add_step(p: &Project, name: &str, body: &str, before: Option<&str>) {
     let file = format!("recipes/eks-node/{name}.sh");
@@ -265,23 +262,9 @@ fn add_step(p: &Project, name: &str, body: &str, before: Option<&str>) {
     }
 }
 
-/// Removes the MAC drop-in from the recipe.
-fn without_mac_dropin(p: &Project) {
-    let text = p.read("recipes/eks-node.toml");
-    let start = text.find("[[files]]").unwrap();
-    let end = start + text[start..].find("[[steps]]").unwrap();
-    p.write(
-        "recipes/eks-node.toml",
-        format!("{}{}", &text[..start], &text[end..]),
-    );
-}
-
-#[test]
-fn an_image_without_the_mac_override_is_rejected() {
-    let p = project_for("x86_64");
-    without_mac_dropin(&p);
-    rejected_by(&p, &[("mac-policy", "MACAddressPolicy=none"), POD_LOST]);
-}
+// An image without the MAC drop-in at all (the seed's incident) is rejected end to end through
+// the AWS engine on real VMs: tests/rehearsal.rs. The local negatives below are the other
+// breakage classes, each once.
 
 /// The drop-in is there, but a package later installs a .link file that sorts first and
 /// matches veths: udev applies only the first matching file, so the drop-in never applies.
@@ -343,7 +326,7 @@ fn an_image_that_ships_identity_or_leftovers_is_rejected() {
 #[test]
 fn an_in_place_fix_of_the_packaged_link_file_is_undone_by_an_upgrade_and_rejected() {
     let p = project_for("x86_64");
-    without_mac_dropin(&p);
+    p.without_mac_dropin();
     // The hand fix the seed's users first tried, then what the next unattended upgrade does.
     p.write(
         "recipes/eks-node/edit-usr-lib.sh",

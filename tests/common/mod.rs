@@ -9,6 +9,9 @@ pub mod moto;
 
 use std::path::{Path, PathBuf};
 
+/// How pod-network says a pod lost its network: udev gave the host-side veth a new MAC.
+pub const POD_LOST: (&str, &str) = ("pod-network", "udev rewrote the host veth's MAC");
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -43,6 +46,18 @@ impl Project {
         let p = self.path(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, content).unwrap();
+    }
+
+    /// Removes the MAC drop-in (the recipe's `[[files]]` entry) from the eks-node recipe: the
+    /// seed's incident.
+    pub fn without_mac_dropin(&self) {
+        let text = self.read("recipes/eks-node.toml");
+        let start = text.find("[[files]]").unwrap();
+        let end = start + text[start..].find("[[steps]]").unwrap();
+        self.write(
+            "recipes/eks-node.toml",
+            format!("{}{}", &text[..start], &text[end..]),
+        );
     }
 
     /// Replaces `from` with `to` in a file, failing the test if `from` is not there.

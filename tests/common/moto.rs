@@ -152,11 +152,22 @@ impl Moto {
         std::fs::write(self.dir.path().join("proxy.json"), config.to_string()).unwrap();
     }
 
+    /// The complete lines of the proxy's call log. The proxy appends while tests read: a last
+    /// line without its newline is still being written and is left for the next read.
+    fn logged_lines(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(self.dir.path().join("calls.jsonl")).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// (service, action) of every call that went through the proxy, in order.
     pub fn calls(&self) -> Vec<(String, String)> {
-        std::fs::read_to_string(self.dir.path().join("calls.jsonl"))
-            .unwrap_or_default()
-            .lines()
+        self.logged_lines()
+            .iter()
             .map(|l| {
                 let v: serde_json::Value = serde_json::from_str(l).unwrap();
                 (
@@ -170,18 +181,16 @@ impl Moto {
     /// Every call that went through the proxy, as it recorded them (service, action, region,
     /// access key, parameters, the tags of the resources it named).
     pub fn records(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.dir.path().join("calls.jsonl"))
-            .unwrap_or_default()
-            .lines()
+        self.logged_lines()
+            .iter()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
 
     /// The form parameters of every logged call of `action` (RunInstances, CreateImage...).
     pub fn params_of(&self, action: &str) -> Vec<std::collections::BTreeMap<String, String>> {
-        std::fs::read_to_string(self.dir.path().join("calls.jsonl"))
-            .unwrap_or_default()
-            .lines()
+        self.logged_lines()
+            .iter()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
             .filter(|v| v["action"] == action)
             .map(|v| serde_json::from_value(v["params"].clone()).unwrap_or_default())
