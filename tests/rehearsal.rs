@@ -89,15 +89,7 @@ fn bake(p: &Project, moto: &Moto, args: &[&str]) -> (i32, Value, String) {
 /// No VM runs and no instance disk is left; every instance the run made is terminated.
 async fn assert_nothing_left(moto: &Moto) {
     let dir = moto.dir.path().join("machines");
-    let ps = std::process::Command::new("ps")
-        .args(["-eo", "args"])
-        .output()
-        .unwrap();
-    let ps = String::from_utf8_lossy(&ps.stdout);
-    let running: Vec<&str> = ps
-        .lines()
-        .filter(|l| l.contains("qemu-system") && l.contains(&*dir.to_string_lossy()))
-        .collect();
+    let running = crate::common::qemu_running_under(&dir);
     assert!(running.is_empty(), "VMs left running: {running:?}");
     let instances: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()

@@ -51,15 +51,7 @@ fn bake(p: &Project, args: &[&str]) -> (i32, Value, String) {
 /// No QEMU process and no overlay or socket of this project's state dir is left.
 fn assert_nothing_left(p: &Project) {
     let state = p.state().canonicalize().unwrap();
-    let ps = std::process::Command::new("ps")
-        .args(["-eo", "args"])
-        .output()
-        .unwrap();
-    let ps = String::from_utf8_lossy(&ps.stdout);
-    let left: Vec<&str> = ps
-        .lines()
-        .filter(|l| l.contains("qemu-system") && l.contains(&*state.to_string_lossy()))
-        .collect();
+    let left = common::qemu_running_under(&state);
     assert!(left.is_empty(), "QEMU left running: {left:?}");
     let work = state.join("work");
     let files: Vec<_> = walk(&work);

@@ -12,6 +12,19 @@ use std::path::{Path, PathBuf};
 /// How pod-network says a pod lost its network: udev gave the host-side veth a new MAC.
 pub const POD_LOST: (&str, &str) = ("pod-network", "udev rewrote the host veth's MAC");
 
+/// The command lines of QEMU processes whose arguments mention `dir` (their disks are there).
+pub fn qemu_running_under(dir: &Path) -> Vec<String> {
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| l.contains("qemu-system") && l.contains(&*dir.to_string_lossy()))
+        .map(str::to_string)
+        .collect()
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
