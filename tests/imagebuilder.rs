@@ -418,22 +418,14 @@ async fn project(moto: &Moto, prefix: &str) -> Project {
         .unwrap()
         .to_string();
     let p = common::moto::project(prefix);
-    let mut text = p
-        .read("pipelines/aws.toml")
-        .replace("arches = [\"x86_64\", \"arm64\"]", "arches = [\"x86_64\"]")
-        .replace(
-            "engine = \"ec2\"",
-            &format!(
-                "engine = \"imagebuilder\"\nsubnet_id = \"{subnet}\"\nsecurity_group_id = \"{sg}\""
-            ),
-        );
-    for c in ["dev", "staging", "prod"] {
-        text = text.replace(
-            &format!("[clusters.{c}]\n"),
-            &format!("[clusters.{c}]\narches = [\"x86_64\"]\n"),
-        );
-    }
-    p.write("pipelines/aws.toml", text);
+    common::moto::x86_only(&p);
+    p.edit(
+        "pipelines/aws.toml",
+        "engine = \"ec2\"",
+        &format!(
+            "engine = \"imagebuilder\"\nsubnet_id = \"{subnet}\"\nsecurity_group_id = \"{sg}\""
+        ),
+    );
     p
 }
 

@@ -16,20 +16,12 @@ const X86: &str =
 /// A project whose aws pipeline bakes x86_64 only, under `prefix`, polling fast.
 fn x86_project(prefix: &str) -> Project {
     let p = Project::new();
-    let mut text = p
-        .read("pipelines/aws.toml")
-        .replace("arches = [\"x86_64\", \"arm64\"]", "arches = [\"x86_64\"]");
-    for c in ["dev", "staging", "prod"] {
-        text = text.replace(
-            &format!("[clusters.{c}]\n"),
-            &format!("[clusters.{c}]\narches = [\"x86_64\"]\n"),
-        );
-    }
-    text = text.replace(
+    common::moto::x86_only(&p);
+    p.edit(
+        "pipelines/aws.toml",
         "ssm_prefix = \"/bake\"",
         &format!("ssm_prefix = \"{prefix}\"\npoll_interval = \"20ms\""),
     );
-    p.write("pipelines/aws.toml", text);
     p
 }
 

@@ -11,10 +11,15 @@ use bake::provider::local::base;
 use serde_json::{json, Value};
 use std::time::Duration;
 
+/// The project's eks-node recipe, as bake loads it.
+fn eks_node(p: &Project) -> bake::recipe::Recipe {
+    let catalog = bake::validate::Catalog::load(&p.path("validators")).unwrap();
+    bake::recipe::Recipe::load(&p.path("recipes"), "eks-node", &catalog).unwrap()
+}
+
 /// The local x86_64 base the eks-node recipe bakes from (built once, cached like bake's own).
 async fn local_base(p: &Project) -> base::Base {
-    let catalog = bake::validate::Catalog::load(&p.path("validators")).unwrap();
-    let recipe = bake::recipe::Recipe::load(&p.path("recipes"), "eks-node", &catalog).unwrap();
+    let recipe = eks_node(p);
     let spec = base::BaseSpec::new(
         recipe.local.as_ref().unwrap(),
         bake::Arch::X86_64,
@@ -44,19 +49,8 @@ fn rehearsal_project(prefix: &str) -> Project {
             "ssm_prefix = \"{prefix}\"\npoll_interval = \"500ms\"\ninstance_timeout = \"300s\"\nagent_timeout = \"600s\"\ncommand_timeout = \"900s\"\nimage_timeout = \"600s\"\nretry_max_backoff = \"1s\""
         ),
     );
-    p.edit(
-        "pipelines/aws.toml",
-        "arches = [\"x86_64\", \"arm64\"]",
-        "arches = [\"x86_64\"]",
-    );
+    moto::x86_only(&p);
     p.edit("pipelines/aws.toml", "[canary]\ncluster = \"dev\"\n", "");
-    for c in ["dev", "staging", "prod"] {
-        p.edit(
-            "pipelines/aws.toml",
-            &format!("[clusters.{c}]\n"),
-            &format!("[clusters.{c}]\narches = [\"x86_64\"]\n"),
-        );
-    }
     p
 }
 
@@ -149,7 +143,7 @@ async fn the_ec2_engine_on_real_vms_publishes_a_hardened_image_and_rejects_the_i
         stderr.is_empty() || !stderr.contains("panicked"),
         "{stderr}"
     );
-    // The package manifest was read whole from the builder (longer than one SSM answer).
+    // Files, steps, the package manifest and the validators each went over SSM RunCommand.
     let logged = moto.records();
     let sends: Vec<&Value> = logged
         .iter()
@@ -382,8 +376,7 @@ fn phase_steps(
 async fn the_image_builder_documents_build_and_test_on_real_vms() {
     let p = rehearsal_project("/rehearsal-toe");
     let (moto, ami) = rehearsal_emulator(&p).await;
-    let catalog = bake::validate::Catalog::load(&p.path("validators")).unwrap();
-    let recipe = bake::recipe::Recipe::load(&p.path("recipes"), "eks-node", &catalog).unwrap();
+    let recipe = eks_node(&p);
     let components = bake::provider::aws::toe::components(&recipe, 900);
     let d = Driver::new(moto).await;
 

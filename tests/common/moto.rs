@@ -274,6 +274,22 @@ pub fn rand_suffix() -> u32 {
             .subsec_nanos())
 }
 
+/// Makes a project's aws pipeline bake x86_64 only, with clusters that use only x86_64.
+pub fn x86_only(p: &Project) {
+    p.edit(
+        "pipelines/aws.toml",
+        "arches = [\"x86_64\", \"arm64\"]",
+        "arches = [\"x86_64\"]",
+    );
+    for c in ["dev", "staging", "prod"] {
+        p.edit(
+            "pipelines/aws.toml",
+            &format!("[clusters.{c}]\n"),
+            &format!("[clusters.{c}]\narches = [\"x86_64\"]\n"),
+        );
+    }
+}
+
 /// A copy of the project whose aws pipeline polls fast and writes under `prefix`.
 pub fn project(prefix: &str) -> Project {
     let p = Project::new();

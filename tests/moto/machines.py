@@ -163,19 +163,32 @@ class Agent:
     def status(self, pid):
         return self.call("guest-exec-status", {"pid": pid})
 
-    def run(self, argv, timeout=120):
-        pid = self.start(argv, env=["PATH=" + PATH])
+    def wait(self, pid, timeout):
+        """The guest-exec-status of `pid` once it has exited, or None after `timeout` seconds."""
         deadline = time.time() + timeout
-        while time.time() < deadline:
+        while True:
             st = self.status(pid)
             if st.get("exited"):
-                return st.get("exitcode", -1), base64.b64decode(st.get("out-data", "")), base64.b64decode(st.get("err-data", ""))
+                return st
+            if time.time() > deadline:
+                return None
             time.sleep(0.2)
-        raise RuntimeError("%s did not finish in %ds" % (argv, timeout))
+
+    def run(self, argv, timeout=120):
+        pid = self.start(argv, env=["PATH=" + PATH])
+        st = self.wait(pid, timeout)
+        if st is None:
+            raise RuntimeError("%s did not finish in %ds" % (argv, timeout))
+        return st.get("exitcode", -1), base64.b64decode(st.get("out-data", "")), base64.b64decode(st.get("err-data", ""))
+
+
+def overlay(backing, fmt, path):
+    """A qcow2 copy-on-write disk over `backing`: what EC2 makes of a snapshot, lazily."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", backing, path], check=True)
 
 
 class Vm:
-    def __init__(self, instance, image, spec, dirpath):
+    def __init__(self, instance, image, dirpath):
         self.instance = instance
         self.image = image
         self.dir = dirpath
@@ -187,23 +200,20 @@ class Vm:
         self.expected_exit = False      # stopping or terminating: the VM's exit is asked for
         self.stopping = False
         self.stopped = threading.Event()
-        self.spec = spec
-        self.extra = []                 # (path, serial)
 
     def boot(self, user_data, volume_gib, extra, machine):
         os.makedirs(self.dir, exist_ok=True)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", self.image.get("format", "qcow2"),
-                        "-b", self.image["disk"], self.disk], check=True)
+        overlay(self.image["disk"], self.image.get("format", "qcow2"), self.disk)
         if volume_gib:
             virtual = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-U", self.disk],
                                                 check=True, capture_output=True).stdout)["virtual-size"]
             if volume_gib * (1 << 30) > virtual:
                 subprocess.run(["qemu-img", "resize", "-q", self.disk, "%dG" % volume_gib], check=True)
-        self.extra = []
+        volumes = []                    # (disk, serial)
         for i, (disk, fmt, serial) in enumerate(extra):
             path = os.path.join(self.dir, "volume-%d.qcow2" % i)
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", disk, path], check=True)
-            self.extra.append((path, serial))
+            overlay(disk, fmt, path)
+            volumes.append((path, serial))
         seed = self.seed(user_data)
         arch = self.image.get("arch", "x86_64")
         binary, mach, cpu, console = {
@@ -219,7 +229,7 @@ class Vm:
                 "-device", "virtio-blk-pci,drive=root,serial=%s" % self.instance[:20],
                 "-drive", "file=%s,if=none,id=seed,format=raw,readonly=on" % seed,
                 "-device", "virtio-blk-pci,drive=seed,serial=cidata"]
-        for i, (path, serial) in enumerate(self.extra):
+        for i, (path, serial) in enumerate(volumes):
             argv += ["-drive", "file=%s,if=none,id=vol%d,format=qcow2,cache=unsafe" % (path, i),
                      "-device", "nvme,drive=vol%d,serial=%s" % (i, serial[:20])]
         argv += ["-device", "virtio-serial",
@@ -367,7 +377,7 @@ class Machines:
                         serial = volumes.get(dev, "vol-unknown").replace("-", "")
                         extra.append((source["disk"], source.get("format", "qcow2"), serial))
                 i += 1
-            vm = Vm(instance, image, machine, os.path.join(self.dir, instance))
+            vm = Vm(instance, image, os.path.join(self.dir, instance))
             with self.lock:
                 self.vms[instance] = vm
             vm.boot(user_data, size, extra, machine)
@@ -476,8 +486,8 @@ class Machines:
         return vm is not None and vm.running() and not vm.stopping and vm.agent.ping()
 
     def send_command(self, req, command_id):
-        """Starts AWS-RunShellScript on every VM-backed target; returns the instances that are
-        VM-backed but not reachable (SSM refuses those)."""
+        """Starts AWS-RunShellScript on every VM-backed target (the proxy has already refused a
+        command to one whose agent is not online, as SSM does)."""
         params = req.get("Parameters") or {}
         script = "\n".join(params.get("commands") or [])
         timeout = int((params.get("executionTimeout") or ["3600"])[0])
@@ -505,24 +515,19 @@ class Machines:
             cwd = workdir or orch
             pid = vm.agent.start(["/bin/sh", "-c", 'cd "$1" && exec sh -c "$2"', "sh", cwd, path],
                                  env=["PATH=" + PATH])
-            deadline = time.time() + timeout
-            while True:
-                st = vm.agent.status(pid)
-                if st.get("exited"):
-                    inv["out"] = base64.b64decode(st.get("out-data", ""))
-                    inv["err"] = base64.b64decode(st.get("err-data", ""))
-                    code = st.get("exitcode")
-                    if code is None:
-                        code = 128 + st.get("signal", 0)
-                    inv["ResponseCode"] = code
-                    inv["Status"] = "Success" if code == 0 else "Failed"
-                    return
-                if time.time() > deadline:
-                    # The agent kills the process tree of a command past executionTimeout.
-                    vm.agent.run(["/bin/sh", "-c", "pkill -KILL -P %d; kill -KILL %d" % (pid, pid)])
-                    inv["Status"] = "TimedOut"
-                    return
-                time.sleep(0.25)
+            st = vm.agent.wait(pid, timeout)
+            if st is None:
+                # The agent kills the process tree of a command past executionTimeout.
+                vm.agent.run(["/bin/sh", "-c", "pkill -KILL -P %d; kill -KILL %d" % (pid, pid)])
+                inv["Status"] = "TimedOut"
+                return
+            inv["out"] = base64.b64decode(st.get("out-data", ""))
+            inv["err"] = base64.b64decode(st.get("err-data", ""))
+            code = st.get("exitcode")
+            if code is None:
+                code = 128 + st.get("signal", 0)
+            inv["ResponseCode"] = code
+            inv["Status"] = "Success" if code == 0 else "Failed"
         except Exception as e:
             # The agent lost its instance (stopped, terminated, crashed) mid-command.
             inv["Status"] = "Failed"
@@ -538,15 +543,9 @@ class Machines:
         details = {"InProgress": "InProgress", "TimedOut": "ExecutionTimedOut"}.get(status, status)
         return {"CommandId": command_id, "InstanceId": instance, "DocumentName": "AWS-RunShellScript",
                 "PluginName": "aws:runShellScript", "Status": status, "StatusDetails": details,
-                "ResponseCode": inv["ResponseCode"] if status != "InProgress" else -1,
+                "ResponseCode": inv["ResponseCode"],
                 "StandardOutputContent": inv["out"].decode("utf-8", errors="replace")[:STDOUT_LIMIT],
                 "StandardErrorContent": inv["err"].decode("utf-8", errors="replace")[:STDERR_LIMIT]}
-
-    def shutdown_all(self):
-        with self.lock:
-            vms = list(self.vms.values())
-        for vm in vms:
-            vm.kill()
 
 
 def ids(form, name):

@@ -47,7 +47,6 @@ FIRST_ASKED = {}                # instance id -> first DescribeInstanceInformati
 FAULTS_USED = {}                # fault index -> times injected
 CREATED_AT = {}                 # image id -> when CreateImage answered
 SEEN = set()                    # actions seen so far (for faults that start "after" one)
-MACHINES = None                 # machines.Machines, made on first use (needs moto_ec2)
 
 
 def rest_action(method, path):
@@ -323,7 +322,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         return re.sub(rb"(<instanceId>([^<]+)</instanceId>(?:(?!<instanceId>).)*?<instanceState>)\s*<code>\d+</code>\s*<name>[a-z-]+</name>",
                       state, data, flags=re.S)
 
-    def moto_ec2(self, region, pairs):
+    @staticmethod
+    def moto_ec2(region, pairs):
         """A call straight to moto's EC2 in `region` (moto reads the region from the scope)."""
         data = urllib.parse.urlencode([("Version", "2016-11-15")] + pairs).encode()
         req = urllib.request.Request(UPSTREAM + "/", data=data, method="POST")
@@ -490,7 +490,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-MACHINES = machines_mod.Machines(lambda region, pairs: Proxy.moto_ec2(None, region, pairs))
+# The VMs behind instances (used by the handlers above; see machines.py).
+MACHINES = machines_mod.Machines(Proxy.moto_ec2)
 server = http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Proxy)
 print(server.server_address[1], flush=True)
 server.serve_forever()

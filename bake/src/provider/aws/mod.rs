@@ -1394,60 +1394,26 @@ impl Step<State> for Launch<'_> {
                     .chain([timeout])
                     .collect();
                 let lifetime = user_data::lifetime(&p.settings, &limits);
-                // A pipeline that names no canary cluster (a rehearsal) boots the canary with
-                // the dead-man's timer only; its cluster checks are skipped and say so.
-                let Some(name) = p.canary_cluster.clone() else {
-                    return self
-                        .launch(
-                            state,
-                            cx,
-                            req.user_data(user_data::unjoined_canary(lifetime)),
-                            &image,
-                        )
-                        .await;
-                };
-                let join = self.job.base.join.ok_or_else(|| {
-                    step_err(
-                        cx,
-                        self.name(),
-                        "the base does not say how its nodes join a cluster",
-                    )
-                })?;
-                p.eks_slot().await;
-                let cluster = user_data::Cluster::describe(&p.eks, &name, &p.region).await?;
-                req.user_data(user_data::canary(join, &cluster, lifetime)?)
+                match p.canary_cluster.clone() {
+                    // A pipeline that names no canary cluster (a rehearsal) boots the canary
+                    // with the dead-man's timer only; its cluster checks are skipped and say so.
+                    None => req.user_data(user_data::unjoined_canary(lifetime)),
+                    Some(name) => {
+                        let join = self.job.base.join.ok_or_else(|| {
+                            step_err(
+                                cx,
+                                self.name(),
+                                "the base does not say how its nodes join a cluster",
+                            )
+                        })?;
+                        p.eks_slot().await;
+                        let cluster =
+                            user_data::Cluster::describe(&p.eks, &name, &p.region).await?;
+                        req.user_data(user_data::canary(join, &cluster, lifetime)?)
+                    }
+                }
             }
         };
-        self.launch(state, cx, req, &image).await
-    }
-    async fn cleanup(
-        &self,
-        state: &mut State,
-        _outcome: Outcome,
-        cx: &StepContext<'_>,
-    ) -> Result<()> {
-        let id = match self.role {
-            Role::Builder => state.builder.take(),
-            Role::Canary => state.canary.take(),
-        };
-        if let Some(id) = id {
-            self.p.terminate(&id).await?;
-            cx.removed("instance", &id)?;
-        }
-        Ok(())
-    }
-}
-
-impl Launch<'_> {
-    /// Sends the finished RunInstances request, records the instance and waits for it to run.
-    async fn launch(
-        &self,
-        state: &mut State,
-        cx: &StepContext<'_>,
-        req: aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder,
-        image: &str,
-    ) -> Result<()> {
-        let p = self.p;
         let r = req.send().await.map_err(|e| {
             err(
                 format!(
@@ -1472,6 +1438,22 @@ impl Launch<'_> {
         p.wait_instance(&id, InstanceStateName::Running).await?;
         if self.role == Role::Canary {
             state.image_copy = p.volume_at(&id, IMAGE_COPY_DEVICE).await?;
+        }
+        Ok(())
+    }
+    async fn cleanup(
+        &self,
+        state: &mut State,
+        _outcome: Outcome,
+        cx: &StepContext<'_>,
+    ) -> Result<()> {
+        let id = match self.role {
+            Role::Builder => state.builder.take(),
+            Role::Canary => state.canary.take(),
+        };
+        if let Some(id) = id {
+            self.p.terminate(&id).await?;
+            cx.removed("instance", &id)?;
         }
         Ok(())
     }
