@@ -244,9 +244,28 @@ fn wrong_type() {
 }
 
 #[test]
+fn no_vcpus() {
+    for bad in ["0", "\"many\""] {
+        let p = Project::new();
+        p.edit(LOCAL, "cpus = \"auto\"", &format!("cpus = {bad}"));
+        let line = line_of(&p.read(LOCAL), "cpus =");
+        refused(
+            &p,
+            LOCAL,
+            Expect {
+                file: LOCAL,
+                line: Some(line),
+                field: Some("local.cpus"),
+                message: "expected a vCPU count of at least 1, or \"auto\"",
+            },
+        );
+    }
+}
+
+#[test]
 fn duplicate_key() {
     let p = Project::new();
-    p.edit(LOCAL, "cpus = 1\n", "cpus = 1\ncpus = 2\n");
+    p.edit(LOCAL, "accel = \"auto\"", "cpus = 2\naccel = \"auto\"");
     let line = line_of(&p.read(LOCAL), "cpus = 2");
     refused(
         &p,

@@ -743,7 +743,11 @@ async fn open(
 ) -> Result<(Box<dyn Provider>, Box<dyn Registry>)> {
     match pipeline.provider {
         ProviderKind::Local => Ok((
-            Box::new(LocalProvider::new(pipeline.local.clone(), state_dir)?),
+            Box::new(LocalProvider::new(
+                pipeline.local.clone(),
+                state_dir,
+                pipeline.bakes.iter().map(|b| b.arches.len()).sum(),
+            )?),
             Box::new(SqliteRegistry::open(state_dir)?),
         )),
         ProviderKind::Aws => {

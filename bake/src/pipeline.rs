@@ -100,8 +100,8 @@ pub struct LocalSettings {
     pub mirror: Option<String>,
     #[serde(default = "default_memory")]
     pub memory_mib: u32,
-    #[serde(default = "default_cpus")]
-    pub cpus: u32,
+    #[serde(default)]
+    pub cpus: Cpus,
     #[serde(default)]
     pub accel: Accel,
     #[serde(default = "default_boot_timeout", with = "humantime_serde")]
@@ -116,9 +116,6 @@ pub struct LocalSettings {
 
 fn default_memory() -> u32 {
     1024
-}
-fn default_cpus() -> u32 {
-    1
 }
 fn default_boot_timeout() -> Duration {
     Duration::from_secs(600)
@@ -138,13 +135,80 @@ impl Default for LocalSettings {
         LocalSettings {
             mirror: None,
             memory_mib: default_memory(),
-            cpus: default_cpus(),
+            cpus: Cpus::Auto,
             accel: Accel::Auto,
             boot_timeout: default_boot_timeout(),
             step_timeout: default_step_timeout(),
             shutdown_timeout: default_shutdown_timeout(),
             base_timeout: default_base_timeout(),
         }
+    }
+}
+
+/// vCPUs per VM: a count, or `"auto"`: the host's cores shared among the VMs the pipeline can
+/// run at once (one per arch it bakes; an arch's builder and canary take turns), at least 1 and
+/// at most [`Cpus::AUTO_MAX`]. Under TCG a second vCPU cuts a bake by about a third when the
+/// host has the core to spare, and costs when it does not, hence the sharing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Cpus {
+    #[default]
+    Auto,
+    Count(u32),
+}
+
+impl Cpus {
+    /// The most `auto` gives one VM: past it a 1 GiB builder gains nothing measurable.
+    pub const AUTO_MAX: u32 = 4;
+
+    /// The vCPU count for each VM when `vms_at_once` run together on `host_cores` cores.
+    pub fn resolve(self, host_cores: usize, vms_at_once: usize) -> u32 {
+        match self {
+            Cpus::Count(n) => n,
+            Cpus::Auto => {
+                let share = host_cores / vms_at_once.max(1);
+                (share as u32).clamp(1, Self::AUTO_MAX)
+            }
+        }
+    }
+}
+
+impl Serialize for Cpus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Cpus::Auto => s.serialize_str("auto"),
+            Cpus::Count(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Cpus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Cpus;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a vCPU count of at least 1, or \"auto\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Cpus, E> {
+                match u32::try_from(n) {
+                    Ok(n) if n >= 1 => Ok(Cpus::Count(n)),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Signed(n), &self)),
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Cpus, E> {
+                match u32::try_from(n) {
+                    Ok(n) if n >= 1 => Ok(Cpus::Count(n)),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Unsigned(n), &self)),
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Cpus, E> {
+                match v {
+                    "auto" => Ok(Cpus::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -613,4 +677,23 @@ fn undefined_cluster(name: &str, clusters: &BTreeMap<String, Cluster>) -> String
             known.join(", ")
         }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cpus;
+
+    #[test]
+    fn auto_shares_the_host_cores_among_the_vms_of_a_run() {
+        assert_eq!(Cpus::Auto.resolve(2, 1), 2);
+        assert_eq!(Cpus::Auto.resolve(2, 2), 1);
+        assert_eq!(Cpus::Auto.resolve(2, 3), 1, "never below one");
+        assert_eq!(Cpus::Auto.resolve(64, 1), Cpus::AUTO_MAX);
+        assert_eq!(Cpus::Auto.resolve(8, 2), 4);
+        assert_eq!(
+            Cpus::Count(3).resolve(2, 2),
+            3,
+            "a count is taken as written"
+        );
+    }
 }

@@ -34,6 +34,8 @@ const GUEST_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin
 
 pub struct LocalProvider {
     settings: LocalSettings,
+    /// vCPUs per VM, `settings.cpus` resolved for this host and run.
+    cpus: u32,
     state_dir: PathBuf,
     cache_dir: PathBuf,
     store: Store,
@@ -57,11 +59,19 @@ pub fn cache_dir() -> PathBuf {
 }
 
 impl LocalProvider {
-    pub fn new(settings: LocalSettings, state_dir: &Path) -> Result<LocalProvider> {
+    /// `vms_at_once`: how many VMs the run may have up together (one per arch it bakes), which
+    /// `cpus = "auto"` shares the host's cores among.
+    pub fn new(
+        settings: LocalSettings,
+        state_dir: &Path,
+        vms_at_once: usize,
+    ) -> Result<LocalProvider> {
         // Absolute, because qcow2 overlays record their backing file's path.
         let state_dir = std::path::absolute(state_dir)
             .map_err(|e| Error::io(format!("resolving state dir {}", state_dir.display()), e))?;
+        let host_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(LocalProvider {
+            cpus: settings.cpus.resolve(host_cores, vms_at_once),
             settings,
             store: Store::new(&state_dir),
             state_dir,
@@ -626,7 +636,7 @@ impl BootVm<'_> {
             arch: self.job.arch,
             accel,
             memory_mib: self.provider.settings.memory_mib,
-            cpus: self.provider.settings.cpus,
+            cpus: self.provider.cpus,
             kernel,
             initrd,
             disk: disk.ok_or_else(|| Error::provider("local", "no disk"))?,
