@@ -3,7 +3,7 @@
 //! instance is launched hardened; nothing is left running or orphaned; a second run makes no
 //! mutating call; a failed validator rejects the image and publishes nothing.
 
-mod common;
+use crate::common;
 
 use common::moto::Moto;
 use common::Project;

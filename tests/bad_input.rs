@@ -1,7 +1,7 @@
 //! Bad input is refused before anything is created: exit code 2 and a message naming the
 //! file, the line and the field. Each case breaks a copy of the real project in one way.
 
-mod common;
+use crate::common;
 
 use assert_cmd::Command;
 use common::{line_of, Project};

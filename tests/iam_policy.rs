@@ -2,7 +2,7 @@
 //! shows up in review. Variants with copies, sharing and the imagebuilder engine allow what those
 //! call, and nothing is granted on every resource unless it only reads.
 
-mod common;
+use crate::common;
 
 use common::Project;
 

@@ -5,7 +5,7 @@
 //! and publish half runs against moto_server with the AMI the mocked build reports registered
 //! there.
 
-mod common;
+use crate::common;
 
 use aws_sdk_imagebuilder::operation::{
     create_component::CreateComponentOutput,

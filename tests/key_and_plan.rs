@@ -1,6 +1,6 @@
 //! Bake key stability and sensitivity, and plan decisions.
 
-mod common;
+use crate::common;
 
 use bake::key::bake_key;
 use bake::pipeline::Pipeline;

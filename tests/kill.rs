@@ -2,7 +2,7 @@
 //! zero leftovers (no instance, no security group, no unpublished image, nothing half
 //! published), and `bake resume` completes the run. Prints kill points × leaks found.
 
-mod common;
+use crate::common;
 
 use common::moto::{bake_command, register_x86, Moto};
 use common::Project;

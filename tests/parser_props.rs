@@ -1,7 +1,7 @@
 //! Property tests for the recipe and pipeline parsers: whatever the bytes, loading never
 //! panics, and every refusal names the file and a line that exists.
 
-mod common;
+use crate::common;
 
 use bake::pipeline::Pipeline;
 use common::Project;

@@ -1,7 +1,7 @@
 //! `bake run` over the pipeline, with the in-process provider: publish, up to date, reuse,
 //! rejection, failure, partial runs, locks and auto-promotion.
 
-mod common;
+use crate::common;
 
 use bake::pipeline::Pipeline;
 use bake::plan::Filter;

@@ -2,7 +2,7 @@
 //! traits (here: the SQLite registry and the in-process provider), plus the CLI's refusals
 //! and lock contention between two processes.
 
-mod common;
+use crate::common;
 
 use bake::pipeline::Pipeline;
 use bake::promote::{self, Promotion, Request};

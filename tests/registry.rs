@@ -2,7 +2,7 @@
 //! keep their history, and the lock is exclusive. Each behaviour runs against the embedded
 //! SQLite registry and the SSM registry on moto_server.
 
-mod common;
+use crate::common;
 
 use bake::key::BakeKey;
 use bake::registry::{Registry, SqliteRegistry, SsmRegistry};

@@ -1,7 +1,7 @@
 //! The step runner: cleanup order, cleanup on each failing step, outcome-dependent cleanup,
 //! interrupts, cleanup timeouts, and the journal of a process killed with SIGKILL.
 
-mod common;
+use crate::common;
 
 use async_trait::async_trait;
 use bake::journal::{Journal, Resource};
@@ -284,13 +284,14 @@ async fn journal_victim() {
 #[test]
 fn the_journal_of_a_killed_process_lists_every_resource_it_created() {
     let dir = tempfile::tempdir().unwrap();
+    // The victim is a test of this module in this binary: its name is the module path without
+    // the crate's own name.
+    let victim = format!(
+        "{}::journal_victim",
+        module_path!().split_once("::").unwrap().1
+    );
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "journal_victim",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", &victim, "--nocapture", "--test-threads=1"])
         .env("BAKE_VICTIM_DIR", dir.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

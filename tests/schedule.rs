@@ -3,7 +3,7 @@
 //! SIGTERM, and none promotes (prod channels move only by hand). The notify hook gets the JSON
 //! summary on stdin.
 
-mod common;
+use crate::common;
 
 use common::repo;
 use std::collections::BTreeMap;

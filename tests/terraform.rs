@@ -5,7 +5,7 @@
 //! same image after the channel moves on. `terraform fmt -check` runs too where Terraform is
 //! installed (it is not on the CI machines; hcl-rs does the parsing there).
 
-mod common;
+use crate::common;
 
 use common::moto::{bake, bake_refused, bases, project, Moto, UBUNTU_ARM, UBUNTU_X86};
 use common::repo;

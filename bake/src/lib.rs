@@ -1,7 +1,7 @@
 //! `bake` bakes hardened, immutable EKS worker-node images per architecture, proves each on
 //! a canary, and publishes versioned IDs that Terraform pins to.
 //!
-//! One module per noun of the domain; see DESIGN.md for the words.
+//! One module per noun of the domain; README.md says what each word means and draws the layout.
 
 pub mod arch;
 pub mod aws;
