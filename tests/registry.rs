@@ -139,6 +139,35 @@ async fn published_releases_cannot_be_changed() {
     );
 }
 
+/// A record bake wrote that no longer parses is bake's state corrupted, not a lock or a conflict:
+/// its own error, exit 1, naming the registry file and what could not be read, source kept.
+#[tokio::test]
+async fn a_record_changed_behind_bakes_back_is_corrupt_state_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = SqliteRegistry::open(dir.path()).unwrap();
+    reg.publish(manifest(&[(Arch::X86_64, "img-a")]))
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("registry.db")).unwrap();
+    conn.execute(
+        "INSERT INTO releases VALUES ('eks-node', '2000.01.01-9', '{\"recipe\": 7', 'now')",
+        [],
+    )
+    .unwrap();
+    let err = reg.releases("eks-node").await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    assert_eq!(err.exit_code(), bake::error::exit::FAILURE);
+    let text = err.to_string();
+    assert!(
+        text.contains("registry.db") && text.contains("unreadable release manifest"),
+        "{text}"
+    );
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the parse error is kept"
+    );
+}
+
 async fn channels_append(reg: &dyn Registry) {
     for (i, release) in ["2026.11.20-1", "2026.11.21-1", "2026.11.20-1"]
         .iter()

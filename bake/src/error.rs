@@ -42,6 +42,16 @@ pub enum Error {
     #[error("{0}")]
     Conflict(String),
 
+    /// bake's own state (a registry record, a published parameter) does not parse: bake wrote
+    /// it, so something else changed it. Exit 1: waiting or retrying will not help.
+    #[error("{location}: unreadable {what} ({source}); bake wrote it, so something else changed it: restore it from the history or remove it by hand")]
+    Corrupt {
+        location: String,
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
     /// Ctrl-C or SIGTERM; the cleanups of the steps that ran have run.
     #[error("interrupted; cleanups ran (journal: {journal})")]
     Interrupted { journal: String },

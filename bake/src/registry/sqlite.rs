@@ -85,11 +85,12 @@ impl SqliteRegistry {
         })
     }
 
-    fn corrupt(&self, what: &str, e: impl std::fmt::Display) -> Error {
-        Error::Conflict(format!(
-            "registry {}: unreadable {what}: {e}",
-            self.path.display()
-        ))
+    fn corrupt(&self, what: &str, source: serde_json::Error) -> Error {
+        Error::Corrupt {
+            location: format!("registry {}", self.path.display()),
+            what: what.to_string(),
+            source,
+        }
     }
 }
 

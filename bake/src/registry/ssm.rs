@@ -115,12 +115,10 @@ impl SsmRegistry {
             };
             for h in page.parameters() {
                 let note: MoveNote = serde_json::from_str(h.description().unwrap_or("{}"))
-                    .map_err(|e| {
-                        Error::Conflict(format!(
-                            "{name}:{} in {} has no bake history note: {e}",
-                            h.version(),
-                            self.region
-                        ))
+                    .map_err(|source| Error::Corrupt {
+                        location: format!("{name}:{} in {}", h.version(), self.region),
+                        what: "bake history note".into(),
+                        source,
                     })?;
                 let release = h
                     .value()
@@ -161,11 +159,12 @@ impl SsmRegistry {
         for p in self.list(&dir).await? {
             let name = p.name().unwrap_or_default();
             let entry: ChannelEntry =
-                serde_json::from_str(p.value().unwrap_or_default()).map_err(|e| {
-                    Error::Conflict(format!(
-                        "{name} in {} is not a bake channel history entry: {e}",
-                        self.region
-                    ))
+                serde_json::from_str(p.value().unwrap_or_default()).map_err(|source| {
+                    Error::Corrupt {
+                        location: format!("{name} in {}", self.region),
+                        what: "channel history entry".into(),
+                        source,
+                    }
                 })?;
             out.insert(entry.version, entry);
         }
@@ -437,11 +436,12 @@ impl Registry for SsmRegistry {
                 continue;
             }
             let manifest: Manifest =
-                serde_json::from_str(p.value().unwrap_or_default()).map_err(|e| {
-                    Error::Conflict(format!(
-                        "{name} in {} is not a bake manifest: {e}",
-                        self.region
-                    ))
+                serde_json::from_str(p.value().unwrap_or_default()).map_err(|source| {
+                    Error::Corrupt {
+                        location: format!("{name} in {}", self.region),
+                        what: "release manifest".into(),
+                        source,
+                    }
                 })?;
             out.push(manifest);
         }
