@@ -315,7 +315,7 @@ fn init_logging(global: &Global) {
 fn watch_signals(state_dir: &Path) -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
-    let runs = state_dir.join("runs");
+    let runs = crate::journal::Journal::runs_dir(state_dir);
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -346,7 +346,7 @@ fn watch_signals(state_dir: &Path) -> CancellationToken {
 /// What a second interrupt prints: what this process's run still holds, and its journal.
 fn still_cleaning(runs: &Path) -> String {
     let state_dir = runs.parent().unwrap_or(runs);
-    let mine = sweep::journals(state_dir).ok().and_then(|all| {
+    let mine = crate::journal::Journal::all(state_dir).ok().and_then(|all| {
         all.into_iter().find(|(_, entries)| {
             entries.iter().any(|e| {
                 matches!(e, crate::journal::Entry::Started { pid, .. } if *pid == std::process::id())
@@ -610,12 +610,12 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Resume { run_id, break_lock } => {
-            let journal = g.state_dir.join("runs").join(format!("{run_id}.jsonl"));
+            let journal = crate::journal::Journal::path_of(&g.state_dir, run_id);
             if !journal.exists() {
                 return Err(Error::Usage(format!(
                     "no journal {} (see the runs under {})",
                     journal.display(),
-                    g.state_dir.join("runs").display()
+                    crate::journal::Journal::runs_dir(&g.state_dir).display()
                 )));
             }
             let entries = crate::journal::Journal::read(&journal)?;
@@ -1234,12 +1234,12 @@ fn print_prune(output: Output, plan: &prune::PrunePlan, applied: bool) {
     }
 }
 
-fn print_sweep(output: Output, leftovers: &[sweep::Leftover], applied: bool) {
+fn print_sweep(output: Output, leftovers: &[crate::provider::Leftover], applied: bool) {
     if output == Output::Json {
         #[derive(Serialize)]
         struct Out<'a> {
             applied: bool,
-            leftovers: &'a [sweep::Leftover],
+            leftovers: &'a [crate::provider::Leftover],
         }
         return json(&Out { applied, leftovers });
     }

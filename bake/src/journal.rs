@@ -74,12 +74,45 @@ pub struct Journal {
 }
 
 impl Journal {
+    /// Where a state dir keeps its runs: `<state_dir>/runs/` (journals, and per run its logs).
+    pub fn runs_dir(state_dir: &Path) -> PathBuf {
+        state_dir.join("runs")
+    }
+
+    /// The journal of `run_id`: `<state_dir>/runs/<run_id>.jsonl`.
+    pub fn path_of(state_dir: &Path, run_id: &str) -> PathBuf {
+        Self::runs_dir(state_dir).join(format!("{run_id}.jsonl"))
+    }
+
+    /// Every journal under the runs dir, by run ID, oldest first.
+    pub fn all(state_dir: &Path) -> Result<Vec<(String, Vec<Entry>)>> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(Self::runs_dir(state_dir)) else {
+            return Ok(out);
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+            .collect();
+        paths.sort();
+        for p in paths {
+            let run_id = p
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            out.push((run_id, Journal::read(&p)?));
+        }
+        Ok(out)
+    }
+
     /// Creates `<state_dir>/runs/<run_id>.jsonl` (refusing to reuse an existing one).
     pub fn create(state_dir: &Path, run_id: &str) -> Result<Journal> {
-        let dir = state_dir.join("runs");
+        let dir = Self::runs_dir(state_dir);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let path = dir.join(format!("{run_id}.jsonl"));
+        let path = Self::path_of(state_dir, run_id);
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)

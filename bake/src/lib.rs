@@ -11,6 +11,7 @@ pub mod diag;
 pub mod diff;
 pub mod error;
 pub mod iam;
+pub mod input;
 pub mod journal;
 pub mod key;
 pub mod names;

@@ -3,8 +3,9 @@
 //! and checks every recipe it names, so `plan` and `run` refuse bad input before any call.
 
 use crate::diag::{read_toml, Diagnostic};
+use crate::input::is_simple_name;
 use crate::names::SsmPath;
-use crate::recipe::{is_simple_name, Recipe};
+use crate::recipe::Recipe;
 use crate::validate::Catalog;
 use crate::Arch;
 use serde::{Deserialize, Serialize};

@@ -6,28 +6,11 @@
 
 use crate::journal::{Entry, Journal};
 use crate::pipeline::Pipeline;
-use crate::provider::Provider;
+use crate::provider::{Leftover, Provider};
 use crate::registry::Registry;
-use crate::{Arch, Result};
-use serde::Serialize;
+use crate::Result;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-
-/// Something a dead run left behind.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Leftover {
-    /// `vm`, `overlay`, `file`, `image`, `instance`, `security-group`, `work-dir`.
-    pub kind: String,
-    pub id: String,
-    pub run_id: String,
-    pub recipe: String,
-    pub arch: Option<Arch>,
-    /// What removing it does, for the plan.
-    pub action: String,
-    /// Kept by `resume`, which reuses it (a validated image).
-    #[serde(skip)]
-    pub reusable: bool,
-}
 
 /// The runs that are alive. A run with a journal here is alive while its process runs (the
 /// local evidence wins over its lock, which a killed run leaves behind); a run from another
@@ -38,7 +21,7 @@ pub async fn live_runs(
     pipeline: &Pipeline,
 ) -> Result<BTreeSet<String>> {
     let mut live = BTreeSet::new();
-    let local = journals(state_dir)?;
+    let local = Journal::all(state_dir)?;
     let known: BTreeSet<String> = local.iter().map(|(id, _)| id.clone()).collect();
     for (run_id, entries) in local {
         let finished = entries.iter().any(|e| matches!(e, Entry::Finished { .. }));
@@ -88,30 +71,6 @@ pub async fn release_dead_locks(
         }
     }
     Ok(released)
-}
-
-/// Every journal under `<state>/runs/`, by run ID.
-pub fn journals(state_dir: &Path) -> Result<Vec<(String, Vec<Entry>)>> {
-    let dir = state_dir.join("runs");
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(out);
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    paths.sort();
-    for p in paths {
-        let run_id = p
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_string();
-        out.push((run_id, Journal::read(&p)?));
-    }
-    Ok(out)
 }
 
 /// True if `pid` is a running bake process on this host.
@@ -190,7 +149,7 @@ pub async fn apply(
             continue;
         }
         provider.remove_leftover(l).await?;
-        let journal = state_dir.join("runs").join(format!("{}.jsonl", l.run_id));
+        let journal = Journal::path_of(state_dir, &l.run_id);
         if journal.exists() {
             Journal::append_to(
                 &journal,

@@ -4,7 +4,7 @@
 //! pass: an image is accepted only if every validator that applies passed.
 
 use crate::diag::{read_toml, Diagnostic};
-use crate::recipe::{is_simple_name, resolve_inside, MAX_SCRIPT_BYTES};
+use crate::input::{is_simple_name, resolve_inside, MAX_SCRIPT_BYTES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

@@ -262,14 +262,14 @@ impl Provider for FakeProvider {
         &self,
         _live: &std::collections::BTreeSet<String>,
         published: &std::collections::BTreeSet<String>,
-    ) -> Result<Vec<bake::sweep::Leftover>> {
+    ) -> Result<Vec<bake::provider::Leftover>> {
         // The fake has no runs of its own: whatever is live and not published is left over.
         Ok(self
             .shared()
             .live
             .iter()
             .filter(|(_, id)| !published.contains(id))
-            .map(|(kind, id)| bake::sweep::Leftover {
+            .map(|(kind, id)| bake::provider::Leftover {
                 kind: kind.clone(),
                 id: id.clone(),
                 run_id: "fake".into(),
@@ -281,7 +281,7 @@ impl Provider for FakeProvider {
             .collect())
     }
 
-    async fn remove_leftover(&self, leftover: &bake::sweep::Leftover) -> Result<()> {
+    async fn remove_leftover(&self, leftover: &bake::provider::Leftover) -> Result<()> {
         self.shared()
             .live
             .remove(&(leftover.kind.clone(), leftover.id.clone()));

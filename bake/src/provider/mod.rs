@@ -89,6 +89,22 @@ pub struct BakeJob<'a> {
     pub run_id: &'a str,
 }
 
+/// Something a dead run left behind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Leftover {
+    /// `vm`, `overlay`, `file`, `image`, `instance`, `security-group`, `work-dir`.
+    pub kind: String,
+    pub id: String,
+    pub run_id: String,
+    pub recipe: String,
+    pub arch: Option<Arch>,
+    /// What removing it does, for the plan.
+    pub action: String,
+    /// Kept by `resume`, which reuses it (a validated image).
+    #[serde(skip)]
+    pub reusable: bool,
+}
+
 #[async_trait]
 pub trait Provider: Send + Sync {
     fn name(&self) -> &'static str;
@@ -158,8 +174,8 @@ pub trait Provider: Send + Sync {
         &self,
         live: &std::collections::BTreeSet<String>,
         published: &std::collections::BTreeSet<String>,
-    ) -> Result<Vec<crate::sweep::Leftover>>;
+    ) -> Result<Vec<Leftover>>;
 
     /// Removes one leftover.
-    async fn remove_leftover(&self, leftover: &crate::sweep::Leftover) -> Result<()>;
+    async fn remove_leftover(&self, leftover: &Leftover) -> Result<()>;
 }

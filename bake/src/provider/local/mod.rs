@@ -17,9 +17,9 @@ use super::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider, Role};
 use crate::journal::Journal;
 use crate::key::BakeKey;
 use crate::pipeline::{self, LocalSettings};
+use crate::provider::Leftover;
 use crate::recipe::{sha256_hex, Recipe};
 use crate::steps::{Outcome, Runner, Step, StepContext};
-use crate::sweep::Leftover;
 use crate::validate::Verdict;
 use crate::{Arch, Error, Result};
 use async_trait::async_trait;
@@ -272,7 +272,7 @@ impl Provider for LocalProvider {
             .filter(|i| i.status == ImageStatus::Validated)
             .map(|i| i.id)
             .collect();
-        for (run_id, entries) in crate::sweep::journals(&self.state_dir)? {
+        for (run_id, entries) in crate::journal::Journal::all(&self.state_dir)? {
             if live.contains(&run_id) {
                 continue;
             }
@@ -348,7 +348,9 @@ impl Provider for LocalProvider {
         let name = format!("{}-{}", job.recipe.name, job.arch);
         let mut state = State {
             work: self.state_dir.join("work").join(job.run_id).join(&name),
-            logs: self.state_dir.join("runs").join(job.run_id).join(&name),
+            logs: crate::journal::Journal::runs_dir(&self.state_dir)
+                .join(job.run_id)
+                .join(&name),
             ..State::default()
         };
         for d in [&state.work, &state.logs] {
