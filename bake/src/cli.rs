@@ -3,6 +3,7 @@
 //! progress and logs go to stderr.
 
 use crate::error::exit;
+use crate::lock::{RecipeLock, DEFAULT_TTL};
 use crate::pipeline::{Pipeline, ProviderKind};
 use crate::plan::{self, Filter, PlanItem};
 use crate::provider::{aws::AwsProvider, local::LocalProvider, Provider};
@@ -671,7 +672,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
     }
 }
 
-/// Runs `work` under the recipe's lock (unless `read_only`), releasing it afterwards.
+/// Runs `work` under the recipe's lock (unless `read_only`), refreshed while it runs and
+/// released afterwards.
 async fn locked<T>(
     registry: &dyn Registry,
     recipe: &str,
@@ -684,19 +686,8 @@ async fn locked<T>(
         return work.await;
     }
     let owner = format!("{who} pid {}", std::process::id());
-    registry
-        .lock(
-            recipe,
-            &owner,
-            std::time::Duration::from_secs(300),
-            break_lock,
-        )
-        .await?;
-    let result = work.await;
-    if let Err(e) = registry.unlock(recipe, &owner).await {
-        tracing::error!("releasing the lock on `{recipe}`: {e}");
-    }
-    result
+    let lock = RecipeLock::take(registry, recipe, &owner, DEFAULT_TTL, break_lock).await?;
+    lock.hold(work).await
 }
 
 impl RegistryArgs {

@@ -14,6 +14,7 @@ pub mod iam;
 pub mod input;
 pub mod journal;
 pub mod key;
+pub mod lock;
 pub mod names;
 pub mod pin;
 pub mod pipeline;

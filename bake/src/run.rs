@@ -4,6 +4,7 @@
 
 use crate::journal::{new_run_id, Entry, Journal};
 use crate::key::BakeKey;
+use crate::lock::RecipeLock;
 use crate::pipeline::{Bake, Pipeline};
 use crate::plan::{self, Decision, Filter, PlanItem};
 use crate::promote;
@@ -44,7 +45,7 @@ impl Default for RunOptions {
         RunOptions {
             filter: Filter::default(),
             break_lock: false,
-            lock_ttl: Duration::from_secs(15 * 60),
+            lock_ttl: crate::lock::DEFAULT_TTL,
             who: promote::who(),
         }
     }
@@ -178,50 +179,29 @@ pub async fn run(cx: &RunContext<'_>, opts: &RunOptions) -> (RunSummary, Result<
             break;
         }
         let owner = format!("{} pid {} run {run_id}", opts.who, std::process::id());
-        if let Err(e) = cx
-            .registry
-            .lock(&bake.recipe.name, &owner, opts.lock_ttl, opts.break_lock)
-            .await
+        let lock = match RecipeLock::take(
+            cx.registry,
+            &bake.recipe.name,
+            &owner,
+            opts.lock_ttl,
+            opts.break_lock,
+        )
+        .await
         {
-            summary.results.extend(mine.iter().map(|i| ArchResult {
-                outcome: ArchOutcome::Locked,
-                error: Some(e.to_string()),
-                ..up_to_date(i)
-            }));
-            errors.push(e);
-            continue;
-        }
-        let heartbeat = CancellationToken::new();
-        let beat = {
-            let heartbeat = heartbeat.clone();
-            let recipe = bake.recipe.name.clone();
-            let owner = owner.clone();
-            let ttl = opts.lock_ttl;
-            async move {
-                loop {
-                    tokio::select! {
-                        _ = heartbeat.cancelled() => break,
-                        _ = tokio::time::sleep(ttl / 3) => {
-                            if let Err(e) = cx.registry.refresh_lock(&recipe, &owner, ttl).await {
-                                tracing::error!("{e}");
-                            }
-                        }
-                    }
-                }
+            Ok(lock) => lock,
+            Err(e) => {
+                summary.results.extend(mine.iter().map(|i| ArchResult {
+                    outcome: ArchOutcome::Locked,
+                    error: Some(e.to_string()),
+                    ..up_to_date(i)
+                }));
+                errors.push(e);
+                continue;
             }
         };
-        let work = run_recipe(cx, opts, bake, &mine, &journal, &mut summary);
-        let (result, ()) = tokio::join!(
-            async {
-                let r = work.await;
-                heartbeat.cancel();
-                r
-            },
-            beat
-        );
-        if let Err(e) = cx.registry.unlock(&bake.recipe.name, &owner).await {
-            tracing::error!("releasing the lock on `{}`: {e}", bake.recipe.name);
-        }
+        let result = lock
+            .hold(run_recipe(cx, opts, bake, &mine, &journal, &mut summary))
+            .await;
         if let Err(e) = result {
             errors.push(e);
         }
