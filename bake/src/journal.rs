@@ -137,6 +137,11 @@ impl Journal {
         &self.path
     }
 
+    /// Where this run's logs go: `<state_dir>/runs/<run_id>/`.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.path.with_extension("")
+    }
+
     /// Appends one entry and fsyncs it before returning.
     pub fn record(&self, entry: &Entry) -> Result<()> {
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());

@@ -474,7 +474,7 @@ async fn bake_arch(
             match image.status {
                 ImageStatus::Validated => {
                     step_cx.phase(&format!("reusing validated image {} (same key)", image.id));
-                    let image = cx.provider.distribute(image, &step_cx).await?;
+                    let image = cx.provider.reuse(image, &step_cx).await?;
                     return Ok((image, true));
                 }
                 ImageStatus::Rejected => {

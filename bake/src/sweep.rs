@@ -8,7 +8,7 @@ use crate::journal::{Entry, Journal};
 use crate::pipeline::Pipeline;
 use crate::provider::{Leftover, Provider};
 use crate::registry::Registry;
-use crate::Result;
+use crate::{Error, Result};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -170,4 +170,50 @@ pub fn pipeline_of(entries: &[Entry]) -> Option<PathBuf> {
         Entry::Started { pipeline, .. } => Some(PathBuf::from(pipeline)),
         _ => None,
     })
+}
+
+/// The pipeline a run ran, from its journal: what `resume` runs again.
+pub fn pipeline_of_run(state_dir: &Path, run_id: &str) -> Result<Pipeline> {
+    let journal = Journal::path_of(state_dir, run_id);
+    if !journal.exists() {
+        return Err(Error::Usage(format!(
+            "no journal {} (see the runs under {})",
+            journal.display(),
+            Journal::runs_dir(state_dir).display()
+        )));
+    }
+    let entries = Journal::read(&journal)?;
+    let file = pipeline_of(&entries).ok_or_else(|| {
+        Error::Usage(format!(
+            "{} does not say which pipeline it ran; it cannot be resumed — use `bake sweep --apply`",
+            journal.display()
+        ))
+    })?;
+    Ok(Pipeline::load(&file)?)
+}
+
+/// Before `resume` runs a dead run's pipeline again: removes what that run left, except the
+/// validated images the rerun reuses by key, and releases the locks of dead runs. Refuses a
+/// run that is still alive. Returns how many leftovers it removed.
+pub async fn clean_dead_run(
+    state_dir: &Path,
+    registry: &dyn Registry,
+    provider: &dyn Provider,
+    pipeline: &Pipeline,
+    run_id: &str,
+) -> Result<usize> {
+    let live = live_runs(state_dir, registry, pipeline).await?;
+    if live.contains(run_id) {
+        return Err(Error::Conflict(format!(
+            "run {run_id} is still alive (its process runs or it holds a lock); nothing to resume"
+        )));
+    }
+    let left: Vec<Leftover> = plan(registry, provider, pipeline, &live)
+        .await?
+        .into_iter()
+        .filter(|l| l.run_id == run_id && !l.reusable)
+        .collect();
+    apply(state_dir, registry, provider, &left).await?;
+    release_dead_locks(registry, pipeline, &live).await?;
+    Ok(left.len())
 }

@@ -359,7 +359,7 @@ pub fn package_rules(list: &str) -> Vec<Value> {
         "match": PACKAGE_MANIFEST_NEEDLE,
         "stdout": format!("{} {digest} {path}\n", list.len()),
     })];
-    let slice = bake::provider::aws::long_output::SLICE;
+    let slice = bake::long_output::SLICE;
     for (i, chunk) in list.as_bytes().chunks(slice).enumerate() {
         rules.push(serde_json::json!({
             "match": format!("dd if='{path}' iflag=skip_bytes,count_bytes skip={} ", i * slice),

@@ -53,6 +53,34 @@ pub struct ImageRecord {
     pub copies: BTreeMap<String, String>,
 }
 
+impl ImageRecord {
+    /// The record of a judged image of `job`, made now.
+    pub fn judged(
+        job: &BakeJob<'_>,
+        id: String,
+        verdict: &Verdict,
+        packages_sha256: Option<String>,
+    ) -> ImageRecord {
+        ImageRecord {
+            id,
+            recipe: job.recipe.name.clone(),
+            arch: job.arch,
+            key: job.key.clone(),
+            base: job.base.id.clone(),
+            status: if verdict.accepted {
+                ImageStatus::Validated
+            } else {
+                ImageStatus::Rejected
+            },
+            run_id: job.run_id.to_string(),
+            created_at: Utc::now(),
+            verdict: verdict.clone(),
+            packages_sha256,
+            copies: BTreeMap::new(),
+        }
+    }
+}
+
 /// A resource a bake would create or reuse outside bake's own run (Image Builder's
 /// components, recipes and configurations), for `bake plan`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -145,14 +173,10 @@ pub trait Provider: Send + Sync {
         Ok(Vec::new())
     }
 
-    /// Completes what a validated image needs before it can be published: copies to other
-    /// regions and launch permissions (AWS). Reused images go through it too, so a run that died
-    /// after validation finishes the job. Nothing to do by default.
-    async fn distribute(
-        &self,
-        image: ImageRecord,
-        _cx: &crate::steps::StepContext<'_>,
-    ) -> Result<ImageRecord> {
+    /// Finishes a validated image found by its key (a rerun, or `resume` after a run that died
+    /// after validation): the tail of the bake's own chain (AWS: copies and shares), so
+    /// nothing is baked again. Nothing to do by default.
+    async fn reuse(&self, image: ImageRecord, _cx: &StepContext<'_>) -> Result<ImageRecord> {
         Ok(image)
     }
 

@@ -36,6 +36,8 @@ pub struct Agent {
     socket: PathBuf,
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
+    /// The scripts directory exists in the guest (made by the first `run`).
+    scripts_dir: bool,
 }
 
 fn b64() -> base64::engine::GeneralPurpose {
@@ -70,6 +72,7 @@ impl Agent {
                     socket: socket.to_path_buf(),
                     reader: BufReader::new(r),
                     writer: w,
+                    scripts_dir: false,
                 };
                 if agent.sync(Duration::from_secs(3)).await.is_ok() {
                     return Ok(agent);
@@ -261,5 +264,133 @@ impl Agent {
     pub async fn shutdown(&mut self) -> Result<(), QgaError> {
         self.send(&json!({"execute": "guest-shutdown", "arguments": {"mode": "powerdown"}}))
             .await
+    }
+}
+
+/// The guest agent's `guest-exec` environment replaces the guest's: what every command gets.
+const BASE_ENV: [&str; 3] = [
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME=/root",
+    "LANG=C.UTF-8",
+];
+
+/// Scripts are staged on the guest's /run (a tmpfs): nothing of them can reach the image.
+const SCRIPTS: &str = "/run/bake-scripts";
+
+impl Agent {
+    /// Runs `sh -c script args...` with the base environment plus `env`, as an error when
+    /// the agent fails or the command times out.
+    async fn sh(
+        &mut self,
+        label: &str,
+        script: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        timeout: Duration,
+    ) -> crate::Result<crate::guest::Ran> {
+        let mut argv = vec!["-c", script, "sh"];
+        argv.extend_from_slice(args);
+        let env: Vec<String> = BASE_ENV
+            .iter()
+            .map(|s| s.to_string())
+            .chain(env.iter().map(|(k, v)| format!("{k}={v}")))
+            .collect();
+        let out = self
+            .exec("/bin/sh", &argv, &env, timeout)
+            .await
+            .map_err(|e| crate::Error::provider("local", format!("{label}: {e}")))?;
+        Ok(crate::guest::Ran {
+            exit_code: out.exit_code,
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::guest::Guest for Agent {
+    fn transport(&self) -> &'static str {
+        "guest agent"
+    }
+
+    /// `guest-exec` keeps up to 16 MiB of output, far beyond anything bake reads.
+    fn stdout_limit(&self) -> Option<usize> {
+        None
+    }
+
+    async fn put(
+        &mut self,
+        label: &str,
+        path: &str,
+        content: &[u8],
+        mode: u32,
+        timeout: Duration,
+    ) -> crate::Result<()> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            crate::Error::provider("local", format!("{label}: {what} {path}: {e}"))
+        };
+        let mkdir = self
+            .sh(
+                label,
+                "mkdir -p \"$(dirname \"$1\")\"",
+                &[path],
+                &[],
+                timeout,
+            )
+            .await?;
+        if mkdir.exit_code != 0 {
+            return Err(failed("creating the directory of", &mkdir.tail(4)));
+        }
+        self.write_file(path, content)
+            .await
+            .map_err(|e| failed("writing", &e))?;
+        let check = format!(
+            "chmod {mode:o} \"$1\" && {}",
+            crate::guest::verify_command(path, content)
+        );
+        let sum = self.sh(label, &check, &[path], &[], timeout).await?;
+        if sum.exit_code != 0 {
+            return Err(failed("checking", &sum.tail(4)));
+        }
+        Ok(())
+    }
+
+    async fn run(
+        &mut self,
+        label: &str,
+        script: &[u8],
+        env: &[(&str, &str)],
+        timeout: Duration,
+    ) -> crate::Result<crate::guest::Ran> {
+        let path = format!("{SCRIPTS}/{}", hex::encode(rand::random::<[u8; 8]>()));
+        if !self.scripts_dir {
+            let mkdir = self
+                .sh(
+                    label,
+                    &format!("mkdir -p -m 0700 {SCRIPTS}"),
+                    &[],
+                    &[],
+                    timeout,
+                )
+                .await?;
+            if mkdir.exit_code != 0 {
+                return Err(crate::Error::provider(
+                    "local",
+                    format!("{label}: creating {SCRIPTS}: {}", mkdir.tail(4)),
+                ));
+            }
+            self.scripts_dir = true;
+        }
+        self.write_file(&path, script).await.map_err(|e| {
+            crate::Error::provider("local", format!("{label}: uploading the script: {e}"))
+        })?;
+        self.sh(
+            label,
+            "chmod 0700 \"$1\" && \"$1\"; rc=$?; rm -f \"$1\"; exit $rc",
+            &[&path],
+            env,
+            timeout,
+        )
+        .await
     }
 }

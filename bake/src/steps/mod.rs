@@ -1,16 +1,63 @@
-//! The step runner (Packer's multistep, with a journal). A bake is a list of steps, each with
+//! The step library (Packer's multistep, with a journal). A bake is a list of steps, each with
 //! `run` and `cleanup`. The steps that ran — including the one that failed — are cleaned up
 //! last-first on success, failure, rejection and interrupt; every cleanup gets its own timeout
 //! and a fresh, uncancelled context. What a cleanup does may depend on the outcome: a builder
 //! is always removed, an image only when the bake failed or was interrupted.
 
+//!
+//! The steps that work inside a machine are written once, on the [`Guest`] communicator, for
+//! every provider: `provision` (install files, run recipe steps, capture packages) and
+//! `validators` (prepare the canary, run the checks, decide). A provider supplies only the
+//! machine lifecycle (disks or instances, boots, images) and a state that implements [`Machines`].
+
+pub mod provision;
+pub mod validators;
+
+use crate::guest::Guest;
 use crate::journal::{Entry, Journal, StepStatus};
+use crate::provider::Role;
 use crate::report::Reporter;
+use crate::validate::Verdict;
 use crate::{Arch, Error, Result};
 use async_trait::async_trait;
 use chrono::Utc;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// What the provider-neutral steps need of a provider's bake state.
+pub trait Machines: Send {
+    /// The builder's or canary's guest, once its agent answers.
+    fn guest(&mut self, role: Role) -> Result<&mut dyn Guest>;
+    /// Where the canary may see its second disk, the image as shipped (most specific first).
+    fn image_devices(&self) -> Vec<String>;
+    /// What the steps produce for the provider's own steps to record.
+    fn made(&mut self) -> &mut Made;
+}
+
+/// What the provider-neutral steps produce.
+#[derive(Debug, Default)]
+pub struct Made {
+    /// The package manifest: `name<TAB>version<TAB>arch` lines, sorted.
+    pub packages: Option<String>,
+    /// The validators' verdict on the canary.
+    pub verdict: Option<Verdict>,
+}
+
+impl Made {
+    /// True once validators accepted the image: a validated image outlives a failure after it
+    /// (copy, share), so the next run or `resume` reuses it instead of baking again.
+    pub fn validated(&self) -> bool {
+        self.verdict.as_ref().is_some_and(|v| v.accepted)
+    }
+
+    /// The sha256 of the package manifest.
+    pub fn packages_sha256(&self) -> Option<String> {
+        self.packages
+            .as_deref()
+            .map(|p| crate::recipe::sha256_hex(p.as_bytes()))
+    }
+}
 
 /// How a bake ended, as seen by the cleanups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -59,6 +106,25 @@ impl StepContext<'_> {
             step: step.to_string(),
             message: message.into(),
         }
+    }
+
+    /// Where this bake's step and validator logs go: `<state>/runs/<run-id>/<recipe>-<arch>/`.
+    pub fn log_dir(&self) -> PathBuf {
+        let dir = self
+            .journal
+            .logs_dir()
+            .join(format!("{}-{}", self.recipe, self.arch));
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    }
+
+    /// The guest environment every script gets.
+    pub fn env(&self) -> [(&'static str, &str); 3] {
+        [
+            ("DEBIAN_FRONTEND", "noninteractive"),
+            ("BAKE_RECIPE", self.recipe),
+            ("BAKE_ARCH", self.arch.as_str()),
+        ]
     }
 
     pub fn phase(&self, phase: &str) {

@@ -1,0 +1,160 @@
+//! One module per subcommand (Bottlerocket pubsys style): each owns its clap arguments, its
+//! `run()` and its printer. `cli` only parses, sets up logging and signals, dispatches, and maps
+//! errors to exit codes. What several commands share is here: the pipeline/registry arguments,
+//! opening a pipeline's provider and registry, the recipe lock around a write, JSON output.
+
+pub mod diff;
+pub mod history;
+pub mod iam_policy;
+pub mod pin;
+pub mod plan;
+pub mod promote;
+pub mod prune;
+pub mod releases;
+pub mod resume;
+pub mod rollback;
+pub mod run;
+pub mod status;
+pub mod sweep;
+
+use crate::lock::{RecipeLock, DEFAULT_TTL};
+use crate::pipeline::{Pipeline, ProviderKind};
+use crate::plan::Filter;
+use crate::provider::{aws::AwsProvider, local::LocalProvider, Provider};
+use crate::registry::{Registry, SqliteRegistry, SsmRegistry};
+use crate::{Arch, Error, Result};
+use clap::Args;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Which recipes and arches a pipeline command works on.
+#[derive(Debug, Args)]
+pub struct Select {
+    /// Only this recipe.
+    #[arg(long)]
+    pub recipe: Option<String>,
+    /// Only this arch (x86_64 or arm64).
+    #[arg(long)]
+    pub arch: Option<Arch>,
+    /// Bake even if the key says up to date.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// The pipeline whose registry and clusters a registry command reads.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Pipeline whose registry and clusters to read.
+    #[arg(
+        long,
+        short = 'p',
+        env = "BAKE_PIPELINE",
+        default_value = "pipelines/local.toml"
+    )]
+    pub pipeline: PathBuf,
+}
+
+/// Runs `work` under the recipe's lock (unless `read_only`), refreshed while it runs and
+/// released afterwards.
+async fn locked<T>(
+    registry: &dyn Registry,
+    recipe: &str,
+    who: &str,
+    break_lock: bool,
+    read_only: bool,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    if read_only {
+        return work.await;
+    }
+    let owner = format!("{who} pid {}", std::process::id());
+    let lock = RecipeLock::take(registry, recipe, &owner, DEFAULT_TTL, break_lock).await?;
+    lock.hold(work).await
+}
+
+impl RegistryArgs {
+    /// Loads the pipeline and refuses a recipe it does not bake, before anything is opened.
+    fn load(&self, recipe: &str) -> Result<Pipeline> {
+        let pipeline = Pipeline::load(&self.pipeline)?;
+        pipeline.bake(recipe)?;
+        Ok(pipeline)
+    }
+}
+
+impl Select {
+    /// Refuses a recipe or arch the pipeline does not bake, before anything is opened.
+    fn check(&self, pipeline: &Pipeline) -> Result<()> {
+        let bakes: Vec<&crate::pipeline::Bake> = match &self.recipe {
+            Some(r) => vec![pipeline.bake(r)?],
+            None => pipeline.bakes.iter().collect(),
+        };
+        if let Some(a) = self.arch {
+            if !bakes.iter().any(|b| b.arches.contains(&a)) {
+                return Err(Error::Usage(format!(
+                    "pipeline {} bakes nothing for {a}",
+                    pipeline.file.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn filter(&self) -> Filter {
+        Filter {
+            recipe: self.recipe.clone(),
+            arch: self.arch,
+            force: self.force,
+        }
+    }
+}
+
+/// The provider and registry a pipeline names. AWS settings come from the standard chain
+/// (`AWS_PROFILE`, `AWS_REGION`, `AWS_ENDPOINT_URL`); the pipeline's region overrides.
+async fn open(
+    pipeline: &Pipeline,
+    state_dir: &Path,
+) -> Result<(Box<dyn Provider>, Box<dyn Registry>)> {
+    match pipeline.provider {
+        ProviderKind::Local => Ok((
+            Box::new(LocalProvider::new(
+                pipeline.local.clone(),
+                state_dir,
+                pipeline.bakes.iter().map(|b| b.arches.len()).sum(),
+            )?),
+            Box::new(SqliteRegistry::open(state_dir)?),
+        )),
+        ProviderKind::Aws => {
+            let settings = pipeline
+                .aws
+                .as_ref()
+                .expect("checked when the pipeline was loaded");
+            let config =
+                crate::aws::sdk_config(settings.region.as_deref(), settings.retry_max_backoff)
+                    .await;
+            let limits = crate::aws::Limits::default();
+            Ok((
+                Box::new(AwsProvider::new(&config, pipeline, limits.clone())?),
+                Box::new(
+                    SsmRegistry::new(&config, settings.ssm_prefix.clone(), limits)
+                        .with_replicas(&config, &settings.copy_regions),
+                ),
+            ))
+        }
+    }
+}
+
+fn json<T: Serialize + ?Sized>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("output serializes")
+    );
+}
+
+/// A long digest shortened for a table (AMI IDs stay whole).
+fn short(s: &str) -> &str {
+    if s.len() > 16 && !s.starts_with("ami-") {
+        &s[..12]
+    } else {
+        s
+    }
+}

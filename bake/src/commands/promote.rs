@@ -1,0 +1,100 @@
+//! `bake promote`: move a cluster's channel to a release. The only way prod channels move.
+
+use super::{json, locked, open, RegistryArgs};
+use crate::cli::{Global, Output};
+use crate::error::exit;
+use crate::promote;
+use crate::release::ReleaseId;
+use crate::Result;
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    pub recipe: String,
+    /// Release ID, e.g. 2026.11.25-1.
+    pub release: ReleaseId,
+    /// Target cluster (channel).
+    #[arg(long)]
+    pub to: String,
+    /// Source channel the release must have soaked on.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Why, recorded in the channel history.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Show the change without making it.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub break_lock: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+pub async fn run(args: &PromoteArgs, g: &Global) -> Result<u8> {
+    let recipe = &args.recipe;
+    let pipeline = args.registry.load(recipe)?;
+    let (_, reg) = open(&pipeline, &g.state_dir).await?;
+    let who = promote::who();
+    let req = promote::Request {
+        recipe,
+        release: &args.release,
+        to: &args.to,
+        from: args.from.as_deref(),
+        reason: args.reason.as_deref(),
+        who: &who,
+        dry_run: args.dry_run,
+    };
+    let work = promote::promote(reg.as_ref(), &pipeline, &req);
+    let result = locked(
+        reg.as_ref(),
+        recipe,
+        &who,
+        args.break_lock,
+        args.dry_run,
+        work,
+    )
+    .await?;
+    print_promotion(g.output, recipe, &result);
+    Ok(exit::OK)
+}
+
+/// How a move of a channel (promote or rollback) is shown.
+pub(super) fn print_promotion(output: Output, recipe: &str, p: &promote::Promotion) {
+    if output == Output::Json {
+        return json(p);
+    }
+    match p {
+        promote::Promotion::Moved { cluster, entry } => println!(
+            "{recipe}: channel `{cluster}` moved to {} (version {}): {}",
+            entry.release,
+            entry.version,
+            entry
+                .images
+                .iter()
+                .map(|(a, i)| format!("{a}={i}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        promote::Promotion::WouldMove { change } => println!(
+            "dry run: {recipe} channel `{}` would move {} → {}: {}",
+            change.cluster,
+            change
+                .from_release
+                .as_ref()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "(nothing)".into()),
+            change.to_release,
+            change
+                .images
+                .iter()
+                .map(|(a, i)| format!("{a}={i}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        promote::Promotion::AlreadyThere { cluster, entry } => println!(
+            "{recipe}: channel `{cluster}` is already on {} (version {}); nothing changed",
+            entry.release, entry.version
+        ),
+    }
+}

@@ -1,0 +1,95 @@
+//! `bake prune`: delete old releases and their images, keeping what anything still uses.
+//! Plans by default.
+
+use super::{json, locked, open, RegistryArgs};
+use crate::cli::{Global, Output};
+use crate::error::exit;
+use crate::{promote, prune, Error, Result};
+use clap::Args;
+use serde::Serialize;
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    pub recipe: String,
+    /// Releases to keep (default: the pipeline's retention.keep).
+    #[arg(long)]
+    pub keep: Option<usize>,
+    /// Delete for real.
+    #[arg(long)]
+    pub apply: bool,
+    #[arg(long)]
+    pub break_lock: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+pub async fn run(args: &PruneArgs, g: &Global) -> Result<u8> {
+    let recipe = &args.recipe;
+    let pipeline = args.registry.load(recipe)?;
+    let keep = args.keep.unwrap_or(pipeline.retention.keep);
+    if keep == 0 {
+        return Err(Error::Usage(
+            "--keep 0 would leave no release; keep at least 1".into(),
+        ));
+    }
+    let (provider, reg) = open(&pipeline, &g.state_dir).await?;
+    let who = promote::who();
+    let work = async {
+        let inputs = prune::inputs(
+            reg.as_ref(),
+            provider.as_ref(),
+            recipe,
+            pipeline.clusters.keys(),
+            keep,
+            pipeline.retention.history,
+        )
+        .await?;
+        let plan = prune::plan(&inputs);
+        if args.apply {
+            prune::apply(reg.as_ref(), provider.as_ref(), recipe, &plan).await?;
+        }
+        Ok(plan)
+    };
+    let plan = locked(
+        reg.as_ref(),
+        recipe,
+        &who,
+        args.break_lock,
+        !args.apply,
+        work,
+    )
+    .await?;
+    print_prune(g.output, &plan, args.apply);
+    Ok(exit::OK)
+}
+
+fn print_prune(output: Output, plan: &prune::PrunePlan, applied: bool) {
+    if output == Output::Json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            applied: bool,
+            #[serde(flatten)]
+            plan: &'a prune::PrunePlan,
+        }
+        return json(&Out { applied, plan });
+    }
+    let verb = if applied { "deleted" } else { "would delete" };
+    for d in &plan.delete {
+        let images = if d.images.is_empty() {
+            "(images kept: still referenced)".to_string()
+        } else {
+            d.images
+                .iter()
+                .map(|(a, i)| format!("{a}={i}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!("{verb} {} {images}", d.release);
+    }
+    for k in &plan.kept {
+        println!("keep {}: {}", k.release, k.reasons.join("; "));
+    }
+    if !applied && !plan.delete.is_empty() {
+        println!("plan only; run again with --apply to delete");
+    }
+}

@@ -1,0 +1,136 @@
+//! `bake status`: recipes × arches × channels — which release each cluster runs, validated
+//! when, and what is pending promotion.
+
+use super::{json, open, RegistryArgs};
+use crate::cli::{Global, Output};
+use crate::error::exit;
+use crate::pipeline::Pipeline;
+use crate::registry::Registry;
+use crate::report::{age, table};
+use crate::{Arch, Result};
+use clap::Args;
+use serde::Serialize;
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this recipe.
+    pub recipe: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+pub async fn run(args: &StatusArgs, g: &Global) -> Result<u8> {
+    let pipeline = Pipeline::load(&args.registry.pipeline)?;
+    if let Some(r) = &args.recipe {
+        pipeline.bake(r)?;
+    }
+    let (_, reg) = open(&pipeline, &g.state_dir).await?;
+    let rows = status_rows(&pipeline, reg.as_ref(), args.recipe.as_deref()).await?;
+    print_status(g.output, &rows);
+    Ok(exit::OK)
+}
+
+#[derive(Debug, Serialize)]
+struct StatusRow {
+    recipe: String,
+    arch: Arch,
+    channel: String,
+    release: Option<String>,
+    image: Option<String>,
+    validated_at: Option<chrono::DateTime<chrono::Utc>>,
+    promoted_at: Option<chrono::DateTime<chrono::Utc>>,
+    latest_release: Option<String>,
+}
+
+async fn status_rows(
+    pipeline: &Pipeline,
+    registry: &dyn Registry,
+    only: Option<&str>,
+) -> Result<Vec<StatusRow>> {
+    let mut rows = Vec::new();
+    for bake in &pipeline.bakes {
+        if only.is_some_and(|r| r != bake.recipe.name) {
+            continue;
+        }
+        let releases = registry.releases(&bake.recipe.name).await?;
+        let channels = registry.channels(&bake.recipe.name).await?;
+        let latest = releases.last();
+        for &arch in &bake.arches {
+            // The newest release first, then each cluster's channel.
+            rows.push(StatusRow {
+                recipe: bake.recipe.name.clone(),
+                arch,
+                channel: "(latest)".into(),
+                release: latest.map(|m| m.release.to_string()),
+                image: latest
+                    .and_then(|m| m.images.get(&arch))
+                    .map(|i| i.image_id.clone()),
+                validated_at: latest
+                    .and_then(|m| m.images.get(&arch))
+                    .map(|i| i.validated_at),
+                promoted_at: None,
+                latest_release: latest.map(|m| m.release.to_string()),
+            });
+            for (cluster, c) in &pipeline.clusters {
+                if !c.arches.contains(&arch) {
+                    continue;
+                }
+                let entry = channels.get(cluster);
+                let release = entry.and_then(|e| releases.iter().find(|m| m.release == e.release));
+                rows.push(StatusRow {
+                    recipe: bake.recipe.name.clone(),
+                    arch,
+                    channel: cluster.clone(),
+                    release: entry.map(|e| e.release.to_string()),
+                    image: entry.and_then(|e| e.images.get(&arch).cloned()),
+                    validated_at: release
+                        .and_then(|m| m.images.get(&arch))
+                        .map(|i| i.validated_at),
+                    promoted_at: entry.map(|e| e.at),
+                    latest_release: latest.map(|m| m.release.to_string()),
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn print_status(output: Output, rows: &[StatusRow]) {
+    if output == Output::Json {
+        return json(&rows);
+    }
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let pending = match (&r.release, &r.latest_release) {
+                (Some(a), Some(b)) if a != b && r.channel != "(latest)" => format!("{b} pending"),
+                (None, Some(b)) if r.channel != "(latest)" => format!("{b} pending"),
+                _ => String::new(),
+            };
+            vec![
+                r.recipe.clone(),
+                r.arch.to_string(),
+                r.channel.clone(),
+                r.release.clone().unwrap_or_else(|| "-".into()),
+                r.image.clone().unwrap_or_else(|| "-".into()),
+                r.validated_at.map(age).unwrap_or_else(|| "-".into()),
+                pending,
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "RECIPE",
+                "ARCH",
+                "CHANNEL",
+                "RELEASE",
+                "IMAGE",
+                "VALIDATED",
+                "PROMOTION"
+            ],
+            &table_rows
+        )
+    );
+}

@@ -1,0 +1,114 @@
+//! The guest: how bake reaches inside a builder or canary, whatever the transport (Packer's
+//! communicator). Installing files, running recipe steps, capturing the package manifest and
+//! running validators are written once on this trait (`steps::provision`, `steps::validators`);
+//! the QEMU guest agent (`provider::local::qga`) and SSM RunCommand (`provider::aws::ssm`)
+//! implement it, each with the limits of its transport.
+
+use crate::Result;
+use async_trait::async_trait;
+use std::time::Duration;
+
+/// What a command in the guest ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ran {
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    /// The last `n` lines of stderr then stdout, for an error message.
+    pub fn tail(&self, n: usize) -> String {
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .chain(self.stdout.lines())
+            .rev()
+            .take(n)
+            .collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// The shell that checks, in the guest, that `path` holds what bake sent (sha256 of `content`).
+pub fn verify_command(path: &str, content: &[u8]) -> String {
+    format!(
+        "echo '{}  {}' | sha256sum -c --quiet -",
+        crate::recipe::sha256_hex(content),
+        path.replace('\'', r"'\''")
+    )
+}
+
+/// A transport into one running machine. Every call names what it does (`label`) so the
+/// transport can show it (SSM: the command's comment).
+#[async_trait]
+pub trait Guest: Send {
+    /// The transport, for messages ("guest agent", "SSM RunCommand").
+    fn transport(&self) -> &'static str;
+
+    /// The most characters of stdout one command returns; longer output is cut by the
+    /// transport (SSM: 24,000). None when nothing is cut.
+    fn stdout_limit(&self) -> Option<usize>;
+
+    /// Writes `content` to `path` (parents created) with `mode`. The guest itself checks that
+    /// what arrived has the content's sha256 (`sha256sum -c`), so a cut or garbled transfer
+    /// is an error, not a file.
+    async fn put(
+        &mut self,
+        label: &str,
+        path: &str,
+        content: &[u8],
+        mode: u32,
+        timeout: Duration,
+    ) -> Result<()>;
+
+    /// Runs `script` (a whole script, shebang included) as root with `env` added to the
+    /// transport's own environment, and waits up to `timeout` for its exit code and output.
+    /// An error means it could not be run or did not finish; a non-zero exit is an `Ok`.
+    async fn run(
+        &mut self,
+        label: &str,
+        script: &[u8],
+        env: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<Ran>;
+
+    /// The whole stdout of `producer` (shell), however long: directly when the transport
+    /// cuts nothing, else staged in a file in the guest and read back in slices that each fit
+    /// in one answer, checked against its sha256.
+    async fn read_output(
+        &mut self,
+        label: &str,
+        producer: &str,
+        timeout: Duration,
+    ) -> std::result::Result<String, String> {
+        match self.stdout_limit() {
+            None => {
+                let script = format!("#!/bin/sh\nset -e\n{producer}\n");
+                let ran = self
+                    .run(label, script.as_bytes(), &[], timeout)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if ran.exit_code != 0 {
+                    return Err(format!("exited {}: {}", ran.exit_code, ran.tail(8)));
+                }
+                Ok(ran.stdout)
+            }
+            Some(_) => {
+                let guest = tokio::sync::Mutex::new(self);
+                let run = |script: String| {
+                    let guest = &guest;
+                    async move {
+                        let ran = guest
+                            .lock()
+                            .await
+                            .run(label, script.as_bytes(), &[], timeout)
+                            .await?;
+                        Ok::<_, crate::Error>((ran.exit_code, ran.stdout, ran.stderr))
+                    }
+                };
+                crate::long_output::read_whole(run, producer).await
+            }
+        }
+    }
+}

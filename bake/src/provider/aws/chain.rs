@@ -1,0 +1,200 @@
+//! One AWS bake as a list of steps that reads like a sentence, per engine, and the state the
+//! steps share. The steps that work inside an instance are the provider-neutral ones
+//! (`crate::steps::provision`, `crate::steps::validators`) over SSM RunCommand.
+
+use super::create::{CreateImage, ImageBuilderBuild, TagVerdict};
+use super::distribute::{CopyToRegions, Share};
+use super::launch::{Agent, Launch, SecurityGroup, StopBuilder, TerminateBuilder};
+use super::ssm::{SsmGuest, MAX_INLINE_FILE};
+use super::AwsProvider;
+use crate::guest::Guest;
+use crate::pipeline::Engine;
+use crate::provider::{BakeJob, ImageRecord, Role};
+use crate::steps::provision::{CapturePackages, InstallFiles, RunSteps};
+use crate::steps::validators::Validate;
+use crate::steps::{Machines, Made, Runner, Step, StepContext};
+use crate::{Error, Result};
+use std::time::Duration;
+
+/// Where the canary gets a second volume made from its image's root snapshot: the image as
+/// shipped, which the validators that read the image mount read-only (first boot changes the
+/// root volume). Deleted with the instance.
+pub(super) const IMAGE_COPY_DEVICE: &str = "/dev/sdf";
+
+/// What the steps of one AWS bake share.
+#[derive(Default)]
+pub(super) struct State {
+    pub security_group: Option<String>,
+    pub created_group: bool,
+    pub builder: Option<String>,
+    pub canary: Option<String>,
+    /// The agents of builder and canary, once online.
+    pub builder_guest: Option<SsmGuest>,
+    pub canary_guest: Option<SsmGuest>,
+    /// The canary's volume made from the image's root snapshot (see IMAGE_COPY_DEVICE).
+    pub image_copy: Option<String>,
+    pub image: Option<String>,
+    pub snapshots: Vec<String>,
+    /// The Image Builder build (`imagebuilder` engine) and whether it has ended.
+    pub build: Option<String>,
+    pub build_done: bool,
+    /// Copies this run made (region, image ID): removed again if the bake fails after them.
+    pub copies_made: Vec<(String, String)>,
+    pub made: Made,
+    pub record: Option<ImageRecord>,
+}
+
+impl State {
+    /// The state of a reused image: only the tail of the chain (copy, share) runs on it.
+    fn of_record(record: ImageRecord) -> State {
+        State {
+            image: Some(record.id.clone()),
+            made: Made {
+                packages: None,
+                verdict: Some(record.verdict.clone()),
+            },
+            record: Some(record),
+            ..State::default()
+        }
+    }
+}
+
+impl Machines for State {
+    fn guest(&mut self, role: Role) -> Result<&mut dyn Guest> {
+        let slot = match role {
+            Role::Builder => &mut self.builder_guest,
+            Role::Canary => &mut self.canary_guest,
+        };
+        slot.as_mut().map(|g| g as &mut dyn Guest).ok_or_else(|| {
+            Error::provider(
+                "aws",
+                format!("the {}'s SSM agent is not online", role.as_str()),
+            )
+        })
+    }
+
+    /// On Nitro an NVMe disk named after its volume ID; on Xen the device name itself.
+    fn image_devices(&self) -> Vec<String> {
+        let mut devices: Vec<String> = self
+            .image_copy
+            .iter()
+            .map(|v| {
+                format!(
+                    "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{}",
+                    v.replace('-', "")
+                )
+            })
+            .collect();
+        devices.extend([IMAGE_COPY_DEVICE.to_string(), "/dev/xvdf".to_string()]);
+        devices
+    }
+
+    fn made(&mut self) -> &mut Made {
+        &mut self.made
+    }
+}
+
+type Chain<'a> = Vec<Box<dyn Step<State> + 'a>>;
+
+impl AwsProvider {
+    /// Bakes, proves and distributes one image: the whole chain of the pipeline's engine.
+    pub(super) async fn bake_chain(
+        &self,
+        job: &BakeJob<'_>,
+        cx: &StepContext<'_>,
+    ) -> Result<ImageRecord> {
+        for f in &job.recipe.files {
+            if f.content.len() > MAX_INLINE_FILE {
+                return Err(Error::Usage(format!(
+                    "{}: file {} is {} bytes; the AWS provider installs files through SSM commands, limited to {MAX_INLINE_FILE}",
+                    job.recipe.file.display(),
+                    f.source,
+                    f.content.len()
+                )));
+            }
+        }
+        let s = &self.settings;
+        let recorder = TagVerdict { p: self, job };
+        let no_cluster = self
+            .canary_cluster
+            .is_none()
+            .then_some("needs a joined cluster node; the pipeline names no [canary] cluster");
+        let validate = Validate {
+            validators: &job.recipe.validators,
+            timeout: s.command_timeout,
+            join_timeout: Some(s.join_timeout),
+            no_cluster,
+            recorder: &recorder,
+        };
+        let (builder, canary) = (Role::Builder, Role::Canary);
+        let timeout = s.command_timeout;
+        // One step per line, in the order they run: the chain reads as the bake does.
+        #[rustfmt::skip]
+        let steps: Chain<'_> = match s.engine {
+            Engine::Ec2 => vec![
+                Box::new(SecurityGroup { p: self, job }),
+                Box::new(Launch { p: self, job, role: builder }),
+                Box::new(Agent { p: self, role: builder }),
+                Box::new(InstallFiles { files: &job.recipe.files, timeout }),
+                Box::new(RunSteps { steps: &job.recipe.steps, timeout }),
+                Box::new(CapturePackages { role: builder, timeout }),
+                Box::new(StopBuilder { p: self }),
+                Box::new(CreateImage { p: self, job }),
+                Box::new(TerminateBuilder { p: self }),
+                Box::new(Launch { p: self, job, role: canary }),
+                Box::new(Agent { p: self, role: canary }),
+                Box::new(validate),
+                Box::new(CopyToRegions { p: self }),
+                Box::new(Share { p: self }),
+            ],
+            // Image Builder builds out of bake's reach: the package manifest is the canary's.
+            Engine::Imagebuilder => vec![
+                Box::new(ImageBuilderBuild { p: self, job }),
+                Box::new(SecurityGroup { p: self, job }),
+                Box::new(Launch { p: self, job, role: canary }),
+                Box::new(Agent { p: self, role: canary }),
+                Box::new(CapturePackages { role: canary, timeout }),
+                Box::new(validate),
+                Box::new(CopyToRegions { p: self }),
+                Box::new(Share { p: self }),
+            ],
+        };
+        self.run_chain(&steps, State::default(), cx).await
+    }
+
+    /// A validated image found by its key goes through the tail of the same chain, so a run
+    /// that died after validation finishes the job.
+    pub(super) async fn reuse_chain(
+        &self,
+        record: ImageRecord,
+        cx: &StepContext<'_>,
+    ) -> Result<ImageRecord> {
+        let steps: Chain<'_> = vec![
+            Box::new(CopyToRegions { p: self }),
+            Box::new(Share { p: self }),
+        ];
+        self.run_chain(&steps, State::of_record(record), cx).await
+    }
+
+    /// Runs a chain and its cleanups; the image record the chain ended with.
+    async fn run_chain(
+        &self,
+        steps: &Chain<'_>,
+        mut state: State,
+        cx: &StepContext<'_>,
+    ) -> Result<ImageRecord> {
+        let runner = Runner {
+            cleanup_timeout: self.settings.instance_timeout + Duration::from_secs(60),
+        };
+        let report = runner
+            .run(steps, &mut state, cx, |s| s.made.validated())
+            .await;
+        report.into_result()?;
+        state.record.ok_or_else(|| {
+            Error::provider(
+                "aws",
+                format!("{} {}: the bake ended without an image", cx.recipe, cx.arch),
+            )
+        })
+    }
+}

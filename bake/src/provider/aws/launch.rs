@@ -1,0 +1,403 @@
+//! The instance lifecycle of an AWS bake: the security group with no inbound rules, builder
+//! and canary launches (IMDSv2 required, no key pair, encrypted volumes, the dead-man's
+//! switch), their SSM agents, stopping and terminating the builder.
+
+use super::chain::{State, IMAGE_COPY_DEVICE};
+use super::AwsProvider;
+use crate::aws::err;
+use crate::provider::{BakeJob, Role};
+use crate::steps::{Outcome, Step, StepContext};
+use crate::user_data;
+use crate::{Arch, Result};
+use async_trait::async_trait;
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
+    ResourceType, ShutdownBehavior, TagSpecification, VolumeType,
+};
+use std::time::Duration;
+
+pub(super) struct SecurityGroup<'a> {
+    pub p: &'a AwsProvider,
+    pub job: &'a BakeJob<'a>,
+}
+
+#[async_trait]
+impl Step<State> for SecurityGroup<'_> {
+    fn name(&self) -> &str {
+        "security-group"
+    }
+    async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
+        if let Some(sg) = &self.p.settings.security_group_id {
+            state.security_group = Some(sg.clone());
+            return Ok(());
+        }
+        cx.phase("security group (no inbound rules)");
+        let p = self.p;
+        let vpc = match &p.settings.subnet_id {
+            Some(subnet) => {
+                p.ec2_slot().await;
+                let r = p
+                    .ec2
+                    .describe_subnets()
+                    .subnet_ids(subnet)
+                    .send()
+                    .await
+                    .map_err(|e| err(format!("describing subnet {subnet} in {}", p.region), e))?;
+                r.subnets()
+                    .first()
+                    .and_then(|s| s.vpc_id())
+                    .map(str::to_string)
+            }
+            None => {
+                p.ec2_slot().await;
+                let r = p
+                    .ec2
+                    .describe_vpcs()
+                    .filters(Filter::builder().name("is-default").values("true").build())
+                    .send()
+                    .await
+                    .map_err(|e| err(format!("looking for the default VPC in {}", p.region), e))?;
+                r.vpcs()
+                    .first()
+                    .and_then(|v| v.vpc_id())
+                    .map(str::to_string)
+            }
+        };
+        let name = format!("bake-{}-{}-{}", self.job.run_id, cx.recipe, cx.arch);
+        p.ec2_slot().await;
+        let r = p
+            .ec2
+            .create_security_group()
+            .group_name(&name)
+            .description("bake builder and canary: no inbound rules")
+            .set_vpc_id(vpc)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::SecurityGroup)
+                    .set_tags(Some(p.tags(self.job, "security-group")))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| err(format!("creating security group {name} in {}", p.region), e))?;
+        let id = r.group_id().unwrap_or_default().to_string();
+        cx.created("security-group", &id)?;
+        state.security_group = Some(id);
+        state.created_group = true;
+        Ok(())
+    }
+    async fn cleanup(
+        &self,
+        state: &mut State,
+        _outcome: Outcome,
+        cx: &StepContext<'_>,
+    ) -> Result<()> {
+        if !state.created_group {
+            return Ok(());
+        }
+        if let Some(id) = state.security_group.take() {
+            self.p.delete_security_group(&id).await?;
+            cx.removed("security-group", &id)?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) struct Launch<'a> {
+    pub p: &'a AwsProvider,
+    pub job: &'a BakeJob<'a>,
+    pub role: Role,
+}
+
+#[async_trait]
+impl Step<State> for Launch<'_> {
+    fn name(&self) -> &str {
+        match self.role {
+            Role::Builder => "launch-builder",
+            Role::Canary => "launch-canary",
+        }
+    }
+    async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
+        let p = self.p;
+        let image = match self.role {
+            Role::Builder => self.job.base.id.clone(),
+            Role::Canary => state
+                .image
+                .clone()
+                .ok_or_else(|| cx.error(self.name(), "no image to launch"))?,
+        };
+        cx.phase(&format!("launch {} from {image}", self.role.as_str()));
+        let root_volume = p.root_volume(&image).await?;
+        let root = root_volume.device.clone();
+        // The builder's volume: what the recipe asks (checked at plan) or the base's own size;
+        // the canary's: its image's, which is the builder's.
+        let size = match self.role {
+            Role::Builder => {
+                self.job
+                    .recipe
+                    .volume_size_for(cx.arch, &image, root_volume.size_gib)?
+            }
+            Role::Canary => root_volume
+                .size_gib
+                .unwrap_or(crate::recipe::DEFAULT_SIZE_GIB),
+        };
+        let instance_type = p
+            .settings
+            .instance_type
+            .get(&cx.arch)
+            .cloned()
+            .unwrap_or_else(|| match cx.arch {
+                Arch::X86_64 => "m6i.large".into(),
+                Arch::Arm64 => "m7g.large".into(),
+            });
+        let volume = &self.job.recipe.volume;
+        let mut req = p
+            .ec2
+            .run_instances()
+            .image_id(&image)
+            .instance_type(InstanceType::from(instance_type.as_str()))
+            .min_count(1)
+            .max_count(1)
+            // Idempotent: a retried RunInstances never starts a second instance.
+            .client_token(
+                format!(
+                    "{}-{}-{}-{}",
+                    self.job.run_id,
+                    cx.recipe,
+                    cx.arch,
+                    self.role.as_str()
+                )
+                .chars()
+                .take(64)
+                .collect::<String>(),
+            )
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(HttpTokensState::Required)
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .build(),
+            )
+            .set_security_group_ids(state.security_group.clone().map(|s| vec![s]))
+            .set_subnet_id(p.settings.subnet_id.clone())
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(root)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_size(size as i32)
+                            .volume_type(VolumeType::from(volume.volume_type.as_str()))
+                            .encrypted(true)
+                            .set_kms_key_id(p.settings.kms_key_id.clone())
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Instance)
+                    .set_tags(Some(p.tags(self.job, self.role.as_str())))
+                    .build(),
+            )
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Volume)
+                    .set_tags(Some(p.tags(self.job, self.role.as_str())))
+                    .build(),
+            );
+        if let (Role::Canary, Some(snapshot)) = (self.role, &root_volume.snapshot) {
+            // The canary also gets the image as shipped, on a second volume.
+            req = req.block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(IMAGE_COPY_DEVICE)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .snapshot_id(snapshot)
+                            .volume_type(VolumeType::from(volume.volume_type.as_str()))
+                            .encrypted(true)
+                            .set_kms_key_id(p.settings.kms_key_id.clone())
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        if let Some(profile) = &p.settings.instance_profile {
+            req = req.iam_instance_profile(
+                IamInstanceProfileSpecification::builder()
+                    .name(profile)
+                    .build(),
+            );
+        }
+        // The dead-man's switch: an instance that powers itself off terminates, and its
+        // timer outlives every wait of this run.
+        req = req.instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate);
+        let timeout = p.settings.command_timeout;
+        let recipe = self.job.recipe;
+        req = match self.role {
+            Role::Builder => {
+                let limits: Vec<Duration> = recipe
+                    .files
+                    .iter()
+                    .map(|_| timeout)
+                    .chain(recipe.steps.iter().map(|s| s.timeout.unwrap_or(timeout)))
+                    .chain([timeout])
+                    .collect();
+                req.user_data(user_data::builder(user_data::lifetime(
+                    &p.settings,
+                    &limits,
+                )))
+            }
+            Role::Canary => {
+                let limits: Vec<Duration> = recipe
+                    .validators
+                    .iter()
+                    .map(|_| timeout)
+                    .chain([timeout])
+                    .collect();
+                let lifetime = user_data::lifetime(&p.settings, &limits);
+                match p.canary_cluster.clone() {
+                    // A pipeline that names no canary cluster (a rehearsal) boots the canary
+                    // with the dead-man's timer only; its cluster checks are skipped and say so.
+                    None => req.user_data(user_data::unjoined_canary(lifetime)),
+                    Some(name) => {
+                        let join = self.job.base.join.ok_or_else(|| {
+                            cx.error(
+                                self.name(),
+                                "the base does not say how its nodes join a cluster",
+                            )
+                        })?;
+                        p.eks_slot().await;
+                        let cluster =
+                            user_data::Cluster::describe(&p.eks, &name, &p.region).await?;
+                        req.user_data(user_data::canary(join, &cluster, lifetime)?)
+                    }
+                }
+            }
+        };
+        let r = req.send().await.map_err(|e| {
+            err(
+                format!(
+                    "launching the {} from {image} in {}",
+                    self.role.as_str(),
+                    p.region
+                ),
+                e,
+            )
+        })?;
+        let id = r
+            .instances()
+            .first()
+            .and_then(|i| i.instance_id())
+            .ok_or_else(|| cx.error(self.name(), "RunInstances returned no instance"))?
+            .to_string();
+        cx.created("instance", &id)?;
+        match self.role {
+            Role::Builder => state.builder = Some(id.clone()),
+            Role::Canary => state.canary = Some(id.clone()),
+        }
+        p.wait_instance(&id, InstanceStateName::Running).await?;
+        if self.role == Role::Canary {
+            state.image_copy = p.volume_at(&id, IMAGE_COPY_DEVICE).await?;
+        }
+        Ok(())
+    }
+    async fn cleanup(
+        &self,
+        state: &mut State,
+        _outcome: Outcome,
+        cx: &StepContext<'_>,
+    ) -> Result<()> {
+        let id = match self.role {
+            Role::Builder => state.builder.take(),
+            Role::Canary => state.canary.take(),
+        };
+        if let Some(id) = id {
+            self.p.terminate(&id).await?;
+            cx.removed("instance", &id)?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits for the instance's SSM agent; from then on the instance is reached as a guest.
+pub(super) struct Agent<'a> {
+    pub p: &'a AwsProvider,
+    pub role: Role,
+}
+
+#[async_trait]
+impl Step<State> for Agent<'_> {
+    fn name(&self) -> &str {
+        match self.role {
+            Role::Builder => "builder-agent",
+            Role::Canary => "canary-agent",
+        }
+    }
+    async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
+        let id = match self.role {
+            Role::Builder => state.builder.clone(),
+            Role::Canary => state.canary.clone(),
+        }
+        .ok_or_else(|| cx.error(self.name(), "no instance"))?;
+        cx.phase(&format!("waiting for the SSM agent on {id}"));
+        let guest = self.p.guest(&id);
+        guest.wait_online(self.p.settings.agent_timeout).await?;
+        match self.role {
+            Role::Builder => state.builder_guest = Some(guest),
+            Role::Canary => state.canary_guest = Some(guest),
+        }
+        Ok(())
+    }
+}
+
+pub(super) struct StopBuilder<'a> {
+    pub p: &'a AwsProvider,
+}
+
+#[async_trait]
+impl Step<State> for StopBuilder<'_> {
+    fn name(&self) -> &str {
+        "stop-builder"
+    }
+    async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
+        let id = state
+            .builder
+            .clone()
+            .ok_or_else(|| cx.error(self.name(), "no builder"))?;
+        cx.phase(&format!("stopping builder {id}"));
+        self.p.ec2_slot().await;
+        self.p
+            .ec2
+            .stop_instances()
+            .instance_ids(&id)
+            .send()
+            .await
+            .map_err(|e| err(format!("stopping {id} in {}", self.p.region), e))?;
+        self.p.wait_instance(&id, InstanceStateName::Stopped).await
+    }
+}
+
+pub(super) struct TerminateBuilder<'a> {
+    pub p: &'a AwsProvider,
+}
+
+#[async_trait]
+impl Step<State> for TerminateBuilder<'_> {
+    fn name(&self) -> &str {
+        "terminate-builder"
+    }
+    async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
+        if let Some(id) = state.builder.take() {
+            cx.phase(&format!("terminating builder {id}"));
+            // Put it back if terminating fails, so the launch step's cleanup tries again.
+            if let Err(e) = self.p.terminate(&id).await {
+                state.builder = Some(id);
+                return Err(e);
+            }
+            cx.removed("instance", &id)?;
+        }
+        Ok(())
+    }
+}

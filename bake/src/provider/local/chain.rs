@@ -1,0 +1,136 @@
+//! One local bake as a list of steps that reads like a sentence, and the state they share.
+//! The steps that work inside a VM are the provider-neutral ones (`crate::steps::provision`,
+//! `crate::steps::validators`) over the QEMU guest agent.
+
+use super::base::Base;
+use super::image::{BootFiles, StoreImage, StoreRecord};
+use super::machine::{BootVm, CreateDisk, PrepareBase, Shutdown};
+use super::qemu::{Accel, Vm};
+use super::qga::Agent;
+use super::store::ImageFiles;
+use super::LocalProvider;
+use crate::guest::Guest;
+use crate::provider::{BakeJob, ImageRecord, Role};
+use crate::steps::provision::{CapturePackages, InstallFiles, RunSteps};
+use crate::steps::validators::Validate;
+use crate::steps::{Machines, Made, Runner, Step, StepContext};
+use crate::{Error, Result};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What the steps of one local bake share.
+#[derive(Default)]
+pub(super) struct State {
+    /// Sockets, overlays and seeds of this bake; removed when it ends.
+    pub work: PathBuf,
+    /// Serial consoles and QEMU's own output; kept with the run's logs.
+    pub logs: PathBuf,
+    pub base: Option<Base>,
+    pub accel: Option<Accel>,
+    pub builder_disk: Option<PathBuf>,
+    pub canary_disk: Option<PathBuf>,
+    pub builder: Option<(Vm, Option<Agent>)>,
+    pub canary: Option<(Vm, Option<Agent>)>,
+    pub kernel: Option<Vec<u8>>,
+    pub initrd: Option<Vec<u8>>,
+    pub image: Option<ImageFiles>,
+    pub made: Made,
+    pub record: Option<ImageRecord>,
+}
+
+impl Machines for State {
+    fn guest(&mut self, role: Role) -> Result<&mut dyn Guest> {
+        let slot = match role {
+            Role::Builder => &mut self.builder,
+            Role::Canary => &mut self.canary,
+        };
+        slot.as_mut()
+            .and_then(|(_, a)| a.as_mut())
+            .map(|a| a as &mut dyn Guest)
+            .ok_or_else(|| {
+                Error::provider("local", format!("the {} VM is not running", role.as_str()))
+            })
+    }
+
+    /// The image's qcow2 is a read-only virtio drive with a known serial.
+    fn image_devices(&self) -> Vec<String> {
+        vec![format!(
+            "/dev/disk/by-id/virtio-{}",
+            crate::canary::LOCAL_IMAGE_SERIAL
+        )]
+    }
+
+    fn made(&mut self) -> &mut Made {
+        &mut self.made
+    }
+}
+
+impl LocalProvider {
+    /// Bakes and proves one image: base → builder disk → boot → install files → run steps →
+    /// capture packages → boot files → shut down → store the image → canary disk → boot →
+    /// validate.
+    pub(super) async fn bake_chain(
+        &self,
+        job: &BakeJob<'_>,
+        cx: &StepContext<'_>,
+    ) -> Result<ImageRecord> {
+        let spec = self.base_spec(job.recipe, job.arch)?;
+        let name = format!("{}-{}", job.recipe.name, job.arch);
+        let mut state = State {
+            work: self.state_dir.join("work").join(job.run_id).join(&name),
+            logs: cx.log_dir(),
+            ..State::default()
+        };
+        std::fs::create_dir_all(&state.work)
+            .map_err(|e| Error::io(format!("creating {}", state.work.display()), e))?;
+        let s = &self.settings;
+        let recorder = StoreRecord {
+            provider: self,
+            job,
+        };
+        let validate = Validate {
+            validators: &job.recipe.validators,
+            timeout: s.step_timeout,
+            join_timeout: None,
+            no_cluster: Some("needs a joined cluster node; the local provider has no cluster"),
+            recorder: &recorder,
+        };
+        let (builder, canary) = (Role::Builder, Role::Canary);
+        let timeout = s.step_timeout;
+        // One step per line, in the order they run: the chain reads as the bake does.
+        #[rustfmt::skip]
+        let steps: Vec<Box<dyn Step<State> + '_>> = vec![
+            Box::new(PrepareBase { spec, provider: self }),
+            Box::new(CreateDisk { role: builder }),
+            Box::new(BootVm { role: builder, provider: self, job }),
+            Box::new(InstallFiles { files: &job.recipe.files, timeout }),
+            Box::new(RunSteps { steps: &job.recipe.steps, timeout }),
+            Box::new(CapturePackages { role: builder, timeout }),
+            Box::new(BootFiles),
+            Box::new(Shutdown { provider: self }),
+            Box::new(StoreImage { provider: self, job }),
+            Box::new(CreateDisk { role: canary }),
+            Box::new(BootVm { role: canary, provider: self, job }),
+            Box::new(validate),
+        ];
+        let runner = Runner {
+            cleanup_timeout: s.shutdown_timeout + Duration::from_secs(60),
+        };
+        let report = runner
+            .run(&steps, &mut state, cx, |s| s.made.validated())
+            .await;
+        // Sockets and overlays live in the work dir; logs stay under runs/.
+        let _ = std::fs::remove_dir_all(&state.work);
+        if let Some(parent) = state.work.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+        let outcome = report.into_result()?;
+        tracing::info!(recipe = %job.recipe.name, arch = %job.arch, ?outcome, "bake finished");
+        state.record.ok_or_else(|| {
+            Error::provider(
+                "local",
+                format!("{name}: the bake ended without an image record"),
+            )
+        })
+    }
+}

@@ -1,0 +1,112 @@
+//! What dead local runs left (by their journals and work dirs), and its removal.
+
+use super::{store, LocalProvider};
+use crate::journal::Journal;
+use crate::provider::{ImageStatus, Leftover};
+use crate::{Error, Result};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// The pid in a journal `vm` entry (`<socket> pid <pid>`).
+fn vm_pid(id: &str) -> Option<u32> {
+    id.rsplit(" pid ").next()?.trim().parse().ok()
+}
+
+/// True if `pid` is a QEMU started for this VM (its command line names the socket).
+fn qemu_running(pid: u32, id: &str) -> bool {
+    let socket = id.split(" pid ").next().unwrap_or_default();
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let c = String::from_utf8_lossy(&c);
+            c.contains("qemu-system") && c.contains(socket)
+        })
+        .unwrap_or(false)
+}
+
+impl LocalProvider {
+    /// What runs not in `live` left behind; never an image in `published`.
+    pub(super) fn find_leftovers(
+        &self,
+        live: &BTreeSet<String>,
+        published: &BTreeSet<String>,
+    ) -> Result<Vec<Leftover>> {
+        let mut out = Vec::new();
+        let validated: std::collections::BTreeSet<String> = self
+            .store
+            .records()?
+            .into_iter()
+            .filter(|i| i.status == ImageStatus::Validated)
+            .map(|i| i.id)
+            .collect();
+        for (run_id, entries) in crate::journal::Journal::all(&self.state_dir)? {
+            if live.contains(&run_id) {
+                continue;
+            }
+            for r in Journal::outstanding(&entries) {
+                let gone = "already gone; recorded as removed";
+                let action = match r.kind.as_str() {
+                    "overlay" | "file" if Path::new(&r.id).exists() => {
+                        "delete the file".to_string()
+                    }
+                    "vm" => match vm_pid(&r.id) {
+                        Some(pid) if qemu_running(pid, &r.id) => format!("kill QEMU (pid {pid})"),
+                        _ => gone.to_string(),
+                    },
+                    "image" if published.contains(&r.id) => continue,
+                    "image" if self.store.files(&r.id).disk.exists() => {
+                        "delete the unpublished image".to_string()
+                    }
+                    _ => gone.to_string(),
+                };
+                let reusable = r.kind == "image" && validated.contains(&r.id);
+                out.push(Leftover {
+                    kind: r.kind,
+                    id: r.id,
+                    run_id: run_id.clone(),
+                    recipe: r.recipe,
+                    arch: Some(r.arch),
+                    action,
+                    reusable,
+                });
+            }
+            let work = self.state_dir.join("work").join(&run_id);
+            if work.exists() {
+                out.push(Leftover {
+                    kind: "work-dir".into(),
+                    id: work.display().to_string(),
+                    run_id: run_id.clone(),
+                    recipe: String::new(),
+                    arch: None,
+                    action: "delete the directory".into(),
+                    reusable: false,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes one leftover.
+    pub(super) fn remove(&self, l: &Leftover) -> Result<()> {
+        match l.kind.as_str() {
+            "overlay" | "file" | "work-dir" => store::remove_path(Path::new(&l.id)),
+            "vm" => {
+                if let Some(pid) = vm_pid(&l.id) {
+                    if qemu_running(pid, &l.id) {
+                        unsafe {
+                            libc::kill(pid as i32, libc::SIGKILL);
+                        }
+                    }
+                }
+                if let Some(socket) = l.id.split(" pid ").next() {
+                    let _ = std::fs::remove_file(socket);
+                }
+                Ok(())
+            }
+            "image" => self.store.remove(&l.id),
+            other => Err(Error::provider(
+                "local",
+                format!("unknown leftover kind `{other}`"),
+            )),
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Validation on the canary, for every provider: prepare the canary (which OS booted, the
+//! image as shipped mounted read-only), run each validator that applies through the canary's
+//! [`Guest`](crate::guest::Guest), decide the verdict, and have the provider record it before
+//! the step counts as done (a run killed right after still finds its verdict).
+
+use super::{Machines, Step, StepContext};
+use crate::canary::{Planned, Prepared};
+use crate::provider::Role;
+use crate::validate::{Validator, Verdict};
+use crate::Result;
+use async_trait::async_trait;
+use std::time::Duration;
+
+/// How a provider keeps a verdict with its image (EC2: tags; local: the store's record).
+#[async_trait]
+pub trait RecordVerdict<S>: Send + Sync {
+    async fn record(&self, state: &mut S, verdict: &Verdict, cx: &StepContext<'_>) -> Result<()>;
+}
+
+pub struct Validate<'a, S> {
+    pub validators: &'a [Validator],
+    /// Limit of each validator.
+    pub timeout: Duration,
+    /// How long cluster checks may wait for the canary to join (None: no cluster here).
+    pub join_timeout: Option<Duration>,
+    /// Why cluster checks cannot run here, if they cannot.
+    pub no_cluster: Option<&'a str>,
+    pub recorder: &'a dyn RecordVerdict<S>,
+}
+
+#[async_trait]
+impl<S: Machines> Step<S> for Validate<'_, S> {
+    fn name(&self) -> &str {
+        "validate"
+    }
+    async fn run(&self, state: &mut S, cx: &StepContext<'_>) -> Result<()> {
+        let logs = cx.log_dir();
+        let devices = state.image_devices().join(" ");
+        let guest = state.guest(Role::Canary)?;
+        let label = format!("{} {} prepare canary", cx.recipe, cx.arch);
+        let ran = guest
+            .run(
+                &label,
+                crate::canary::PREPARE_SCRIPT.as_bytes(),
+                &[
+                    ("BAKE_IMAGE_ROOT", crate::canary::IMAGE_ROOT),
+                    ("BAKE_IMAGE_DEVICES", &devices),
+                ],
+                self.timeout,
+            )
+            .await
+            .map_err(|e| cx.error(self.name(), format!("preparing the canary: {e}")))?;
+        if ran.exit_code != 0 {
+            return Err(cx.error(
+                self.name(),
+                format!(
+                    "preparing the canary exited {}: {}",
+                    ran.exit_code,
+                    ran.tail(8)
+                ),
+            ));
+        }
+        let prepared = Prepared::parse(&ran.stdout);
+        tracing::info!(recipe = cx.recipe, arch = %cx.arch, os = %prepared.os(), image_root = ?prepared.image_root, "canary prepared");
+
+        let mut results = Vec::new();
+        let planned = crate::canary::plan(self.validators, &prepared, self.no_cluster);
+        for (i, planned) in planned.into_iter().enumerate() {
+            let (v, extra) = match planned {
+                Planned::Settled(r) => {
+                    r.log(cx.recipe, cx.arch);
+                    results.push(r);
+                    continue;
+                }
+                Planned::Run(v, extra) => (v, extra),
+            };
+            let mut env: Vec<(&str, &str)> = cx.env().to_vec();
+            env.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+            let mut limit = self.timeout;
+            let mut waits = String::new();
+            let join = self.join_timeout.map(|j| j.as_secs().to_string());
+            if let (true, Some(join_timeout), Some(join)) =
+                (v.needs_cluster, self.join_timeout, join.as_deref())
+            {
+                // A cluster check waits for the canary to join, up to join_timeout; its
+                // command may take that long and a minute more.
+                env.push(("BAKE_JOIN_TIMEOUT", join));
+                limit = limit.max(join_timeout + Duration::from_secs(60));
+                waits = format!(
+                    " (waiting up to {} for the canary to join)",
+                    humantime::format_duration(join_timeout)
+                );
+            }
+            cx.phase(&format!(
+                "validator {}/{} {}{waits}",
+                i + 1,
+                self.validators.len(),
+                v.name
+            ));
+            let label = format!("{} {} validator {}", cx.recipe, cx.arch, v.name);
+            // A validator that could not run (an agent or API error) fails the bake, which
+            // retries next time; only the validator's own verdict may reject the image.
+            let ran = guest
+                .run(&label, &v.content, &env, limit)
+                .await
+                .map_err(|e| {
+                    cx.error(
+                        self.name(),
+                        format!("validator {} could not run: {e}", v.name),
+                    )
+                })?;
+            let result = crate::validate::judged(&v.name, ran.exit_code, &ran.stdout, &ran.stderr)
+                .map_err(|why| cx.error(self.name(), why))?;
+            let _ = std::fs::write(
+                logs.join(format!("validator-{}.log", v.name)),
+                format!(
+                    "# {} {:?} {}\n## stdout\n{}\n## stderr\n{}",
+                    v.name,
+                    result.status,
+                    result.reason.clone().unwrap_or_default(),
+                    ran.stdout,
+                    ran.stderr
+                ),
+            );
+            result.log(cx.recipe, cx.arch);
+            results.push(result);
+        }
+        let verdict = Verdict::decide(results);
+        self.recorder.record(state, &verdict, cx).await?;
+        if !verdict.accepted {
+            cx.phase(&format!("rejected: {}", verdict.blockers().join("; ")));
+        }
+        state.made().verdict = Some(verdict);
+        Ok(())
+    }
+}
