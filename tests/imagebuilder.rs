@@ -782,7 +782,7 @@ async fn sweep_finds_the_untagged_output_of_a_build_whose_run_died_once_it_is_ol
             .await
             .unwrap()
             .into_iter()
-            .filter(|l| l.kind == "image")
+            .filter(|l| l.kind == bake::journal::Kind::Image)
             .map(|l| l.id)
             .collect::<Vec<_>>()
     };

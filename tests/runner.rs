@@ -76,7 +76,7 @@ async fn cleanups_run_last_first_on_success_and_keep_the_image() {
     // Only the kept image is outstanding in the journal.
     let left = outstanding(&journal);
     assert_eq!(left.len(), 1);
-    assert_eq!(left[0].kind, "image");
+    assert_eq!(left[0].kind, bake::journal::Kind::Image);
 }
 
 #[tokio::test]
@@ -331,12 +331,14 @@ fn a_journal_cut_short_by_a_crash_is_still_readable() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::create(dir.path(), "cut").unwrap();
     journal
-        .created("r", Arch::X86_64, "instance", "i-1")
+        .created("r", Arch::X86_64, bake::journal::Kind::Instance, "i-1")
         .unwrap();
     journal
-        .created("r", Arch::X86_64, "image", "img-1")
+        .created("r", Arch::X86_64, bake::journal::Kind::Image, "img-1")
         .unwrap();
-    journal.removed("instance", "i-1").unwrap();
+    journal
+        .removed(bake::journal::Kind::Instance, "i-1")
+        .unwrap();
     let mut text = std::fs::read_to_string(journal.path()).unwrap();
     text.push_str("{\"event\":\"created\",\"recipe\":\"r\",\"ar");
     std::fs::write(journal.path(), text).unwrap();

@@ -10,6 +10,56 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// What kind of resource a journal entry or a leftover is. Written as its kebab-case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A QEMU process (`<socket> pid <pid>`).
+    Vm,
+    /// A qcow2 overlay a VM boots from.
+    Overlay,
+    /// A file being written into the local image store.
+    File,
+    /// An image: a local store image or an AMI.
+    Image,
+    /// An EBS snapshot of an AMI.
+    Snapshot,
+    /// A copy of an AMI in another region (`<region>/<ami>`).
+    ImageCopy,
+    Instance,
+    SecurityGroup,
+    /// An EC2 Image Builder image build (its ARN).
+    ImagebuilderBuild,
+    /// A run's local work directory.
+    WorkDir,
+    /// A release a dead run began to publish and did not finish.
+    IncompleteRelease,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Vm => "vm",
+            Kind::Overlay => "overlay",
+            Kind::File => "file",
+            Kind::Image => "image",
+            Kind::Snapshot => "snapshot",
+            Kind::ImageCopy => "image-copy",
+            Kind::Instance => "instance",
+            Kind::SecurityGroup => "security-group",
+            Kind::ImagebuilderBuild => "imagebuilder-build",
+            Kind::WorkDir => "work-dir",
+            Kind::IncompleteRelease => "incomplete-release",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Entry {
@@ -23,13 +73,13 @@ pub enum Entry {
     Created {
         recipe: String,
         arch: Arch,
-        kind: String,
+        kind: Kind,
         id: String,
         at: DateTime<Utc>,
     },
     /// A resource is gone.
     Removed {
-        kind: String,
+        kind: Kind,
         id: String,
         at: DateTime<Utc>,
     },
@@ -61,7 +111,7 @@ pub enum StepStatus {
 pub struct Resource {
     pub recipe: String,
     pub arch: Arch,
-    pub kind: String,
+    pub kind: Kind,
     pub id: String,
 }
 
@@ -148,19 +198,19 @@ impl Journal {
         write_entry(&mut file, &self.path, entry)
     }
 
-    pub fn created(&self, recipe: &str, arch: Arch, kind: &str, id: &str) -> Result<()> {
+    pub fn created(&self, recipe: &str, arch: Arch, kind: Kind, id: &str) -> Result<()> {
         self.record(&Entry::Created {
             recipe: recipe.to_string(),
             arch,
-            kind: kind.to_string(),
+            kind,
             id: id.to_string(),
             at: Utc::now(),
         })
     }
 
-    pub fn removed(&self, kind: &str, id: &str) -> Result<()> {
+    pub fn removed(&self, kind: Kind, id: &str) -> Result<()> {
         self.record(&Entry::Removed {
-            kind: kind.to_string(),
+            kind,
             id: id.to_string(),
             at: Utc::now(),
         })
@@ -205,7 +255,7 @@ impl Journal {
                 } => live.push(Resource {
                     recipe: recipe.clone(),
                     arch: *arch,
-                    kind: kind.clone(),
+                    kind: *kind,
                     id: id.clone(),
                 }),
                 Entry::Removed { kind, id, .. } => {

@@ -119,7 +119,7 @@ pub async fn plan(
         }
         for id in registry.incomplete_releases(&bake.recipe.name).await? {
             out.push(Leftover {
-                kind: "incomplete-release".into(),
+                kind: crate::journal::Kind::IncompleteRelease,
                 id: format!("{}/{id}", bake.recipe.name),
                 run_id: holder_run.clone().unwrap_or_default(),
                 recipe: bake.recipe.name.clone(),
@@ -142,7 +142,7 @@ pub async fn apply(
     leftovers: &[Leftover],
 ) -> Result<()> {
     for l in leftovers {
-        if l.kind == "incomplete-release" {
+        if l.kind == crate::journal::Kind::IncompleteRelease {
             let (recipe, id) = l.id.split_once('/').unwrap_or_default();
             let id: crate::release::ReleaseId = id.parse().map_err(crate::Error::Conflict)?;
             registry.delete_release(recipe, &id).await?;
@@ -154,7 +154,7 @@ pub async fn apply(
             Journal::append_to(
                 &journal,
                 &Entry::Removed {
-                    kind: l.kind.clone(),
+                    kind: l.kind,
                     id: l.id.clone(),
                     at: chrono::Utc::now(),
                 },

@@ -3,6 +3,7 @@
 //! every run and cleanup, so tests can check order, outcome handling and leaks.
 
 use async_trait::async_trait;
+use bake::journal::Kind;
 use bake::key::BakeKey;
 use bake::provider::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider};
 use bake::recipe::Recipe;
@@ -25,7 +26,7 @@ pub const STEPS: [&str; 5] = [
 #[derive(Default)]
 pub struct Shared {
     /// Live resources: (kind, id).
-    pub live: BTreeSet<(String, String)>,
+    pub live: BTreeSet<(Kind, String)>,
     /// Every run/cleanup, in order: "run launch-builder x86_64", "cleanup create-image x86_64 failed".
     pub events: Vec<String>,
     pub images: Vec<ImageRecord>,
@@ -70,11 +71,11 @@ impl FakeProvider {
         *self.reject.lock().unwrap() = arch;
     }
     /// Live resources other than kept images.
-    pub fn leaked(&self) -> Vec<(String, String)> {
+    pub fn leaked(&self) -> Vec<(Kind, String)> {
         self.shared()
             .live
             .iter()
-            .filter(|(k, _)| k != "image")
+            .filter(|(k, _)| *k != Kind::Image)
             .cloned()
             .collect()
     }
@@ -82,7 +83,7 @@ impl FakeProvider {
         self.shared()
             .live
             .iter()
-            .filter(|(k, _)| k == "image")
+            .filter(|(k, _)| *k == Kind::Image)
             .count()
     }
 }
@@ -101,7 +102,7 @@ struct FakeStep<'a> {
 }
 
 impl FakeStep<'_> {
-    fn create(&self, cx: &StepContext<'_>, kind: &str) -> Result<String> {
+    fn create(&self, cx: &StepContext<'_>, kind: Kind) -> Result<String> {
         let id = {
             let mut s = self.p.shared();
             s.counter += 1;
@@ -109,14 +110,11 @@ impl FakeStep<'_> {
         };
         // Journal before the resource exists, as a real step must.
         cx.created(kind, &id)?;
-        self.p.shared().live.insert((kind.to_string(), id.clone()));
+        self.p.shared().live.insert((kind, id.clone()));
         Ok(id)
     }
-    fn destroy(&self, cx: &StepContext<'_>, kind: &str, id: &str) -> Result<()> {
-        self.p
-            .shared()
-            .live
-            .remove(&(kind.to_string(), id.to_string()));
+    fn destroy(&self, cx: &StepContext<'_>, kind: Kind, id: &str) -> Result<()> {
+        self.p.shared().live.remove(&(kind, id.to_string()));
         cx.removed(kind, id)
     }
 }
@@ -137,9 +135,9 @@ impl Step<FakeState> for FakeStep<'_> {
         }
         let hang = self.p.hang_at.lock().unwrap().clone();
         match self.name {
-            "launch-builder" => state.builder = Some(self.create(cx, "instance")?),
-            "create-image" => state.image = Some(self.create(cx, "image")?),
-            "launch-canary" => state.canary = Some(self.create(cx, "instance")?),
+            "launch-builder" => state.builder = Some(self.create(cx, Kind::Instance)?),
+            "create-image" => state.image = Some(self.create(cx, Kind::Image)?),
+            "launch-canary" => state.canary = Some(self.create(cx, Kind::Instance)?),
             "validate" => {
                 let reject = *self.p.reject.lock().unwrap() == Some(cx.arch);
                 let result = if reject {
@@ -184,17 +182,17 @@ impl Step<FakeState> for FakeStep<'_> {
         match self.name {
             "launch-builder" => {
                 if let Some(id) = state.builder.take() {
-                    self.destroy(cx, "instance", &id)?;
+                    self.destroy(cx, Kind::Instance, &id)?;
                 }
             }
             "launch-canary" => {
                 if let Some(id) = state.canary.take() {
-                    self.destroy(cx, "instance", &id)?;
+                    self.destroy(cx, Kind::Instance, &id)?;
                 }
             }
             "create-image" if outcome.discards_image() => {
                 if let Some(id) = state.image.take() {
-                    self.destroy(cx, "image", &id)?;
+                    self.destroy(cx, Kind::Image, &id)?;
                 }
             }
             _ => {}
@@ -253,7 +251,7 @@ impl Provider for FakeProvider {
             !s.in_use.contains_key(image_id),
             "deleted an image in use: {image_id}"
         );
-        s.live.remove(&("image".to_string(), image_id.to_string()));
+        s.live.remove(&(Kind::Image, image_id.to_string()));
         s.deleted.push(image_id.to_string());
         Ok(())
     }
@@ -270,7 +268,7 @@ impl Provider for FakeProvider {
             .iter()
             .filter(|(_, id)| !published.contains(id))
             .map(|(kind, id)| bake::provider::Leftover {
-                kind: kind.clone(),
+                kind: *kind,
                 id: id.clone(),
                 run_id: "fake".into(),
                 recipe: "eks-node".into(),
@@ -284,7 +282,7 @@ impl Provider for FakeProvider {
     async fn remove_leftover(&self, leftover: &bake::provider::Leftover) -> Result<()> {
         self.shared()
             .live
-            .remove(&(leftover.kind.clone(), leftover.id.clone()));
+            .remove(&(leftover.kind, leftover.id.clone()));
         Ok(())
     }
 

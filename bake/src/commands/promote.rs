@@ -19,44 +19,73 @@ pub struct PromoteArgs {
     /// Source channel the release must have soaked on.
     #[arg(long)]
     pub from: Option<String>,
+    #[command(flatten)]
+    pub change: ChannelChange,
+}
+
+/// What every move of a channel (promote, rollback) takes.
+#[derive(Debug, Args)]
+pub struct ChannelChange {
     /// Why, recorded in the channel history.
     #[arg(long)]
     pub reason: Option<String>,
     /// Show the change without making it.
     #[arg(long)]
     pub dry_run: bool,
+    /// Take the recipe's lock even if another run holds it. Only when that run is dead.
     #[arg(long)]
     pub break_lock: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
 
+impl ChannelChange {
+    /// Opens the pipeline's registry, runs `work` under the recipe's lock (none on a dry run),
+    /// and prints the move.
+    pub(super) async fn apply(
+        &self,
+        recipe: &str,
+        g: &Global,
+        work: impl AsyncFnOnce(
+            &dyn crate::registry::Registry,
+            &crate::pipeline::Pipeline,
+            &str,
+        ) -> Result<promote::Promotion>,
+    ) -> Result<u8> {
+        let pipeline = self.registry.load(recipe)?;
+        let (_, reg) = open(&pipeline, &g.state_dir).await?;
+        let who = promote::who();
+        let work = work(reg.as_ref(), &pipeline, &who);
+        let result = locked(
+            reg.as_ref(),
+            recipe,
+            &who,
+            self.break_lock,
+            self.dry_run,
+            work,
+        )
+        .await?;
+        print_promotion(g.output, recipe, &result);
+        Ok(exit::OK)
+    }
+}
+
 pub async fn run(args: &PromoteArgs, g: &Global) -> Result<u8> {
-    let recipe = &args.recipe;
-    let pipeline = args.registry.load(recipe)?;
-    let (_, reg) = open(&pipeline, &g.state_dir).await?;
-    let who = promote::who();
-    let req = promote::Request {
-        recipe,
-        release: &args.release,
-        to: &args.to,
-        from: args.from.as_deref(),
-        reason: args.reason.as_deref(),
-        who: &who,
-        dry_run: args.dry_run,
-    };
-    let work = promote::promote(reg.as_ref(), &pipeline, &req);
-    let result = locked(
-        reg.as_ref(),
-        recipe,
-        &who,
-        args.break_lock,
-        args.dry_run,
-        work,
-    )
-    .await?;
-    print_promotion(g.output, recipe, &result);
-    Ok(exit::OK)
+    let c = &args.change;
+    args.change
+        .apply(&args.recipe, g, async |reg, pipeline, who| {
+            let req = promote::Request {
+                recipe: &args.recipe,
+                release: &args.release,
+                to: &args.to,
+                from: args.from.as_deref(),
+                reason: c.reason.as_deref(),
+                who,
+                dry_run: c.dry_run,
+            };
+            promote::promote(reg, pipeline, &req).await
+        })
+        .await
 }
 
 /// How a move of a channel (promote or rollback) is shown.

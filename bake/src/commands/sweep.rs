@@ -49,7 +49,7 @@ fn print_sweep(output: Output, leftovers: &[Leftover], applied: bool) {
         .iter()
         .map(|l| {
             vec![
-                l.kind.clone(),
+                l.kind.to_string(),
                 l.id.clone(),
                 l.run_id.clone(),
                 l.action.clone(),

@@ -107,6 +107,39 @@ impl Role {
     }
 }
 
+/// One thing per role of a bake (the builder's and the canary's instance, disk or guest).
+#[derive(Debug)]
+pub struct ByRole<T> {
+    builder: Option<T>,
+    canary: Option<T>,
+}
+
+impl<T> Default for ByRole<T> {
+    fn default() -> Self {
+        ByRole {
+            builder: None,
+            canary: None,
+        }
+    }
+}
+
+impl<T> ByRole<T> {
+    /// The slot of `role`.
+    pub fn slot(&mut self, role: Role) -> &mut Option<T> {
+        match role {
+            Role::Builder => &mut self.builder,
+            Role::Canary => &mut self.canary,
+        }
+    }
+
+    pub fn get(&self, role: Role) -> Option<&T> {
+        match role {
+            Role::Builder => self.builder.as_ref(),
+            Role::Canary => self.canary.as_ref(),
+        }
+    }
+}
+
 /// One bake to do: a recipe on an arch from a resolved base.
 #[derive(Debug, Clone)]
 pub struct BakeJob<'a> {
@@ -120,8 +153,7 @@ pub struct BakeJob<'a> {
 /// Something a dead run left behind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Leftover {
-    /// `vm`, `overlay`, `file`, `image`, `instance`, `security-group`, `work-dir`.
-    pub kind: String,
+    pub kind: crate::journal::Kind,
     pub id: String,
     pub run_id: String,
     pub recipe: String,

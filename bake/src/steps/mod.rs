@@ -14,7 +14,7 @@ pub mod provision;
 pub mod validators;
 
 use crate::guest::Guest;
-use crate::journal::{Entry, Journal, StepStatus};
+use crate::journal::{Entry, Journal, Kind, StepStatus};
 use crate::provider::Role;
 use crate::report::Reporter;
 use crate::validate::Verdict;
@@ -92,10 +92,10 @@ pub struct StepContext<'a> {
 
 impl StepContext<'_> {
     /// Records a created resource in the journal (fsynced) — call before the next call that can fail.
-    pub fn created(&self, kind: &str, id: &str) -> Result<()> {
+    pub fn created(&self, kind: Kind, id: &str) -> Result<()> {
         self.journal.created(self.recipe, self.arch, kind, id)
     }
-    pub fn removed(&self, kind: &str, id: &str) -> Result<()> {
+    pub fn removed(&self, kind: Kind, id: &str) -> Result<()> {
         self.journal.removed(kind, id)
     }
     /// A step failure with this bake's recipe and arch.

@@ -9,7 +9,7 @@ use super::ssm::{SsmGuest, MAX_INLINE_FILE};
 use super::AwsProvider;
 use crate::guest::Guest;
 use crate::pipeline::Engine;
-use crate::provider::{BakeJob, ImageRecord, Role};
+use crate::provider::{BakeJob, ByRole, ImageRecord, Role};
 use crate::steps::provision::{CapturePackages, InstallFiles, RunSteps};
 use crate::steps::validators::Validate;
 use crate::steps::{Machines, Made, Runner, Step, StepContext};
@@ -26,11 +26,10 @@ pub(super) const IMAGE_COPY_DEVICE: &str = "/dev/sdf";
 pub(super) struct State {
     pub security_group: Option<String>,
     pub created_group: bool,
-    pub builder: Option<String>,
-    pub canary: Option<String>,
-    /// The agents of builder and canary, once online.
-    pub builder_guest: Option<SsmGuest>,
-    pub canary_guest: Option<SsmGuest>,
+    /// The builder and canary instances.
+    pub instances: ByRole<String>,
+    /// Their agents, once online.
+    pub guests: ByRole<SsmGuest>,
     /// The canary's volume made from the image's root snapshot (see IMAGE_COPY_DEVICE).
     pub image_copy: Option<String>,
     pub image: Option<String>,
@@ -61,16 +60,16 @@ impl State {
 
 impl Machines for State {
     fn guest(&mut self, role: Role) -> Result<&mut dyn Guest> {
-        let slot = match role {
-            Role::Builder => &mut self.builder_guest,
-            Role::Canary => &mut self.canary_guest,
-        };
-        slot.as_mut().map(|g| g as &mut dyn Guest).ok_or_else(|| {
-            Error::provider(
-                "aws",
-                format!("the {}'s SSM agent is not online", role.as_str()),
-            )
-        })
+        self.guests
+            .slot(role)
+            .as_mut()
+            .map(|g| g as &mut dyn Guest)
+            .ok_or_else(|| {
+                Error::provider(
+                    "aws",
+                    format!("the {}'s SSM agent is not online", role.as_str()),
+                )
+            })
     }
 
     /// On Nitro an NVMe disk named after its volume ID; on Xen the device name itself.

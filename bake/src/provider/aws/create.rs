@@ -5,7 +5,8 @@
 use super::chain::State;
 use super::{imagebuilder, tags, AwsProvider};
 use crate::aws::err;
-use crate::provider::{BakeJob, ImageRecord};
+use crate::journal::Kind;
+use crate::provider::{BakeJob, ImageRecord, Role};
 use crate::steps::validators::RecordVerdict;
 use crate::steps::{Outcome, Step, StepContext};
 use crate::validate::Verdict;
@@ -27,8 +28,9 @@ impl Step<State> for CreateImage<'_> {
     async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
         let p = self.p;
         let id = state
-            .builder
-            .clone()
+            .instances
+            .get(Role::Builder)
+            .cloned()
             .ok_or_else(|| cx.error(self.name(), "no builder"))?;
         cx.phase("creating the image");
         let name = format!(
@@ -75,7 +77,7 @@ impl Step<State> for CreateImage<'_> {
                 )
             })?;
         let image = r.image_id().unwrap_or_default().to_string();
-        cx.created("image", &image)?;
+        cx.created(Kind::Image, &image)?;
         state.image = Some(image.clone());
         // Available several times in a row; fail fast on `failed`.
         state.snapshots = p
@@ -84,7 +86,7 @@ impl Step<State> for CreateImage<'_> {
             .await
             .map_err(|e| cx.error(self.name(), e.to_string()))?;
         for s in &state.snapshots {
-            cx.created("snapshot", s)?;
+            cx.created(Kind::Snapshot, s)?;
         }
         Ok(())
     }
@@ -145,7 +147,7 @@ impl Step<State> for ImageBuilderBuild<'_> {
         let arn = ib
             .start(&arns, &run_tags, &format!("{}-{}", job.run_id, job.arch))
             .await?;
-        cx.created("imagebuilder-build", &arn)?;
+        cx.created(Kind::ImagebuilderBuild, &arn)?;
         state.build = Some(arn.clone());
         let start = Instant::now();
         let mut last = None;
@@ -192,7 +194,7 @@ impl Step<State> for ImageBuilderBuild<'_> {
                 ))
             }
         };
-        cx.created("image", &image)?;
+        cx.created(Kind::Image, &image)?;
         state.image = Some(image.clone());
         state.snapshots = p
             .images()
@@ -200,7 +202,7 @@ impl Step<State> for ImageBuilderBuild<'_> {
             .await
             .map_err(|e| cx.error(self.name(), e.to_string()))?;
         for s in &state.snapshots {
-            cx.created("snapshot", s)?;
+            cx.created(Kind::Snapshot, s)?;
         }
         let mut tags = p.tags(job, "image");
         tags.push(Tag::builder().key("bake:status").value("pending").build());
@@ -225,7 +227,7 @@ impl Step<State> for ImageBuilderBuild<'_> {
             }
             if outcome.discards_image() {
                 ib.delete(&arn).await?;
-                cx.removed("imagebuilder-build", &arn)?;
+                cx.removed(Kind::ImagebuilderBuild, &arn)?;
                 state.build = None;
             }
         }
@@ -293,9 +295,9 @@ async fn discard_image(
     if let Some(image) = state.image.take() {
         p.images().deregister(&image).await?;
         for s in state.snapshots.drain(..) {
-            cx.removed("snapshot", &s)?;
+            cx.removed(Kind::Snapshot, &s)?;
         }
-        cx.removed("image", &image)?;
+        cx.removed(Kind::Image, &image)?;
         state.record = None;
     }
     Ok(())

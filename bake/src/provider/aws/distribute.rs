@@ -6,6 +6,7 @@
 
 use super::chain::State;
 use super::{client_token, image, AwsProvider};
+use crate::journal::Kind;
 use crate::provider::ImageStatus;
 use crate::steps::{Outcome, Step, StepContext};
 use crate::Result;
@@ -65,7 +66,7 @@ impl Step<State> for CopyToRegions<'_> {
                     client_token: client_token(&[cx.journal.run_id(), &record.id, &region]),
                 })
                 .await?;
-            cx.created("image-copy", &format!("{region}/{copy}"))?;
+            cx.created(Kind::ImageCopy, &format!("{region}/{copy}"))?;
             state.copies_made.push((region.clone(), copy.clone()));
             images.wait_available(&copy, p.image_wait()).await?;
             record.copies.insert(region, copy);
@@ -84,7 +85,7 @@ impl Step<State> for CopyToRegions<'_> {
         for (region, copy) in std::mem::take(&mut state.copies_made) {
             if let Some(images) = self.p.copy_regions().find(|i| i.region() == region) {
                 images.deregister(&copy).await?;
-                cx.removed("image-copy", &format!("{region}/{copy}"))?;
+                cx.removed(Kind::ImageCopy, &format!("{region}/{copy}"))?;
             }
             if let Some(record) = state.record.as_mut() {
                 record.copies.remove(&region);

@@ -5,6 +5,7 @@
 use super::chain::{State, IMAGE_COPY_DEVICE};
 use super::AwsProvider;
 use crate::aws::err;
+use crate::journal::Kind;
 use crate::provider::{BakeJob, Role};
 use crate::steps::{Outcome, Step, StepContext};
 use crate::user_data;
@@ -82,7 +83,7 @@ impl Step<State> for SecurityGroup<'_> {
             .await
             .map_err(|e| err(format!("creating security group {name} in {}", p.region), e))?;
         let id = r.group_id().unwrap_or_default().to_string();
-        cx.created("security-group", &id)?;
+        cx.created(Kind::SecurityGroup, &id)?;
         state.security_group = Some(id);
         state.created_group = true;
         Ok(())
@@ -98,7 +99,7 @@ impl Step<State> for SecurityGroup<'_> {
         }
         if let Some(id) = state.security_group.take() {
             self.p.delete_security_group(&id).await?;
-            cx.removed("security-group", &id)?;
+            cx.removed(Kind::SecurityGroup, &id)?;
         }
         Ok(())
     }
@@ -292,11 +293,8 @@ impl Step<State> for Launch<'_> {
             .and_then(|i| i.instance_id())
             .ok_or_else(|| cx.error(self.name(), "RunInstances returned no instance"))?
             .to_string();
-        cx.created("instance", &id)?;
-        match self.role {
-            Role::Builder => state.builder = Some(id.clone()),
-            Role::Canary => state.canary = Some(id.clone()),
-        }
+        cx.created(Kind::Instance, &id)?;
+        *state.instances.slot(self.role) = Some(id.clone());
         p.wait_instance(&id, InstanceStateName::Running).await?;
         if self.role == Role::Canary {
             state.image_copy = p.volume_at(&id, IMAGE_COPY_DEVICE).await?;
@@ -309,13 +307,9 @@ impl Step<State> for Launch<'_> {
         _outcome: Outcome,
         cx: &StepContext<'_>,
     ) -> Result<()> {
-        let id = match self.role {
-            Role::Builder => state.builder.take(),
-            Role::Canary => state.canary.take(),
-        };
-        if let Some(id) = id {
+        if let Some(id) = state.instances.slot(self.role).take() {
             self.p.terminate(&id).await?;
-            cx.removed("instance", &id)?;
+            cx.removed(Kind::Instance, &id)?;
         }
         Ok(())
     }
@@ -336,18 +330,15 @@ impl Step<State> for Agent<'_> {
         }
     }
     async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
-        let id = match self.role {
-            Role::Builder => state.builder.clone(),
-            Role::Canary => state.canary.clone(),
-        }
-        .ok_or_else(|| cx.error(self.name(), "no instance"))?;
+        let id = state
+            .instances
+            .get(self.role)
+            .cloned()
+            .ok_or_else(|| cx.error(self.name(), "no instance"))?;
         cx.phase(&format!("waiting for the SSM agent on {id}"));
         let guest = self.p.guest(&id);
         guest.wait_online(self.p.settings.agent_timeout).await?;
-        match self.role {
-            Role::Builder => state.builder_guest = Some(guest),
-            Role::Canary => state.canary_guest = Some(guest),
-        }
+        *state.guests.slot(self.role) = Some(guest);
         Ok(())
     }
 }
@@ -363,8 +354,9 @@ impl Step<State> for StopBuilder<'_> {
     }
     async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
         let id = state
-            .builder
-            .clone()
+            .instances
+            .get(Role::Builder)
+            .cloned()
             .ok_or_else(|| cx.error(self.name(), "no builder"))?;
         cx.phase(&format!("stopping builder {id}"));
         self.p.ec2_slot().await;
@@ -389,14 +381,14 @@ impl Step<State> for TerminateBuilder<'_> {
         "terminate-builder"
     }
     async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
-        if let Some(id) = state.builder.take() {
+        if let Some(id) = state.instances.slot(Role::Builder).take() {
             cx.phase(&format!("terminating builder {id}"));
             // Put it back if terminating fails, so the launch step's cleanup tries again.
             if let Err(e) = self.p.terminate(&id).await {
-                state.builder = Some(id);
+                *state.instances.slot(Role::Builder) = Some(id);
                 return Err(e);
             }
-            cx.removed("instance", &id)?;
+            cx.removed(Kind::Instance, &id)?;
         }
         Ok(())
     }

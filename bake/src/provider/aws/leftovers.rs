@@ -1,6 +1,7 @@
 //! What dead runs of this pipeline left behind, found by tag, and their removal.
 
 use super::{image, list, AwsProvider, RELEASE_TAG};
+use crate::journal::Kind;
 use crate::provider::Leftover;
 use crate::{Error, Result};
 use aws_sdk_ec2::types::{Filter, Tag};
@@ -32,13 +33,13 @@ impl AwsProvider {
         };
         let tag = list::tag;
         let mut out = Vec::new();
-        let mut push = |kind: &str, id: &str, tags: &[Tag], action: &str, reusable: bool| {
+        let mut push = |kind: Kind, id: &str, tags: &[Tag], action: &str, reusable: bool| {
             let run_id = tag(tags, "bake:run-id").to_string();
             if live.contains(&run_id) {
                 return;
             }
             out.push(Leftover {
-                kind: kind.to_string(),
+                kind,
                 id: id.to_string(),
                 run_id,
                 recipe: tag(tags, "bake:recipe").to_string(),
@@ -58,7 +59,7 @@ impl AwsProvider {
         filters.push(image::not_terminated());
         for i in home.instances(&filters, "bake instances").await? {
             push(
-                "instance",
+                Kind::Instance,
                 i.instance_id().unwrap_or_default(),
                 i.tags(),
                 "terminate",
@@ -71,7 +72,7 @@ impl AwsProvider {
             }
             let status = tag(i.tags(), "bake:status");
             push(
-                "image",
+                Kind::Image,
                 i.image_id().unwrap_or_default(),
                 i.tags(),
                 &format!(
@@ -107,7 +108,7 @@ impl AwsProvider {
                     && created.is_some_and(|c| c <= cutoff)
                 {
                     push(
-                        "image",
+                        Kind::Image,
                         i.image_id().unwrap_or_default(),
                         i.tags(),
                         "deregister the Image Builder output of a run that died before tagging it, and its snapshots",
@@ -121,7 +122,7 @@ impl AwsProvider {
             .await?
         {
             push(
-                "security-group",
+                Kind::SecurityGroup,
                 g.group_id().unwrap_or_default(),
                 g.tags(),
                 "delete",
@@ -137,7 +138,7 @@ impl AwsProvider {
                 }
                 let status = tag(i.tags(), "bake:status");
                 push(
-                    "image-copy",
+                    Kind::ImageCopy,
                     &format!("{region}/{}", i.image_id().unwrap_or_default()),
                     i.tags(),
                     &format!(
@@ -148,9 +149,9 @@ impl AwsProvider {
             }
         }
         // Instances first, then images, then groups (a group is in use until its instances go).
-        out.sort_by_key(|l| match l.kind.as_str() {
-            "instance" => 0,
-            "image" | "image-copy" => 1,
+        out.sort_by_key(|l| match l.kind {
+            Kind::Instance => 0,
+            Kind::Image | Kind::ImageCopy => 1,
             _ => 2,
         });
         Ok(out)
@@ -158,10 +159,10 @@ impl AwsProvider {
 
     /// Removes one leftover.
     pub(super) async fn remove(&self, l: &Leftover) -> Result<()> {
-        match l.kind.as_str() {
-            "instance" => self.terminate(&l.id).await,
-            "image" => self.images().deregister(&l.id).await,
-            "image-copy" => {
+        match l.kind {
+            Kind::Instance => self.terminate(&l.id).await,
+            Kind::Image => self.images().deregister(&l.id).await,
+            Kind::ImageCopy => {
                 let (region, id) = l.id.split_once('/').unwrap_or_default();
                 match self.copy_regions().find(|i| i.region() == region) {
                     Some(images) => images.deregister(id).await,
@@ -170,10 +171,20 @@ impl AwsProvider {
                     ))),
                 }
             }
-            "security-group" => self.delete_security_group(&l.id).await,
-            other => Err(Error::provider(
+            Kind::SecurityGroup => self.delete_security_group(&l.id).await,
+            // Snapshots go with their image; the rest are the local provider's or the registry's.
+            other @ (Kind::Snapshot
+            | Kind::ImagebuilderBuild
+            | Kind::Vm
+            | Kind::Overlay
+            | Kind::File
+            | Kind::WorkDir
+            | Kind::IncompleteRelease) => Err(Error::provider(
                 "aws",
-                format!("unknown leftover kind `{other}`"),
+                format!(
+                    "the aws provider does not remove {other} leftovers ({})",
+                    l.id
+                ),
             )),
         }
     }

@@ -10,7 +10,7 @@ use super::qga::Agent;
 use super::store::ImageFiles;
 use super::LocalProvider;
 use crate::guest::Guest;
-use crate::provider::{BakeJob, ImageRecord, Role};
+use crate::provider::{BakeJob, ByRole, ImageRecord, Role};
 use crate::steps::provision::{CapturePackages, InstallFiles, RunSteps};
 use crate::steps::validators::Validate;
 use crate::steps::{Machines, Made, Runner, Step, StepContext};
@@ -27,10 +27,10 @@ pub(super) struct State {
     pub logs: PathBuf,
     pub base: Option<Base>,
     pub accel: Option<Accel>,
-    pub builder_disk: Option<PathBuf>,
-    pub canary_disk: Option<PathBuf>,
-    pub builder: Option<(Vm, Option<Agent>)>,
-    pub canary: Option<(Vm, Option<Agent>)>,
+    /// The qcow2 overlays builder and canary boot from.
+    pub disks: ByRole<PathBuf>,
+    /// Their VMs, with the guest agent once it answers.
+    pub vms: ByRole<(Vm, Option<Agent>)>,
     pub kernel: Option<Vec<u8>>,
     pub initrd: Option<Vec<u8>>,
     pub image: Option<ImageFiles>,
@@ -40,11 +40,9 @@ pub(super) struct State {
 
 impl Machines for State {
     fn guest(&mut self, role: Role) -> Result<&mut dyn Guest> {
-        let slot = match role {
-            Role::Builder => &mut self.builder,
-            Role::Canary => &mut self.canary,
-        };
-        slot.as_mut()
+        self.vms
+            .slot(role)
+            .as_mut()
             .and_then(|(_, a)| a.as_mut())
             .map(|a| a as &mut dyn Guest)
             .ok_or_else(|| {

@@ -6,7 +6,8 @@
 use super::chain::State;
 use super::store::Store;
 use super::{cmd, LocalProvider};
-use crate::provider::{BakeJob, ImageRecord};
+use crate::journal::Kind;
+use crate::provider::{BakeJob, ImageRecord, Role};
 use crate::steps::validators::RecordVerdict;
 use crate::steps::{Outcome, Step, StepContext};
 use crate::validate::Verdict;
@@ -25,7 +26,8 @@ impl Step<State> for BootFiles {
     async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
         cx.phase("kernel and initrd");
         let (_, agent) = state
-            .builder
+            .vms
+            .slot(Role::Builder)
             .as_mut()
             .ok_or_else(|| cx.error(self.name(), "the builder is not running"))?;
         let agent = agent
@@ -63,14 +65,15 @@ impl Step<State> for StoreImage<'_> {
         std::fs::create_dir_all(store.dir())
             .map_err(|e| Error::io(format!("creating {}", store.dir().display()), e))?;
         let disk = state
-            .builder_disk
-            .clone()
+            .disks
+            .get(Role::Builder)
+            .cloned()
             .ok_or_else(|| cx.error(self.name(), "no builder disk"))?;
         let tmp = store.dir().join(format!(
             "tmp-{}-{}-{}.qcow2",
             self.job.run_id, cx.recipe, cx.arch
         ));
-        cx.created("file", &tmp.display().to_string())?;
+        cx.created(Kind::File, &tmp.display().to_string())?;
         let flattened = cmd::run(
             "qemu-img",
             &[
@@ -85,7 +88,7 @@ impl Step<State> for StoreImage<'_> {
         .await;
         if let Err(e) = flattened {
             let _ = std::fs::remove_file(&tmp);
-            cx.removed("file", &tmp.display().to_string())?;
+            cx.removed(Kind::File, &tmp.display().to_string())?;
             return Err(e);
         }
         let digest = {
@@ -96,7 +99,7 @@ impl Step<State> for StoreImage<'_> {
                 .map_err(|e| Error::io(format!("hashing {}", tmp.display()), e))?
         };
         let files = store.files(&Store::id_for(&digest));
-        cx.created("image", &files.id)?;
+        cx.created(Kind::Image, &files.id)?;
         state.image = Some(files.clone());
         let write = |p: &Path, b: &[u8]| {
             std::fs::write(p, b).map_err(|e| Error::io(format!("writing {}", p.display()), e))
@@ -114,7 +117,7 @@ impl Step<State> for StoreImage<'_> {
         )?;
         std::fs::rename(&tmp, &files.disk)
             .map_err(|e| Error::io(format!("moving {} into the store", tmp.display()), e))?;
-        cx.removed("file", &tmp.display().to_string())?;
+        cx.removed(Kind::File, &tmp.display().to_string())?;
         tracing::info!(recipe = cx.recipe, arch = %cx.arch, image = %files.id, "image stored");
         Ok(())
     }
@@ -127,7 +130,7 @@ impl Step<State> for StoreImage<'_> {
         if let Some(files) = &state.image {
             if outcome.discards_image() && !state.made.validated() {
                 self.provider.store.remove(&files.id)?;
-                cx.removed("image", &files.id)?;
+                cx.removed(Kind::Image, &files.id)?;
                 state.record = None;
             }
         }

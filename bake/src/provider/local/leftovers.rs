@@ -1,7 +1,7 @@
 //! What dead local runs left (by their journals and work dirs), and its removal.
 
 use super::{store, LocalProvider};
-use crate::journal::Journal;
+use crate::journal::{Journal, Kind};
 use crate::provider::{ImageStatus, Leftover};
 use crate::{Error, Result};
 use std::collections::BTreeSet;
@@ -44,21 +44,21 @@ impl LocalProvider {
             }
             for r in Journal::outstanding(&entries) {
                 let gone = "already gone; recorded as removed";
-                let action = match r.kind.as_str() {
-                    "overlay" | "file" if Path::new(&r.id).exists() => {
+                let action = match r.kind {
+                    Kind::Overlay | Kind::File if Path::new(&r.id).exists() => {
                         "delete the file".to_string()
                     }
-                    "vm" => match vm_pid(&r.id) {
+                    Kind::Vm => match vm_pid(&r.id) {
                         Some(pid) if qemu_running(pid, &r.id) => format!("kill QEMU (pid {pid})"),
                         _ => gone.to_string(),
                     },
-                    "image" if published.contains(&r.id) => continue,
-                    "image" if self.store.files(&r.id).disk.exists() => {
+                    Kind::Image if published.contains(&r.id) => continue,
+                    Kind::Image if self.store.files(&r.id).disk.exists() => {
                         "delete the unpublished image".to_string()
                     }
                     _ => gone.to_string(),
                 };
-                let reusable = r.kind == "image" && validated.contains(&r.id);
+                let reusable = r.kind == Kind::Image && validated.contains(&r.id);
                 out.push(Leftover {
                     kind: r.kind,
                     id: r.id,
@@ -72,7 +72,7 @@ impl LocalProvider {
             let work = self.state_dir.join("work").join(&run_id);
             if work.exists() {
                 out.push(Leftover {
-                    kind: "work-dir".into(),
+                    kind: Kind::WorkDir,
                     id: work.display().to_string(),
                     run_id: run_id.clone(),
                     recipe: String::new(),
@@ -87,9 +87,9 @@ impl LocalProvider {
 
     /// Removes one leftover.
     pub(super) fn remove(&self, l: &Leftover) -> Result<()> {
-        match l.kind.as_str() {
-            "overlay" | "file" | "work-dir" => store::remove_path(Path::new(&l.id)),
-            "vm" => {
+        match l.kind {
+            Kind::Overlay | Kind::File | Kind::WorkDir => store::remove_path(Path::new(&l.id)),
+            Kind::Vm => {
                 if let Some(pid) = vm_pid(&l.id) {
                     if qemu_running(pid, &l.id) {
                         unsafe {
@@ -102,10 +102,18 @@ impl LocalProvider {
                 }
                 Ok(())
             }
-            "image" => self.store.remove(&l.id),
-            other => Err(Error::provider(
+            Kind::Image => self.store.remove(&l.id),
+            other @ (Kind::Snapshot
+            | Kind::ImageCopy
+            | Kind::Instance
+            | Kind::SecurityGroup
+            | Kind::ImagebuilderBuild
+            | Kind::IncompleteRelease) => Err(Error::provider(
                 "local",
-                format!("unknown leftover kind `{other}`"),
+                format!(
+                    "the local provider does not remove {other} leftovers ({})",
+                    l.id
+                ),
             )),
         }
     }

@@ -5,6 +5,7 @@ use super::base::{self, BaseSpec};
 use super::chain::State;
 use super::qemu::{self, Accel, Drive, Vm, VmSpec};
 use super::{cmd, seed, store, LocalProvider};
+use crate::journal::Kind;
 use crate::provider::{BakeJob, Role};
 use crate::steps::{Outcome, Step, StepContext};
 use crate::{Error, Result};
@@ -71,11 +72,8 @@ impl Step<State> for CreateDisk {
         .ok_or_else(|| cx.error(self.name(), "nothing to boot from"))?;
         let disk = state.work.join(format!("{}.qcow2", self.role.as_str()));
         // Journal first: the overlay may exist even if qemu-img fails half way.
-        cx.created("overlay", &disk.display().to_string())?;
-        match self.role {
-            Role::Builder => state.builder_disk = Some(disk.clone()),
-            Role::Canary => state.canary_disk = Some(disk.clone()),
-        }
+        cx.created(Kind::Overlay, &disk.display().to_string())?;
+        *state.disks.slot(self.role) = Some(disk.clone());
         cmd::run(
             "qemu-img",
             &[
@@ -100,13 +98,9 @@ impl Step<State> for CreateDisk {
         _outcome: Outcome,
         cx: &StepContext<'_>,
     ) -> Result<()> {
-        let disk = match self.role {
-            Role::Builder => state.builder_disk.take(),
-            Role::Canary => state.canary_disk.take(),
-        };
-        if let Some(disk) = disk {
+        if let Some(disk) = state.disks.slot(self.role).take() {
             store::remove_path(&disk)?;
-            cx.removed("overlay", &disk.display().to_string())?;
+            cx.removed(Kind::Overlay, &disk.display().to_string())?;
         }
         Ok(())
     }
@@ -130,7 +124,7 @@ impl BootVm<'_> {
                 (
                     base.kernel.clone(),
                     base.initrd.clone(),
-                    state.builder_disk.clone(),
+                    state.disks.get(Role::Builder).cloned(),
                 )
             }
             Role::Canary => {
@@ -148,7 +142,7 @@ impl BootVm<'_> {
                 (
                     image.kernel.clone(),
                     image.initrd.clone(),
-                    state.canary_disk.clone(),
+                    state.disks.get(Role::Canary).cloned(),
                 )
             }
         };
@@ -216,13 +210,10 @@ impl BootVm<'_> {
         let seed = self.seed(state).await?;
         let spec = self.spec(state, accel, seed)?;
         let mut vm = Vm::start(&spec)?;
-        cx.created("vm", &format!("{} pid {}", vm.socket.display(), vm.pid))?;
+        cx.created(Kind::Vm, &format!("{} pid {}", vm.socket.display(), vm.pid))?;
         let started = Instant::now();
         let agent = vm.agent(timeout).await;
-        let slot = match self.role {
-            Role::Builder => &mut state.builder,
-            Role::Canary => &mut state.canary,
-        };
+        let slot = state.vms.slot(self.role);
         match agent {
             Ok(agent) => {
                 tracing::info!(recipe = cx.recipe, arch = %cx.arch, vm = self.role.as_str(), %accel, "guest agent answered after {}", qemu::since(started));
@@ -246,14 +237,11 @@ impl BootVm<'_> {
     }
 
     async fn stop(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
-        let slot = match self.role {
-            Role::Builder => &mut state.builder,
-            Role::Canary => &mut state.canary,
-        };
+        let slot = state.vms.slot(self.role);
         if let Some((mut vm, agent)) = slot.take() {
             drop(agent);
             vm.kill().await;
-            cx.removed("vm", &format!("{} pid {}", vm.socket.display(), vm.pid))?;
+            cx.removed(Kind::Vm, &format!("{} pid {}", vm.socket.display(), vm.pid))?;
         }
         Ok(())
     }
@@ -319,7 +307,8 @@ impl Step<State> for Shutdown<'_> {
         cx.phase("shutdown builder");
         let timeout = self.provider.settings.shutdown_timeout;
         let (vm, agent) = state
-            .builder
+            .vms
+            .slot(Role::Builder)
             .as_mut()
             .ok_or_else(|| cx.error("shutdown", "the builder is not running"))?;
         if let Some(mut a) = agent.take() {
