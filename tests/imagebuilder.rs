@@ -124,7 +124,9 @@ fn the_awstoe_documents_parse_back_with_one_build_component_per_step_and_a_test_
 fn settings() -> bake::pipeline::AwsSettings {
     let mut s = bake::pipeline::Pipeline::load(&common::repo().join("pipelines/aws.toml"))
         .unwrap()
-        .aws
+        .settings
+        .aws()
+        .cloned()
         .unwrap();
     s.subnet_id = Some("subnet-0abc".into());
     s.security_group_id = Some("sg-0abc".into());
@@ -448,7 +450,7 @@ async fn run_cancellable(
 ) -> (bake::run::RunSummary, bake::Result<()>) {
     let pipeline = bake::pipeline::Pipeline::load(&p.path("pipelines/aws.toml")).unwrap();
     let config = moto.sdk_via_proxy().await;
-    let settings = pipeline.aws.clone().unwrap();
+    let settings = pipeline.settings.aws().cloned().unwrap();
     let provider = bake::provider::aws::AwsProvider::new(&config, &pipeline, Default::default())
         .unwrap()
         .with_imagebuilder(ib);
@@ -663,7 +665,7 @@ async fn plan_shows_the_image_builder_resources_it_would_create_or_reuse() {
     let config = moto.sdk_via_proxy().await;
     let registry = bake::registry::SsmRegistry::new(
         &config,
-        pipeline.aws.clone().unwrap().ssm_prefix,
+        pipeline.settings.aws().cloned().unwrap().ssm_prefix,
         Default::default(),
     );
     for (existing, action) in [(false, "create"), (true, "reuse")] {

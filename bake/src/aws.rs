@@ -48,11 +48,16 @@ impl Default for Limits {
 }
 
 /// An SDK error as `context: Code: message`.
-pub fn err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
-    context: impl std::fmt::Display,
-    e: SdkError<E, R>,
-) -> Error {
-    Error::provider("aws", format!("{context}: {}", describe(&e)))
+pub fn err<E, R>(context: impl std::fmt::Display, e: SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    Error::Aws {
+        context: context.to_string(),
+        described: describe(&e),
+        source: Box::new(e),
+    }
 }
 
 pub fn describe<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(

@@ -83,6 +83,17 @@ pub enum Error {
     #[error("{provider}: {message}")]
     Provider { provider: String, message: String },
 
+    /// An AWS call failed: what bake was doing, and the SDK's error kept as the source
+    /// (shown as AWS's `Code: message`).
+    #[error("aws: {context}: {described}")]
+    Aws {
+        context: String,
+        /// The service's `Code: message`, or the SDK's account of a transport failure.
+        described: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// Several arches failed; each error is listed.
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Many(Vec<Error>),

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 /// creation (`ec2:CreateAction`), so nothing needs the right to tag what bake did not make, and
 /// no request may change a resource's `bake:prefix`.
 pub fn policy(pipeline: &Pipeline) -> Result<Value> {
-    let aws = pipeline.aws.as_ref().ok_or_else(|| {
+    let aws = pipeline.settings.aws().ok_or_else(|| {
         Error::Usage(format!(
             "{} does not use the aws provider; it needs no IAM policy",
             pipeline.file.display()

@@ -126,12 +126,12 @@ pub struct Journal {
 impl Journal {
     /// Where a state dir keeps its runs: `<state_dir>/runs/` (journals, and per run its logs).
     pub fn runs_dir(state_dir: &Path) -> PathBuf {
-        state_dir.join("runs")
+        crate::state_dir::StateDir(state_dir).runs()
     }
 
     /// The journal of `run_id`: `<state_dir>/runs/<run_id>.jsonl`.
     pub fn path_of(state_dir: &Path, run_id: &str) -> PathBuf {
-        Self::runs_dir(state_dir).join(format!("{run_id}.jsonl"))
+        crate::state_dir::StateDir(state_dir).journal(run_id)
     }
 
     /// Every journal under the runs dir, by run ID, oldest first.

@@ -30,6 +30,7 @@ pub mod registry;
 pub mod release;
 pub mod report;
 pub mod run;
+pub mod state_dir;
 pub mod steps;
 pub mod sweep;
 pub mod user_data;

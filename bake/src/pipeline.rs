@@ -433,18 +433,41 @@ pub struct Bake {
     pub auto_promote: Vec<String>,
 }
 
+/// Where a pipeline's work happens, with that provider's settings (and only that one's).
+#[derive(Debug, Clone)]
+pub enum Settings {
+    Local(LocalSettings),
+    Aws(Box<AwsSettings>),
+}
+
+impl Settings {
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            Settings::Local(_) => ProviderKind::Local,
+            Settings::Aws(_) => ProviderKind::Aws,
+        }
+    }
+
+    /// The AWS settings of an aws pipeline.
+    pub fn aws(&self) -> Option<&AwsSettings> {
+        match self {
+            Settings::Aws(a) => Some(a),
+            Settings::Local(_) => None,
+        }
+    }
+}
+
 /// A loaded, checked pipeline.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     pub name: String,
     pub file: PathBuf,
-    pub provider: ProviderKind,
     pub soak: Duration,
     pub bakes: Vec<Bake>,
     pub clusters: BTreeMap<String, Cluster>,
     pub canary_cluster: Option<String>,
-    pub local: LocalSettings,
-    pub aws: Option<AwsSettings>,
+    /// The provider and its settings.
+    pub settings: Settings,
     pub retention: Retention,
     pub recipes_dir: PathBuf,
     pub validators_dir: PathBuf,
@@ -489,12 +512,12 @@ impl Pipeline {
             }
             None => None,
         };
-        if raw.provider == ProviderKind::Aws && raw.aws.is_none() {
-            return Err(Diagnostic::file(
-                file,
-                "provider = \"aws\" needs an `[aws]` section",
-            ));
-        }
+        let settings = match raw.provider {
+            ProviderKind::Aws => Settings::Aws(Box::new(raw.aws.clone().ok_or_else(|| {
+                Diagnostic::file(file, "provider = \"aws\" needs an `[aws]` section")
+            })?)),
+            ProviderKind::Local => Settings::Local(raw.local.clone().unwrap_or_default()),
+        };
 
         if let Some(aws) = &raw.aws {
             let span = |key: &str| crate::diag::span_of(&src, &["aws", key]).unwrap_or(0..0);
@@ -624,13 +647,11 @@ impl Pipeline {
         Ok(Pipeline {
             name,
             file: file.to_path_buf(),
-            provider: raw.provider,
             soak: raw.soak,
             bakes,
             clusters: raw.clusters,
             canary_cluster,
-            local: raw.local.unwrap_or_default(),
-            aws: raw.aws,
+            settings,
             retention: raw.retention,
             recipes_dir,
             validators_dir,
@@ -657,14 +678,14 @@ impl Pipeline {
 
     /// The role the builder and canary instances run as, if they get an instance profile.
     pub fn instance_role(&self) -> Option<&str> {
-        let aws = self.aws.as_ref()?;
+        let aws = self.settings.aws()?;
         aws.instance_role
             .as_deref()
             .or(aws.instance_profile.as_deref())
     }
 
     pub fn ssm_prefix(&self) -> Option<&SsmPath> {
-        self.aws.as_ref().map(|a| &a.ssm_prefix)
+        self.settings.aws().map(|a| &a.ssm_prefix)
     }
 }
 

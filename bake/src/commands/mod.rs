@@ -18,7 +18,7 @@ pub mod status;
 pub mod sweep;
 
 use crate::lock::{RecipeLock, DEFAULT_TTL};
-use crate::pipeline::{Pipeline, ProviderKind};
+use crate::pipeline::{Pipeline, Settings};
 use crate::plan::Filter;
 use crate::provider::{aws::AwsProvider, local::LocalProvider, Provider};
 use crate::registry::{Registry, SqliteRegistry, SsmRegistry};
@@ -114,20 +114,16 @@ async fn open(
     pipeline: &Pipeline,
     state_dir: &Path,
 ) -> Result<(Box<dyn Provider>, Box<dyn Registry>)> {
-    match pipeline.provider {
-        ProviderKind::Local => Ok((
+    match &pipeline.settings {
+        Settings::Local(local) => Ok((
             Box::new(LocalProvider::new(
-                pipeline.local.clone(),
+                local.clone(),
                 state_dir,
                 pipeline.bakes.iter().map(|b| b.arches.len()).sum(),
             )?),
             Box::new(SqliteRegistry::open(state_dir)?),
         )),
-        ProviderKind::Aws => {
-            let settings = pipeline
-                .aws
-                .as_ref()
-                .expect("checked when the pipeline was loaded");
+        Settings::Aws(settings) => {
             let config =
                 crate::aws::sdk_config(settings.region.as_deref(), settings.retry_max_backoff)
                     .await;

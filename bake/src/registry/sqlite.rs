@@ -55,7 +55,7 @@ impl SqliteRegistry {
     pub fn open(state_dir: &Path) -> Result<SqliteRegistry> {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| Error::io(format!("creating state dir {}", state_dir.display()), e))?;
-        let path = state_dir.join("registry.db");
+        let path = crate::state_dir::StateDir(state_dir).registry();
         let err = |source| Error::Registry {
             path: path.clone(),
             source,

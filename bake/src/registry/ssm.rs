@@ -16,6 +16,23 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// What a parameter holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Data {
+    Text,
+    /// An AMI ID: `DataType=aws:ec2:image`, validated by AWS and read back.
+    Image,
+}
+
+/// Whether a write may replace an existing value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Create only (`Overwrite=false`): releases, manifests, history entries, locks.
+    Once,
+    /// A new version of a parameter that moves (channels, a lock refresh).
+    Overwrite,
+}
+
 pub struct SsmRegistry {
     client: aws_sdk_ssm::Client,
     prefix: SsmPath,
@@ -85,7 +102,7 @@ impl SsmRegistry {
                 self.region,
                 p.value().unwrap_or_default()
             ))),
-            None => self.put(name, value, true, false, None).await.map(|_| ()),
+            None => self.put(name, value, Data::Image, Write::Once, None).await.map(|_| ()),
         }
     }
 
@@ -186,7 +203,7 @@ impl SsmRegistry {
                 .map(|r| r.chars().take(1000).collect::<String>() + "…");
             json = serde_json::to_string(&entry).expect("entries serialize");
         }
-        match self.put(&name, &json, false, false, None).await {
+        match self.put(&name, &json, Data::Text, Write::Once, None).await {
             Ok(_) | Err(Error::Conflict(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -233,14 +250,14 @@ impl SsmRegistry {
         }
     }
 
-    /// Writes a parameter. With `image`, the data type is `aws:ec2:image` and the value is
-    /// read back (AWS validates the AMI asynchronously).
+    /// Writes a parameter. An image ID gets the data type `aws:ec2:image` and is read back
+    /// (AWS validates the AMI asynchronously).
     async fn put(
         &self,
         name: &str,
         value: &str,
-        image: bool,
-        overwrite: bool,
+        data: Data,
+        write: Write,
         description: Option<String>,
     ) -> Result<i64> {
         self.wait().await;
@@ -250,9 +267,9 @@ impl SsmRegistry {
             .name(name)
             .value(value)
             .r#type(ParameterType::String)
-            .overwrite(overwrite)
+            .overwrite(write == Write::Overwrite)
             .set_description(description);
-        if image {
+        if data == Data::Image {
             req = req.data_type("aws:ec2:image");
         }
         if value.len() > 4096 {
@@ -268,7 +285,7 @@ impl SsmRegistry {
             }
             Err(e) => return Err(err(format!("writing {name} in {}", self.region), e)),
         };
-        if image {
+        if data == Data::Image {
             // Read back: the data type is validated asynchronously.
             let mut delay = Duration::from_millis(200);
             for _ in 0..8 {
@@ -339,8 +356,8 @@ impl SsmRegistry {
             .put(
                 &marker,
                 &value.owner,
-                false,
-                false,
+                Data::Text,
+                Write::Once,
                 Some("bake lock takeover".into()),
             )
             .await
@@ -358,14 +375,20 @@ impl SsmRegistry {
             if let Ok(old) = serde_json::from_str::<LockValue>(expired) {
                 tracing::info!(recipe, holder = %old.owner, "taking over an expired lock");
             }
-            self.put(&name, mine, false, true, Some("bake run lock".into()))
-                .await
-                .map(|_| LockInfo {
-                    recipe: recipe.to_string(),
-                    owner: value.owner.clone(),
-                    acquired_at: value.acquired_at,
-                    expires_at: value.expires_at,
-                })
+            self.put(
+                &name,
+                mine,
+                Data::Text,
+                Write::Overwrite,
+                Some("bake run lock".into()),
+            )
+            .await
+            .map(|_| LockInfo {
+                recipe: recipe.to_string(),
+                owner: value.owner.clone(),
+                acquired_at: value.acquired_at,
+                expires_at: value.expires_at,
+            })
         } else {
             self.lost_takeover(recipe).await
         };
@@ -498,14 +521,15 @@ impl Registry for SsmRegistry {
                 continue;
             }
             let name = super::release_parameter(&self.prefix, &recipe, &manifest.release, *arch);
-            self.put(&name, &image.image_id, true, false, None).await?;
+            self.put(&name, &image.image_id, Data::Image, Write::Once, None)
+                .await?;
         }
         let json = serde_json::to_string(&manifest).expect("manifests serialize");
         self.put(
             &format!("{dir}/manifest"),
             &json,
-            false,
-            false,
+            Data::Text,
+            Write::Once,
             Some(format!("bake release {}", manifest.release)),
         )
         .await?;
@@ -578,8 +602,8 @@ impl Registry for SsmRegistry {
             self.put(
                 &name,
                 image,
-                true,
-                true,
+                Data::Image,
+                Write::Overwrite,
                 Some(format!("bake release {}", change.release)),
             )
             .await?;
@@ -602,8 +626,8 @@ impl Registry for SsmRegistry {
             .put(
                 &name,
                 &change.release.to_string(),
-                false,
-                true,
+                Data::Text,
+                Write::Overwrite,
                 Some(description),
             )
             .await?;
@@ -683,7 +707,13 @@ impl Registry for SsmRegistry {
         };
         let json = serde_json::to_string(&value).expect("locks serialize");
         match self
-            .put(&name, &json, false, false, Some("bake run lock".into()))
+            .put(
+                &name,
+                &json,
+                Data::Text,
+                Write::Once,
+                Some("bake run lock".into()),
+            )
             .await
         {
             Ok(_) => {}
@@ -708,8 +738,14 @@ impl Registry for SsmRegistry {
                     }
                     _ => return self.take_over(recipe, &raw, &json, value).await,
                 }
-                self.put(&name, &json, false, true, Some("bake run lock".into()))
-                    .await?;
+                self.put(
+                    &name,
+                    &json,
+                    Data::Text,
+                    Write::Overwrite,
+                    Some("bake run lock".into()),
+                )
+                .await?;
             }
             Err(e) => return Err(e),
         }

@@ -62,7 +62,7 @@ impl AwsProvider {
         pipeline: &Pipeline,
         limits: Limits,
     ) -> Result<AwsProvider> {
-        let settings = pipeline.aws.clone().ok_or_else(|| {
+        let settings = pipeline.settings.aws().cloned().ok_or_else(|| {
             Error::Usage(format!("{} has no [aws] section", pipeline.file.display()))
         })?;
         let copy_clients = settings

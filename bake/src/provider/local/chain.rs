@@ -11,6 +11,7 @@ use super::store::ImageFiles;
 use super::LocalProvider;
 use crate::guest::Guest;
 use crate::provider::{BakeJob, ByRole, ImageRecord, Role};
+use crate::state_dir::StateDir;
 use crate::steps::provision::{CapturePackages, InstallFiles, RunSteps};
 use crate::steps::validators::Validate;
 use crate::steps::{Machines, Made, Runner, Step, StepContext};
@@ -75,7 +76,7 @@ impl LocalProvider {
         let spec = self.base_spec(job.recipe, job.arch)?;
         let name = format!("{}-{}", job.recipe.name, job.arch);
         let mut state = State {
-            work: self.state_dir.join("work").join(job.run_id).join(&name),
+            work: StateDir(&self.state_dir).work_of(job.run_id).join(&name),
             logs: cx.log_dir(),
             ..State::default()
         };

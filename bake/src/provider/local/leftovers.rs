@@ -3,6 +3,7 @@
 use super::{store, LocalProvider};
 use crate::journal::{Journal, Kind};
 use crate::provider::{ImageStatus, Leftover};
+use crate::state_dir::StateDir;
 use crate::{Error, Result};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -69,7 +70,7 @@ impl LocalProvider {
                     reusable,
                 });
             }
-            let work = self.state_dir.join("work").join(&run_id);
+            let work = StateDir(&self.state_dir).work_of(&run_id);
             if work.exists() {
                 out.push(Leftover {
                     kind: Kind::WorkDir,

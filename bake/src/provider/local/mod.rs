@@ -206,7 +206,7 @@ impl Provider for LocalProvider {
 
     async fn image_in_use(&self, image_id: &str) -> Result<Option<String>> {
         // A VM of a live run may be booted from it (a canary overlay backed by the image).
-        let work = self.state_dir.join("work");
+        let work = crate::state_dir::StateDir(&self.state_dir).work();
         let disk = self.store.files(image_id).disk;
         for entry in walk_files(&work) {
             if entry.extension().is_some_and(|e| e == "qcow2") {

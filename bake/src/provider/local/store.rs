@@ -26,7 +26,7 @@ pub struct ImageFiles {
 impl Store {
     pub fn new(state_dir: &Path) -> Store {
         Store {
-            dir: state_dir.join("images"),
+            dir: crate::state_dir::StateDir(state_dir).images(),
         }
     }
 
