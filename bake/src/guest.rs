@@ -112,3 +112,40 @@ pub trait Guest: Send {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::verify_command;
+    use std::process::Command;
+
+    fn sh(script: &str) -> i32 {
+        Command::new("sh")
+            .args(["-c", script])
+            .status()
+            .expect("sh runs")
+            .code()
+            .unwrap_or(-1)
+    }
+
+    /// What the guest runs after a transfer: it passes only when the file holds the bytes sent.
+    #[test]
+    fn the_guest_side_check_passes_only_for_the_bytes_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("it's a file.conf");
+        let path = path.to_str().unwrap();
+        let sent = b"[Link]\nMACAddressPolicy=none\n";
+        std::fs::write(path, sent).unwrap();
+        assert_eq!(sh(&verify_command(path, sent)), 0);
+        // Cut short in transit, or garbled: the check fails, so the put fails.
+        std::fs::write(path, &sent[..10]).unwrap();
+        assert_ne!(sh(&verify_command(path, sent)), 0);
+        std::fs::write(path, b"[Link]\nMACAddressPolicy=persistent\n").unwrap();
+        assert_ne!(sh(&verify_command(path, sent)), 0);
+        std::fs::remove_file(path).unwrap();
+        assert_ne!(
+            sh(&verify_command(path, sent)),
+            0,
+            "a missing file fails too"
+        );
+    }
+}

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+mod lock;
+
 /// What a parameter holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Data {
@@ -55,13 +57,6 @@ struct MoveNote {
 /// How many moves back a move looks for ones whose history entry a killed run did not write
 /// (GetParameters takes at most 10 names).
 const BACKFILL: u64 = 10;
-
-#[derive(Debug, Serialize, Deserialize)]
-struct LockValue {
-    owner: String,
-    acquired_at: DateTime<Utc>,
-    expires_at: DateTime<Utc>,
-}
 
 impl SsmRegistry {
     pub fn new(config: &aws_config::SdkConfig, prefix: SsmPath, limits: Limits) -> SsmRegistry {
@@ -330,85 +325,6 @@ impl SsmRegistry {
             }
         }
         Ok(out)
-    }
-
-    /// Takes over an expired (or unreadable) lock whose raw value is `expired`. SSM has no
-    /// compare-and-swap, so contenders race for a marker named after that exact value,
-    /// created with `Overwrite=false`: one wins. The winner checks the lock still holds the
-    /// expired value, overwrites it, and deletes the marker; a contender that arrives after the
-    /// marker is gone finds the lock changed and loses too.
-    async fn take_over(
-        &self,
-        recipe: &str,
-        expired: &str,
-        mine: &str,
-        value: LockValue,
-    ) -> Result<LockInfo> {
-        let name = self.path(recipe, "lock");
-        let marker = self.path(
-            recipe,
-            &format!(
-                "lock-takeover/{}",
-                &crate::recipe::sha256_hex(expired.as_bytes())[..16]
-            ),
-        );
-        match self
-            .put(
-                &marker,
-                &value.owner,
-                Data::Text,
-                Write::Once,
-                Some("bake lock takeover".into()),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(Error::Conflict(_)) => return self.lost_takeover(recipe).await,
-            Err(e) => return Err(e),
-        }
-        let still = self
-            .get(&name)
-            .await?
-            .and_then(|p| p.value().map(str::to_string))
-            .unwrap_or_default();
-        let result = if still == expired {
-            if let Ok(old) = serde_json::from_str::<LockValue>(expired) {
-                tracing::info!(recipe, holder = %old.owner, "taking over an expired lock");
-            }
-            self.put(
-                &name,
-                mine,
-                Data::Text,
-                Write::Overwrite,
-                Some("bake run lock".into()),
-            )
-            .await
-            .map(|_| LockInfo {
-                recipe: recipe.to_string(),
-                owner: value.owner.clone(),
-                acquired_at: value.acquired_at,
-                expires_at: value.expires_at,
-            })
-        } else {
-            self.lost_takeover(recipe).await
-        };
-        self.delete(&[marker]).await?;
-        result
-    }
-
-    /// The error of a run that lost the race for an expired lock: who holds it now.
-    async fn lost_takeover(&self, recipe: &str) -> Result<LockInfo> {
-        let now = self.lock_holder(recipe).await?;
-        Err(Error::LockHeld {
-            recipe: recipe.to_string(),
-            owner: now
-                .as_ref()
-                .map(|h| h.owner.clone())
-                .unwrap_or_else(|| "another run taking over the expired lock".into()),
-            expires: now
-                .map(|h| h.expires_at.to_rfc3339())
-                .unwrap_or_else(|| "unknown".into()),
-        })
     }
 
     /// Deletes every parameter under `path`.
@@ -690,7 +606,6 @@ impl Registry for SsmRegistry {
             image_id: p.value().unwrap_or_default().to_string(),
         }))
     }
-
     async fn lock(
         &self,
         recipe: &str,
@@ -698,87 +613,16 @@ impl Registry for SsmRegistry {
         ttl: Duration,
         break_lock: bool,
     ) -> Result<LockInfo> {
-        let name = self.path(recipe, "lock");
-        let now = Utc::now();
-        let value = LockValue {
-            owner: owner.to_string(),
-            acquired_at: now,
-            expires_at: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1)),
-        };
-        let json = serde_json::to_string(&value).expect("locks serialize");
-        match self
-            .put(
-                &name,
-                &json,
-                Data::Text,
-                Write::Once,
-                Some("bake run lock".into()),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(Error::Conflict(_)) => {
-                let raw = self
-                    .get(&name)
-                    .await?
-                    .and_then(|p| p.value().map(str::to_string))
-                    .unwrap_or_default();
-                let held: Option<LockValue> = serde_json::from_str(&raw).ok();
-                match held {
-                    Some(h) if h.owner == owner => {}
-                    Some(h) if h.expires_at > now && !break_lock => {
-                        return Err(Error::LockHeld {
-                            recipe: recipe.to_string(),
-                            owner: h.owner,
-                            expires: h.expires_at.to_rfc3339(),
-                        })
-                    }
-                    Some(h) if h.expires_at > now => {
-                        tracing::warn!(recipe, holder = %h.owner, "breaking a live lock (--break-lock)")
-                    }
-                    _ => return self.take_over(recipe, &raw, &json, value).await,
-                }
-                self.put(
-                    &name,
-                    &json,
-                    Data::Text,
-                    Write::Overwrite,
-                    Some("bake run lock".into()),
-                )
-                .await?;
-            }
-            Err(e) => return Err(e),
-        }
-        Ok(LockInfo {
-            recipe: recipe.to_string(),
-            owner: owner.to_string(),
-            acquired_at: value.acquired_at,
-            expires_at: value.expires_at,
-        })
+        self.take_lock(recipe, owner, ttl, break_lock).await
     }
 
     async fn lock_holder(&self, recipe: &str) -> Result<Option<LockInfo>> {
-        let name = self.path(recipe, "lock");
-        let held: Option<LockValue> = self
-            .get(&name)
-            .await?
-            .and_then(|p| serde_json::from_str(p.value().unwrap_or_default()).ok());
-        Ok(held.map(|h| LockInfo {
-            recipe: recipe.to_string(),
-            owner: h.owner,
-            acquired_at: h.acquired_at,
-            expires_at: h.expires_at,
-        }))
+        Ok(self.held(recipe).await?.map(|h| h.info(recipe)))
     }
 
     async fn refresh_lock(&self, recipe: &str, owner: &str, ttl: Duration) -> Result<LockInfo> {
-        let name = self.path(recipe, "lock");
-        let held: Option<LockValue> = self
-            .get(&name)
-            .await?
-            .and_then(|p| serde_json::from_str(p.value().unwrap_or_default()).ok());
-        match held {
-            Some(h) if h.owner == owner => self.lock(recipe, owner, ttl, false).await,
+        match self.held(recipe).await? {
+            Some(h) if h.owner == owner => self.take_lock(recipe, owner, ttl, false).await,
             _ => Err(Error::Conflict(format!(
                 "lost the lock on recipe `{recipe}`: someone broke it or it expired and was taken over"
             ))),
@@ -786,13 +630,8 @@ impl Registry for SsmRegistry {
     }
 
     async fn unlock(&self, recipe: &str, owner: &str) -> Result<()> {
-        let name = self.path(recipe, "lock");
-        let held: Option<LockValue> = self
-            .get(&name)
-            .await?
-            .and_then(|p| serde_json::from_str(p.value().unwrap_or_default()).ok());
-        if held.is_some_and(|h| h.owner == owner) {
-            self.delete(&[name]).await?;
+        if self.held(recipe).await?.is_some_and(|h| h.owner == owner) {
+            self.delete(&[self.path(recipe, "lock")]).await?;
         }
         Ok(())
     }
