@@ -117,7 +117,14 @@ async fn sigkill_at_each_step_then_sweep_leaves_nothing_and_resume_completes() {
         // A new base per kill point: a new bake key, so nothing is reused from the last one.
         let base = register_x86(moto, &format!("kill-base-{n}")).await;
         let p = x86_project(&prefix);
-        moto.set_config(json!({"parameters": {X86: base}, "delay_ms": 40}));
+        // The release's arch parameter is followed at once by its manifest: the proxy holds it
+        // until the test has killed bake, so the kill lands between the two however busy the
+        // host is. The other points are followed by waits.
+        let mut config = json!({"parameters": {X86: base}, "delay_ms": 40});
+        if *action == "PutParameter" {
+            config["hold"] = json!({"action": "PutParameter", "contains": "/releases/"});
+        }
+        moto.set_config(config);
 
         let start_calls = moto.calls().len();
         let mut child = bake_command(&p, moto)

@@ -17,6 +17,10 @@ Faults answer the first `times` calls of `action` (after a call of `after`, if g
 AWS error, before moto sees them: throttling, 5xx, eventual-consistency errors.
 Every request is appended to calls.jsonl next to the config (service, action), so tests can
 count mutating calls.
+  "hold": {"action": "PutParameter", "contains": "/releases/"}
+holds each call of `action` whose logged record contains `contains`, after logging it, until the
+config no longer has that hold (at most 120 s): a test kills bake while AWS has the request in
+hand, then lifts the hold and the call lands, as when a process dies mid-call.
 
   "machines": {"dir": "/tmp/...", "images": {"ami-...": {"disk": "base.qcow2", "kernel": "vmlinuz",
                "initrd": "initrd.img", "arch": "x86_64"}}, "cpus": 2, "memory_mib": 1536}
@@ -232,6 +236,11 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         with LOCK:
             with open(CALLS, "a") as f:
                 f.write(json.dumps(record) + "\n")
+        hold = cfg.get("hold")
+        if hold and hold.get("action") == action and hold.get("contains", "") in json.dumps(record):
+            deadline = time.time() + 120
+            while time.time() < deadline and config().get("hold") == hold:
+                time.sleep(0.01)
         if cfg.get("delay_ms"):
             time.sleep(cfg["delay_ms"] / 1000.0)
         fault = self.fault(service, action, cfg)
