@@ -525,4 +525,120 @@ mod cli {
             Some(2)
         );
     }
+
+    #[tokio::test]
+    async fn a_revoked_release_is_refused_by_promote_pin_and_rollback_and_flagged_by_status() {
+        let w = World::new("0s");
+        let r1 = w.release(1).await;
+        let r2 = w.release(2).await;
+        let (r1s, r2s) = (r1.to_string(), r2.to_string());
+        let p = &w.project;
+        // dev holds r2 (auto-promoted); staging went r1 -> r2.
+        w.promote(&r1, "staging", None, false).await.unwrap();
+        w.promote(&r2, "staging", None, false).await.unwrap();
+
+        // A reason is required; an unknown release is refused; nothing is written either time.
+        assert_eq!(
+            bake(p, &["revoke", "eks-node", &r2s]).status.code(),
+            Some(2)
+        );
+        let out = bake(p, &["revoke", "eks-node", "2001.01.01-1", "--reason", "x"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(w.registry.revocation("eks-node", &r2).await.unwrap(), None);
+
+        let out = bake(
+            p,
+            &[
+                "revoke",
+                "eks-node",
+                &r2s,
+                "--reason",
+                "kubelet 1.31.2 leaks",
+                "-o",
+                "json",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["reason"], "kubelet 1.31.2 leaks");
+        assert!(v["who"].as_str().unwrap().starts_with("carol@"));
+        assert_eq!(
+            v["channels"],
+            serde_json::json!(["dev", "staging"]),
+            "the channels that still point at it"
+        );
+        // The release itself is unchanged and still listed.
+        assert_eq!(w.registry.releases("eks-node").await.unwrap().len(), 2);
+
+        // Written once: a second revocation is a conflict naming the first.
+        let out = bake(p, &["revoke", "eks-node", &r2s, "--reason", "again"]);
+        assert_eq!(out.status.code(), Some(4));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("kubelet 1.31.2 leaks"));
+
+        // Promote refuses it, naming the revocation; nothing moves.
+        let out = bake(p, &["promote", "eks-node", &r2s, "--to", "prod"]);
+        assert_eq!(out.status.code(), Some(4));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("revoked") && err.contains("kubelet 1.31.2 leaks"),
+            "{err}"
+        );
+        assert!(w.on("prod").await.is_none());
+        // Staging goes back to r1; a rollback from there would land on r2: refused.
+        let out = bake(
+            p,
+            &["rollback", "eks-node", "--cluster", "staging", "--to", &r1s],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = bake(p, &["rollback", "eks-node", "--cluster", "staging"]);
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "never back onto a revoked release"
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"));
+        assert_eq!(w.on("staging").await, Some(r1.clone()));
+
+        // Status flags the channel that still runs it.
+        let out = bake(p, &["status", "-o", "json"]);
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let dev: Vec<&serde_json::Value> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["channel"] == "dev")
+            .collect();
+        assert!(!dev.is_empty());
+        for r in dev {
+            assert_eq!(r["release"], r2s.as_str());
+            assert_eq!(r["revoked"], "kubelet 1.31.2 leaks", "{r}");
+        }
+        let out = bake(p, &["status"]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("REVOKED: move this channel"));
+
+        // Moving dev back to r1 is allowed; the revoked release stays revoked.
+        let out = bake(
+            p,
+            &["rollback", "eks-node", "--cluster", "dev", "--to", &r1s],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(w
+            .registry
+            .revocation("eks-node", &r2)
+            .await
+            .unwrap()
+            .is_some());
+    }
 }

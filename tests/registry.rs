@@ -139,6 +139,72 @@ async fn published_releases_cannot_be_changed() {
     );
 }
 
+async fn revocations_are_written_once(reg: &dyn Registry) {
+    let a = reg
+        .publish(manifest(&[(Arch::X86_64, "ami-0aaaaaaaaaaaaaaa1")]))
+        .await
+        .unwrap();
+    assert_eq!(reg.revocation("eks-node", &a.release).await.unwrap(), None);
+    assert!(reg.usable_release("eks-node", &a.release).await.is_ok());
+    let first = bake::release::Revocation {
+        reason: "CVE in the kernel".into(),
+        who: "alice@laptop".into(),
+        at: chrono::Utc::now(),
+    };
+    reg.revoke("eks-node", &a.release, &first).await.unwrap();
+    let again = bake::release::Revocation {
+        reason: "again".into(),
+        ..first.clone()
+    };
+    let e = reg
+        .revoke("eks-node", &a.release, &again)
+        .await
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 4, "{e}");
+    assert!(e.to_string().contains("CVE in the kernel"), "{e}");
+    let got = reg
+        .revocation("eks-node", &a.release)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.reason, first.reason);
+    let e = reg
+        .usable_release("eks-node", &a.release)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("revoked"), "{e}");
+    // The release itself is unchanged: still listed, same images.
+    assert_eq!(reg.releases("eks-node").await.unwrap(), vec![a]);
+}
+
+#[tokio::test]
+async fn a_revocation_is_written_once_beside_an_unchanged_release() {
+    let dir = tempfile::tempdir().unwrap();
+    revocations_are_written_once(&SqliteRegistry::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn ssm_a_revocation_is_written_once_beside_an_unchanged_release() {
+    let reg = ssm("/revoke1").await;
+    revocations_are_written_once(&reg).await;
+    // Where Terraform looks for it: beside the release's parameters, written once.
+    let moto = common::moto::Moto::get();
+    let client = aws_sdk_ssm::Client::new(&moto.sdk().await);
+    let release = reg.releases("eks-node").await.unwrap()[0].release.clone();
+    let p = client
+        .get_parameter()
+        .name(format!("/revoke1/eks-node/releases/{release}/revoked"))
+        .send()
+        .await
+        .unwrap();
+    assert!(p
+        .parameter()
+        .unwrap()
+        .value()
+        .unwrap()
+        .contains("CVE in the kernel"));
+}
+
 /// A record bake wrote that no longer parses is bake's state corrupted, not a lock or a conflict:
 /// its own error, exit 1, naming the registry file and what could not be read, source kept.
 #[tokio::test]

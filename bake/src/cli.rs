@@ -68,6 +68,10 @@ pub enum Command {
     /// image for an arch the cluster uses, and with --from one that has not soaked on that
     /// channel for the pipeline's soak time. The only way prod channels move.
     Promote(commands::promote::PromoteArgs),
+    /// Withdraw a bad release: it stays as published, a revocation (reason, who, when) is
+    /// written once beside it, and promote, pin and auto-promotion refuse it from then on.
+    /// Prints the channels that still point at it; move them by hand.
+    Revoke(commands::revoke::RevokeArgs),
     /// Point a cluster's channel back at the previous distinct release in its history (or at
     /// --to, which must be in that history).
     Rollback(commands::rollback::RollbackArgs),
@@ -231,6 +235,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Releases(a) => commands::releases::run(a, g).await,
         Command::Promote(a) => commands::promote::run(a, g).await,
         Command::Rollback(a) => commands::rollback::run(a, g).await,
+        Command::Revoke(a) => commands::revoke::run(a, g).await,
         Command::History(a) => commands::history::run(a, g).await,
         Command::Pin(a) => commands::pin::run(a, g).await,
         Command::Diff(a) => commands::diff::run(a, g).await,

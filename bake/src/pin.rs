@@ -50,7 +50,7 @@ pub async fn pins(
     let mut out = Vec::new();
     match target {
         Target::Release(id) => {
-            let release = registry.existing_release(recipe, id).await?;
+            let release = registry.usable_release(recipe, id).await?;
             for (a, image) in &release.images {
                 if arch.is_none_or(|want| want == *a) {
                     out.push(Pin {
@@ -82,6 +82,8 @@ pub async fn pins(
                     if channels.is_empty() { "none".to_string() } else { channels.keys().cloned().collect::<Vec<_>>().join(", ") }
                 ))
             })?;
+            // A channel that still points at a revoked release is not pinned: move it first.
+            registry.usable_release(recipe, &entry.release).await?;
             for a in entry.images.keys() {
                 if arch.is_some_and(|want| want != *a) {
                     continue;

@@ -143,7 +143,7 @@ pub async fn promote(
     req: &Request<'_>,
 ) -> Result<Promotion> {
     let cluster = cluster(pipeline, req.to)?;
-    let release = registry.existing_release(req.recipe, req.release).await?;
+    let release = registry.usable_release(req.recipe, req.release).await?;
     check_release(&release, req.to, cluster)?;
     if let Some(from) = req.from {
         self::cluster(pipeline, from)?;
@@ -211,6 +211,8 @@ pub async fn rollback(
     let release = registry.release(recipe, &target).await?.ok_or_else(|| {
         Error::Conflict(format!("release {target} of `{recipe}` is in the history of `{cluster_name}` but no longer exists (pruned?)"))
     })?;
+    // Never back onto a withdrawn release; --to names another one from the history.
+    registry.usable_release(recipe, &target).await?;
     check_release(&release, cluster_name, cluster)?;
     let why = match req.reason {
         Some(r) => format!("rollback from {}: {r}", current.release),

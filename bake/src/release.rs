@@ -118,6 +118,15 @@ pub struct Manifest {
     pub images: BTreeMap<Arch, ReleaseImage>,
 }
 
+/// Why a release was withdrawn, by whom, when. Written once beside the release, which itself
+/// never changes; promote and pin refuse a revoked release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub reason: String,
+    pub who: String,
+    pub at: DateTime<Utc>,
+}
+
 /// One entry of a channel's history: where it pointed from then on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelEntry {

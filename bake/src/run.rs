@@ -398,6 +398,8 @@ async fn run_recipe(
     }
 
     let mut promoted_to = Vec::new();
+    // The release was published under this run's lock, which `bake revoke` also takes: it
+    // cannot have been revoked yet.
     for target in &bake.auto_promote {
         let cluster = &cx.pipeline.clusters[target];
         let reason = format!("auto-promotion by run {}", journal.run_id());

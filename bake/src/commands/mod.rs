@@ -12,6 +12,7 @@ pub mod promote;
 pub mod prune;
 pub mod releases;
 pub mod resume;
+pub mod revoke;
 pub mod rollback;
 pub mod run;
 pub mod status;

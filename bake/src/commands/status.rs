@@ -40,6 +40,8 @@ struct StatusRow {
     validated_at: Option<chrono::DateTime<chrono::Utc>>,
     promoted_at: Option<chrono::DateTime<chrono::Utc>>,
     latest_release: Option<String>,
+    /// Why the release this row shows was revoked, if it was.
+    revoked: Option<String>,
 }
 
 async fn status_rows(
@@ -55,6 +57,12 @@ async fn status_rows(
         let releases = registry.releases(&bake.recipe.name).await?;
         let channels = registry.channels(&bake.recipe.name).await?;
         let latest = releases.last();
+        let mut revoked = std::collections::BTreeMap::new();
+        for m in &releases {
+            if let Some(r) = registry.revocation(&bake.recipe.name, &m.release).await? {
+                revoked.insert(m.release.clone(), r.reason);
+            }
+        }
         for &arch in &bake.arches {
             // The newest release first, then each cluster's channel.
             rows.push(StatusRow {
@@ -70,6 +78,7 @@ async fn status_rows(
                     .map(|i| i.validated_at),
                 promoted_at: None,
                 latest_release: latest.map(|m| m.release.to_string()),
+                revoked: latest.and_then(|m| revoked.get(&m.release).cloned()),
             });
             for (cluster, c) in &pipeline.clusters {
                 if !c.arches.contains(&arch) {
@@ -88,6 +97,7 @@ async fn status_rows(
                         .map(|i| i.validated_at),
                     promoted_at: entry.map(|e| e.at),
                     latest_release: latest.map(|m| m.release.to_string()),
+                    revoked: entry.and_then(|e| revoked.get(&e.release).cloned()),
                 });
             }
         }
@@ -103,6 +113,10 @@ fn print_status(output: Output, rows: &[StatusRow]) {
         .iter()
         .map(|r| {
             let pending = match (&r.release, &r.latest_release) {
+                _ if r.revoked.is_some() && r.channel != "(latest)" => {
+                    "REVOKED: move this channel".to_string()
+                }
+                _ if r.revoked.is_some() => "REVOKED".to_string(),
                 (Some(a), Some(b)) if a != b && r.channel != "(latest)" => format!("{b} pending"),
                 (None, Some(b)) if r.channel != "(latest)" => format!("{b} pending"),
                 _ => String::new(),

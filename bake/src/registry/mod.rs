@@ -10,7 +10,7 @@ pub use sqlite::SqliteRegistry;
 pub use ssm::SsmRegistry;
 
 use crate::names::SsmPath;
-use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId};
+use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId, Revocation};
 use crate::{Arch, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -43,6 +43,23 @@ pub fn channel_parameter(prefix: &SsmPath, recipe: &str, cluster: &str, arch: Ar
 /// `<prefix>/<recipe>/<rest>`.
 pub fn under(prefix: &SsmPath, recipe: &str, rest: &str) -> String {
     format!("{}/{recipe}/{rest}", prefix.as_str().trim_end_matches('/'))
+}
+
+/// The conflict of revoking a release twice: it names the first revocation.
+pub(crate) fn already_revoked(
+    recipe: &str,
+    id: &ReleaseId,
+    first: Option<Revocation>,
+) -> crate::Error {
+    crate::Error::Conflict(match first {
+        Some(r) => format!(
+            "release {id} of `{recipe}` is already revoked ({} by {}: {}); a revocation is written once",
+            r.at.format("%Y-%m-%d %H:%M UTC"),
+            r.who,
+            r.reason
+        ),
+        None => format!("release {id} of `{recipe}` is already revoked"),
+    })
 }
 
 /// One version of a channel's arch parameter.
@@ -85,6 +102,28 @@ pub trait Registry: Send + Sync {
             ))
         })
     }
+
+    /// A release that may be promoted or pinned: it exists and is not revoked (a conflict
+    /// naming the revocation otherwise).
+    async fn usable_release(&self, recipe: &str, id: &ReleaseId) -> Result<Manifest> {
+        let manifest = self.existing_release(recipe, id).await?;
+        if let Some(r) = self.revocation(recipe, id).await? {
+            return Err(crate::Error::Conflict(format!(
+                "release {id} of `{recipe}` was revoked {} by {}: {}",
+                r.at.format("%Y-%m-%d %H:%M UTC"),
+                r.who,
+                r.reason
+            )));
+        }
+        Ok(manifest)
+    }
+
+    /// Marks a release revoked, once (`<release>/revoked`); the release itself is unchanged. A
+    /// second revocation is a conflict naming the first.
+    async fn revoke(&self, recipe: &str, id: &ReleaseId, revocation: &Revocation) -> Result<()>;
+
+    /// Whether (and why) a release was revoked.
+    async fn revocation(&self, recipe: &str, id: &ReleaseId) -> Result<Option<Revocation>>;
 
     /// Publishes a release under the next free ID of `manifest.created_at`'s date (the ID in
     /// `manifest.release` is replaced). All arches become visible together or not at all. A

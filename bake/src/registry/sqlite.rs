@@ -1,7 +1,7 @@
 //! The embedded registry: one SQLite file (`<state>/registry.db`).
 
-use super::{LockInfo, Registry};
-use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId};
+use super::{already_revoked, LockInfo, Registry};
+use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId, Revocation};
 use crate::{Error, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -33,6 +33,14 @@ CREATE TABLE IF NOT EXISTS channel_history (
     entry   TEXT NOT NULL,
     PRIMARY KEY (recipe, cluster, version)
 );
+CREATE TABLE IF NOT EXISTS revocations (
+    recipe     TEXT NOT NULL,
+    release    TEXT NOT NULL,
+    revocation TEXT NOT NULL,
+    PRIMARY KEY (recipe, release)
+);
+CREATE TRIGGER IF NOT EXISTS revocations_immutable BEFORE UPDATE ON revocations
+BEGIN SELECT RAISE(ABORT, 'revocations are written once'); END;
 CREATE TABLE IF NOT EXISTS locks (
     recipe      TEXT PRIMARY KEY,
     owner       TEXT NOT NULL,
@@ -168,8 +176,40 @@ impl Registry for SqliteRegistry {
                 "DELETE FROM releases WHERE recipe = ?1 AND release = ?2",
                 params![recipe, id.to_string()],
             )?;
+            tx.execute(
+                "DELETE FROM revocations WHERE recipe = ?1 AND release = ?2",
+                params![recipe, id.to_string()],
+            )?;
             tx.commit()
         })
+    }
+
+    async fn revoke(&self, recipe: &str, id: &ReleaseId, revocation: &Revocation) -> Result<()> {
+        let json = serde_json::to_string(revocation).expect("revocations serialize");
+        let inserted = self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO revocations (recipe, release, revocation) VALUES (?1, ?2, ?3)",
+                params![recipe, id.to_string(), json],
+            )
+        })?;
+        if inserted == 0 {
+            let first = self.revocation(recipe, id).await?;
+            return Err(already_revoked(recipe, id, first));
+        }
+        Ok(())
+    }
+
+    async fn revocation(&self, recipe: &str, id: &ReleaseId) -> Result<Option<Revocation>> {
+        let json: Option<String> = self.with(|c| {
+            c.query_row(
+                "SELECT revocation FROM revocations WHERE recipe = ?1 AND release = ?2",
+                params![recipe, id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        json.map(|j| serde_json::from_str(&j).map_err(|e| self.corrupt("revocation", e)))
+            .transpose()
     }
 
     async fn channel_history(&self, recipe: &str, cluster: &str) -> Result<Vec<ChannelEntry>> {

@@ -4,10 +4,10 @@
 //! `<prefix>/<recipe>/channels/<cluster>/<arch>` and `.../release` (one parameter version per
 //! move; the history is the parameter history), and `<prefix>/<recipe>/lock`.
 
-use super::{ChannelImage, LockInfo, Registry};
+use super::{already_revoked, ChannelImage, LockInfo, Registry};
 use crate::aws::{code, err, Limits};
 use crate::names::SsmPath;
-use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId};
+use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId, Revocation};
 use crate::{Arch, Error, Result};
 use async_trait::async_trait;
 use aws_sdk_ssm::types::{ParameterTier, ParameterType};
@@ -471,6 +471,39 @@ impl Registry for SsmRegistry {
             replica.delete_under(&dir).await?;
         }
         Ok(())
+    }
+
+    /// `<release>/revoked`, written once; Terraform's module reads it to refuse the pin.
+    async fn revoke(&self, recipe: &str, id: &ReleaseId, revocation: &Revocation) -> Result<()> {
+        let name = format!("{}/revoked", super::release_dir(&self.prefix, recipe, id));
+        let json = serde_json::to_string(revocation).expect("revocations serialize");
+        let description = Some(format!("bake revoke {recipe} {id}"));
+        match self
+            .put(&name, &json, Data::Text, Write::Once, description)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Error::Conflict(_)) => Err(already_revoked(
+                recipe,
+                id,
+                self.revocation(recipe, id).await?,
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn revocation(&self, recipe: &str, id: &ReleaseId) -> Result<Option<Revocation>> {
+        let name = format!("{}/revoked", super::release_dir(&self.prefix, recipe, id));
+        let Some(p) = self.get(&name).await? else {
+            return Ok(None);
+        };
+        serde_json::from_str(p.value().unwrap_or_default())
+            .map(Some)
+            .map_err(|source| Error::Corrupt {
+                location: format!("{name} in {}", self.region),
+                what: "revocation".into(),
+                source,
+            })
     }
 
     async fn channel_history(&self, recipe: &str, cluster: &str) -> Result<Vec<ChannelEntry>> {
