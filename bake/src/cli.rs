@@ -2,14 +2,12 @@
 //! `commands`, and maps its error to the documented exit codes. Data goes to stdout (tables or `--output json`);
 //! progress and logs go to stderr.
 
-use crate::commands;
+use crate::commands::{self, Global};
 use crate::error::exit;
 use crate::Result;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tokio_util::sync::CancellationToken;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -29,28 +27,6 @@ pub struct Cli {
     pub global: Global,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Args)]
-pub struct Global {
-    /// Where runs, journals, the local registry and local images live.
-    #[arg(long, global = true, env = "BAKE_STATE_DIR", default_value = ".bake")]
-    pub state_dir: PathBuf,
-    /// `human` tables on stdout, or `json` for machines (stdout carries data only).
-    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Human)]
-    pub output: Output,
-    /// More logs on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
-    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
-    /// No progress on stderr, only errors.
-    #[arg(long, short = 'q', global = true)]
-    pub quiet: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Human,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,73 +134,6 @@ fn init_logging(global: &Global) {
         .with_ansi(ansi)
         .with_target(global.verbose >= 2)
         .try_init();
-}
-
-/// Cancels the token on Ctrl-C or SIGTERM; a second one says that cleanups are running.
-pub(crate) fn watch_signals(state_dir: &Path) -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    let runs = crate::journal::Journal::runs_dir(state_dir);
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!("cannot watch SIGTERM: {e}");
-                    return;
-                }
-            };
-        let mut count = 0;
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            count += 1;
-            if count == 1 {
-                eprintln!("interrupted: running the cleanups of the steps that ran (interrupt again for status)");
-                t.cancel();
-            } else {
-                eprintln!("{}", still_cleaning(&runs));
-            }
-        }
-    });
-    token
-}
-
-/// What a second interrupt prints: what this process's run still holds, and its journal.
-fn still_cleaning(runs: &Path) -> String {
-    let state_dir = runs.parent().unwrap_or(runs);
-    let mine = crate::journal::Journal::all(state_dir).ok().and_then(|all| {
-        all.into_iter().find(|(_, entries)| {
-            entries.iter().any(|e| {
-                matches!(e, crate::journal::Entry::Started { pid, .. } if *pid == std::process::id())
-            })
-        })
-    });
-    let Some((run_id, entries)) = mine else {
-        return format!(
-            "still cleaning up; nothing was created yet (journals: {})",
-            runs.display()
-        );
-    };
-    let left = crate::journal::Journal::outstanding(&entries);
-    let journal = runs.join(format!("{run_id}.jsonl"));
-    let mut out = format!(
-        "still cleaning up run {run_id}; {} resource(s) not yet removed:",
-        left.len()
-    );
-    for r in &left {
-        out.push_str(&format!(
-            "\n  {} {} ({} {})",
-            r.kind, r.id, r.recipe, r.arch
-        ));
-    }
-    out.push_str(&format!(
-        "\nif bake is killed now they stay listed in {}; `bake sweep --apply` removes them, `bake resume {run_id}` finishes the run",
-        journal.display()
-    ));
-    out
 }
 
 async fn dispatch(cli: Cli) -> Result<u8> {

@@ -30,6 +30,7 @@ pub mod registry;
 pub mod release;
 pub mod report;
 pub mod run;
+pub mod signals;
 pub mod state_dir;
 pub mod steps;
 pub mod sweep;

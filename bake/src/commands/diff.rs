@@ -2,7 +2,7 @@
 //! releases.
 
 use super::{json, open, RegistryArgs};
-use crate::cli::{Global, Output};
+use super::{Global, Output};
 use crate::diff;
 use crate::error::exit;
 use crate::release::ReleaseId;

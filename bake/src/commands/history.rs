@@ -1,7 +1,7 @@
 //! `bake history`: the audit trail of a cluster's channel.
 
 use super::{json, open, RegistryArgs};
-use crate::cli::{Global, Output};
+use super::{Global, Output};
 use crate::error::exit;
 use crate::release::ChannelEntry;
 use crate::report::table;

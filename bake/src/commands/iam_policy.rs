@@ -1,7 +1,7 @@
 //! `bake iam-policy`: the least-privilege IAM policy (JSON) for what an aws pipeline does.
 
 use super::json;
-use crate::cli::Global;
+use super::Global;
 use crate::error::exit;
 use crate::pipeline::Pipeline;
 use crate::Result;

@@ -24,9 +24,31 @@ use crate::plan::Filter;
 use crate::provider::{aws::AwsProvider, local::LocalProvider, Provider};
 use crate::registry::{Registry, SqliteRegistry, SsmRegistry};
 use crate::{Arch, Error, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Where runs, journals, the local registry and local images live.
+    #[arg(long, global = true, env = "BAKE_STATE_DIR", default_value = ".bake")]
+    pub state_dir: PathBuf,
+    /// `human` tables on stdout, or `json` for machines (stdout carries data only).
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+    /// More logs on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress on stderr, only errors.
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Human,
+    Json,
+}
 
 /// Which recipes and arches a pipeline command works on.
 #[derive(Debug, Args)]

@@ -1,7 +1,7 @@
 //! `bake pin`: the Terraform inputs that pin a node set to a release.
 
 use super::{json, open, RegistryArgs};
-use crate::cli::{Global, Output};
+use super::{Global, Output};
 use crate::error::exit;
 use crate::pin::{Pin, Target};
 use crate::release::ReleaseId;

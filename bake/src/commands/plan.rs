@@ -1,7 +1,7 @@
 //! `bake plan`: what `run` would do for each recipe × arch, and why. Changes nothing.
 
 use super::{json, open, short, Select};
-use crate::cli::{Global, Output};
+use super::{Global, Output};
 use crate::error::exit;
 use crate::pipeline::Pipeline;
 use crate::plan::{self, PlanItem};

@@ -1,7 +1,7 @@
 //! `bake promote`: move a cluster's channel to a release. The only way prod channels move.
 
 use super::{json, locked, open, RegistryArgs};
-use crate::cli::{Global, Output};
+use super::{Global, Output};
 use crate::error::exit;
 use crate::promote;
 use crate::release::ReleaseId;

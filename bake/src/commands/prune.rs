@@ -2,7 +2,7 @@
 //! Plans by default.
 
 use super::{json, locked, open, RegistryArgs};
-use crate::cli::{Global, Output};
+use super::{Global, Output};
 use crate::error::exit;
 use crate::{promote, prune, Error, Result};
 use clap::Args;

@@ -1,7 +1,7 @@
 //! `bake releases`: the releases of a recipe with their images and validation summary.
 
 use super::{json, open, RegistryArgs};
-use crate::cli::{Global, Output};
+use super::{Global, Output};
 use crate::error::exit;
 use crate::release::Manifest;
 use crate::report::{age, table};

@@ -3,10 +3,11 @@
 
 use super::open;
 use super::run::print_run;
-use crate::cli::{watch_signals, Global};
+use super::Global;
 use crate::error::exit;
 use crate::report::TermReporter;
 use crate::run::{self, RunContext, RunOptions};
+use crate::signals::watch_signals;
 use crate::{sweep, Result};
 use clap::Args;
 

@@ -3,7 +3,7 @@
 //! hold it refuse it, and `status` flags every channel that points at it.
 
 use super::{json, locked, open, RegistryArgs};
-use crate::cli::{Global, Output};
+use super::{Global, Output};
 use crate::error::exit;
 use crate::promote;
 use crate::release::{ReleaseId, Revocation};

@@ -1,7 +1,7 @@
 //! `bake rollback`: a cluster's channel back to the previous distinct release in its history.
 
 use super::promote::ChannelChange;
-use crate::cli::Global;
+use super::Global;
 use crate::promote;
 use crate::release::ReleaseId;
 use crate::Result;

@@ -2,11 +2,12 @@
 //! the pipeline's non-prod channels; `--notify` hands the summary to a command.
 
 use super::{json, open, Select};
-use crate::cli::{watch_signals, Global, Output};
+use super::{Global, Output};
 use crate::error::exit;
 use crate::pipeline::Pipeline;
 use crate::report::{table, LogReporter, Reporter, TermReporter};
 use crate::run::{self, RunContext, RunOptions, RunSummary};
+use crate::signals::watch_signals;
 use crate::{Error, Result};
 use clap::Args;
 use serde::Serialize;

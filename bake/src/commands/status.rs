@@ -2,7 +2,7 @@
 //! when, and what is pending promotion.
 
 use super::{json, open, RegistryArgs};
-use crate::cli::{Global, Output};
+use super::{Global, Output};
 use crate::error::exit;
 use crate::pipeline::Pipeline;
 use crate::registry::Registry;

@@ -1,7 +1,7 @@
 //! `bake sweep`: what dead runs left behind, from journals and bake's tags. Plans by default.
 
 use super::{json, open, RegistryArgs};
-use crate::cli::{Global, Output};
+use super::{Global, Output};
 use crate::error::exit;
 use crate::pipeline::Pipeline;
 use crate::provider::Leftover;

@@ -7,6 +7,7 @@ pub mod local;
 use crate::key::BakeKey;
 use crate::recipe::Recipe;
 use crate::steps::StepContext;
+pub use crate::steps::{ByRole, Role};
 use crate::validate::Verdict;
 use crate::{Arch, Result};
 use async_trait::async_trait;
@@ -89,55 +90,6 @@ pub struct PlannedResource {
     pub name: String,
     /// `create` or `reuse`.
     pub action: String,
-}
-
-/// Which VM or instance of a bake: the builder that makes the image, or the canary that proves it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Builder,
-    Canary,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Builder => "builder",
-            Role::Canary => "canary",
-        }
-    }
-}
-
-/// One thing per role of a bake (the builder's and the canary's instance, disk or guest).
-#[derive(Debug)]
-pub struct ByRole<T> {
-    builder: Option<T>,
-    canary: Option<T>,
-}
-
-impl<T> Default for ByRole<T> {
-    fn default() -> Self {
-        ByRole {
-            builder: None,
-            canary: None,
-        }
-    }
-}
-
-impl<T> ByRole<T> {
-    /// The slot of `role`.
-    pub fn slot(&mut self, role: Role) -> &mut Option<T> {
-        match role {
-            Role::Builder => &mut self.builder,
-            Role::Canary => &mut self.canary,
-        }
-    }
-
-    pub fn get(&self, role: Role) -> Option<&T> {
-        match role {
-            Role::Builder => self.builder.as_ref(),
-            Role::Canary => self.canary.as_ref(),
-        }
-    }
 }
 
 /// One bake to do: a recipe on an arch from a resolved base.

@@ -15,7 +15,6 @@ pub mod validators;
 
 use crate::guest::Guest;
 use crate::journal::{Entry, Journal, Kind, StepStatus};
-use crate::provider::Role;
 use crate::report::Reporter;
 use crate::validate::Verdict;
 use crate::{Arch, Error, Result};
@@ -24,6 +23,55 @@ use chrono::Utc;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// Which VM or instance of a bake: the builder that makes the image, or the canary that proves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Builder,
+    Canary,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Builder => "builder",
+            Role::Canary => "canary",
+        }
+    }
+}
+
+/// One thing per role of a bake (the builder's and the canary's instance, disk or guest).
+#[derive(Debug)]
+pub struct ByRole<T> {
+    builder: Option<T>,
+    canary: Option<T>,
+}
+
+impl<T> Default for ByRole<T> {
+    fn default() -> Self {
+        ByRole {
+            builder: None,
+            canary: None,
+        }
+    }
+}
+
+impl<T> ByRole<T> {
+    /// The slot of `role`.
+    pub fn slot(&mut self, role: Role) -> &mut Option<T> {
+        match role {
+            Role::Builder => &mut self.builder,
+            Role::Canary => &mut self.canary,
+        }
+    }
+
+    pub fn get(&self, role: Role) -> Option<&T> {
+        match role {
+            Role::Builder => self.builder.as_ref(),
+            Role::Canary => self.canary.as_ref(),
+        }
+    }
+}
 
 /// What the provider-neutral steps need of a provider's bake state.
 pub trait Machines: Send {

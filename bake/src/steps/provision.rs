@@ -2,8 +2,8 @@
 //! its steps in order, capture the package manifest. All of it through the builder's
 //! [`Guest`](crate::guest::Guest), so the guest agent and SSM RunCommand run the same thing.
 
+use super::Role;
 use super::{Machines, Step, StepContext};
-use crate::provider::Role;
 use crate::recipe::{FileSpec, StepSpec};
 use crate::Result;
 use async_trait::async_trait;

@@ -3,9 +3,9 @@
 //! [`Guest`](crate::guest::Guest), decide the verdict, and have the provider record it before
 //! the step counts as done (a run killed right after still finds its verdict).
 
+use super::Role;
 use super::{Machines, Step, StepContext};
 use crate::canary::{Planned, Prepared};
-use crate::provider::Role;
 use crate::validate::{Validator, Verdict};
 use crate::Result;
 use async_trait::async_trait;

@@ -2,7 +2,7 @@
 //! Builder build (`imagebuilder`), tagged with the validators' verdict, and deregistered with
 //! its snapshots when the bake fails or is interrupted before a verdict validated it.
 
-use super::chain::State;
+use super::state::State;
 use super::{imagebuilder, tags, AwsProvider};
 use crate::aws::err;
 use crate::journal::Kind;

@@ -4,7 +4,7 @@
 //! too. A failure or interrupt removes the copies this run made; the validated image stays,
 //! and the next run or `resume` distributes it again.
 
-use super::chain::State;
+use super::state::State;
 use super::{client_token, image, AwsProvider};
 use crate::journal::Kind;
 use crate::provider::ImageStatus;

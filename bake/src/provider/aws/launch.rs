@@ -2,7 +2,7 @@
 //! and canary launches (IMDSv2 required, no key pair, encrypted volumes, the dead-man's
 //! switch), their SSM agents, stopping and terminating the builder.
 
-use super::chain::{State, IMAGE_COPY_DEVICE};
+use super::state::{State, IMAGE_COPY_DEVICE};
 use super::AwsProvider;
 use crate::aws::err;
 use crate::journal::Kind;

@@ -16,6 +16,7 @@ mod launch;
 mod leftovers;
 pub mod list;
 pub mod ssm;
+mod state;
 pub mod tags;
 pub mod toe;
 

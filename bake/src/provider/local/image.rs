@@ -3,7 +3,7 @@
 //! beside it. An image is removed again when the bake fails or is interrupted before a
 //! verdict validated it.
 
-use super::chain::State;
+use super::state::State;
 use super::store::Store;
 use super::{cmd, LocalProvider};
 use crate::journal::Kind;

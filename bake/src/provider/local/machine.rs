@@ -2,8 +2,8 @@
 //! and canary (KVM probe, then TCG), and the builder's power-off.
 
 use super::base::{self, BaseSpec};
-use super::chain::State;
 use super::qemu::{self, Accel, Drive, Vm, VmSpec};
+use super::state::State;
 use super::{cmd, seed, store, LocalProvider};
 use crate::journal::Kind;
 use crate::provider::{BakeJob, Role};

@@ -11,6 +11,7 @@ mod machine;
 pub mod qemu;
 pub mod qga;
 mod seed;
+mod state;
 pub mod store;
 
 use self::base::BaseSpec;
