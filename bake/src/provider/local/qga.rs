@@ -36,8 +36,6 @@ pub struct Agent {
     socket: PathBuf,
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
-    /// The scripts directory exists in the guest (made by the first `run`).
-    scripts_dir: bool,
 }
 
 fn b64() -> base64::engine::GeneralPurpose {
@@ -72,7 +70,6 @@ impl Agent {
                     socket: socket.to_path_buf(),
                     reader: BufReader::new(r),
                     writer: w,
-                    scripts_dir: false,
                 };
                 if agent.sync(Duration::from_secs(3)).await.is_ok() {
                     return Ok(agent);
@@ -274,8 +271,9 @@ const BASE_ENV: [&str; 3] = [
     "LANG=C.UTF-8",
 ];
 
-/// Scripts are staged on the guest's /run (a tmpfs): nothing of them can reach the image.
-const SCRIPTS: &str = "/run/bake-scripts";
+/// Where a script is staged, one file per run, removed when it ends. Not /run: Debian mounts it
+/// `noexec`, and a script must be executable to keep its own shebang.
+const SCRIPTS: &str = "/var/tmp";
 
 impl Agent {
     /// Runs `sh -c script args...` with the base environment plus `env`, as an error when
@@ -362,25 +360,7 @@ impl crate::guest::Guest for Agent {
         env: &[(&str, &str)],
         timeout: Duration,
     ) -> crate::Result<crate::guest::Ran> {
-        let path = format!("{SCRIPTS}/{}", hex::encode(rand::random::<[u8; 8]>()));
-        if !self.scripts_dir {
-            let mkdir = self
-                .sh(
-                    label,
-                    &format!("mkdir -p -m 0700 {SCRIPTS}"),
-                    &[],
-                    &[],
-                    timeout,
-                )
-                .await?;
-            if mkdir.exit_code != 0 {
-                return Err(crate::Error::provider(
-                    "local",
-                    format!("{label}: creating {SCRIPTS}: {}", mkdir.tail(4)),
-                ));
-            }
-            self.scripts_dir = true;
-        }
+        let path = format!("{SCRIPTS}/bake-{}", hex::encode(rand::random::<[u8; 8]>()));
         self.write_file(&path, script).await.map_err(|e| {
             crate::Error::provider("local", format!("{label}: uploading the script: {e}"))
         })?;
