@@ -127,6 +127,19 @@ pub struct Revocation {
     pub at: DateTime<Utc>,
 }
 
+impl std::fmt::Display for Revocation {
+    /// `<when> by <who>: <reason>`, as refusals name it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} by {}: {}",
+            self.at.format("%Y-%m-%d %H:%M UTC"),
+            self.who,
+            self.reason
+        )
+    }
+}
+
 /// One entry of a channel's history: where it pointed from then on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelEntry {

@@ -5,12 +5,11 @@
 use async_trait::async_trait;
 use bake::journal::Kind;
 use bake::key::BakeKey;
-use bake::provider::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider};
+use bake::provider::{BakeJob, BaseImage, ImageRecord, Provider};
 use bake::recipe::Recipe;
 use bake::steps::{Outcome, Runner, Step, StepContext};
 use bake::validate::{CheckResult, Verdict};
 use bake::{Arch, Error, Result};
-use chrono::Utc;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -308,23 +307,12 @@ impl Provider for FakeProvider {
             .await;
         report.into_result()?;
         let verdict = state.verdict.clone().expect("validate ran");
-        let record = ImageRecord {
-            id: state.image.clone().expect("image created"),
-            recipe: job.recipe.name.clone(),
-            arch: job.arch,
-            key: job.key.clone(),
-            base: job.base.id.clone(),
-            status: if verdict.accepted {
-                ImageStatus::Validated
-            } else {
-                ImageStatus::Rejected
-            },
-            run_id: job.run_id.to_string(),
-            created_at: Utc::now(),
-            verdict,
-            packages_sha256: None,
-            copies: Default::default(),
-        };
+        let record = ImageRecord::judged(
+            job,
+            state.image.clone().expect("image created"),
+            &verdict,
+            None,
+        );
         {
             let mut s = self.shared();
             let base = job.base.id.clone();

@@ -34,6 +34,11 @@ pub fn release_dir(prefix: &SsmPath, recipe: &str, release: &ReleaseId) -> Strin
     under(prefix, recipe, &format!("releases/{release}"))
 }
 
+/// `<prefix>/<recipe>/releases/<release>/revoked`: the release's revocation, written once.
+pub fn revocation_parameter(prefix: &SsmPath, recipe: &str, release: &ReleaseId) -> String {
+    format!("{}/revoked", release_dir(prefix, recipe, release))
+}
+
 /// `<prefix>/<recipe>/channels/<cluster>/<arch>`: the AMI a cluster's channel points at, one
 /// parameter version per move. Terraform pins it as `<name>:<version>`.
 pub fn channel_parameter(prefix: &SsmPath, recipe: &str, cluster: &str, arch: Arch) -> String {
@@ -53,10 +58,7 @@ pub(crate) fn already_revoked(
 ) -> crate::Error {
     crate::Error::Conflict(match first {
         Some(r) => format!(
-            "release {id} of `{recipe}` is already revoked ({} by {}: {}); a revocation is written once",
-            r.at.format("%Y-%m-%d %H:%M UTC"),
-            r.who,
-            r.reason
+            "release {id} of `{recipe}` is already revoked ({r}); a revocation is written once"
         ),
         None => format!("release {id} of `{recipe}` is already revoked"),
     })
@@ -109,10 +111,7 @@ pub trait Registry: Send + Sync {
         let manifest = self.existing_release(recipe, id).await?;
         if let Some(r) = self.revocation(recipe, id).await? {
             return Err(crate::Error::Conflict(format!(
-                "release {id} of `{recipe}` was revoked {} by {}: {}",
-                r.at.format("%Y-%m-%d %H:%M UTC"),
-                r.who,
-                r.reason
+                "release {id} of `{recipe}` was revoked {r}"
             )));
         }
         Ok(manifest)

@@ -63,6 +63,7 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
         let prepared = Prepared::parse(&ran.stdout);
         tracing::info!(recipe = cx.recipe, arch = %cx.arch, os = %prepared.os(), image_root = ?prepared.image_root, "canary prepared");
 
+        let join = self.join_timeout.map(|j| j.as_secs().to_string());
         let mut results = Vec::new();
         let planned = crate::canary::plan(self.validators, &prepared, self.no_cluster);
         for (i, planned) in planned.into_iter().enumerate() {
@@ -78,7 +79,6 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
             env.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
             let mut limit = self.timeout;
             let mut waits = String::new();
-            let join = self.join_timeout.map(|j| j.as_secs().to_string());
             if let (true, Some(join_timeout), Some(join)) =
                 (v.needs_cluster, self.join_timeout, join.as_deref())
             {

@@ -473,9 +473,9 @@ impl Registry for SsmRegistry {
         Ok(())
     }
 
-    /// `<release>/revoked`, written once; Terraform's module reads it to refuse the pin.
+    /// `<release>/revoked`, written once (Overwrite=false).
     async fn revoke(&self, recipe: &str, id: &ReleaseId, revocation: &Revocation) -> Result<()> {
-        let name = format!("{}/revoked", super::release_dir(&self.prefix, recipe, id));
+        let name = super::revocation_parameter(&self.prefix, recipe, id);
         let json = serde_json::to_string(revocation).expect("revocations serialize");
         let description = Some(format!("bake revoke {recipe} {id}"));
         match self
@@ -493,7 +493,7 @@ impl Registry for SsmRegistry {
     }
 
     async fn revocation(&self, recipe: &str, id: &ReleaseId) -> Result<Option<Revocation>> {
-        let name = format!("{}/revoked", super::release_dir(&self.prefix, recipe, id));
+        let name = super::revocation_parameter(&self.prefix, recipe, id);
         let Some(p) = self.get(&name).await? else {
             return Ok(None);
         };
