@@ -20,6 +20,7 @@ pub mod lock;
 pub mod long_output;
 pub mod names;
 pub mod pin;
+pub mod pins_file;
 pub mod pipeline;
 pub mod plan;
 pub mod promote;

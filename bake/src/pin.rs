@@ -8,6 +8,7 @@
 //! later (a nightly auto-promoted channel gets there in about three months).
 
 use crate::names::SsmPath;
+use crate::pins_file::NodePin;
 use crate::registry::{self, Registry};
 use crate::release::ReleaseId;
 use crate::{Arch, Error, Result};
@@ -141,18 +142,43 @@ fn quote(s: &str) -> String {
 }
 
 impl Pin {
-    /// The module inputs as a `.tfvars` file for one node set.
+    /// The node set's inputs of the eks-node module as a `.tfvars` file, and the line that pins
+    /// a node to this release (each node has its own pin: `--node`).
     pub fn tfvars(&self) -> String {
-        let mut vars: Vec<(&str, String)> = vec![
+        let vars: Vec<(&str, String)> = vec![
             ("ssm_prefix", quote(&self.ssm_prefix)),
             ("recipe", quote(&self.recipe)),
             ("arch", quote(&self.arch.to_string())),
         ];
-        vars.push(("release", quote(&self.release.to_string())));
         let width = vars.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         let mut out = format!("# {}\n", self.comment());
         for (k, v) in vars {
             let _ = writeln!(out, "{k:<width$} = {v}");
+        }
+        let _ = writeln!(
+            out,
+            "# pin each node (its line of `pins`): {}",
+            self.node_entry("<node>")
+        );
+        out
+    }
+
+    /// One node's line of the module's `pins` map.
+    pub fn node_entry(&self, node: &str) -> String {
+        crate::pins_file::entry(
+            node,
+            &NodePin::Release {
+                release: self.release.to_string(),
+            },
+            None,
+        )
+    }
+
+    /// The lines of `pins` for these nodes, under the comment naming the image.
+    pub fn node_entries(&self, nodes: &[String]) -> String {
+        let mut out = format!("# {}\n", self.comment());
+        for n in nodes {
+            let _ = writeln!(out, "{}", self.node_entry(n));
         }
         out
     }

@@ -40,6 +40,12 @@ variable "execution_role_arn" {
   default = "arn:aws:iam::123456789012:role/bake-task-execution"
 }
 
+variable "kms_key_arn" {
+  description = "Customer managed KMS key for the run logs and the schedule (its key policy must let CloudWatch Logs and EventBridge Scheduler use it)."
+  type        = string
+  default     = "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000"
+}
+
 variable "scheduler_role_arn" {
   description = "Role EventBridge Scheduler assumes to run the task (ecs:RunTask, iam:PassRole)."
   type        = string
@@ -48,11 +54,17 @@ variable "scheduler_role_arn" {
 
 resource "aws_ecs_cluster" "bake" {
   name = "bake"
+
+  setting {
+    name  = "containerInsights"
+    value = "enabled"
+  }
 }
 
 resource "aws_cloudwatch_log_group" "bake" {
   name              = "/bake/runs"
-  retention_in_days = 90
+  retention_in_days = 365 # what each run built, published and cleaned up: a year of audit trail
+  kms_key_id        = var.kms_key_arn
 }
 
 resource "aws_ecs_task_definition" "bake" {
@@ -69,6 +81,14 @@ resource "aws_ecs_task_definition" "bake" {
     image     = var.bake_image
     essential = true
     command   = ["run", "pipelines/aws.toml", "-q", "--output", "json"]
+    # The image is read-only; the run's journals and temporary files go to task storage that
+    # ends with the task (on AWS, `bake sweep` finds a dead run's leftovers by tags, not journals).
+    readonlyRootFilesystem = true
+    environment            = [{ name = "BAKE_STATE_DIR", value = "/var/lib/bake" }]
+    mountPoints = [
+      { sourceVolume = "state", containerPath = "/var/lib/bake", readOnly = false },
+      { sourceVolume = "tmp", containerPath = "/tmp", readOnly = false },
+    ]
     # bake runs its cleanups on SIGTERM; ECS waits stopTimeout seconds before SIGKILL.
     stopTimeout = 120
     logConfiguration = {
@@ -80,12 +100,20 @@ resource "aws_ecs_task_definition" "bake" {
       }
     }
   }])
+
+  volume {
+    name = "state"
+  }
+  volume {
+    name = "tmp"
+  }
 }
 
 resource "aws_scheduler_schedule" "nightly" {
   name                         = "bake-nightly"
   schedule_expression          = "cron(0 3 * * ? *)"
   schedule_expression_timezone = "UTC"
+  kms_key_arn                  = var.kms_key_arn
 
   flexible_time_window {
     mode                      = "FLEXIBLE"

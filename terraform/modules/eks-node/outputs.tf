@@ -1,14 +1,10 @@
-output "image_id" {
-  description = "The AMI the nodes run."
-  value       = data.aws_ssm_parameter.image.insecure_value
-}
-
-output "image_parameter" {
-  description = "The SSM parameter (with :version for a channel) the image was read from."
-  value       = local.image_parameter
-}
-
-output "instance_ids" {
-  description = "The static nodes."
-  value       = aws_instance.node[*].id
+output "nodes" {
+  description = "Per node: instance_id, image_id and image_parameter (with :version for a channel pin)."
+  value = {
+    for name, node in aws_instance.node : name => {
+      instance_id     = node.id
+      image_id        = node.ami
+      image_parameter = module.config.nodes[name].image_parameter
+    }
+  }
 }

@@ -1,16 +1,10 @@
-# The image: exactly one of `release` or `channel` + `channel_version`. Both are pins: the
-# node's image changes only when one of these inputs changes and someone runs `terraform apply`.
-# `bake pin` prints these values for a release or a channel.
+# Inputs. What each node is (pins, places, join data) is decided by ../eks-node-config, which
+# validates every input below that it receives; `bake pin` prints the pins.
 
 variable "ssm_prefix" {
   description = "Where bake publishes (the pipeline's [aws] ssm_prefix)."
   type        = string
   default     = "/bake"
-
-  validation {
-    condition     = can(regex("^/[A-Za-z0-9_./-]*[A-Za-z0-9_.-]$", var.ssm_prefix))
-    error_message = "ssm_prefix must start with / and not end with /, e.g. \"/bake\"."
-  }
 }
 
 variable "recipe" {
@@ -21,74 +15,72 @@ variable "recipe" {
 variable "arch" {
   description = "The node set's architecture: \"x86_64\" or \"arm64\". One module instance per arch."
   type        = string
-
-  validation {
-    condition     = contains(["x86_64", "arm64"], var.arch)
-    error_message = "arch must be \"x86_64\" or \"arm64\"."
-  }
-}
-
-variable "release" {
-  description = "A bake release, YYYY.MM.DD-N. Reads <prefix>/<recipe>/releases/<release>/<arch>, which never changes."
-  type        = string
-  default     = null
-
-  validation {
-    condition     = var.release == null || can(regex("^[0-9]{4}\\.[0-9]{2}\\.[0-9]{2}-[1-9][0-9]*$", var.release))
-    error_message = "release must look like 2026.11.25-1 (see `bake releases <recipe>`)."
-  }
-  validation {
-    condition     = (var.release == null) != (var.channel == null)
-    error_message = "Set exactly one of release, or channel with channel_version (`bake pin` prints them)."
-  }
-}
-
-variable "channel" {
-  description = "A cluster channel instead of a release. Requires channel_version."
-  type        = string
-  default     = null
-}
-
-variable "channel_version" {
-  description = "The version of <prefix>/<recipe>/channels/<channel>/<arch> to read (the VERSION column of `bake history`). A channel without a version would float; it is refused. SSM keeps only a parameter's last 100 versions, so such a pin stops resolving 100 promotions later: prefer `release` (what `bake pin --channel` prints)."
-  type        = number
-  default     = null
-
-  validation {
-    condition     = var.channel_version == null || try(var.channel_version >= 1 && floor(var.channel_version) == var.channel_version, false)
-    error_message = "channel_version must be a whole number >= 1."
-  }
-
-  validation {
-    condition     = var.channel == null || var.channel_version != null
-    error_message = "channel needs channel_version: a channel without a version would move the nodes on the next apply after any promotion. Use `bake pin <recipe> --channel <cluster>`, which pins the release the channel holds."
-  }
 }
 
 variable "name" {
-  description = "Name of the node set; instances are tagged Name = <name>-<index>."
+  description = "Name of the node set; each instance is tagged Name = <name>-<node>."
   type        = string
 }
 
-variable "instance_count" {
-  description = "How many static nodes."
-  type        = number
-  default     = 1
+variable "nodes" {
+  description = "The static nodes by name: subnet_id, and optionally instance_type, labels, taints, kubelet_extra_args, user_data. See ../eks-node-config."
+  type = map(object({
+    subnet_id          = string
+    instance_type      = optional(string)
+    labels             = optional(map(string), {})
+    taints             = optional(list(object({ key = string, value = optional(string, ""), effect = string })), [])
+    kubelet_extra_args = optional(list(string), [])
+    user_data          = optional(string)
+  }))
+}
+
+variable "pins" {
+  description = "Each node's image by node name: { release = \"2026.11.25-1\" } (`bake pin <recipe> <release> --node <name>`) or { channel = \"prod\", channel_version = 7 }. Changing one pin replaces that node alone."
+  type = map(object({
+    release         = optional(string)
+    channel         = optional(string)
+    channel_version = optional(number)
+  }))
 }
 
 variable "instance_type" {
-  description = "EC2 instance type; must match arch (e.g. m7i.xlarge for x86_64, m7g.xlarge for arm64)."
+  description = "EC2 instance type unless a node names its own; must match arch (m7i.xlarge for x86_64, m7g.xlarge for arm64)."
   type        = string
 }
 
-variable "subnet_ids" {
-  description = "Subnets to spread the nodes over (round robin)."
-  type        = list(string)
+variable "join" {
+  description = "\"bootstrap\" (Ubuntu EKS: /etc/eks/bootstrap.sh), \"nodeadm\" (AL2023 NodeConfig) or \"none\" (each node's own user_data)."
+  type        = string
+  default     = "bootstrap"
+}
 
-  validation {
-    condition     = length(var.subnet_ids) > 0
-    error_message = "subnet_ids needs at least one subnet."
-  }
+variable "cluster" {
+  description = "name, endpoint, certificate_authority, service_cidr of the cluster (from data \"aws_eks_cluster\"); null only with join = \"none\"."
+  type = object({
+    name                  = string
+    endpoint              = string
+    certificate_authority = string
+    service_cidr          = string
+  })
+  default = null
+}
+
+variable "labels" {
+  description = "Kubernetes labels for every node (a node's own labels win)."
+  type        = map(string)
+  default     = {}
+}
+
+variable "taints" {
+  description = "Taints for every node, added to each node's own."
+  type        = list(object({ key = string, value = optional(string, ""), effect = string }))
+  default     = []
+}
+
+variable "kubelet_extra_args" {
+  description = "Extra kubelet flags for every node, before each node's own."
+  type        = list(string)
+  default     = []
 }
 
 variable "security_group_ids" {
@@ -101,9 +93,16 @@ variable "iam_instance_profile" {
   type        = string
 }
 
-variable "user_data" {
-  description = "Cluster join user data (nodeadm NodeConfig for AL2023, bootstrap for Ubuntu EKS)."
-  type        = string
+variable "termination_protection" {
+  description = "EC2 termination protection (disable_api_termination) on every node: the console, the CLI and other tools cannot terminate them. Terraform still replaces a node whose pin changes and destroys one removed from `nodes` (force_destroy)."
+  type        = bool
+  default     = true
+}
+
+variable "detailed_monitoring" {
+  description = "One-minute CloudWatch metrics for the nodes (billed per instance)."
+  type        = bool
+  default     = true
 }
 
 variable "root_volume_size" {

@@ -1,5 +1,6 @@
-# One static node set of cluster "prod" on a pinned bake image; x86_64/ and arm64/ each call it
-# from their own state, so applying one never touches the other.
+# One static node set of cluster "prod" on bake images; x86_64/ and arm64/ each call it from
+# their own state, so applying one never touches the other. Each node has its own pin
+# (pins.auto.tfvars): rolling the set is one node at a time.
 
 variable "ssm_prefix" {
   type = string
@@ -10,20 +11,24 @@ variable "recipe" {
 variable "arch" {
   type = string
 }
-variable "release" {
-  type    = string
-  default = null
-}
-variable "channel" {
-  type    = string
-  default = null
-}
-variable "channel_version" {
-  type    = number
-  default = null
-}
 variable "instance_type" {
   type = string
+}
+variable "nodes" {
+  description = "The named nodes and their subnets (nodes.auto.tfvars)."
+  type = map(object({
+    subnet_id     = string
+    instance_type = optional(string)
+    labels        = optional(map(string), {})
+  }))
+}
+variable "pins" {
+  description = "Each node's release (pins.auto.tfvars; `bake pin --node` prints an entry)."
+  type = map(object({
+    release         = optional(string)
+    channel         = optional(string)
+    channel_version = optional(number)
+  }))
 }
 variable "cluster_name" {
   type    = string
@@ -37,39 +42,33 @@ data "aws_eks_cluster" "this" {
 module "nodes" {
   source = "../../../modules/eks-node"
 
-  ssm_prefix      = var.ssm_prefix
-  recipe          = var.recipe
-  arch            = var.arch
-  release         = var.release
-  channel         = var.channel
-  channel_version = var.channel_version
+  ssm_prefix    = var.ssm_prefix
+  recipe        = var.recipe
+  arch          = var.arch
+  name          = "${var.cluster_name}-${var.arch}"
+  nodes         = var.nodes
+  pins          = var.pins
+  instance_type = var.instance_type
 
-  name                 = "${var.cluster_name}-${var.arch}"
-  instance_count       = 3
-  instance_type        = var.instance_type
-  subnet_ids           = ["subnet-0aaaaaaaaaaaaaaa1", "subnet-0aaaaaaaaaaaaaaa2"]
+  # Ubuntu EKS images join with bootstrap.sh; an AL2023 recipe would say join = "nodeadm".
+  join = "bootstrap"
+  cluster = {
+    name                  = data.aws_eks_cluster.this.name
+    endpoint              = data.aws_eks_cluster.this.endpoint
+    certificate_authority = data.aws_eks_cluster.this.certificate_authority[0].data
+    service_cidr          = data.aws_eks_cluster.this.kubernetes_network_config[0].service_ipv4_cidr
+  }
+  labels = { "node.kubernetes.io/lifecycle" = "static" }
+
   security_group_ids   = [data.aws_eks_cluster.this.vpc_config[0].cluster_security_group_id]
   iam_instance_profile = "eks-node"
   root_volume_size     = 80
-
-  # Ubuntu EKS images join with bootstrap.sh; an AL2023 recipe would pass a nodeadm NodeConfig.
-  user_data = <<-EOT
-    #!/bin/bash
-    set -euo pipefail
-    /etc/eks/bootstrap.sh ${var.cluster_name} \
-      --apiserver-endpoint ${data.aws_eks_cluster.this.endpoint} \
-      --b64-cluster-ca ${data.aws_eks_cluster.this.certificate_authority[0].data}
-  EOT
 
   tags = {
     cluster = var.cluster_name
   }
 }
 
-output "image_id" {
-  value = module.nodes.image_id
-}
-
-output "image_parameter" {
-  value = module.nodes.image_parameter
+output "nodes" {
+  value = module.nodes.nodes
 }

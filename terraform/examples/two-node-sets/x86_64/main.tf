@@ -1,9 +1,13 @@
-# The x86_64 node set of cluster "prod", in its own state. Its image is pinned in
-# image.auto.tfvars, written by:
-#   bake pin eks-node <release> --arch x86_64 -p pipelines/aws.toml > image.auto.tfvars
+# The x86_64 node set of cluster "prod", in its own state. Three inputs files:
+#   node-set.auto.tfvars  recipe, arch, prefix   bake pin eks-node <release> --arch x86_64 -p pipelines/aws.toml
+#   nodes.auto.tfvars     the named nodes and their subnets (yours)
+#   pins.auto.tfvars      each node's release, one line per node. Rolling one node:
+#     bake pin eks-node <release> --arch x86_64 --node trade-1 --write pins.auto.tfvars -p pipelines/aws.toml
+#     terraform plan      # exactly one node replaced: trade-1
+#     (drain trade-1) terraform apply, then the next node.
 
 terraform {
-  required_version = ">= 1.9"
+  required_version = ">= 1.10" # the S3 backend's use_lockfile
 
   backend "s3" {
     bucket       = "example-terraform-state"
@@ -15,7 +19,7 @@ terraform {
   required_providers {
     aws = {
       source  = "hashicorp/aws"
-      version = ">= 5.0"
+      version = ">= 6.8"
     }
   }
 }
@@ -24,7 +28,8 @@ provider "aws" {
   region = "us-east-1"
 }
 
-# The pin, from image.auto.tfvars (`bake pin` prints exactly these names).
+# The node set (image.auto.tfvars), its nodes (nodes.auto.tfvars) and each node's pin
+# (pins.auto.tfvars, one line per node).
 variable "ssm_prefix" {
   type    = string
   default = "/bake"
@@ -35,31 +40,32 @@ variable "recipe" {
 variable "arch" {
   type = string
 }
-variable "release" {
-  type    = string
-  default = null
+variable "nodes" {
+  type = map(object({
+    subnet_id     = string
+    instance_type = optional(string)
+    labels        = optional(map(string), {})
+  }))
 }
-variable "channel" {
-  type    = string
-  default = null
-}
-variable "channel_version" {
-  type    = number
-  default = null
+variable "pins" {
+  type = map(object({
+    release         = optional(string)
+    channel         = optional(string)
+    channel_version = optional(number)
+  }))
 }
 
 module "nodes" {
   source = "../node-set"
 
-  ssm_prefix      = var.ssm_prefix
-  recipe          = var.recipe
-  arch            = var.arch
-  release         = var.release
-  channel         = var.channel
-  channel_version = var.channel_version
-  instance_type   = "m7i.xlarge"
+  ssm_prefix    = var.ssm_prefix
+  recipe        = var.recipe
+  arch          = var.arch
+  instance_type = "m7i.xlarge"
+  nodes         = var.nodes
+  pins          = var.pins
 }
 
-output "image_id" {
-  value = module.nodes.image_id
+output "nodes" {
+  value = module.nodes.nodes
 }

@@ -2,4 +2,3 @@
 ssm_prefix = "/bake"
 recipe     = "eks-node"
 arch       = "arm64"
-release    = "2026.11.25-1"
