@@ -20,6 +20,7 @@ const MUTATING: &[&str] = &[
     "CreateSecurityGroup",
     "DeleteSecurityGroup",
     "DeregisterImage",
+    "EnableImageDeprecation",
     "DeleteSnapshot",
     "PutParameter",
     "DeleteParameter",

@@ -153,6 +153,22 @@ fn what_bake_must_never_do_is_denied_by_the_printed_policy() {
             ),
         ),
         (
+            "deprecate another pipeline's image",
+            req(
+                "ec2:EnableImageDeprecation",
+                ec2("image", "ami-0123456789abcdef0"),
+                theirs.clone(),
+            ),
+        ),
+        (
+            "deprecate an untagged image",
+            req(
+                "ec2:EnableImageDeprecation",
+                ec2("image", "ami-0123456789abcdef0"),
+                untagged.clone(),
+            ),
+        ),
+        (
             "delete an untagged snapshot",
             req(
                 "ec2:DeleteSnapshot",

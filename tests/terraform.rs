@@ -688,7 +688,7 @@ async fn rolling_one_node_changes_one_line_and_a_revoked_pin_fails_the_plan() {
 
     // Revoke the second release: a pin to it fails the plan, naming the node, the release and
     // bake's reason; the other nodes' release still plans.
-    let (code, _, e) = bake(
+    let (code, revoked, e) = bake(
         &p,
         moto,
         &[
@@ -702,6 +702,50 @@ async fn rolling_one_node_changes_one_line_and_a_revoked_pin_fails_the_plan() {
         ],
     );
     assert_eq!(code, 0, "{e}");
+    // Its images are deprecated (EC2: whole minutes, not in the past); the other release's not.
+    // (Read through the proxy, which answers image deprecation for moto.)
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk_via_proxy().await);
+    let rel2_images: Vec<String> = ["x86_64", "arm64"]
+        .iter()
+        .map(|a| {
+            second["published"][0]["images"][a]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(revoked["deprecated_images"], json!(rel2_images));
+    let at = revoked["deprecated_at"].as_str().unwrap();
+    assert!(at.ends_with(":00Z"), "{at}");
+    let described = ec2
+        .describe_images()
+        .set_image_ids(Some(
+            rel2_images.iter().cloned().chain([image(&first)]).collect(),
+        ))
+        .send()
+        .await
+        .unwrap();
+    for i in described.images() {
+        let id = i.image_id().unwrap().to_string();
+        let when = i.deprecation_time().map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+        });
+        if rel2_images.contains(&id) {
+            assert_eq!(
+                when,
+                Some(
+                    chrono::DateTime::parse_from_rfc3339(at)
+                        .unwrap()
+                        .with_timezone(&chrono::Utc)
+                ),
+                "{id}"
+            );
+        } else {
+            assert_eq!(when, None, "{id} of the release still standing");
+        }
+    }
     if terraform().is_some() {
         let e = plan_harness(&inputs(published(&ssm, "/tfroll").await))
             .expect_err("a revoked pin plans");

@@ -134,6 +134,13 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
             "Condition": owned
         }),
         json!({
+            "Sid": "DeprecateOwnImagesOfRevokedReleases",
+            "Effect": "Allow",
+            "Action": "ec2:EnableImageDeprecation",
+            "Resource": amis("image/*"),
+            "Condition": owned
+        }),
+        json!({
             "Sid": "RunShellScriptOnOwnInstancesOnly",
             "Effect": "Allow",
             "Action": "ssm:SendCommand",

@@ -135,6 +135,8 @@ function ec2Requests(call) {
       return listOf(p, 'InstanceId').map(own)
     case 'DeregisterImage':
     case 'ModifyImageAttribute':
+    case 'EnableImageDeprecation':
+    case 'DisableImageDeprecation':
       return [own(p.ImageId)]
     case 'DeleteSnapshot':
       return [own(p.SnapshotId)]

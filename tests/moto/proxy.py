@@ -13,6 +13,9 @@ Config: a JSON file re-read on every request, so a test can change it between ru
                "after": "CreateImage"}],
    "image_state_after_create": "failed",
    "image_available_after_s": 0}
+EnableImageDeprecation / DisableImageDeprecation, which moto 5.2.5 lacks, are answered here as
+EC2 documents them (the image must exist; DeprecateAt not in the past, at most 10 years ahead,
+seconds rounded to the minute), and DescribeImages then shows each image's deprecationTime.
 Faults answer the first `times` calls of `action` (after a call of `after`, if given) with an
 AWS error, before moto sees them: throttling, 5xx, eventual-consistency errors.
 Every request is appended to calls.jsonl next to the config (service, action), so tests can
@@ -51,6 +54,7 @@ FIRST_ASKED = {}                # instance id -> first DescribeInstanceInformati
 FAULTS_USED = {}                # fault index -> times injected
 CREATED_AT = {}                 # image id -> when CreateImage answered
 SEEN = set()                    # actions seen so far (for faults that start "after" one)
+DEPRECATIONS = {}               # image id -> DeprecationTime (moto 5.2.5 has no deprecation)
 
 
 def rest_action(method, path):
@@ -265,6 +269,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             req["MaxResults"] = min(int(req.get("MaxResults") or 5), 5)
             body = json.dumps(req).encode()
         machine = MACHINES.configure(cfg)
+        if service == "ec2" and action in ("EnableImageDeprecation", "DisableImageDeprecation"):
+            return self.deprecation(action, form, region)
         if service == "ssm":
             req = json.loads(body or b"{}")
             handled = self.ssm(action, req, cfg)
@@ -292,6 +298,13 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                     return m.group(0).replace(b"<imageState>available</imageState>", b"<imageState>pending</imageState>")
                 return m.group(0)
             data = re.sub(rb"<imageId>([^<]+)</imageId>.*?</item>", pend, data, flags=re.S)
+        if service == "ec2" and action == "DescribeImages" and status == 200 and DEPRECATIONS:
+            def deprecated(m):
+                at = DEPRECATIONS.get(m.group(1).decode())
+                return m.group(0) + (b"<deprecationTime>%s</deprecationTime>" % at.encode() if at else b"")
+            data = re.sub(rb"<imageId>([^<]+)</imageId>", deprecated, data)
+        if service == "ec2" and action == "DeregisterImage" and status == 200:
+            DEPRECATIONS.pop((form.get("ImageId") or [""])[0], None)
         if page is not None and status == 200:
             data = paginate(data, action, page)
         state = cfg.get("image_state_after_create")
@@ -374,6 +387,36 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             for i, (k, v) in enumerate(tags):
                 pairs += [("Tag.%d.Key" % (i + 1), k), ("Tag.%d.Value" % (i + 1), v)]
             self.moto_ec2(region, pairs)
+
+    def deprecation(self, action, form, region):
+        """EC2's image deprecation, which moto lacks, held here per image."""
+        import datetime
+        image = (form.get("ImageId") or [""])[0]
+        xml = self.moto_ec2(region, [("Action", "DescribeImages"), ("ImageId.1", image)]).decode()
+        if "<imageId>%s</imageId>" % image not in xml:
+            return self.error("ec2", {"code": "InvalidAMIID.NotFound", "message": "The image id '[%s]' does not exist" % image})
+        if action == "DisableImageDeprecation":
+            DEPRECATIONS.pop(image, None)
+        else:
+            raw = (form.get("DeprecateAt") or [""])[0]
+            try:
+                at = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            except ValueError:
+                return self.error("ec2", {"code": "InvalidParameterValue", "message": "DeprecateAt %r is not a timestamp" % raw})
+            at = (at + datetime.timedelta(seconds=30)).replace(second=0, microsecond=0)
+            now = datetime.datetime.now(datetime.timezone.utc)
+            if at < now.replace(second=0, microsecond=0):
+                return self.error("ec2", {"code": "InvalidParameterValue", "message": "DeprecateAt cannot be in the past"})
+            if at > now + datetime.timedelta(days=3653):
+                return self.error("ec2", {"code": "InvalidParameterValue", "message": "DeprecateAt is more than 10 years from now"})
+            DEPRECATIONS[image] = at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        data = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?><%sResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">"
+                "<requestId>proxy</requestId><return>true</return></%sResponse>" % (action, action)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def fault(self, service, action, cfg):
         rnd = cfg.get("random_faults")

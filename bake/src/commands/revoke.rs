@@ -1,6 +1,8 @@
 //! `bake revoke`: withdraw a bad release. It stays as published (immutable); a revocation is
 //! written once beside it, and from then on `promote`, `pin` and the channel pins that still
-//! hold it refuse it, and `status` flags every channel that points at it.
+//! hold it refuse it, `status` flags every channel that points at it, and Terraform fails the
+//! plan of a node pinned to it. On AWS its images (and copies) are deprecated first, so that a
+//! failure leaves nothing half-revoked: the revocation is written only once they are.
 
 use super::{json, locked, open, RegistryArgs};
 use super::{Global, Output};
@@ -34,25 +36,42 @@ pub async fn run(args: &RevokeArgs, g: &Global) -> Result<u8> {
             "--reason must say why the release is revoked".into(),
         ));
     }
-    let (_, reg) = open(&pipeline, &g.state_dir).await?;
+    let (provider, reg) = open(&pipeline, &g.state_dir).await?;
     let who = promote::who();
     let revocation = Revocation {
         reason: args.reason.trim().to_string(),
         who: who.clone(),
         at: chrono::Utc::now(),
     };
+    // EC2 takes whole minutes and refuses the past: the next minute but one.
+    let deprecate_at = {
+        use chrono::{DurationRound, TimeDelta};
+        let now = chrono::Utc::now();
+        now.duration_trunc(TimeDelta::minutes(1)).unwrap_or(now) + TimeDelta::minutes(2)
+    };
     let work = async {
-        reg.existing_release(recipe, &args.release).await?;
+        let release = reg.existing_release(recipe, &args.release).await?;
+        if let Some(first) = reg.revocation(recipe, &args.release).await? {
+            return Err(crate::registry::already_revoked(
+                recipe,
+                &args.release,
+                Some(first),
+            ));
+        }
+        let images: Vec<_> = release.images.into_values().collect();
+        let deprecated = provider.deprecate_images(&images, deprecate_at).await?;
         reg.revoke(recipe, &args.release, &revocation).await?;
         // The channels that still point at it: a person has to move each.
         let channels = reg.channels(recipe).await?;
-        Ok(channels
+        let holding = channels
             .into_iter()
             .filter(|(_, e)| e.release == args.release)
             .map(|(c, _)| c)
-            .collect::<Vec<_>>())
+            .collect::<Vec<_>>();
+        Ok((holding, deprecated))
     };
-    let holding = locked(reg.as_ref(), recipe, &who, args.break_lock, false, work).await?;
+    let (holding, deprecated) =
+        locked(reg.as_ref(), recipe, &who, args.break_lock, false, work).await?;
     #[derive(Serialize)]
     struct Out<'a> {
         recipe: &'a str,
@@ -61,12 +80,18 @@ pub async fn run(args: &RevokeArgs, g: &Global) -> Result<u8> {
         revocation: &'a Revocation,
         /// Channels that still point at it.
         channels: &'a [String],
+        /// Images (and copies) deprecated, from `deprecated_at` on (AWS).
+        deprecated_images: &'a [String],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        deprecated_at: Option<chrono::DateTime<chrono::Utc>>,
     }
     let out = Out {
         recipe,
         release: &args.release,
         revocation: &revocation,
         channels: &holding,
+        deprecated_images: &deprecated,
+        deprecated_at: (!deprecated.is_empty()).then_some(deprecate_at),
     };
     match g.output {
         Output::Json => json(&out),
@@ -75,6 +100,13 @@ pub async fn run(args: &RevokeArgs, g: &Global) -> Result<u8> {
                 "{recipe}: release {} revoked: {}",
                 args.release, revocation.reason
             );
+            if !deprecated.is_empty() {
+                println!(
+                    "images deprecated from {}: {}",
+                    deprecate_at.format("%Y-%m-%d %H:%M UTC"),
+                    deprecated.join(", ")
+                );
+            }
             for c in &holding {
                 println!("channel `{c}` still points at it: move it with `bake promote` or `bake rollback`");
             }

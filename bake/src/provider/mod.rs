@@ -174,6 +174,16 @@ pub trait Provider: Send + Sync {
         Ok(())
     }
 
+    /// Deprecates a withdrawn release's images (and their copies) from `at` on; the IDs it
+    /// deprecated. Nothing where images have no deprecation (the local provider).
+    async fn deprecate_images(
+        &self,
+        _images: &[crate::release::ReleaseImage],
+        _at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
     /// Deletes an image and what belongs to it (snapshots, files).
     async fn delete_image(&self, image_id: &str) -> Result<()>;
 

@@ -151,6 +151,20 @@ impl<'a> Images<'a> {
         Ok(())
     }
 
+    /// Deprecates the image from `at` on (EC2 takes whole minutes, never in the past): it still
+    /// launches, but is hidden from other accounts' searches and flagged to its readers.
+    pub async fn deprecate(&self, image: &str, at: chrono::DateTime<chrono::Utc>) -> Result<()> {
+        self.limits.ec2.until_ready().await;
+        self.ec2
+            .enable_image_deprecation()
+            .image_id(image)
+            .deprecate_at(aws_smithy_types::DateTime::from_secs(at.timestamp()))
+            .send()
+            .await
+            .map_err(|e| err(format!("deprecating {image} in {}", self.region), e))?;
+        Ok(())
+    }
+
     /// Deletes a snapshot of a just-deregistered image. EC2 is eventually consistent: right
     /// after DeregisterImage the snapshot may still count as in use by it
     /// (`InvalidSnapshot.InUse`), so that answer is retried with backoff, up to a limit.

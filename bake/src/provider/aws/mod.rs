@@ -444,6 +444,27 @@ impl Provider for AwsProvider {
         Ok(())
     }
 
+    async fn deprecate_images(
+        &self,
+        images: &[crate::release::ReleaseImage],
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>> {
+        let mut done = Vec::new();
+        for i in images {
+            self.images().deprecate(&i.image_id, at).await?;
+            done.push(i.image_id.clone());
+        }
+        for copies in self.copy_regions() {
+            for i in images {
+                if let Some(copy) = i.copies.get(copies.region()) {
+                    copies.deprecate(copy, at).await?;
+                    done.push(copy.clone());
+                }
+            }
+        }
+        Ok(done)
+    }
+
     async fn delete_image(&self, image_id: &str) -> Result<()> {
         for images in self.copy_regions() {
             for copy in images.copies_of(image_id).await? {
