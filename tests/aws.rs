@@ -710,6 +710,79 @@ async fn prune_keeps_images_in_use_by_instances_and_launch_templates() {
         ],
     );
     assert_eq!(code, 0, "{stderr}");
+    // First they retire: deprecated now, deleted `deprecate_for` (7 days) later. Nothing is
+    // deleted yet and both releases still resolve.
+    assert!(
+        applied["delete"].as_array().unwrap().is_empty(),
+        "{applied:#}"
+    );
+    let retiring = applied["retire"].as_array().unwrap();
+    assert_eq!(retiring.len(), 2, "{applied:#}");
+    let via_proxy = aws_sdk_ec2::Client::new(&moto.sdk_via_proxy().await);
+    for r in retiring {
+        let after =
+            chrono::DateTime::parse_from_rfc3339(r["deletable_after"].as_str().unwrap()).unwrap();
+        let days = (after.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_hours();
+        assert!((167..=168).contains(&days), "{r}");
+        for image in r["images"].as_object().unwrap().values() {
+            let d = via_proxy
+                .describe_images()
+                .image_ids(image.as_str().unwrap())
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                d.images()[0].deprecation_time().is_some(),
+                "{image} deprecated"
+            );
+        }
+    }
+    let (_, left, _) = bake(
+        &p,
+        moto,
+        &["releases", "eks-node", "-p", "pipelines/aws.toml"],
+    );
+    assert_eq!(left.as_array().unwrap().len(), 3);
+    // A second prune the same day deprecates nothing again and deletes nothing.
+    let (code, again, stderr) = bake(
+        &p,
+        moto,
+        &[
+            "prune",
+            "eks-node",
+            "--keep",
+            "1",
+            "--apply",
+            "-p",
+            "pipelines/aws.toml",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(again["delete"].as_array().unwrap().is_empty(), "{again:#}");
+    assert!(
+        again["retire"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["deprecate"] == json!([])),
+        "{again:#}"
+    );
+    // A week later they go.
+    moto.set_config(json!({"deprecations_aged_s": 7 * 24 * 3600 + 180}));
+    let (code, applied, stderr) = bake(
+        &p,
+        moto,
+        &[
+            "prune",
+            "eks-node",
+            "--keep",
+            "1",
+            "--apply",
+            "-p",
+            "pipelines/aws.toml",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
     assert_eq!(
         applied["delete"].as_array().unwrap().len(),
         2,
@@ -1130,6 +1203,11 @@ async fn sweep_prune_and_reuse_stay_in_their_own_pipeline() {
     let (code, _, stderr) = bake(&a, moto, &["run", "pipelines/aws.toml"]);
     assert_eq!(code, 0, "{stderr}");
     a.edit("pipelines/aws.toml", "history = 3", "history = 0");
+    a.edit(
+        "pipelines/aws.toml",
+        "deprecate_for = \"7d\"",
+        "deprecate_for = \"0s\"",
+    );
     let (code, pruned, stderr) = bake(
         &a,
         moto,

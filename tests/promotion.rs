@@ -378,8 +378,11 @@ async fn prune_plans_then_applies_and_keeps_what_is_referenced_or_in_use() {
         &w.provider,
         "eks-node",
         w.pipeline.clusters.keys(),
+        &bake::pipeline::Retention {
+            history: 3,
+            ..Default::default()
+        },
         2,
-        3,
     )
     .await
     .unwrap();

@@ -134,7 +134,7 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
             "Condition": owned
         }),
         json!({
-            "Sid": "DeprecateOwnImagesOfRevokedReleases",
+            "Sid": "DeprecateOwnImages",
             "Effect": "Allow",
             "Action": "ec2:EnableImageDeprecation",
             "Resource": amis("image/*"),

@@ -3,11 +3,16 @@
 //! `history` entries before that, or when any of its images is in use (an instance or launch
 //! template uses it, or it has deregistration protection). An image is deleted only when no
 //! kept release and no protected channel entry refers to it. Registry entries go last.
+//!
+//! Where images can be deprecated (AWS), a release leaving `keep` retires first: its images are
+//! deprecated, and only `deprecate_for` after their deprecation time does prune delete them
+//! and the release. Until then the release stays in the registry, so pins keep resolving.
 
 use crate::provider::Provider;
 use crate::registry::Registry;
 use crate::release::{ChannelEntry, Manifest, ReleaseId};
 use crate::{Arch, Result};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,6 +28,12 @@ pub struct Inputs {
     pub keep: usize,
     /// Channel entries before the current one whose releases are protected.
     pub history: usize,
+    /// Images deprecated (or to be), with when.
+    pub deprecated: BTreeMap<String, DateTime<Utc>>,
+    /// How long images stay deprecated before they are deleted; None: deleted at once (no
+    /// deprecation where they live, or a zero grace).
+    pub deprecate_for: Option<chrono::TimeDelta>,
+    pub now: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -38,9 +49,22 @@ pub struct Doomed {
     pub images: BTreeMap<Arch, String>,
 }
 
+/// A release on its way out: its images are deprecated (now, or already) and deleted with it
+/// once `deletable_after` has passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Retiring {
+    pub release: ReleaseId,
+    /// Its images that go with it.
+    pub images: BTreeMap<Arch, String>,
+    /// Those not deprecated yet (the plan deprecates them).
+    pub deprecate: Vec<String>,
+    pub deletable_after: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct PrunePlan {
     pub delete: Vec<Doomed>,
+    pub retire: Vec<Retiring>,
     pub kept: Vec<Kept>,
 }
 
@@ -102,8 +126,47 @@ pub fn plan(inputs: &Inputs) -> PrunePlan {
         still_used.extend(r.images.values().map(|i| i.image_id.clone()));
     }
     still_used.extend(inputs.in_use.keys().cloned());
-    let mut deleted_images = BTreeSet::new();
+    // With deprecation, first the releases that must still wait: everything they hold stays
+    // (an image shared with a deletable release too).
+    let mut ready = Vec::new();
     for release in doomed {
+        let images = release
+            .images
+            .iter()
+            .filter(|(_, i)| !still_used.contains(&i.image_id))
+            .map(|(a, i)| (*a, i.image_id.clone()))
+            .collect::<BTreeMap<Arch, String>>();
+        let waiting = inputs.deprecate_for.and_then(|grace| {
+            // Deletable when every image has been deprecated for the grace period.
+            let start = crate::provider::deprecation_start(inputs.now);
+            images
+                .values()
+                .map(|i| *inputs.deprecated.get(i).unwrap_or(&start) + grace)
+                .max()
+                .filter(|after| *after > inputs.now)
+        });
+        match waiting {
+            Some(after) => {
+                let deprecate = images
+                    .values()
+                    .filter(|i| !inputs.deprecated.contains_key(*i))
+                    .cloned()
+                    .collect();
+                result.retire.push(Retiring {
+                    release: release.release.clone(),
+                    images,
+                    deprecate,
+                    deletable_after: after,
+                });
+            }
+            None => ready.push(release),
+        }
+    }
+    for r in &result.retire {
+        still_used.extend(r.images.values().cloned());
+    }
+    let mut deleted_images = BTreeSet::new();
+    for release in ready {
         let images = release
             .images
             .iter()
@@ -126,9 +189,10 @@ pub async fn inputs(
     provider: &dyn Provider,
     recipe: &str,
     clusters: impl IntoIterator<Item = &String>,
+    retention: &crate::pipeline::Retention,
     keep: usize,
-    history: usize,
 ) -> Result<Inputs> {
+    let history = retention.history;
     let releases = registry.releases(recipe).await?;
     let mut channels = BTreeMap::new();
     // Every channel with history, including clusters no longer in the pipeline.
@@ -137,14 +201,24 @@ pub async fn inputs(
     for c in names {
         channels.insert(c.clone(), registry.channel_history(recipe, &c).await?);
     }
+    let deprecate_for = (provider.deprecates() && !retention.deprecate_for.is_zero()).then(|| {
+        chrono::TimeDelta::from_std(retention.deprecate_for).unwrap_or(chrono::TimeDelta::MAX)
+    });
     let mut in_use = BTreeMap::new();
-    for r in &releases {
+    let mut deprecated = BTreeMap::new();
+    for (i, r) in releases.iter().enumerate() {
+        // Only releases past `keep` can retire: their deprecation state is all prune needs.
+        let may_go = i + keep < releases.len();
         for image in r.images.values() {
             if in_use.contains_key(&image.image_id) {
                 continue;
             }
             if let Some(why) = provider.image_in_use(&image.image_id).await? {
                 in_use.insert(image.image_id.clone(), why);
+            } else if may_go && deprecate_for.is_some() {
+                if let Some(at) = provider.deprecation(&image.image_id).await? {
+                    deprecated.insert(image.image_id.clone(), at);
+                }
             }
         }
     }
@@ -154,16 +228,26 @@ pub async fn inputs(
         in_use,
         keep,
         history,
+        deprecated,
+        deprecate_for,
+        now: Utc::now(),
     })
 }
 
-/// Carries out a plan: images first (with their snapshots/files), then registry entries.
+/// Carries out a plan: deprecations of retiring releases' images; then, for the doomed, images
+/// first (with their snapshots/files), then registry entries.
 pub async fn apply(
     registry: &dyn Registry,
     provider: &dyn Provider,
     recipe: &str,
     plan: &PrunePlan,
 ) -> Result<()> {
+    let start = crate::provider::deprecation_start(Utc::now());
+    for r in &plan.retire {
+        if !r.deprecate.is_empty() {
+            provider.deprecate_images(&r.deprecate, start).await?;
+        }
+    }
     for doomed in &plan.delete {
         for image in doomed.images.values() {
             // Re-check right before deleting: something may have started using it.
@@ -185,7 +269,7 @@ mod tests {
     use super::*;
     use crate::key::BakeKey;
     use crate::release::ReleaseImage;
-    use chrono::{NaiveDate, Utc};
+    use chrono::NaiveDate;
     use proptest::prelude::*;
 
     fn release(n: u32, images: &[(Arch, u32)]) -> Manifest {
@@ -224,8 +308,13 @@ mod tests {
                 proptest::collection::vec((any::<bool>(), any::<bool>()), n),
                 proptest::collection::vec(proptest::collection::vec(0..n, 0..8), 0..4),
                 proptest::collection::vec(0..(2 * n as u32 + 2), 0..3),
+                // Deprecated images, deprecated this many hours ago (negative: in the future),
+                // and the grace in hours (None: no deprecation).
+                proptest::collection::vec((0..(2 * n as u32 + 2), -48i64..400), 0..8),
+                proptest::option::of(0i64..200),
             )
-                .prop_map(move |(carry, channels, busy)| {
+                .prop_map(move |(carry, channels, busy, deprecated, grace)| {
+                    let now = Utc::now();
                     let mut releases = Vec::new();
                     let mut next = 0u32;
                     let mut last = (0u32, 0u32);
@@ -282,6 +371,14 @@ mod tests {
                         in_use,
                         keep,
                         history,
+                        deprecated: deprecated
+                            .iter()
+                            .map(|(i, ago)| {
+                                (format!("img-{i}"), now - chrono::TimeDelta::hours(*ago))
+                            })
+                            .collect(),
+                        deprecate_for: grace.filter(|g| *g > 0).map(chrono::TimeDelta::hours),
+                        now,
                     }
                 })
         })
@@ -294,10 +391,29 @@ mod tests {
             let deleted_releases: BTreeSet<&ReleaseId> = plan.delete.iter().map(|d| &d.release).collect();
             let deleted_images: BTreeSet<&String> = plan.delete.iter().flat_map(|d| d.images.values()).collect();
             // Every release is decided exactly once.
-            prop_assert_eq!(plan.delete.len() + plan.kept.len(), inputs.releases.len());
+            prop_assert_eq!(plan.delete.len() + plan.retire.len() + plan.kept.len(), inputs.releases.len());
+            // With deprecation, an image is deleted only once it has been deprecated for the
+            // grace period; a retiring release is not deletable yet, and its images that are not
+            // deprecated are the ones the plan deprecates.
+            if let Some(grace) = inputs.deprecate_for {
+                for image in &deleted_images {
+                    let at = inputs.deprecated.get(*image);
+                    prop_assert!(at.is_some_and(|t| *t + grace <= inputs.now), "deleted {} deprecated at {:?}", image, at);
+                }
+                for r in &plan.retire {
+                    prop_assert!(r.deletable_after > inputs.now);
+                    for image in r.images.values() {
+                        prop_assert_eq!(r.deprecate.contains(image), !inputs.deprecated.contains_key(image));
+                    }
+                }
+            } else {
+                prop_assert!(plan.retire.is_empty());
+            }
+            let retiring: BTreeSet<&ReleaseId> = plan.retire.iter().map(|r| &r.release).collect();
             // The newest `keep` stay.
             for r in inputs.releases.iter().rev().take(inputs.keep) {
                 prop_assert!(!deleted_releases.contains(&r.release));
+                prop_assert!(!plan.retire.iter().any(|x| x.release == r.release));
             }
             // Channel entries now and in the last `history` before it: releases and images stay.
             for history in inputs.channels.values() {
@@ -312,7 +428,7 @@ mod tests {
             for image in inputs.in_use.keys() {
                 prop_assert!(!deleted_images.contains(image));
             }
-            // No kept release loses an image.
+            // No kept or retiring release loses an image.
             for r in inputs.releases.iter().filter(|r| !deleted_releases.contains(&r.release)) {
                 for image in r.images.values() {
                     prop_assert!(!deleted_images.contains(&image.image_id), "kept {} lost {}", r.release, image.image_id);

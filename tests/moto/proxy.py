@@ -16,6 +16,8 @@ Config: a JSON file re-read on every request, so a test can change it between ru
 EnableImageDeprecation / DisableImageDeprecation, which moto 5.2.5 lacks, are answered here as
 EC2 documents them (the image must exist; DeprecateAt not in the past, at most 10 years ahead,
 seconds rounded to the minute), and DescribeImages then shows each image's deprecationTime.
+  "deprecations_aged_s": N
+shows every deprecation time N seconds earlier than it was set: time passing for a grace period.
 Faults answer the first `times` calls of `action` (after a call of `after`, if given) with an
 AWS error, before moto sees them: throttling, 5xx, eventual-consistency errors.
 Every request is appended to calls.jsonl next to the config (service, action), so tests can
@@ -299,9 +301,17 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 return m.group(0)
             data = re.sub(rb"<imageId>([^<]+)</imageId>.*?</item>", pend, data, flags=re.S)
         if service == "ec2" and action == "DescribeImages" and status == 200 and DEPRECATIONS:
+            aged = float(cfg.get("deprecations_aged_s", 0))
+
             def deprecated(m):
+                import datetime
                 at = DEPRECATIONS.get(m.group(1).decode())
-                return m.group(0) + (b"<deprecationTime>%s</deprecationTime>" % at.encode() if at else b"")
+                if not at:
+                    return m.group(0)
+                if aged:
+                    t = datetime.datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.000Z") - datetime.timedelta(seconds=aged)
+                    at = t.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+                return m.group(0) + b"<deprecationTime>%s</deprecationTime>" % at.encode()
             data = re.sub(rb"<imageId>([^<]+)</imageId>", deprecated, data)
         if service == "ec2" and action == "DeregisterImage" and status == 200:
             DEPRECATIONS.pop((form.get("ImageId") or [""])[0], None)

@@ -40,8 +40,8 @@ pub async fn run(args: &PruneArgs, g: &Global) -> Result<u8> {
             provider.as_ref(),
             recipe,
             pipeline.clusters.keys(),
+            &pipeline.retention,
             keep,
-            pipeline.retention.history,
         )
         .await?;
         let plan = prune::plan(&inputs);
@@ -86,10 +86,29 @@ fn print_prune(output: Output, plan: &prune::PrunePlan, applied: bool) {
         };
         println!("{verb} {} {images}", d.release);
     }
+    for r in &plan.retire {
+        let images = r
+            .images
+            .iter()
+            .map(|(a, i)| format!("{a}={i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let deprecating = match (r.deprecate.is_empty(), applied) {
+            (true, _) => "images deprecated".to_string(),
+            (false, true) => format!("deprecated {}", r.deprecate.join(", ")),
+            (false, false) => format!("would deprecate {}", r.deprecate.join(", ")),
+        };
+        println!(
+            "retire {} {images}: {deprecating}; deleted by the first prune after {}",
+            r.release,
+            r.deletable_after.format("%Y-%m-%d %H:%M UTC")
+        );
+    }
     for k in &plan.kept {
         println!("keep {}: {}", k.release, k.reasons.join("; "));
     }
-    if !applied && !plan.delete.is_empty() {
-        println!("plan only; run again with --apply to delete");
+    if !applied && (!plan.delete.is_empty() || plan.retire.iter().any(|r| !r.deprecate.is_empty()))
+    {
+        println!("plan only; run again with --apply to act");
     }
 }

@@ -43,12 +43,7 @@ pub async fn run(args: &RevokeArgs, g: &Global) -> Result<u8> {
         who: who.clone(),
         at: chrono::Utc::now(),
     };
-    // EC2 takes whole minutes and refuses the past: the next minute but one.
-    let deprecate_at = {
-        use chrono::{DurationRound, TimeDelta};
-        let now = chrono::Utc::now();
-        now.duration_trunc(TimeDelta::minutes(1)).unwrap_or(now) + TimeDelta::minutes(2)
-    };
+    let deprecate_at = crate::provider::deprecation_start(chrono::Utc::now());
     let work = async {
         let release = reg.existing_release(recipe, &args.release).await?;
         if let Some(first) = reg.revocation(recipe, &args.release).await? {
@@ -58,7 +53,7 @@ pub async fn run(args: &RevokeArgs, g: &Global) -> Result<u8> {
                 Some(first),
             ));
         }
-        let images: Vec<_> = release.images.into_values().collect();
+        let images: Vec<String> = release.images.into_values().map(|i| i.image_id).collect();
         let deprecated = provider.deprecate_images(&images, deprecate_at).await?;
         reg.revoke(recipe, &args.release, &revocation).await?;
         // The channels that still point at it: a person has to move each.

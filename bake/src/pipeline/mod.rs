@@ -105,6 +105,11 @@ pub struct Retention {
     /// Channel history entries whose images are protected from prune.
     #[serde(default = "default_history")]
     pub history: usize,
+    /// How long the images of a release that left `keep` stay deprecated before prune deletes
+    /// them (AWS; "0s" deletes them at once). Nodes pinned to them keep planning meanwhile and
+    /// anyone reading the image sees it is on its way out.
+    #[serde(default = "default_deprecate_for", with = "humantime_serde")]
+    pub deprecate_for: std::time::Duration,
 }
 
 fn default_keep() -> usize {
@@ -113,12 +118,16 @@ fn default_keep() -> usize {
 fn default_history() -> usize {
     3
 }
+fn default_deprecate_for() -> std::time::Duration {
+    std::time::Duration::from_secs(7 * 24 * 3600)
+}
 
 impl Default for Retention {
     fn default() -> Self {
         Retention {
             keep: default_keep(),
             history: default_history(),
+            deprecate_for: default_deprecate_for(),
         }
     }
 }

@@ -117,6 +117,13 @@ pub struct Leftover {
     pub reusable: bool,
 }
 
+/// When a deprecation asked for now takes effect: EC2 takes whole minutes and refuses the
+/// past, so the next minute but one.
+pub fn deprecation_start(now: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    use chrono::{DurationRound, TimeDelta};
+    now.duration_trunc(TimeDelta::minutes(1)).unwrap_or(now) + TimeDelta::minutes(2)
+}
+
 #[async_trait]
 pub trait Provider: Send + Sync {
     fn name(&self) -> &'static str;
@@ -174,14 +181,24 @@ pub trait Provider: Send + Sync {
         Ok(())
     }
 
-    /// Deprecates a withdrawn release's images (and their copies) from `at` on; the IDs it
-    /// deprecated. Nothing where images have no deprecation (the local provider).
+    /// Whether images here can be deprecated (then prune deprecates before it deletes).
+    fn deprecates(&self) -> bool {
+        false
+    }
+
+    /// Deprecates these images (and their copies) from `at` on; the IDs it deprecated. Nothing
+    /// where images have no deprecation (the local provider).
     async fn deprecate_images(
         &self,
-        _images: &[crate::release::ReleaseImage],
+        _images: &[String],
         _at: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<String>> {
         Ok(Vec::new())
+    }
+
+    /// When the image is (or will be) deprecated, if it is.
+    async fn deprecation(&self, _image_id: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        Ok(None)
     }
 
     /// Deletes an image and what belongs to it (snapshots, files).

@@ -165,6 +165,24 @@ impl<'a> Images<'a> {
         Ok(())
     }
 
+    /// The image's deprecation time, if it has one.
+    pub async fn deprecation(&self, image: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        self.limits.ec2.until_ready().await;
+        let described = self
+            .ec2
+            .describe_images()
+            .image_ids(image)
+            .send()
+            .await
+            .map_err(|e| err(format!("describing {image} in {}", self.region), e))?;
+        Ok(described
+            .images()
+            .first()
+            .and_then(|i| i.deprecation_time())
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc)))
+    }
+
     /// Deletes a snapshot of a just-deregistered image. EC2 is eventually consistent: right
     /// after DeregisterImage the snapshot may still count as in use by it
     /// (`InvalidSnapshot.InUse`), so that answer is retried with backoff, up to a limit.

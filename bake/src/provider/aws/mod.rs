@@ -444,25 +444,33 @@ impl Provider for AwsProvider {
         Ok(())
     }
 
+    fn deprecates(&self) -> bool {
+        true
+    }
+
     async fn deprecate_images(
         &self,
-        images: &[crate::release::ReleaseImage],
+        images: &[String],
         at: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<String>> {
         let mut done = Vec::new();
-        for i in images {
-            self.images().deprecate(&i.image_id, at).await?;
-            done.push(i.image_id.clone());
+        for image in images {
+            self.images().deprecate(image, at).await?;
+            done.push(image.clone());
         }
         for copies in self.copy_regions() {
-            for i in images {
-                if let Some(copy) = i.copies.get(copies.region()) {
-                    copies.deprecate(copy, at).await?;
-                    done.push(copy.clone());
+            for image in images {
+                for copy in copies.copies_of(image).await? {
+                    copies.deprecate(&copy, at).await?;
+                    done.push(copy);
                 }
             }
         }
         Ok(done)
+    }
+
+    async fn deprecation(&self, image_id: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        self.images().deprecation(image_id).await
     }
 
     async fn delete_image(&self, image_id: &str) -> Result<()> {
