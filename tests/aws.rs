@@ -21,6 +21,8 @@ const MUTATING: &[&str] = &[
     "DeleteSecurityGroup",
     "DeregisterImage",
     "EnableImageDeprecation",
+    "EnableImageDeregistrationProtection",
+    "DisableImageDeregistrationProtection",
     "DeleteSnapshot",
     "PutParameter",
     "DeleteParameter",
@@ -1507,4 +1509,187 @@ async fn the_ubuntu_and_al2023_recipes_plan_against_their_bases() {
         assert!(names.contains(&own), "{recipe}: {own}");
         assert!(r.volume.size().is_none(), "{recipe} takes its base's size");
     }
+}
+
+/// What a prod channel runs gets deregistration protection, which follows the channel's history
+/// window; protection somebody else set is never lifted, and prune keeps such an image.
+#[tokio::test]
+async fn prod_images_are_protected_from_deregistration_while_prod_may_need_them() {
+    let moto = Moto::get();
+    let p = project("/protect1");
+    p.edit("pipelines/aws.toml", "history = 3", "history = 1");
+    p.edit(
+        "pipelines/aws.toml",
+        "deprecate_for = \"7d\"",
+        "deprecate_for = \"0s\"",
+    );
+    let mut releases = Vec::new();
+    for _ in 0..3 {
+        let (x86, arm) = bases(moto).await;
+        moto.set_config(json!({"parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm}}));
+        let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
+        assert_eq!(code, 0, "{stderr}");
+        releases.push(summary["published"][0].clone());
+    }
+    let rel = |i: usize| releases[i]["release"].as_str().unwrap().to_string();
+    let images = |i: usize| -> Vec<String> {
+        ["x86_64", "arm64"]
+            .iter()
+            .map(|a| releases[i]["images"][a].as_str().unwrap().to_string())
+            .collect()
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk_via_proxy().await);
+    let protection = |id: String| {
+        let ec2 = ec2.clone();
+        async move {
+            let d = ec2.describe_images().image_ids(&id).send().await.unwrap();
+            let i = &d.images()[0];
+            let tag = i
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some("bake:protected"))
+                .and_then(|t| t.value())
+                .map(str::to_string);
+            (i.deregistration_protection().map(str::to_string), tag)
+        }
+    };
+    let promote = |i: usize| {
+        let (code, out, e) = bake(
+            &p,
+            moto,
+            &[
+                "promote",
+                "eks-node",
+                &rel(i),
+                "--to",
+                "prod",
+                "--reason",
+                "CHG-1",
+                "-p",
+                "pipelines/aws.toml",
+            ],
+        );
+        assert_eq!(code, 0, "{e}");
+        out
+    };
+
+    // Promoting to prod protects what prod now runs; nothing else.
+    let out = promote(0);
+    let got: Vec<String> = serde_json::from_value(out["protection"]["protect"].clone()).unwrap();
+    assert_eq!(sorted(got), sorted(images(0)), "{out:#}");
+    for id in images(0) {
+        assert_eq!(
+            protection(id.clone()).await,
+            (Some("enabled-without-cooldown".into()), Some("1".into())),
+            "{id}"
+        );
+    }
+    assert_eq!(protection(images(1)[0].clone()).await, (None, None));
+    // EC2 refuses to deregister it, whoever asks.
+    let refused = ec2.deregister_image().image_id(&images(0)[0]).send().await;
+    assert!(refused.is_err(), "a protected image was deregistered");
+
+    // With history = 1, the previous prod release stays protected; the one before is let go.
+    let out = promote(1);
+    assert_eq!(out["protection"]["lift"], json!([]), "{out:#}");
+    let got: Vec<String> = serde_json::from_value(out["protection"]["protect"].clone()).unwrap();
+    assert_eq!(sorted(got), sorted(images(1)), "{out:#}");
+    let out = promote(2);
+    let lifted: Vec<String> = serde_json::from_value(out["protection"]["lift"].clone()).unwrap();
+    assert_eq!(sorted(lifted), sorted(images(0)), "{out:#}");
+    assert_eq!(
+        protection(images(0)[0].clone()).await,
+        (None, Some("0".into()))
+    );
+    assert_eq!(
+        protection(images(1)[0].clone()).await.0.as_deref(),
+        Some("enabled-without-cooldown")
+    );
+
+    // Somebody protects the first release's x86_64 image by hand: bake never lifts that, and
+    // prune keeps the release, saying why.
+    ec2.enable_image_deregistration_protection()
+        .image_id(&images(0)[0])
+        .with_cooldown(true)
+        .send()
+        .await
+        .unwrap();
+    let (code, plan, e) = bake(
+        &p,
+        moto,
+        &[
+            "prune",
+            "eks-node",
+            "--keep",
+            "1",
+            "--apply",
+            "-p",
+            "pipelines/aws.toml",
+        ],
+    );
+    assert_eq!(code, 0, "{e}");
+    assert!(plan["delete"].as_array().unwrap().is_empty(), "{plan:#}");
+    assert_eq!(
+        plan["protection"],
+        json!({"protect": [], "lift": []}),
+        "{plan:#}"
+    );
+    let kept = plan["kept"].to_string();
+    assert!(
+        kept.contains("has deregistration protection (enabled-with-cooldown)"),
+        "{kept}"
+    );
+    assert!(
+        kept.contains("in the last 1 history entries of channel `prod`"),
+        "{kept}"
+    );
+    // Lifted with its cooldown, it is still protected for 24 hours: still kept.
+    ec2.disable_image_deregistration_protection()
+        .image_id(&images(0)[0])
+        .send()
+        .await
+        .unwrap();
+    let (_, plan, _) = bake(
+        &p,
+        moto,
+        &[
+            "prune",
+            "eks-node",
+            "--keep",
+            "1",
+            "-p",
+            "pipelines/aws.toml",
+        ],
+    );
+    assert!(
+        plan["kept"]
+            .to_string()
+            .contains("has deregistration protection (disabled-until "),
+        "{plan:#}"
+    );
+    assert!(plan["delete"].as_array().unwrap().is_empty(), "{plan:#}");
+
+    // Moving prod on (a rollback to the second release is a move too) keeps the window's
+    // images protected and lifts only bake's own.
+    let (code, out, e) = bake(
+        &p,
+        moto,
+        &[
+            "rollback",
+            "eks-node",
+            "--cluster",
+            "prod",
+            "--reason",
+            "test",
+            "-p",
+            "pipelines/aws.toml",
+        ],
+    );
+    assert_eq!(code, 0, "{e}");
+    assert_eq!(out["protection"]["protect"], json!(null), "{out:#}");
+    common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
 }

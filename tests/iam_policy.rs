@@ -161,6 +161,14 @@ fn what_bake_must_never_do_is_denied_by_the_printed_policy() {
             ),
         ),
         (
+            "lift the deregistration protection of another pipeline's image",
+            req(
+                "ec2:DisableImageDeregistrationProtection",
+                ec2("image", "ami-0123456789abcdef0"),
+                theirs.clone(),
+            ),
+        ),
+        (
             "deprecate an untagged image",
             req(
                 "ec2:EnableImageDeprecation",

@@ -134,9 +134,13 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
             "Condition": owned
         }),
         json!({
-            "Sid": "DeprecateOwnImages",
+            "Sid": "DeprecateAndProtectOwnImages",
             "Effect": "Allow",
-            "Action": "ec2:EnableImageDeprecation",
+            "Action": [
+                "ec2:EnableImageDeprecation",
+                "ec2:EnableImageDeregistrationProtection",
+                "ec2:DisableImageDeregistrationProtection"
+            ],
             "Resource": amis("image/*"),
             "Condition": owned
         }),

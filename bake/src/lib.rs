@@ -24,6 +24,7 @@ pub mod pins_file;
 pub mod pipeline;
 pub mod plan;
 pub mod promote;
+pub mod protection;
 pub mod provider;
 pub mod prune;
 pub mod recipe;

@@ -137,6 +137,8 @@ function ec2Requests(call) {
     case 'ModifyImageAttribute':
     case 'EnableImageDeprecation':
     case 'DisableImageDeprecation':
+    case 'EnableImageDeregistrationProtection':
+    case 'DisableImageDeregistrationProtection':
       return [own(p.ImageId)]
     case 'DeleteSnapshot':
       return [own(p.SnapshotId)]

@@ -16,6 +16,10 @@ Config: a JSON file re-read on every request, so a test can change it between ru
 EnableImageDeprecation / DisableImageDeprecation, which moto 5.2.5 lacks, are answered here as
 EC2 documents them (the image must exist; DeprecateAt not in the past, at most 10 years ahead,
 seconds rounded to the minute), and DescribeImages then shows each image's deprecationTime.
+Enable/DisableImageDeregistrationProtection likewise: DescribeImages shows
+deregistrationProtection (enabled-without-cooldown, enabled-with-cooldown, or disabled-until
+<24 h later> after disabling one with a cooldown), and DeregisterImage of a protected image fails
+(OperationNotPermitted; EC2 documents the refusal, not its code).
   "deprecations_aged_s": N
 shows every deprecation time N seconds earlier than it was set: time passing for a grace period.
 Faults answer the first `times` calls of `action` (after a call of `after`, if given) with an
@@ -57,6 +61,7 @@ FAULTS_USED = {}                # fault index -> times injected
 CREATED_AT = {}                 # image id -> when CreateImage answered
 SEEN = set()                    # actions seen so far (for faults that start "after" one)
 DEPRECATIONS = {}               # image id -> DeprecationTime (moto 5.2.5 has no deprecation)
+PROTECTION = {}                 # image id -> deregistrationProtection (moto 5.2.5 has none)
 
 
 def rest_action(method, path):
@@ -273,6 +278,13 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         machine = MACHINES.configure(cfg)
         if service == "ec2" and action in ("EnableImageDeprecation", "DisableImageDeprecation"):
             return self.deprecation(action, form, region)
+        if service == "ec2" and action in ("EnableImageDeregistrationProtection", "DisableImageDeregistrationProtection"):
+            return self.protection(action, form, region)
+        if service == "ec2" and action == "DeregisterImage":
+            image = (form.get("ImageId") or [""])[0]
+            if self.protected_now(image):
+                return self.error("ec2", {"code": "OperationNotPermitted",
+                                          "message": "The AMI %s has deregistration protection (%s)" % (image, PROTECTION[image])})
         if service == "ssm":
             req = json.loads(body or b"{}")
             handled = self.ssm(action, req, cfg)
@@ -313,8 +325,14 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                     at = t.strftime("%Y-%m-%dT%H:%M:%S.000Z")
                 return m.group(0) + b"<deprecationTime>%s</deprecationTime>" % at.encode()
             data = re.sub(rb"<imageId>([^<]+)</imageId>", deprecated, data)
+        if service == "ec2" and action == "DescribeImages" and status == 200 and PROTECTION:
+            def protection(m):
+                state = PROTECTION.get(m.group(1).decode())
+                return m.group(0) + (b"<deregistrationProtection>%s</deregistrationProtection>" % state.encode() if state else b"")
+            data = re.sub(rb"<imageId>([^<]+)</imageId>", protection, data)
         if service == "ec2" and action == "DeregisterImage" and status == 200:
             DEPRECATIONS.pop((form.get("ImageId") or [""])[0], None)
+            PROTECTION.pop((form.get("ImageId") or [""])[0], None)
         if page is not None and status == 200:
             data = paginate(data, action, page)
         state = cfg.get("image_state_after_create")
@@ -397,6 +415,40 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             for i, (k, v) in enumerate(tags):
                 pairs += [("Tag.%d.Key" % (i + 1), k), ("Tag.%d.Value" % (i + 1), v)]
             self.moto_ec2(region, pairs)
+
+    @staticmethod
+    def protected_now(image):
+        import datetime
+        state = PROTECTION.get(image, "")
+        if state.startswith("enabled"):
+            return True
+        if state.startswith("disabled-until "):
+            until = datetime.datetime.strptime(state.split(" ", 1)[1], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+            return datetime.datetime.now(datetime.timezone.utc) < until
+        return False
+
+    def protection(self, action, form, region):
+        """EC2's AMI deregistration protection, which moto lacks, held here per image."""
+        import datetime
+        image = (form.get("ImageId") or [""])[0]
+        xml = self.moto_ec2(region, [("Action", "DescribeImages"), ("ImageId.1", image)]).decode()
+        if "<imageId>%s</imageId>" % image not in xml:
+            return self.error("ec2", {"code": "InvalidAMIID.NotFound", "message": "The image id '[%s]' does not exist" % image})
+        if action == "EnableImageDeregistrationProtection":
+            cooldown = (form.get("WithCooldown") or ["false"])[0].lower() == "true"
+            PROTECTION[image] = "enabled-with-cooldown" if cooldown else "enabled-without-cooldown"
+        elif PROTECTION.get(image) == "enabled-with-cooldown":
+            until = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=24)
+            PROTECTION[image] = "disabled-until " + until.strftime("%Y-%m-%dT%H:%M:%SZ")
+        elif not (PROTECTION.get(image) or "").startswith("disabled-until"):
+            PROTECTION.pop(image, None)
+        data = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?><%sResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">"
+                "<requestId>proxy</requestId><return>true</return></%sResponse>" % (action, action)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def deprecation(self, action, form, region):
         """EC2's image deprecation, which moto lacks, held here per image."""

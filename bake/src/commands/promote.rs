@@ -53,10 +53,30 @@ impl ChannelChange {
         ) -> Result<promote::Promotion>,
     ) -> Result<u8> {
         let pipeline = self.registry.load(recipe)?;
-        let (_, reg) = open(&pipeline, &g.state_dir).await?;
+        let (provider, reg) = open(&pipeline, &g.state_dir).await?;
         let who = promote::who();
-        let work = work(reg.as_ref(), &pipeline, &who);
-        let result = locked(
+        let work = async {
+            let moved = work(reg.as_ref(), &pipeline, &who).await?;
+            // A prod channel moved: what it holds now gets deregistration protection, what
+            // left its history window loses the protection bake gave it.
+            let protection = match &moved {
+                promote::Promotion::Moved { cluster, .. }
+                    if pipeline.clusters.get(cluster).is_some_and(|c| c.prod) =>
+                {
+                    crate::protection::reconcile(
+                        reg.as_ref(),
+                        provider.as_ref(),
+                        &pipeline,
+                        recipe,
+                        true,
+                    )
+                    .await?
+                }
+                _ => Default::default(),
+            };
+            Ok((moved, protection))
+        };
+        let (result, protection) = locked(
             reg.as_ref(),
             recipe,
             &who,
@@ -65,7 +85,7 @@ impl ChannelChange {
             work,
         )
         .await?;
-        print_promotion(g.output, recipe, &result);
+        print_promotion(g.output, recipe, &result, &protection);
         Ok(exit::OK)
     }
 }
@@ -89,9 +109,24 @@ pub async fn run(args: &PromoteArgs, g: &Global) -> Result<u8> {
 }
 
 /// How a move of a channel (promote or rollback) is shown.
-pub(super) fn print_promotion(output: Output, recipe: &str, p: &promote::Promotion) {
+pub(super) fn print_promotion(
+    output: Output,
+    recipe: &str,
+    p: &promote::Promotion,
+    protection: &crate::protection::Protection,
+) {
     if output == Output::Json {
-        return json(p);
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            #[serde(flatten)]
+            promotion: &'a promote::Promotion,
+            #[serde(skip_serializing_if = "crate::protection::Protection::is_empty")]
+            protection: &'a crate::protection::Protection,
+        }
+        return json(&Out {
+            promotion: p,
+            protection,
+        });
     }
     match p {
         promote::Promotion::Moved { cluster, entry } => println!(
@@ -125,5 +160,27 @@ pub(super) fn print_promotion(output: Output, recipe: &str, p: &promote::Promoti
             "{recipe}: channel `{cluster}` is already on {} (version {}); nothing changed",
             entry.release, entry.version
         ),
+    }
+    print_protection(protection, true);
+}
+
+/// What changed in deregistration protection, for people.
+pub(super) fn print_protection(p: &crate::protection::Protection, applied: bool) {
+    let (on, off) = if applied {
+        (
+            "deregistration protection on",
+            "deregistration protection lifted",
+        )
+    } else {
+        (
+            "would turn deregistration protection on",
+            "would lift deregistration protection",
+        )
+    };
+    if !p.protect.is_empty() {
+        println!("{on}: {}", p.protect.join(", "));
+    }
+    if !p.lift.is_empty() {
+        println!("{off} (left prod's history window): {}", p.lift.join(", "));
     }
 }

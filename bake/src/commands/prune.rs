@@ -35,7 +35,17 @@ pub async fn run(args: &PruneArgs, g: &Global) -> Result<u8> {
     let (provider, reg) = open(&pipeline, &g.state_dir).await?;
     let who = promote::who();
     let work = async {
-        let inputs = prune::inputs(
+        // Protection first: what left prod's window loses the protection bake gave it, so
+        // prune can judge it like any other image (planned only, without --apply).
+        let protection = crate::protection::reconcile(
+            reg.as_ref(),
+            provider.as_ref(),
+            &pipeline,
+            recipe,
+            args.apply,
+        )
+        .await?;
+        let mut inputs = prune::inputs(
             reg.as_ref(),
             provider.as_ref(),
             recipe,
@@ -44,13 +54,23 @@ pub async fn run(args: &PruneArgs, g: &Global) -> Result<u8> {
             keep,
         )
         .await?;
+        if !args.apply {
+            // As it will be once the planned lifts are applied.
+            inputs.in_use.retain(|image, why| {
+                !(why.contains("has deregistration protection")
+                    && protection
+                        .lift
+                        .iter()
+                        .any(|l| l == image || why.contains(l.as_str())))
+            });
+        }
         let plan = prune::plan(&inputs);
         if args.apply {
             prune::apply(reg.as_ref(), provider.as_ref(), recipe, &plan).await?;
         }
-        Ok(plan)
+        Ok((plan, protection))
     };
-    let plan = locked(
+    let (plan, protection) = locked(
         reg.as_ref(),
         recipe,
         &who,
@@ -59,20 +79,31 @@ pub async fn run(args: &PruneArgs, g: &Global) -> Result<u8> {
         work,
     )
     .await?;
-    print_prune(g.output, &plan, args.apply);
+    print_prune(g.output, &plan, &protection, args.apply);
     Ok(exit::OK)
 }
 
-fn print_prune(output: Output, plan: &prune::PrunePlan, applied: bool) {
+fn print_prune(
+    output: Output,
+    plan: &prune::PrunePlan,
+    protection: &crate::protection::Protection,
+    applied: bool,
+) {
     if output == Output::Json {
         #[derive(Serialize)]
         struct Out<'a> {
             applied: bool,
             #[serde(flatten)]
             plan: &'a prune::PrunePlan,
+            protection: &'a crate::protection::Protection,
         }
-        return json(&Out { applied, plan });
+        return json(&Out {
+            applied,
+            plan,
+            protection,
+        });
     }
+    super::promote::print_protection(protection, applied);
     let verb = if applied { "deleted" } else { "would delete" };
     for d in &plan.delete {
         let images = if d.images.is_empty() {

@@ -196,6 +196,18 @@ pub trait Provider: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Deregistration protection on exactly the `wanted` images of `recipe` (and their copies)
+    /// among those bake protects; with `apply` false, what it would change. Nothing where
+    /// images have no such protection (the local provider).
+    async fn protect_images(
+        &self,
+        _recipe: &str,
+        _wanted: &std::collections::BTreeSet<String>,
+        _apply: bool,
+    ) -> Result<crate::protection::Protection> {
+        Ok(Default::default())
+    }
+
     /// When the image is (or will be) deprecated, if it is.
     async fn deprecation(&self, _image_id: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
         Ok(None)

@@ -28,6 +28,10 @@ use std::time::{Duration, Instant};
 const SNAPSHOT_RETRIES: u32 = 10;
 const SNAPSHOT_RETRY_FIRST: Duration = Duration::from_millis(250);
 
+/// Marks deregistration protection bake set (1) and lifted (0); protection without it is
+/// somebody else's and never lifted by bake.
+pub const PROTECTED_TAG: &str = "bake:protected";
+
 /// The AMIs of one region, through one EC2 client.
 #[derive(Clone, Copy)]
 pub struct Images<'a> {
@@ -165,6 +169,64 @@ impl<'a> Images<'a> {
         Ok(())
     }
 
+    /// Turns deregistration protection on (no cooldown: bake lifts it the moment prod lets the
+    /// image go) and marks it as bake's with `bake:protected = 1`.
+    pub async fn protect(&self, image: &str) -> Result<()> {
+        self.limits.ec2.until_ready().await;
+        self.ec2
+            .enable_image_deregistration_protection()
+            .image_id(image)
+            .with_cooldown(false)
+            .send()
+            .await
+            .map_err(|e| err(format!("protecting {image} in {}", self.region), e))?;
+        self.tag(
+            &[image.to_string()],
+            vec![Tag::builder().key(PROTECTED_TAG).value("1").build()],
+        )
+        .await
+    }
+
+    /// Lifts the protection bake set (`bake:protected` becomes 0).
+    pub async fn unprotect(&self, image: &str) -> Result<()> {
+        self.limits.ec2.until_ready().await;
+        self.ec2
+            .disable_image_deregistration_protection()
+            .image_id(image)
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!("lifting the protection of {image} in {}", self.region),
+                    e,
+                )
+            })?;
+        self.tag(
+            &[image.to_string()],
+            vec![Tag::builder().key(PROTECTED_TAG).value("0").build()],
+        )
+        .await
+    }
+
+    /// The images of `recipe` under `owner` that bake protected.
+    pub async fn protected_by_bake(&self, owner: &str, recipe: &str) -> Result<Vec<String>> {
+        let tag = |k: &str, v: &str| Filter::builder().name(format!("tag:{k}")).values(v).build();
+        Ok(self
+            .lister()
+            .own_images(
+                &[
+                    tag(super::OWNER_TAG, owner),
+                    tag("bake:recipe", recipe),
+                    tag(PROTECTED_TAG, "1"),
+                ],
+                &format!("images of {recipe} bake protected"),
+            )
+            .await?
+            .iter()
+            .filter_map(|i| i.image_id().map(str::to_string))
+            .collect())
+    }
+
     /// The image's deprecation time, if it has one.
     pub async fn deprecation(&self, image: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
         self.limits.ec2.until_ready().await;
@@ -273,7 +335,8 @@ impl<'a> Images<'a> {
             }
         }
         if let Some(p) = image.and_then(|i| i.deregistration_protection()) {
-            if p.starts_with("enabled") {
+            // enabled-with(out)-cooldown, or disabled-until <time> during a cooldown.
+            if p.starts_with("enabled") || p.starts_with("disabled-until") {
                 return Ok(Some(format!("has deregistration protection ({p})")));
             }
         }

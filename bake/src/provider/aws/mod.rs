@@ -15,6 +15,7 @@ mod instances;
 mod launch;
 mod leftovers;
 pub mod list;
+mod protect;
 pub mod ssm;
 mod state;
 pub mod tags;
@@ -467,6 +468,15 @@ impl Provider for AwsProvider {
             }
         }
         Ok(done)
+    }
+
+    async fn protect_images(
+        &self,
+        recipe: &str,
+        wanted: &BTreeSet<String>,
+        apply: bool,
+    ) -> Result<crate::protection::Protection> {
+        self.reconcile_protection(recipe, wanted, apply).await
     }
 
     async fn deprecation(&self, image_id: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
