@@ -233,6 +233,7 @@ fn manifest(release: &str, arch: Arch, key: &str, base: &str) -> Manifest {
             validated_at: chrono::Utc::now(),
             validators: BTreeMap::new(),
             packages_sha256: None,
+            kubelet: None,
             run_id: "r".into(),
             copies: Default::default(),
         },

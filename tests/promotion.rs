@@ -645,3 +645,92 @@ mod cli {
             .is_some());
     }
 }
+
+/// Promotion refuses a release whose kubelet the target cluster's Kubernetes version does not
+/// allow (newer, or more than three minors older), naming both versions; a release that
+/// records no kubelet is refused where a version is declared, and allowed where none is.
+#[tokio::test]
+async fn promotion_refuses_a_kubelet_outside_the_clusters_version_skew() {
+    let w = World::new("0s");
+    w.project.edit(
+        "pipelines/local.toml",
+        "[clusters.prod]\nprod = true",
+        "[clusters.prod]\nprod = true\nkubernetes_version = \"1.31\"",
+    );
+    let w = World {
+        pipeline: Pipeline::load(&w.project.path("pipelines/local.toml")).unwrap(),
+        ..w
+    };
+    let mut releases = Vec::new();
+    for (n, kubelet) in [
+        (1, Some("1.32.0-1.1")),
+        (2, Some("1.27.9-1.1")),
+        (3, None),
+        (4, Some("1:1.28.3-eks-1-28-9")),
+    ] {
+        w.provider.shared().kubelet = kubelet.map(str::to_string);
+        releases.push(w.release(n).await);
+    }
+    // Newer than the control plane.
+    let e = w
+        .promote(&releases[0], "prod", None, false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("Kubernetes 1.31") && e.contains("kubelet 1.32.0-1.1") && e.contains("newer"),
+        "{e}"
+    );
+    // Four minors older.
+    let e = w
+        .promote(&releases[1], "prod", None, false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("kubelet 1.27.9-1.1") && e.contains("4 minor versions older"),
+        "{e}"
+    );
+    // No kubelet recorded: nothing to check against a declared version.
+    let e = w
+        .promote(&releases[2], "prod", None, false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("records no kubelet version"), "{e}");
+    assert_eq!(w.on("prod").await, None, "nothing moved");
+    // Three minors older is within the policy; staging declares no version, so any goes.
+    assert!(matches!(
+        w.promote(&releases[3], "prod", None, false).await.unwrap(),
+        Promotion::Moved { .. }
+    ));
+    assert!(matches!(
+        w.promote(&releases[0], "staging", None, false)
+            .await
+            .unwrap(),
+        Promotion::Moved { .. }
+    ));
+}
+
+#[test]
+fn a_kubernetes_version_that_does_not_parse_is_refused_with_its_line() {
+    let p = Project::new();
+    p.edit(
+        "pipelines/local.toml",
+        "[clusters.prod]\nprod = true",
+        "[clusters.prod]\nprod = true\nkubernetes_version = \"1.31.2\"",
+    );
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("bake"))
+        .current_dir(p.dir.path())
+        .args(["plan", "pipelines/local.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("pipelines/local.toml:")
+            && e.contains("is not a Kubernetes version like \"1.31\""),
+        "{e}"
+    );
+    assert!(!p.state().exists(), "nothing created");
+}

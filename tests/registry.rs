@@ -30,6 +30,7 @@ fn manifest(images: &[(Arch, &str)]) -> Manifest {
                         validated_at: chrono::Utc::now(),
                         validators: BTreeMap::new(),
                         packages_sha256: None,
+                        kubelet: None,
                         run_id: "r".into(),
                         copies: Default::default(),
                     },

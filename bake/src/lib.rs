@@ -16,6 +16,7 @@ pub mod iam;
 pub mod input;
 pub mod journal;
 pub mod key;
+pub mod kube;
 pub mod lock;
 pub mod long_output;
 pub mod names;

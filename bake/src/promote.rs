@@ -84,6 +84,30 @@ pub fn check_release(release: &Manifest, cluster_name: &str, cluster: &Cluster) 
             )));
         }
     }
+    if let Some(k8s) = cluster.kubernetes_version {
+        for arch in &cluster.arches {
+            let image = &release.images[arch];
+            let refuse = |why: String| {
+                Error::Usage(format!(
+                    "release {} of `{}` cannot go to cluster `{cluster_name}` (Kubernetes {k8s}): its {arch} image {why}",
+                    release.release, release.recipe
+                ))
+            };
+            let Some(found) = &image.kubelet else {
+                return Err(refuse(
+                    "records no kubelet version, so the version skew cannot be checked".into(),
+                ));
+            };
+            let Some(kubelet) = crate::kube::KubeVersion::of_package(found) else {
+                return Err(refuse(format!(
+                    "has kubelet `{found}`, which is not a version"
+                )));
+            };
+            if let Some(why) = crate::kube::skew(kubelet, k8s) {
+                return Err(refuse(format!("has kubelet {found}: {why}")));
+            }
+        }
+    }
     Ok(())
 }
 

@@ -291,6 +291,7 @@ mod tests {
                             validated_at: Utc::now(),
                             validators: BTreeMap::new(),
                             packages_sha256: None,
+                            kubelet: None,
                             run_id: "r".into(),
                             copies: Default::default(),
                         },

@@ -100,6 +100,10 @@ pub struct ReleaseImage {
     pub validators: BTreeMap<String, Status>,
     /// sha256 of the package manifest captured at bake time.
     pub packages_sha256: Option<String>,
+    /// The kubelet's version in the image, as its package manager printed it (promotion checks
+    /// it against the cluster's Kubernetes version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubelet: Option<String>,
     pub run_id: String,
     /// The image's copies in other regions (region → image ID); each region has the release
     /// parameters with its own ID.

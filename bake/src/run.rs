@@ -445,6 +445,7 @@ fn release_image(image: &ImageRecord) -> ReleaseImage {
             .map(|r| (r.name.clone(), r.status))
             .collect(),
         packages_sha256: image.packages_sha256.clone(),
+        kubelet: image.kubelet.clone(),
         run_id: image.run_id.clone(),
         copies: image.copies.clone(),
     }

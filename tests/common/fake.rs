@@ -36,6 +36,8 @@ pub struct Shared {
     pub in_use: BTreeMap<String, String>,
     /// Images deleted through `delete_image`, in order.
     pub deleted: Vec<String>,
+    /// The kubelet package version the next bakes capture (none: an image without kubelet).
+    pub kubelet: Option<String>,
     counter: usize,
 }
 
@@ -307,20 +309,33 @@ impl Provider for FakeProvider {
             .await;
         report.into_result()?;
         let verdict = state.verdict.clone().expect("validate ran");
+        let manifest = {
+            let s = self.shared();
+            let base = job.base.id.clone();
+            let kubelet = s
+                .kubelet
+                .as_ref()
+                .map(|k| format!("kubelet\t{k}\t{}\n", job.arch))
+                .unwrap_or_default();
+            format!(
+                "apt\t2.6.1\t{arch}\n{kubelet}linux-image-6.1.0-{base}\t6.1.0\t{arch}\nudev\t252.{n}\t{arch}\n",
+                arch = job.arch,
+                n = s.bakes
+            )
+        };
+        let made = bake::steps::Made {
+            packages: Some(manifest.clone()),
+            verdict: None,
+        };
         let record = ImageRecord::judged(
             job,
             state.image.clone().expect("image created"),
             &verdict,
-            None,
+            &made,
         );
         {
             let mut s = self.shared();
-            let base = job.base.id.clone();
-            let n = s.bakes;
-            s.manifests.insert(
-                record.id.clone(),
-                format!("apt\t2.6.1\t{arch}\nlinux-image-6.1.0-{base}\t6.1.0\t{arch}\nudev\t252.{n}\t{arch}\n", arch = job.arch),
-            );
+            s.manifests.insert(record.id.clone(), manifest);
             s.images.push(record.clone());
         }
         Ok(record)

@@ -90,6 +90,9 @@ pub struct Cluster {
     pub arches: Vec<Arch>,
     /// AWS: the EKS cluster a canary joins when this cluster is the canary cluster.
     pub eks_cluster: Option<String>,
+    /// The cluster's Kubernetes version ("1.31"): promotion refuses a release whose kubelet is
+    /// newer, or more than three minor versions older.
+    pub kubernetes_version: Option<crate::kube::KubeVersion>,
 }
 
 fn all_arches() -> Vec<Arch> {

@@ -49,6 +49,9 @@ pub struct ImageRecord {
     pub created_at: DateTime<Utc>,
     pub verdict: Verdict,
     pub packages_sha256: Option<String>,
+    /// The kubelet's version in the image (from its package manifest), if it has one.
+    #[serde(default)]
+    pub kubelet: Option<String>,
     /// Copies in other regions (region → image ID), made after validation.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub copies: BTreeMap<String, String>,
@@ -60,7 +63,7 @@ impl ImageRecord {
         job: &BakeJob<'_>,
         id: String,
         verdict: &Verdict,
-        packages_sha256: Option<String>,
+        made: &crate::steps::Made,
     ) -> ImageRecord {
         ImageRecord {
             id,
@@ -76,7 +79,8 @@ impl ImageRecord {
             run_id: job.run_id.to_string(),
             created_at: Utc::now(),
             verdict: verdict.clone(),
-            packages_sha256,
+            packages_sha256: made.packages_sha256(),
+            kubelet: made.kubelet(),
             copies: BTreeMap::new(),
         }
     }

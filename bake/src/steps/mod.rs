@@ -99,6 +99,11 @@ impl Made {
         self.verdict.as_ref().is_some_and(|v| v.accepted)
     }
 
+    /// The kubelet's version in the package manifest, as the package manager prints it.
+    pub fn kubelet(&self) -> Option<String> {
+        self.packages.as_deref().and_then(crate::kube::kubelet_in)
+    }
+
     /// The sha256 of the package manifest.
     pub fn packages_sha256(&self) -> Option<String> {
         self.packages

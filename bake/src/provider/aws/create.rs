@@ -270,11 +270,14 @@ impl RecordVerdict<State> for TagVerdict<'_> {
         if let Some(d) = &packages {
             tags.push(Tag::builder().key("bake:packages").value(d).build());
         }
+        if let Some(k) = state.made.kubelet() {
+            tags.push(Tag::builder().key("bake:kubelet").value(k).build());
+        }
         self.p
             .images()
             .tag(std::slice::from_ref(&image), tags)
             .await?;
-        state.record = Some(ImageRecord::judged(self.job, image, verdict, packages));
+        state.record = Some(ImageRecord::judged(self.job, image, verdict, &state.made));
         Ok(())
     }
 }

@@ -254,6 +254,7 @@ impl AwsProvider {
                 .unwrap_or_else(Utc::now),
             verdict,
             packages_sha256: tag("bake:packages"),
+            kubelet: tag("bake:kubelet"),
             copies: Default::default(),
         })
     }

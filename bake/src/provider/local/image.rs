@@ -172,12 +172,7 @@ impl RecordVerdict<State> for StoreRecord<'_> {
             .image
             .as_ref()
             .ok_or_else(|| cx.error("validate", "no image"))?;
-        let record = ImageRecord::judged(
-            self.job,
-            files.id.clone(),
-            verdict,
-            state.made.packages_sha256(),
-        );
+        let record = ImageRecord::judged(self.job, files.id.clone(), verdict, &state.made);
         self.provider.store.write_record(&record)?;
         state.record = Some(record);
         Ok(())
