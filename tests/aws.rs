@@ -75,8 +75,11 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
     let (x86, arm) = bases(moto).await;
     // A package list as long as a real EKS AMI's (~200 KB): far more than the 24,000
     // characters SSM returns of a command's output, which the proxy enforces.
-    let packages: String = (0..3000)
-        .map(|i| format!("lib-package-{i:04}-of-an-eks-node\t1:2.{i}.0-1ubuntu0.22.04.1\tamd64\n"))
+    // (The distribution first, as the capture prints it, for the SBOM's package URLs.)
+    let packages: String = std::iter::once("#os\tubuntu\t22.04\n".to_string())
+        .chain((0..3000).map(|i| {
+            format!("lib-package-{i:04}-of-an-eks-node\t1:2.{i}.0-1ubuntu0.22.04.1\tamd64\n")
+        }))
         .chain([
             "kubelet\t1.31.2\tamd64\n".to_string(),
             "systemd\t249.11-0ubuntu3.12\tamd64\n".to_string(),
@@ -345,8 +348,106 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
         published["images"]["x86_64"].as_str()
     );
 
+    // The package manifest is kept whole beside the release, gzipped in standard-tier
+    // parameters (at most 4 KB each): `bake sbom` prints CycloneDX naming every package by
+    // its package URL, read back by a CycloneDX reader.
+    let chunks = ssm
+        .get_parameters_by_path()
+        .path(format!("/e2e1/eks-node/releases/{release}/packages/x86_64"))
+        .send()
+        .await
+        .unwrap();
+    assert!(!chunks.parameters().is_empty());
+    assert!(chunks
+        .parameters()
+        .iter()
+        .all(|c| c.value().unwrap().len() <= 4096));
+    let (code, bom, stderr) = bake(
+        &p,
+        moto,
+        &[
+            "sbom",
+            "eks-node",
+            &release,
+            "--arch",
+            "x86_64",
+            "-p",
+            "pipelines/aws.toml",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(bom["bomFormat"], "CycloneDX");
+    assert_eq!(bom["specVersion"], "1.5");
+    assert_eq!(
+        bom["metadata"]["component"]["bom-ref"],
+        published["images"]["x86_64"]
+    );
+    let components = bom["components"].as_array().unwrap();
+    assert_eq!(components.len(), 3002, "every package, the tail included");
+    assert!(
+        components.iter().any(|c| c["purl"]
+            == "pkg:deb/ubuntu/systemd@249.11-0ubuntu3.12?arch=amd64&distro=ubuntu-22.04"),
+        "{:#}",
+        components[3001]
+    );
+    let read_back = cyclonedx_bom::prelude::Bom::parse_from_json_v1_5(
+        serde_json::to_vec(&bom).unwrap().as_slice(),
+    )
+    .unwrap();
+    use cyclonedx_bom::prelude::Validate as _;
+    assert!(read_back
+        .validate_version(cyclonedx_bom::prelude::SpecVersion::V1_5)
+        .passed());
+
+    // `bake diff` on AWS compares packages as it does locally: a rebake whose systemd went
+    // back (dpkg order: `~` sorts before everything, even the end) and whose kubelet moved on.
+    let next: String = packages
+        .replace(
+            "systemd\t249.11-0ubuntu3.12",
+            "systemd\t249.11-0ubuntu3.12~22.04",
+        )
+        .replace("kubelet\t1.31.2", "kubelet\t1.31.3");
+    moto.set_config(json!({
+        "parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm},
+        "commands": common::moto::package_rules(&next),
+    }));
+    let (code, second, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml", "--force"]);
+    assert_eq!(code, 0, "{second:#}\n{stderr}");
+    let release2 = second["published"][0]["release"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, d, stderr) = bake(
+        &p,
+        moto,
+        &[
+            "diff",
+            "eks-node",
+            &release,
+            &release2,
+            "-p",
+            "pipelines/aws.toml",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let x = d["arches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["arch"] == "x86_64")
+        .unwrap();
+    assert!(x["note"].is_null(), "{x:#}");
+    assert_eq!(
+        x["packages"]["changed"],
+        json!([
+            {"package": "kubelet", "from": "1.31.2", "to": "1.31.3"},
+            {"package": "systemd", "from": "249.11-0ubuntu3.12", "to": "249.11-0ubuntu3.12~22.04", "downgrade": true},
+        ])
+    );
+    assert_eq!(x["highlights"][0]["package"], "kubelet");
+
     // The IAM policy bake prints allows every call of the run, the no-op rerun, status,
-    // releases and the promotion, as IAM evaluates it.
+    // releases, the promotion, the SBOM and the diff, as IAM evaluates it.
     common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
 }
 

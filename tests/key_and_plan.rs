@@ -234,6 +234,7 @@ fn manifest(release: &str, arch: Arch, key: &str, base: &str) -> Manifest {
             validators: BTreeMap::new(),
             packages_sha256: None,
             kubelet: None,
+            packages: None,
             run_id: "r".into(),
             copies: Default::default(),
         },

@@ -351,6 +351,63 @@ async fn diff_reports_package_kernel_base_and_key_changes() {
 }
 
 #[tokio::test]
+async fn sbom_lists_every_package_of_the_image_and_refuses_what_it_cannot_describe() {
+    let w = World::new("0s");
+    let r1 = w.release(1).await;
+    let bom = bake::sbom::of_release(&w.registry, &w.provider, "eks-node", &r1, Arch::X86_64)
+        .await
+        .unwrap();
+    let image = w
+        .registry
+        .release("eks-node", &r1)
+        .await
+        .unwrap()
+        .unwrap()
+        .images[&Arch::X86_64]
+        .image_id
+        .clone();
+    let subject = bom.metadata.as_ref().unwrap().component.as_ref().unwrap();
+    assert_eq!(subject.bom_ref.as_deref(), Some(image.as_str()));
+    let names: Vec<String> = bom
+        .components
+        .as_ref()
+        .unwrap()
+        .0
+        .iter()
+        .map(|c| c.purl.as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(
+        // (The fake names the arch as rpm does, so these are rpm packages.)
+        names.contains(&"pkg:rpm/apt@2.6.1?arch=x86_64".to_string()),
+        "{names:?}"
+    );
+    // A release unknown, or without that arch: refused, naming what exists.
+    let err = bake::sbom::of_release(
+        &w.registry,
+        &w.provider,
+        "eks-node",
+        &"2020.01.01-1".parse().unwrap(),
+        Arch::X86_64,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("has no release 2020.01.01-1"),
+        "{err}"
+    );
+    // The manifest kept must be the one the release recorded.
+    w.provider
+        .shared()
+        .manifests
+        .insert(image.clone(), "apt\t9.9\tx86_64\n".into());
+    let err = bake::sbom::of_release(&w.registry, &w.provider, "eks-node", &r1, Arch::X86_64)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not the"), "{err}");
+}
+
+#[tokio::test]
 async fn prune_plans_then_applies_and_keeps_what_is_referenced_or_in_use() {
     let w = World::new("0s");
     let mut ids = Vec::new();

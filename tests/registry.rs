@@ -31,6 +31,7 @@ fn manifest(images: &[(Arch, &str)]) -> Manifest {
                         validators: BTreeMap::new(),
                         packages_sha256: None,
                         kubelet: None,
+                        packages: None,
                         run_id: "r".into(),
                         copies: Default::default(),
                     },

@@ -61,6 +61,12 @@ pub enum Command {
     Pin(commands::pin::PinArgs),
     /// Packages, kernel, kubelet/containerd, base and key that changed between two releases.
     Diff(commands::diff::DiffArgs),
+    /// The software bill of materials of one image of a release: CycloneDX 1.5 JSON naming
+    /// every package (dpkg, rpm, snap) by its package URL, from the manifest captured on the
+    /// builder and checked against the digest the release recorded.
+    ///
+    /// Example: bake sbom eks-node 2026.11.25-1 --arch arm64 -p pipelines/aws.toml > sbom.json
+    Sbom(commands::sbom::SbomArgs),
     /// Delete old releases and their images, keeping the newest N and anything a channel
     /// points at now or in its recent history, or that is in use. Plans by default.
     Prune(commands::prune::PruneArgs),
@@ -148,6 +154,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::History(a) => commands::history::run(a, g).await,
         Command::Pin(a) => commands::pin::run(a, g).await,
         Command::Diff(a) => commands::diff::run(a, g).await,
+        Command::Sbom(a) => commands::sbom::run(a, g).await,
         Command::Prune(a) => commands::prune::run(a, g).await,
         Command::Sweep(a) => commands::sweep::run(a, g).await,
         Command::Resume(a) => commands::resume::run(a, g).await,

@@ -1,7 +1,9 @@
 //! `bake diff`: what changed between two releases of a recipe, per arch — packages added,
 //! removed and changed, the kernel, kubelet and containerd, the base image and the bake key —
-//! from the package manifests captured at bake time.
+//! from the package manifests captured at bake time (kept with the image locally, beside the
+//! release on AWS). Versions are ordered as dpkg or rpm order them, so a downgrade is flagged.
 
+use crate::packages::{compare, Family, PackageList};
 use crate::provider::Provider;
 use crate::registry::Registry;
 use crate::release::ReleaseId;
@@ -14,6 +16,9 @@ pub struct Change {
     pub package: String,
     pub from: Option<String>,
     pub to: Option<String>,
+    /// The new version is older than the old one, as the package manager orders them.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub downgrade: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
@@ -44,50 +49,55 @@ pub struct Diff {
     pub arches: Vec<ArchDiff>,
 }
 
-/// Parses `name<TAB>version<TAB>arch` lines into name → version.
-pub fn parse_manifest(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split('\t');
-            Some((f.next()?.to_string(), f.next()?.to_string()))
-        })
-        .filter(|(n, _)| !n.is_empty())
+/// A manifest as name → (version, how its versions are ordered).
+pub type Versions = BTreeMap<String, (String, Family)>;
+
+/// Parses a package manifest into name → version and family.
+pub fn parse_manifest(text: &str) -> Versions {
+    PackageList::parse(text)
+        .packages
+        .into_iter()
+        .map(|p| (p.name, (p.version, p.family)))
         .collect()
 }
 
-pub fn diff_packages(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> PackageDiff {
+fn change(package: &str, from: Option<&(String, Family)>, to: Option<&(String, Family)>) -> Change {
+    let downgrade = match (from, to) {
+        (Some((a, fam)), Some((b, _))) => compare(*fam, b, a) == std::cmp::Ordering::Less,
+        _ => false,
+    };
+    Change {
+        package: package.to_string(),
+        from: from.map(|v| v.0.clone()),
+        to: to.map(|v| v.0.clone()),
+        downgrade,
+    }
+}
+
+pub fn diff_packages(a: &Versions, b: &Versions) -> PackageDiff {
     let mut d = PackageDiff::default();
     for (name, va) in a {
         match b.get(name) {
-            None => d.removed.push(Change {
-                package: name.clone(),
-                from: Some(va.clone()),
-                to: None,
-            }),
-            Some(vb) if vb != va => d.changed.push(Change {
-                package: name.clone(),
-                from: Some(va.clone()),
-                to: Some(vb.clone()),
-            }),
+            None => d.removed.push(change(name, Some(va), None)),
+            Some(vb) if vb.0 != va.0 => d.changed.push(change(name, Some(va), Some(vb))),
             _ => {}
         }
     }
     for (name, vb) in b {
         if !a.contains_key(name) {
-            d.added.push(Change {
-                package: name.clone(),
-                from: None,
-                to: Some(vb.clone()),
-            });
+            d.added.push(change(name, None, Some(vb)));
         }
     }
     d
 }
 
-fn highlights(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<Change> {
+fn highlights(a: &Versions, b: &Versions) -> Vec<Change> {
     let interesting = |n: &str| {
         (n.starts_with("linux-image-") && n.chars().any(|c| c.is_ascii_digit()))
-            || matches!(n, "kubelet" | "containerd" | "containerd.io" | "nodeadm")
+            || matches!(
+                n,
+                "kubelet" | "kubelet-eks" | "containerd" | "containerd.io" | "nodeadm"
+            )
     };
     let mut names: Vec<&String> = a
         .keys()
@@ -98,11 +108,7 @@ fn highlights(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec
     names.dedup();
     names
         .into_iter()
-        .map(|n| Change {
-            package: n.clone(),
-            from: a.get(n).cloned(),
-            to: b.get(n).cloned(),
-        })
+        .map(|n| change(n, a.get(n), b.get(n)))
         .filter(|c| c.from != c.to)
         .collect()
 }
@@ -123,14 +129,8 @@ pub async fn diff(
     for arch in arches {
         let ia = a.images.get(&arch);
         let ib = b.images.get(&arch);
-        let ma = match ia {
-            Some(i) => provider.package_manifest(&i.image_id).await?,
-            None => None,
-        };
-        let mb = match ib {
-            Some(i) => provider.package_manifest(&i.image_id).await?,
-            None => None,
-        };
+        let ma = crate::packages::of_release(registry, provider, &a, arch).await?;
+        let mb = crate::packages::of_release(registry, provider, &b, arch).await?;
         let note = match (&ma, &mb) {
             (Some(_), Some(_)) => None,
             _ => Some("a package manifest is not available for one of the images; only base and key are compared".into()),
@@ -184,5 +184,26 @@ mod tests {
         let h = highlights(&a, &b);
         assert_eq!(h.len(), 3, "{h:?}");
         assert!(h.iter().any(|c| c.package == "kubelet" && c.from.is_none()));
+        assert!(d.changed.iter().all(|c| !c.downgrade));
+    }
+
+    #[test]
+    fn a_downgrade_is_flagged_by_the_package_managers_order() {
+        // dpkg: 252.30-1~deb12u2 is older than 252.30-1; 1.10 is newer than 1.9.
+        let a = parse_manifest("#os\tdebian\t12\nudev\t252.30-1\tamd64\nfoo\t1.9-1\tamd64\n");
+        let b =
+            parse_manifest("#os\tdebian\t12\nudev\t252.30-1~deb12u2\tamd64\nfoo\t1.10-1\tamd64\n");
+        let d = diff_packages(&a, &b);
+        let flagged: Vec<(&str, bool)> = d
+            .changed
+            .iter()
+            .map(|c| (c.package.as_str(), c.downgrade))
+            .collect();
+        assert_eq!(flagged, vec![("foo", false), ("udev", true)]);
+        // rpm: 1.0~rc1 is older than 1.0.
+        let a = parse_manifest("kubelet\t1.31.0-1.amzn2023\tx86_64\n");
+        let b = parse_manifest("kubelet\t1.31.0~rc1-1.amzn2023\tx86_64\n");
+        assert!(diff_packages(&a, &b).changed[0].downgrade);
+        assert!(highlights(&a, &b)[0].downgrade);
     }
 }

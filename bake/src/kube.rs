@@ -70,14 +70,11 @@ pub const KUBELET_PACKAGES: &[&str] = &["kubelet", "kubelet-eks"];
 
 /// The kubelet's version in a package manifest (`name<TAB>version<TAB>arch` lines), as printed.
 pub fn kubelet_in(manifest: &str) -> Option<String> {
-    manifest.lines().find_map(|l| {
-        let mut f = l.split('\t');
-        let name = f.next()?;
-        let version = f.next()?;
-        KUBELET_PACKAGES
-            .contains(&name)
-            .then(|| version.to_string())
-    })
+    crate::packages::PackageList::parse(manifest)
+        .packages
+        .into_iter()
+        .find(|p| KUBELET_PACKAGES.contains(&p.name.as_str()))
+        .map(|p| p.version)
 }
 
 /// Why a kubelet of `kubelet` may not join a cluster at `cluster`, or None when it may.

@@ -292,6 +292,7 @@ mod tests {
                             validators: BTreeMap::new(),
                             packages_sha256: None,
                             kubelet: None,
+                            packages: None,
                             run_id: "r".into(),
                             copies: Default::default(),
                         },
@@ -410,7 +411,9 @@ mod tests {
             } else {
                 prop_assert!(plan.retire.is_empty());
             }
+            // A release retires or is deleted, never both in one plan.
             let retiring: BTreeSet<&ReleaseId> = plan.retire.iter().map(|r| &r.release).collect();
+            prop_assert!(retiring.is_disjoint(&deleted_releases));
             // The newest `keep` stay.
             for r in inputs.releases.iter().rev().take(inputs.keep) {
                 prop_assert!(!deleted_releases.contains(&r.release));

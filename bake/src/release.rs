@@ -104,6 +104,10 @@ pub struct ReleaseImage {
     /// it against the cluster's Kubernetes version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubelet: Option<String>,
+    /// The package manifest itself, from the bake to the registry that keeps it (never in the
+    /// release's JSON: it would not fit an SSM value).
+    #[serde(skip)]
+    pub packages: Option<String>,
     pub run_id: String,
     /// The image's copies in other regions (region → image ID); each region has the release
     /// parameters with its own ID.

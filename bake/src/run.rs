@@ -446,6 +446,7 @@ fn release_image(image: &ImageRecord) -> ReleaseImage {
             .collect(),
         packages_sha256: image.packages_sha256.clone(),
         kubelet: image.kubelet.clone(),
+        packages: image.packages.clone(),
         run_id: image.run_id.clone(),
         copies: image.copies.clone(),
     }

@@ -56,7 +56,7 @@ fn print_diff(output: Output, d: &diff::Diff) {
         let mut rows = Vec::new();
         for c in &a.highlights {
             rows.push(vec![
-                "*".into(),
+                if c.downgrade { "DOWNGRADE" } else { "*" }.into(),
                 c.package.clone(),
                 opt(&c.from),
                 opt(&c.to),
@@ -69,7 +69,7 @@ fn print_diff(output: Output, d: &diff::Diff) {
         ] {
             for c in list {
                 rows.push(vec![
-                    mark.into(),
+                    if c.downgrade { "DOWNGRADE" } else { mark }.into(),
                     c.package.clone(),
                     opt(&c.from),
                     opt(&c.to),

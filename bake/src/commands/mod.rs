@@ -15,6 +15,7 @@ pub mod resume;
 pub mod revoke;
 pub mod rollback;
 pub mod run;
+pub mod sbom;
 pub mod status;
 pub mod sweep;
 

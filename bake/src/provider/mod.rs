@@ -52,6 +52,10 @@ pub struct ImageRecord {
     /// The kubelet's version in the image (from its package manifest), if it has one.
     #[serde(default)]
     pub kubelet: Option<String>,
+    /// The package manifest, while the run that captured it holds the record (not stored with
+    /// it: the local provider keeps a file, AWS the registry's parameters).
+    #[serde(skip)]
+    pub packages: Option<String>,
     /// Copies in other regions (region → image ID), made after validation.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub copies: BTreeMap<String, String>,
@@ -81,6 +85,7 @@ impl ImageRecord {
             verdict: verdict.clone(),
             packages_sha256: made.packages_sha256(),
             kubelet: made.kubelet(),
+            packages: made.packages.clone(),
             copies: BTreeMap::new(),
         }
     }

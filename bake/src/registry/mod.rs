@@ -97,6 +97,17 @@ pub trait Registry: Send + Sync {
     }
 
     /// A release that must exist: a usage error pointing at `bake releases` otherwise.
+    /// The package manifest kept beside a release for `arch`, where the registry keeps them
+    /// (SSM); None where it does not (the local provider keeps them with the image).
+    async fn package_manifest(
+        &self,
+        _recipe: &str,
+        _id: &ReleaseId,
+        _arch: Arch,
+    ) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     async fn existing_release(&self, recipe: &str, id: &ReleaseId) -> Result<Manifest> {
         self.release(recipe, id).await?.ok_or_else(|| {
             crate::Error::Usage(format!(

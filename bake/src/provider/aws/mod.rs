@@ -255,6 +255,7 @@ impl AwsProvider {
             verdict,
             packages_sha256: tag("bake:packages"),
             kubelet: tag("bake:kubelet"),
+            packages: None,
             copies: Default::default(),
         })
     }

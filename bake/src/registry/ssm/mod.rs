@@ -397,12 +397,15 @@ impl Registry for SsmRegistry {
         let unfinished = written.iter().rev().find(|(_, parts)| {
             !parts.contains_key("manifest")
                 && !parts.is_empty()
-                && parts.iter().all(|(leaf, value)| {
-                    leaf.parse::<Arch>()
-                        .ok()
-                        .and_then(|a| manifest.images.get(&a))
-                        .is_some_and(|i| &i.image_id == value)
-                })
+                && parts
+                    .iter()
+                    .filter(|(leaf, _)| !leaf.starts_with("packages/"))
+                    .all(|(leaf, value)| {
+                        leaf.parse::<Arch>()
+                            .ok()
+                            .and_then(|a| manifest.images.get(&a))
+                            .is_some_and(|i| &i.image_id == value)
+                    })
         });
         let existing: BTreeMap<String, String> = match unfinished {
             Some((id, parts)) => {
@@ -440,6 +443,19 @@ impl Registry for SsmRegistry {
             self.put(&name, &image.image_id, Data::Image, Write::Once, None)
                 .await?;
         }
+        // The package manifests, gzipped in standard-tier chunks (what `bake sbom` and `bake
+        // diff` read); written once like the rest, and before the manifest that makes the
+        // release exist.
+        for (arch, text) in crate::packages::kept(&manifest.images) {
+            for (n, chunk) in crate::packages::encode(text).iter().enumerate() {
+                let name = format!("{dir}/packages/{arch}/{n:02}");
+                if existing.get(&format!("packages/{arch}/{n:02}")) == Some(chunk) {
+                    continue;
+                }
+                self.put(&name, chunk, Data::Text, Write::Once, None)
+                    .await?;
+            }
+        }
         let json = serde_json::to_string(&manifest).expect("manifests serialize");
         self.put(
             &format!("{dir}/manifest"),
@@ -450,6 +466,38 @@ impl Registry for SsmRegistry {
         )
         .await?;
         Ok(manifest)
+    }
+
+    async fn package_manifest(
+        &self,
+        recipe: &str,
+        id: &ReleaseId,
+        arch: Arch,
+    ) -> Result<Option<String>> {
+        let dir = format!(
+            "{}/packages/{arch}",
+            super::release_dir(&self.prefix, recipe, id)
+        );
+        let mut parts: Vec<(String, String)> = self
+            .list(&dir)
+            .await?
+            .iter()
+            .filter_map(|p| Some((p.name()?.to_string(), p.value()?.to_string())))
+            .collect();
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        // In chunk order: the number after the last `/` (not the name's text order).
+        parts.sort_by_key(|(name, _)| {
+            name.rsplit('/')
+                .next()
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(u32::MAX)
+        });
+        let chunks: Vec<String> = parts.into_iter().map(|(_, v)| v).collect();
+        crate::packages::decode(&chunks)
+            .map(Some)
+            .map_err(|e| Error::Conflict(format!("{dir} in {}: {e}", self.region)))
     }
 
     async fn incomplete_releases(&self, recipe: &str) -> Result<Vec<ReleaseId>> {
