@@ -411,7 +411,13 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
         "parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm},
         "commands": common::moto::package_rules(&next),
     }));
-    let (code, second, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml", "--force"]);
+    // (x86_64 only: arm64's key did not change, so the new release carries its image, and
+    // its package manifest with it.)
+    let (code, second, stderr) = bake(
+        &p,
+        moto,
+        &["run", "pipelines/aws.toml", "--force", "--arch", "x86_64"],
+    );
     assert_eq!(code, 0, "{second:#}\n{stderr}");
     let release2 = second["published"][0]["release"]
         .as_str()
@@ -445,6 +451,32 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
         ])
     );
     assert_eq!(x["highlights"][0]["package"], "kubelet");
+    let arm = d["arches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["arch"] == "arm64")
+        .unwrap();
+    assert_eq!(arm["image"][0], arm["image"][1], "arm64 carried: {arm:#}");
+    assert!(
+        arm["note"].is_null(),
+        "the carried image's manifest came along: {arm:#}"
+    );
+    let (code, bom, stderr) = bake(
+        &p,
+        moto,
+        &[
+            "sbom",
+            "eks-node",
+            &release2,
+            "--arch",
+            "arm64",
+            "-p",
+            "pipelines/aws.toml",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(bom["components"].as_array().unwrap().len(), 3002);
 
     // The IAM policy bake prints allows every call of the run, the no-op rerun, status,
     // releases, the promotion, the SBOM and the diff, as IAM evaluates it.
@@ -697,23 +729,29 @@ async fn runs_under_random_throttling_5xx_and_latency_complete_or_fail_cleanly()
         );
         // Only complete releases are visible: every release directory has its manifest.
         let ssm = aws_sdk_ssm::Client::new(&moto.sdk().await);
-        let params = ssm
+        let params: Vec<aws_sdk_ssm::types::Parameter> = ssm
             .get_parameters_by_path()
             .path(&prefix)
             .recursive(true)
+            .into_paginator()
             .send()
+            .collect::<Result<Vec<_>, _>>()
             .await
-            .unwrap();
+            .unwrap()
+            .into_iter()
+            .flat_map(|page| page.parameters.unwrap_or_default())
+            .collect();
+        // (A release's package manifests are chunks beside its image IDs.)
         let images = params
-            .parameters()
             .iter()
             .filter(|p| {
-                p.name().unwrap().contains("/releases/")
-                    && !p.name().unwrap().ends_with("/manifest")
+                let name = p.name().unwrap();
+                name.contains("/releases/")
+                    && !name.ends_with("/manifest")
+                    && !name.contains("/packages/")
             })
             .count();
         let manifests = params
-            .parameters()
             .iter()
             .filter(|p| p.name().unwrap().ends_with("/manifest"))
             .count();
@@ -1793,4 +1831,110 @@ async fn prod_images_are_protected_from_deregistration_while_prod_may_need_them(
     assert_eq!(code, 0, "{e}");
     assert_eq!(out["protection"]["protect"], json!(null), "{out:#}");
     common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
+}
+
+/// Promotion holds a release to what the cluster runs when the pipeline does not say: the
+/// version its EKS control plane reports (DescribeCluster). A kubelet newer than that is
+/// refused naming both versions, a cluster that does not exist fails naming it, nothing moves;
+/// a version the pipeline names is believed without asking.
+#[tokio::test]
+async fn promotion_reads_the_kubernetes_version_of_an_eks_cluster() {
+    let moto = Moto::get();
+    let (x86, arm) = bases(moto).await;
+    moto.set_config(json!({"parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm}}));
+    let p = project("/skew");
+    p.edit(
+        "pipelines/aws.toml",
+        "[retention]",
+        "[clusters.legacy]\neks_cluster = \"legacy\"\n\n[clusters.gone]\neks_cluster = \"decommissioned\"\n\n[retention]",
+    );
+    // Auto-promotion to dev read dev's version (1.31) and let kubelet 1.31.2 through.
+    let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
+    assert_eq!(code, 0, "{summary:#}\n{stderr}");
+    let published = &summary["published"][0];
+    assert_eq!(published["promoted_to"], json!(["dev"]));
+    let release = published["release"].as_str().unwrap().to_string();
+    let described = |from: usize| -> Vec<String> {
+        moto.records()[from..]
+            .iter()
+            .filter(|r| r["action"] == "DescribeCluster")
+            .map(|r| r["path"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+
+    let (code, stderr) = common::moto::bake_refused(
+        &p,
+        moto,
+        &[
+            "promote",
+            "eks-node",
+            &release,
+            "--to",
+            "legacy",
+            "-p",
+            "pipelines/aws.toml",
+        ],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("cluster `legacy` (Kubernetes 1.28)") && stderr.contains("kubelet 1.31.2"),
+        "{stderr}"
+    );
+    let (code, stderr) = common::moto::bake_refused(
+        &p,
+        moto,
+        &[
+            "promote",
+            "eks-node",
+            &release,
+            "--to",
+            "gone",
+            "-p",
+            "pipelines/aws.toml",
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("EKS cluster decommissioned in us-east-1"),
+        "{stderr}"
+    );
+    let ssm = aws_sdk_ssm::Client::new(&moto.sdk().await);
+    for channel in ["legacy", "gone"] {
+        let r = ssm
+            .get_parameters_by_path()
+            .path(format!("/skew/eks-node/channels/{channel}"))
+            .recursive(true)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.parameters().is_empty(), "{channel} moved: {r:?}");
+    }
+
+    // Every call so far, the DescribeCluster of both clusters included, as IAM evaluates the
+    // policy printed for this pipeline.
+    common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
+
+    // Named in the pipeline, the version is believed: no DescribeCluster, and 1.31 takes it.
+    p.edit(
+        "pipelines/aws.toml",
+        "eks_cluster = \"legacy\"",
+        "eks_cluster = \"legacy\"\nkubernetes_version = \"1.31\"",
+    );
+    let before = moto.records().len();
+    let (code, moved, stderr) = bake(
+        &p,
+        moto,
+        &[
+            "promote",
+            "eks-node",
+            &release,
+            "--to",
+            "legacy",
+            "-p",
+            "pipelines/aws.toml",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(moved["result"], "moved");
+    assert!(described(before).is_empty(), "{:?}", described(before));
 }

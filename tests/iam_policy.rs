@@ -290,10 +290,10 @@ fn what_bake_must_never_do_is_denied_by_the_printed_policy() {
             ),
         ),
         (
-            "read another cluster's join data",
+            "describe a cluster the pipeline does not name",
             req(
                 "eks:DescribeCluster",
-                "arn:aws:eks:us-east-1:123456789012:cluster/prod".into(),
+                "arn:aws:eks:us-east-1:123456789012:cluster/payments".into(),
                 untagged.clone(),
             ),
         ),
@@ -303,6 +303,7 @@ fn what_bake_must_never_do_is_denied_by_the_printed_policy() {
         ("launch a canary with a copy of its own image", req("ec2:RunInstances", ec2("snapshot", "snap-0123456789abcdef0"), ours.clone())),
         ("terminate its own instance", req("ec2:TerminateInstances", ec2("instance", "i-0123456789abcdef0"), ours.clone())),
         ("pass the instance role to EC2", req("iam:PassRole", "arn:aws:iam::123456789012:role/bake-builder".into(), json!({"iam:PassedToService": "ec2.amazonaws.com"}))),
+        ("read prod's Kubernetes version (promotion's skew check)", req("eks:DescribeCluster", "arn:aws:eks:us-east-1:123456789012:cluster/prod".into(), untagged.clone())),
         ("write a release parameter", req("ssm:PutParameter", "arn:aws:ssm:us-east-1:123456789012:parameter/bake/eks-node/releases/2026.12.01-1/x86_64".into(), untagged.clone())),
     ];
     let requests: Vec<serde_json::Value> = denied

@@ -37,23 +37,30 @@ async fn leaks(moto: &Moto, prefix: &str) -> Vec<String> {
     let cfg = moto.sdk().await;
     let ec2 = aws_sdk_ec2::Client::new(&cfg);
     let ssm = aws_sdk_ssm::Client::new(&cfg);
-    let params = ssm
+    let params: Vec<aws_sdk_ssm::types::Parameter> = ssm
         .get_parameters_by_path()
         .path(prefix)
         .recursive(true)
+        .into_paginator()
         .send()
+        .collect::<Result<Vec<_>, _>>()
         .await
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .flat_map(|page| page.parameters.unwrap_or_default())
+        .collect();
+    // Image IDs (a release's package manifest chunks sit beside them).
     let published: Vec<String> = params
-        .parameters()
         .iter()
         .filter(|p| {
-            p.name().unwrap().contains("/releases/") && !p.name().unwrap().ends_with("manifest")
+            let name = p.name().unwrap();
+            name.contains("/releases/")
+                && !name.ends_with("manifest")
+                && !name.contains("/packages/")
         })
         .map(|p| p.value().unwrap().to_string())
         .collect();
     let manifests = params
-        .parameters()
         .iter()
         .filter(|p| p.name().unwrap().ends_with("/manifest"))
         .count();

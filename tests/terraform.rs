@@ -528,6 +528,10 @@ async fn published(ssm: &aws_sdk_ssm::Client, prefix: &str) -> serde_json::Value
         for p in page.unwrap().parameters() {
             let rest = p.name().unwrap().strip_prefix(&dir).unwrap();
             let (release, leaf) = rest.split_once('/').unwrap();
+            // The module reads one level (not recursive): not the package manifest's chunks.
+            if leaf.contains('/') {
+                continue;
+            }
             out.entry(release.to_string())
                 .or_insert_with(|| json!({}))
                 .as_object_mut()

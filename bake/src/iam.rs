@@ -167,16 +167,31 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
             "Resource": [format!("arn:aws:ssm:{region}:*:parameter{prefix}"), format!("arn:aws:ssm:{region}:*:parameter{prefix}/*")]
         }),
     ];
+    // DescribeCluster: the canary cluster's join data, and the Kubernetes version of each
+    // cluster that names its EKS cluster but not its version (promotion checks the skew).
+    let mut described: BTreeSet<String> = pipeline
+        .clusters
+        .values()
+        .filter(|c| c.kubernetes_version.is_none())
+        .filter_map(|c| c.eks_cluster.clone())
+        .collect();
     if let Some(cluster) = &pipeline.canary_cluster {
-        let eks = pipeline.clusters[cluster]
-            .eks_cluster
-            .clone()
-            .unwrap_or_else(|| cluster.clone());
+        described.insert(
+            pipeline.clusters[cluster]
+                .eks_cluster
+                .clone()
+                .unwrap_or_else(|| cluster.clone()),
+        );
+    }
+    if !described.is_empty() {
         statements.push(json!({
-            "Sid": "ReadTheCanaryClustersJoinData",
+            "Sid": "DescribeTheClusters",
             "Effect": "Allow",
             "Action": "eks:DescribeCluster",
-            "Resource": format!("arn:aws:eks:{region}:*:cluster/{eks}")
+            "Resource": described
+                .iter()
+                .map(|eks| format!("arn:aws:eks:{region}:*:cluster/{eks}"))
+                .collect::<Vec<_>>()
         }));
     }
     if !base_params.is_empty() {

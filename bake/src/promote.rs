@@ -60,6 +60,20 @@ pub struct PlannedMove {
     pub images: std::collections::BTreeMap<crate::Arch, String>,
 }
 
+/// The Kubernetes version promotion holds `cluster` to: the pipeline's `kubernetes_version`, or
+/// else what the control plane of its `eks_cluster` reports now (`eks:DescribeCluster` on AWS).
+/// A cluster naming neither is not checked for skew.
+pub async fn kubernetes_version(
+    provider: &dyn crate::provider::Provider,
+    cluster: &Cluster,
+) -> Result<Option<crate::kube::KubeVersion>> {
+    match (&cluster.kubernetes_version, &cluster.eks_cluster) {
+        (Some(v), _) => Ok(Some(*v)),
+        (None, Some(eks)) => provider.kubernetes_version(eks).await,
+        (None, None) => Ok(None),
+    }
+}
+
 /// Checks that `release` can go to `cluster`: validated images for every arch it uses.
 pub fn check_release(release: &Manifest, cluster_name: &str, cluster: &Cluster) -> Result<()> {
     let missing: Vec<String> = cluster

@@ -371,7 +371,14 @@ async fn run_recipe(
                     item.key.short()
                 ))
             })?;
-        release_images.insert(item.arch, latest.images[&item.arch].clone());
+        // The image's package manifest goes with it into the new release (a registry that
+        // keeps manifests per release, as SSM does, would otherwise leave this arch without).
+        let mut image = latest.images[&item.arch].clone();
+        image.packages = cx
+            .registry
+            .package_manifest(&item.recipe, &latest.release, item.arch)
+            .await?;
+        release_images.insert(item.arch, image);
     }
     let manifest = Manifest {
         recipe: bake.recipe.name.clone(),
@@ -401,7 +408,9 @@ async fn run_recipe(
     // The release was published under this run's lock, which `bake revoke` also takes: it
     // cannot have been revoked yet.
     for target in &bake.auto_promote {
-        let cluster = &cx.pipeline.clusters[target];
+        let mut cluster = cx.pipeline.clusters[target].clone();
+        cluster.kubernetes_version = promote::kubernetes_version(cx.provider, &cluster).await?;
+        let cluster = &cluster;
         let reason = format!("auto-promotion by run {}", journal.run_id());
         promote::check_release(&published, target, cluster)?;
         promote::apply(

@@ -242,6 +242,13 @@ impl Provider for FakeProvider {
         Ok(self.shared().manifests.get(image_id).cloned())
     }
 
+    async fn kubernetes_version(
+        &self,
+        _eks_cluster: &str,
+    ) -> Result<Option<bake::kube::KubeVersion>> {
+        Ok(None)
+    }
+
     async fn image_in_use(&self, image_id: &str) -> Result<Option<String>> {
         Ok(self.shared().in_use.get(image_id).cloned())
     }

@@ -82,7 +82,8 @@ impl Moto {
         }
         // What an account running bake has: the builder instance profile (IAM, via boto3 from
         // the same venv; moto checks that a launched profile exists) and the clusters canaries
-        // join (their endpoint, CA and service CIDR go into the canary's user data).
+        // join (their endpoint, CA and service CIDR go into the canary's user data), at the
+        // Kubernetes version promotion reads (`legacy` lags three minors behind).
         let status = Command::new(venv.join("bin/python"))
             .args([
                 "-c",
@@ -90,8 +91,8 @@ impl Moto {
                  kw = dict(endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
                  boto3.client('iam', **kw).create_instance_profile(InstanceProfileName='bake-builder')\n\
                  eks = boto3.client('eks', **kw)\n\
-                 for name in ('dev', 'staging'):\n\
-                 \x20   eks.create_cluster(name=name, roleArn='arn:aws:iam::123456789012:role/eks', resourcesVpcConfig={'subnetIds': []}, kubernetesNetworkConfig={'serviceIpv4Cidr': '10.100.0.0/16'})\n",
+                 for name in ('dev', 'staging', 'prod', 'legacy'):\n\
+                 \x20   eks.create_cluster(name=name, version='1.28' if name == 'legacy' else '1.31', roleArn='arn:aws:iam::123456789012:role/eks', resourcesVpcConfig={'subnetIds': []}, kubernetesNetworkConfig={'serviceIpv4Cidr': '10.100.0.0/16'})\n",
                 &moto_url,
             ])
             .status()
@@ -125,8 +126,10 @@ impl Moto {
     }
 
     /// What the proxy answers from now on. Unless the config scripts them itself or makes
-    /// instances real VMs (`machines`), instances report an empty package list, and canaries
-    /// an Ubuntu system with the image's root mounted from its second volume.
+    /// instances real VMs (`machines`), instances report the smallest package list of an EKS
+    /// node (DEFAULT_PACKAGES: its distribution and a kubelet, which promotion's skew check
+    /// needs), and canaries an Ubuntu system with the image's root mounted from its second
+    /// volume.
     pub fn set_config(&self, mut config: serde_json::Value) {
         // Instances that are real VMs answer for themselves.
         let scripted = config.get("machines").is_none();
@@ -140,7 +143,7 @@ impl Moto {
                 .iter()
                 .any(|r| r["match"] == PACKAGE_MANIFEST_NEEDLE)
             {
-                commands.extend(package_rules(""));
+                commands.extend(package_rules(DEFAULT_PACKAGES));
             }
             if !commands.iter().any(|r| r["match"] == PREPARE_CANARY_NEEDLE) {
                 commands.push(serde_json::json!({
@@ -344,6 +347,9 @@ pub fn bake_refused(p: &Project, moto: &Moto, args: &[&str]) -> (i32, String) {
 /// What bake's package-manifest command carries, for scripting its answer.
 /// What identifies the canary's prepare command in the proxy's command rules.
 pub const PREPARE_CANARY_NEEDLE: &str = "prepare canary";
+
+/// What an instance reports as its packages unless a test scripts its own list.
+pub const DEFAULT_PACKAGES: &str = "#os\tubuntu\t22.04\nkubelet\t1.31.2\tamd64\n";
 
 pub const PACKAGE_MANIFEST_NEEDLE: &str = "bake: package manifest";
 

@@ -45,6 +45,7 @@ impl ChannelChange {
     pub(super) async fn apply(
         &self,
         recipe: &str,
+        cluster: &str,
         g: &Global,
         work: impl AsyncFnOnce(
             &dyn crate::registry::Registry,
@@ -52,8 +53,13 @@ impl ChannelChange {
             &str,
         ) -> Result<promote::Promotion>,
     ) -> Result<u8> {
-        let pipeline = self.registry.load(recipe)?;
+        let mut pipeline = self.registry.load(recipe)?;
         let (provider, reg) = open(&pipeline, &g.state_dir).await?;
+        // The version skew is checked against what the cluster runs: named in the pipeline,
+        // or read from its EKS control plane.
+        if let Some(c) = pipeline.clusters.get_mut(cluster) {
+            c.kubernetes_version = promote::kubernetes_version(provider.as_ref(), c).await?;
+        }
         let who = promote::who();
         let work = async {
             let moved = work(reg.as_ref(), &pipeline, &who).await?;
@@ -93,7 +99,7 @@ impl ChannelChange {
 pub async fn run(args: &PromoteArgs, g: &Global) -> Result<u8> {
     let c = &args.change;
     args.change
-        .apply(&args.recipe, g, async |reg, pipeline, who| {
+        .apply(&args.recipe, &args.to, g, async |reg, pipeline, who| {
             let req = promote::Request {
                 recipe: &args.recipe,
                 release: &args.release,

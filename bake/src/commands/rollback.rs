@@ -22,16 +22,21 @@ pub struct RollbackArgs {
 pub async fn run(args: &RollbackArgs, g: &Global) -> Result<u8> {
     let c = &args.change;
     args.change
-        .apply(&args.recipe, g, async |reg, pipeline, who| {
-            let req = promote::Rollback {
-                recipe: &args.recipe,
-                cluster: &args.cluster,
-                to: args.to.as_ref(),
-                reason: c.reason.as_deref(),
-                who,
-                dry_run: c.dry_run,
-            };
-            promote::rollback(reg, pipeline, &req).await
-        })
+        .apply(
+            &args.recipe,
+            &args.cluster,
+            g,
+            async |reg, pipeline, who| {
+                let req = promote::Rollback {
+                    recipe: &args.recipe,
+                    cluster: &args.cluster,
+                    to: args.to.as_ref(),
+                    reason: c.reason.as_deref(),
+                    who,
+                    dry_run: c.dry_run,
+                };
+                promote::rollback(reg, pipeline, &req).await
+            },
+        )
         .await
 }

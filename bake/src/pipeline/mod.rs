@@ -88,10 +88,11 @@ pub struct Cluster {
     /// Arches this cluster's nodes use; promotion refuses a release that lacks one.
     #[serde(default = "all_arches")]
     pub arches: Vec<Arch>,
-    /// AWS: the EKS cluster a canary joins when this cluster is the canary cluster.
+    /// AWS: the EKS cluster behind this channel. A canary joins it when this is the canary
+    /// cluster; promotion reads its Kubernetes version when `kubernetes_version` is not set.
     pub eks_cluster: Option<String>,
     /// The cluster's Kubernetes version ("1.31"): promotion refuses a release whose kubelet is
-    /// newer, or more than three minor versions older.
+    /// newer, or more than three minor versions older. Unset: read from `eks_cluster`.
     pub kubernetes_version: Option<crate::kube::KubeVersion>,
 }
 

@@ -5,6 +5,7 @@ pub mod aws;
 pub mod local;
 
 use crate::key::BakeKey;
+use crate::kube::KubeVersion;
 use crate::recipe::Recipe;
 use crate::steps::StepContext;
 pub use crate::steps::{ByRole, Role};
@@ -156,6 +157,10 @@ pub trait Provider: Send + Sync {
 
     /// The package manifest captured at bake time: `name<TAB>version<TAB>arch` lines.
     async fn package_manifest(&self, image_id: &str) -> Result<Option<String>>;
+
+    /// The Kubernetes version an EKS cluster's control plane runs (`eks:DescribeCluster`), or
+    /// None where the provider has no clusters to ask (local).
+    async fn kubernetes_version(&self, eks_cluster: &str) -> Result<Option<KubeVersion>>;
 
     /// Why the image must not be deleted (a running or stopped instance or a launch template
     /// uses it, it has deregistration protection), or None.

@@ -24,6 +24,7 @@ pub mod toe;
 use super::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider};
 use crate::aws::{err, Limits};
 use crate::key::BakeKey;
+use crate::kube::KubeVersion;
 use crate::names::AwsBaseRef;
 use crate::pipeline::{AwsSettings, Pipeline};
 use crate::provider::Leftover;
@@ -409,8 +410,40 @@ impl Provider for AwsProvider {
     }
 
     async fn package_manifest(&self, _image_id: &str) -> Result<Option<String>> {
-        // Only its digest is kept on AWS (tag bake:packages); the list itself is in the run log.
+        // The image carries only the digest (tag bake:packages); the SSM registry keeps the
+        // list itself beside the release (`Registry::package_manifest`).
         Ok(None)
+    }
+
+    async fn kubernetes_version(&self, eks_cluster: &str) -> Result<Option<KubeVersion>> {
+        self.eks_slot().await;
+        let region = &self.region;
+        let r = self
+            .eks
+            .describe_cluster()
+            .name(eks_cluster)
+            .send()
+            .await
+            .map_err(|e| {
+                crate::aws::err(
+                    format!(
+                        "reading the Kubernetes version of EKS cluster {eks_cluster} in {region}"
+                    ),
+                    e,
+                )
+            })?;
+        let Some(v) = r.cluster().and_then(|c| c.version()) else {
+            return Err(Error::provider(
+                "aws",
+                format!("EKS cluster {eks_cluster} in {region} reports no Kubernetes version"),
+            ));
+        };
+        v.parse().map(Some).map_err(|why| {
+            Error::provider(
+                "aws",
+                format!("EKS cluster {eks_cluster} in {region}: {why}"),
+            )
+        })
     }
 
     async fn image_in_use(&self, image_id: &str) -> Result<Option<String>> {

@@ -19,6 +19,7 @@ use self::qemu::Accel;
 use self::store::Store;
 use super::{BakeJob, BaseImage, ImageRecord, Provider};
 use crate::key::BakeKey;
+use crate::kube::KubeVersion;
 use crate::pipeline::{self, LocalSettings};
 use crate::provider::Leftover;
 use crate::recipe::Recipe;
@@ -203,6 +204,11 @@ impl Provider for LocalProvider {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
         }
+    }
+
+    async fn kubernetes_version(&self, _eks_cluster: &str) -> Result<Option<KubeVersion>> {
+        // Local clusters are names for channels; there is no control plane to ask.
+        Ok(None)
     }
 
     async fn image_in_use(&self, image_id: &str) -> Result<Option<String>> {
