@@ -617,7 +617,7 @@ async fn rolling_one_node_changes_one_line_and_a_revoked_pin_fails_the_plan() {
     // holds the image bake published.
     let tfvars = parse(
         &format!(
-            "ssm_prefix = \"/tfroll\"\nrecipe = \"eks-node\"\narch = \"x86_64\"\ninstance_type = \"m7i.xlarge\"\nnodes = {{\n  \"trade-1\" = {{ subnet_id = \"subnet-0aaaaaaaaaaaaaaa1\" }}\n  \"trade-2\" = {{ subnet_id = \"subnet-0aaaaaaaaaaaaaaa2\" }}\n  \"trade-3\" = {{ subnet_id = \"subnet-0aaaaaaaaaaaaaaa1\" }}\n}}\n{}",
+            "ssm_prefix = \"/tfroll\"\nrecipe = \"eks-node\"\narch = \"x86_64\"\ninstance_type = \"m7i.xlarge\"\nnodes = [\n  {{ name = \"trade-1\", subnet_id = \"subnet-0aaaaaaaaaaaaaaa1\" }},\n  {{ name = \"trade-2\", subnet_id = \"subnet-0aaaaaaaaaaaaaaa2\" }},\n  {{ name = \"trade-3\", subnet_id = \"subnet-0aaaaaaaaaaaaaaa1\" }},\n]\n{}",
             after.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n")
         ),
         "pins",
@@ -666,11 +666,11 @@ async fn rolling_one_node_changes_one_line_and_a_revoked_pin_fails_the_plan() {
     let inputs = |published: serde_json::Value| {
         json!({
             "ssm_prefix": "/tfroll", "recipe": "eks-node", "arch": "x86_64",
-            "nodes": {
-                "trade-1": {"subnet_id": "subnet-0aaaaaaaaaaaaaaa1"},
-                "trade-2": {"subnet_id": "subnet-0aaaaaaaaaaaaaaa2"},
-                "trade-3": {"subnet_id": "subnet-0aaaaaaaaaaaaaaa1"},
-            },
+            "nodes": [
+                {"name": "trade-1", "subnet_id": "subnet-0aaaaaaaaaaaaaaa1"},
+                {"name": "trade-2", "subnet_id": "subnet-0aaaaaaaaaaaaaaa2"},
+                {"name": "trade-3", "subnet_id": "subnet-0aaaaaaaaaaaaaaa1"},
+            ],
             "pins": bake_pins_as_json(&after),
             "cluster": {"name": "prod", "endpoint": "https://0123.gr7.us-east-1.eks.amazonaws.com",
                         "certificate_authority": "QUJD", "service_cidr": "172.20.0.0/16"},
@@ -842,7 +842,7 @@ fn bake_pins_as_json(file: &str) -> serde_json::Value {
 fn node_parameter(pin: &serde_json::Value, node: &str) -> String {
     let tfvars = parse(
         &format!(
-            "{}instance_type = \"m7i.xlarge\"\nnodes = {{ {node} = {{ subnet_id = \"subnet-0aaaaaaaaaaaaaaa1\" }} }}\npins = {{\n{}\n}}\n",
+            "{}instance_type = \"m7i.xlarge\"\nnodes = [{{ name = \"{node}\", subnet_id = \"subnet-0aaaaaaaaaaaaaaa1\" }}]\npins = {{\n{}\n}}\n",
             pin["tfvars"].as_str().unwrap(),
             pin["nodes"][node].as_str().unwrap()
         ),

@@ -13,9 +13,13 @@ locals {
   kubelet_flag = "^--[a-z0-9][a-z0-9-]*(=[^\\s'\"\\\\]*)?$"
   own_flags    = "^--(node-labels|register-with-taints)(=|$)"
 
+  # The nodes by name (each named once: var.nodes refuses a second; the grouping only keeps a
+  # duplicate from failing here before that message is shown).
+  nodes = { for name, same in { for n in var.nodes : n.name => n... } : name => same[0] }
+
   # Every label, taint and flag a node gets, set-wide ones first.
   effective = {
-    for name, node in var.nodes : name => {
+    for name, node in local.nodes : name => {
       labels             = merge(var.labels, node.labels)
       taints             = concat(var.taints, node.taints)
       kubelet_extra_args = concat(var.kubelet_extra_args, node.kubelet_extra_args)
@@ -32,7 +36,7 @@ locals {
       [for t in e.taints : "node ${name}: taint ${t.key} effect \"${t.effect}\" must be NoSchedule, PreferNoSchedule or NoExecute" if !contains(["NoSchedule", "PreferNoSchedule", "NoExecute"], t.effect)],
       [for f in e.kubelet_extra_args : "node ${name}: kubelet flag \"${f}\" must look like --name or --name=value (no spaces or quotes)" if !can(regex(local.kubelet_flag, f))],
       [for f in e.kubelet_extra_args : "node ${name}: ${f}: set labels and taints with `labels` and `taints`, not kubelet flags" if can(regex(local.own_flags, f))],
-      var.join == "none" && var.nodes[name].user_data == null ? ["node ${name}: join = \"none\" needs the node's own user_data"] : [],
+      var.join == "none" && local.nodes[name].user_data == null ? ["node ${name}: join = \"none\" needs the node's own user_data"] : [],
     )
   ])
 

@@ -1,7 +1,7 @@
 output "nodes" {
   description = "Per node: image_parameter (the SSM name its image is read from), release (null for a channel pin), subnet_id, instance_type, labels, taints and user_data (the rendered join data, or the node's own)."
   value = {
-    for name, node in var.nodes : name => {
+    for name, node in local.nodes : name => {
       image_parameter = local.image_parameter[name]
       release         = var.pins[name].release
       subnet_id       = node.subnet_id

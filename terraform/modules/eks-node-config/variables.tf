@@ -35,12 +35,15 @@ variable "arch" {
 
 variable "nodes" {
   description = <<-EOT
-    The static nodes, by name. Adding or removing one touches no other; each keeps its place
-    (subnet) and its own pin in `pins`. Per node: subnet_id, and optionally instance_type, labels,
-    taints, kubelet_extra_args (added to the node set's), or user_data (used verbatim instead of
-    the join data the module renders).
+    The static nodes, each named once. Adding or removing one touches no other; each keeps its
+    place (subnet) and its own pin in `pins`. Per node: name, subnet_id, and optionally
+    instance_type, labels, taints, kubelet_extra_args (added to the node set's), or user_data
+    (used verbatim instead of the join data the module renders). A list, not a map: Terraform
+    keeps the last of two equal keys in a map without a word, so a copied line that kept its name
+    would silently replace a node; here it is refused.
   EOT
-  type = map(object({
+  type = list(object({
+    name               = string
     subnet_id          = string
     instance_type      = optional(string)
     labels             = optional(map(string), {})
@@ -54,11 +57,15 @@ variable "nodes" {
     error_message = "nodes needs at least one node."
   }
   validation {
-    condition     = alltrue([for n in keys(var.nodes) : can(regex("^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$", n))])
-    error_message = "Node names are lower-case letters, digits and - (at most 32, not starting or ending with -): ${join(", ", [for n in keys(var.nodes) : n if !can(regex("^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$", n))])}."
+    condition     = length(distinct(var.nodes[*].name)) == length(var.nodes)
+    error_message = "Each node is named once; named more than once: ${join(", ", [for name in distinct(var.nodes[*].name) : name if length([for n in var.nodes : n if n.name == name]) > 1])}."
   }
   validation {
-    condition     = alltrue([for n in values(var.nodes) : can(regex("^subnet-[0-9a-f]{8,17}$", n.subnet_id))])
+    condition     = alltrue([for n in var.nodes[*].name : can(regex("^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$", n))])
+    error_message = "Node names are lower-case letters, digits and - (at most 32, not starting or ending with -): ${join(", ", [for n in var.nodes[*].name : n if !can(regex("^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$", n))])}."
+  }
+  validation {
+    condition     = alltrue([for n in var.nodes : can(regex("^subnet-[0-9a-f]{8,17}$", n.subnet_id))])
     error_message = "Each node's subnet_id must be a subnet ID (subnet-0123abcd...)."
   }
 }
@@ -76,8 +83,8 @@ variable "pins" {
   }))
 
   validation {
-    condition     = sort(keys(var.pins)) == sort(keys(var.nodes))
-    error_message = "pins and nodes must name the same nodes. Without a pin: ${jsonencode(setsubtract(keys(var.nodes), keys(var.pins)))}; pinned but not a node: ${jsonencode(setsubtract(keys(var.pins), keys(var.nodes)))}."
+    condition     = sort(keys(var.pins)) == sort(distinct(var.nodes[*].name))
+    error_message = "pins and nodes must name the same nodes. Without a pin: ${jsonencode(setsubtract(var.nodes[*].name, keys(var.pins)))}; pinned but not a node: ${jsonencode(setsubtract(keys(var.pins), var.nodes[*].name))}."
   }
   validation {
     condition     = alltrue([for p in values(var.pins) : (p.release == null) != (p.channel == null)])

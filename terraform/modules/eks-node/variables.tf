@@ -23,8 +23,9 @@ variable "name" {
 }
 
 variable "nodes" {
-  description = "The static nodes by name: subnet_id, and optionally instance_type, labels, taints, kubelet_extra_args, user_data. See ../eks-node-config."
-  type = map(object({
+  description = "The static nodes, each named once: name, subnet_id, and optionally instance_type, labels, taints, kubelet_extra_args, user_data. A list so that a name given twice is refused (a map keeps the last without a word). See ../eks-node-config."
+  type = list(object({
+    name               = string
     subnet_id          = string
     instance_type      = optional(string)
     labels             = optional(map(string), {})

@@ -15,8 +15,9 @@ variable "instance_type" {
   type = string
 }
 variable "nodes" {
-  description = "The named nodes and their subnets (nodes.auto.tfvars)."
-  type = map(object({
+  description = "The named nodes and their subnets (nodes.auto.tfvars), each named once."
+  type = list(object({
+    name          = string
     subnet_id     = string
     instance_type = optional(string)
     labels        = optional(map(string), {})

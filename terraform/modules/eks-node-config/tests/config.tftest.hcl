@@ -11,10 +11,10 @@ variables {
     certificate_authority = "TFMwdExTMUNSVWRKVGlCRFJWSlVTVVpKUTBGVVJTMHRMUzB0Q2c9PQ=="
     service_cidr          = "172.20.0.0/16"
   }
-  nodes = {
-    trade-1 = { subnet_id = "subnet-0aaaaaaaaaaaaaaa1" }
-    trade-2 = { subnet_id = "subnet-0aaaaaaaaaaaaaaa2", instance_type = "m7i.2xlarge", labels = { "example.com/pool" = "trade" } }
-  }
+  nodes = [
+    { name = "trade-1", subnet_id = "subnet-0aaaaaaaaaaaaaaa1" },
+    { name = "trade-2", subnet_id = "subnet-0aaaaaaaaaaaaaaa2", instance_type = "m7i.2xlarge", labels = { "example.com/pool" = "trade" } },
+  ]
   pins = {
     trade-1 = { release = "2026.11.25-1" }
     trade-2 = { release = "2026.11.26-2" }
@@ -120,7 +120,7 @@ run "a_node_may_bring_its_own_user_data" {
   command = plan
   variables {
     join  = "none"
-    nodes = { solo = { subnet_id = "subnet-0aaaaaaaaaaaaaaa1", user_data = "#cloud-config\n{}\n" } }
+    nodes = [{ name = "solo", subnet_id = "subnet-0aaaaaaaaaaaaaaa1", user_data = "#cloud-config\n{}\n" }]
     pins  = { solo = { release = "2026.11.25-1" } }
   }
   assert {
@@ -164,8 +164,21 @@ run "a_malformed_release_is_refused" {
 run "a_bad_node_name_is_refused" {
   command = plan
   variables {
-    nodes = { "Trade_1" = { subnet_id = "subnet-0aaaaaaaaaaaaaaa1" } }
+    nodes = [{ name = "Trade_1", subnet_id = "subnet-0aaaaaaaaaaaaaaa1" }]
     pins  = { "Trade_1" = { release = "2026.11.25-1" } }
+  }
+  expect_failures = [var.nodes]
+}
+
+run "a_node_named_twice_is_refused" {
+  # A copied line that kept its name: in a map Terraform would keep the second without a word.
+  command = plan
+  variables {
+    nodes = [
+      { name = "trade-1", subnet_id = "subnet-0aaaaaaaaaaaaaaa1" },
+      { name = "trade-2", subnet_id = "subnet-0aaaaaaaaaaaaaaa2" },
+      { name = "trade-1", subnet_id = "subnet-0aaaaaaaaaaaaaaa2" },
+    ]
   }
   expect_failures = [var.nodes]
 }
