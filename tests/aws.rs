@@ -728,19 +728,7 @@ async fn runs_under_random_throttling_5xx_and_latency_complete_or_fail_cleanly()
             "run {n}: {baked:?}"
         );
         // Only complete releases are visible: every release directory has its manifest.
-        let ssm = aws_sdk_ssm::Client::new(&moto.sdk().await);
-        let params: Vec<aws_sdk_ssm::types::Parameter> = ssm
-            .get_parameters_by_path()
-            .path(&prefix)
-            .recursive(true)
-            .into_paginator()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-            .unwrap()
-            .into_iter()
-            .flat_map(|page| page.parameters.unwrap_or_default())
-            .collect();
+        let params = common::moto::parameters_under(moto, &prefix).await;
         // (A release's package manifests are chunks beside its image IDs.)
         let images = params
             .iter()

@@ -36,19 +36,7 @@ fn json_of(out: std::process::Output) -> (i32, Value, String) {
 async fn leaks(moto: &Moto, prefix: &str) -> Vec<String> {
     let cfg = moto.sdk().await;
     let ec2 = aws_sdk_ec2::Client::new(&cfg);
-    let ssm = aws_sdk_ssm::Client::new(&cfg);
-    let params: Vec<aws_sdk_ssm::types::Parameter> = ssm
-        .get_parameters_by_path()
-        .path(prefix)
-        .recursive(true)
-        .into_paginator()
-        .send()
-        .collect::<Result<Vec<_>, _>>()
-        .await
-        .unwrap()
-        .into_iter()
-        .flat_map(|page| page.parameters.unwrap_or_default())
-        .collect();
+    let params = common::moto::parameters_under(moto, prefix).await;
     // Image IDs (a release's package manifest chunks sit beside them).
     let published: Vec<String> = params
         .iter()

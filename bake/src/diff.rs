@@ -129,8 +129,8 @@ pub async fn diff(
     for arch in arches {
         let ia = a.images.get(&arch);
         let ib = b.images.get(&arch);
-        let ma = crate::packages::of_release(registry, provider, &a, arch).await?;
-        let mb = crate::packages::of_release(registry, provider, &b, arch).await?;
+        let ma = crate::inventory::package_manifest(registry, provider, &a, arch).await?;
+        let mb = crate::inventory::package_manifest(registry, provider, &b, arch).await?;
         let note = match (&ma, &mb) {
             (Some(_), Some(_)) => None,
             _ => Some("a package manifest is not available for one of the images; only base and key are compared".into()),

@@ -14,6 +14,7 @@ pub mod error;
 pub mod guest;
 pub mod iam;
 pub mod input;
+pub mod inventory;
 pub mod journal;
 pub mod key;
 pub mod kube;

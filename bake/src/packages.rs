@@ -1,10 +1,10 @@
 //! The package manifest captured at bake time: one `name<TAB>version<TAB>arch` line per
 //! package (dpkg or rpm, then snaps), after an `#os<TAB>id<TAB>version` line naming the
-//! distribution. Parsed here, ordered as Debian and RPM order versions, and kept on AWS as
-//! compressed SSM parameters beside the release.
+//! distribution. Parsed here, ordered as Debian and RPM order versions, and encoded for the
+//! compressed SSM parameters that keep it beside the release on AWS (`inventory` reads it back).
 
-use crate::release::{Manifest, ReleaseImage};
-use crate::{Arch, Error, Result};
+use crate::release::ReleaseImage;
+use crate::Arch;
 use base64::Engine as _;
 use std::cmp::Ordering;
 use std::io::{Read, Write};
@@ -266,36 +266,6 @@ pub fn decode(chunks: &[String]) -> std::result::Result<String, String> {
     flate2::read::GzDecoder::new(&bytes[..])
         .read_to_string(&mut text)
         .map_err(|e| format!("not a gzipped manifest: {e}"))?;
-    Ok(text)
-}
-
-/// The package manifest of a release's image: kept by the registry (AWS) or the provider
-/// (local), and checked against the digest recorded at bake time.
-pub async fn of_release(
-    registry: &dyn crate::registry::Registry,
-    provider: &dyn crate::provider::Provider,
-    release: &Manifest,
-    arch: Arch,
-) -> Result<Option<String>> {
-    let Some(image) = release.images.get(&arch) else {
-        return Ok(None);
-    };
-    let text = match registry
-        .package_manifest(&release.recipe, &release.release, arch)
-        .await?
-    {
-        Some(t) => Some(t),
-        None => provider.package_manifest(&image.image_id).await?,
-    };
-    if let (Some(t), Some(want)) = (&text, &image.packages_sha256) {
-        let got = crate::recipe::sha256_hex(t.as_bytes());
-        if &got != want {
-            return Err(Error::Conflict(format!(
-                "the package manifest kept for {} {} {arch} has sha256 {got}, not the {want} recorded at bake time",
-                release.recipe, release.release
-            )));
-        }
-    }
     Ok(text)
 }
 

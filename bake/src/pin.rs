@@ -8,12 +8,61 @@
 //! later (a nightly auto-promoted channel gets there in about three months).
 
 use crate::names::SsmPath;
-use crate::pins_file::NodePin;
 use crate::registry::{self, Registry};
 use crate::release::ReleaseId;
 use crate::{Arch, Error, Result};
 use serde::Serialize;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
+
+/// A node's image in the `pins` map.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum NodePin {
+    Release {
+        release: String,
+    },
+    Channel {
+        channel: String,
+        channel_version: u64,
+    },
+}
+
+impl fmt::Display for NodePin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodePin::Release { release } => write!(f, "release {release}"),
+            NodePin::Channel {
+                channel,
+                channel_version,
+            } => write!(f, "channel {channel} version {channel_version}"),
+        }
+    }
+}
+
+impl NodePin {
+    fn hcl(&self) -> String {
+        let q = |s: &str| serde_json::to_string(s).expect("strings serialize");
+        match self {
+            NodePin::Release { release } => format!("{{ release = {} }}", q(release)),
+            NodePin::Channel {
+                channel,
+                channel_version,
+            } => format!(
+                "{{ channel = {}, channel_version = {channel_version} }}",
+                q(channel)
+            ),
+        }
+    }
+}
+
+/// One node's line: `"trade-1" = { release = "2026.11.25-1" } # <comment>`.
+pub fn entry(node: &str, pin: &NodePin, comment: Option<&str>) -> String {
+    let key = serde_json::to_string(node).expect("strings serialize");
+    match comment {
+        Some(c) => format!("{key} = {} # {c}", pin.hcl()),
+        None => format!("{key} = {}", pin.hcl()),
+    }
+}
 
 /// What to pin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +214,7 @@ impl Pin {
 
     /// One node's line of the module's `pins` map.
     pub fn node_entry(&self, node: &str) -> String {
-        crate::pins_file::entry(
+        entry(
             node,
             &NodePin::Release {
                 release: self.release.to_string(),

@@ -7,53 +7,11 @@
 //! anything but `pins` is refused rather than rewritten.
 
 use crate::diag::Diagnostic;
-use crate::pin::Pin;
+use crate::pin::{entry, NodePin, Pin};
 use crate::{Arch, Error, Result};
 use hcl::{Expression, ObjectKey};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
-
-/// A node's image in the `pins` map.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(untagged)]
-pub enum NodePin {
-    Release {
-        release: String,
-    },
-    Channel {
-        channel: String,
-        channel_version: u64,
-    },
-}
-
-impl fmt::Display for NodePin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NodePin::Release { release } => write!(f, "release {release}"),
-            NodePin::Channel {
-                channel,
-                channel_version,
-            } => write!(f, "channel {channel} version {channel_version}"),
-        }
-    }
-}
-
-impl NodePin {
-    fn hcl(&self) -> String {
-        let q = |s: &str| serde_json::to_string(s).expect("strings serialize");
-        match self {
-            NodePin::Release { release } => format!("{{ release = {} }}", q(release)),
-            NodePin::Channel {
-                channel,
-                channel_version,
-            } => format!(
-                "{{ channel = {}, channel_version = {channel_version} }}",
-                q(channel)
-            ),
-        }
-    }
-}
 
 /// Node names as the module takes them: lower-case letters, digits and `-`, at most 32.
 pub fn check_node_name(name: &str) -> Result<()> {
@@ -70,15 +28,6 @@ pub fn check_node_name(name: &str) -> Result<()> {
         Err(Error::Usage(format!(
             "--node `{name}`: node names are lower-case letters, digits and - (at most 32, not starting or ending with -), as the eks-node module takes them"
         )))
-    }
-}
-
-/// One node's line: `"trade-1" = { release = "2026.11.25-1" } # <comment>`.
-pub fn entry(node: &str, pin: &NodePin, comment: Option<&str>) -> String {
-    let key = serde_json::to_string(node).expect("strings serialize");
-    match comment {
-        Some(c) => format!("{key} = {} # {c}", pin.hcl()),
-        None => format!("{key} = {}", pin.hcl()),
     }
 }
 

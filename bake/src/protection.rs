@@ -7,26 +7,10 @@
 //! Reconciled when a prod channel moves (promote, rollback) and by prune.
 
 use crate::pipeline::Pipeline;
-use crate::provider::Provider;
+use crate::provider::{Protection, Provider};
 use crate::registry::Registry;
 use crate::Result;
-use serde::Serialize;
 use std::collections::BTreeSet;
-
-/// What a reconciliation changes (or, planned, would change).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Protection {
-    /// Images protected now (copies included).
-    pub protect: Vec<String>,
-    /// Images whose protection (set by bake) is lifted.
-    pub lift: Vec<String>,
-}
-
-impl Protection {
-    pub fn is_empty(&self) -> bool {
-        self.protect.is_empty() && self.lift.is_empty()
-    }
-}
 
 /// The home-region images of `recipe` that prod channels hold now or in their history window.
 pub async fn wanted(

@@ -34,7 +34,9 @@ pub async fn of_release(
                 .join(", ")
         )));
     }
-    let Some(text) = crate::packages::of_release(registry, provider, &manifest, arch).await? else {
+    let Some(text) =
+        crate::inventory::package_manifest(registry, provider, &manifest, arch).await?
+    else {
         return Err(Error::Usage(format!(
             "no package manifest is kept for release {release} of `{recipe}` ({arch}): it was published by a run resumed past its capture, or before bake kept manifests; bake it again to get an SBOM"
         )));

@@ -375,6 +375,22 @@ pub fn package_rules(list: &str) -> Vec<Value> {
     rules
 }
 
+/// Every SSM parameter under `path`, recursively, every page read.
+pub async fn parameters_under(moto: &Moto, path: &str) -> Vec<aws_sdk_ssm::types::Parameter> {
+    aws_sdk_ssm::Client::new(&moto.sdk().await)
+        .get_parameters_by_path()
+        .path(path)
+        .recursive(true)
+        .into_paginator()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|page| page.parameters.unwrap_or_default())
+        .collect()
+}
+
 /// The IDs of every instance in moto that is not terminated.
 pub async fn live_instances(moto: &Moto) -> Vec<String> {
     let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);

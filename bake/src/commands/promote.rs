@@ -119,15 +119,15 @@ pub(super) fn print_promotion(
     output: Output,
     recipe: &str,
     p: &promote::Promotion,
-    protection: &crate::protection::Protection,
+    protection: &crate::provider::Protection,
 ) {
     if output == Output::Json {
         #[derive(serde::Serialize)]
         struct Out<'a> {
             #[serde(flatten)]
             promotion: &'a promote::Promotion,
-            #[serde(skip_serializing_if = "crate::protection::Protection::is_empty")]
-            protection: &'a crate::protection::Protection,
+            #[serde(skip_serializing_if = "crate::provider::Protection::is_empty")]
+            protection: &'a crate::provider::Protection,
         }
         return json(&Out {
             promotion: p,
@@ -171,7 +171,7 @@ pub(super) fn print_promotion(
 }
 
 /// What changed in deregistration protection, for people.
-pub(super) fn print_protection(p: &crate::protection::Protection, applied: bool) {
+pub(super) fn print_protection(p: &crate::provider::Protection, applied: bool) {
     let (on, off) = if applied {
         (
             "deregistration protection on",

@@ -86,7 +86,7 @@ pub async fn run(args: &PruneArgs, g: &Global) -> Result<u8> {
 fn print_prune(
     output: Output,
     plan: &prune::PrunePlan,
-    protection: &crate::protection::Protection,
+    protection: &crate::provider::Protection,
     applied: bool,
 ) {
     if output == Output::Json {
@@ -95,7 +95,7 @@ fn print_prune(
             applied: bool,
             #[serde(flatten)]
             plan: &'a prune::PrunePlan,
-            protection: &'a crate::protection::Protection,
+            protection: &'a crate::provider::Protection,
         }
         return json(&Out {
             applied,

@@ -134,6 +134,22 @@ pub fn deprecation_start(now: chrono::DateTime<chrono::Utc>) -> chrono::DateTime
     now.duration_trunc(TimeDelta::minutes(1)).unwrap_or(now) + TimeDelta::minutes(2)
 }
 
+/// What a reconciliation of deregistration protection changes (or, planned, would change):
+/// `protect_images`' answer, `protection::reconcile`'s result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Protection {
+    /// Images protected now (copies included).
+    pub protect: Vec<String>,
+    /// Images whose protection (set by bake) is lifted.
+    pub lift: Vec<String>,
+}
+
+impl Protection {
+    pub fn is_empty(&self) -> bool {
+        self.protect.is_empty() && self.lift.is_empty()
+    }
+}
+
 #[async_trait]
 pub trait Provider: Send + Sync {
     fn name(&self) -> &'static str;
@@ -218,7 +234,7 @@ pub trait Provider: Send + Sync {
         _recipe: &str,
         _wanted: &std::collections::BTreeSet<String>,
         _apply: bool,
-    ) -> Result<crate::protection::Protection> {
+    ) -> Result<Protection> {
         Ok(Default::default())
     }
 

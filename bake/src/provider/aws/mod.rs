@@ -510,7 +510,7 @@ impl Provider for AwsProvider {
         recipe: &str,
         wanted: &BTreeSet<String>,
         apply: bool,
-    ) -> Result<crate::protection::Protection> {
+    ) -> Result<crate::provider::Protection> {
         self.reconcile_protection(recipe, wanted, apply).await
     }
 

@@ -2,7 +2,7 @@
 //! prod holds gets it; what bake protected and prod let go loses it (see crate::protection).
 
 use super::AwsProvider;
-use crate::protection::Protection;
+use crate::provider::Protection;
 use crate::Result;
 use std::collections::BTreeSet;
 
