@@ -51,6 +51,13 @@ fn rehearsal_project(prefix: &str) -> Project {
     );
     moto::x86_only(&p);
     p.edit("pipelines/aws.toml", "[canary]\ncluster = \"dev\"\n", "");
+    // The local base is plain Debian, not an EKS node (no kubelet): dev names no EKS cluster,
+    // so auto-promotion has no Kubernetes version to hold the release to.
+    p.edit(
+        "pipelines/aws.toml",
+        "[clusters.dev]\narches = [\"x86_64\"]\neks_cluster = \"dev\"\n",
+        "[clusters.dev]\narches = [\"x86_64\"]\n",
+    );
     p
 }
 
