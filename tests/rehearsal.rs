@@ -459,12 +459,14 @@ async fn sigkill_during_a_real_step_then_sweep_leaves_no_vm_instance_or_image() 
         .spawn()
         .unwrap();
     // The third command is the second recipe step (after the files and settle-first-boot):
-    // kill while the guest runs it.
+    // kill while the guest runs it. (Only this run's commands: other tests share the emulator
+    // and send theirs meanwhile; each project signs with its own key.)
+    let key = p.access_key();
     let start = std::time::Instant::now();
     while moto
-        .calls()
+        .records()
         .iter()
-        .filter(|(_, a)| a == "SendCommand")
+        .filter(|r| r["action"] == "SendCommand" && r["key"] == key.as_str())
         .count()
         < 3
     {

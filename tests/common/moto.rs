@@ -38,6 +38,14 @@ fn dies_with_us(cmd: &mut Command) -> &mut Command {
     cmd
 }
 
+/// Whether process `pid` listens on `port` (what `ss -ltnp` shows).
+fn listens(pid: u32, port: u16) -> bool {
+    Command::new("ss")
+        .args(["-Hltnp", &format!("sport = :{port}")])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("pid={pid},")))
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -62,24 +70,37 @@ impl Moto {
             server.display()
         );
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let mut moto = Command::new(&server);
-        dies_with_us(&mut moto)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-            .env("MOTO_ENABLE_AMI_VALIDATION", "true")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let moto = moto.spawn().unwrap();
+        // A free port can be taken by another test's emulator between our probe and moto's
+        // bind; then ours exits and the port answers for someone else. Only a port our own
+        // moto_server holds (still running once it answers) will do.
+        let (moto, port) = (0..10)
+            .find_map(|_| {
+                let port = free_port();
+                let mut moto = Command::new(&server);
+                dies_with_us(&mut moto)
+                    .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                    .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+                    .env("MOTO_ENABLE_AMI_VALIDATION", "true")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                let mut moto = moto.spawn().unwrap();
+                let start = Instant::now();
+                loop {
+                    if moto.try_wait().unwrap().is_some() {
+                        return None;
+                    }
+                    if listens(moto.id(), port) {
+                        return Some((moto, port));
+                    }
+                    assert!(
+                        start.elapsed() < Duration::from_secs(60),
+                        "moto_server did not start"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+            .expect("moto_server could not hold a port of its own in 10 tries");
         let moto_url = format!("http://127.0.0.1:{port}");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "moto_server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
         // What an account running bake has: the builder instance profile (IAM, via boto3 from
         // the same venv; moto checks that a launched profile exists) and the clusters canaries
         // join (their endpoint, CA and service CIDR go into the canary's user data), at the
