@@ -15,7 +15,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 mod settings;
-pub use settings::{Accel, AwsSettings, Cpus, Engine, LocalSettings, Settings};
+pub use settings::{Accel, AwsSettings, Builder, Cpus, Engine, LocalSettings, Settings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -21,6 +21,8 @@ pub struct LocalSettings {
     pub cpus: Cpus,
     #[serde(default)]
     pub accel: Accel,
+    #[serde(default)]
+    pub builder: Builder,
     #[serde(default = "default_boot_timeout", with = "humantime_serde")]
     pub boot_timeout: Duration,
     #[serde(default = "default_step_timeout", with = "humantime_serde")]
@@ -54,6 +56,7 @@ impl Default for LocalSettings {
             memory_mib: default_memory(),
             cpus: Cpus::Auto,
             accel: Accel::Auto,
+            builder: Builder::Auto,
             boot_timeout: default_boot_timeout(),
             step_timeout: default_step_timeout(),
             shutdown_timeout: default_shutdown_timeout(),
@@ -137,6 +140,38 @@ pub enum Accel {
     Auto,
     Kvm,
     Tcg,
+}
+
+/// Where the local provider applies a recipe. The canary VM proves the image either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Builder {
+    /// `offline` when bake runs as root on a host with loop devices, `vm` otherwise.
+    #[default]
+    Auto,
+    /// In a chroot of the image's own filesystem, no builder VM (needs root and loop devices).
+    Offline,
+    /// In a builder VM booted from the base, through its guest agent: for steps that need a
+    /// running system (systemd as PID 1, cloud-init's first boot, snapd).
+    Vm,
+}
+
+impl Builder {
+    /// `auto` decided for this host: offline when it can mount a loop device (root), else vm.
+    pub fn resolve(self) -> Builder {
+        match self {
+            Builder::Auto => {
+                // SAFETY: geteuid has no preconditions.
+                let root = unsafe { libc::geteuid() } == 0;
+                if root && std::path::Path::new("/dev/loop-control").exists() {
+                    Builder::Offline
+                } else {
+                    Builder::Vm
+                }
+            }
+            b => b,
+        }
+    }
 }
 
 /// Where and how the AWS provider works.

@@ -2,10 +2,12 @@
 //! The steps that work inside a VM are the provider-neutral ones (`crate::steps::provision`,
 //! `crate::steps::validators`) over the QEMU guest agent.
 
+use super::chroot::{OpenChroot, RawBuilderDisk};
 use super::image::{BootFiles, StoreImage, StoreRecord};
 use super::machine::{BootVm, CreateDisk, PrepareBase, Shutdown};
 use super::state::State;
 use super::LocalProvider;
+use crate::pipeline::Builder;
 use crate::provider::{BakeJob, ImageRecord, Role};
 use crate::state_dir::StateDir;
 use crate::steps::provision::{CapturePackages, InstallFiles, RunSteps};
@@ -15,9 +17,9 @@ use crate::{Error, Result};
 use std::time::Duration;
 
 impl LocalProvider {
-    /// Bakes and proves one image: base → builder disk → boot → install files → run steps →
-    /// capture packages → boot files → shut down → store the image → canary disk → boot →
-    /// validate.
+    /// Bakes and proves one image: base → builder disk → open the builder (a chroot of the
+    /// disk, or a booted VM) → install files → run steps → capture packages → boot files →
+    /// (shut the VM down) → store the image → canary disk → boot → validate.
     pub(super) async fn bake_chain(
         &self,
         job: &BakeJob<'_>,
@@ -47,21 +49,39 @@ impl LocalProvider {
         let (builder, canary) = (Role::Builder, Role::Canary);
         let timeout = s.step_timeout;
         // One step per line, in the order they run: the chain reads as the bake does.
+        let offline = self.builder == Builder::Offline;
+        let mut steps: Vec<Box<dyn Step<State> + '_>> = vec![Box::new(PrepareBase {
+            spec,
+            provider: self,
+        })];
+        if offline {
+            steps.push(Box::new(RawBuilderDisk));
+            steps.push(Box::new(OpenChroot { timeout }));
+        } else {
+            steps.push(Box::new(CreateDisk { role: builder }));
+            steps.push(Box::new(BootVm {
+                role: builder,
+                provider: self,
+                job,
+            }));
+        }
         #[rustfmt::skip]
-        let steps: Vec<Box<dyn Step<State> + '_>> = vec![
-            Box::new(PrepareBase { spec, provider: self }),
-            Box::new(CreateDisk { role: builder }),
-            Box::new(BootVm { role: builder, provider: self, job }),
+        steps.extend::<[Box<dyn Step<State> + '_>; 4]>([
             Box::new(InstallFiles { files: &job.recipe.files, timeout }),
             Box::new(RunSteps { steps: &job.recipe.steps, timeout }),
             Box::new(CapturePackages { role: builder, timeout }),
             Box::new(BootFiles),
-            Box::new(Shutdown { provider: self }),
+        ]);
+        if !offline {
+            steps.push(Box::new(Shutdown { provider: self }));
+        }
+        #[rustfmt::skip]
+        steps.extend::<[Box<dyn Step<State> + '_>; 4]>([
             Box::new(StoreImage { provider: self, job }),
             Box::new(CreateDisk { role: canary }),
             Box::new(BootVm { role: canary, provider: self, job }),
             Box::new(validate),
-        ];
+        ]);
         let runner = Runner {
             cleanup_timeout: s.shutdown_timeout + Duration::from_secs(60),
         };

@@ -15,7 +15,8 @@ use crate::{Error, Result};
 use async_trait::async_trait;
 use std::path::Path;
 
-/// Reads the builder's kernel and initrd, which the canary boots directly.
+/// Reads the builder's kernel and initrd, which the canary boots directly: from the image's
+/// filesystem for the offline builder, through the guest agent from a builder VM.
 pub(super) struct BootFiles;
 
 #[async_trait]
@@ -25,22 +26,34 @@ impl Step<State> for BootFiles {
     }
     async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
         cx.phase("kernel and initrd");
-        let (_, agent) = state
-            .vms
-            .slot(Role::Builder)
-            .as_mut()
-            .ok_or_else(|| cx.error(self.name(), "the builder is not running"))?;
-        let agent = agent
-            .as_mut()
-            .ok_or_else(|| cx.error(self.name(), "the builder's agent is gone"))?;
         let mut files = Vec::new();
-        for path in ["/vmlinuz", "/initrd.img"] {
-            files.push(
-                agent
-                    .read_file(path)
-                    .await
-                    .map_err(|e| cx.error(self.name(), format!("reading {path}: {e}")))?,
-            );
+        if let Some(chroot) = &state.chroot {
+            let label = format!("{} {} boot files", cx.recipe, cx.arch);
+            for path in ["/vmlinuz", "/initrd.img"] {
+                files.push(
+                    chroot
+                        .read_file(&label, path)
+                        .await
+                        .map_err(|e| cx.error(self.name(), e.to_string()))?,
+                );
+            }
+        } else {
+            let (_, agent) = state
+                .vms
+                .slot(Role::Builder)
+                .as_mut()
+                .ok_or_else(|| cx.error(self.name(), "the builder is not running"))?;
+            let agent = agent
+                .as_mut()
+                .ok_or_else(|| cx.error(self.name(), "the builder's agent is gone"))?;
+            for path in ["/vmlinuz", "/initrd.img"] {
+                files.push(
+                    agent
+                        .read_file(path)
+                        .await
+                        .map_err(|e| cx.error(self.name(), format!("reading {path}: {e}")))?,
+                );
+            }
         }
         state.initrd = files.pop();
         state.kernel = files.pop();
@@ -48,7 +61,8 @@ impl Step<State> for BootFiles {
     }
 }
 
-/// Flattens the stopped builder's disk into the image store, named by its sha256.
+/// Flattens the builder's disk (the stopped VM's overlay, or the offline builder's raw disk)
+/// into the image store, named by its sha256.
 pub(super) struct StoreImage<'a> {
     pub provider: &'a LocalProvider,
     pub job: &'a BakeJob<'a>,

@@ -4,6 +4,7 @@
 
 pub mod base;
 mod chain;
+mod chroot;
 mod cmd;
 mod image;
 mod leftovers;
@@ -33,6 +34,8 @@ pub struct LocalProvider {
     settings: LocalSettings,
     /// vCPUs per VM, `settings.cpus` resolved for this host and run.
     cpus: u32,
+    /// Where recipes are applied, `settings.builder` resolved for this host.
+    builder: pipeline::Builder,
     state_dir: PathBuf,
     cache_dir: PathBuf,
     store: Store,
@@ -69,6 +72,7 @@ impl LocalProvider {
         let host_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(LocalProvider {
             cpus: settings.cpus.resolve(host_cores, vms_at_once),
+            builder: settings.builder.resolve(),
             settings,
             store: Store::new(&state_dir),
             state_dir,

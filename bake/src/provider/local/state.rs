@@ -3,6 +3,7 @@
 //! steps produced.
 
 use super::base::Base;
+use super::chroot::ChrootGuest;
 use super::qemu::{Accel, Vm};
 use super::qga::Agent;
 use super::store::ImageFiles;
@@ -25,6 +26,8 @@ pub(super) struct State {
     pub disks: ByRole<PathBuf>,
     /// Their VMs, with the guest agent once it answers.
     pub vms: ByRole<(Vm, Option<Agent>)>,
+    /// The offline builder, when the recipe is applied without booting a builder VM.
+    pub chroot: Option<ChrootGuest>,
     pub kernel: Option<Vec<u8>>,
     pub initrd: Option<Vec<u8>>,
     pub image: Option<ImageFiles>,
@@ -34,6 +37,11 @@ pub(super) struct State {
 
 impl Machines for State {
     fn guest(&mut self, role: Role) -> Result<&mut dyn Guest> {
+        if role == Role::Builder {
+            if let Some(chroot) = self.chroot.as_mut() {
+                return Ok(chroot);
+            }
+        }
         self.vms
             .slot(role)
             .as_mut()
