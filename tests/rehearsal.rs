@@ -33,6 +33,7 @@ async fn local_base(p: &Project) -> base::Base {
         &spec,
         &bake::provider::local::cache_dir(),
         Duration::from_secs(3600),
+        &|said: &str| eprintln!("{said}"),
     )
     .await
     .unwrap()

@@ -116,7 +116,14 @@ impl Base {
 
 /// Returns the cached base for `spec`, building it first if needed. Concurrent builders of
 /// the same base (two runs, two checkouts) wait for each other through a lock file.
-pub async fn ensure(spec: &BaseSpec, cache_dir: &Path, timeout: Duration) -> Result<Base> {
+/// `progress` hears what the build is doing and how far it is (mmdebstrap's stages and a count
+/// of packages set up), for a wait that takes minutes under qemu-user.
+pub async fn ensure(
+    spec: &BaseSpec,
+    cache_dir: &Path,
+    timeout: Duration,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Base> {
     let digest = spec.digest();
     let bases = cache_dir.join("bases");
     std::fs::create_dir_all(&bases)
@@ -136,7 +143,7 @@ pub async fn ensure(spec: &BaseSpec, cache_dir: &Path, timeout: Duration) -> Res
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)
         .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
-    let built = tokio::time::timeout(timeout, build(spec, &tmp)).await;
+    let built = tokio::time::timeout(timeout, build(spec, &tmp, progress)).await;
     let result = match built {
         Ok(r) => r,
         Err(_) => Err(Error::provider(
@@ -206,10 +213,11 @@ fn has_mount_below(mountinfo: &str, dir: &Path) -> bool {
     })
 }
 
-async fn build(spec: &BaseSpec, tmp: &Path) -> Result<()> {
+async fn build(spec: &BaseSpec, tmp: &Path, progress: &(dyn Fn(&str) + Send + Sync)) -> Result<()> {
     let rootfs = tmp.join("rootfs");
     let mut args: Vec<String> = vec![
-        "--quiet".into(),
+        // apt's and dpkg's own lines, which `BaseProgress` turns into progress.
+        "--verbose".into(),
         "--variant=apt".into(),
         format!("--arch={}", spec.arch.debian()),
         format!("--include={}", spec.packages.join(",")),
@@ -229,7 +237,26 @@ async fn build(spec: &BaseSpec, tmp: &Path) -> Result<()> {
     if let Some(mirror) = &spec.mirror {
         args.push(mirror.clone());
     }
-    cmd::run("mmdebstrap", &args, None).await?;
+    let counted = tmp.parent().map(|bases| count_file(bases, spec));
+    let seen = std::sync::Mutex::new(BaseProgress {
+        expected: counted
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|n| n.trim().parse().ok()),
+        ..BaseProgress::default()
+    });
+    let on_line = |line: &str| {
+        let said = seen.lock().unwrap_or_else(|p| p.into_inner()).line(line);
+        if let Some(said) = said {
+            progress(&said);
+        }
+    };
+    cmd::run_lines("mmdebstrap", &args, &on_line).await?;
+    if let Some(f) = &counted {
+        let n = seen.lock().unwrap_or_else(|p| p.into_inner()).set_up;
+        let _ = std::fs::write(f, format!("{n}\n"));
+    }
+    progress("base: making the ext4 disk and its qcow2");
 
     let boot = rootfs.join("boot");
     let find = |prefix: &str| -> Result<PathBuf> {
@@ -287,6 +314,63 @@ async fn build(spec: &BaseSpec, tmp: &Path) -> Result<()> {
     .await?;
     let _ = std::fs::remove_file(&raw);
     Ok(())
+}
+
+/// What mmdebstrap's `--verbose` lines say about a base build's progress: its stage
+/// (`I: ...` lines that end in "..."; package scripts print `I:` lines of their own), how many
+/// packages dpkg has set up so far of about how many the last build of this suite and arch set
+/// up (none on the first), and which; long triggers (initramfs, man-db) by name.
+#[derive(Debug, Default)]
+struct BaseProgress {
+    stage: String,
+    /// Packages set up by the last build of this suite and arch, if one was recorded.
+    expected: Option<usize>,
+    set_up: usize,
+}
+
+impl BaseProgress {
+    /// The progress line to show for `line`, if it says anything new.
+    fn line(&mut self, line: &str) -> Option<String> {
+        let line = line.trim();
+        if let Some(stage) = line.strip_prefix("I: ").and_then(|l| l.strip_suffix("...")) {
+            self.stage = stage.trim().to_string();
+            return Some(format!("base: {}", self.stage));
+        }
+        if let Some(rest) = line.strip_prefix("Setting up ") {
+            self.set_up += 1;
+            let package = rest.split_whitespace().next().unwrap_or_default();
+            return Some(format!(
+                "base: {}, {} ({package})",
+                self.stage,
+                self.count()
+            ));
+        }
+        if let Some(rest) = line.strip_prefix("Processing triggers for ") {
+            let package = rest.split_whitespace().next().unwrap_or_default();
+            return Some(format!(
+                "base: {}, {}, triggers of {package}",
+                self.stage,
+                self.count()
+            ));
+        }
+        None
+    }
+
+    fn count(&self) -> String {
+        match self.expected {
+            Some(e) => format!("{}/~{} packages set up", self.set_up, e.max(self.set_up)),
+            None => format!("{} packages set up", self.set_up),
+        }
+    }
+}
+
+/// Where the number of packages the last base build of `spec`'s suite and arch set up is kept.
+fn count_file(bases: &Path, spec: &BaseSpec) -> PathBuf {
+    bases.join(format!(
+        "{}-{}.packages-set-up",
+        spec.suite,
+        spec.arch.debian()
+    ))
 }
 
 /// An exclusive `flock` on a file, released on drop.
@@ -367,6 +451,52 @@ mod tests {
             "40 36 0:5 / /x/abc.tmp-12rootfs rw - proc proc rw\n",
             Path::new("/x/abc.tmp-12")
         ));
+    }
+
+    /// Lines as mmdebstrap --verbose writes them (stages, dpkg's configure and trigger lines,
+    /// a kernel postinst's own `I:` line) become the stage, a count against the last build's,
+    /// and package names.
+    #[test]
+    fn mmdebstrap_lines_become_stage_count_and_package() {
+        let mut p = BaseProgress {
+            expected: Some(3),
+            ..BaseProgress::default()
+        };
+        let said: Vec<Option<String>> = [
+            "I: automatically chosen mode: root",
+            "I: installing essential packages...",
+            "Setting up libc6:arm64 (2.36-9+deb12u13) ...",
+            "I: installing remaining packages inside the chroot...",
+            "Unpacking systemd (252.39-1~deb12u1) ...",
+            "Setting up systemd (252.39-1~deb12u1) ...",
+            "I: /initrd.img is now a symlink to boot/initrd.img-6.1.0-57-cloud-arm64",
+            "Processing triggers for initramfs-tools (0.142+deb12u3) ...",
+            "Setting up udev (252.39-1~deb12u1) ...",
+            "Setting up cloud-init (22.4.2-1+deb12u3) ...",
+        ]
+        .iter()
+        .map(|l| p.line(l))
+        .collect();
+        let said: Vec<&str> = said.iter().flatten().map(String::as_str).collect();
+        let remaining = "base: installing remaining packages inside the chroot";
+        assert_eq!(
+            said,
+            [
+                "base: installing essential packages".to_string(),
+                "base: installing essential packages, 1/~3 packages set up (libc6:arm64)".into(),
+                remaining.into(),
+                format!("{remaining}, 2/~3 packages set up (systemd)"),
+                format!("{remaining}, 2/~3 packages set up, triggers of initramfs-tools"),
+                format!("{remaining}, 3/~3 packages set up (udev)"),
+                format!("{remaining}, 4/~4 packages set up (cloud-init)"),
+            ]
+        );
+        let mut first = BaseProgress::default();
+        first.line("I: installing essential packages...");
+        assert_eq!(
+            first.line("Setting up dash (0.5.12-2) ...").as_deref(),
+            Some("base: installing essential packages, 1 packages set up (dash)")
+        );
     }
 
     #[test]

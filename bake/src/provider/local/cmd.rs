@@ -43,3 +43,60 @@ pub async fn run(program: &str, args: &[String], cwd: Option<&Path>) -> Result<S
     }
     Ok(stdout)
 }
+
+/// Runs `program args...` and hands each line it writes (stdout and stderr, as they come) to
+/// `on_line`, for progress; on failure the error names the command and its last lines.
+pub async fn run_lines(
+    program: &str,
+    args: &[String],
+    on_line: &(dyn Fn(&str) + Send + Sync),
+) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut c = Command::new(program);
+    c.args(args)
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    tracing::debug!("running {program} {}", args.join(" "));
+    let mut child = c.spawn().map_err(|e| {
+        Error::provider(
+            "local",
+            format!(
+                "cannot run `{program}`: {e} (run scripts/setup-host to install what bake needs)"
+            ),
+        )
+    })?;
+    let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut err = BufReader::new(child.stderr.take().expect("piped")).lines();
+    let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    let (mut out_open, mut err_open) = (true, true);
+    while out_open || err_open {
+        let line = tokio::select! {
+            l = out.next_line(), if out_open => l.map_err(|e| Error::io(format!("reading {program}'s output"), e))?.or_else(|| { out_open = false; None }),
+            l = err.next_line(), if err_open => l.map_err(|e| Error::io(format!("reading {program}'s output"), e))?.or_else(|| { err_open = false; None }),
+        };
+        if let Some(line) = line {
+            on_line(&line);
+            if tail.len() == 15 {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| Error::io(format!("waiting for {program}"), e))?;
+    if !status.success() {
+        return Err(Error::provider(
+            "local",
+            format!(
+                "`{program} {}` failed ({status}):\n{}",
+                args.join(" "),
+                Vec::from(tail).join("\n")
+            ),
+        ));
+    }
+    Ok(())
+}

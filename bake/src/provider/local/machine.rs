@@ -40,10 +40,12 @@ impl Step<State> for PrepareBase<'_> {
             )
         });
         let start = Instant::now();
+        let progress = |said: &str| cx.phase(said);
         let base = base::ensure(
             &self.spec,
             &self.provider.cache_dir,
             self.provider.settings.base_timeout,
+            &progress,
         )
         .await?;
         tracing::info!(recipe = cx.recipe, arch = %cx.arch, "base ready in {}", qemu::since(start));
