@@ -2,9 +2,9 @@
 //! The steps that work inside a VM are the provider-neutral ones (`crate::steps::provision`,
 //! `crate::steps::validators`) over the QEMU guest agent.
 
-use super::chroot::{OpenChroot, RawBuilderDisk};
 use super::image::{BootFiles, StoreImage, StoreRecord};
 use super::machine::{BootVm, CreateDisk, PrepareBase, Shutdown};
+use super::offline::{OpenChroot, RawBuilderDisk};
 use super::state::State;
 use super::LocalProvider;
 use crate::pipeline::Builder;

@@ -100,12 +100,17 @@ impl Step<State> for CreateDisk {
         _outcome: Outcome,
         cx: &StepContext<'_>,
     ) -> Result<()> {
-        if let Some(disk) = state.disks.slot(self.role).take() {
-            store::remove_path(&disk)?;
-            cx.removed(Kind::Overlay, &disk.display().to_string())?;
-        }
-        Ok(())
+        remove_disk(state, self.role, cx)
     }
+}
+
+/// Removes `role`'s disk (overlay or raw copy), journaled.
+pub(super) fn remove_disk(state: &mut State, role: Role, cx: &StepContext<'_>) -> Result<()> {
+    if let Some(disk) = state.disks.slot(role).take() {
+        store::remove_path(&disk)?;
+        cx.removed(Kind::Overlay, &disk.display().to_string())?;
+    }
+    Ok(())
 }
 
 pub(super) struct BootVm<'a> {
