@@ -143,7 +143,8 @@ pub async fn ensure(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)
         .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
-    let built = tokio::time::timeout(timeout, build(spec, &tmp, progress)).await;
+    let counted = count_file(&bases, spec);
+    let built = tokio::time::timeout(timeout, build(spec, &tmp, &counted, progress)).await;
     let result = match built {
         Ok(r) => r,
         Err(_) => Err(Error::provider(
@@ -213,7 +214,14 @@ fn has_mount_below(mountinfo: &str, dir: &Path) -> bool {
     })
 }
 
-async fn build(spec: &BaseSpec, tmp: &Path, progress: &(dyn Fn(&str) + Send + Sync)) -> Result<()> {
+/// `counted`: where the number of packages set up is read from (the last build's, for
+/// progress) and written to.
+async fn build(
+    spec: &BaseSpec,
+    tmp: &Path,
+    counted: &Path,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<()> {
     let rootfs = tmp.join("rootfs");
     let mut args: Vec<String> = vec![
         // apt's and dpkg's own lines, which `BaseProgress` turns into progress.
@@ -237,11 +245,9 @@ async fn build(spec: &BaseSpec, tmp: &Path, progress: &(dyn Fn(&str) + Send + Sy
     if let Some(mirror) = &spec.mirror {
         args.push(mirror.clone());
     }
-    let counted = tmp.parent().map(|bases| count_file(bases, spec));
     let seen = std::sync::Mutex::new(BaseProgress {
-        expected: counted
-            .as_ref()
-            .and_then(|f| std::fs::read_to_string(f).ok())
+        expected: std::fs::read_to_string(counted)
+            .ok()
             .and_then(|n| n.trim().parse().ok()),
         ..BaseProgress::default()
     });
@@ -252,10 +258,8 @@ async fn build(spec: &BaseSpec, tmp: &Path, progress: &(dyn Fn(&str) + Send + Sy
         }
     };
     cmd::run_lines("mmdebstrap", &args, &on_line).await?;
-    if let Some(f) = &counted {
-        let n = seen.lock().unwrap_or_else(|p| p.into_inner()).set_up;
-        let _ = std::fs::write(f, format!("{n}\n"));
-    }
+    let n = seen.lock().unwrap_or_else(|p| p.into_inner()).set_up;
+    let _ = std::fs::write(counted, format!("{n}\n"));
     progress("base: making the ext4 disk and its qcow2");
 
     let boot = rootfs.join("boot");

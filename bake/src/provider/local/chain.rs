@@ -4,7 +4,7 @@
 
 use super::image::{BootFiles, StoreImage, StoreRecord};
 use super::machine::{BootVm, CreateDisk, PrepareBase, Shutdown};
-use super::offline::{OpenChroot, RawBuilderDisk};
+use super::offline::OpenChroot;
 use super::state::State;
 use super::LocalProvider;
 use crate::pipeline::Builder;
@@ -54,11 +54,13 @@ impl LocalProvider {
             spec,
             provider: self,
         })];
+        steps.push(Box::new(CreateDisk {
+            role: builder,
+            raw: offline,
+        }));
         if offline {
-            steps.push(Box::new(RawBuilderDisk));
             steps.push(Box::new(OpenChroot { timeout }));
         } else {
-            steps.push(Box::new(CreateDisk { role: builder }));
             steps.push(Box::new(BootVm {
                 role: builder,
                 provider: self,
@@ -78,7 +80,7 @@ impl LocalProvider {
         #[rustfmt::skip]
         steps.extend::<[Box<dyn Step<State> + '_>; 4]>([
             Box::new(StoreImage { provider: self, job }),
-            Box::new(CreateDisk { role: canary }),
+            Box::new(CreateDisk { role: canary, raw: false }),
             Box::new(BootVm { role: canary, provider: self, job }),
             Box::new(validate),
         ]);

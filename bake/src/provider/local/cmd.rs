@@ -14,14 +14,7 @@ pub async fn run(program: &str, args: &[String], cwd: Option<&Path>) -> Result<S
         c.current_dir(d);
     }
     tracing::debug!("running {program} {}", args.join(" "));
-    let out = c.output().await.map_err(|e| {
-        Error::provider(
-            "local",
-            format!(
-                "cannot run `{program}`: {e} (run scripts/setup-host to install what bake needs)"
-            ),
-        )
-    })?;
+    let out = c.output().await.map_err(|e| cannot_run(program, e))?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -31,15 +24,8 @@ pub async fn run(program: &str, args: &[String], cwd: Option<&Path>) -> Result<S
             .rev()
             .take(15)
             .collect();
-        return Err(Error::provider(
-            "local",
-            format!(
-                "`{program} {}` failed ({}):\n{}",
-                args.join(" "),
-                out.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            ),
-        ));
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(failed(program, args, out.status, &tail.join("\n")));
     }
     Ok(stdout)
 }
@@ -59,14 +45,7 @@ pub async fn run_lines(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     tracing::debug!("running {program} {}", args.join(" "));
-    let mut child = c.spawn().map_err(|e| {
-        Error::provider(
-            "local",
-            format!(
-                "cannot run `{program}`: {e} (run scripts/setup-host to install what bake needs)"
-            ),
-        )
-    })?;
+    let mut child = c.spawn().map_err(|e| cannot_run(program, e))?;
     let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
     let mut err = BufReader::new(child.stderr.take().expect("piped")).lines();
     let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
@@ -89,14 +68,22 @@ pub async fn run_lines(
         .await
         .map_err(|e| Error::io(format!("waiting for {program}"), e))?;
     if !status.success() {
-        return Err(Error::provider(
-            "local",
-            format!(
-                "`{program} {}` failed ({status}):\n{}",
-                args.join(" "),
-                Vec::from(tail).join("\n")
-            ),
-        ));
+        return Err(failed(program, args, status, &Vec::from(tail).join("\n")));
     }
     Ok(())
+}
+
+fn cannot_run(program: &str, e: std::io::Error) -> Error {
+    Error::provider(
+        "local",
+        format!("cannot run `{program}`: {e} (run scripts/setup-host to install what bake needs)"),
+    )
+}
+
+/// The error of a command that exited non-zero: the command line, its status, its last lines.
+fn failed(program: &str, args: &[String], status: std::process::ExitStatus, tail: &str) -> Error {
+    Error::provider(
+        "local",
+        format!("`{program} {}` failed ({status}):\n{tail}", args.join(" ")),
+    )
 }

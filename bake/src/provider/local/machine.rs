@@ -54,8 +54,12 @@ impl Step<State> for PrepareBase<'_> {
     }
 }
 
+/// The disk a machine works on: a qcow2 overlay of the base (builder VM) or of the image
+/// (canary), or, for the offline builder (`raw`), a standalone raw copy of the base, since a
+/// loop device mounts raw files only; the image store flattens it into a qcow2 afterwards.
 pub(super) struct CreateDisk {
     pub role: Role,
+    pub raw: bool,
 }
 
 #[async_trait]
@@ -72,26 +76,24 @@ impl Step<State> for CreateDisk {
             Role::Canary => state.image.as_ref().map(|i| i.disk.clone()),
         }
         .ok_or_else(|| cx.error(self.name(), "nothing to boot from"))?;
-        let disk = state.work.join(format!("{}.qcow2", self.role.as_str()));
-        // Journal first: the overlay may exist even if qemu-img fails half way.
+        let disk = state.work.join(format!(
+            "{}.{}",
+            self.role.as_str(),
+            if self.raw { "raw" } else { "qcow2" }
+        ));
+        // Journal first: the disk may exist even if qemu-img fails half way.
         cx.created(Kind::Overlay, &disk.display().to_string())?;
         *state.disks.slot(self.role) = Some(disk.clone());
-        cmd::run(
-            "qemu-img",
+        let (backing, disk) = (backing.display().to_string(), disk.display().to_string());
+        let args: &[&str] = if self.raw {
+            &["convert", "-f", "qcow2", "-O", "raw", &backing, &disk]
+        } else {
             &[
-                "create".into(),
-                "-q".into(),
-                "-f".into(),
-                "qcow2".into(),
-                "-b".into(),
-                backing.display().to_string(),
-                "-F".into(),
-                "qcow2".into(),
-                disk.display().to_string(),
-            ],
-            None,
-        )
-        .await?;
+                "create", "-q", "-f", "qcow2", "-b", &backing, "-F", "qcow2", &disk,
+            ]
+        };
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        cmd::run("qemu-img", &args, None).await?;
         Ok(())
     }
     async fn cleanup(
@@ -100,17 +102,12 @@ impl Step<State> for CreateDisk {
         _outcome: Outcome,
         cx: &StepContext<'_>,
     ) -> Result<()> {
-        remove_disk(state, self.role, cx)
+        if let Some(disk) = state.disks.slot(self.role).take() {
+            store::remove_path(&disk)?;
+            cx.removed(Kind::Overlay, &disk.display().to_string())?;
+        }
+        Ok(())
     }
-}
-
-/// Removes `role`'s disk (overlay or raw copy), journaled.
-pub(super) fn remove_disk(state: &mut State, role: Role, cx: &StepContext<'_>) -> Result<()> {
-    if let Some(disk) = state.disks.slot(role).take() {
-        store::remove_path(&disk)?;
-        cx.removed(Kind::Overlay, &disk.display().to_string())?;
-    }
-    Ok(())
 }
 
 pub(super) struct BootVm<'a> {
