@@ -119,6 +119,43 @@ async fn ssm_releases_count_up_per_day_and_keep_every_arch() {
     assert_ne!(again.release, rel);
 }
 
+/// A scheduled run with nothing to do reads the newest release in one call, however many
+/// releases the registry holds (more than a page of GetParametersByPath here), and that copy
+/// follows every publish.
+#[tokio::test]
+async fn ssm_the_newest_release_is_one_read_and_follows_every_publish() {
+    let moto = common::moto::Moto::get();
+    // Through the proxy: its calls are logged, and it pages listings as SSM does.
+    let reg = SsmRegistry::new(
+        &moto.sdk_via_proxy().await,
+        bake::names::SsmPath::parse("/newest").unwrap(),
+        Default::default(),
+    );
+    assert_eq!(reg.newest_release("eks-node").await.unwrap(), None);
+    for n in 0..7 {
+        let published = reg
+            .publish(manifest(&[
+                (Arch::X86_64, &format!("ami-0aaaaaaaaaaaaaa{n:02}")),
+                (Arch::Arm64, &format!("ami-0bbbbbbbbbbbbbb{n:02}")),
+            ]))
+            .await
+            .unwrap();
+        let before = moto.records().len();
+        let newest = reg.newest_release("eks-node").await.unwrap().unwrap();
+        let reads: Vec<_> = moto.records()[before..]
+            .iter()
+            .filter(|r| r["body"].to_string().contains("/newest/"))
+            .map(|r| r["action"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(reads, ["GetParameter"], "release {n}");
+        assert_eq!(newest, published, "release {n}");
+        assert_eq!(
+            reg.releases("eks-node").await.unwrap().pop().unwrap(),
+            newest
+        );
+    }
+}
+
 #[tokio::test]
 async fn published_releases_cannot_be_changed() {
     let dir = tempfile::tempdir().unwrap();

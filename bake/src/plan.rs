@@ -130,14 +130,40 @@ pub async fn plan(
         {
             continue;
         }
-        let releases = registry.releases(&bake.recipe.name).await?;
-        for &arch in &bake.arches {
-            if !filter.selects(arch) {
-                continue;
-            }
+        let mut bases = Vec::new();
+        for &arch in bake.arches.iter().filter(|a| filter.selects(**a)) {
             let base = provider.resolve_base(&bake.recipe, arch).await?;
             let key = bake_key(&bake.recipe, arch, &base.id);
+            bases.push((arch, base, key));
+        }
+        // The newest release alone settles a run with nothing to do (one read, whatever the
+        // registry holds); anything else is decided on every release.
+        let newest: Vec<Manifest> = if filter.force || bases.is_empty() {
+            Vec::new()
+        } else {
+            registry
+                .newest_release(&bake.recipe.name)
+                .await?
+                .into_iter()
+                .collect()
+        };
+        let settled = !newest.is_empty()
+            && bases.iter().all(|(arch, base, key)| {
+                matches!(
+                    decide(&newest, *arch, key, &base.id, false).0,
+                    Decision::UpToDate { .. }
+                )
+            });
+        let releases = if settled {
+            newest
+        } else {
+            registry.releases(&bake.recipe.name).await?
+        };
+        for (arch, base, key) in bases {
             let (decision, latest) = decide(&releases, arch, &key, &base.id, filter.force);
+            if decision.needs_bake() {
+                provider.check_base(&bake.recipe, arch, &base).await?;
+            }
             items.push(PlanItem {
                 recipe: bake.recipe.name.clone(),
                 arch,

@@ -157,6 +157,13 @@ pub trait Provider: Send + Sync {
     /// Resolves the recipe's base for `arch` to an exact ID, with no side effects.
     async fn resolve_base(&self, recipe: &Recipe, arch: Arch) -> Result<BaseImage>;
 
+    /// Refuses, before anything is created, a base this recipe cannot be baked on (a volume
+    /// smaller than the base's). Asked at plan only for what needs a bake, so a run with
+    /// nothing to do makes no call for it.
+    async fn check_base(&self, _recipe: &Recipe, _arch: Arch, _base: &BaseImage) -> Result<()> {
+        Ok(())
+    }
+
     /// An image already baked with this key, if the provider still has one (a rerun reuses a
     /// validated image instead of baking it again).
     async fn find_image(

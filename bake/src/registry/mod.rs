@@ -88,6 +88,13 @@ pub trait Registry: Send + Sync {
     /// Complete releases of a recipe, oldest first.
     async fn releases(&self, recipe: &str) -> Result<Vec<Manifest>>;
 
+    /// The newest complete release, read as cheaply as the registry can: what a scheduled run
+    /// with nothing to do reads. It may lag the list by a release a run died publishing (until
+    /// the next publish), so it only ever settles "up to date"; deciding to bake reads them all.
+    async fn newest_release(&self, recipe: &str) -> Result<Option<Manifest>> {
+        Ok(self.releases(recipe).await?.pop())
+    }
+
     async fn release(&self, recipe: &str, id: &ReleaseId) -> Result<Option<Manifest>> {
         Ok(self
             .releases(recipe)

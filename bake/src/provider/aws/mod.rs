@@ -359,9 +359,6 @@ impl Provider for AwsProvider {
                         recipe.file.display()
                     ))
                 })?;
-                // Refused here, at plan, not by RunInstances half way into a run.
-                let root = self.root_volume(&id).await?;
-                recipe.volume_size_for(arch, &id, root.size_gib)?;
                 (id, join)
             }
         };
@@ -370,6 +367,16 @@ impl Provider for AwsProvider {
             source: source.to_string(),
             join: Some(join),
         })
+    }
+
+    /// Refused at plan, not by RunInstances half way into a run. A literal AMI was described
+    /// (and checked) when it was resolved.
+    async fn check_base(&self, recipe: &Recipe, arch: Arch, base: &BaseImage) -> Result<()> {
+        if let Some(AwsBaseRef::Parameter(_)) = recipe.aws.get(&arch) {
+            let root = self.root_volume(&base.id).await?;
+            recipe.volume_size_for(arch, &base.id, root.size_gib)?;
+        }
+        Ok(())
     }
 
     async fn find_image(

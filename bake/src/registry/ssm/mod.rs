@@ -54,6 +54,10 @@ struct MoveNote {
     reason: Option<String>,
 }
 
+/// `<prefix>/<recipe>/newest`: a copy of the newest release's manifest, overwritten by each
+/// publish, so a run with nothing to do reads one parameter instead of every release.
+const NEWEST: &str = "newest";
+
 /// How many moves back a move looks for ones whose history entry a killed run did not write
 /// (GetParameters takes at most 10 names).
 const BACKFILL: u64 = 10;
@@ -465,7 +469,39 @@ impl Registry for SsmRegistry {
             Some(format!("bake release {}", manifest.release)),
         )
         .await?;
+        // Then the copy a scheduled run reads, unless a newer release is already complete.
+        let newer = written
+            .iter()
+            .any(|(id, parts)| id > &manifest.release && parts.contains_key("manifest"));
+        if !newer {
+            self.put(
+                &self.path(&recipe, NEWEST),
+                &json,
+                Data::Text,
+                Write::Overwrite,
+                Some(format!(
+                    "bake: a copy of the manifest of the newest release ({}), what scheduled runs read; pin releases or channels, never this",
+                    manifest.release
+                )),
+            )
+            .await?;
+        }
         Ok(manifest)
+    }
+
+    async fn newest_release(&self, recipe: &str) -> Result<Option<Manifest>> {
+        let name = self.path(recipe, NEWEST);
+        let Some(p) = self.get(&name).await? else {
+            return Ok(None);
+        };
+        let manifest = serde_json::from_str(p.value().unwrap_or_default()).map_err(|source| {
+            Error::Corrupt {
+                location: format!("{name} in {}", self.region),
+                what: "newest release manifest".into(),
+                source,
+            }
+        })?;
+        Ok(Some(manifest))
     }
 
     async fn package_manifest(
