@@ -7,6 +7,7 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Loads the SDK configuration; `region` overrides the chain's region. Throttling and 5xx
 /// are retried with the standard mode's jittered backoff, up to `max_backoff` apart.
@@ -84,5 +85,62 @@ pub fn code<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Option<&str> {
     match e {
         SdkError::ServiceError(s) => s.err().code(),
         _ => None,
+    }
+}
+
+/// The pace of one wait. Asks again after a sixteenth of the time waited so far, never sooner
+/// than an eighth of `interval` nor later than `interval`: a short wait (an agent coming
+/// online, a command) is seen ending within a few percent of its length, and a long one (an
+/// image, a copy) is asked about no more often than once an interval.
+pub struct Poll {
+    interval: Duration,
+    start: Instant,
+}
+
+impl Poll {
+    pub fn new(interval: Duration) -> Self {
+        Poll {
+            interval,
+            start: Instant::now(),
+        }
+    }
+
+    /// How long this wait has lasted.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// The pause before the next question.
+    pub fn delay(&self) -> Duration {
+        (self.start.elapsed() / 16).clamp(self.interval / 8, self.interval)
+    }
+
+    /// Sleeps until the next question.
+    pub async fn tick(&self) {
+        tokio::time::sleep(self.delay()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_asks_often_at_first_and_at_most_once_an_interval_later() {
+        let interval = Duration::from_millis(800);
+        let mut poll = Poll::new(interval);
+        assert_eq!(
+            poll.delay(),
+            Duration::from_millis(100),
+            "an eighth at first"
+        );
+        poll.start -= Duration::from_secs(4);
+        let mid = poll.delay();
+        assert!(
+            mid > Duration::from_millis(240) && mid < Duration::from_millis(300),
+            "a sixteenth of 4 s: {mid:?}"
+        );
+        poll.start -= Duration::from_secs(60);
+        assert_eq!(poll.delay(), interval, "never slower than the interval");
     }
 }

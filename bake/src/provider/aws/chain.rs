@@ -4,7 +4,7 @@
 
 use super::create::{CreateImage, ImageBuilderBuild, TagVerdict};
 use super::distribute::{CopyToRegions, Share};
-use super::launch::{Agent, Launch, SecurityGroup, StopBuilder, TerminateBuilder};
+use super::launch::{Agent, Launch, SecurityGroup, StopBuilder, Terminate};
 use super::ssm::MAX_INLINE_FILE;
 use super::state::State;
 use super::AwsProvider;
@@ -62,10 +62,11 @@ impl AwsProvider {
                 Box::new(CapturePackages { role: builder, timeout }),
                 Box::new(StopBuilder { p: self }),
                 Box::new(CreateImage { p: self, job }),
-                Box::new(TerminateBuilder { p: self }),
+                Box::new(Terminate { p: self, role: builder }),
                 Box::new(Launch { p: self, job, role: canary }),
                 Box::new(Agent { p: self, role: canary }),
                 Box::new(validate),
+                Box::new(Terminate { p: self, role: canary }),
                 Box::new(CopyToRegions { p: self }),
                 Box::new(Share { p: self }),
             ],
@@ -77,6 +78,7 @@ impl AwsProvider {
                 Box::new(Agent { p: self, role: canary }),
                 Box::new(CapturePackages { role: canary, timeout }),
                 Box::new(validate),
+                Box::new(Terminate { p: self, role: canary }),
                 Box::new(CopyToRegions { p: self }),
                 Box::new(Share { p: self }),
             ],

@@ -4,7 +4,7 @@
 
 use super::state::State;
 use super::{imagebuilder, tags, AwsProvider};
-use crate::aws::err;
+use crate::aws::{err, Poll};
 use crate::journal::Kind;
 use crate::provider::{BakeJob, ImageRecord, Role};
 use crate::steps::validators::RecordVerdict;
@@ -13,7 +13,6 @@ use crate::validate::Verdict;
 use crate::Result;
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
-use std::time::Instant;
 
 pub(super) struct CreateImage<'a> {
     pub p: &'a AwsProvider,
@@ -149,7 +148,7 @@ impl Step<State> for ImageBuilderBuild<'_> {
             .await?;
         cx.created(Kind::ImagebuilderBuild, &arn)?;
         state.build = Some(arn.clone());
-        let start = Instant::now();
+        let poll = Poll::new(p.settings.poll_interval);
         let mut last = None;
         let built = loop {
             let (status, reason, ami) = ib.status(&arn).await?;
@@ -177,13 +176,13 @@ impl Step<State> for ImageBuilderBuild<'_> {
                 state.build_done = true;
                 break end?;
             }
-            if start.elapsed() > p.settings.image_timeout {
+            if poll.elapsed() > p.settings.image_timeout {
                 return Err(cx.error(
                     self.name(),
                     format!("build {arn} not done after {:?}", p.settings.image_timeout),
                 ));
             }
-            tokio::time::sleep(p.settings.poll_interval).await;
+            poll.tick().await;
         };
         let image = match built {
             imagebuilder::Built::Available(ami) => ami,

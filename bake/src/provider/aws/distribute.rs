@@ -13,7 +13,8 @@ use crate::Result;
 use async_trait::async_trait;
 use aws_sdk_ec2::types::Tag;
 
-/// Copies the validated image to each region of `copy_regions` that lacks a copy.
+/// Copies the validated image to each region of `copy_regions` that lacks a copy, all
+/// regions at once.
 pub(super) struct CopyToRegions<'a> {
     pub p: &'a AwsProvider,
 }
@@ -32,6 +33,7 @@ impl Step<State> for CopyToRegions<'_> {
             return Ok(());
         }
         let mut tags: Option<Vec<Tag>> = None;
+        let mut started = Vec::new();
         for images in p.copy_regions() {
             let region = images.region().to_string();
             if let Some(copy) = images.copies_of(&record.id).await?.into_iter().next() {
@@ -68,6 +70,11 @@ impl Step<State> for CopyToRegions<'_> {
                 .await?;
             cx.created(Kind::ImageCopy, &format!("{region}/{copy}"))?;
             state.copies_made.push((region.clone(), copy.clone()));
+            started.push((images, region, copy));
+        }
+        // Every copy is under way before the first wait: the regions copy side by side.
+        for (images, region, copy) in started {
+            cx.phase(&format!("waiting for copy {copy} in {region}"));
             images.wait_available(&copy, p.image_wait()).await?;
             record.copies.insert(region, copy);
         }

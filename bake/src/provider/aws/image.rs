@@ -3,7 +3,7 @@
 //! `failed`), its snapshots, deregistering it with them, whether something uses it, copies
 //! from another region (tagged `bake:source-image`), and launch permissions for accounts.
 
-use crate::aws::{code, err, Limits};
+use crate::aws::{code, err, Limits, Poll};
 use crate::{Error, Result};
 use aws_sdk_ec2::types::{
     Filter, ImageState, LaunchPermission, LaunchPermissionModifications, ResourceType, Tag,
@@ -21,7 +21,7 @@ pub struct CopyRequest<'a> {
     /// At most 64 ASCII characters; the same token for a retried request.
     pub client_token: String,
 }
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `InvalidSnapshot.InUse` right after DeregisterImage: retries, the first pause (doubling,
 /// at most 10 s apart: about 70 s in all).
@@ -95,7 +95,7 @@ impl<'a> Images<'a> {
     /// snapshots. Fails at once on `failed`/`error`/`invalid`/`deregistered`, and after the
     /// timeout.
     pub async fn wait_available(&self, image: &str, wait: Wait) -> Result<Vec<String>> {
-        let start = Instant::now();
+        let poll = Poll::new(wait.poll_interval);
         let mut in_a_row = 0;
         loop {
             let (state, snaps) = self.state(image).await?;
@@ -119,7 +119,7 @@ impl<'a> Images<'a> {
                 }
                 _ => in_a_row = 0,
             }
-            if start.elapsed() > wait.timeout {
+            if poll.elapsed() > wait.timeout {
                 return Err(Error::provider(
                     "aws",
                     format!(
@@ -128,13 +128,12 @@ impl<'a> Images<'a> {
                     ),
                 ));
             }
-            // Confirmations come quickly; waiting for `available` polls at the interval.
-            tokio::time::sleep(if in_a_row > 0 {
-                wait.poll_interval / 4
+            // Confirmations come quickly; waiting for `available` keeps the wait's pace.
+            if in_a_row > 0 {
+                tokio::time::sleep(wait.poll_interval / 4).await;
             } else {
-                wait.poll_interval
-            })
-            .await;
+                poll.tick().await;
+            }
         }
     }
 

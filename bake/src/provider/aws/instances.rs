@@ -1,10 +1,9 @@
 //! Instances and security groups: their state, waits, termination and deletion.
 
 use super::AwsProvider;
-use crate::aws::{code, err};
+use crate::aws::{code, err, Poll};
 use crate::{Error, Result};
 use aws_sdk_ec2::types::InstanceStateName;
-use std::time::Instant;
 
 impl AwsProvider {
     pub(super) async fn instance_state(&self, id: &str) -> Result<Option<InstanceStateName>> {
@@ -26,7 +25,7 @@ impl AwsProvider {
 
     /// Polls until the instance reaches `want`; fails at once on a state it cannot leave for it.
     pub(super) async fn wait_instance(&self, id: &str, want: InstanceStateName) -> Result<()> {
-        let start = Instant::now();
+        let poll = Poll::new(self.settings.poll_interval);
         loop {
             let state = self.instance_state(id).await?;
             match &state {
@@ -43,7 +42,7 @@ impl AwsProvider {
                 }
                 _ => {}
             }
-            if start.elapsed() > self.settings.instance_timeout {
+            if poll.elapsed() > self.settings.instance_timeout {
                 return Err(Error::provider(
                     "aws",
                     format!(
@@ -52,18 +51,28 @@ impl AwsProvider {
                     ),
                 ));
             }
-            tokio::time::sleep(self.settings.poll_interval).await;
+            poll.tick().await;
         }
     }
 
+    /// Terminates the instance and waits until EC2 says it is gone.
     pub(super) async fn terminate(&self, id: &str) -> Result<()> {
+        if self.request_termination(id).await? {
+            self.wait_instance(id, InstanceStateName::Terminated)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Asks EC2 to terminate the instance without waiting for it to end (shutting down takes
+    /// tens of seconds); false if EC2 no longer knows it.
+    pub(super) async fn request_termination(&self, id: &str) -> Result<bool> {
         self.ec2_slot().await;
         match self.ec2.terminate_instances().instance_ids(id).send().await {
-            Ok(_) => {}
-            Err(e) if code(&e) == Some("InvalidInstanceID.NotFound") => return Ok(()),
-            Err(e) => return Err(err(format!("terminating {id} in {}", self.region), e)),
+            Ok(_) => Ok(true),
+            Err(e) if code(&e) == Some("InvalidInstanceID.NotFound") => Ok(false),
+            Err(e) => Err(err(format!("terminating {id} in {}", self.region), e)),
         }
-        self.wait_instance(id, InstanceStateName::Terminated).await
     }
     /// The ID of the EBS volume attached to `instance` at `device`, if any.
     pub(super) async fn volume_at(&self, instance: &str, device: &str) -> Result<Option<String>> {

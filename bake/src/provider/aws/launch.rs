@@ -371,24 +371,27 @@ impl Step<State> for StopBuilder<'_> {
     }
 }
 
-pub(super) struct TerminateBuilder<'a> {
+/// Starts an instance's termination once it has served (the builder when its image exists,
+/// the canary when it has been judged). Shutting down takes tens of seconds on EC2 and runs
+/// meanwhile (the canary launching, the copies): the instance stays in its slot, and the
+/// launch step's cleanup at the end of the chain confirms it is gone before the journal says so.
+pub(super) struct Terminate<'a> {
     pub p: &'a AwsProvider,
+    pub role: Role,
 }
 
 #[async_trait]
-impl Step<State> for TerminateBuilder<'_> {
+impl Step<State> for Terminate<'_> {
     fn name(&self) -> &str {
-        "terminate-builder"
+        match self.role {
+            Role::Builder => "terminate-builder",
+            Role::Canary => "terminate-canary",
+        }
     }
     async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
-        if let Some(id) = state.instances.slot(Role::Builder).take() {
-            cx.phase(&format!("terminating builder {id}"));
-            // Put it back if terminating fails, so the launch step's cleanup tries again.
-            if let Err(e) = self.p.terminate(&id).await {
-                *state.instances.slot(Role::Builder) = Some(id);
-                return Err(e);
-            }
-            cx.removed(Kind::Instance, &id)?;
+        if let Some(id) = state.instances.get(self.role) {
+            cx.phase(&format!("terminating {} {id}", self.role.as_str()));
+            self.p.request_termination(id).await?;
         }
         Ok(())
     }

@@ -3,14 +3,14 @@
 //! `GetCommandInvocation`, which returns at most 24,000 characters of stdout and 8,000 of
 //! stderr. The agent runs commands as root with only `PATH` set.
 
-use crate::aws::{code, err, Limits};
+use crate::aws::{code, err, Limits, Poll};
 use crate::guest::{Guest, Ran};
 use crate::long_output::SSM_STDOUT_LIMIT;
 use crate::{Error, Result};
 use async_trait::async_trait;
 use aws_sdk_ssm::types::{CommandInvocationStatus, InstanceInformationStringFilter, PingStatus};
 use base64::Engine as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A command's parameters are limited to a few tens of KB; a larger file would need S3.
 pub const MAX_INLINE_FILE: usize = 48 * 1024;
@@ -30,7 +30,7 @@ impl SsmGuest {
     /// `timeout`.
     pub async fn wait_online(&self, timeout: Duration) -> Result<()> {
         let id = &self.instance;
-        let start = Instant::now();
+        let poll = Poll::new(self.poll_interval);
         loop {
             self.limits.ssm.until_ready().await;
             let filter = InstanceInformationStringFilter::builder()
@@ -51,7 +51,7 @@ impl SsmGuest {
             if online {
                 return Ok(());
             }
-            if start.elapsed() > timeout {
+            if poll.elapsed() > timeout {
                 return Err(Error::provider(
                     "aws",
                     format!(
@@ -60,7 +60,7 @@ impl SsmGuest {
                     ),
                 ));
             }
-            tokio::time::sleep(self.poll_interval).await;
+            poll.tick().await;
         }
     }
 
@@ -107,12 +107,10 @@ impl SsmGuest {
                 }
             }
         };
-        let start = Instant::now();
-        // Short commands finish in well under a poll interval: start fast, back off to it.
-        let mut delay = Duration::from_millis(100).min(self.poll_interval);
+        // Short commands finish in well under a poll interval: the pace starts fast.
+        let poll = Poll::new(self.poll_interval);
         loop {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(self.poll_interval);
+            poll.tick().await;
             self.limits.ssm.until_ready().await;
             let r = self
                 .ssm
@@ -155,7 +153,7 @@ impl SsmGuest {
                 }
                 _ => {}
             }
-            if start.elapsed() > timeout + Duration::from_secs(60) {
+            if poll.elapsed() > timeout + Duration::from_secs(60) {
                 return Err(Error::provider(
                     "aws",
                     format!("{label}: command {command_id} on {instance} did not finish within {timeout:?}"),
