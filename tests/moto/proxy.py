@@ -12,7 +12,11 @@ Config: a JSON file re-read on every request, so a test can change it between ru
    "faults": [{"action": "RunInstances", "times": 2, "code": "RequestLimitExceeded", "status": 400,
                "after": "CreateImage"}],
    "image_state_after_create": "failed",
-   "image_available_after_s": 0}
+   "image_available_after_s": 0, "copy_available_after_s": 0}
+The agent of an instance comes online agent_online_after_s after RunInstances answered (it boots
+with the instance, whoever asks; an instance the proxy did not see launch: after it is first
+asked about). A new image is pending image_available_after_s after CreateImage answered, a copy
+copy_available_after_s after CopyImage (image_available_after_s if not given).
 EnableImageDeprecation / DisableImageDeprecation, which moto 5.2.5 lacks, are answered here as
 EC2 documents them (the image must exist; DeprecateAt not in the past, at most 10 years ahead,
 seconds rounded to the minute), and DescribeImages then shows each image's deprecationTime.
@@ -56,9 +60,9 @@ PORT = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 CALLS = os.path.join(os.path.dirname(CONFIG), "calls.jsonl")
 LOCK = threading.Lock()
 OUTCOMES = {}                   # command id -> rule
-FIRST_ASKED = {}                # instance id -> first DescribeInstanceInformation time
+FIRST_ASKED = {}                # instance id -> RunInstances answer, or first DescribeInstanceInformation
 FAULTS_USED = {}                # fault index -> times injected
-CREATED_AT = {}                 # image id -> when CreateImage answered
+CREATED_AT = {}                 # image id -> (when CreateImage or CopyImage answered, action)
 SEEN = set()                    # actions seen so far (for faults that start "after" one)
 DEPRECATIONS = {}               # image id -> DeprecationTime (moto 5.2.5 has no deprecation)
 PROTECTION = {}                 # image id -> deregistrationProtection (moto 5.2.5 has none)
@@ -231,7 +235,7 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             service, action = "ec2", (form.get("Action") or ["?"])[0]
         region = scope.group(1) if scope else "us-east-1"
         key = re.search(r"Credential=([^/]+)/", self.headers.get("Authorization", ""))
-        record = {"service": service, "action": action, "region": region,
+        record = {"t": round(time.time(), 3), "service": service, "action": action, "region": region,
                   "key": key.group(1) if key else ""}
         if service == "ec2":
             record["params"] = {k: v[0] for k, v in form.items()}
@@ -302,13 +306,14 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             m = re.search(rb"<imageId>([^<]+)</imageId>", data)
             if m:
                 image = m.group(1).decode()
-                CREATED_AT[image] = time.time()
+                CREATED_AT[image] = (time.time(), action)
                 self.apply_tag_specs(image, deferred, region)
-        wait = cfg.get("image_available_after_s", 0)
-        if wait and service == "ec2" and action == "DescribeImages":
+        waits = {"CreateImage": cfg.get("image_available_after_s", 0)}
+        waits["CopyImage"] = cfg.get("copy_available_after_s", waits["CreateImage"])
+        if any(waits.values()) and service == "ec2" and action == "DescribeImages":
             def pend(m):
-                created = CREATED_AT.get(m.group(1).decode())
-                if created is not None and time.time() - created < wait:
+                created, how = CREATED_AT.get(m.group(1).decode(), (None, None))
+                if created is not None and time.time() - created < waits[how]:
                     return m.group(0).replace(b"<imageState>available</imageState>", b"<imageState>pending</imageState>")
                 return m.group(0)
             data = re.sub(rb"<imageId>([^<]+)</imageId>.*?</item>", pend, data, flags=re.S)
@@ -342,6 +347,10 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             req, resp = json.loads(body or b"{}"), json.loads(data or b"{}")
             MACHINES.send_command(req, (resp.get("Command") or {}).get("CommandId"))
             self.remember(req, resp, cfg)
+        if service == "ec2" and action == "RunInstances" and status == 200:
+            now = time.time()
+            for i in re.findall(rb"<instanceId>([^<]+)</instanceId>", data):
+                FIRST_ASKED.setdefault(i.decode(), now)
         if service == "ec2" and status == 200 and machine is not None:
             if action == "RunInstances":
                 MACHINES.run_instances(region, form, data, machine)
