@@ -140,11 +140,7 @@ async fn open(
 ) -> Result<(Box<dyn Provider>, Box<dyn Registry>)> {
     match &pipeline.settings {
         Settings::Local(local) => Ok((
-            Box::new(LocalProvider::new(
-                local.clone(),
-                state_dir,
-                pipeline.bakes.iter().map(|b| b.arches.len()).sum(),
-            )?),
+            Box::new(LocalProvider::new(local.clone(), state_dir)?),
             Box::new(SqliteRegistry::open(state_dir)?),
         )),
         Settings::Aws(settings) => {

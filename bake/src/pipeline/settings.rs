@@ -65,9 +65,9 @@ impl Default for LocalSettings {
     }
 }
 
-/// vCPUs per VM: a count, or `"auto"`: the host's cores shared among the VMs the pipeline can
-/// run at once (one per arch it bakes; an arch's builder and canary take turns), at least 1 and
-/// at most [`Cpus::AUTO_MAX`]. Under TCG a second vCPU cuts a bake by about a third when the
+/// vCPUs per VM: a count, or `"auto"`: the host's cores shared among the arches baking when
+/// the VM boots (one VM each at a time: an arch's builder and canary take turns), at least 1
+/// and at most [`Cpus::AUTO_MAX`]. Under TCG a second vCPU cuts a bake by about a third when the
 /// host has the core to spare, and costs when it does not, hence the sharing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Cpus {
@@ -80,7 +80,8 @@ impl Cpus {
     /// The most `auto` gives one VM: past it a 1 GiB builder gains nothing measurable.
     pub const AUTO_MAX: u32 = 4;
 
-    /// The vCPU count for each VM when `vms_at_once` run together on `host_cores` cores.
+    /// The vCPU count for each VM when `vms_at_once` run together on `host_cores` cores (an
+    /// `auto` VM booting alone gets all of them, up to the maximum).
     pub fn resolve(self, host_cores: usize, vms_at_once: usize) -> u32 {
         match self {
             Cpus::Count(n) => n,

@@ -155,7 +155,7 @@ impl BootVm<'_> {
             arch: self.job.arch,
             accel,
             memory_mib: self.provider.settings.memory_mib,
-            cpus: self.provider.cpus,
+            cpus: self.provider.vcpus(),
             kernel,
             initrd,
             disk: disk.ok_or_else(|| Error::provider("local", "no disk"))?,

@@ -29,12 +29,15 @@ use crate::steps::StepContext;
 use crate::{Arch, Error, Result};
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 pub struct LocalProvider {
     settings: LocalSettings,
-    /// vCPUs per VM, `settings.cpus` resolved for this host and run.
-    cpus: u32,
+    /// The host's cores, which `cpus = "auto"` shares among the arches baking at the moment.
+    host_cores: usize,
+    /// Arches whose bake is under way in this process (see [`LocalProvider::vcpus`]).
+    baking: AtomicUsize,
     /// Where recipes are applied, `settings.builder` resolved for this host.
     builder: pipeline::Builder,
     state_dir: PathBuf,
@@ -60,19 +63,13 @@ pub fn cache_dir() -> PathBuf {
 }
 
 impl LocalProvider {
-    /// `vms_at_once`: how many VMs the run may have up together (one per arch it bakes), which
-    /// `cpus = "auto"` shares the host's cores among.
-    pub fn new(
-        settings: LocalSettings,
-        state_dir: &Path,
-        vms_at_once: usize,
-    ) -> Result<LocalProvider> {
+    pub fn new(settings: LocalSettings, state_dir: &Path) -> Result<LocalProvider> {
         // Absolute, because qcow2 overlays record their backing file's path.
         let state_dir = std::path::absolute(state_dir)
             .map_err(|e| Error::io(format!("resolving state dir {}", state_dir.display()), e))?;
-        let host_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(LocalProvider {
-            cpus: settings.cpus.resolve(host_cores, vms_at_once),
+            host_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            baking: AtomicUsize::new(0),
             builder: settings.builder.resolve(),
             settings,
             store: Store::new(&state_dir),
@@ -80,6 +77,14 @@ impl LocalProvider {
             cache_dir: cache_dir(),
             accel: Mutex::new(Vec::new()),
         })
+    }
+
+    /// vCPUs for a VM booting now: `settings.cpus`, or for `auto` the host's cores shared
+    /// among the arches baking now (an arch's VMs take turns), so a canary that boots after the
+    /// other arch has finished — a cold arm64 base outlasts a whole x86_64 bake — gets them all.
+    fn vcpus(&self) -> u32 {
+        let baking = self.baking.load(Ordering::SeqCst);
+        self.settings.cpus.resolve(self.host_cores, baking)
     }
 
     pub fn store(&self) -> &Store {
@@ -263,6 +268,47 @@ impl Provider for LocalProvider {
     }
 
     async fn bake(&self, job: &BakeJob<'_>, cx: &StepContext<'_>) -> Result<ImageRecord> {
+        let _baking = Baking::start(&self.baking);
         self.bake_chain(job, cx).await
+    }
+}
+
+/// One arch's bake counted in [`LocalProvider::baking`] for as long as it lasts, however it ends.
+struct Baking<'a>(&'a AtomicUsize);
+
+impl<'a> Baking<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Baking(count)
+    }
+}
+
+impl Drop for Baking<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `auto` shares the cores among the arches baking when a VM boots: the arch that outlasts
+    /// the other (a cold arm64 base) boots its VMs with every core.
+    #[test]
+    fn auto_vcpus_follow_the_arches_baking_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = LocalProvider::new(LocalSettings::default(), dir.path()).unwrap();
+        p.host_cores = 2;
+        let x86 = Baking::start(&p.baking);
+        let arm = Baking::start(&p.baking);
+        assert_eq!(p.vcpus(), 1, "two arches baking share two cores");
+        drop(x86);
+        assert_eq!(p.vcpus(), 2, "the arch left baking gets both");
+        drop(arm);
+        assert_eq!(p.baking.load(Ordering::SeqCst), 0);
+        p.settings.cpus = crate::pipeline::Cpus::Count(3);
+        let _one = Baking::start(&p.baking);
+        assert_eq!(p.vcpus(), 3, "a count is a count");
     }
 }
