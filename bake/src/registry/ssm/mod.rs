@@ -130,12 +130,11 @@ impl SsmRegistry {
                 }
             };
             for h in page.parameters() {
-                let note: MoveNote = serde_json::from_str(h.description().unwrap_or("{}"))
-                    .map_err(|source| Error::Corrupt {
-                        location: format!("{name}:{} in {}", h.version(), self.region),
-                        what: "bake history note".into(),
-                        source,
-                    })?;
+                let note: MoveNote = self.json(
+                    &format!("{name}:{}", h.version()),
+                    h.description().unwrap_or("{}"),
+                    "bake history note",
+                )?;
                 let release = h
                     .value()
                     .unwrap_or_default()
@@ -175,13 +174,7 @@ impl SsmRegistry {
         for p in self.list(&dir).await? {
             let name = p.name().unwrap_or_default();
             let entry: ChannelEntry =
-                serde_json::from_str(p.value().unwrap_or_default()).map_err(|source| {
-                    Error::Corrupt {
-                        location: format!("{name} in {}", self.region),
-                        what: "channel history entry".into(),
-                        source,
-                    }
-                })?;
+                self.json(name, p.value().unwrap_or_default(), "channel history entry")?;
             out.insert(entry.version, entry);
         }
         Ok(out)
@@ -238,6 +231,21 @@ impl SsmRegistry {
             }
         }
         Ok(out)
+    }
+
+    /// `text` (a parameter's value or description) as JSON; what bake cannot read is named
+    /// with the parameter and region it came from.
+    fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        text: &str,
+        what: &str,
+    ) -> Result<T> {
+        serde_json::from_str(text).map_err(|source| Error::Corrupt {
+            location: format!("{name} in {}", self.region),
+            what: what.into(),
+            source,
+        })
     }
 
     async fn get(&self, name: &str) -> Result<Option<aws_sdk_ssm::types::Parameter>> {
@@ -379,13 +387,7 @@ impl Registry for SsmRegistry {
                 continue;
             }
             let manifest: Manifest =
-                serde_json::from_str(p.value().unwrap_or_default()).map_err(|source| {
-                    Error::Corrupt {
-                        location: format!("{name} in {}", self.region),
-                        what: "release manifest".into(),
-                        source,
-                    }
-                })?;
+                self.json(name, p.value().unwrap_or_default(), "release manifest")?;
             out.push(manifest);
         }
         out.sort_by(|a, b| a.release.cmp(&b.release));
@@ -494,14 +496,12 @@ impl Registry for SsmRegistry {
         let Some(p) = self.get(&name).await? else {
             return Ok(None);
         };
-        let manifest = serde_json::from_str(p.value().unwrap_or_default()).map_err(|source| {
-            Error::Corrupt {
-                location: format!("{name} in {}", self.region),
-                what: "newest release manifest".into(),
-                source,
-            }
-        })?;
-        Ok(Some(manifest))
+        self.json(
+            &name,
+            p.value().unwrap_or_default(),
+            "newest release manifest",
+        )
+        .map(Some)
     }
 
     async fn package_manifest(
@@ -581,13 +581,8 @@ impl Registry for SsmRegistry {
         let Some(p) = self.get(&name).await? else {
             return Ok(None);
         };
-        serde_json::from_str(p.value().unwrap_or_default())
+        self.json(&name, p.value().unwrap_or_default(), "revocation")
             .map(Some)
-            .map_err(|source| Error::Corrupt {
-                location: format!("{name} in {}", self.region),
-                what: "revocation".into(),
-                source,
-            })
     }
 
     async fn channel_history(&self, recipe: &str, cluster: &str) -> Result<Vec<ChannelEntry>> {
