@@ -23,6 +23,15 @@ impl Arch {
         }
     }
 
+    /// The architecture this program runs on, if it is one bake builds for.
+    pub fn host() -> Option<Arch> {
+        match std::env::consts::ARCH {
+            "x86_64" => Some(Arch::X86_64),
+            "aarch64" => Some(Arch::Arm64),
+            _ => None,
+        }
+    }
+
     /// Debian's name for the architecture (`amd64`, `arm64`).
     pub fn debian(self) -> &'static str {
         match self {

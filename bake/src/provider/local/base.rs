@@ -4,6 +4,7 @@
 //! every checkout and CI run on the machine; the digest is the base "ID" in the bake key.
 
 use super::cmd;
+use super::native::NativeTools;
 use crate::recipe::LocalBase;
 use crate::{Arch, Error, Result};
 use sha2::{Digest, Sha256};
@@ -230,6 +231,8 @@ async fn build(
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<()> {
     let rootfs = tmp.join("rootfs");
+    let stage = tmp.join("native");
+    let native = NativeTools::stage(spec.arch, &stage).await?;
     let mut args: Vec<String> = vec![
         // apt's and dpkg's own lines, which `BaseProgress` turns into progress.
         "--verbose".into(),
@@ -239,13 +242,21 @@ async fn build(
         // The tree is thrown away if the build fails: no fsync for each file dpkg unpacks.
         "--dpkgopt=force-unsafe-io".into(),
         format!("--essential-hook={DIVERT_INITRAMFS}"),
+    ];
+    if let Some(n) = &native {
+        args.push(format!("--essential-hook={}", n.lend_hook()));
+    }
+    args.extend([
         format!("--customize-hook={BUILD_INITRAMFS_ONCE}"),
         // A node boots from the virtio disk straight into systemd; no fstab entries needed.
         "--customize-hook=echo bake-node > \"$1/etc/hostname\"".into(),
         // A minimal Debian has no `locales`: C.UTF-8 needs no generation, so cloud-init's locale
         // module succeeds instead of failing every first boot; it probes only the NoCloud seed.
         format!("--customize-hook=printf '%s' '{CLOUD_CFG}' > \"$1/etc/cloud/cloud.cfg.d/90-bake-local-base.cfg\""),
-    ];
+    ]);
+    if let Some(n) = &native {
+        args.push(format!("--customize-hook={}", n.return_hook()));
+    }
     if spec.offline_apt {
         args.push("--skip=cleanup/apt/lists".into());
         args.push("--skip=cleanup/apt/cache".into());
@@ -271,6 +282,11 @@ async fn build(
     cmd::run_lines("mmdebstrap", &args, &on_line).await?;
     let n = seen.lock().unwrap_or_else(|p| p.into_inner()).set_up;
     let _ = std::fs::write(counted, format!("{n}\n"));
+    if let Some(n) = &native {
+        progress("base: checking that nothing lent from the host is left in it");
+        n.check(&rootfs)?;
+    }
+    let _ = std::fs::remove_dir_all(&stage);
     progress("base: making the ext4 disk and its qcow2");
 
     let boot = rootfs.join("boot");

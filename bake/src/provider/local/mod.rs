@@ -9,6 +9,7 @@ mod cmd;
 mod image;
 mod leftovers;
 mod machine;
+mod native;
 mod offline;
 pub mod qemu;
 pub mod qga;

@@ -27,12 +27,7 @@ impl std::fmt::Display for Accel {
 /// True when KVM could run this guest at all: same arch as the host and /dev/kvm opens.
 /// Whether it really works is decided by a probe boot (see `LocalProvider`).
 pub fn kvm_possible(arch: Arch) -> bool {
-    let host = match std::env::consts::ARCH {
-        "x86_64" => Arch::X86_64,
-        "aarch64" => Arch::Arm64,
-        _ => return false,
-    };
-    host == arch
+    Arch::host() == Some(arch)
         && std::fs::OpenOptions::new()
             .read(true)
             .write(true)

@@ -1,0 +1,705 @@
+//! The host's own tools, lent to a base build for another architecture while it installs.
+//!
+//! An arm64 base is built on an x86_64 host under qemu-user: every program the package scripts
+//! and `mkinitramfs` start is emulated, and starting one costs 40-80 ms before it does
+//! anything (measured: the initramfs alone starts ~3,800 of them, 290 s). Programs whose work
+//! does not depend on the architecture they run on (copying, linking, reading links, `sed`,
+//! `grep`, unpacking a .deb) do the same work natively. So once the essential packages are in,
+//! the host's copies of those tools stand in for the guest's at the same paths, and before the
+//! tree becomes a disk the guest's own are put back. What the base contains does not change:
+//! the same files are unpacked and copied, by the host's build of the same program.
+//!
+//! The host's programs need the host's dynamic loader and libraries inside the tree. The loader
+//! goes to `/.bake-native/ld.so` (each lent program's interpreter path is rewritten to it,
+//! since `/lib64` in the tree would be mirrored into the initramfs), the libraries to the
+//! host's multiarch directory under `/usr/lib`, where that loader looks by default and no
+//! program of the guest's architecture does. [`NativeTools::check`] then proves that no copy
+//! of anything lent is left in the tree or in an initramfs built in it.
+
+use crate::{Arch, Error, Result};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The tools lent: each does work that does not depend on the CPU it runs on, and none is
+/// something a package or an initramfs hook copies into what it builds (`check` proves the
+/// second for each build). Never lend one whose answer names the CPU or reads the guest's
+/// binaries (`uname`, `arch`, `nproc`, `dpkg`, `ldd`, `ldconfig`), nor an interpreter whose
+/// modules are the guest's (`perl`, `python3`). Measured on a bookworm arm64 base: dpkg starts `dpkg-deb`,
+/// `dpkg-split` and `tar` for every package it unpacks; `mkinitramfs` starts `readlink`,
+/// `realpath`, `cp` and `mkdir` for every module it copies; the shell runs every maintainer
+/// script and hook.
+const TOOLS: &[&str] = &[
+    "dpkg-deb",
+    "dpkg-split",
+    "tar",
+    "dash",
+    "cp",
+    "mv",
+    "rm",
+    "ln",
+    "mkdir",
+    "chmod",
+    "chown",
+    "touch",
+    "cat",
+    "readlink",
+    "realpath",
+    "basename",
+    "dirname",
+    "mktemp",
+    "sort",
+    "tsort",
+    "env",
+    "test",
+    "tr",
+    "stat",
+    "head",
+    "tail",
+    "cut",
+    "wc",
+    "uniq",
+    "md5sum",
+    "seq",
+    "base64",
+    "sed",
+    "grep",
+    "find",
+];
+
+/// Where the lent loader lives in the tree; short enough to replace any loader path in place.
+const LOADER_IN_TREE: &str = "/.bake-native/ld.so";
+
+/// The host's tools, staged (loader, libraries, tools with their interpreter rewritten) for
+/// lending to one base build.
+#[derive(Debug)]
+pub struct NativeTools {
+    stage: PathBuf,
+    /// The host's multiarch library directory name (`x86_64-linux-gnu`).
+    multiarch: String,
+    /// Size and SHA-256 of every staged file: what must not be left in the base.
+    staged: HashMap<u64, Vec<([u8; 32], String)>>,
+}
+
+impl NativeTools {
+    /// Stages the host's tools under `stage` when a base for `target` is built on a host of
+    /// another architecture; `None` when there is nothing to lend (same architecture, or the
+    /// host's tools are not dynamic ELF programs of one loader), and the build emulates all.
+    pub async fn stage(target: Arch, stage: &Path) -> Result<Option<NativeTools>> {
+        if Arch::host() == Some(target) || Arch::host().is_none() {
+            return Ok(None);
+        }
+        let mut tools = Vec::new();
+        for tool in TOOLS {
+            let found = ["/usr/bin", "/bin"]
+                .iter()
+                .map(|d| Path::new(d).join(tool))
+                .find(|p| p.is_file());
+            match found {
+                Some(p) => tools.push((tool, p)),
+                None => {
+                    tracing::info!("the host has no {tool}: the base build emulates its own");
+                }
+            }
+        }
+        let mut loader: Option<PathBuf> = None;
+        let mut libs: Vec<PathBuf> = Vec::new();
+        for (tool, path) in &tools {
+            let out = super::cmd::run("ldd", &[path.display().to_string()], None).await?;
+            let (l, deps) = parse_ldd(&out).ok_or_else(|| {
+                Error::provider(
+                    "local",
+                    format!("cannot read ldd's answer for {tool}: {out}"),
+                )
+            })?;
+            match &loader {
+                Some(have) if *have != l => return Ok(None),
+                _ => loader = Some(l),
+            }
+            for d in deps {
+                if !libs.contains(&d) {
+                    libs.push(d);
+                }
+            }
+        }
+        let Some(loader) = loader else {
+            return Ok(None);
+        };
+        let multiarch = match libs
+            .first()
+            .and_then(|l| l.parent())
+            .and_then(|d| d.file_name())
+        {
+            Some(m) => m.to_string_lossy().into_owned(),
+            None => return Ok(None),
+        };
+        let io = |what: String| move |e| Error::io(what, e);
+        for sub in ["bin", "lib"] {
+            let d = stage.join(sub);
+            std::fs::create_dir_all(&d).map_err(io(format!("creating {}", d.display())))?;
+        }
+        let mut staged: HashMap<u64, Vec<([u8; 32], String)>> = HashMap::new();
+        let mut keep = |name: String, bytes: &[u8]| {
+            staged
+                .entry(bytes.len() as u64)
+                .or_default()
+                .push((Sha256::digest(bytes).into(), name));
+        };
+        let read = |p: &Path| std::fs::read(p).map_err(io(format!("reading {}", p.display())));
+        let write = |p: &Path, b: &[u8]| {
+            std::fs::write(p, b).map_err(io(format!("writing {}", p.display())))
+        };
+        let executable = |p: &Path| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
+                .map_err(io(format!("making {} executable", p.display())))
+        };
+        let bytes = read(&loader)?;
+        write(&stage.join("ld.so"), &bytes)?;
+        // The kernel maps a program's interpreter only if it may execute it.
+        executable(&stage.join("ld.so"))?;
+        keep("the host's dynamic loader".into(), &bytes);
+        for lib in &libs {
+            let bytes = read(lib)?;
+            let name = lib.file_name().unwrap_or_default();
+            write(&stage.join("lib").join(name), &bytes)?;
+            keep(format!("the host's {}", lib.display()), &bytes);
+        }
+        for (tool, path) in &tools {
+            let mut bytes = read(path)?;
+            if !set_interpreter(&mut bytes, LOADER_IN_TREE) {
+                return Ok(None);
+            }
+            let to = stage.join("bin").join(tool);
+            write(&to, &bytes)?;
+            executable(&to)?;
+            keep(format!("the host's {tool}"), &bytes);
+        }
+        let tools = NativeTools {
+            stage: stage.to_path_buf(),
+            multiarch,
+            staged,
+        };
+        write(&stage.join("lend.sh"), tools.lend_script().as_bytes())?;
+        write(&stage.join("return.sh"), tools.return_script().as_bytes())?;
+        Ok(Some(tools))
+    }
+
+    /// The mmdebstrap hook that lends the tools (an essential hook: run on the host once the
+    /// essential packages are in, the tree as `$1`).
+    pub fn lend_hook(&self) -> String {
+        format!("sh '{}/lend.sh' \"$1\"", self.stage.display())
+    }
+
+    /// The mmdebstrap hook that gives the guest's tools back (a customize hook, after the
+    /// last one that runs programs in the tree).
+    pub fn return_hook(&self) -> String {
+        format!("sh '{}/return.sh' \"$1\"", self.stage.display())
+    }
+
+    /// The lending script: the guest's own tools go to `/.bake-native/emulated/<path>`, the
+    /// host's take their place.
+    fn lend_script(&self) -> String {
+        format!(
+            r#"set -e; r="$1"; s='{stage}'; m='{multiarch}'
+mkdir "$r/.bake-native" "$r/.bake-native/emulated"
+cp "$s/ld.so" "$r{loader}"
+if [ ! -e "$r/usr/lib/$m" ]; then mkdir "$r/usr/lib/$m"; touch "$r/.bake-native/made-libdir"; fi
+: > "$r/.bake-native/libs"
+for l in "$s"/lib/*; do n=${{l##*/}}; [ -e "$r/usr/lib/$m/$n" ] && continue; cp "$l" "$r/usr/lib/$m/$n"; echo "$n" >> "$r/.bake-native/libs"; done
+for b in "$s"/bin/*; do n=${{b##*/}}
+  for d in usr/bin bin; do f="$r/$d/$n"; [ -f "$f" ] && [ ! -L "$f" ] || continue
+    mkdir -p "$r/.bake-native/emulated/$d"; mv "$f" "$r/.bake-native/emulated/$d/$n"; cp -p "$b" "$f"; break
+  done
+done
+echo "I: the host's own tools stand in for the emulated ones while packages install"
+"#,
+            stage = self.stage.display(),
+            multiarch = self.multiarch,
+            loader = LOADER_IN_TREE,
+        )
+    }
+
+    /// The returning script: each guest tool goes back unless dpkg replaced the lent one
+    /// meanwhile (then the guest's newer file stays), and the loader and libraries go.
+    fn return_script(&self) -> String {
+        format!(
+            r#"set -e; r="$1"; s='{stage}'; m='{multiarch}'
+e="$r/.bake-native/emulated"
+for d in usr/bin bin; do [ -d "$e/$d" ] || continue
+  for f in "$e/$d"/*; do n=${{f##*/}}
+    if cmp -s "$r/$d/$n" "$s/bin/$n"; then mv -f "$f" "$r/$d/$n"; else rm -f "$f"; fi
+  done
+done
+while read -r n; do rm -f "$r/usr/lib/$m/$n"; done < "$r/.bake-native/libs"
+if [ -e "$r/.bake-native/made-libdir" ]; then rmdir "$r/usr/lib/$m"; fi
+rm -rf "$r/.bake-native"
+echo "I: the guest's own tools are back"
+"#,
+            stage = self.stage.display(),
+            multiarch = self.multiarch,
+        )
+    }
+
+    /// Fails, naming the file, if anything lent is still in `rootfs` or in an initramfs under
+    /// its `/boot`: the base must hold only what its packages put there.
+    pub fn check(&self, rootfs: &Path) -> Result<()> {
+        if rootfs.join(".bake-native").exists() {
+            return Err(self.left(format!("{}/.bake-native", rootfs.display())));
+        }
+        let mut stack = vec![rootfs.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let entries = std::fs::read_dir(&dir)
+                .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+            for e in entries.flatten() {
+                let Ok(t) = e.file_type() else { continue };
+                if t.is_dir() {
+                    stack.push(e.path());
+                } else if t.is_file() {
+                    let path = e.path();
+                    let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+                    if self.staged.contains_key(&size) {
+                        let bytes = std::fs::read(&path)
+                            .map_err(|err| Error::io(format!("reading {}", path.display()), err))?;
+                        if let Some(what) = self.lent(&bytes) {
+                            return Err(self.left(format!("{what} at {}", path.display())));
+                        }
+                    }
+                    let name = e.file_name();
+                    if dir.ends_with("boot") && name.to_string_lossy().starts_with("initrd.img") {
+                        self.check_initramfs(&path)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_initramfs(&self, path: &Path) -> Result<()> {
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        for (name, data) in initramfs_files(&bytes).map_err(|why| {
+            Error::provider(
+                "local",
+                format!("cannot read the initramfs {}: {why}", path.display()),
+            )
+        })? {
+            if let Some(what) = self.lent(&data) {
+                return Err(self.left(format!("{what} as {name} in {}", path.display())));
+            }
+        }
+        Ok(())
+    }
+
+    fn lent(&self, bytes: &[u8]) -> Option<&str> {
+        let same_size = self.staged.get(&(bytes.len() as u64))?;
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        same_size
+            .iter()
+            .find(|(d, _)| *d == digest)
+            .map(|(_, name)| name.as_str())
+    }
+
+    fn left(&self, what: String) -> Error {
+        Error::provider(
+            "local",
+            format!("the base build left a tool lent from the host in the base: {what}"),
+        )
+    }
+}
+
+/// The loader and the libraries in `ldd`'s answer for a dynamic program.
+fn parse_ldd(out: &str) -> Option<(PathBuf, Vec<PathBuf>)> {
+    let mut loader = None;
+    let mut libs = Vec::new();
+    for line in out.lines() {
+        let line = line.trim();
+        if let Some((_, rest)) = line.split_once("=> ") {
+            let path = rest.split_whitespace().next()?;
+            if path.starts_with('/') {
+                libs.push(PathBuf::from(path));
+            }
+        } else if line.starts_with('/') {
+            loader = Some(PathBuf::from(line.split_whitespace().next()?));
+        }
+    }
+    Some((loader?, libs))
+}
+
+/// Where the interpreter path (PT_INTERP) of a 64-bit little-endian ELF program is: offset
+/// and size of the field, its terminating NUL included.
+fn interpreter_field(bytes: &[u8]) -> Option<(usize, usize)> {
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|s| u16::from_le_bytes([s[0], s[1]]))
+    };
+    let u32_at = |o: usize| {
+        bytes
+            .get(o..o + 4)
+            .map(|s| u32::from_le_bytes(s.try_into().expect("4 bytes")))
+    };
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")))
+    };
+    if bytes.get(..6) != Some(b"\x7fELF\x02\x01") {
+        return None;
+    }
+    let (phoff, phentsize, phnum) = (u64_at(0x20)? as usize, u16_at(0x36)?, u16_at(0x38)?);
+    (0..phnum as usize)
+        .map(|i| phoff + i * phentsize as usize)
+        .find(|ph| u32_at(*ph) == Some(3))
+        .and_then(|ph| Some((u64_at(ph + 8)? as usize, u64_at(ph + 32)? as usize)))
+        .filter(|(offset, size)| *size > 0 && offset + size <= bytes.len())
+}
+
+/// The interpreter a 64-bit little-endian ELF program names.
+#[cfg(test)]
+fn interpreter(bytes: &[u8]) -> Option<String> {
+    let (offset, size) = interpreter_field(bytes)?;
+    let field = &bytes[offset..offset + size];
+    let end = field.iter().position(|b| *b == 0)?;
+    Some(String::from_utf8_lossy(&field[..end]).into_owned())
+}
+
+/// Rewrites the interpreter of a 64-bit little-endian ELF program to `to`, in place; false if
+/// `bytes` is not such a program or `to` does not fit in the field.
+fn set_interpreter(bytes: &mut [u8], to: &str) -> bool {
+    let Some((offset, size)) = interpreter_field(bytes) else {
+        return false;
+    };
+    if to.len() >= size {
+        return false;
+    }
+    let field = &mut bytes[offset..offset + size];
+    field.fill(0);
+    field[..to.len()].copy_from_slice(to.as_bytes());
+    true
+}
+
+/// The regular files (name, content) of an initramfs: cpio "newc" archives, one after another,
+/// each uncompressed or compressed (gzip read here; zstd, xz, lz4 by the host's tools).
+fn initramfs_files(mut bytes: &[u8]) -> std::result::Result<Vec<(String, Vec<u8>)>, String> {
+    let mut files = Vec::new();
+    loop {
+        while bytes.first() == Some(&0) {
+            bytes = &bytes[1..];
+        }
+        if bytes.is_empty() {
+            return Ok(files);
+        }
+        if !bytes.starts_with(b"070701") {
+            // A compressed archive runs to the end of the file.
+            let inner = decompress(bytes)?;
+            if !inner.starts_with(b"070701") {
+                return Err("a compressed part holds no cpio archive".into());
+            }
+            files.extend(initramfs_files(&inner)?);
+            return Ok(files);
+        }
+        let used = cpio(bytes, &mut files)?;
+        bytes = &bytes[used..];
+    }
+}
+
+fn decompress(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::MultiGzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .map_err(|e| format!("gzip: {e}"))?;
+        return Ok(out);
+    }
+    let tool = if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        "zstd"
+    } else if bytes.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        "xz"
+    } else if bytes.starts_with(&[0x02, 0x21, 0x4c, 0x18])
+        || bytes.starts_with(&[0x04, 0x22, 0x4d, 0x18])
+    {
+        "lz4"
+    } else {
+        return Err(format!(
+            "unknown compression (starts {:02x?})",
+            &bytes[..bytes.len().min(6)]
+        ));
+    };
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(tool)
+        .args(["-d", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{tool} (install it on the host to check this initramfs): {e}"))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let input = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_end(&mut out)
+        .map_err(|e| format!("{tool}: {e}"))?;
+    let _ = writer.join();
+    let status = child.wait().map_err(|e| format!("{tool}: {e}"))?;
+    if !status.success() {
+        return Err(format!("{tool} -d failed: {status}"));
+    }
+    Ok(out)
+}
+
+/// Reads one cpio "newc" archive from the start of `bytes` into `files`; returns its length.
+fn cpio(bytes: &[u8], files: &mut Vec<(String, Vec<u8>)>) -> std::result::Result<usize, String> {
+    let align = |n: usize| (n + 3) & !3;
+    let mut at = 0;
+    loop {
+        let header = bytes
+            .get(at..at + 110)
+            .ok_or("a cpio header runs past the end")?;
+        if !header.starts_with(b"070701") {
+            return Err(format!("no cpio header at byte {at}"));
+        }
+        let field = |i: usize| {
+            std::str::from_utf8(&header[6 + i * 8..14 + i * 8])
+                .ok()
+                .and_then(|h| usize::from_str_radix(h, 16).ok())
+                .ok_or(format!("a bad cpio header at byte {at}"))
+        };
+        let (mode, size, namesize) = (field(1)?, field(6)?, field(11)?);
+        let name = bytes
+            .get(at + 110..at + 110 + namesize.saturating_sub(1))
+            .ok_or("a cpio name runs past the end")?;
+        let name = String::from_utf8_lossy(name).into_owned();
+        let data_at = align(at + 110 + namesize);
+        let data = bytes
+            .get(data_at..data_at + size)
+            .ok_or_else(|| format!("{name} runs past the end"))?;
+        at = align(data_at + size);
+        if name == "TRAILER!!!" {
+            return Ok(at);
+        }
+        if mode & 0o170000 == 0o100000 {
+            files.push((name, data.to_vec()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host program's interpreter is found, rewritten to the tree's loader path, and the
+    /// rest of the program is untouched.
+    #[test]
+    fn interpreter_is_rewritten_in_place() {
+        let original = std::fs::read("/usr/bin/env").unwrap();
+        let was = interpreter(&original).expect("a dynamic program");
+        assert!(was.starts_with('/') && was.contains("ld-"), "{was}");
+        let mut bytes = original.clone();
+        assert!(set_interpreter(&mut bytes, LOADER_IN_TREE));
+        assert_eq!(interpreter(&bytes).as_deref(), Some(LOADER_IN_TREE));
+        assert_eq!(bytes.len(), original.len());
+        let changed = bytes.iter().zip(&original).filter(|(a, b)| a != b).count();
+        assert!(changed <= was.len(), "{changed} bytes changed");
+        assert!(
+            !set_interpreter(&mut bytes, &"/x".repeat(40)),
+            "too long to fit"
+        );
+        assert!(
+            !set_interpreter(&mut b"#!/bin/sh\n".to_vec(), "/l"),
+            "not ELF"
+        );
+    }
+
+    #[test]
+    fn ldd_answers_give_loader_and_libraries() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibselinux.so.1 => /lib/x86_64-linux-gnu/libselinux.so.1 (0x00007f)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
+        let (loader, libs) = parse_ldd(out).unwrap();
+        assert_eq!(loader, Path::new("/lib64/ld-linux-x86-64.so.2"));
+        assert_eq!(
+            libs,
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libselinux.so.1"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6")
+            ]
+        );
+        assert!(parse_ldd("\tnot a dynamic executable\n").is_none());
+    }
+
+    fn newc(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let pad = |out: &mut Vec<u8>| {
+            while out.len() % 4 != 0 {
+                out.push(0)
+            }
+        };
+        for (i, (name, data)) in files
+            .iter()
+            .copied()
+            .chain([("TRAILER!!!", &b""[..])])
+            .enumerate()
+        {
+            let mode = if name == "TRAILER!!!" { 0 } else { 0o100644 };
+            out.extend(format!("070701{:08x}{mode:08x}", i).as_bytes());
+            for v in [0, 0, 1, 0, data.len(), 0, 0, 0, 0, name.len() + 1, 0] {
+                out.extend(format!("{v:08x}").as_bytes());
+            }
+            out.extend(name.as_bytes());
+            out.push(0);
+            pad(&mut out);
+            out.extend_from_slice(data);
+            pad(&mut out);
+        }
+        out
+    }
+
+    /// An early uncompressed archive followed by a gzip-compressed one, as mkinitramfs writes
+    /// them: every regular file of both is read.
+    #[test]
+    fn initramfs_parts_are_all_read() {
+        let mut bytes = newc(&[("kernel/x86/microcode/a.bin", b"ucode")]);
+        let main = newc(&[("usr/bin/sh", b"shell"), ("init", b"#!/bin/sh\n")]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &main).unwrap();
+        bytes.extend(gz.finish().unwrap());
+        let files = initramfs_files(&bytes).unwrap();
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["kernel/x86/microcode/a.bin", "usr/bin/sh", "init"]);
+        assert_eq!(files[1].1, b"shell");
+        assert!(initramfs_files(b"\x00\x01\x02junk").is_err());
+    }
+
+    /// A staged tool found in the tree or in an initramfs under /boot fails the check, by name.
+    #[test]
+    fn a_lent_tool_left_behind_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::create_dir_all(root.join("boot")).unwrap();
+        std::fs::write(root.join("usr/bin/cp"), b"guest cp").unwrap();
+        let mut staged: HashMap<u64, Vec<([u8; 32], String)>> = HashMap::new();
+        staged
+            .entry(7)
+            .or_default()
+            .push((Sha256::digest(b"host cp").into(), "the host's cp".into()));
+        let tools = NativeTools {
+            stage: root.join("stage"),
+            multiarch: "x86_64-linux-gnu".into(),
+            staged,
+        };
+        std::fs::write(
+            root.join("boot/initrd.img-6.1"),
+            newc(&[("usr/bin/cp", b"guest cp")]),
+        )
+        .unwrap();
+        tools.check(root).unwrap();
+
+        std::fs::write(
+            root.join("boot/initrd.img-6.1"),
+            newc(&[("usr/bin/cp", b"host cp")]),
+        )
+        .unwrap();
+        let err = tools.check(root).unwrap_err().to_string();
+        assert!(err.contains("the host's cp as usr/bin/cp in"), "{err}");
+
+        std::fs::write(root.join("boot/initrd.img-6.1"), newc(&[])).unwrap();
+        std::fs::write(root.join("usr/bin/cp"), b"host cp").unwrap();
+        let err = tools.check(root).unwrap_err().to_string();
+        assert!(err.contains("the host's cp at"), "{err}");
+    }
+
+    /// For real, on a tree of the other architecture's packages (mmdebstrap's `extract`
+    /// variant: unpacked, nothing run): the lent tools run natively in a chroot of it beside
+    /// the guest's own emulated ones, a tool dpkg replaced meanwhile keeps the guest's new
+    /// file, every other guest tool comes back byte for byte, nothing lent is left, and a lent
+    /// tool copied into the tree is caught by name. Needs root, qemu-user's binfmt handler
+    /// and the Debian mirror (scripts/setup-host).
+    #[tokio::test]
+    async fn lent_tools_run_in_a_foreign_tree_and_all_go_back() {
+        let host = Arch::host().expect("a host bake runs on");
+        let target = if host == Arch::X86_64 {
+            Arch::Arm64
+        } else {
+            Arch::X86_64
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        let run = |program: &str, args: &[&str]| {
+            let out = std::process::Command::new(program)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{program} {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        run(
+            "mmdebstrap",
+            &[
+                "--quiet",
+                "--variant=extract",
+                // Laid out as the bases are: /bin, /sbin and /lib are links into /usr.
+                "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+                &format!("--arch={}", target.debian()),
+                "--include=dash,coreutils,sed,grep",
+                "bookworm",
+                tree.to_str().unwrap(),
+            ],
+        );
+        let guest = |tool: &str| std::fs::read(tree.join("usr/bin").join(tool)).unwrap();
+        let (readlink_before, cp_before) = (guest("readlink"), guest("cp"));
+
+        let tools = NativeTools::stage(target, &dir.path().join("stage"))
+            .await
+            .unwrap()
+            .expect("the host lends to a foreign tree");
+        let root = tree.to_str().unwrap();
+        run("sh", &[&format!("{}/lend.sh", tools.stage.display()), root]);
+        assert_eq!(
+            &guest("readlink")[..20],
+            &std::fs::read("/usr/bin/readlink").unwrap()[..20],
+            "the host's readlink stands in the guest's place"
+        );
+        assert_eq!(
+            run("chroot", &[root, "/usr/bin/readlink", "-f", "/bin"]),
+            "/usr/bin\n"
+        );
+        assert_eq!(
+            run("chroot", &[root, "/bin/sh", "-c", "mkdir -p /tmp && echo 12 > /tmp/a && cp /tmp/a /tmp/v && sed -n '1s/^/v/p' /tmp/v | grep -c '^v12'"]),
+            "1\n",
+            "lent dash, cp, sed and grep work together"
+        );
+        assert!(
+            !run("chroot", &[root, "/usr/bin/nproc"]).trim().is_empty(),
+            "an emulated guest program still runs"
+        );
+        // dpkg upgrading sed while lent: the guest's new file must stay.
+        std::fs::write(tree.join("usr/bin/sed"), b"a newer guest sed").unwrap();
+
+        run(
+            "sh",
+            &[&format!("{}/return.sh", tools.stage.display()), root],
+        );
+        assert_eq!(guest("readlink"), readlink_before);
+        assert_eq!(guest("cp"), cp_before);
+        assert_eq!(guest("sed"), b"a newer guest sed");
+        assert!(!tree.join(".bake-native").exists());
+        assert!(!tree.join("usr/lib").join(&tools.multiarch).exists());
+        tools.check(&tree).unwrap();
+
+        std::fs::copy(tools.stage.join("bin/cp"), tree.join("usr/bin/cp-copy")).unwrap();
+        let err = tools.check(&tree).unwrap_err().to_string();
+        assert!(
+            err.contains("the host's cp at") && err.contains("cp-copy"),
+            "{err}"
+        );
+    }
+}
