@@ -36,6 +36,7 @@ pub struct Cluster {
 impl Cluster {
     /// Reads the join data of `name` with `eks:DescribeCluster`; a cluster that is not ACTIVE
     /// or lacks any of the fields cannot take a canary.
+    #[cfg(feature = "aws")]
     pub async fn describe(eks: &aws_sdk_eks::Client, name: &str, region: &str) -> Result<Cluster> {
         let r = eks
             .describe_cluster()

@@ -22,8 +22,12 @@ pub mod sweep;
 use crate::lock::{RecipeLock, DEFAULT_TTL};
 use crate::pipeline::{Pipeline, Settings};
 use crate::plan::Filter;
-use crate::provider::{aws::AwsProvider, local::LocalProvider, Provider};
-use crate::registry::{Registry, SqliteRegistry, SsmRegistry};
+#[cfg(feature = "aws")]
+use crate::provider::aws::AwsProvider;
+use crate::provider::{local::LocalProvider, Provider};
+#[cfg(feature = "aws")]
+use crate::registry::SsmRegistry;
+use crate::registry::{Registry, SqliteRegistry};
 use crate::{Arch, Error, Result};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
@@ -143,6 +147,14 @@ async fn open(
             Box::new(LocalProvider::new(local.clone(), state_dir)?),
             Box::new(SqliteRegistry::open(state_dir)?),
         )),
+        #[cfg(not(feature = "aws"))]
+        Settings::Aws(_) => Err(crate::Error::Usage(format!(
+            "{}: provider = \"aws\", but this bake was built without the AWS provider \
+             (`cargo build --no-default-features`, as scripts/quickstart builds it); \
+             build it with `cargo build`",
+            pipeline.file.display()
+        ))),
+        #[cfg(feature = "aws")]
         Settings::Aws(settings) => {
             let config =
                 crate::aws::sdk_config(settings.region.as_deref(), settings.retry_max_backoff)

@@ -1,6 +1,7 @@
 //! Providers: where the work happens. The pipeline code is written once against this trait;
 //! `local` (QEMU VMs + guest agent) and `aws` (EC2 + SSM) implement it.
 
+#[cfg(feature = "aws")]
 pub mod aws;
 pub mod local;
 

@@ -4,9 +4,11 @@
 //! changes; a channel move appends to its history; the lock is create-if-absent with an expiry.
 
 mod sqlite;
+#[cfg(feature = "aws")]
 mod ssm;
 
 pub use sqlite::SqliteRegistry;
+#[cfg(feature = "aws")]
 pub use ssm::SsmRegistry;
 
 use crate::names::SsmPath;
