@@ -106,13 +106,18 @@ impl NativeTools {
         let mut loader: Option<PathBuf> = None;
         let mut libs: Vec<PathBuf> = Vec::new();
         for (tool, path) in &tools {
-            let out = super::cmd::run("ldd", &[path.display().to_string()], None).await?;
-            let (l, deps) = parse_ldd(&out).ok_or_else(|| {
-                Error::provider(
-                    "local",
-                    format!("cannot read ldd's answer for {tool}: {out}"),
-                )
-            })?;
+            // Without ldd's answer nothing can be lent; the build then emulates everything.
+            let out = match super::cmd::run("ldd", &[path.display().to_string()], None).await {
+                Ok(out) => out,
+                Err(e) => {
+                    tracing::info!("cannot list {tool}'s libraries ({e}): nothing is lent");
+                    return Ok(None);
+                }
+            };
+            let Some((l, deps)) = parse_ldd(&out) else {
+                tracing::info!("{tool} is not a dynamic program ({out}): nothing is lent");
+                return Ok(None);
+            };
             match &loader {
                 Some(have) if *have != l => return Ok(None),
                 _ => loader = Some(l),
@@ -248,6 +253,7 @@ echo "I: the guest's own tools are back"
         if rootfs.join(".bake-native").exists() {
             return Err(self.left(format!("{}/.bake-native", rootfs.display())));
         }
+        let boot = rootfs.join("boot");
         let mut stack = vec![rootfs.to_path_buf()];
         while let Some(dir) = stack.pop() {
             let entries = std::fs::read_dir(&dir)
@@ -267,7 +273,7 @@ echo "I: the guest's own tools are back"
                         }
                     }
                     let name = e.file_name();
-                    if dir.ends_with("boot") && name.to_string_lossy().starts_with("initrd.img") {
+                    if dir == boot && name.to_string_lossy().starts_with("initrd.img") {
                         self.check_initramfs(&path)?;
                     }
                 }
