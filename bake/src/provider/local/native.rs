@@ -71,6 +71,9 @@ const TOOLS: &[&str] = &[
 /// Where the lent loader lives in the tree; short enough to replace any loader path in place.
 const LOADER_IN_TREE: &str = "/.bake-native/ld.so";
 
+/// Size, then SHA-256 and a name, of every staged file: what must not be left in the base.
+type Staged = HashMap<u64, Vec<([u8; 32], String)>>;
+
 /// The host's tools, staged (loader, libraries, tools with their interpreter rewritten) for
 /// lending to one base build.
 #[derive(Debug)]
@@ -78,8 +81,7 @@ pub struct NativeTools {
     stage: PathBuf,
     /// The host's multiarch library directory name (`x86_64-linux-gnu`).
     multiarch: String,
-    /// Size and SHA-256 of every staged file: what must not be left in the base.
-    staged: HashMap<u64, Vec<([u8; 32], String)>>,
+    staged: Staged,
 }
 
 impl NativeTools {
@@ -87,7 +89,7 @@ impl NativeTools {
     /// another architecture; `None` when there is nothing to lend (same architecture, or the
     /// host's tools are not dynamic ELF programs of one loader), and the build emulates all.
     pub async fn stage(target: Arch, stage: &Path) -> Result<Option<NativeTools>> {
-        if Arch::host() == Some(target) || Arch::host().is_none() {
+        if Arch::host().is_none_or(|host| host == target) {
             return Ok(None);
         }
         let mut tools = Vec::new();
@@ -144,7 +146,7 @@ impl NativeTools {
             let d = stage.join(sub);
             std::fs::create_dir_all(&d).map_err(io(format!("creating {}", d.display())))?;
         }
-        let mut staged: HashMap<u64, Vec<([u8; 32], String)>> = HashMap::new();
+        let mut staged = Staged::new();
         let mut keep = |name: String, bytes: &[u8]| {
             staged
                 .entry(bytes.len() as u64)
@@ -588,7 +590,7 @@ mod tests {
         std::fs::create_dir_all(root.join("usr/bin")).unwrap();
         std::fs::create_dir_all(root.join("boot")).unwrap();
         std::fs::write(root.join("usr/bin/cp"), b"guest cp").unwrap();
-        let mut staged: HashMap<u64, Vec<([u8; 32], String)>> = HashMap::new();
+        let mut staged = Staged::new();
         staged
             .entry(7)
             .or_default()
