@@ -69,6 +69,26 @@ async fn inventory(moto: &Moto) -> (Vec<String>, Vec<(String, String)>, Vec<Stri
     (live, baked, ours)
 }
 
+/// Volumes bake made (tagged with a run) that still exist.
+async fn bake_volumes(moto: &Moto) -> Vec<String> {
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let r = ec2
+        .describe_volumes()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag-key")
+                .values("bake:run-id")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    r.volumes()
+        .iter()
+        .map(|v| format!("{} {:?}", v.volume_id().unwrap_or_default(), v.state()))
+        .collect()
+}
+
 #[tokio::test]
 async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() {
     let moto = Moto::get();
@@ -222,34 +242,80 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
         "the two canaries join the cluster through user data"
     );
     // Each canary also gets the image as shipped: a second volume from the image's own root
-    // snapshot, encrypted, deleted with the instance; builders get none.
+    // snapshot, encrypted and tagged, attached only once the canary has booted (two disks
+    // with one filesystem UUID and label at boot can boot the copy), deleted with the
+    // canary; builders get none.
     let images = moto.params_of("CreateImage").len();
     assert_eq!(images, 2);
-    let mut copies = 0;
     for l in &launches {
-        let Some(snapshot) = l.get("BlockDeviceMapping.2.Ebs.SnapshotId") else {
-            assert!(
-                !common::moto::user_data(l).contains("bootstrap.sh"),
-                "a canary without the image's copy: {l:?}"
-            );
-            continue;
-        };
-        copies += 1;
-        assert!(snapshot.starts_with("snap-"), "{l:?}");
-        assert_eq!(
-            l.get("BlockDeviceMapping.2.DeviceName").map(String::as_str),
-            Some("/dev/sdf")
+        assert!(
+            !l.contains_key("BlockDeviceMapping.2.DeviceName"),
+            "a second volume attached at launch: {l:?}"
         );
-        for (k, want) in [("Encrypted", "true"), ("DeleteOnTermination", "true")] {
-            assert_eq!(
-                l.get(&format!("BlockDeviceMapping.2.Ebs.{k}"))
-                    .map(String::as_str),
-                Some(want),
-                "{k}: {l:?}"
-            );
-        }
     }
-    assert_eq!(copies, 2, "each canary gets a copy of its image");
+    let records = moto.records();
+    let at = |action: &str, key: &str, value: &str| -> Vec<usize> {
+        records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r["action"] == action && r["params"][key] == value)
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let created = moto.params_of("CreateVolume");
+    assert_eq!(created.len(), 2, "one copy per canary: {created:?}");
+    for v in &created {
+        assert!(v["SnapshotId"].starts_with("snap-"), "{v:?}");
+        assert_eq!(
+            v.get("Encrypted").map(String::as_str),
+            Some("true"),
+            "{v:?}"
+        );
+        assert!(v.values().any(|t| t == "bake:run-id"), "{v:?}");
+    }
+    let attached = moto.params_of("AttachVolume");
+    assert_eq!(attached.len(), 2, "{attached:?}");
+    for a in &attached {
+        assert_eq!(
+            a.get("Device").map(String::as_str),
+            Some("/dev/sdf"),
+            "{a:?}"
+        );
+        let canary = &a["InstanceId"];
+        // Once the canary's agent answered, before anything runs on it.
+        let attach = at("AttachVolume", "InstanceId", canary)[0];
+        let asked_agent = records.iter().position(|r| {
+            r["action"] == "DescribeInstanceInformation"
+                && r["body"].to_string().contains(canary.as_str())
+        });
+        assert!(
+            asked_agent.is_some_and(|a| a < attach),
+            "attached before the canary's agent was asked for"
+        );
+        let commands: Vec<usize> = records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                r["action"] == "SendCommand"
+                    && r["body"]["InstanceIds"]
+                        .to_string()
+                        .contains(canary.as_str())
+            })
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            !commands.is_empty() && commands.iter().all(|&c| attach < c),
+            "the canary ran something before its copy was attached"
+        );
+        let doomed = at("ModifyInstanceAttribute", "InstanceId", canary);
+        assert_eq!(doomed.len(), 1, "{canary}");
+        let m = &records[doomed[0]]["params"];
+        assert_eq!(m["BlockDeviceMapping.1.DeviceName"], "/dev/sdf", "{m}");
+        assert_eq!(
+            m["BlockDeviceMapping.1.Ebs.DeleteOnTermination"], "true",
+            "{m}"
+        );
+    }
     // The canary is prepared before its validators: the script mounts that volume, found by
     // its volume ID on Nitro.
     let sent: Vec<String> = moto
@@ -279,6 +345,8 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
     let (live, baked, groups) = inventory(moto).await;
     assert!(live.is_empty(), "instances left: {live:?}");
     assert!(groups.is_empty(), "security groups left: {groups:?}");
+    let volumes = bake_volumes(moto).await;
+    assert!(volumes.is_empty(), "volumes left: {volumes:?}");
     assert_eq!(baked.len(), 2, "{baked:?}");
     assert!(baked.iter().all(|(_, s)| s == "validated"), "{baked:?}");
 

@@ -1,5 +1,5 @@
 //! SIGKILL at each step boundary of an AWS bake (moto): afterwards `bake sweep --apply` leaves
-//! zero leftovers (no instance, no security group, no unpublished image, nothing half
+//! zero leftovers (no instance, volume or security group, no unpublished image, nothing half
 //! published), and `bake resume` completes the run. Prints kill points × leaks found.
 
 use crate::common;
@@ -79,6 +79,12 @@ async fn leaks(moto: &Moto, prefix: &str) -> Vec<String> {
             out.push(format!("security group {}", g.group_id().unwrap()));
         }
     }
+    let r = ec2.describe_volumes().send().await.unwrap();
+    for v in r.volumes() {
+        if ours(v.tags()) {
+            out.push(format!("volume {}", v.volume_id().unwrap()));
+        }
+    }
     let r = ec2.describe_images().owners("self").send().await.unwrap();
     for i in r.images() {
         let id = i.image_id().unwrap().to_string();
@@ -102,6 +108,10 @@ async fn sigkill_at_each_step_then_sweep_leaves_nothing_and_resume_completes() {
         ("CreateImage", 1),
         ("TerminateInstances", 1),
         ("RunInstances", 2),
+        // The canary's copy of its image: made but not yet attached, then attached but not
+        // yet deleted with the canary.
+        ("CreateVolume", 1),
+        ("AttachVolume", 1),
         ("SendCommand", 6),
         // The lock is PutParameter #1; #2 is the release's arch parameter, before the manifest.
         ("PutParameter", 2),

@@ -20,5 +20,6 @@ mod registry;
 mod rehearsal;
 mod runner;
 mod schedule;
+mod step_scripts;
 mod terraform;
 mod vm;

@@ -111,9 +111,33 @@ async fn assert_nothing_left(moto: &Moto) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_ec2_engine_on_real_vms_publishes_a_hardened_image_and_rejects_the_incident() {
     let p = rehearsal_project("/rehearsal");
+    // A base whose vendor edited the packaged link file in place, as EKS AL2023 AMIs up to
+    // v20250410 did (awslabs/amazon-eks-ami templates/al2023/provisioners/install-worker.sh):
+    // bake's /etc drop-in governs it, so the image passes, and the run says what it saw.
+    p.write(
+        "recipes/eks-node/vendor-edited-link.sh",
+        "#!/bin/sh\nset -eu\nsed -i 's/^MACAddressPolicy=.*/MACAddressPolicy=none/' /usr/lib/systemd/network/99-default.link\n",
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        p.path("recipes/eks-node/vendor-edited-link.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    p.edit(
+        "recipes/eks-node.toml",
+        "[[steps]]\nname = \"generalize\"",
+        "[[steps]]\nname = \"vendor-edited-link\"\nscript = \"eks-node/vendor-edited-link.sh\"\n\n[[steps]]\nname = \"generalize\"",
+    );
     let (moto, _) = rehearsal_emulator(&p).await;
     let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
     assert_eq!(code, 0, "{summary:#}\n{stderr}");
+    let notes = summary["results"][0]["notes"].to_string();
+    assert!(
+        notes.contains("mac-policy: /usr/lib/systemd/network/99-default.link differs from what its package shipped")
+            && notes.contains("governs it and the veth kept its MAC"),
+        "{summary:#}"
+    );
     let published = &summary["published"][0];
     let release = published["release"].as_str().unwrap().to_string();
     let image = published["images"]["x86_64"].as_str().unwrap().to_string();
@@ -138,6 +162,7 @@ async fn the_ec2_engine_on_real_vms_publishes_a_hardened_image_and_rejects_the_i
         .as_object()
         .unwrap_or_else(|| panic!("{rel:#}"))
         .clone();
+    assert_eq!(validators["software-as-baked"], "pass", "{rel:#}");
     for (name, status) in &validators {
         // No cluster in a rehearsal; no snapd on the Debian base.
         let want = if name == "node-ready" || name == "snap-refresh-held" {

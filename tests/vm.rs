@@ -338,13 +338,15 @@ fn add_step(p: &Project, name: &str, body: &str, before: Option<&str>) {
 // breakage classes: the MAC override defeated (two ways, each its own bake, since one check
 // judges both), and, on one canary, what each other check exists to catch.
 
-/// One image broken three ways that different checks judge, proved on one canary:
+/// One image broken four ways that different checks judge, proved on one canary:
 /// - the drop-in is there, but a package later installs a .link file that sorts first and
 ///   matches veths: udev applies only the first matching file, so the drop-in never applies;
 /// - unattended-upgrades was left installed;
 /// - it ships what each node must make for itself or what the bake left: a machine-id, SSH
 ///   host keys, a log. The canary's first boot makes a machine-id and host keys of its own, so
-///   only the image as shipped (the read-only second disk) can tell; each check does.
+///   only the image as shipped (the read-only second disk) can tell; each check does;
+/// - its software changes at first boot (as cloud-init's `package_upgrade` or a bootstrap's
+///   `snap refresh` would): the canary runs a package the image was not baked with.
 #[test]
 fn an_image_with_a_lost_drop_in_unattended_upgrades_and_shipped_identity_is_rejected_by_each_check()
 {
@@ -360,6 +362,18 @@ fn an_image_with_a_lost_drop_in_unattended_upgrades_and_shipped_identity_is_reje
         "recipes/eks-node.toml",
         "[[steps]]\nname = \"purge-unattended-upgrades\"\nscript = \"steps/purge-unattended-upgrades.sh\"\n",
         "",
+    );
+    add_step(
+        &p,
+        "install-at-first-boot",
+        "d=/var/lib/bake-first-boot\n\
+         mkdir -p $d/pkg/DEBIAN\n\
+         printf 'Package: bake-boot-drift\\nVersion: 1.0\\nArchitecture: all\\nMaintainer: bake tests <t@example.invalid>\\nDescription: installed at first boot\\n' > $d/pkg/DEBIAN/control\n\
+         dpkg-deb --build $d/pkg $d/bake-boot-drift.deb >/dev/null\n\
+         rm -rf $d/pkg\n\
+         printf '[Unit]\\nDescription=a package installed at first boot\\nBefore=qemu-guest-agent.service\\n\\n[Service]\\nType=oneshot\\nExecStart=/usr/bin/dpkg -i /var/lib/bake-first-boot/bake-boot-drift.deb\\n\\n[Install]\\nWantedBy=multi-user.target\\n' > /etc/systemd/system/bake-first-boot.service\n\
+         systemctl enable bake-first-boot.service\n",
+        Some("generalize"),
     );
     add_step(
         &p,
@@ -381,6 +395,10 @@ fn an_image_with_a_lost_drop_in_unattended_upgrades_and_shipped_identity_is_reje
             ),
             ("no-ssh-host-keys", "the image ships SSH host keys"),
             ("no-bake-leftovers", "var/log/bake-step.log"),
+            (
+                "software-as-baked",
+                "changed at boot): bake-boot-drift (all) 1.0 added",
+            ),
         ],
     );
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 ///
 /// Ownership is the `bake:prefix` tag, whose value is the pipeline's `ssm_prefix`: bake may
 /// create instances, volumes, security groups, images and snapshots only with that tag, and may
-/// stop, terminate, tag, deregister, delete or command only what carries it. Tags go on at
+/// stop, terminate, tag, attach, detach, deregister, delete or command only what carries it. Tags go on at
 /// creation (`ec2:CreateAction`), so nothing needs the right to tag what bake did not make, and
 /// no request may change a resource's `bake:prefix`.
 pub fn policy(pipeline: &Pipeline) -> Result<Value> {
@@ -49,7 +49,7 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
             }
         }
     }
-    let mut create_actions = vec!["RunInstances", "CreateImage"];
+    let mut create_actions = vec!["RunInstances", "CreateImage", "CreateVolume"];
     if aws.security_group_id.is_none() {
         create_actions.push("CreateSecurityGroup");
     }
@@ -67,6 +67,7 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
             "Action": [
                 "ec2:DescribeImages", "ec2:DescribeInstances", "ec2:DescribeSubnets", "ec2:DescribeVpcs",
                 "ec2:DescribeSecurityGroups", "ec2:DescribeLaunchTemplates", "ec2:DescribeLaunchTemplateVersions",
+                "ec2:DescribeVolumes",
                 "ssm:DescribeInstanceInformation", "ssm:GetCommandInvocation", "sts:GetCallerIdentity"
             ],
             "Resource": "*"
@@ -79,10 +80,24 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
             "Condition": requested
         }),
         json!({
-            "Sid": "LaunchCanariesWithACopyOfTheirOwnImage",
+            "Sid": "CopyOnlyOwnImagesForTheCanary",
             "Effect": "Allow",
-            "Action": "ec2:RunInstances",
+            "Action": "ec2:CreateVolume",
             "Resource": format!("arn:aws:ec2:{region}::snapshot/*"),
+            "Condition": owned
+        }),
+        json!({
+            "Sid": "MakeOnlyOwnTaggedVolumes",
+            "Effect": "Allow",
+            "Action": "ec2:CreateVolume",
+            "Resource": ec2("volume/*"),
+            "Condition": requested
+        }),
+        json!({
+            "Sid": "AttachDetachAndDeleteOwnVolumesOnOwnInstances",
+            "Effect": "Allow",
+            "Action": ["ec2:AttachVolume", "ec2:DetachVolume", "ec2:DeleteVolume"],
+            "Resource": [ec2("instance/*"), ec2("volume/*")],
             "Condition": owned
         }),
         json!({
@@ -115,7 +130,7 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
         json!({
             "Sid": "StopTerminateAndImageOwnInstances",
             "Effect": "Allow",
-            "Action": ["ec2:StopInstances", "ec2:TerminateInstances", "ec2:CreateImage"],
+            "Action": ["ec2:StopInstances", "ec2:TerminateInstances", "ec2:CreateImage", "ec2:ModifyInstanceAttribute"],
             "Resource": ec2("instance/*"),
             "Condition": owned
         }),

@@ -27,6 +27,8 @@ pub enum Kind {
     /// A copy of an AMI in another region (`<region>/<ami>`).
     ImageCopy,
     Instance,
+    /// An EBS volume (the canary's copy of its image, attached after boot).
+    Volume,
     SecurityGroup,
     /// An EC2 Image Builder image build (its ARN).
     ImagebuilderBuild,
@@ -46,6 +48,7 @@ impl Kind {
             Kind::Snapshot => "snapshot",
             Kind::ImageCopy => "image-copy",
             Kind::Instance => "instance",
+            Kind::Volume => "volume",
             Kind::SecurityGroup => "security-group",
             Kind::ImagebuilderBuild => "imagebuilder-build",
             Kind::WorkDir => "work-dir",

@@ -24,6 +24,19 @@ pub struct Package {
     pub version: String,
     pub arch: String,
     pub family: Family,
+    /// A snap's revision (a refresh can change it under the same version); a fourth field that
+    /// older manifests lack.
+    pub revision: Option<String>,
+}
+
+impl Package {
+    /// The version as the package manager tells it apart: a snap's with its revision.
+    pub fn exact_version(&self) -> String {
+        match &self.revision {
+            Some(r) => format!("{} (rev {r})", self.version),
+            None => self.version.clone(),
+        }
+    }
 }
 
 /// The distribution the manifest came from (`/etc/os-release` ID and VERSION_ID).
@@ -59,12 +72,16 @@ impl PackageList {
                         version: version.to_string(),
                     })
                 }
-                [name, version, arch, ..] if !name.is_empty() && !name.starts_with('#') => {
+                [name, version, arch, rest @ ..] if !name.is_empty() && !name.starts_with('#') => {
                     out.packages.push(Package {
                         name: name.to_string(),
                         version: version.to_string(),
                         arch: arch.to_string(),
                         family: family(arch),
+                        revision: rest
+                            .first()
+                            .filter(|r| !r.is_empty())
+                            .map(|r| r.to_string()),
                     })
                 }
                 _ => {}
@@ -72,6 +89,37 @@ impl PackageList {
         }
         out
     }
+}
+
+/// What differs between the software an image was baked with and what a node booted from it
+/// runs (`baked`, `booted`: package manifests): one line per package added, removed or changed
+/// (version, or a snap's revision), by name and arch. Empty when the node runs what was baked.
+pub fn changed_since_bake(baked: &str, booted: &str) -> Vec<String> {
+    let index = |text: &str| -> std::collections::BTreeMap<(String, String), String> {
+        PackageList::parse(text)
+            .packages
+            .into_iter()
+            .map(|p| {
+                let v = p.exact_version();
+                ((p.name, p.arch), v)
+            })
+            .collect()
+    };
+    let (a, b) = (index(baked), index(booted));
+    let mut out = Vec::new();
+    for ((name, arch), va) in &a {
+        match b.get(&(name.clone(), arch.clone())) {
+            None => out.push(format!("{name} ({arch}) {va} removed")),
+            Some(vb) if vb != va => out.push(format!("{name} ({arch}) {va} -> {vb}")),
+            _ => {}
+        }
+    }
+    for ((name, arch), vb) in &b {
+        if !a.contains_key(&(name.clone(), arch.clone())) {
+            out.push(format!("{name} ({arch}) {vb} added"));
+        }
+    }
+    out
 }
 
 /// Orders two versions of one package as its package manager does.
@@ -281,6 +329,29 @@ pub fn kept(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node runs what was baked only if every package, version and snap revision is the
+    /// same; a bootstrap's `snap refresh` changes a revision under the same version.
+    #[test]
+    fn what_changed_since_bake() {
+        let baked = "#os\tubuntu\t22.04\nbash\t5.1-6ubuntu1\tamd64\nnano\t6.2-1\tamd64\nkubelet-eks\t1.31.2\tsnap\t210\n";
+        assert!(changed_since_bake(baked, baked).is_empty());
+        let booted = "#os\tubuntu\t22.04\nbash\t5.1-6ubuntu1.1\tamd64\ncurl\t7.81.0-1\tamd64\nkubelet-eks\t1.31.2\tsnap\t233\n";
+        assert_eq!(
+            changed_since_bake(baked, booted),
+            vec![
+                "bash (amd64) 5.1-6ubuntu1 -> 5.1-6ubuntu1.1",
+                "kubelet-eks (snap) 1.31.2 (rev 210) -> 1.31.2 (rev 233)",
+                "nano (amd64) 6.2-1 removed",
+                "curl (amd64) 7.81.0-1 added",
+            ]
+        );
+        // A manifest from before revisions were recorded still parses; its snaps compare by
+        // version alone.
+        let old = PackageList::parse("kubelet-eks\t1.31.2\tsnap\n");
+        assert_eq!(old.packages[0].revision, None);
+        assert_eq!(old.packages[0].exact_version(), "1.31.2");
+    }
 
     #[test]
     fn debian_order() {

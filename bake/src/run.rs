@@ -88,6 +88,9 @@ pub struct ArchResult {
     pub key: BakeKey,
     pub image: Option<String>,
     pub validators: Option<String>,
+    /// What passing validators noted (`<check>: <note>`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -231,6 +234,7 @@ fn up_to_date(item: &PlanItem) -> ArchResult {
         key: item.key.clone(),
         image: None,
         validators: None,
+        notes: Vec::new(),
         error: None,
     }
 }
@@ -290,6 +294,7 @@ async fn run_recipe(
             Ok((image, reused)) => {
                 result.image = Some(image.id.clone());
                 result.validators = Some(image.verdict.summary());
+                result.notes = image.verdict.notes();
                 result.outcome = match (image.status, reused) {
                     (ImageStatus::Rejected, _) => {
                         rejected.push(item.arch.to_string());

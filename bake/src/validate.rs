@@ -208,7 +208,16 @@ impl CheckResult {
                 .map(|l| l.trim().to_string())
         };
         let (status, reason) = match exit_code {
-            0 => (Status::Pass, None),
+            // A pass may carry a note for the reader (a `note: ` line): what the check saw
+            // that is no fault of the image but worth knowing.
+            0 => (
+                Status::Pass,
+                stdout
+                    .lines()
+                    .rev()
+                    .find_map(|l| l.trim().strip_prefix("note: "))
+                    .map(str::to_string),
+            ),
             SKIP_EXIT => (
                 Status::Skipped,
                 Some(last_line(stdout).unwrap_or_else(|| "skipped without a reason".into())),
@@ -296,6 +305,15 @@ impl Verdict {
     }
 
     /// The names and reasons of what blocked acceptance.
+    /// What passing checks noted (`<check>: <note>`): no blocker, but worth reading.
+    pub fn notes(&self) -> Vec<String> {
+        self.results
+            .iter()
+            .filter(|r| r.status == Status::Pass)
+            .filter_map(|r| Some(format!("{}: {}", r.name, r.reason.as_ref()?)))
+            .collect()
+    }
+
     pub fn blockers(&self) -> Vec<String> {
         self.results
             .iter()
@@ -367,6 +385,26 @@ mod tests {
         let fail = CheckResult::from_exit("a", 1, "ok so far\nMAC was rewritten\n", "");
         assert_eq!(fail.status, Status::Fail);
         assert_eq!(fail.reason.as_deref(), Some("MAC was rewritten"));
+    }
+
+    /// A pass may say what it saw (a `note: ` line), which the run prints; it blocks nothing.
+    #[test]
+    fn a_pass_carries_its_note() {
+        let pass = CheckResult::from_exit(
+            "mac-policy",
+            0,
+            "drop-in x\nnote: the packaged file was edited\nveth ok\n",
+            "",
+        );
+        assert_eq!(pass.status, Status::Pass);
+        assert_eq!(pass.reason.as_deref(), Some("the packaged file was edited"));
+        let v = Verdict::decide(vec![pass, CheckResult::from_exit("b", 0, "all good\n", "")]);
+        assert!(v.accepted);
+        assert_eq!(
+            v.notes(),
+            vec!["mac-policy: the packaged file was edited".to_string()]
+        );
+        assert!(v.blockers().is_empty());
     }
 
     #[test]

@@ -17,6 +17,36 @@ rm -rf /var/log/journal/*
 # now, so those records are written before the logs are truncated below.
 systemctl stop 'getty@*.service' 'serial-getty@*.service' console-getty.service \
   systemd-update-utmp-runlevel.service systemd-update-utmp.service >/dev/null 2>&1 || true
-find /var/log -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \) -delete
-find /var/log -type f -exec truncate -s 0 {} +
+# The instance's own state of the agent that runs bake's commands: amazon-ssm-agent keeps each
+# command's script and output under /var/lib/amazon/ssm/<instance-id>/document/orchestration/
+# (aws/amazon-ssm-agent: OrchestrationDirectoryCleanup defaults to keeping them), with its
+# state and idempotency entries beside them. A new instance makes a directory of its own.
+sweep='rm -rf /var/lib/amazon/ssm/i-* /var/lib/amazon/ssm/mi-*
+find /var/log -type f \( -name "*.gz" -o -name "*.[0-9]" -o -name "*.old" \) -delete
+find /var/log -type f -exec truncate -s 0 {} +'
+sh -c "$sweep"
+# What is written after this step must not ship either, and this step cannot remove it now:
+# the agent records this very command (its output, its log lines) once the command has exited,
+# then every later one (bake reads the package manifest next), and at power-off the agent,
+# auditd and rsyslog log their stop. A unit in /run (a tmpfs: it never reaches the image) runs
+# the same sweep once those services have stopped, before the filesystems go.
+if [ -d /run/systemd/system ]; then
+  printf '#!/bin/sh\n%s\nsync\n' "$sweep" > /run/bake-seal.sh
+  cat > /run/systemd/system/bake-seal.service <<'UNIT'
+[Unit]
+Description=bake: sweep what the agents and loggers wrote after generalize, at power-off
+DefaultDependencies=no
+RequiresMountsFor=/var/log /var/lib
+Conflicts=shutdown.target
+Before=shutdown.target amazon-ssm-agent.service snap.amazon-ssm-agent.amazon-ssm-agent.service auditd.service rsyslog.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/true
+ExecStop=/bin/sh /run/bake-seal.sh
+UNIT
+  systemctl daemon-reload
+  systemctl start bake-seal.service
+fi
 sync

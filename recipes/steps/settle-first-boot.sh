@@ -13,14 +13,19 @@ if [ ! -d /run/systemd/system ]; then
   exit 0
 fi
 if command -v cloud-init >/dev/null 2>&1; then
-  if ! timeout "$limit" cloud-init status --wait >/dev/null 2>&1; then
-    rc=$?
-    if [ "$rc" -eq 124 ]; then
-      echo "cloud-init's first boot did not finish within ${limit}s: $(cloud-init status 2>&1 | tr '\n' ' ')"
-      exit 1
-    fi
-    echo "cloud-init finished with problems (going on): $(cloud-init status --long 2>&1 | tr '\n' ' ')"
-  fi
+  # The exit status is read on its own line: inside `if ! cmd`, `$?` is the negation's (0).
+  # `cloud-init status --wait` exits 0 when done, 1 on an error, 2 on a recoverable one
+  # (cloud-init 23.4+); timeout(1) exits 124 when the wait itself ran out.
+  rc=0
+  timeout "$limit" cloud-init status --wait >/dev/null 2>&1 || rc=$?
+  case "$rc" in
+    0) ;;
+    124)
+      echo "cloud-init's first boot did not finish within ${limit}s: $(timeout 10 cloud-init status 2>&1 | tr '\n' ' ')"
+      exit 1 ;;
+    *)
+      echo "cloud-init finished with problems (exit $rc; going on): $(timeout 10 cloud-init status --long 2>&1 | tr '\n' ' ')" ;;
+  esac
 fi
 for unit in apt-daily.timer apt-daily-upgrade.timer apt-daily.service apt-daily-upgrade.service \
             unattended-upgrades.service dnf-makecache.timer dnf-makecache.service \

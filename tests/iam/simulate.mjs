@@ -130,9 +130,20 @@ function ec2Requests(call) {
         action: 'ec2:CreateTags', resource: ec2Arn(r, typeOf(id), id), context: { ...resourceTags(known[id]), ...requestTags(tags) },
       }))
     }
+    case 'CreateVolume': {
+      // A volume made from a snapshot authorizes that snapshot too.
+      const specs = tagSpecs(p)
+      return [created('volume', specs.volume), ...(p.SnapshotId ? [own(p.SnapshotId)] : []), ...tagOnCreate(specs)]
+    }
+    case 'AttachVolume':
+    case 'DetachVolume':
+      return [...(p.InstanceId ? [own(p.InstanceId)] : []), own(p.VolumeId)]
+    case 'DeleteVolume':
+      return [own(p.VolumeId)]
+    case 'ModifyInstanceAttribute':
     case 'StopInstances':
     case 'TerminateInstances':
-      return listOf(p, 'InstanceId').map(own)
+      return listOf(p, 'InstanceId').concat(p.InstanceId ? [p.InstanceId] : []).map(own)
     case 'DeregisterImage':
     case 'ModifyImageAttribute':
     case 'EnableImageDeprecation':

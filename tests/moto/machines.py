@@ -9,16 +9,24 @@ disk of that image; everything the instance's API answers comes from the VM:
   knows attached as an NVMe disk whose serial is the volume ID, as on Nitro.
 - DescribeInstanceInformation: Online only while the VM's guest agent answers.
 - SendCommand (AWS-RunShellScript): the commands, joined by newlines, are written to
-  `_script.sh` under the agent's orchestration directory and run with `sh -c <script>` as root
-  in that directory, as the SSM agent does; GetCommandInvocation answers InProgress until it
-  ends, then Success or Failed with its exit code, or TimedOut after executionTimeout, with the
-  first 24,000 characters of stdout and 8,000 of stderr.
+  `_script.sh` under the agent's orchestration directory and run with `sh -c <script>` as root,
+  in the agent's working directory, with the agent's variables, as the SSM agent does;
+  GetCommandInvocation answers InProgress until it ends, then Success or Failed with its exit
+  code, or TimedOut after executionTimeout, with the first 24,000 characters of stdout and 8,000
+  of stderr.
+- What the agent leaves on the instance, as aws/amazon-ssm-agent (3.3) does (see AgentTraces):
+  its log and audit file, each command's script and output in its orchestration directory, its
+  state and idempotency entries. Some of it is written after the command has exited, so no
+  command can remove it itself.
 - StopInstances: an ACPI-like shutdown of the guest; the instance reads `stopping` until the VM
   has exited. A VM that powers itself off (the dead-man's timer) is terminated, as
   InstanceInitiatedShutdownBehavior=terminate does.
 - CreateImage: the stopped instance's root disk becomes the new image's disk (its kernel and
   initrd are what the disk's /vmlinuz and /initrd.img were when it stopped: the emulator's
   boot loader); DeregisterImage forgets it.
+- CreateVolume of a snapshot this module knows, then AttachVolume to a running instance: the
+  volume is hot-plugged into the VM (QMP) as an NVMe disk whose serial is the volume ID;
+  DetachVolume unplugs it.
 - TerminateInstances: the VM is killed and its disks removed.
 
 The VM is the instance: this module never looks at what the commands say.
@@ -182,14 +190,155 @@ class Agent:
         return st.get("exitcode", -1), base64.b64decode(st.get("out-data", "")), base64.b64decode(st.get("err-data", ""))
 
 
+class AgentTraces:
+    """What amazon-ssm-agent writes on its instance while it works, from aws/amazon-ssm-agent
+    (3.3.1142.0). Paths and formats:
+    - agent/log/logger/log_unix.go, seelog_unix.xml: /var/log/amazon/ssm/amazon-ssm-agent.log,
+      lines `%Date(2006-01-02 15:04:05.0000) %LEVEL %Msg`;
+    - agent/fileutil/.../eventlog.go: the audit file /var/log/amazon/ssm/audits/
+      amazon-ssm-agent-audit-YYYY-MM-DD, `SchemaVersion=1`, then `agent_telemetry ...` at start;
+    - agent/plugins/runscript/runscript.go, iohandler/iohandler.go: `_script.sh` (0700) and
+      `stdout`, `stderr`, `stdoutConsole`, `stderrConsole` (0600) in
+      <id>/document/orchestration/<command>/awsrunShellScript/0.awsrunShellScript/, kept after
+      the run (Ssm.OrchestrationDirectoryCleanup defaults to "default": keep);
+    - framework/docmanager/docmanager.go: the state file document/state/current/<command>,
+      removed when the command is over; messagehandler/idempotency: idempotency/SendCommand/
+      <command>/, removed 30 minutes later;
+    - runshellscript.go logs `aws:runShellScript started with configuration ...` with the
+      commands themselves at INFO; core/agent.go logs `got signal`, `Stopping Core Agent`,
+      `Bye.` at SIGTERM.
+    The deb/rpm unit runs the agent as root in WorkingDirectory=/usr/bin/ (packaging/linux)."""
+
+    VERSION = "3.3.1142.0"
+    LOG = "/var/log/amazon/ssm/amazon-ssm-agent.log"
+    WORKDIR = "/usr/bin/"
+
+    def __init__(self, vm):
+        self.vm = vm
+
+    @staticmethod
+    def stamp():
+        t = time.time()
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + ".%04d" % int((t % 1) * 10000)
+
+    def _append(self, path, text):
+        agent = self.vm.agent
+        h = agent.call("guest-file-open", {"path": path, "mode": "a"})
+        try:
+            agent.call("guest-file-write", {"handle": h, "buf-b64": base64.b64encode(text.encode()).decode()})
+        finally:
+            agent.call("guest-file-close", {"handle": h})
+
+    def log(self, *lines):
+        self._append(self.LOG, "".join("%s %s\n" % (self.stamp(), l) for l in lines))
+
+    def started(self):
+        self.vm.agent.run(["/bin/mkdir", "-p", "/var/log/amazon/ssm/audits",
+                           "/var/lib/amazon/ssm/%s/document/state/current" % self.vm.instance,
+                           "/var/lib/amazon/ssm/%s/document/state/pending" % self.vm.instance])
+        audit = "/var/log/amazon/ssm/audits/amazon-ssm-agent-audit-" + time.strftime("%Y-%m-%d")
+        self._append(audit, "SchemaVersion=1\nagent_telemetry amazon-ssm-agent.start %s %s\n"
+                     % (self.VERSION, time.strftime("%H:%M:%S")))
+        self.log("INFO [amazon-ssm-agent] amazon-ssm-agent - v%s" % self.VERSION,
+                 "INFO [amazon-ssm-agent] Starting Core Agent",
+                 "INFO [ssm-agent-worker] Entering SSM Agent hibernate - AgentWorker started")
+
+    OUTPUTS = ("stdout", "stderr", "stdoutConsole", "stderrConsole")
+
+    def _state(self, command_id, status):
+        """(Re)saves the command's state file, making its folder if it is gone."""
+        base = "/var/lib/amazon/ssm/%s/document/state/current" % self.vm.instance
+        self.vm.agent.run(["/bin/mkdir", "-p", base])
+        self.vm.agent.write_file("%s/%s" % (base, command_id), json.dumps(
+            {"DocumentInformation": {"DocumentID": command_id, "CommandID": command_id,
+                                     "InstanceID": self.vm.instance, "DocumentStatus": status}}).encode())
+
+    def command_started(self, command_id, orch, script):
+        base = "/var/lib/amazon/ssm/%s" % self.vm.instance
+        self.vm.agent.run(["/bin/mkdir", "-p", "%s/idempotency/SendCommand/%s" % (base, command_id)])
+        self._state(command_id, "InProgress")
+        # The output files are opened before the command starts (iohandler.go).
+        for name in self.OUTPUTS:
+            self.vm.agent.write_file(orch + "/" + name, b"")
+            self.vm.agent.run(["/bin/chmod", "0600", orch + "/" + name])
+        self.log("INFO [ssm-agent-worker] [MessageService] writing command in the idempotency directory for command %s" % command_id,
+                 "INFO [ssm-document-worker] [%s] document: %s worker started" % (command_id, command_id),
+                 "INFO [ssm-document-worker] [%s] [pluginName=aws:runShellScript] aws:runShellScript started with configuration {Settings:<nil> Properties:map[id:0.aws:runShellScript runCommand:%s] OutputS3KeyPrefix: OrchestrationDirectory:%s}"
+                 % (command_id, json.dumps(script.splitlines()), orch))
+
+    def command_done(self, command_id, orch, code, out, err):
+        agent = self.vm.agent
+        for name, data in zip(self.OUTPUTS, (out, err, out, err)):
+            # Written through the handles opened at the start: a command that removed the
+            # files wrote into files nobody sees any more.
+            if agent.run(["/bin/test", "-e", orch + "/" + name])[0] == 0:
+                agent.write_file(orch + "/" + name, data)
+        # The state is saved again with the results, then removed from current/ (docmanager).
+        self._state(command_id, "Success" if code == 0 else "Failed")
+        agent.run(["/bin/rm", "-f", "/var/lib/amazon/ssm/%s/document/state/current/%s" % (self.vm.instance, command_id)])
+        lines = []
+        if code != 0:
+            lines.append("INFO [ssm-document-worker] [%s] The execution of command returned Exit Status: %d" % (command_id, code))
+        lines += ["INFO [ssm-document-worker] [%s] Sending plugin aws:runShellScript completion message" % command_id,
+                  "INFO [ssm-agent-worker] [%s] execution of %s is over. Removing interimState from current folder" % (command_id, command_id)]
+        self.log(*lines)
+
+    def stopping(self):
+        self.log("INFO [amazon-ssm-agent] amazon-ssm-agent got signal:terminated value:0x5617ea8",
+                 "INFO [amazon-ssm-agent] Stopping Core Agent",
+                 "INFO [amazon-ssm-agent] Bye.")
+
+
+class Qmp:
+    """QEMU's monitor of one VM (QMP, over its Unix socket): hot-plugs a disk as EC2 attaches a
+    volume to a running instance."""
+
+    def __init__(self, path):
+        self.path = path
+        self.lock = threading.Lock()
+
+    def call(self, command, arguments=None, timeout=30):
+        with self.lock:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(timeout)
+            s.connect(self.path)
+            f = s.makefile("rwb")
+            try:
+                def answer():
+                    while True:
+                        line = f.readline()
+                        if not line:
+                            raise RuntimeError("QMP closed the connection")
+                        msg = json.loads(line)
+                        if "error" in msg:
+                            raise RuntimeError("%s: %s" % (command, msg["error"].get("desc")))
+                        if "return" in msg:
+                            return msg["return"]
+                f.readline()            # the greeting
+                f.write(b'{"execute": "qmp_capabilities"}\n')
+                f.flush()
+                answer()
+                req = {"execute": command}
+                if arguments is not None:
+                    req["arguments"] = arguments
+                f.write(json.dumps(req).encode() + b"\n")
+                f.flush()
+                return answer()
+            finally:
+                f.close()
+                s.close()
+
+
 def overlay(backing, fmt, path):
     """A qcow2 copy-on-write disk over `backing`: what EC2 makes of a snapshot, lazily."""
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", backing, path], check=True)
 
 
 class Vm:
-    def __init__(self, instance, image, dirpath):
+    def __init__(self, instance, image, dirpath, region="us-east-1"):
         self.instance = instance
+        self.region = region
+        self.os_release = None
         self.image = image
         self.dir = dirpath
         self.disk = os.path.join(dirpath, "root.qcow2")
@@ -197,6 +346,10 @@ class Vm:
         self.initrd = image["initrd"]
         self.proc = None
         self.agent = Agent(os.path.join(dirpath, "qga.sock"))
+        self.traces = AgentTraces(self)
+        self.qmp = Qmp(os.path.join(dirpath, "qmp.sock"))
+        self.attached = {}              # volume ID -> QEMU device ID, for volumes attached while running
+        self.agent_started = False      # the SSM agent's start is recorded once per boot
         self.expected_exit = False      # stopping or terminating: the VM's exit is asked for
         self.stopping = False
         self.stopped = threading.Event()
@@ -232,6 +385,9 @@ class Vm:
         for i, (path, serial) in enumerate(volumes):
             argv += ["-drive", "file=%s,if=none,id=vol%d,format=qcow2,cache=unsafe" % (path, i),
                      "-device", "nvme,drive=vol%d,serial=%s" % (i, serial[:20])]
+        # A free PCIe slot for volumes attached while the instance runs (see hotplug).
+        argv += ["-device", "pcie-root-port,id=hotplug0,chassis=1",
+                 "-qmp", "unix:%s,server=on,wait=off" % os.path.join(self.dir, "qmp.sock")]
         argv += ["-device", "virtio-serial",
                  "-chardev", "socket,path=%s,server=on,wait=off,id=qga0" % self.agent.path,
                  "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
@@ -240,6 +396,13 @@ class Vm:
         deadline = time.time() + 10
         while not os.path.exists(self.agent.path) and self.proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
+
+    def platform(self, version=False):
+        """NAME or VERSION_ID of the guest's os-release, as the agent reports its platform."""
+        if self.os_release is None:
+            text = self.agent.read_file("/etc/os-release").decode(errors="replace")
+            self.os_release = dict(re.findall(r'^(\w+)="?([^"\n]*)"?$', text, flags=re.M))
+        return self.os_release.get("VERSION_ID" if version else "NAME", "")
 
     def seed(self, user_data):
         files = os.path.join(self.dir, "seed")
@@ -260,6 +423,24 @@ class Vm:
 
     def running(self):
         return self.proc is not None and self.proc.poll() is None
+
+    def hotplug(self, volume, source):
+        """A volume attached to the running instance: an NVMe disk whose serial is the volume
+        ID, as a Nitro instance shows an EBS volume, plugged into the free PCIe slot."""
+        path = os.path.join(self.dir, "%s.qcow2" % volume)
+        overlay(source["disk"], source.get("format", "qcow2"), path)
+        serial = volume.replace("-", "")[:20]
+        node = "node-" + serial
+        self.qmp.call("blockdev-add", {"driver": "qcow2", "node-name": node,
+                                       "file": {"driver": "file", "filename": path}})
+        self.qmp.call("device_add", {"driver": "nvme", "id": "dev-" + serial, "drive": node,
+                                     "serial": serial, "bus": "hotplug0"})
+        self.attached[volume] = "dev-" + serial
+
+    def unplug(self, volume):
+        dev = self.attached.pop(volume, None)
+        if dev is not None and self.running():
+            self.qmp.call("device_del", {"id": dev})
 
     def kill(self):
         self.expected_exit = True
@@ -314,6 +495,7 @@ class Machines:
         self.vms = {}                   # instance ID -> Vm
         self.images = {}                # image ID -> {"disk", "format", "kernel", "initrd", "arch"}
         self.snapshots = {}             # snapshot ID -> image ID
+        self.volumes = {}               # volume ID -> the image spec its snapshot is of
         self.commands = {}              # (command ID, instance ID) -> invocation dict
         self.dir = None
 
@@ -377,7 +559,7 @@ class Machines:
                         serial = volumes.get(dev, "vol-unknown").replace("-", "")
                         extra.append((source["disk"], source.get("format", "qcow2"), serial))
                 i += 1
-            vm = Vm(instance, image, os.path.join(self.dir, instance))
+            vm = Vm(instance, image, os.path.join(self.dir, instance), region)
             with self.lock:
                 self.vms[instance] = vm
             vm.boot(user_data, size, extra, machine)
@@ -415,6 +597,8 @@ class Machines:
                     f.write(data)
             vm.kernel = os.path.join(vm.dir, "vmlinuz")
             vm.initrd = os.path.join(vm.dir, "initrd.img")
+            # systemd stops the SSM agent first at power-off: its last log lines.
+            vm.traces.stopping()
             vm.agent.call("guest-shutdown", {"mode": "powerdown"})
         except Exception:
             pass
@@ -467,6 +651,37 @@ class Machines:
             except OSError:
                 pass
 
+    def create_volume(self, region, form, answer):
+        snapshot = form.get("SnapshotId", [None])[0]
+        m = re.search(rb"<volumeId>([^<]+)</volumeId>", answer)
+        if not snapshot or m is None:
+            return
+        source = self.image_of_snapshot(region, snapshot)
+        if source is not None:
+            with self.lock:
+                self.volumes[m.group(1).decode()] = source
+
+    def attach_volume(self, form):
+        volume = form.get("VolumeId", [""])[0]
+        instance = form.get("InstanceId", [""])[0]
+        with self.lock:
+            vm = self.vms.get(instance)
+            source = self.volumes.get(volume)
+        if vm is not None and source is not None and vm.running():
+            vm.hotplug(volume, source)
+
+    def detach_volume(self, form):
+        volume = form.get("VolumeId", [""])[0]
+        with self.lock:
+            vms = list(self.vms.values())
+        for vm in vms:
+            if volume in vm.attached:
+                vm.unplug(volume)
+
+    def delete_volume(self, form):
+        with self.lock:
+            self.volumes.pop(form.get("VolumeId", [""])[0], None)
+
     def terminate_instances(self, form):
         for instance in ids(form, "InstanceId"):
             self.forget(instance)
@@ -483,7 +698,15 @@ class Machines:
     def online(self, instance):
         with self.lock:
             vm = self.vms.get(instance)
-        return vm is not None and vm.running() and not vm.stopping and vm.agent.ping()
+        if vm is None or not vm.running() or vm.stopping or not vm.agent.ping():
+            return False
+        if not vm.agent_started:
+            try:
+                vm.traces.started()
+                vm.agent_started = True
+            except Exception:
+                return False
+        return True
 
     def send_command(self, req, command_id):
         """Starts AWS-RunShellScript on every VM-backed target (the proxy has already refused a
@@ -510,11 +733,15 @@ class Machines:
             rc, _, err = vm.agent.run(["/bin/mkdir", "-p", orch])
             if rc != 0:
                 raise RuntimeError(err.decode(errors="replace"))
+            vm.traces.command_started(command_id, orch, script)
             vm.agent.write_file(path, script.encode())
             vm.agent.run(["/bin/chmod", "0700", path])
-            cwd = workdir or orch
-            pid = vm.agent.start(["/bin/sh", "-c", 'cd "$1" && exec sh -c "$2"', "sh", cwd, path],
-                                 env=["PATH=" + PATH])
+            # An absolute workingDirectory, else the agent's own (runshellscript.go).
+            cwd = workdir if workdir.startswith("/") else AgentTraces.WORKDIR
+            env = ["PATH=" + PATH, "SSM_COMMAND_ID=" + command_id, "AWS_SSM_INSTANCE_ID=" + vm.instance,
+                   "AWS_SSM_REGION_NAME=" + vm.region, "AWS_SSM_PLATFORM_NAME=" + vm.platform(),
+                   "AWS_SSM_PLATFORM_VERSION=" + vm.platform(version=True)]
+            pid = vm.agent.start(["/bin/sh", "-c", 'cd "$1" && exec sh -c "$2"', "sh", cwd, path], env=env)
             st = vm.agent.wait(pid, timeout)
             if st is None:
                 # The agent kills the process tree of a command past executionTimeout.
@@ -526,6 +753,7 @@ class Machines:
             code = st.get("exitcode")
             if code is None:
                 code = 128 + st.get("signal", 0)
+            vm.traces.command_done(command_id, orch, code, inv["out"], inv["err"])
             inv["ResponseCode"] = code
             inv["Status"] = "Success" if code == 0 else "Failed"
         except Exception as e:

@@ -81,7 +81,7 @@ def rest_action(method, path):
 PAGED_EC2 = {"DescribeImages": b"imagesSet", "DescribeInstances": b"reservationSet",
              "DescribeSecurityGroups": b"securityGroupInfo", "DescribeSnapshots": b"snapshotSet",
              "DescribeLaunchTemplates": b"launchTemplates",
-             "DescribeLaunchTemplateVersions": b"launchTemplateVersionSet"}
+             "DescribeLaunchTemplateVersions": b"launchTemplateVersionSet", "DescribeVolumes": b"volumeSet"}
 PAGE = 5
 
 
@@ -148,7 +148,7 @@ def names_ids(form, action):
     versions of one launch template are paged all the same."""
     if action == "DescribeLaunchTemplateVersions":
         return False
-    return any(re.fullmatch(r"(ImageId|InstanceId|GroupId|SnapshotId|LaunchTemplateId|LaunchTemplateName)(\.\d+)?", k)
+    return any(re.fullmatch(r"(ImageId|InstanceId|GroupId|SnapshotId|VolumeId|LaunchTemplateId|LaunchTemplateName)(\.\d+)?", k)
                for k in form)
 
 
@@ -165,7 +165,7 @@ def ec2_ids(form, action):
     ids = []
     for k, vs in form.items():
         v = vs[0]
-        if re.fullmatch(r"(InstanceId(\.\d+)?|ImageId|ResourceId\.\d+|SnapshotId|BlockDeviceMapping\.\d+\.Ebs\.SnapshotId|GroupId|SecurityGroupId\.\d+|SubnetId|VpcId)", k):
+        if re.fullmatch(r"(InstanceId(\.\d+)?|ImageId|ResourceId\.\d+|SnapshotId|BlockDeviceMapping\.\d+\.Ebs\.SnapshotId|GroupId|SecurityGroupId\.\d+|SubnetId|VpcId|VolumeId)", k):
             ids.append((None, v))
     if action == "CopyImage" and "SourceImageId" in form:
         ids.append((form.get("SourceRegion", [None])[0], form["SourceImageId"][0]))
@@ -362,6 +362,14 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 MACHINES.terminate_instances(form)
             elif action == "DeregisterImage":
                 MACHINES.deregister_image(form)
+            elif action == "CreateVolume":
+                MACHINES.create_volume(region, form, data)
+            elif action == "AttachVolume":
+                MACHINES.attach_volume(form)
+            elif action == "DetachVolume":
+                MACHINES.detach_volume(form)
+            elif action == "DeleteVolume":
+                MACHINES.delete_volume(form)
             elif action == "DescribeInstances":
                 data = self.stopping_states(data)
         self.send_response(status)

@@ -151,6 +151,11 @@ pub(super) fn print_run(output: Output, summary: &RunSummary, error: Option<&Err
             &rows
         )
     );
+    for r in &summary.results {
+        for note in &r.notes {
+            println!("{}/{}: {note}", r.recipe, r.arch);
+        }
+    }
     for p in &summary.published {
         let promoted = if p.promoted_to.is_empty() {
             String::new()

@@ -16,7 +16,8 @@ echo "os_version=${VERSION_ID:-}"
 if mountpoint -q "$root" 2>/dev/null && [ -e "$root/etc" ]; then echo "image_root=$root"; exit 0; fi
 mkdir -p "$root" || { echo "image_root_error=cannot create $root"; exit 0; }
 booted=$(readlink -f "$(findmnt -no SOURCE / 2>/dev/null)" 2>/dev/null)
-# A volume attached at launch shows up within seconds of boot; wait a minute at most.
+# bake attaches the volume once the canary has booted, before this runs; it shows up within
+# seconds. Wait a minute at most.
 wait=${BAKE_DEVICE_WAIT:-60}
 i=0
 dev=""

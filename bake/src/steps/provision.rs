@@ -101,8 +101,8 @@ impl<S: Machines> Step<S> for RunSteps<'_> {
 }
 
 /// The shell that lists installed packages as `name<TAB>version<TAB>arch`, sorted (dpkg, or
-/// rpm on Amazon Linux).
-pub const PACKAGES_PRODUCER: &str = "# bake: package manifest\n# the distribution, for package URLs in the SBOM\nif [ -r /etc/os-release ]; then . /etc/os-release; printf '#os\\t%s\\t%s\\n' \"$ID\" \"${VERSION_ID:-}\"; fi\nif command -v dpkg-query >/dev/null; then dpkg-query -W -f='${Package}\\t${Version}\\t${Architecture}\\n' | sort; else rpm -qa --qf '%{NAME}\\t%{VERSION}-%{RELEASE}\\t%{ARCH}\\n' | sort; fi\n# snaps (the kubelet of Canonical's EKS images is one)\nif command -v snap >/dev/null 2>&1; then snap list 2>/dev/null | awk 'NR > 1 { print $1 \"\\t\" $2 \"\\tsnap\" }'; fi";
+/// rpm on Amazon Linux), then snaps as `name<TAB>version<TAB>snap<TAB>revision`.
+pub const PACKAGES_PRODUCER: &str = "# bake: package manifest\n# the distribution, for package URLs in the SBOM\nif [ -r /etc/os-release ]; then . /etc/os-release; printf '#os\\t%s\\t%s\\n' \"$ID\" \"${VERSION_ID:-}\"; fi\nif command -v dpkg-query >/dev/null; then dpkg-query -W -f='${Package}\\t${Version}\\t${Architecture}\\n' | sort; else rpm -qa --qf '%{NAME}\\t%{VERSION}-%{RELEASE}\\t%{ARCH}\\n' | sort; fi\n# snaps (the kubelet of Canonical's EKS images is one)\nif command -v snap >/dev/null 2>&1; then snap list 2>/dev/null | awk 'NR > 1 { print $1 \"\\t\" $2 \"\\tsnap\\t\" $3 }'; fi";
 
 /// Captures the package manifest, whole however long, from the builder (or, where the image
 /// was built out of bake's reach, from the canary).

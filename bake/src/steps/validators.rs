@@ -3,10 +3,11 @@
 //! [`Guest`](crate::guest::Guest), decide the verdict, and have the provider record it before
 //! the step counts as done (a run killed right after still finds its verdict).
 
+use super::provision::PACKAGES_PRODUCER;
 use super::Role;
 use super::{Machines, Step, StepContext};
 use crate::canary::{Planned, Prepared};
-use crate::validate::{Validator, Verdict};
+use crate::validate::{CheckResult, Status, Validator, Verdict};
 use crate::Result;
 use async_trait::async_trait;
 use std::time::Duration;
@@ -17,7 +18,22 @@ pub trait RecordVerdict<S>: Send + Sync {
     async fn record(&self, state: &mut S, verdict: &Verdict, cx: &StepContext<'_>) -> Result<()>;
 }
 
+/// The name under which the canary's software is compared with the image's manifest.
+pub const SOFTWARE_AS_BAKED: &str = "software-as-baked";
+
+/// Whether the canary's software can be compared with what was baked.
+#[derive(Debug, Clone, Copy)]
+pub enum Software<'a> {
+    /// Against the manifest captured on the builder, before the image was made.
+    AsBaked,
+    /// Not here, and why (e.g. the manifest was read on this very canary).
+    NotApplicable(&'a str),
+}
+
 pub struct Validate<'a, S> {
+    /// After the catalog's checks: does the canary, booted and (where there is a cluster)
+    /// joined, run exactly the software the image was baked with?
+    pub software: Software<'a>,
     pub validators: &'a [Validator],
     /// Limit of each validator.
     pub timeout: Duration,
@@ -35,6 +51,7 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
     }
     async fn run(&self, state: &mut S, cx: &StepContext<'_>) -> Result<()> {
         let logs = cx.log_dir();
+        let baked = state.made().packages.clone();
         let devices = state.image_devices().join(" ");
         let guest = state.guest(Role::Canary)?;
         let label = format!("{} {} prepare canary", cx.recipe, cx.arch);
@@ -125,6 +142,42 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
             result.log(cx.recipe, cx.arch);
             results.push(result);
         }
+        // Last, once first boot and the join are over: bootstrap scripts, cloud-init's
+        // package_upgrade or a snap refresh change software at boot, which no image check sees.
+        let software = match (self.software, baked.as_deref()) {
+            (Software::NotApplicable(why), _) => {
+                CheckResult::not_applicable(SOFTWARE_AS_BAKED, why)
+            }
+            (Software::AsBaked, None) => CheckResult::not_applicable(
+                SOFTWARE_AS_BAKED,
+                "no package manifest was captured at bake time (a run resumed past its capture)",
+            ),
+            (Software::AsBaked, Some(baked)) => {
+                cx.phase(&format!("validator {SOFTWARE_AS_BAKED}"));
+                let label = format!("{} {} validator {SOFTWARE_AS_BAKED}", cx.recipe, cx.arch);
+                let booted = guest
+                    .read_output(&label, PACKAGES_PRODUCER, self.timeout)
+                    .await
+                    .map_err(|why| {
+                        cx.error(
+                            self.name(),
+                            format!("validator {SOFTWARE_AS_BAKED} could not run: {why}"),
+                        )
+                    })?;
+                let changed = crate::packages::changed_since_bake(baked, &booted);
+                let _ = std::fs::write(
+                    logs.join(format!("validator-{SOFTWARE_AS_BAKED}.log")),
+                    format!(
+                        "# {SOFTWARE_AS_BAKED}: {} package(s) differ from the manifest captured at bake time\n{}\n## the canary's packages\n{booted}",
+                        changed.len(),
+                        changed.join("\n")
+                    ),
+                );
+                software_verdict(&changed)
+            }
+        };
+        software.log(cx.recipe, cx.arch);
+        results.push(software);
         let verdict = Verdict::decide(results);
         self.recorder.record(state, &verdict, cx).await?;
         if !verdict.accepted {
@@ -132,5 +185,28 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
         }
         state.made().verdict = Some(verdict);
         Ok(())
+    }
+}
+
+/// The verdict on the packages that changed between bake and boot: any change rejects the image,
+/// naming the first few.
+pub fn software_verdict(changed: &[String]) -> CheckResult {
+    if changed.is_empty() {
+        return CheckResult::from_exit(SOFTWARE_AS_BAKED, 0, "", "");
+    }
+    let shown: Vec<&str> = changed.iter().take(5).map(String::as_str).collect();
+    let more = changed.len().saturating_sub(shown.len());
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    CheckResult {
+        status: Status::Fail,
+        reason: Some(format!(
+            "the booted canary does not run the software it was baked with (changed at boot): {}{more}",
+            shown.join("; ")
+        )),
+        ..CheckResult::from_exit(SOFTWARE_AS_BAKED, 1, "", "")
     }
 }

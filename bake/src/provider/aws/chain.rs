@@ -4,6 +4,7 @@
 
 use super::create::{CreateImage, ImageBuilderBuild, TagVerdict};
 use super::distribute::{CopyToRegions, Share};
+use super::image_copy::AttachImageCopy;
 use super::launch::{Agent, Launch, SecurityGroup, StopBuilder, Terminate};
 use super::ssm::MAX_INLINE_FILE;
 use super::state::State;
@@ -11,7 +12,7 @@ use super::AwsProvider;
 use crate::pipeline::Engine;
 use crate::provider::{BakeJob, ImageRecord, Role};
 use crate::steps::provision::{CapturePackages, InstallFiles, RunSteps};
-use crate::steps::validators::Validate;
+use crate::steps::validators::{Software, Validate};
 use crate::steps::{Runner, Step, StepContext};
 use crate::{Error, Result};
 use std::time::Duration;
@@ -42,6 +43,14 @@ impl AwsProvider {
             .is_none()
             .then_some("needs a joined cluster node; the pipeline names no [canary] cluster");
         let validate = Validate {
+            // Image Builder builds out of bake's reach: the manifest is read on the canary
+            // itself, after its first boot, so there is nothing earlier to compare it with.
+            software: match s.engine {
+                Engine::Ec2 => Software::AsBaked,
+                Engine::Imagebuilder => Software::NotApplicable(
+                    "Image Builder built the image out of bake's reach: its package manifest is read on this canary",
+                ),
+            },
             validators: &job.recipe.validators,
             timeout: s.command_timeout,
             join_timeout: Some(s.join_timeout),
@@ -65,6 +74,7 @@ impl AwsProvider {
                 Box::new(Terminate { p: self, role: builder }),
                 Box::new(Launch { p: self, job, role: canary }),
                 Box::new(Agent { p: self, role: canary }),
+                Box::new(AttachImageCopy { p: self, job }),
                 Box::new(validate),
                 Box::new(Terminate { p: self, role: canary }),
                 Box::new(CopyToRegions { p: self }),
@@ -76,6 +86,7 @@ impl AwsProvider {
                 Box::new(SecurityGroup { p: self, job }),
                 Box::new(Launch { p: self, job, role: canary }),
                 Box::new(Agent { p: self, role: canary }),
+                Box::new(AttachImageCopy { p: self, job }),
                 Box::new(CapturePackages { role: canary, timeout }),
                 Box::new(validate),
                 Box::new(Terminate { p: self, role: canary }),

@@ -74,25 +74,6 @@ impl AwsProvider {
             Err(e) => Err(err(format!("terminating {id} in {}", self.region), e)),
         }
     }
-    /// The ID of the EBS volume attached to `instance` at `device`, if any.
-    pub(super) async fn volume_at(&self, instance: &str, device: &str) -> Result<Option<String>> {
-        self.ec2_slot().await;
-        let r = self
-            .ec2
-            .describe_instances()
-            .instance_ids(instance)
-            .send()
-            .await
-            .map_err(|e| err(format!("describing {instance} in {}", self.region), e))?;
-        Ok(r.reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .flat_map(|i| i.block_device_mappings())
-            .find(|m| m.device_name() == Some(device))
-            .and_then(|m| m.ebs())
-            .and_then(|e| e.volume_id())
-            .map(str::to_string))
-    }
 
     /// Deletes a security group, waiting out the ENIs of just-terminated instances.
     pub(super) async fn delete_security_group(&self, id: &str) -> Result<()> {

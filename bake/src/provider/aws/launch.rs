@@ -2,7 +2,7 @@
 //! and canary launches (IMDSv2 required, no key pair, encrypted volumes, the dead-man's
 //! switch), their SSM agents, stopping and terminating the builder.
 
-use super::state::{State, IMAGE_COPY_DEVICE};
+use super::state::State;
 use super::AwsProvider;
 use crate::aws::err;
 use crate::journal::Kind;
@@ -207,23 +207,6 @@ impl Step<State> for Launch<'_> {
                     .set_tags(Some(p.tags(self.job, self.role.as_str())))
                     .build(),
             );
-        if let (Role::Canary, Some(snapshot)) = (self.role, &root_volume.snapshot) {
-            // The canary also gets the image as shipped, on a second volume.
-            req = req.block_device_mappings(
-                BlockDeviceMapping::builder()
-                    .device_name(IMAGE_COPY_DEVICE)
-                    .ebs(
-                        EbsBlockDevice::builder()
-                            .snapshot_id(snapshot)
-                            .volume_type(VolumeType::from(volume.volume_type.as_str()))
-                            .encrypted(true)
-                            .set_kms_key_id(p.settings.kms_key_id.clone())
-                            .delete_on_termination(true)
-                            .build(),
-                    )
-                    .build(),
-            );
-        }
         if let Some(profile) = &p.settings.instance_profile {
             req = req.iam_instance_profile(
                 IamInstanceProfileSpecification::builder()
@@ -296,9 +279,6 @@ impl Step<State> for Launch<'_> {
         cx.created(Kind::Instance, &id)?;
         *state.instances.slot(self.role) = Some(id.clone());
         p.wait_instance(&id, InstanceStateName::Running).await?;
-        if self.role == Role::Canary {
-            state.image_copy = p.volume_at(&id, IMAGE_COPY_DEVICE).await?;
-        }
         Ok(())
     }
     async fn cleanup(

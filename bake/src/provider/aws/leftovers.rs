@@ -129,6 +129,17 @@ impl AwsProvider {
                 false,
             );
         }
+        // Canary copies of images (attached after boot): gone with their canary once attached,
+        // left behind if the run died between making one and attaching it.
+        for v in home.volumes(&ours(), "bake volumes").await? {
+            push(
+                Kind::Volume,
+                v.volume_id().unwrap_or_default(),
+                v.tags(),
+                "delete (once its instance has let go of it)",
+                false,
+            );
+        }
         // Copies a dead run made in other regions and no release publishes.
         for images in self.copy_regions() {
             let region = images.region();
@@ -148,11 +159,13 @@ impl AwsProvider {
                 );
             }
         }
-        // Instances first, then images, then groups (a group is in use until its instances go).
+        // Instances first, then volumes and images, then groups (a volume or a group is in use
+        // until its instances go).
         out.sort_by_key(|l| match l.kind {
             Kind::Instance => 0,
-            Kind::Image | Kind::ImageCopy => 1,
-            _ => 2,
+            Kind::Volume => 1,
+            Kind::Image | Kind::ImageCopy => 2,
+            _ => 3,
         });
         Ok(out)
     }
@@ -172,6 +185,7 @@ impl AwsProvider {
                 }
             }
             Kind::SecurityGroup => self.delete_security_group(&l.id).await,
+            Kind::Volume => self.delete_volume_when_free(&l.id).await,
             // Snapshots go with their image; the rest are the local provider's or the registry's.
             other @ (Kind::Snapshot
             | Kind::ImagebuilderBuild

@@ -1,4 +1,5 @@
-//! EC2 listings, every page of them: DescribeImages, DescribeInstances, DescribeSecurityGroups
+//! EC2 listings, every page of them: DescribeImages, DescribeInstances, DescribeSecurityGroups,
+//! DescribeVolumes
 //! and the launch-template calls answer in pages (AWS may end a page early and hand back a
 //! `NextToken` at any size), so a scan that reads only the first page misses what is on the
 //! others. Each page waits for the client-side rate limit like any other call.
@@ -6,7 +7,7 @@
 use crate::aws::{err, Limits};
 use crate::Result;
 use aws_sdk_ec2::types::{
-    Filter, Image, Instance, LaunchTemplate, LaunchTemplateVersion, SecurityGroup,
+    Filter, Image, Instance, LaunchTemplate, LaunchTemplateVersion, SecurityGroup, Volume,
 };
 
 /// One EC2 client in one region, for listings.
@@ -97,6 +98,23 @@ impl Lister<'_> {
                 r.security_groups().to_vec(),
                 r.next_token().map(str::to_string),
             ))
+        })
+        .await
+    }
+
+    /// Volumes that match every filter.
+    pub async fn volumes(&self, filters: &[Filter], what: &str) -> Result<Vec<Volume>> {
+        all_pages(|token| async move {
+            self.limits.ec2.until_ready().await;
+            let r = self
+                .ec2
+                .describe_volumes()
+                .set_filters(Some(filters.to_vec()))
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| err(format!("looking for {what} in {}", self.region), e))?;
+            Ok((r.volumes().to_vec(), r.next_token().map(str::to_string)))
         })
         .await
     }

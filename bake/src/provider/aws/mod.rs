@@ -10,6 +10,7 @@ mod chain;
 mod create;
 mod distribute;
 pub mod image;
+mod image_copy;
 pub mod imagebuilder;
 mod instances;
 mod launch;

@@ -7,9 +7,9 @@ use crate::provider::{ByRole, ImageRecord, Role};
 use crate::steps::{Machines, Made};
 use crate::{Error, Result};
 
-/// Where the canary gets a second volume made from its image's root snapshot: the image as
-/// shipped, which the validators that read the image mount read-only (first boot changes the
-/// root volume). Deleted with the instance.
+/// Where the canary gets a second volume made from its image's root snapshot once it has
+/// booted (see `image_copy`): the image as shipped, which the validators that read the image
+/// mount read-only (first boot changes the root volume). Deleted with the instance.
 pub(super) const IMAGE_COPY_DEVICE: &str = "/dev/sdf";
 
 /// What the steps of one AWS bake share.

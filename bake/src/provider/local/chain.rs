@@ -11,7 +11,7 @@ use crate::pipeline::Builder;
 use crate::provider::{BakeJob, ImageRecord, Role};
 use crate::state_dir::StateDir;
 use crate::steps::provision::{CapturePackages, InstallFiles, RunSteps};
-use crate::steps::validators::Validate;
+use crate::steps::validators::{Software, Validate};
 use crate::steps::{Runner, Step, StepContext};
 use crate::{Error, Result};
 use std::time::Duration;
@@ -40,6 +40,7 @@ impl LocalProvider {
             job,
         };
         let validate = Validate {
+            software: Software::AsBaked,
             validators: &job.recipe.validators,
             timeout: s.step_timeout,
             join_timeout: None,

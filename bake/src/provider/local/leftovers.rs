@@ -108,6 +108,7 @@ impl LocalProvider {
             | Kind::ImageCopy
             | Kind::Instance
             | Kind::SecurityGroup
+            | Kind::Volume
             | Kind::ImagebuilderBuild
             | Kind::IncompleteRelease) => Err(Error::provider(
                 "local",
