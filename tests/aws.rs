@@ -208,6 +208,17 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
             "the base's size, carried into the image: {l:?}"
         );
     }
+    let cluster_sg = aws_sdk_eks::Client::new(&moto.sdk_via_proxy().await)
+        .describe_cluster()
+        .name("dev")
+        .send()
+        .await
+        .unwrap()
+        .cluster()
+        .and_then(|c| c.resources_vpc_config())
+        .and_then(|v| v.cluster_security_group_id())
+        .expect("EKS names the cluster security group")
+        .to_string();
     // Every instance carries the dead-man's switch: it terminates when it powers itself off,
     // and its user data arms a power-off timer. Canaries also join the cluster with the
     // endpoint, CA and DNS address DescribeCluster gave.
@@ -232,6 +243,12 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
         );
         if text.contains("/etc/eks/bootstrap.sh 'dev'") {
             joins += 1;
+            // Beside bake's own group, the cluster's: it admits only its members.
+            assert_eq!(
+                l.get("SecurityGroupId.2"),
+                Some(&cluster_sg),
+                "the canary lacks the cluster security group: {l:?}"
+            );
             assert!(text.contains("--apiserver-endpoint 'https://"), "{text}");
             assert!(text.contains("--b64-cluster-ca '"), "{text}");
             assert!(text.contains("--dns-cluster-ip 10.100.0.10"), "{text}");
@@ -2000,4 +2017,205 @@ async fn promotion_reads_the_kubernetes_version_of_an_eks_cluster() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(moved["result"], "moved");
     assert!(described(before).is_empty(), "{:?}", described(before));
+}
+
+/// Before a run creates anything, `bake plan` (and `run`) check, read-only, what the canary
+/// needs to join its cluster, and name each missing piece with its fix (exit 2): the instance
+/// profile, its role, the role's policies, the role's access entry where the cluster's
+/// authentication mode asks for one; what bake cannot read (aws-auth, a CNI policy that may
+/// come through IRSA) is a warning. The canary then carries the cluster security group.
+#[tokio::test]
+async fn plan_names_what_the_account_lacks_for_the_canary_to_join_and_creates_nothing() {
+    let moto = Moto::get();
+    let (x86, arm) = bases(moto).await;
+    moto.set_config(json!({"parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm}}));
+    let direct = moto.sdk().await;
+    let iam = aws_sdk_iam::Client::new(&direct);
+    aws_sdk_eks::Client::new(&direct)
+        .create_cluster()
+        .name("acct")
+        .role_arn("arn:aws:iam::123456789012:role/eks")
+        .resources_vpc_config(aws_sdk_eks::types::VpcConfigRequest::builder().build())
+        .kubernetes_network_config(
+            aws_sdk_eks::types::KubernetesNetworkConfigRequest::builder()
+                .service_ipv4_cidr("10.100.0.0/16")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // EKS's access calls go through the proxy (moto has none), signed with a key of their
+    // own so no other test's IAM assertion counts them.
+    let via_proxy = moto.sdk_via_proxy().await;
+    let eks = aws_sdk_eks::Client::from_conf(
+        aws_sdk_eks::config::Builder::from(&via_proxy)
+            .credentials_provider(aws_sdk_eks::config::Credentials::new(
+                "account-setup",
+                "testing",
+                None,
+                None,
+                "test",
+            ))
+            .build(),
+    );
+    let p = project("/acct");
+    p.edit(
+        "pipelines/aws.toml",
+        "cluster = \"dev\"",
+        "cluster = \"acct\"",
+    );
+    p.edit(
+        "pipelines/aws.toml",
+        "[clusters.dev]",
+        "[clusters.acct]\neks_cluster = \"acct\"\n\n[clusters.dev]",
+    );
+    p.edit(
+        "pipelines/aws.toml",
+        "instance_profile = \"bake-builder\"",
+        "instance_profile = \"acct-node\"",
+    );
+    let role = "arn:aws:iam::123456789012:role/acct-node";
+    let refused = |want: &[&str]| {
+        let (code, stderr) = common::moto::bake_refused(&p, moto, &["plan", "pipelines/aws.toml"]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains(
+                "the canary cannot join EKS cluster `acct` in us-east-1; nothing was created"
+            ),
+            "{stderr}"
+        );
+        for w in want {
+            assert!(stderr.contains(w), "{w:?} not in\n{stderr}");
+        }
+        stderr
+    };
+    let before = moto.calls().len();
+
+    refused(&[
+        "instance profile `acct-node` ([aws] instance_profile) does not exist",
+        "aws iam create-instance-profile --instance-profile-name acct-node",
+    ]);
+    // `run` refuses the same way, before it takes a lock or launches anything.
+    let (code, stderr) = common::moto::bake_refused(&p, moto, &["run", "pipelines/aws.toml"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+
+    iam.create_instance_profile()
+        .instance_profile_name("acct-node")
+        .send()
+        .await
+        .unwrap();
+    refused(&["instance profile `acct-node` holds no role"]);
+
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    iam.create_role()
+        .role_name("acct-node")
+        .assume_role_policy_document(trust)
+        .send()
+        .await
+        .unwrap();
+    iam.add_role_to_instance_profile()
+        .instance_profile_name("acct-node")
+        .role_name("acct-node")
+        .send()
+        .await
+        .unwrap();
+    let attach = |policy: &'static str| {
+        let iam = iam.clone();
+        async move {
+            iam.attach_role_policy()
+                .role_name("acct-node")
+                .policy_arn(format!("arn:aws:iam::aws:policy/{policy}"))
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    attach("AmazonSSMManagedInstanceCore").await;
+    let stderr = refused(&[
+        "role `acct-node` lacks AmazonEKSWorkerNodePolicy",
+        "aws iam attach-role-policy --role-name acct-node --policy-arn arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
+        "lacks AmazonEC2ContainerRegistryReadOnly or AmazonEC2ContainerRegistryPullOnly",
+    ]);
+    assert!(
+        !stderr.contains("AmazonSSMManagedInstanceCore ("),
+        "{stderr}"
+    );
+
+    attach("AmazonEKSWorkerNodePolicy").await;
+    attach("AmazonEC2ContainerRegistryReadOnly").await;
+    // A cluster made through the API authenticates through aws-auth only (CONFIG_MAP), which
+    // bake cannot read: a warning, not a refusal; so is a CNI policy that IRSA may give.
+    let (code, _, stderr) = bake(&p, moto, &["plan", "pipelines/aws.toml"]);
+    assert_eq!(code, 0, "{stderr}");
+    for w in [
+        "EKS cluster `acct` authenticates only through the aws-auth ConfigMap",
+        &format!("make sure its mapRoles maps {role} to system:bootstrappers and system:nodes"),
+        "role `acct-node` lacks AmazonEKS_CNI_Policy",
+    ] {
+        assert!(stderr.contains(w), "{w:?} not in\n{stderr}");
+    }
+
+    eks.update_cluster_config()
+        .name("acct")
+        .access_config(
+            aws_sdk_eks::types::UpdateAccessConfigRequest::builder()
+                .authentication_mode(aws_sdk_eks::types::AuthenticationMode::Api)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    refused(&[&format!(
+        "role {role} has no access entry in `acct` (authentication mode API): aws eks create-access-entry --cluster-name acct --principal-arn {role} --type EC2_LINUX"
+    )]);
+    eks.create_access_entry()
+        .cluster_name("acct")
+        .principal_arn(role)
+        .send()
+        .await
+        .unwrap();
+    refused(&["is of type STANDARD; a node's must be EC2_LINUX"]);
+    eks.delete_access_entry()
+        .cluster_name("acct")
+        .principal_arn(role)
+        .send()
+        .await
+        .unwrap();
+    eks.create_access_entry()
+        .cluster_name("acct")
+        .principal_arn(role)
+        .r#type("EC2_LINUX")
+        .send()
+        .await
+        .unwrap();
+    let (code, _, stderr) = bake(&p, moto, &["plan", "pipelines/aws.toml"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("aws-auth"), "{stderr}");
+
+    // Nothing was created by any of it.
+    let key = p.access_key();
+    let mine: Vec<String> = moto.records()[before..]
+        .iter()
+        .filter(|r| r["key"] == key.as_str())
+        .map(|r| r["action"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let mutating: Vec<&String> = mine
+        .iter()
+        .filter(|a| {
+            MUTATING.contains(&a.as_str()) || a.starts_with("Create") || a.starts_with("Put")
+        })
+        .collect();
+    assert!(mutating.is_empty(), "{mutating:?}");
+    for read in [
+        "GetInstanceProfile",
+        "ListAttachedRolePolicies",
+        "DescribeCluster",
+        "DescribeAccessEntry",
+    ] {
+        assert!(
+            mine.iter().any(|a| a == read),
+            "{read} never asked: {mine:?}"
+        );
+    }
 }

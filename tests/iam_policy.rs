@@ -290,6 +290,38 @@ fn what_bake_must_never_do_is_denied_by_the_printed_policy() {
             ),
         ),
         (
+            "make a volume of another pipeline's snapshot",
+            req(
+                "ec2:CreateVolume",
+                ec2("snapshot", "snap-0123456789abcdef0"),
+                theirs.clone(),
+            ),
+        ),
+        (
+            "attach a volume to another pipeline's instance",
+            req(
+                "ec2:AttachVolume",
+                ec2("instance", "i-0123456789abcdef0"),
+                theirs.clone(),
+            ),
+        ),
+        (
+            "delete a volume that is not its own",
+            req(
+                "ec2:DeleteVolume",
+                ec2("volume", "vol-0123456789abcdef0"),
+                untagged.clone(),
+            ),
+        ),
+        (
+            "read the access entries of a cluster the canary does not join",
+            req(
+                "eks:DescribeAccessEntry",
+                "arn:aws:eks:us-east-1:123456789012:access-entry/prod/role/123456789012/bake-builder/00000000-0000-0000-0000-000000000000".into(),
+                untagged.clone(),
+            ),
+        ),
+        (
             "describe a cluster the pipeline does not name",
             req(
                 "eks:DescribeCluster",
@@ -300,7 +332,8 @@ fn what_bake_must_never_do_is_denied_by_the_printed_policy() {
     ];
     let allowed = [
         ("tag its own image with a verdict", req("ec2:CreateTags", ec2("image", "ami-0123456789abcdef0"), json!({"aws:ResourceTag/bake:prefix": "/bake", "aws:RequestTag/bake:status": "validated", "aws:TagKeys": ["bake:status"]}))),
-        ("launch a canary with a copy of its own image", req("ec2:RunInstances", ec2("snapshot", "snap-0123456789abcdef0"), ours.clone())),
+        ("make the canary's copy of its own image", req("ec2:CreateVolume", ec2("snapshot", "snap-0123456789abcdef0"), ours.clone())),
+        ("read the node role's access entry in the canary's cluster", req("eks:DescribeAccessEntry", "arn:aws:eks:us-east-1:123456789012:access-entry/dev/role/123456789012/bake-builder/00000000-0000-0000-0000-000000000000".into(), untagged.clone())),
         ("terminate its own instance", req("ec2:TerminateInstances", ec2("instance", "i-0123456789abcdef0"), ours.clone())),
         ("pass the instance role to EC2", req("iam:PassRole", "arn:aws:iam::123456789012:role/bake-builder".into(), json!({"iam:PassedToService": "ec2.amazonaws.com"}))),
         ("read prod's Kubernetes version (promotion's skew check)", req("eks:DescribeCluster", "arn:aws:eks:us-east-1:123456789012:cluster/prod".into(), untagged.clone())),

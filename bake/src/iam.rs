@@ -332,6 +332,38 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
             }
         }));
     }
+    // Before a run creates anything, plan reads what the canary needs to join its cluster:
+    // the instance profile, its role's policies, the role's access entry, the cluster's
+    // security group (DescribeSecurityGroups is in Discover).
+    if let Some(cluster) = &pipeline.canary_cluster {
+        let eks = pipeline.clusters[cluster]
+            .eks_cluster
+            .clone()
+            .unwrap_or_else(|| cluster.clone());
+        let mut account = vec![json!({
+            "Sid": "ReadTheCanaryClustersAccessEntries",
+            "Effect": "Allow",
+            "Action": "eks:DescribeAccessEntry",
+            "Resource": format!("arn:aws:eks:{region}:*:access-entry/{eks}/*")
+        })];
+        if let Some(profile) = &aws.instance_profile {
+            account.push(json!({
+                "Sid": "ReadTheCanarysInstanceProfile",
+                "Effect": "Allow",
+                "Action": "iam:GetInstanceProfile",
+                "Resource": format!("arn:aws:iam::*:instance-profile/{profile}")
+            }));
+        }
+        if let Some(role) = pipeline.instance_role() {
+            account.push(json!({
+                "Sid": "ReadTheNodeRolesPolicies",
+                "Effect": "Allow",
+                "Action": "iam:ListAttachedRolePolicies",
+                "Resource": format!("arn:aws:iam::*:role/{role}")
+            }));
+        }
+        statements.extend(account);
+    }
     if let Some(role) = pipeline.instance_role() {
         let services = if imagebuilder {
             json!(["ec2.amazonaws.com", "imagebuilder.amazonaws.com"])

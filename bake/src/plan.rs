@@ -180,6 +180,13 @@ pub async fn plan(
             return Err(no_such_arch(pipeline, a));
         }
     }
+    // What the bakes' canaries need of the account, before anything is created (a run with
+    // nothing to do asks nothing).
+    if items.iter().any(|i| i.decision.needs_bake()) {
+        for warning in provider.check_account().await? {
+            tracing::warn!("{warning}");
+        }
+    }
     Ok(items)
 }
 

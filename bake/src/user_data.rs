@@ -31,6 +31,9 @@ pub struct Cluster {
     pub certificate_authority: String,
     /// The Kubernetes service CIDR (IPv4), e.g. `10.100.0.0/16`.
     pub service_cidr: String,
+    /// The cluster security group EKS made with the cluster: it admits only its members, so a
+    /// node (EKS managed nodes, the eks-node module's) carries it to reach the control plane.
+    pub security_group: Option<String>,
 }
 
 impl Cluster {
@@ -82,6 +85,10 @@ impl Cluster {
                 .and_then(|k| k.service_ipv4_cidr())
                 .ok_or_else(|| missing("IPv4 service CIDR"))?
                 .to_string(),
+            security_group: c
+                .resources_vpc_config()
+                .and_then(|v| v.cluster_security_group_id())
+                .map(str::to_string),
         })
     }
 
@@ -212,6 +219,7 @@ mod tests {
             endpoint: "https://ABC.gr7.us-east-1.eks.amazonaws.com".into(),
             certificate_authority: "LS0tQ0E=".into(),
             service_cidr: "10.100.0.0/16".into(),
+            security_group: Some("sg-0123456789abcdef0".into()),
         }
     }
 

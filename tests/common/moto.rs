@@ -81,6 +81,8 @@ impl Moto {
                     .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                     .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
                     .env("MOTO_ENABLE_AMI_VALIDATION", "true")
+                    // AWS's managed policies exist in every account (the node role's).
+                    .env("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
                     .stdout(Stdio::null())
                     .stderr(Stdio::null());
                 let mut moto = moto.spawn().unwrap();
@@ -101,16 +103,23 @@ impl Moto {
             })
             .expect("moto_server could not hold a port of its own in 10 tries");
         let moto_url = format!("http://127.0.0.1:{port}");
-        // What an account running bake has: the builder instance profile (IAM, via boto3 from
-        // the same venv; moto checks that a launched profile exists) and the clusters canaries
-        // join (their endpoint, CA and service CIDR go into the canary's user data), at the
+        // What an account running bake has: the builder instance profile with the node role a
+        // canary joins with and the policies EKS documents for it (IAM, via boto3 from the same
+        // venv; moto checks that a launched profile exists) and the clusters canaries join
+        // (their endpoint, CA and service CIDR go into the canary's user data), at the
         // Kubernetes version promotion reads (`legacy` lags three minors behind).
         let status = Command::new(venv.join("bin/python"))
             .args([
                 "-c",
-                "import boto3,sys\n\
+                "import boto3,json,sys\n\
                  kw = dict(endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
-                 boto3.client('iam', **kw).create_instance_profile(InstanceProfileName='bake-builder')\n\
+                 iam = boto3.client('iam', **kw)\n\
+                 iam.create_instance_profile(InstanceProfileName='bake-builder')\n\
+                 trust = {'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Principal': {'Service': 'ec2.amazonaws.com'}, 'Action': 'sts:AssumeRole'}]}\n\
+                 iam.create_role(RoleName='bake-builder', AssumeRolePolicyDocument=json.dumps(trust))\n\
+                 iam.add_role_to_instance_profile(InstanceProfileName='bake-builder', RoleName='bake-builder')\n\
+                 for p in ('AmazonSSMManagedInstanceCore', 'AmazonEKSWorkerNodePolicy', 'AmazonEC2ContainerRegistryReadOnly', 'AmazonEKS_CNI_Policy'):\n\
+                 \x20   iam.attach_role_policy(RoleName='bake-builder', PolicyArn='arn:aws:iam::aws:policy/' + p)\n\
                  eks = boto3.client('eks', **kw)\n\
                  for name in ('dev', 'staging', 'prod', 'legacy'):\n\
                  \x20   eks.create_cluster(name=name, version='1.28' if name == 'legacy' else '1.31', roleArn='arn:aws:iam::123456789012:role/eks', resourcesVpcConfig={'subnetIds': []}, kubernetesNetworkConfig={'serviceIpv4Cidr': '10.100.0.0/16'})\n",
@@ -138,6 +147,25 @@ impl Moto {
             .read_line(&mut line)
             .unwrap();
         let proxy_port: u16 = line.trim().parse().expect("the proxy prints its port");
+        // EKS (the proxy; moto has no access entries): `dev`, the clusters canaries join, lets
+        // the node role in through an access entry, as the user guide sets a cluster up.
+        // Signed with a key of its own, so no project's IAM assertion counts these calls.
+        let status = Command::new(venv.join("bin/python"))
+            .args([
+                "-c",
+                "import boto3,sys\n\
+                 kw = dict(endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='account-setup', aws_secret_access_key='testing')\n\
+                 eks = boto3.client('eks', **kw)\n\
+                 eks.update_cluster_config(name='dev', accessConfig={'authenticationMode': 'API_AND_CONFIG_MAP'})\n\
+                 eks.create_access_entry(clusterName='dev', principalArn='arn:aws:iam::123456789012:role/bake-builder', type='EC2_LINUX')\n",
+                &format!("http://127.0.0.1:{proxy_port}"),
+            ])
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "setting up the dev cluster's access failed"
+        );
         Moto {
             endpoint: format!("http://127.0.0.1:{proxy_port}"),
             moto: moto_url,

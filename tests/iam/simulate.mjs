@@ -201,6 +201,18 @@ function requestsOf(call) {
     const name = (call.path || '').split('/').filter(Boolean)[1]
     return [{ action: 'eks:DescribeCluster', resource: `arn:aws:eks:${call.region}:${account}:cluster/${name}`, context: {} }]
   }
+  if (call.service === 'eks' && call.action === 'DescribeAccessEntry') {
+    // /clusters/<name>/access-entries/<principal ARN>: authorized on the entry's ARN.
+    const [, name, , principal] = (call.path || '').split('/').filter(Boolean).map(decodeURIComponent)
+    const id = (principal || '').split('/').pop()
+    return [{ action: 'eks:DescribeAccessEntry', resource: `arn:aws:eks:${call.region}:${account}:access-entry/${name}/role/${account}/${id}/00000000-0000-0000-0000-000000000000`, context: {} }]
+  }
+  if (call.service === 'iam') {
+    const p = call.params || {}
+    if (call.action === 'GetInstanceProfile') return [{ action: 'iam:GetInstanceProfile', resource: `arn:aws:iam::${account}:instance-profile/${p.InstanceProfileName}`, context: {} }]
+    if (call.action === 'ListAttachedRolePolicies') return [{ action: 'iam:ListAttachedRolePolicies', resource: `arn:aws:iam::${account}:role/${p.RoleName}`, context: {} }]
+    return null
+  }
   if (call.service === 'sts' && call.action === 'GetCallerIdentity') return [{ action: 'sts:GetCallerIdentity', resource: '*', context: {} }]
   return null
 }

@@ -39,6 +39,10 @@ hand, then lifts the hold and the call lands, as when a process dies mid-call.
                "initrd": "initrd.img", "arch": "x86_64"}}, "cpus": 2, "memory_mib": 1536}
 makes instances of those images (and of images created from them) real VMs (machines.py):
 their agent status, commands, stop, images and termination come from the VM, not from rules.
+
+EKS: DescribeCluster also carries the cluster's authentication mode and cluster security group,
+and the access-entry calls and UpdateClusterConfig's access config are answered as EKS does
+(eks.py), which moto 5.2.5 lacks.
 """
 import http.server
 import json
@@ -53,6 +57,7 @@ import urllib.request
 sys.dont_write_bytecode = True  # no __pycache__ in the checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import machines as machines_mod  # noqa: E402
+import eks as eks_mod  # noqa: E402
 
 UPSTREAM = sys.argv[1]          # http://127.0.0.1:<moto port>
 CONFIG = sys.argv[2]
@@ -75,7 +80,7 @@ def rest_action(method, path):
         return "DescribeCluster"
     if parts[:1] == ["clusters"] and len(parts) == 1 and method == "GET":
         return "ListClusters"
-    return "%s %s" % (method, path)
+    return eks_mod.EksAccess.action(method, path) or "%s %s" % (method, path)
 
 
 PAGED_EC2 = {"DescribeImages": b"imagesSet", "DescribeInstances": b"reservationSet",
@@ -217,6 +222,9 @@ class Proxy(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.handle_any("GET")
 
+    def do_DELETE(self):
+        self.handle_any("DELETE")
+
     def handle_any(self, method):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
@@ -230,6 +238,9 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             service = "ssm" if "SSM" in service else service
         elif scope and scope.group(2) == "eks":
             service, action = "eks", rest_action(method, urllib.parse.urlparse(self.path).path)
+        elif scope and scope.group(2) in ("iam", "sts"):
+            form = urllib.parse.parse_qs(body.decode() or urllib.parse.urlparse(self.path).query)
+            service, action = scope.group(2), (form.get("Action") or ["?"])[0]
         else:
             form = urllib.parse.parse_qs(body.decode() or urllib.parse.urlparse(self.path).query)
             service, action = "ec2", (form.get("Action") or ["?"])[0]
@@ -248,6 +259,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 record["tags"] = self.tags_of([(None, i) for i in req.get("InstanceIds") or []], region)
         elif service == "eks":
             record["path"] = urllib.parse.urlparse(self.path).path
+        elif service in ("iam", "sts"):
+            record["params"] = {k: v[0] for k, v in form.items()}
         with LOCK:
             with open(CALLS, "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -294,6 +307,10 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             handled = self.ssm(action, req, cfg)
             if handled is not None:
                 return self.reply(200, handled)
+        if service == "eks":
+            handled = EKS.handle(method, self.path, body, region, lambda name: self.moto_eks_cluster(region, name))
+            if handled is not None:
+                return self.send_raw(*handled)
         # moto 5.2.5 answers 500 to a snapshot TagSpecification on CreateImage and ignores
         # CopyImage's TagSpecifications; EC2 applies both to the new image and its snapshots.
         # Forward without them and apply them as EC2 would.
@@ -340,6 +357,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             PROTECTION.pop((form.get("ImageId") or [""])[0], None)
         if page is not None and status == 200:
             data = paginate(data, action, page)
+        if service == "eks" and action == "DescribeCluster" and status == 200:
+            data = EKS.describe(region, urllib.parse.unquote(urllib.parse.urlparse(self.path).path.split("/")[2]), data)
         state = cfg.get("image_state_after_create")
         if state and service == "ec2" and action == "DescribeImages" and "CreateImage" in SEEN:
             data = data.replace(b"<imageState>available</imageState>", ("<imageState>%s</imageState>" % state).encode())
@@ -398,6 +417,38 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         req.add_header("Authorization", "AWS4-HMAC-SHA256 Credential=testing/20260101/%s/ec2/aws4_request, SignedHeaders=host, Signature=0" % region)
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.read()
+
+    @staticmethod
+    def moto_iam(pairs):
+        """(status, XML) of a call straight to moto's IAM."""
+        data = urllib.parse.urlencode([("Version", "2010-05-08")] + pairs).encode()
+        req = urllib.request.Request(UPSTREAM + "/", data=data, method="POST")
+        req.add_header("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")
+        req.add_header("Authorization", "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    @staticmethod
+    def moto_eks_cluster(region, name):
+        """True if moto's EKS has the cluster."""
+        req = urllib.request.Request(UPSTREAM + "/clusters/" + urllib.parse.quote(name, safe=""), method="GET")
+        req.add_header("Authorization", "AWS4-HMAC-SHA256 Credential=testing/20260101/%s/eks/aws4_request, SignedHeaders=host, Signature=0" % region)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status == 200
+        except urllib.error.HTTPError:
+            return False
+
+    def send_raw(self, status, headers, data):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def tags_of(self, ids, region):
         """{id: {key: value}} for these EC2 resource IDs, as they are tagged now."""
@@ -623,6 +674,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
 
 # The VMs behind instances (used by the handlers above; see machines.py).
 MACHINES = machines_mod.Machines(Proxy.moto_ec2)
+# Who may join a cluster (authentication mode, access entries, cluster security group; eks.py).
+EKS = eks_mod.EksAccess(Proxy.moto_ec2, Proxy.moto_iam)
 server = http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Proxy)
 print(server.server_address[1], flush=True)
 server.serve_forever()

@@ -165,6 +165,15 @@ pub trait Provider: Send + Sync {
         Ok(())
     }
 
+    /// Checks, read-only and before anything is created, what the account must hold for a
+    /// bake's canary (AWS: the node role, its policies, its access to the canary cluster, the
+    /// cluster security group). Missing pieces are an error naming each and its fix; what the
+    /// provider cannot see for itself comes back as warnings. Asked at plan only when something
+    /// needs a bake. Nothing to check by default.
+    async fn check_account(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
     /// An image already baked with this key, if the provider still has one (a rerun reuses a
     /// validated image instead of baking it again).
     async fn find_image(

@@ -255,6 +255,12 @@ impl Step<State> for Launch<'_> {
                         p.eks_slot().await;
                         let cluster =
                             user_data::Cluster::describe(&p.eks, &name, &p.region).await?;
+                        // Beside bake's own group (no inbound rules): the cluster's, which
+                        // admits only its members, as the nodes of the cluster have it.
+                        let req = match &cluster.security_group {
+                            Some(sg) => req.security_group_ids(sg),
+                            None => req,
+                        };
                         req.user_data(user_data::canary(join, &cluster, lifetime)?)
                     }
                 }

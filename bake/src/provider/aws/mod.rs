@@ -6,6 +6,7 @@
 //! with no inbound rules, and encrypted volumes; everything is tagged `bake:run-id` and
 //! journalled before the next call that can fail. The chain of steps is in `chain`.
 
+mod account;
 mod chain;
 mod create;
 mod distribute;
@@ -43,6 +44,7 @@ pub struct AwsProvider {
     ssm: aws_sdk_ssm::Client,
     imagebuilder: aws_sdk_imagebuilder::Client,
     eks: aws_sdk_eks::Client,
+    iam: aws_sdk_iam::Client,
     settings: AwsSettings,
     /// The EKS cluster canaries join.
     canary_cluster: Option<String>,
@@ -90,6 +92,7 @@ impl AwsProvider {
             ssm: aws_sdk_ssm::Client::new(config),
             imagebuilder: aws_sdk_imagebuilder::Client::new(config),
             eks: aws_sdk_eks::Client::new(config),
+            iam: aws_sdk_iam::Client::new(config),
             settings,
             canary_cluster,
             copy_clients,
@@ -421,6 +424,10 @@ impl Provider for AwsProvider {
         // The image carries only the digest (tag bake:packages); the SSM registry keeps the
         // list itself beside the release (`Registry::package_manifest`).
         Ok(None)
+    }
+
+    async fn check_account(&self) -> Result<Vec<String>> {
+        self.check_canary_account().await
     }
 
     async fn kubernetes_version(&self, eks_cluster: &str) -> Result<Option<KubeVersion>> {

@@ -1,0 +1,305 @@
+//! What the account must hold for a canary to join its cluster, checked read-only before a run
+//! creates anything: the instance profile and its role, the role's policies, the role's
+//! authorization in the cluster (an EKS access entry, or aws-auth), and the cluster security
+//! group the canary is given. From the EKS user guide ("Amazon EKS node IAM role", "Grant IAM
+//! users access to Kubernetes with EKS access entries", "View Amazon EKS security group
+//! requirements for clusters"): nodes need AmazonEKSWorkerNodePolicy and ECR read access, the
+//! VPC CNI needs AmazonEKS_CNI_Policy unless it gets it through IRSA or Pod Identity, a node role
+//! needs an access entry of type EC2_LINUX (or an aws-auth mapping), and the cluster security
+//! group admits only its own members.
+
+use super::AwsProvider;
+use crate::aws::{code, err};
+use crate::{Error, Result};
+use aws_sdk_eks::types::AuthenticationMode;
+
+/// A managed policy the canary's role needs, and why.
+struct Needed {
+    /// Any one of these policy names will do.
+    any_of: &'static [&'static str],
+    why: &'static str,
+}
+
+const NEEDED: &[Needed] = &[
+    Needed {
+        any_of: &["AmazonSSMManagedInstanceCore"],
+        why: "bake reaches the canary only through its SSM agent",
+    },
+    Needed {
+        any_of: &["AmazonEKSWorkerNodePolicy"],
+        why: "the kubelet describes its instance and registers the node",
+    },
+    Needed {
+        any_of: &[
+            "AmazonEC2ContainerRegistryReadOnly",
+            "AmazonEC2ContainerRegistryPullOnly",
+        ],
+        why: "the node pulls its system pods' images from ECR",
+    },
+];
+
+/// What the canary's node role is, as IAM has it.
+struct NodeRole {
+    name: String,
+    arn: String,
+}
+
+/// The findings of one check: what is missing (each with its fix) and what bake cannot see.
+#[derive(Debug, Default)]
+struct AccountCheck {
+    missing: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl AwsProvider {
+    /// Checks, read-only, what the canary needs to join its cluster. Missing pieces are one
+    /// error (exit 2) naming each and its fix; what bake cannot read is returned as warnings.
+    pub(super) async fn check_canary_account(&self) -> Result<Vec<String>> {
+        let Some(cluster) = self.canary_cluster.clone() else {
+            return Ok(Vec::new());
+        };
+        let mut found = AccountCheck::default();
+        let role = self.node_role(&mut found).await?;
+        if let Some(role) = &role {
+            self.role_policies(role, &mut found).await?;
+        }
+        self.cluster_access(&cluster, role.as_ref(), &mut found)
+            .await?;
+        if found.missing.is_empty() {
+            return Ok(found.warnings);
+        }
+        for w in &found.warnings {
+            tracing::warn!("{w}");
+        }
+        Err(Error::Usage(format!(
+            "the canary cannot join EKS cluster `{cluster}` in {}; nothing was created. Missing:\n{}",
+            self.region,
+            found
+                .missing
+                .iter()
+                .map(|m| format!("  - {m}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )))
+    }
+
+    /// The role inside `[aws] instance_profile`.
+    async fn node_role(&self, found: &mut AccountCheck) -> Result<Option<NodeRole>> {
+        let Some(profile) = self.settings.instance_profile.as_deref() else {
+            found.missing.push(
+                "[aws] instance_profile: the canary needs a node role to join a cluster; set \
+                 instance_profile to a profile whose role has AmazonSSMManagedInstanceCore, \
+                 AmazonEKSWorkerNodePolicy and AmazonEC2ContainerRegistryReadOnly"
+                    .into(),
+            );
+            return Ok(None);
+        };
+        let r = match self
+            .iam
+            .get_instance_profile()
+            .instance_profile_name(profile)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if code(&e) == Some("NoSuchEntity") => {
+                found.missing.push(format!(
+                    "instance profile `{profile}` ([aws] instance_profile) does not exist: \
+                     aws iam create-instance-profile --instance-profile-name {profile}, then \
+                     aws iam add-role-to-instance-profile --instance-profile-name {profile} --role-name <node role>"
+                ));
+                return Ok(None);
+            }
+            Err(e) => return Err(err(format!("reading instance profile {profile}"), e)),
+        };
+        let roles = r.instance_profile().map(|p| p.roles()).unwrap_or_default();
+        // The one role bake may pass (the printed policy's PassRole): `instance_role`, by
+        // default the profile's own name.
+        let wanted = self.settings.instance_role.as_deref().unwrap_or(profile);
+        let Some(role) = roles.iter().find(|r| r.role_name() == wanted) else {
+            let held: Vec<&str> = roles.iter().map(|r| r.role_name()).collect();
+            found.missing.push(if held.is_empty() {
+                format!(
+                    "instance profile `{profile}` holds no role, so the canary has no identity: \
+                     aws iam add-role-to-instance-profile --instance-profile-name {profile} --role-name {wanted}"
+                )
+            } else {
+                format!(
+                    "instance profile `{profile}` holds {}, not `{wanted}` ([aws] instance_role, by default the profile's name): set instance_role = \"{}\" in the pipeline",
+                    held.join(", "),
+                    held[0]
+                )
+            });
+            return Ok(None);
+        };
+        Ok(Some(NodeRole {
+            name: role.role_name().to_string(),
+            arn: role.arn().to_string(),
+        }))
+    }
+
+    /// The managed policies attached to the node role.
+    async fn role_policies(&self, role: &NodeRole, found: &mut AccountCheck) -> Result<()> {
+        let mut attached = std::collections::BTreeSet::new();
+        let mut marker = None;
+        loop {
+            let r = self
+                .iam
+                .list_attached_role_policies()
+                .role_name(&role.name)
+                .set_marker(marker.take())
+                .send()
+                .await
+                .map_err(|e| err(format!("listing the policies of role {}", role.name), e))?;
+            attached.extend(
+                r.attached_policies()
+                    .iter()
+                    .filter_map(|p| p.policy_name())
+                    .map(str::to_string),
+            );
+            match r.marker() {
+                Some(m) if r.is_truncated() => marker = Some(m.to_string()),
+                _ => break,
+            }
+        }
+        for n in NEEDED {
+            if !n.any_of.iter().any(|p| attached.contains(*p)) {
+                found.missing.push(format!(
+                    "role `{}` lacks {} ({}): aws iam attach-role-policy --role-name {} --policy-arn arn:aws:iam::aws:policy/{}",
+                    role.name,
+                    n.any_of.join(" or "),
+                    n.why,
+                    role.name,
+                    n.any_of[0]
+                ));
+            }
+        }
+        if !attached.contains("AmazonEKS_CNI_Policy") {
+            found.warnings.push(format!(
+                "role `{}` lacks AmazonEKS_CNI_Policy: the VPC CNI on the canary cannot assign pod addresses unless it gets that policy through IRSA or EKS Pod Identity",
+                role.name
+            ));
+        }
+        Ok(())
+    }
+
+    /// The cluster exists, has a cluster security group, and lets the node role in.
+    async fn cluster_access(
+        &self,
+        cluster: &str,
+        role: Option<&NodeRole>,
+        found: &mut AccountCheck,
+    ) -> Result<()> {
+        self.eks_slot().await;
+        let described = match self.eks.describe_cluster().name(cluster).send().await {
+            Ok(r) => r,
+            Err(e) if code(&e) == Some("ResourceNotFoundException") => {
+                found.missing.push(format!(
+                    "EKS cluster `{cluster}` does not exist in {} (the pipeline's [canary] cluster)",
+                    self.region
+                ));
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(err(
+                    format!("describing EKS cluster {cluster} in {}", self.region),
+                    e,
+                ))
+            }
+        };
+        let c = described.cluster();
+        match c
+            .and_then(|c| c.resources_vpc_config())
+            .and_then(|v| v.cluster_security_group_id())
+        {
+            Some(sg) => {
+                if !self.security_group_exists(sg).await? {
+                    found.missing.push(format!(
+                        "the cluster security group {sg} of `{cluster}` does not exist; bake gives it to the canary, as EKS managed nodes have it"
+                    ));
+                }
+            }
+            None => found.missing.push(format!(
+                "EKS cluster `{cluster}` reports no cluster security group; the canary needs it to reach the control plane"
+            )),
+        }
+        let Some(role) = role else { return Ok(()) };
+        // The API's default when a cluster was made without one (CreateAccessConfigRequest).
+        let mode = c
+            .and_then(|c| c.access_config())
+            .and_then(|a| a.authentication_mode())
+            .cloned()
+            .unwrap_or(AuthenticationMode::ConfigMap);
+        let aws_auth = format!(
+            "bake cannot read aws-auth: make sure its mapRoles maps {} to system:bootstrappers and system:nodes, or the canary never joins (node-ready then gives no verdict)",
+            role.arn
+        );
+        if mode == AuthenticationMode::ConfigMap {
+            found.warnings.push(format!(
+                "EKS cluster `{cluster}` authenticates only through the aws-auth ConfigMap; {aws_auth}"
+            ));
+            return Ok(());
+        }
+        self.eks_slot().await;
+        match self
+            .eks
+            .describe_access_entry()
+            .cluster_name(cluster)
+            .principal_arn(&role.arn)
+            .send()
+            .await
+        {
+            Ok(r) => {
+                let kind = r
+                    .access_entry()
+                    .and_then(|e| e.r#type())
+                    .unwrap_or("STANDARD");
+                if kind != "EC2_LINUX" {
+                    found.missing.push(format!(
+                        "the access entry of {} in `{cluster}` is of type {kind}; a node's must be EC2_LINUX: delete it and run aws eks create-access-entry --cluster-name {cluster} --principal-arn {} --type EC2_LINUX",
+                        role.arn, role.arn
+                    ));
+                }
+            }
+            Err(e) if code(&e) == Some("ResourceNotFoundException") => {
+                let fix = format!(
+                    "aws eks create-access-entry --cluster-name {cluster} --principal-arn {} --type EC2_LINUX",
+                    role.arn
+                );
+                if mode == AuthenticationMode::Api {
+                    found.missing.push(format!(
+                        "role {} has no access entry in `{cluster}` (authentication mode API): {fix}",
+                        role.arn
+                    ));
+                } else {
+                    found.warnings.push(format!(
+                        "role {} has no access entry in `{cluster}`; {aws_auth} (or: {fix})",
+                        role.arn
+                    ));
+                }
+            }
+            Err(e) => {
+                return Err(err(
+                    format!("reading the access entry of {} in {cluster}", role.arn),
+                    e,
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    async fn security_group_exists(&self, id: &str) -> Result<bool> {
+        self.ec2_slot().await;
+        match self
+            .ec2
+            .describe_security_groups()
+            .group_ids(id)
+            .send()
+            .await
+        {
+            Ok(r) => Ok(!r.security_groups().is_empty()),
+            Err(e) if code(&e) == Some("InvalidGroup.NotFound") => Ok(false),
+            Err(e) => Err(err(format!("describing security group {id}"), e)),
+        }
+    }
+}
