@@ -324,6 +324,33 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
             !commands.is_empty() && commands.iter().all(|&c| attach < c),
             "the canary ran something before its copy was attached"
         );
+        // node-ready asks for the node by the name nodeadm and bootstrap give it: the
+        // instance's private DNS name, not the canary's hostname.
+        let dns = aws_sdk_ec2::Client::new(&moto.sdk().await)
+            .describe_instances()
+            .instance_ids(canary)
+            .send()
+            .await
+            .unwrap()
+            .reservations()[0]
+            .instances()[0]
+            .private_dns_name()
+            .unwrap()
+            .to_string();
+        assert!(dns.starts_with("ip-"), "{dns}");
+        let ready = commands
+            .iter()
+            .map(|&c| {
+                records[c]["body"]["Parameters"]["commands"][0]
+                    .as_str()
+                    .unwrap_or_default()
+            })
+            .find(|c| c.contains("validator node-ready"))
+            .expect("node-ready ran on the canary");
+        assert!(
+            ready.contains(&format!("export BAKE_NODE_NAME='{dns}'")),
+            "{ready}"
+        );
         let doomed = at("ModifyInstanceAttribute", "InstanceId", canary);
         assert_eq!(doomed.len(), 1, "{canary}");
         let m = &records[doomed[0]]["params"];

@@ -5,15 +5,28 @@
 # (could not judge), so the run fails and is tried again instead of rejecting the image.
 set -u
 limit=${BAKE_JOIN_TIMEOUT:-600}
-command -v kubectl >/dev/null 2>&1 || { echo "kubectl is not installed on this node"; exit 77; }
-node=$(hostname -f 2>/dev/null || hostname)
+# The node's name is the instance's private DNS name, as nodeadm (AL2023) and Canonical's
+# bootstrap register it (bake passes it from DescribeInstances); not `hostname -f`, which a
+# custom DHCP domain changes.
+node=${BAKE_NODE_NAME:-$(hostname -f 2>/dev/null || hostname)}
+# On Ubuntu EKS, kubectl is a snap alias that bootstrap makes while the node joins (snap alias
+# kubectl-eks.kubectl kubectl); AL2023 installs kubelet only and never has one.
+PATH=$PATH:/snap/bin
 start=$(date +%s)
+joined=""
 last="the node has not started joining"
 while :; do
   if [ ! -f /var/lib/kubelet/kubeconfig ]; then
     last="no kubelet kubeconfig yet: the node has not joined"
   elif ! curl -sf --max-time 5 http://127.0.0.1:10248/healthz >/dev/null 2>&1; then
     last="kubelet healthz does not answer"
+  elif ! command -v kubectl >/dev/null 2>&1; then
+    [ -n "$joined" ] || joined=$(date +%s)
+    if [ $(( $(date +%s) - joined )) -ge 60 ]; then
+      echo "the kubelet of node $node runs, but the node has no kubectl to ask the cluster whether it is Ready (a base that installs kubelet only, as AL2023 does)"
+      exit 77
+    fi
+    last="no kubectl on the node yet"
   else
     ready=$(kubectl --kubeconfig /var/lib/kubelet/kubeconfig get node "$node" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>&1)
     if [ "$ready" = True ]; then

@@ -81,6 +81,11 @@ pub trait Machines: Send {
     fn image_devices(&self) -> Vec<String>;
     /// What the steps produce for the provider's own steps to record.
     fn made(&mut self) -> &mut Made;
+    /// The name the canary registers under when it joins a cluster, where the provider knows
+    /// it (EC2: the instance's private DNS name, which nodeadm and Canonical's bootstrap use).
+    fn node_name(&self) -> Option<String> {
+        None
+    }
 }
 
 /// What the provider-neutral steps produce.

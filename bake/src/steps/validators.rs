@@ -52,6 +52,7 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
     async fn run(&self, state: &mut S, cx: &StepContext<'_>) -> Result<()> {
         let logs = cx.log_dir();
         let baked = state.made().packages.clone();
+        let node_name = state.node_name();
         let devices = state.image_devices().join(" ");
         let guest = state.guest(Role::Canary)?;
         let label = format!("{} {} prepare canary", cx.recipe, cx.arch);
@@ -102,6 +103,9 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
                 // A cluster check waits for the canary to join, up to join_timeout; its
                 // command may take that long and a minute more.
                 env.push(("BAKE_JOIN_TIMEOUT", join));
+                if let Some(node) = node_name.as_deref() {
+                    env.push(("BAKE_NODE_NAME", node));
+                }
                 limit = limit.max(join_timeout + Duration::from_secs(60));
                 waits = format!(
                     " (waiting up to {} for the canary to join)",

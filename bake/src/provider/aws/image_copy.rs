@@ -47,7 +47,7 @@ impl Step<State> for AttachImageCopy<'_> {
             tracing::warn!(%image, "the image has no root snapshot: no copy for the canary");
             return Ok(());
         };
-        let zone = p.availability_zone(&canary).await?;
+        let (zone, _) = p.placement(&canary).await?;
         cx.phase(&format!(
             "attaching the image as shipped ({snapshot}) to {canary}"
         ));
@@ -139,47 +139,26 @@ impl Step<State> for AttachImageCopy<'_> {
             return Ok(());
         };
         let p = self.p;
-        let poll = Poll::new(p.settings.poll_interval);
-        let mut asked_detach = false;
-        loop {
-            match p.describe_volume(&volume).await? {
-                None => break,
-                Some(v) if v.state() == Some(&VolumeState::Deleted) => break,
-                Some(v) if v.state() == Some(&VolumeState::Available) => {
-                    p.delete_volume(&volume).await?;
-                }
-                Some(v) => {
-                    // Still attached: to a canary this run still holds, it comes off first
-                    // (the launch step's cleanup terminates the canary after this one).
-                    let attached_to_live_canary = v.attachments().iter().any(|a| {
-                        a.instance_id() == state.instances.get(Role::Canary).map(String::as_str)
-                            && a.state() == Some(&VolumeAttachmentState::Attached)
-                    });
-                    if attached_to_live_canary && !asked_detach {
-                        p.detach_volume(&volume).await?;
-                        asked_detach = true;
-                    }
-                }
+        // Still on a canary this run holds: it comes off first (the launch step's cleanup
+        // terminates the canary after this one).
+        let canary = state.instances.get(Role::Canary).map(String::as_str);
+        if let Some(v) = p.describe_volume(&volume).await? {
+            if v.attachments().iter().any(|a| {
+                a.instance_id() == canary && a.state() == Some(&VolumeAttachmentState::Attached)
+            }) {
+                p.detach_volume(&volume).await?;
             }
-            if poll.elapsed() > p.settings.instance_timeout {
-                return Err(Error::provider(
-                    "aws",
-                    format!(
-                        "{volume} in {} still exists after {:?}",
-                        p.region, p.settings.instance_timeout
-                    ),
-                ));
-            }
-            poll.tick().await;
         }
+        p.delete_volume_when_free(&volume).await?;
         cx.removed(Kind::Volume, &volume)?;
         Ok(())
     }
 }
 
 impl AwsProvider {
-    /// The availability zone an instance runs in (a volume attaches only within it).
-    async fn availability_zone(&self, instance: &str) -> Result<String> {
+    /// The availability zone an instance runs in (a volume attaches only within it), and its
+    /// private DNS name (the node name nodeadm and Canonical's bootstrap register it under).
+    pub(super) async fn placement(&self, instance: &str) -> Result<(String, Option<String>)> {
         self.ec2_slot().await;
         let r = self
             .ec2
@@ -188,11 +167,18 @@ impl AwsProvider {
             .send()
             .await
             .map_err(|e| err(format!("describing {instance} in {}", self.region), e))?;
-        r.reservations()
+        let i = r
+            .reservations()
             .iter()
             .flat_map(|r| r.instances())
-            .find_map(|i| i.placement().and_then(|p| p.availability_zone()))
-            .map(str::to_string)
+            .find(|i| i.instance_id() == Some(instance));
+        let dns = i
+            .and_then(|i| i.private_dns_name())
+            .filter(|d| !d.is_empty())
+            .map(str::to_string);
+        i.and_then(|i| i.placement())
+            .and_then(|p| p.availability_zone())
+            .map(|zone| (zone.to_string(), dns))
             .ok_or_else(|| {
                 Error::provider(
                     "aws",

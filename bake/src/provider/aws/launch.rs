@@ -285,6 +285,9 @@ impl Step<State> for Launch<'_> {
         cx.created(Kind::Instance, &id)?;
         *state.instances.slot(self.role) = Some(id.clone());
         p.wait_instance(&id, InstanceStateName::Running).await?;
+        if self.role == Role::Canary {
+            state.canary_dns = p.placement(&id).await?.1;
+        }
         Ok(())
     }
     async fn cleanup(

@@ -21,6 +21,8 @@ pub(super) struct State {
     pub instances: ByRole<String>,
     /// Their agents, once online.
     pub guests: ByRole<SsmGuest>,
+    /// The canary's private DNS name: the node name it registers under.
+    pub canary_dns: Option<String>,
     /// The canary's volume made from the image's root snapshot (see IMAGE_COPY_DEVICE).
     pub image_copy: Option<String>,
     pub image: Option<String>,
@@ -81,5 +83,9 @@ impl Machines for State {
 
     fn made(&mut self) -> &mut Made {
         &mut self.made
+    }
+
+    fn node_name(&self) -> Option<String> {
+        self.canary_dns.clone()
     }
 }
