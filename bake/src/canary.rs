@@ -216,9 +216,9 @@ mod tests {
             kinds,
             vec![
                 "run apt-timers []".to_string(),
-                "dnf-timers skipped n/a=true".into(),
+                "dnf-timers not_applicable n/a=true".into(),
                 "run host-keys [(\"BAKE_IMAGE_ROOT\", \"/r\")]".into(),
-                "node-ready skipped n/a=true".into(),
+                "node-ready not_applicable n/a=true".into(),
             ]
         );
         // No image root: the image was not judged, which blocks.

@@ -456,7 +456,7 @@ fn release_image(image: &ImageRecord) -> ReleaseImage {
             .verdict
             .results
             .iter()
-            .map(|r| (r.name.clone(), r.status))
+            .map(|r| (r.name.clone(), r.verdict()))
             .collect(),
         packages_sha256: image.packages_sha256.clone(),
         kubelet: image.kubelet.clone(),

@@ -159,12 +159,17 @@ impl Catalog {
     }
 }
 
+/// A check's verdict. `NotApplicable` is a check that cannot apply here (another
+/// distribution's, or one that needs a cluster where there is none): it blocks nothing, unlike
+/// `Skipped`, a check that applies but could not be made. Releases recorded before the two were
+/// told apart say `skipped` for both; they still read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Status {
     Pass,
     Fail,
     Skipped,
+    NotApplicable,
 }
 
 impl std::fmt::Display for Status {
@@ -173,8 +178,27 @@ impl std::fmt::Display for Status {
             Status::Pass => "pass",
             Status::Fail => "fail",
             Status::Skipped => "skipped",
+            Status::NotApplicable => "not_applicable",
         })
     }
+}
+
+/// `7 pass, 0 fail, 0 skipped, 2 not applicable` (the last part only when there are any).
+pub fn summarize(statuses: impl IntoIterator<Item = Status>) -> String {
+    let (mut pass, mut fail, mut skipped, mut na) = (0, 0, 0, 0);
+    for s in statuses {
+        match s {
+            Status::Pass => pass += 1,
+            Status::Fail => fail += 1,
+            Status::Skipped => skipped += 1,
+            Status::NotApplicable => na += 1,
+        }
+    }
+    let mut out = format!("{pass} pass, {fail} fail, {skipped} skipped");
+    if na > 0 {
+        out.push_str(&format!(", {na} not applicable"));
+    }
+    out
 }
 
 /// What one validator said about one image.
@@ -187,8 +211,8 @@ pub struct CheckResult {
     pub exit_code: Option<i32>,
     /// Combined stdout and stderr, kept for the run log.
     pub output: String,
-    /// True when the check could not apply here (needs a cluster the provider lacks);
-    /// such a skip does not block publishing, every other skip does.
+    /// True when the check could not apply here (status `NotApplicable`; records written
+    /// before that status existed say `Skipped` with this set).
     #[serde(default)]
     pub not_applicable: bool,
 }
@@ -261,9 +285,25 @@ impl CheckResult {
     /// A check that needs something this provider does not have.
     pub fn not_applicable(name: &str, reason: impl Into<String>) -> CheckResult {
         CheckResult {
+            status: Status::NotApplicable,
             not_applicable: true,
             ..CheckResult::skipped(name, reason)
         }
+    }
+
+    /// The status, with an older record's not-applicable skip read as what it was.
+    pub fn verdict(&self) -> Status {
+        if self.is_not_applicable() {
+            Status::NotApplicable
+        } else {
+            self.status
+        }
+    }
+
+    /// Does not apply here: the status says so, or (an older record) a skip marked so.
+    pub fn is_not_applicable(&self) -> bool {
+        self.status == Status::NotApplicable
+            || (self.status == Status::Skipped && self.not_applicable)
     }
 }
 
@@ -273,7 +313,10 @@ pub struct Verdict {
     pub accepted: bool,
     pub passed: usize,
     pub failed: usize,
+    /// Checks that apply but could not be made: each blocks.
     pub skipped: usize,
+    #[serde(default)]
+    pub not_applicable: usize,
     pub results: Vec<CheckResult>,
 }
 
@@ -284,24 +327,20 @@ impl Verdict {
         let count = |s: Status| results.iter().filter(|r| r.status == s).count();
         let passed = count(Status::Pass);
         let failed = count(Status::Fail);
-        let skipped = count(Status::Skipped);
-        let blocking_skip = results
-            .iter()
-            .any(|r| r.status == Status::Skipped && !r.not_applicable);
+        let not_applicable = results.iter().filter(|r| r.is_not_applicable()).count();
+        let skipped = count(Status::Skipped) + count(Status::NotApplicable) - not_applicable;
         Verdict {
-            accepted: passed > 0 && failed == 0 && !blocking_skip,
+            accepted: passed > 0 && failed == 0 && skipped == 0,
             passed,
             failed,
             skipped,
+            not_applicable,
             results,
         }
     }
 
     pub fn summary(&self) -> String {
-        format!(
-            "{} pass, {} fail, {} skipped",
-            self.passed, self.failed, self.skipped
-        )
+        summarize(self.results.iter().map(CheckResult::verdict))
     }
 
     /// The names and reasons of what blocked acceptance.
@@ -424,5 +463,40 @@ mod tests {
 
         assert!(!Verdict::decide(vec![CheckResult::not_applicable("x", "y")]).accepted);
         assert!(!Verdict::decide(vec![]).accepted);
+    }
+
+    /// Not applicable is a verdict of its own, in the summary and as JSON; a record written
+    /// before it existed (`skipped`, marked not applicable) reads as what it was.
+    #[test]
+    fn not_applicable_is_its_own_verdict_and_old_records_still_read() {
+        let v = Verdict::decide(vec![
+            CheckResult::from_exit("a", 0, "", ""),
+            CheckResult::not_applicable("node-ready", "needs a cluster"),
+        ]);
+        assert_eq!((v.skipped, v.not_applicable), (0, 1));
+        assert_eq!(v.summary(), "1 pass, 0 fail, 0 skipped, 1 not applicable");
+        assert_eq!(
+            serde_json::to_value(Status::NotApplicable).unwrap(),
+            "not_applicable"
+        );
+        assert_eq!(Status::NotApplicable.to_string(), "not_applicable");
+
+        let old: Verdict = serde_json::from_value(serde_json::json!({
+            "accepted": true, "passed": 1, "failed": 0, "skipped": 1,
+            "results": [
+                {"name": "a", "status": "pass", "reason": null, "exit_code": 0, "output": ""},
+                {"name": "node-ready", "status": "skipped", "reason": "needs a cluster",
+                 "exit_code": null, "output": "", "not_applicable": true}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(old.results[1].verdict(), Status::NotApplicable);
+        assert_eq!(old.summary(), "1 pass, 0 fail, 0 skipped, 1 not applicable");
+        assert!(Verdict::decide(old.results).accepted);
+        // A manifest's plain `skipped` still parses.
+        assert_eq!(
+            serde_json::from_value::<Status>(serde_json::json!("skipped")).unwrap(),
+            Status::Skipped
+        );
     }
 }

@@ -30,14 +30,11 @@ fn print_releases(output: Output, releases: &[Manifest]) {
     let mut rows = Vec::new();
     for m in releases.iter().rev() {
         for (arch, image) in &m.images {
-            let count = |st| image.validators.values().filter(|s| **s == st).count();
-            let passed = count(crate::validate::Status::Pass);
-            let skipped = count(crate::validate::Status::Skipped);
             rows.push(vec![
                 m.release.to_string(),
                 arch.to_string(),
                 image.image_id.clone(),
-                format!("{passed} pass, {skipped} skipped"),
+                crate::validate::summarize(image.validators.values().copied()),
                 image.key.short().to_string(),
                 age(m.created_at),
             ]);

@@ -257,7 +257,7 @@ impl RecordVerdict<State> for TagVerdict<'_> {
         let summary: Vec<(String, crate::validate::Status)> = verdict
             .results
             .iter()
-            .map(|r| (r.name.clone(), r.status))
+            .map(|r| (r.name.clone(), r.verdict()))
             .collect();
         let status = if verdict.accepted {
             "validated"

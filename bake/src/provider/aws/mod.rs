@@ -240,7 +240,7 @@ impl AwsProvider {
                 reason: None,
                 exit_code: None,
                 output: String::new(),
-                not_applicable: false,
+                not_applicable: status == crate::validate::Status::NotApplicable,
             })
             .collect();
         let verdict = Verdict::decide(results);
