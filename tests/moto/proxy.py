@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The tests' own HTTP proxy in front of moto_server, for exactly what moto 5.2.5 cannot do
-(README.md, Tests): SSM agent status, the outcome of RunCommand scripts, the public base-image
+(docs/testing.md): SSM agent status, the outcome of RunCommand scripts, the public base-image
 parameters under /aws/service/, and AWS-like delays. Everything else is forwarded untouched.
 
 Config: a JSON file re-read on every request, so a test can change it between runs:

@@ -1,7 +1,7 @@
 //! The registry: releases, channels with history, and the per-recipe lock — the contract
-//! Terraform reads. The embedded implementation (SQLite, one file) has the same semantics as
-//! the SSM parameters of README.md's registry contract: a release is written once and never
-//! changes; a channel move appends to its history; the lock is create-if-absent with an expiry.
+//! Terraform reads (docs/terraform.md). The embedded implementation (SQLite, one file) has the
+//! same semantics as the SSM parameters: a release is written once and never changes; a
+//! channel move appends to its history; the lock is create-if-absent with an expiry.
 
 mod sqlite;
 #[cfg(feature = "aws")]
