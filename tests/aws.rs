@@ -2246,3 +2246,125 @@ async fn plan_names_what_the_account_lacks_for_the_canary_to_join_and_creates_no
         );
     }
 }
+
+/// A setup that stops every AWS call gets one line naming the cause, what was tried and the
+/// fix (exit 2; a network that cannot be reached is exit 1): no credentials, no region, access
+/// denied, expired credentials. The SDK's own account of it shows only with `-v`.
+#[tokio::test]
+async fn an_aws_setup_that_stops_every_call_is_one_line_with_its_fix() {
+    let p = project("/setup");
+    let home = tempfile::tempdir().unwrap();
+    let run = |envs: &[(&str, &str)], remove: &[&str], verbose: bool| {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("bake"));
+        c.current_dir(p.dir.path())
+            .env("HOME", home.path())
+            .env("AWS_CONFIG_FILE", home.path().join("none"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join("none"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("RUST_LOG")
+            .args(["plan", "pipelines/aws.toml"]);
+        if verbose {
+            c.arg("-v");
+        }
+        for k in remove {
+            c.env_remove(k);
+        }
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let one_line = |stderr: &str, want: &[&str]| {
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one line:\n{stderr}");
+        for w in want {
+            assert!(stderr.contains(w), "{w:?} not in\n{stderr}");
+        }
+        assert!(!stderr.contains("DispatchFailure("), "{stderr}");
+    };
+    let no_credentials = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+    ];
+    let (code, stderr) = run(
+        &[
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+        ],
+        &no_credentials,
+        false,
+    );
+    assert_eq!(code, 2, "{stderr}");
+    one_line(
+        &stderr,
+        &[
+            "no AWS credentials were found; tried the standard chain",
+            "Fix: set AWS_PROFILE",
+        ],
+    );
+    // The SDK's account, at -v.
+    let (_, verbose) = run(
+        &[
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+        ],
+        &no_credentials,
+        true,
+    );
+    assert!(
+        verbose.contains("no credentials found in chain"),
+        "{verbose}"
+    );
+
+    let keys = [
+        ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+        ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+    ];
+    let (code, stderr) = run(&keys, &[], false);
+    assert_eq!(code, 1, "{stderr}");
+    one_line(
+        &stderr,
+        &["cannot reach the endpoint", "Connection refused"],
+    );
+
+    p.edit("pipelines/aws.toml", "region = \"us-east-1\"\n", "");
+    let (code, stderr) = run(&keys[..2], &["AWS_REGION", "AWS_DEFAULT_REGION"], false);
+    assert_eq!(code, 2, "{stderr}");
+    one_line(
+        &stderr,
+        &["no AWS region", "[aws] region of pipelines/aws.toml"],
+    );
+    p.edit(
+        "pipelines/aws.toml",
+        "[aws]\n",
+        "[aws]\nregion = \"us-east-1\"\n",
+    );
+
+    // What AWS itself refuses: the emulator answers as IAM and STS do.
+    let moto = Moto::get();
+    for (code_name, want, fix) in [
+        (
+            "AccessDeniedException",
+            "may not do this (AccessDeniedException",
+            "Fix: grant it the policy that `bake iam-policy <pipeline>` prints",
+        ),
+        (
+            "ExpiredTokenException",
+            "the AWS credentials have expired",
+            "Fix: refresh them",
+        ),
+    ] {
+        moto.set_config(json!({"faults": [{"action": "GetParameter", "times": 99, "code": code_name, "status": 400}]}));
+        let (code, stderr) = common::moto::bake_refused(&p, moto, &["plan", "pipelines/aws.toml"]);
+        assert_eq!(code, 2, "{stderr}");
+        one_line(&stderr, &[want, fix]);
+    }
+}

@@ -128,9 +128,12 @@ fn init_logging(global: &Global) {
         2 => "debug",
         _ => "trace",
     };
+    // The SDK's own warnings (a region it could not read from IMDS on a laptop, say) are its
+    // account of trying, not bake's: shown from -v on; an error that matters says it in one line.
+    let sdk = if global.verbose == 0 { "error" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
-            "{level},aws_config=warn,aws_smithy_runtime=warn,hyper=warn"
+            "{level},aws_config={sdk},aws_runtime={sdk},aws_credential_types={sdk},aws_smithy_runtime={sdk},aws_smithy_http_client={sdk},hyper=warn"
         ))
     });
     let ansi = std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal();

@@ -94,6 +94,20 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// An AWS call that the caller's setup stops (no credentials, expired or unknown ones,
+    /// access denied): one line naming the cause, what was tried and the fix. The SDK's own
+    /// account is logged at `-v` and kept as the source.
+    #[error("aws: {context}: {cause}{tried}. Fix: {fix}")]
+    AwsSetup {
+        context: String,
+        cause: String,
+        /// `; tried …`, or empty.
+        tried: String,
+        fix: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// Several arches failed; each error is listed.
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Many(Vec<Error>),
@@ -118,7 +132,7 @@ impl Error {
     /// interruption, then failure, then lock, then rejection.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Input(_) | Error::Usage(_) => exit::BAD_INPUT,
+            Error::Input(_) | Error::Usage(_) | Error::AwsSetup { .. } => exit::BAD_INPUT,
             Error::Rejected { .. } => exit::REJECTED,
             Error::LockHeld { .. } | Error::Conflict(_) => exit::LOCKED,
             Error::Interrupted { .. } => exit::INTERRUPTED,

@@ -159,6 +159,12 @@ async fn open(
             let config =
                 crate::aws::sdk_config(settings.region.as_deref(), settings.retry_max_backoff)
                     .await;
+            if config.region().is_none() {
+                return Err(Error::Usage(format!(
+                    "no AWS region: none in AWS_REGION, the profile, or [aws] region of {}; set one of them",
+                    pipeline.file.display()
+                )));
+            }
             let limits = crate::aws::Limits::default();
             Ok((
                 Box::new(AwsProvider::new(&config, pipeline, limits.clone())?),
