@@ -190,13 +190,8 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
         .filter(|c| c.kubernetes_version.is_none())
         .filter_map(|c| c.eks_cluster.clone())
         .collect();
-    if let Some(cluster) = &pipeline.canary_cluster {
-        described.insert(
-            pipeline.clusters[cluster]
-                .eks_cluster
-                .clone()
-                .unwrap_or_else(|| cluster.clone()),
-        );
+    if let Some(eks) = pipeline.canary_eks_cluster() {
+        described.insert(eks);
     }
     if !described.is_empty() {
         statements.push(json!({
@@ -335,11 +330,7 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
     // Before a run creates anything, plan reads what the canary needs to join its cluster:
     // the instance profile, its role's policies, the role's access entry, the cluster's
     // security group (DescribeSecurityGroups is in Discover).
-    if let Some(cluster) = &pipeline.canary_cluster {
-        let eks = pipeline.clusters[cluster]
-            .eks_cluster
-            .clone()
-            .unwrap_or_else(|| cluster.clone());
+    if let Some(eks) = pipeline.canary_eks_cluster() {
         let mut account = vec![json!({
             "Sid": "ReadTheCanaryClustersAccessEntries",
             "Effect": "Allow",

@@ -365,10 +365,18 @@ impl Pipeline {
 
     /// The role the builder and canary instances run as, if they get an instance profile.
     pub fn instance_role(&self) -> Option<&str> {
-        let aws = self.settings.aws()?;
-        aws.instance_role
-            .as_deref()
-            .or(aws.instance_profile.as_deref())
+        self.settings.aws()?.instance_role()
+    }
+
+    /// The EKS cluster the canary joins: its cluster's `eks_cluster`, by default its name.
+    pub fn canary_eks_cluster(&self) -> Option<String> {
+        let c = self.canary_cluster.as_ref()?;
+        Some(
+            self.clusters[c]
+                .eks_cluster
+                .clone()
+                .unwrap_or_else(|| c.clone()),
+        )
     }
 
     pub fn ssm_prefix(&self) -> Option<&SsmPath> {

@@ -231,6 +231,16 @@ pub struct AwsSettings {
     pub orphan_age: Duration,
 }
 
+impl AwsSettings {
+    /// The role the builder and canary instances run as, if they get an instance profile:
+    /// `instance_role`, by default the profile's own name.
+    pub fn instance_role(&self) -> Option<&str> {
+        self.instance_role
+            .as_deref()
+            .or(self.instance_profile.as_deref())
+    }
+}
+
 fn regions<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let v = Vec::<String>::deserialize(d)?;
     let mut seen = BTreeSet::new();

@@ -113,9 +113,8 @@ impl AwsProvider {
             Err(e) => return Err(err(format!("reading instance profile {profile}"), e)),
         };
         let roles = r.instance_profile().map(|p| p.roles()).unwrap_or_default();
-        // The one role bake may pass (the printed policy's PassRole): `instance_role`, by
-        // default the profile's own name.
-        let wanted = self.settings.instance_role.as_deref().unwrap_or(profile);
+        // The one role bake may pass (the printed policy's PassRole).
+        let wanted = self.settings.instance_role().unwrap_or(profile);
         let Some(role) = roles.iter().find(|r| r.role_name() == wanted) else {
             let held: Vec<&str> = roles.iter().map(|r| r.role_name()).collect();
             found.missing.push(if held.is_empty() {

@@ -47,7 +47,10 @@ impl Step<State> for AttachImageCopy<'_> {
             tracing::warn!(%image, "the image has no root snapshot: no copy for the canary");
             return Ok(());
         };
-        let (zone, _) = p.placement(&canary).await?;
+        let zone = state
+            .canary_zone
+            .clone()
+            .ok_or_else(|| cx.error(self.name(), "the canary's availability zone is not known"))?;
         cx.phase(&format!(
             "attaching the image as shipped ({snapshot}) to {canary}"
         ));

@@ -286,7 +286,8 @@ impl Step<State> for Launch<'_> {
         *state.instances.slot(self.role) = Some(id.clone());
         p.wait_instance(&id, InstanceStateName::Running).await?;
         if self.role == Role::Canary {
-            state.canary_dns = p.placement(&id).await?.1;
+            let (zone, dns) = p.placement(&id).await?;
+            (state.canary_zone, state.canary_dns) = (Some(zone), dns);
         }
         Ok(())
     }

@@ -81,12 +81,7 @@ impl AwsProvider {
                 (r.clone(), aws_sdk_ec2::Client::from_conf(conf))
             })
             .collect();
-        let canary_cluster = pipeline.canary_cluster.as_ref().map(|c| {
-            pipeline.clusters[c]
-                .eks_cluster
-                .clone()
-                .unwrap_or_else(|| c.clone())
-        });
+        let canary_cluster = pipeline.canary_eks_cluster();
         Ok(AwsProvider {
             ec2: aws_sdk_ec2::Client::new(config),
             ssm: aws_sdk_ssm::Client::new(config),

@@ -21,7 +21,9 @@ pub(super) struct State {
     pub instances: ByRole<String>,
     /// Their agents, once online.
     pub guests: ByRole<SsmGuest>,
-    /// The canary's private DNS name: the node name it registers under.
+    /// Where the canary runs, read once it is running: its availability zone (its image copy
+    /// is made there) and its private DNS name (the node name it registers under).
+    pub canary_zone: Option<String>,
     pub canary_dns: Option<String>,
     /// The canary's volume made from the image's root snapshot (see IMAGE_COPY_DEVICE).
     pub image_copy: Option<String>,
