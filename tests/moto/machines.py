@@ -196,7 +196,8 @@ class AgentTraces:
     - agent/log/logger/log_unix.go, seelog_unix.xml: /var/log/amazon/ssm/amazon-ssm-agent.log,
       lines `%Date(2006-01-02 15:04:05.0000) %LEVEL %Msg`;
     - agent/fileutil/.../eventlog.go: the audit file /var/log/amazon/ssm/audits/
-      amazon-ssm-agent-audit-YYYY-MM-DD, `SchemaVersion=1`, then `agent_telemetry ...` at start;
+      amazon-ssm-agent-audit-YYYY-MM-DD, `SchemaVersion=1`, then `agent_telemetry ...` at start
+      (the log lines the agent writes at start are not copied: their text was not read);
     - agent/plugins/runscript/runscript.go, iohandler/iohandler.go: `_script.sh` (0700) and
       `stdout`, `stderr`, `stdoutConsole`, `stderrConsole` (0600) in
       <id>/document/orchestration/<command>/awsrunShellScript/0.awsrunShellScript/, kept after
@@ -239,9 +240,6 @@ class AgentTraces:
         audit = "/var/log/amazon/ssm/audits/amazon-ssm-agent-audit-" + time.strftime("%Y-%m-%d")
         self._append(audit, "SchemaVersion=1\nagent_telemetry amazon-ssm-agent.start %s %s\n"
                      % (self.VERSION, time.strftime("%H:%M:%S")))
-        self.log("INFO [amazon-ssm-agent] amazon-ssm-agent - v%s" % self.VERSION,
-                 "INFO [amazon-ssm-agent] Starting Core Agent",
-                 "INFO [ssm-agent-worker] Entering SSM Agent hibernate - AgentWorker started")
 
     OUTPUTS = ("stdout", "stderr", "stdoutConsole", "stderrConsole")
 
@@ -284,7 +282,7 @@ class AgentTraces:
         self.log(*lines)
 
     def stopping(self):
-        self.log("INFO [amazon-ssm-agent] amazon-ssm-agent got signal:terminated value:0x5617ea8",
+        self.log("INFO [amazon-ssm-agent] amazon-ssm-agent got signal:terminated",
                  "INFO [amazon-ssm-agent] Stopping Core Agent",
                  "INFO [amazon-ssm-agent] Bye.")
 
