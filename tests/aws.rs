@@ -324,8 +324,9 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
             !commands.is_empty() && commands.iter().all(|&c| attach < c),
             "the canary ran something before its copy was attached"
         );
-        // node-ready asks for the node by the name nodeadm and bootstrap give it: the
-        // instance's private DNS name, not the canary's hostname.
+        // node-ready asks the cluster's API, as bake's own identity, for the node by the name
+        // nodeadm and bootstrap give it: the instance's private DNS name, not a hostname. No
+        // command on the canary does.
         let dns = aws_sdk_ec2::Client::new(&moto.sdk().await)
             .describe_instances()
             .instance_ids(canary)
@@ -338,18 +339,28 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
             .unwrap()
             .to_string();
         assert!(dns.starts_with("ip-"), "{dns}");
-        let ready = commands
-            .iter()
-            .map(|&c| {
-                records[c]["body"]["Parameters"]["commands"][0]
+        let asked: Vec<Value> = moto
+            .kube_records()
+            .into_iter()
+            .filter(|r| r["path"] == format!("/api/v1/nodes/{dns}").as_str())
+            .collect();
+        assert!(
+            !asked.is_empty(),
+            "the cluster was never asked for node {dns}"
+        );
+        assert!(
+            asked.iter().all(|r| r["cluster"] == "dev"
+                && r["principal"] == "arn:aws:iam::123456789012:user/moto"),
+            "{asked:?}"
+        );
+        assert!(
+            !commands
+                .iter()
+                .any(|&c| records[c]["body"]["Parameters"]["commands"][0]
                     .as_str()
                     .unwrap_or_default()
-            })
-            .find(|c| c.contains("validator node-ready"))
-            .expect("node-ready ran on the canary");
-        assert!(
-            ready.contains(&format!("export BAKE_NODE_NAME='{dns}'")),
-            "{ready}"
+                    .contains("validator node-ready")),
+            "node-ready ran a command on the canary"
         );
         let doomed = at("ModifyInstanceAttribute", "InstanceId", canary);
         assert_eq!(doomed.len(), 1, "{canary}");
@@ -1578,19 +1589,27 @@ async fn sweep_reads_every_page_of_what_a_dead_run_left() {
 async fn a_canary_that_never_joins_fails_the_run_without_rejecting_the_image() {
     let moto = Moto::get();
     let (x86, arm) = bases(moto).await;
+    // The canary's network never comes up (a CNI that never starts): its node registers and
+    // stays NotReady.
     moto.set_config(json!({
         "parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm},
-        "commands": [{"match": "x86_64 validator node-ready", "status": "Failed", "exit_code": 75,
-                      "stdout": "the canary did not become a Ready node within 600s: kubelet healthz does not answer\n"}]
+        "node_ready_after_s": -1,
     }));
     let p = project("/join");
+    p.edit(
+        "pipelines/aws.toml",
+        "poll_interval = \"20ms\"",
+        "poll_interval = \"20ms\"\njoin_timeout = \"2s\"",
+    );
     let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
     assert_eq!(code, 1, "{summary:#}\n{stderr}");
     let x86_result = arch_result(&summary, "x86_64");
     assert_eq!(x86_result["outcome"], "failed", "{x86_result}");
     let error = x86_result["error"].as_str().unwrap();
     assert!(
-        error.contains("could not judge") && error.contains("kubelet healthz does not answer"),
+        error.contains("could not judge")
+            && error.contains("did not become a Ready node within 2s")
+            && error.contains("registered but not Ready (False: KubeletNotReady"),
         "{error}"
     );
     assert_eq!(summary["published"], json!([]));
@@ -1610,8 +1629,42 @@ async fn a_canary_that_never_joins_fails_the_run_without_rejecting_the_image() {
             .and_then(|t| t.value());
         assert_ne!(status, Some("rejected"), "{:?} was rejected", i.image_id());
     }
-    // The next run (the cluster is back) bakes x86_64 again and publishes.
+    // A node role the cluster does not let in (no access entry; in API_AND_CONFIG_MAP mode
+    // aws-auth could map it, so plan only warns): the kubelet is refused and the node never
+    // registers. No verdict either.
     moto.set_config(json!({"parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm}}));
+    let eks = moto.eks_as_account_setup().await;
+    let node_role = "arn:aws:iam::123456789012:role/bake-builder";
+    eks.delete_access_entry()
+        .cluster_name("dev")
+        .principal_arn(node_role)
+        .send()
+        .await
+        .unwrap();
+    let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
+    eks.create_access_entry()
+        .cluster_name("dev")
+        .principal_arn(node_role)
+        .r#type("EC2_LINUX")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{summary:#}\n{stderr}");
+    assert!(
+        stderr.contains(&format!("role {node_role} has no access entry in `dev`")),
+        "{stderr}"
+    );
+    let error = arch_result(&summary, "x86_64")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("could not judge")
+            && error.contains("has not registered with EKS cluster `dev`"),
+        "{error}"
+    );
+    assert_eq!(summary["published"], json!([]));
+    // The next run (the cluster is back) bakes x86_64 again and publishes.
     let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
     assert_eq!(code, 0, "{summary:#}\n{stderr}");
     assert_eq!(summary["published"].as_array().unwrap().len(), 1);
@@ -2071,20 +2124,7 @@ async fn plan_names_what_the_account_lacks_for_the_canary_to_join_and_creates_no
         .send()
         .await
         .unwrap();
-    // EKS's access calls go through the proxy (moto has none), signed with a key of their
-    // own so no other test's IAM assertion counts them.
-    let via_proxy = moto.sdk_via_proxy().await;
-    let eks = aws_sdk_eks::Client::from_conf(
-        aws_sdk_eks::config::Builder::from(&via_proxy)
-            .credentials_provider(aws_sdk_eks::config::Credentials::new(
-                "account-setup",
-                "testing",
-                None,
-                None,
-                "test",
-            ))
-            .build(),
-    );
+    let eks = moto.eks_as_account_setup().await;
     let p = project("/acct");
     p.edit(
         "pipelines/aws.toml",
@@ -2179,6 +2219,7 @@ async fn plan_names_what_the_account_lacks_for_the_canary_to_join_and_creates_no
         "EKS cluster `acct` authenticates only through the aws-auth ConfigMap",
         &format!("make sure its mapRoles maps {role} to system:bootstrappers and system:nodes"),
         "role `acct-node` lacks AmazonEKS_CNI_Policy",
+        "aws-auth must map arn:aws:iam::123456789012:user/moto to a group that may get nodes",
     ] {
         assert!(stderr.contains(w), "{w:?} not in\n{stderr}");
     }
@@ -2216,6 +2257,57 @@ async fn plan_names_what_the_account_lacks_for_the_canary_to_join_and_creates_no
         .send()
         .await
         .unwrap();
+    // bake's own identity reads the canary's node from the cluster's API (node-ready): in
+    // API mode it needs an access entry with an access policy that covers nodes.
+    let me = "arn:aws:iam::123456789012:user/moto";
+    refused(&[&format!(
+        "{me} (bake's own identity) has no access entry in `acct`; bake reads the canary's node from the cluster's API (node-ready): aws eks create-access-entry --cluster-name acct --principal-arn {me}, then aws eks associate-access-policy --cluster-name acct --principal-arn {me} --policy-arn arn:aws:eks::aws:cluster-access-policy/AmazonEKSAdminViewPolicy --access-scope type=cluster"
+    )]);
+    eks.create_access_entry()
+        .cluster_name("acct")
+        .principal_arn(me)
+        .send()
+        .await
+        .unwrap();
+    let associate = |policy: &'static str, scope: aws_sdk_eks::types::AccessScope| {
+        let eks = eks.clone();
+        async move {
+            eks.associate_access_policy()
+                .cluster_name("acct")
+                .principal_arn(me)
+                .policy_arn(format!("arn:aws:eks::aws:cluster-access-policy/{policy}"))
+                .access_scope(scope)
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    use aws_sdk_eks::types::{AccessScope, AccessScopeType};
+    associate(
+        "AmazonEKSViewPolicy",
+        AccessScope::builder()
+            .r#type(AccessScopeType::Cluster)
+            .build(),
+    )
+    .await;
+    associate(
+        "AmazonEKSAdminViewPolicy",
+        AccessScope::builder()
+            .r#type(AccessScopeType::Namespace)
+            .namespaces("default")
+            .build(),
+    )
+    .await;
+    refused(&[&format!(
+        "the access entry of {me} (bake's own identity) in `acct` has no access policy that reads nodes (AmazonEKSAdminViewPolicy or AmazonEKSClusterAdminPolicy at cluster scope; it has AmazonEKSViewPolicy, AmazonEKSAdminViewPolicy (namespaces only))"
+    )]);
+    associate(
+        "AmazonEKSAdminViewPolicy",
+        AccessScope::builder()
+            .r#type(AccessScopeType::Cluster)
+            .build(),
+    )
+    .await;
     let (code, _, stderr) = bake(&p, moto, &["plan", "pipelines/aws.toml"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(!stderr.contains("aws-auth"), "{stderr}");
@@ -2239,6 +2331,9 @@ async fn plan_names_what_the_account_lacks_for_the_canary_to_join_and_creates_no
         "ListAttachedRolePolicies",
         "DescribeCluster",
         "DescribeAccessEntry",
+        "GetCallerIdentity",
+        "ListAccessEntries",
+        "ListAssociatedAccessPolicies",
     ] {
         assert!(
             mine.iter().any(|a| a == read),

@@ -169,6 +169,7 @@ mod tests {
             checks: String::new(),
             script: format!("{name}.sh"),
             content: Vec::new(),
+            judged_by: crate::validate::JudgedBy::Script,
             scope: Scope::Node,
             needs_cluster,
             reads_image,

@@ -329,14 +329,24 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
     }
     // Before a run creates anything, plan reads what the canary needs to join its cluster:
     // the instance profile, its role's policies, the role's access entry, the cluster's
-    // security group (DescribeSecurityGroups is in Discover).
+    // security group (DescribeSecurityGroups is in Discover), and bake's own access entry.
     if let Some(eks) = pipeline.canary_eks_cluster() {
-        let mut account = vec![json!({
-            "Sid": "ReadTheCanaryClustersAccessEntries",
-            "Effect": "Allow",
-            "Action": "eks:DescribeAccessEntry",
-            "Resource": format!("arn:aws:eks:{region}:*:access-entry/{eks}/*")
-        })];
+        // The node role's entry, and bake's own: its access policies must let it read the
+        // canary's node (node-ready asks the cluster's API).
+        let mut account = vec![
+            json!({
+                "Sid": "ReadTheCanaryClustersAccessEntries",
+                "Effect": "Allow",
+                "Action": ["eks:DescribeAccessEntry", "eks:ListAssociatedAccessPolicies"],
+                "Resource": format!("arn:aws:eks:{region}:*:access-entry/{eks}/*")
+            }),
+            json!({
+                "Sid": "ListTheCanaryClustersAccessEntries",
+                "Effect": "Allow",
+                "Action": "eks:ListAccessEntries",
+                "Resource": format!("arn:aws:eks:{region}:*:cluster/{eks}")
+            }),
+        ];
         if let Some(profile) = &aws.instance_profile {
             account.push(json!({
                 "Sid": "ReadTheCanarysInstanceProfile",

@@ -52,10 +52,18 @@ struct Canonical<'a> {
 struct ValidatorKey<'a> {
     name: &'a str,
     script_sha256: String,
+    /// Absent for a script (the default), so keys made before bake judged any validator
+    /// itself are unchanged.
+    #[serde(skip_serializing_if = "is_script")]
+    judged_by: crate::validate::JudgedBy,
     scope: String,
     needs_cluster: bool,
     reads_image: bool,
     applies_to: &'a [String],
+}
+
+fn is_script(j: &crate::validate::JudgedBy) -> bool {
+    *j == crate::validate::JudgedBy::Script
 }
 
 /// Computes the key of `recipe` for `arch` on the resolved base image `base_id`.
@@ -88,6 +96,7 @@ pub fn bake_key(recipe: &Recipe, arch: Arch, base_id: &str) -> BakeKey {
             .map(|v| ValidatorKey {
                 name: &v.name,
                 script_sha256: sha256_hex(&v.content),
+                judged_by: v.judged_by,
                 scope: format!("{:?}", v.scope),
                 needs_cluster: v.needs_cluster,
                 reads_image: v.reads_image,

@@ -34,13 +34,17 @@ pub fn judged(
             .rev()
             .find(|l| !l.trim().is_empty())
             .unwrap_or("no reason given")
-            .trim()
-            .to_string();
-        return Err(format!(
-            "validator {name} could not judge the image: {why} (not a rejection; the next run tries again)"
-        ));
+            .trim();
+        return Err(not_judged(name, why));
     }
     Ok(CheckResult::from_exit(name, exit_code, stdout, stderr))
+}
+
+/// What a run says of a validator that gave no verdict (the run fails; the image is not rejected).
+pub fn not_judged(name: &str, why: &str) -> String {
+    format!(
+        "validator {name} could not judge the image: {why} (not a rejection; the next run tries again)"
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -53,11 +57,26 @@ pub enum Scope {
     Image,
 }
 
+/// Who judges a validator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum JudgedBy {
+    /// Its script, run on the canary.
+    #[default]
+    Script,
+    /// bake itself, from the API of the cluster the canary joined (its node, as the cluster
+    /// sees it): nothing runs on the canary, so it needs no tool the base may lack.
+    ClusterApi,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawValidator {
-    checks: String,
-    script: Spanned<String>,
+    checks: Spanned<String>,
+    #[serde(default)]
+    script: Option<Spanned<String>>,
+    #[serde(default)]
+    judged_by: JudgedBy,
     #[serde(default)]
     scope: Scope,
     #[serde(default)]
@@ -74,9 +93,11 @@ pub struct Validator {
     pub name: String,
     /// What it checks, in a sentence.
     pub checks: String,
+    /// The script run on the canary (empty when bake judges it from the cluster's API).
     pub script: String,
     #[serde(skip)]
     pub content: Vec<u8>,
+    pub judged_by: JudgedBy,
     pub scope: Scope,
     /// Needs a joined cluster node (kubelet, node Ready); skipped where there is none.
     pub needs_cluster: bool,
@@ -103,39 +124,67 @@ impl Catalog {
         let mut validators = BTreeMap::new();
         let allowed = [validators_dir.to_path_buf()];
         for (name, v) in raw {
-            let at = |m: String| Diagnostic::at(&file, &src, v.script.span(), m);
+            let at = |span: std::ops::Range<usize>, m: String| Diagnostic::at(&file, &src, span, m);
             if !is_simple_name(&name) {
-                return Err(at(format!(
-                    "validator name `{name}` must be letters, digits, `-` or `_`"
-                )));
-            }
-            let path = resolve_inside(validators_dir, v.script.get_ref(), &allowed).map_err(at)?;
-            let meta = std::fs::metadata(&path).map_err(|e| at(e.to_string()))?;
-            if meta.len() > MAX_SCRIPT_BYTES {
-                return Err(at(format!(
-                    "script is {} bytes; the limit is {MAX_SCRIPT_BYTES}",
-                    meta.len()
-                )));
-            }
-            if meta.permissions().mode() & 0o111 == 0 {
-                return Err(at(format!(
-                    "script `{}` is not executable (chmod +x it)",
-                    v.script.get_ref()
-                )));
+                return Err(at(
+                    v.checks.span(),
+                    format!("validator name `{name}` must be letters, digits, `-` or `_`"),
+                ));
             }
             if let Some(bad) = v.applies_to.iter().find(|d| !is_simple_name(d)) {
-                return Err(at(format!(
+                return Err(at(v.checks.span(), format!(
                     "validator `{name}`: applies_to entry `{bad}` is not an os-release ID (like `debian`, `ubuntu`, `amzn`)"
                 )));
             }
-            let content = std::fs::read(&path).map_err(|e| at(e.to_string()))?;
+            let (script, content) = match (v.judged_by, v.script) {
+                (JudgedBy::Script, None) => {
+                    return Err(at(
+                        v.checks.span(),
+                        format!("validator `{name}` has no `script` (or judged_by = \"cluster-api\")"),
+                    ))
+                }
+                (JudgedBy::ClusterApi, Some(script)) => {
+                    return Err(at(script.span(), format!(
+                        "validator `{name}` is judged by bake from the cluster's API; it takes no script"
+                    )))
+                }
+                (JudgedBy::ClusterApi, None) => {
+                    if !v.needs_cluster {
+                        return Err(at(v.checks.span(), format!(
+                            "validator `{name}`: judged_by = \"cluster-api\" needs a cluster; add needs_cluster = true"
+                        )));
+                    }
+                    (String::new(), Vec::new())
+                }
+                (JudgedBy::Script, Some(script)) => {
+                    let at = |m: String| at(script.span(), m);
+                    let path = resolve_inside(validators_dir, script.get_ref(), &allowed)
+                        .map_err(at)?;
+                    let meta = std::fs::metadata(&path).map_err(|e| at(e.to_string()))?;
+                    if meta.len() > MAX_SCRIPT_BYTES {
+                        return Err(at(format!(
+                            "script is {} bytes; the limit is {MAX_SCRIPT_BYTES}",
+                            meta.len()
+                        )));
+                    }
+                    if meta.permissions().mode() & 0o111 == 0 {
+                        return Err(at(format!(
+                            "script `{}` is not executable (chmod +x it)",
+                            script.get_ref()
+                        )));
+                    }
+                    let content = std::fs::read(&path).map_err(|e| at(e.to_string()))?;
+                    (script.into_inner(), content)
+                }
+            };
             validators.insert(
                 name.clone(),
                 Validator {
                     name,
-                    checks: v.checks,
-                    script: v.script.into_inner(),
+                    checks: v.checks.into_inner(),
+                    script,
                     content,
+                    judged_by: v.judged_by,
                     scope: v.scope,
                     needs_cluster: v.needs_cluster,
                     reads_image: v.reads_image,
@@ -374,39 +423,21 @@ impl Verdict {
 #[cfg(test)]
 mod tests {
 
-    /// node-ready run for real on a node that never joins (a kubectl but no kubeconfig): it
-    /// waits its BAKE_JOIN_TIMEOUT, then says it could not judge — a failed run, not a rejection.
+    /// 75 is no verdict (the run fails, the image is not rejected), with the last line said as
+    /// the reason; any other exit is a verdict.
     #[test]
-    fn node_ready_on_a_node_that_never_joins_gives_no_verdict() {
-        let dir = tempfile::tempdir().unwrap();
-        let kubectl = dir.path().join("kubectl");
-        std::fs::write(&kubectl, "#!/bin/sh\nexit 0\n").unwrap();
-        std::fs::set_permissions(&kubectl, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../validators/node-ready.sh");
-        let out = std::process::Command::new("sh")
-            .arg(&script)
-            .env(
-                "PATH",
-                format!(
-                    "{}:{}",
-                    dir.path().display(),
-                    std::env::var("PATH").unwrap()
-                ),
-            )
-            .env("BAKE_JOIN_TIMEOUT", "1")
-            .output()
-            .unwrap();
-        let code = out.status.code().unwrap();
-        assert_eq!(code, NOT_JUDGED_EXIT);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let why = super::judged("node-ready", code, &stdout, "").unwrap_err();
-        assert!(
-            why.contains("did not become a Ready node within 1s"),
-            "{why}"
-        );
-        // Any other exit is a verdict.
+    fn a_check_that_could_not_judge_gives_no_verdict() {
+        let why = super::judged(
+            "pod-network",
+            NOT_JUDGED_EXIT,
+            "waiting\nthe CNI never came up within 1s\n",
+            "",
+        )
+        .unwrap_err();
+        assert!(why.contains("the CNI never came up within 1s"), "{why}");
+        assert!(why.contains("not a rejection"), "{why}");
         assert_eq!(
-            super::judged("node-ready", 1, "node x is not Ready: False\n", "")
+            super::judged("pod-network", 1, "the MAC changed\n", "")
                 .unwrap()
                 .status,
             Status::Fail

@@ -114,6 +114,7 @@ impl Moto {
                 "import boto3,json,sys\n\
                  kw = dict(endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
                  iam = boto3.client('iam', **kw)\n\
+                 iam.create_user(UserName='moto')\n\
                  iam.create_instance_profile(InstanceProfileName='bake-builder')\n\
                  trust = {'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Principal': {'Service': 'ec2.amazonaws.com'}, 'Action': 'sts:AssumeRole'}]}\n\
                  iam.create_role(RoleName='bake-builder', AssumeRolePolicyDocument=json.dumps(trust))\n\
@@ -148,7 +149,9 @@ impl Moto {
             .unwrap();
         let proxy_port: u16 = line.trim().parse().expect("the proxy prints its port");
         // EKS (the proxy; moto has no access entries): `dev`, the clusters canaries join, lets
-        // the node role in through an access entry, as the user guide sets a cluster up.
+        // the node role in through an access entry, as the user guide sets a cluster up, and
+        // lets bake's own identity (the emulator's user `moto`, whom every test key is) read
+        // nodes with AmazonEKSAdminViewPolicy.
         // Signed with a key of its own, so no project's IAM assertion counts these calls.
         let status = Command::new(venv.join("bin/python"))
             .args([
@@ -157,7 +160,9 @@ impl Moto {
                  kw = dict(endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='account-setup', aws_secret_access_key='testing')\n\
                  eks = boto3.client('eks', **kw)\n\
                  eks.update_cluster_config(name='dev', accessConfig={'authenticationMode': 'API_AND_CONFIG_MAP'})\n\
-                 eks.create_access_entry(clusterName='dev', principalArn='arn:aws:iam::123456789012:role/bake-builder', type='EC2_LINUX')\n",
+                 eks.create_access_entry(clusterName='dev', principalArn='arn:aws:iam::123456789012:role/bake-builder', type='EC2_LINUX')\n\
+                 eks.create_access_entry(clusterName='dev', principalArn='arn:aws:iam::123456789012:user/moto')\n\
+                 eks.associate_access_policy(clusterName='dev', principalArn='arn:aws:iam::123456789012:user/moto', policyArn='arn:aws:eks::aws:cluster-access-policy/AmazonEKSAdminViewPolicy', accessScope={'type': 'cluster'})\n",
                 &format!("http://127.0.0.1:{proxy_port}"),
             ])
             .status()
@@ -239,6 +244,16 @@ impl Moto {
             .collect()
     }
 
+    /// Every request the clusters' Kubernetes API servers answered (kubeapi.py): cluster, path,
+    /// the principal its token was verified as, and why not.
+    pub fn kube_records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("kube.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     /// The form parameters of every logged call of `action` (RunInstances, CreateImage...).
     pub fn params_of(&self, action: &str) -> Vec<std::collections::BTreeMap<String, String>> {
         self.logged_lines()
@@ -271,6 +286,23 @@ impl Moto {
                     .with_max_backoff(Duration::from_millis(200)),
             )
             .build()
+    }
+
+    /// EKS through the proxy (moto has no access entries), as the account's administrator:
+    /// signed with a key of its own, so no project's IAM assertion counts these calls.
+    pub async fn eks_as_account_setup(&self) -> aws_sdk_eks::Client {
+        let via_proxy = self.sdk_via_proxy().await;
+        aws_sdk_eks::Client::from_conf(
+            aws_sdk_eks::config::Builder::from(&via_proxy)
+                .credentials_provider(aws_sdk_eks::config::Credentials::new(
+                    "account-setup",
+                    "testing",
+                    None,
+                    None,
+                    "test",
+                ))
+                .build(),
+        )
     }
 }
 

@@ -201,11 +201,17 @@ function requestsOf(call) {
     const name = (call.path || '').split('/').filter(Boolean)[1]
     return [{ action: 'eks:DescribeCluster', resource: `arn:aws:eks:${call.region}:${account}:cluster/${name}`, context: {} }]
   }
-  if (call.service === 'eks' && call.action === 'DescribeAccessEntry') {
-    // /clusters/<name>/access-entries/<principal ARN>: authorized on the entry's ARN.
+  if (call.service === 'eks' && call.action === 'ListAccessEntries') {
+    const name = (call.path || '').split('/').filter(Boolean)[1]
+    return [{ action: 'eks:ListAccessEntries', resource: `arn:aws:eks:${call.region}:${account}:cluster/${name}`, context: {} }]
+  }
+  if (call.service === 'eks' && (call.action === 'DescribeAccessEntry' || call.action === 'ListAssociatedAccessPolicies')) {
+    // /clusters/<name>/access-entries/<principal ARN>[/access-policies]: authorized on the
+    // entry's ARN (access-entry/<cluster>/<role|user>/<account>/<name>/<uuid>).
     const [, name, , principal] = (call.path || '').split('/').filter(Boolean).map(decodeURIComponent)
+    const kind = /:user\//.test(principal || '') ? 'user' : 'role'
     const id = (principal || '').split('/').pop()
-    return [{ action: 'eks:DescribeAccessEntry', resource: `arn:aws:eks:${call.region}:${account}:access-entry/${name}/role/${account}/${id}/00000000-0000-0000-0000-000000000000`, context: {} }]
+    return [{ action: `eks:${call.action}`, resource: `arn:aws:eks:${call.region}:${account}:access-entry/${name}/${kind}/${account}/${id}/00000000-0000-0000-0000-000000000000`, context: {} }]
   }
   if (call.service === 'iam') {
     const p = call.params || {}

@@ -36,6 +36,8 @@ class EksAccess:
         self.modes = {}                 # (region, cluster) -> authentication mode
         self.entries = {}               # (region, cluster) -> {principal ARN: entry}
         self.groups = {}                # (region, cluster) -> cluster security group ID
+        self.apis = None                # kubeapi.ClusterApis, once the proxy made it
+        self.policies = {}              # (region, cluster, principal ARN) -> {policy ARN: association}
 
     @staticmethod
     def action(method, path):
@@ -51,6 +53,10 @@ class EksAccess:
             return {"POST": "CreateAccessEntry", "GET": "ListAccessEntries"}.get(method)
         if len(parts) == 4:
             return {"GET": "DescribeAccessEntry", "DELETE": "DeleteAccessEntry"}.get(method)
+        if len(parts) == 5 and parts[4] == "access-policies":
+            return {"POST": "AssociateAccessPolicy", "GET": "ListAssociatedAccessPolicies"}.get(method)
+        if len(parts) == 6 and parts[4] == "access-policies" and method == "DELETE":
+            return "DisassociateAccessPolicy"
         return None
 
     @staticmethod
@@ -97,10 +103,63 @@ class EksAccess:
         c = obj.get("cluster")
         if not isinstance(c, dict):
             return data
+        if self.apis is not None:
+            # The cluster's own Kubernetes API server (kubeapi.py) and its CA.
+            c["endpoint"], ca = self.apis.endpoint(region, cluster)
+            c["certificateAuthority"] = {"data": ca}
         c["accessConfig"] = {"authenticationMode": self.mode(region, cluster),
                              "bootstrapClusterCreatorAdminPermissions": True}
         c.setdefault("resourcesVpcConfig", {})["clusterSecurityGroupId"] = self.security_group(region, cluster)
         return json.dumps(obj).encode()
+
+    def policies_of(self, region, cluster, principal):
+        """The access policies associated with an entry."""
+        with self.lock:
+            return list(self.policies.get((region, cluster, principal), {}).values())
+
+    def access_policies(self, action, region, cluster, parts, req):
+        """Access policy associations (API reference AssociateAccessPolicy,
+        ListAssociatedAccessPolicies, DisassociateAccessPolicy; user guide "Associate access
+        policies with access entries"): only a STANDARD entry takes them; a policy is associated
+        once per entry, and associating it again replaces its scope; a namespace scope names
+        its namespaces."""
+        principal = parts[3]
+        with self.lock:
+            entry = self.entries.get((region, cluster), {}).get(principal)
+        if entry is None:
+            return self.error(404, "ResourceNotFoundException",
+                              "The specified principalArn could not be found. You can view your available access entries with 'list-access-entries'.")
+        key = (region, cluster, principal)
+        if action == "ListAssociatedAccessPolicies":
+            return self.ok({"clusterName": cluster, "principalArn": principal,
+                            "associatedAccessPolicies": self.policies_of(region, cluster, principal)})
+        if action == "DisassociateAccessPolicy":
+            policy = parts[5]
+            with self.lock:
+                gone = self.policies.get(key, {}).pop(policy, None)
+            if gone is None:
+                return self.error(404, "ResourceNotFoundException", "The specified policy is not associated with this access entry.")
+            return self.ok({})
+        if entry["type"] != "STANDARD":
+            return self.error(400, "InvalidParameterException",
+                              'This operation can only be performed on Access Entries with a type of "STANDARD".')
+        policy = req.get("policyArn", "")
+        if not re.fullmatch(r"arn:aws:eks::aws:cluster-access-policy/[A-Za-z0-9]+", policy):
+            return self.error(400, "InvalidParameterException", "The specified policyArn is invalid: %s" % policy)
+        scope = req.get("accessScope") or {}
+        kind = scope.get("type")
+        namespaces = scope.get("namespaces") or []
+        if kind not in ("cluster", "namespace") or (kind == "namespace") != bool(namespaces):
+            return self.error(400, "InvalidParameterException",
+                              "accessScope must be of type cluster, or of type namespace with namespaces")
+        now = time.time()
+        with self.lock:
+            held = self.policies.setdefault(key, {})
+            was = held.get(policy)
+            held[policy] = {"policyArn": policy, "accessScope": {"type": kind, "namespaces": namespaces},
+                            "associatedAt": was["associatedAt"] if was else now, "modifiedAt": now}
+            out = held[policy]
+        return self.ok({"clusterName": cluster, "principalArn": principal, "associatedAccessPolicy": out})
 
     def principal_exists(self, arn):
         m = re.fullmatch(r"arn:aws:iam::(\d{12}):(role|user)/(?:.*/)?([\w+=,.@-]+)", arn)
@@ -147,12 +206,15 @@ class EksAccess:
         if action == "ListAccessEntries":
             with self.lock:
                 return self.ok({"accessEntries": sorted(entries)})
+        if action in ("AssociateAccessPolicy", "ListAssociatedAccessPolicies", "DisassociateAccessPolicy"):
+            return self.access_policies(action, region, cluster, parts, req)
         if action in ("DescribeAccessEntry", "DeleteAccessEntry"):
             principal = parts[3]
             with self.lock:
                 entry = entries.get(principal)
                 if entry is not None and action == "DeleteAccessEntry":
                     del entries[principal]
+                    self.policies.pop((region, cluster, principal), None)
             if entry is None:
                 return self.error(404, "ResourceNotFoundException",
                                   "The specified access entry resource could not be found.")

@@ -41,8 +41,13 @@ makes instances of those images (and of images created from them) real VMs (mach
 their agent status, commands, stop, images and termination come from the VM, not from rules.
 
 EKS: DescribeCluster also carries the cluster's authentication mode and cluster security group,
-and the access-entry calls and UpdateClusterConfig's access config are answered as EKS does
-(eks.py), which moto 5.2.5 lacks.
+and the access-entry and access-policy calls and UpdateClusterConfig's access config are
+answered as EKS does (eks.py), which moto 5.2.5 lacks. Each cluster has a Kubernetes API server
+of its own (its endpoint and CA in DescribeCluster) that authenticates EKS tokens and serves the
+nodes that instances launched with join user data register (kubeapi.py): "node_ready_after_s"
+(-1: never) is how long a registered node stays NotReady. Its requests go to kube.jsonl.
+STS: moto names an unknown key's caller `arn:aws:sts::<account>:user/moto`; STS writes a user's
+ARN in the iam namespace, so GetCallerIdentity says `arn:aws:iam::<account>:user/moto`.
 """
 import http.server
 import json
@@ -58,6 +63,7 @@ sys.dont_write_bytecode = True  # no __pycache__ in the checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import machines as machines_mod  # noqa: E402
 import eks as eks_mod  # noqa: E402
+import kubeapi  # noqa: E402
 
 UPSTREAM = sys.argv[1]          # http://127.0.0.1:<moto port>
 CONFIG = sys.argv[2]
@@ -358,7 +364,11 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         if page is not None and status == 200:
             data = paginate(data, action, page)
         if service == "eks" and action == "DescribeCluster" and status == 200:
-            data = EKS.describe(region, urllib.parse.unquote(urllib.parse.urlparse(self.path).path.split("/")[2]), data)
+            cluster = urllib.parse.unquote(urllib.parse.urlparse(self.path).path.split("/")[2])
+            data = EKS.describe(region, cluster, data)
+        if service == "sts" and action == "GetCallerIdentity" and status == 200:
+            data = re.sub(rb"<Arn>([^<]+)</Arn>",
+                          lambda m: b"<Arn>%s</Arn>" % kubeapi.fix_moto_identity(m.group(1).decode()).encode(), data)
         state = cfg.get("image_state_after_create")
         if state and service == "ec2" and action == "DescribeImages" and "CreateImage" in SEEN:
             data = data.replace(b"<imageState>available</imageState>", ("<imageState>%s</imageState>" % state).encode())
@@ -370,6 +380,11 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             now = time.time()
             for i in re.findall(rb"<instanceId>([^<]+)</instanceId>", data):
                 FIRST_ASKED.setdefault(i.decode(), now)
+            if machine is None:
+                # Instances that are not VMs get an emulated kubelet (kubeapi.py).
+                APIS.run_instances(region, form, data, cfg, now)
+        if service == "ec2" and action == "TerminateInstances" and status == 200:
+            APIS.terminate_instances(form)
         if service == "ec2" and status == 200 and machine is not None:
             if action == "RunInstances":
                 MACHINES.run_instances(region, form, data, machine)
@@ -676,6 +691,9 @@ class Proxy(http.server.BaseHTTPRequestHandler):
 MACHINES = machines_mod.Machines(Proxy.moto_ec2)
 # Who may join a cluster (authentication mode, access entries, cluster security group; eks.py).
 EKS = eks_mod.EksAccess(Proxy.moto_ec2, Proxy.moto_iam)
+# Each cluster's Kubernetes API server and the nodes that join it (kubeapi.py).
+APIS = kubeapi.ClusterApis(UPSTREAM, EKS, Proxy.moto_iam, os.path.join(os.path.dirname(CONFIG), "kube.jsonl"))
+EKS.apis = APIS
 server = http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Proxy)
 print(server.server_address[1], flush=True)
 server.serve_forever()

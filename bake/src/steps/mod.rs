@@ -10,6 +10,7 @@
 //! `validators` (prepare the canary, run the checks, decide). A provider supplies only the
 //! machine lifecycle (disks or instances, boots, images) and a state that implements [`Machines`].
 
+pub mod node_ready;
 pub mod provision;
 pub mod validators;
 

@@ -3,11 +3,12 @@
 //! [`Guest`](crate::guest::Guest), decide the verdict, and have the provider record it before
 //! the step counts as done (a run killed right after still finds its verdict).
 
+use super::node_ready::ClusterNodes;
 use super::provision::PACKAGES_PRODUCER;
 use super::Role;
 use super::{Machines, Step, StepContext};
 use crate::canary::{Planned, Prepared};
-use crate::validate::{CheckResult, Status, Validator, Verdict};
+use crate::validate::{CheckResult, JudgedBy, Status, Validator, Verdict};
 use crate::Result;
 use async_trait::async_trait;
 use std::time::Duration;
@@ -41,6 +42,10 @@ pub struct Validate<'a, S> {
     pub join_timeout: Option<Duration>,
     /// Why cluster checks cannot run here, if they cannot.
     pub no_cluster: Option<&'a str>,
+    /// The API of the cluster the canary joins, for the checks bake judges from it.
+    pub cluster: Option<&'a dyn ClusterNodes>,
+    /// How often bake asks that API while the canary joins.
+    pub poll_interval: Duration,
     pub recorder: &'a dyn RecordVerdict<S>,
 }
 
@@ -93,6 +98,20 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
                 }
                 Planned::Run(v, extra) => (v, extra),
             };
+            if v.judged_by == JudgedBy::ClusterApi {
+                cx.phase(&format!(
+                    "validator {}/{} {} (asking the cluster, up to {})",
+                    i + 1,
+                    self.validators.len(),
+                    v.name,
+                    humantime::format_duration(self.join_timeout.unwrap_or_default())
+                ));
+                let result = self.judge_from_cluster(v, node_name.as_deref(), cx).await?;
+                keep_log(&logs, &result, "(judged by bake from the cluster's API)\n");
+                result.log(cx.recipe, cx.arch);
+                results.push(result);
+                continue;
+            }
             let mut env: Vec<(&str, &str)> = cx.env().to_vec();
             env.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
             let mut limit = self.timeout;
@@ -132,16 +151,10 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
                 })?;
             let result = crate::validate::judged(&v.name, ran.exit_code, &ran.stdout, &ran.stderr)
                 .map_err(|why| cx.error(self.name(), why))?;
-            let _ = std::fs::write(
-                logs.join(format!("validator-{}.log", v.name)),
-                format!(
-                    "# {} {:?} {}\n## stdout\n{}\n## stderr\n{}",
-                    v.name,
-                    result.status,
-                    result.reason.clone().unwrap_or_default(),
-                    ran.stdout,
-                    ran.stderr
-                ),
+            keep_log(
+                &logs,
+                &result,
+                &format!("## stdout\n{}\n## stderr\n{}", ran.stdout, ran.stderr),
             );
             result.log(cx.recipe, cx.arch);
             results.push(result);
@@ -190,6 +203,44 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
         state.made().verdict = Some(verdict);
         Ok(())
     }
+}
+
+impl<S> Validate<'_, S> {
+    /// A check bake judges from the cluster's API: the canary's node, by the name its join
+    /// gave it.
+    async fn judge_from_cluster(
+        &self,
+        v: &Validator,
+        node: Option<&str>,
+        cx: &StepContext<'_>,
+    ) -> Result<CheckResult> {
+        let (Some(nodes), Some(within), Some(node)) = (self.cluster, self.join_timeout, node)
+        else {
+            return Err(cx.error(
+                "validate",
+                format!(
+                    "validator {} asks the cluster about the canary's node, but this canary has no cluster to ask or no node name",
+                    v.name
+                ),
+            ));
+        };
+        super::node_ready::judge(&v.name, nodes, node, within, self.poll_interval)
+            .await
+            .map_err(|why| cx.error("validate", crate::validate::not_judged(&v.name, &why)))
+    }
+}
+
+/// A validator's log in the run's log directory: its verdict, then what it said.
+fn keep_log(logs: &std::path::Path, result: &CheckResult, said: &str) {
+    let _ = std::fs::write(
+        logs.join(format!("validator-{}.log", result.name)),
+        format!(
+            "# {} {:?} {}\n{said}",
+            result.name,
+            result.status,
+            result.reason.clone().unwrap_or_default()
+        ),
+    );
 }
 
 /// The verdict on the packages that changed between bake and boot: any change rejects the image,

@@ -38,6 +38,43 @@ const NEEDED: &[Needed] = &[
     },
 ];
 
+/// The EKS access policies that grant reading nodes (a cluster-scoped resource): the user
+/// guide's access policy reference lists `nodes` for these two only (AmazonEKSViewPolicy and
+/// AmazonEKSAdminPolicy cover namespaced resources).
+const NODE_READERS: &[&str] = &["AmazonEKSAdminViewPolicy", "AmazonEKSClusterAdminPolicy"];
+
+/// The IAM principal EKS sees for a caller's ARN (aws-iam-authenticator `arn.Canonicalize`): an
+/// assumed-role session is its role, without the session; anything else is itself.
+pub(crate) fn canonical_principal(arn: &str) -> String {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    if let [arn_, partition, "sts", _, account, resource] = parts[..] {
+        if let Some(rest) = resource.strip_prefix("assumed-role/") {
+            if let Some((role, _session)) = rest.rsplit_once('/') {
+                return format!("{arn_}:{partition}:iam::{account}:role/{role}");
+            }
+        }
+    }
+    arn.to_string()
+}
+
+/// A role or user ARN without its path: `role/a/b/name` is `role/name`.
+fn without_path(arn: &str) -> String {
+    match arn
+        .split_once(":role/")
+        .or_else(|| arn.split_once(":user/"))
+    {
+        Some((head, name)) => {
+            let kind = if arn.contains(":role/") {
+                "role"
+            } else {
+                "user"
+            };
+            format!("{head}:{kind}/{}", name.rsplit('/').next().unwrap_or(name))
+        }
+        None => arn.to_string(),
+    }
+}
+
 /// What the canary's node role is, as IAM has it.
 struct NodeRole {
     name: String,
@@ -63,8 +100,12 @@ impl AwsProvider {
         if let Some(role) = &role {
             self.role_policies(role, &mut found).await?;
         }
-        self.cluster_access(&cluster, role.as_ref(), &mut found)
-            .await?;
+        if let Some(mode) = self
+            .cluster_access(&cluster, role.as_ref(), &mut found)
+            .await?
+        {
+            self.bake_access(&cluster, &mode, &mut found).await?;
+        }
         if found.missing.is_empty() {
             return Ok(found.warnings);
         }
@@ -182,13 +223,14 @@ impl AwsProvider {
         Ok(())
     }
 
-    /// The cluster exists, has a cluster security group, and lets the node role in.
+    /// The cluster exists, has a cluster security group, and lets the node role in. Returns the
+    /// cluster's authentication mode, or None when there is no cluster to check further.
     async fn cluster_access(
         &self,
         cluster: &str,
         role: Option<&NodeRole>,
         found: &mut AccountCheck,
-    ) -> Result<()> {
+    ) -> Result<Option<AuthenticationMode>> {
         self.eks_slot().await;
         let described = match self.eks.describe_cluster().name(cluster).send().await {
             Ok(r) => r,
@@ -197,7 +239,7 @@ impl AwsProvider {
                     "EKS cluster `{cluster}` does not exist in {} (the pipeline's [canary] cluster)",
                     self.region
                 ));
-                return Ok(());
+                return Ok(None);
             }
             Err(e) => {
                 return Err(err(
@@ -222,13 +264,15 @@ impl AwsProvider {
                 "EKS cluster `{cluster}` reports no cluster security group; the canary needs it to reach the control plane"
             )),
         }
-        let Some(role) = role else { return Ok(()) };
         // The API's default when a cluster was made without one (CreateAccessConfigRequest).
         let mode = c
             .and_then(|c| c.access_config())
             .and_then(|a| a.authentication_mode())
             .cloned()
             .unwrap_or(AuthenticationMode::ConfigMap);
+        let Some(role) = role else {
+            return Ok(Some(mode));
+        };
         let aws_auth = format!(
             "bake cannot read aws-auth: make sure its mapRoles maps {} to system:bootstrappers and system:nodes, or the canary never joins (node-ready then gives no verdict)",
             role.arn
@@ -237,7 +281,7 @@ impl AwsProvider {
             found.warnings.push(format!(
                 "EKS cluster `{cluster}` authenticates only through the aws-auth ConfigMap; {aws_auth}"
             ));
-            return Ok(());
+            return Ok(Some(mode));
         }
         self.eks_slot().await;
         match self
@@ -284,7 +328,131 @@ impl AwsProvider {
                 ))
             }
         }
+        Ok(Some(mode))
+    }
+
+    /// bake's own identity may read the canary's node in the cluster (node-ready asks the
+    /// cluster's API): an access entry with an access policy that covers nodes, at cluster scope.
+    async fn bake_access(
+        &self,
+        cluster: &str,
+        mode: &AuthenticationMode,
+        found: &mut AccountCheck,
+    ) -> Result<()> {
+        let me = self
+            .sts
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| err("asking STS who bake runs as", e))?;
+        let arn = me.arn().unwrap_or_default();
+        let principal = canonical_principal(arn);
+        let fix = format!(
+            "aws eks create-access-entry --cluster-name {cluster} --principal-arn {principal}, then \
+             aws eks associate-access-policy --cluster-name {cluster} --principal-arn {principal} \
+             --policy-arn arn:aws:eks::aws:cluster-access-policy/{} --access-scope type=cluster",
+            NODE_READERS[0]
+        );
+        let why = "bake reads the canary's node from the cluster's API (node-ready)";
+        if *mode == AuthenticationMode::ConfigMap {
+            found.warnings.push(format!(
+                "EKS cluster `{cluster}` authenticates only through aws-auth, which bake cannot read: {why}, so aws-auth must map {principal} to a group that may get nodes"
+            ));
+            return Ok(());
+        }
+        let Some(entry) = self.access_entry_of(cluster, &principal).await? else {
+            let missing = format!("{principal} (bake's own identity) has no access entry in `{cluster}`; {why}: {fix}");
+            if *mode == AuthenticationMode::Api {
+                found.missing.push(missing);
+            } else {
+                found
+                    .warnings
+                    .push(format!("{missing} (or map it in aws-auth)"));
+            }
+            return Ok(());
+        };
+        let mut policies = Vec::new();
+        let mut token = None;
+        loop {
+            self.eks_slot().await;
+            let r = self
+                .eks
+                .list_associated_access_policies()
+                .cluster_name(cluster)
+                .principal_arn(&entry)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| {
+                    err(
+                        format!("listing the access policies of {entry} in {cluster}"),
+                        e,
+                    )
+                })?;
+            policies.extend(r.associated_access_policies().iter().map(|p| {
+                let cluster_wide = p
+                    .access_scope()
+                    .and_then(|s| s.r#type())
+                    .is_some_and(|t| t.as_str() == "cluster");
+                (p.policy_arn().unwrap_or_default().to_string(), cluster_wide)
+            }));
+            match r.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        let reads_nodes = policies.iter().any(|(arn, cluster_wide)| {
+            *cluster_wide
+                && NODE_READERS
+                    .iter()
+                    .any(|n| arn.rsplit('/').next() == Some(*n))
+        });
+        if !reads_nodes {
+            found.missing.push(format!(
+                "the access entry of {entry} (bake's own identity) in `{cluster}` has no access policy that reads nodes ({} at cluster scope; it has {}); {why}: aws eks associate-access-policy --cluster-name {cluster} --principal-arn {entry} --policy-arn arn:aws:eks::aws:cluster-access-policy/{} --access-scope type=cluster",
+                NODE_READERS.join(" or "),
+                if policies.is_empty() {
+                    "none".to_string()
+                } else {
+                    policies
+                        .iter()
+                        .map(|(a, c)| format!("{}{}", a.rsplit('/').next().unwrap_or(a), if *c { "" } else { " (namespaces only)" }))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+                NODE_READERS[0]
+            ));
+        }
         Ok(())
+    }
+
+    /// The ARN of the access entry that holds `principal` in `cluster`: the same ARN, or for a
+    /// role, its ARN with a path (EKS matches an assumed role's session to a role whatever the
+    /// role's path, as aws-iam-authenticator's mapper strips it).
+    async fn access_entry_of(&self, cluster: &str, principal: &str) -> Result<Option<String>> {
+        let mut token = None;
+        loop {
+            self.eks_slot().await;
+            let r = self
+                .eks
+                .list_access_entries()
+                .cluster_name(cluster)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| err(format!("listing the access entries of {cluster}"), e))?;
+            if let Some(e) = r
+                .access_entries()
+                .iter()
+                .find(|e| without_path(e).eq_ignore_ascii_case(principal))
+            {
+                return Ok(Some(e.clone()));
+            }
+            match r.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => return Ok(None),
+            }
+        }
     }
 
     async fn security_group_exists(&self, id: &str) -> Result<bool> {
@@ -300,5 +468,30 @@ impl AwsProvider {
             Err(e) if code(&e) == Some("InvalidGroup.NotFound") => Ok(false),
             Err(e) => Err(err(format!("describing security group {id}"), e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_assumed_role_is_its_role_and_paths_are_dropped() {
+        assert_eq!(
+            canonical_principal("arn:aws:sts::123456789012:assumed-role/ci-bake/session-1"),
+            "arn:aws:iam::123456789012:role/ci-bake"
+        );
+        assert_eq!(
+            canonical_principal("arn:aws:iam::123456789012:user/alice"),
+            "arn:aws:iam::123456789012:user/alice"
+        );
+        assert_eq!(
+            without_path("arn:aws:iam::123456789012:role/teams/infra/ci-bake"),
+            "arn:aws:iam::123456789012:role/ci-bake"
+        );
+        assert_eq!(
+            without_path("arn:aws:iam::123456789012:user/alice"),
+            "arn:aws:iam::123456789012:user/alice"
+        );
     }
 }

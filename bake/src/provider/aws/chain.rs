@@ -42,6 +42,10 @@ impl AwsProvider {
             .canary_cluster
             .is_none()
             .then_some("needs a joined cluster node; the pipeline names no [canary] cluster");
+        let nodes = self
+            .canary_cluster
+            .as_deref()
+            .map(|c| super::cluster_api::EksNodes::new(self, c));
         let validate = Validate {
             // Image Builder builds out of bake's reach: the manifest is read on the canary
             // itself, after its first boot, so there is nothing earlier to compare it with.
@@ -55,6 +59,10 @@ impl AwsProvider {
             timeout: s.command_timeout,
             join_timeout: Some(s.join_timeout),
             no_cluster,
+            cluster: nodes
+                .as_ref()
+                .map(|n| n as &dyn crate::steps::node_ready::ClusterNodes),
+            poll_interval: s.poll_interval,
             recorder: &recorder,
         };
         let (builder, canary) = (Role::Builder, Role::Canary);

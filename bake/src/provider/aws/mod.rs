@@ -8,8 +8,10 @@
 
 mod account;
 mod chain;
+mod cluster_api;
 mod create;
 mod distribute;
+mod eks_token;
 pub mod image;
 mod image_copy;
 pub mod imagebuilder;
@@ -45,6 +47,9 @@ pub struct AwsProvider {
     imagebuilder: aws_sdk_imagebuilder::Client,
     eks: aws_sdk_eks::Client,
     iam: aws_sdk_iam::Client,
+    sts: aws_sdk_sts::Client,
+    /// bake's own credentials, to sign the EKS token that reads the canary's node.
+    credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
     settings: AwsSettings,
     /// The EKS cluster canaries join.
     canary_cluster: Option<String>,
@@ -88,6 +93,8 @@ impl AwsProvider {
             imagebuilder: aws_sdk_imagebuilder::Client::new(config),
             eks: aws_sdk_eks::Client::new(config),
             iam: aws_sdk_iam::Client::new(config),
+            sts: aws_sdk_sts::Client::new(config),
+            credentials: config.credentials_provider(),
             settings,
             canary_cluster,
             copy_clients,

@@ -45,6 +45,8 @@ impl LocalProvider {
             timeout: s.step_timeout,
             join_timeout: None,
             no_cluster: Some("needs a joined cluster node; the local provider has no cluster"),
+            cluster: None,
+            poll_interval: Duration::from_secs(5),
             recorder: &recorder,
         };
         let (builder, canary) = (Role::Builder, Role::Canary);

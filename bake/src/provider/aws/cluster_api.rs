@@ -1,0 +1,201 @@
+//! The canary's EKS cluster as its Kubernetes API sees the canary: the node, read with the
+//! standard client (kube) at the endpoint and CA `DescribeCluster` gives, authenticated with
+//! bake's own IAM identity through an EKS token (`eks_token`). bake's identity needs read
+//! access to nodes in the cluster (an access entry with AmazonEKSAdminViewPolicy or
+//! AmazonEKSClusterAdminPolicy; `bake plan` checks it).
+
+use super::eks_token;
+use super::AwsProvider;
+use crate::steps::node_ready::{AskError, ClusterNodes, NodeSeen};
+use crate::user_data::Cluster;
+use async_trait::async_trait;
+use aws_credential_types::provider::ProvideCredentials;
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::Node;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::Mutex;
+
+/// How long bake uses one token: EKS accepts a token for 15 minutes after it was signed.
+const TOKEN_USE: Duration = Duration::from_secs(10 * 60);
+
+/// The nodes of the cluster canaries join.
+pub(super) struct EksNodes<'a> {
+    pub p: &'a AwsProvider,
+    pub cluster: &'a str,
+    /// The client and when its token was made.
+    client: Mutex<Option<(Instant, kube::Client)>>,
+}
+
+impl<'a> EksNodes<'a> {
+    pub fn new(p: &'a AwsProvider, cluster: &'a str) -> Self {
+        EksNodes {
+            p,
+            cluster,
+            client: Mutex::new(None),
+        }
+    }
+
+    /// A client with a fresh enough token.
+    async fn client(&self) -> Result<kube::Client, AskError> {
+        let mut held = self.client.lock().await;
+        if let Some((made, client)) = held.as_ref() {
+            if made.elapsed() < TOKEN_USE {
+                return Ok(client.clone());
+            }
+        }
+        self.p.eks_slot().await;
+        let cluster = Cluster::describe(&self.p.eks, self.cluster, &self.p.region)
+            .await
+            .map_err(|e| AskError::Failed(e.to_string()))?;
+        let token = self.token().await?;
+        let config = client_config(&cluster, token).map_err(AskError::Refused)?;
+        let client = kube::Client::try_from(config).map_err(|e| {
+            AskError::Failed(format!("making a client for {}: {e}", cluster.endpoint))
+        })?;
+        *held = Some((Instant::now(), client.clone()));
+        Ok(client)
+    }
+
+    async fn token(&self) -> Result<String, AskError> {
+        let Some(provider) = &self.p.credentials else {
+            return Err(AskError::Refused(
+                "bake has no AWS credentials to sign an EKS token with".into(),
+            ));
+        };
+        let credentials = provider
+            .provide_credentials()
+            .await
+            .map_err(|e| AskError::Refused(format!("loading AWS credentials: {e}")))?;
+        eks_token::token(self.cluster, &self.p.region, credentials, SystemTime::now())
+            .map_err(AskError::Refused)
+    }
+}
+
+/// kube's configuration for `cluster`: its endpoint, its CA (PEM in base64, as DescribeCluster
+/// gives it) as the only root, and the token.
+fn client_config(cluster: &Cluster, token: String) -> Result<kube::Config, String> {
+    let url = cluster.endpoint.parse::<http::Uri>().map_err(|e| {
+        format!(
+            "EKS cluster {}: endpoint `{}` is not a URL: {e}",
+            cluster.name, cluster.endpoint
+        )
+    })?;
+    let roots = ca_certificates(&cluster.certificate_authority)
+        .map_err(|e| format!("EKS cluster {}: certificate authority: {e}", cluster.name))?;
+    let mut config = kube::Config::new(url);
+    config.root_cert = Some(roots);
+    config.auth_info.token = Some(secrecy::SecretString::from(token));
+    config.connect_timeout = Some(Duration::from_secs(10));
+    config.read_timeout = Some(Duration::from_secs(30));
+    Ok(config)
+}
+
+/// The DER certificates in DescribeCluster's `certificateAuthority.data` (base64 of PEM).
+fn ca_certificates(data: &str) -> Result<Vec<Vec<u8>>, String> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let pem = b64
+        .decode(data.trim())
+        .map_err(|e| format!("not base64: {e}"))?;
+    let pem = String::from_utf8(pem).map_err(|_| "not PEM text".to_string())?;
+    let mut certs = Vec::new();
+    let mut body: Option<String> = None;
+    for line in pem.lines().map(str::trim) {
+        match (line, body.as_mut()) {
+            ("-----BEGIN CERTIFICATE-----", None) => body = Some(String::new()),
+            ("-----END CERTIFICATE-----", Some(b)) => {
+                certs.push(
+                    b64.decode(&*b)
+                        .map_err(|e| format!("a certificate is not base64: {e}"))?,
+                );
+                body = None;
+            }
+            (l, Some(b)) => b.push_str(l),
+            _ => {}
+        }
+    }
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(certs)
+}
+
+/// What bake needs of a node object.
+fn seen(node: &Node) -> NodeSeen {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+    NodeSeen {
+        ready: ready.map(|c| c.status.clone()),
+        ready_message: ready
+            .map(|c| {
+                [c.reason.as_deref(), c.message.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(": ")
+            })
+            .unwrap_or_default(),
+        taints: node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .map(|ts| {
+                ts.iter()
+                    .map(|t| match &t.value {
+                        Some(v) => format!("{}={v}:{}", t.key, t.effect),
+                        None => format!("{}:{}", t.key, t.effect),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+#[async_trait]
+impl ClusterNodes for EksNodes<'_> {
+    fn cluster(&self) -> String {
+        format!("EKS cluster `{}` in {}", self.cluster, self.p.region)
+    }
+
+    async fn node(&self, name: &str) -> Result<Option<NodeSeen>, AskError> {
+        let client = self.client().await?;
+        let nodes: kube::Api<Node> = kube::Api::all(client);
+        match nodes.get_opt(name).await {
+            Ok(node) => Ok(node.as_ref().map(seen)),
+            Err(kube::Error::Api(status)) if matches!(status.code, 401 | 403) => {
+                Err(AskError::Refused(format!(
+                    "{} refused bake ({} {}: {}): bake's IAM identity needs an access entry with AmazonEKSAdminViewPolicy (or AmazonEKSClusterAdminPolicy) in the cluster; `bake plan` names the fix",
+                    self.cluster(),
+                    status.code,
+                    status.reason,
+                    status.message
+                )))
+            }
+            Err(e) => Err(AskError::Failed(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ca_is_read_from_base64_pem() {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n{}\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            b64.encode(b"first half "),
+            "",
+            b64.encode(b"second")
+        );
+        let certs = ca_certificates(&b64.encode(pem)).unwrap();
+        assert_eq!(certs, vec![b"first half ".to_vec(), b"second".to_vec()]);
+        assert!(ca_certificates(&b64.encode("no pem here"))
+            .unwrap_err()
+            .contains("no PEM certificate"));
+        assert!(ca_certificates("%%%").unwrap_err().contains("not base64"));
+    }
+}
