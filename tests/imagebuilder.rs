@@ -54,7 +54,8 @@ fn the_awstoe_documents_parse_back_with_one_build_component_per_step_and_a_test_
     let docs: Vec<Document> = components
         .iter()
         .map(|c| {
-            serde_yaml::from_str(&c.data).unwrap_or_else(|e| panic!("{}: {e}\n{}", c.name, c.data))
+            serde_norway::from_str(&c.data)
+                .unwrap_or_else(|e| panic!("{}: {e}\n{}", c.name, c.data))
         })
         .collect();
     // files, each step, validators: in the recipe's order.

@@ -384,7 +384,7 @@ fn phase_steps(
     components
         .iter()
         .flat_map(|c| {
-            let doc: bake::provider::aws::toe::Document = serde_yaml::from_str(&c.data).unwrap();
+            let doc: bake::provider::aws::toe::Document = serde_norway::from_str(&c.data).unwrap();
             doc.phases
                 .into_iter()
                 .filter(|p| p.name == phase)

@@ -62,7 +62,7 @@ fn the_systemd_units_run_the_pipeline_nightly_and_give_cleanups_time() {
 fn the_github_workflow_is_scheduled_uses_oidc_and_one_run_per_pipeline() {
     let text =
         std::fs::read_to_string(repo().join("pipelines/schedule/github-actions.yml")).unwrap();
-    let wf: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let wf: serde_norway::Value = serde_norway::from_str(&text).unwrap();
     let cron = wf["on"]["schedule"][0]["cron"].as_str().unwrap();
     assert_eq!(cron.split_whitespace().count(), 5, "{cron}");
     assert_eq!(wf["permissions"]["id-token"].as_str(), Some("write"));

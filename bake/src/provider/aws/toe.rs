@@ -60,7 +60,7 @@ fn toe_name(s: &str) -> String {
 }
 
 fn component(recipe: &Recipe, what: &str, phase: &str, doc: Document) -> Component {
-    let data = serde_yaml::to_string(&doc).expect("documents serialize");
+    let data = serde_norway::to_string(&doc).expect("documents serialize");
     Component {
         name: format!(
             "bake-{}-{what}-{}",

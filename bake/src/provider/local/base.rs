@@ -404,7 +404,7 @@ fn count_file(bases: &Path, spec: &BaseSpec) -> PathBuf {
     ))
 }
 
-/// An exclusive `flock` on a file, released on drop.
+/// An exclusive lock on a file (`flock`), released on drop.
 struct FileLock {
     _file: std::fs::File,
 }
@@ -417,18 +417,11 @@ impl FileLock {
             .write(true)
             .open(path)
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        let file = tokio::task::spawn_blocking(move || {
-            use std::os::fd::AsRawFd;
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                Ok(file)
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        })
-        .await
-        .map_err(|e| Error::provider("local", format!("lock task: {e}")))?
-        .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
+        // std's File::lock is flock(LOCK_EX) on Linux: released when the file closes.
+        let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+            .await
+            .map_err(|e| Error::provider("local", format!("lock task: {e}")))?
+            .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
         Ok(FileLock { _file: file })
     }
 }
