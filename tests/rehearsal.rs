@@ -74,8 +74,14 @@ async fn rehearsal_emulator(p: &Project) -> (&'static Moto, String) {
         "parameters": {UBUNTU_X86: ami},
         "machines": {
             "dir": dir,
+            // The root filesystem is found by its label, as the vendors' images find theirs
+            // (Canonical's cloud images: LABEL=cloudimg-rootfs; AL2023: root=UUID=, from
+            // awslabs/amazon-eks-ami's AL2023 disk layout); the local base's filesystem is
+            // labelled `root`. A volume made from the same snapshot carries the same label, so
+            // the canary's image copy must not be there when the canary boots.
             "images": {ami.clone(): {
                 "disk": base.disk, "kernel": base.kernel, "initrd": base.initrd, "arch": "x86_64",
+                "root": "LABEL=root",
             }},
             "cpus": 2,
             "memory_mib": 1536,

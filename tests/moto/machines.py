@@ -375,7 +375,7 @@ class Vm:
                 "-smp", str(machine.get("cpus", 2)), "-uuid", str(uuid.uuid4()),
                 "-nographic", "-no-reboot", "-nodefaults", "-display", "none", "-monitor", "none",
                 "-kernel", self.kernel, "-initrd", self.initrd,
-                "-append", "root=/dev/vda rw console=%s panic=-1 quiet" % console,
+                "-append", "root=%s rw console=%s panic=-1 quiet" % (self.image.get("root", "/dev/vda"), console),
                 "-drive", "file=%s,if=none,id=root,format=qcow2,cache=unsafe" % self.disk,
                 "-device", "virtio-blk-pci,drive=root,serial=%s" % self.instance[:20],
                 "-drive", "file=%s,if=none,id=seed,format=raw,readonly=on" % seed,
@@ -632,6 +632,9 @@ class Machines:
         with self.lock:
             self.images[image] = {"disk": disk, "format": "qcow2", "kernel": kernel, "initrd": initrd,
                                   "arch": vm.image.get("arch", "x86_64"), "created": True}
+            if "root" in vm.image:
+                # The image boots as its source did: its kernel command line comes with it.
+                self.images[image]["root"] = vm.image["root"]
 
     def deregister_image(self, form):
         image = form.get("ImageId", [""])[0]

@@ -38,6 +38,8 @@ hand, then lifts the hold and the call lands, as when a process dies mid-call.
   "machines": {"dir": "/tmp/...", "images": {"ami-...": {"disk": "base.qcow2", "kernel": "vmlinuz",
                "initrd": "initrd.img", "arch": "x86_64"}}, "cpus": 2, "memory_mib": 1536}
 makes instances of those images (and of images created from them) real VMs (machines.py):
+An image's optional "root" is the kernel's root= (default /dev/vda): "LABEL=..." or "UUID=..."
+boots by filesystem label or UUID, as the vendors' images do; images made from it keep it.
 their agent status, commands, stop, images and termination come from the VM, not from rules.
 
 EKS: DescribeCluster also carries the cluster's authentication mode and cluster security group,
