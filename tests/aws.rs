@@ -2115,7 +2115,13 @@ async fn plan_names_what_the_account_lacks_for_the_canary_to_join_and_creates_no
         .create_cluster()
         .name("acct")
         .role_arn("arn:aws:iam::123456789012:role/eks")
-        .resources_vpc_config(aws_sdk_eks::types::VpcConfigRequest::builder().build())
+        // A private API endpoint only: bake must run where it answers (a warning).
+        .resources_vpc_config(
+            aws_sdk_eks::types::VpcConfigRequest::builder()
+                .endpoint_public_access(false)
+                .endpoint_private_access(true)
+                .build(),
+        )
         .kubernetes_network_config(
             aws_sdk_eks::types::KubernetesNetworkConfigRequest::builder()
                 .service_ipv4_cidr("10.100.0.0/16")
@@ -2220,6 +2226,7 @@ async fn plan_names_what_the_account_lacks_for_the_canary_to_join_and_creates_no
         &format!("make sure its mapRoles maps {role} to system:bootstrappers and system:nodes"),
         "role `acct-node` lacks AmazonEKS_CNI_Policy",
         "aws-auth must map arn:aws:iam::123456789012:user/moto to a group that may get nodes",
+        "EKS cluster `acct` has no public API endpoint: bake asks it about the canary's node, so bake must run where its private endpoint answers",
     ] {
         assert!(stderr.contains(w), "{w:?} not in\n{stderr}");
     }

@@ -11,6 +11,8 @@ From the EKS API reference and user guide:
   (EC2_LINUX, EC2_WINDOWS, FARGATE_LINUX, HYBRID_LINUX) needs a role and takes no username or
   groups; one entry per principal (ResourceInUseException); an absent one is
   ResourceNotFoundException (404).
+- `resourcesVpcConfig.endpointPublicAccess` / `endpointPrivateAccess`: true / false unless the
+  cluster was made otherwise (VpcConfigRequest defaults).
 - `resourcesVpcConfig.clusterSecurityGroupId`: the security group EKS makes with the cluster,
   which admits all traffic from its own members only ("View Amazon EKS security group
   requirements for clusters").
@@ -109,7 +111,12 @@ class EksAccess:
             c["certificateAuthority"] = {"data": ca}
         c["accessConfig"] = {"authenticationMode": self.mode(region, cluster),
                              "bootstrapClusterCreatorAdminPermissions": True}
-        c.setdefault("resourcesVpcConfig", {})["clusterSecurityGroupId"] = self.security_group(region, cluster)
+        vpc = c.setdefault("resourcesVpcConfig", {})
+        vpc["clusterSecurityGroupId"] = self.security_group(region, cluster)
+        # What a cluster made without them has (CreateCluster, VpcConfigRequest: the public
+        # endpoint is on and the private one off by default); moto echoes only what was asked.
+        vpc.setdefault("endpointPublicAccess", True)
+        vpc.setdefault("endpointPrivateAccess", False)
         return json.dumps(obj).encode()
 
     def policies_of(self, region, cluster, principal):

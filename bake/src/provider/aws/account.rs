@@ -270,6 +270,15 @@ impl AwsProvider {
             .and_then(|a| a.authentication_mode())
             .cloned()
             .unwrap_or(AuthenticationMode::ConfigMap);
+        // bake reads the canary's node from where it runs: a cluster whose API endpoint is
+        // private only answers inside its VPC (EKS user guide, "Cluster API server endpoint").
+        if c.and_then(|c| c.resources_vpc_config())
+            .is_some_and(|v| !v.endpoint_public_access())
+        {
+            found.warnings.push(format!(
+                "EKS cluster `{cluster}` has no public API endpoint: bake asks it about the canary's node, so bake must run where its private endpoint answers (inside the VPC), or node-ready never gets an answer"
+            ));
+        }
         let Some(role) = role else {
             return Ok(Some(mode));
         };
