@@ -17,17 +17,6 @@ pub const IMAGE_ROOT: &str = "/run/bake/image-root";
 /// The serial the local provider gives the read-only image drive (virtio-blk: at most 20).
 pub const LOCAL_IMAGE_SERIAL: &str = "bake-image";
 
-/// The shell command that runs the prepare script already uploaded to `path`.
-pub fn prepare_command(path: &str, devices: &[String]) -> String {
-    let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-    let mut cmd = format!("sh {} {}", q(path), q(IMAGE_ROOT));
-    for d in devices {
-        cmd.push(' ');
-        cmd.push_str(&q(d));
-    }
-    cmd
-}
-
 /// What the prepare script found on the canary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prepared {

@@ -1,8 +1,9 @@
 //! The guest: how bake reaches inside a builder or canary, whatever the transport (Packer's
 //! communicator). Installing files, running recipe steps, capturing the package manifest and
 //! running validators are written once on this trait (`steps::provision`, `steps::validators`);
-//! the QEMU guest agent (`provider::local::qga`) and SSM RunCommand (`provider::aws::ssm`)
-//! implement it, each with the limits of its transport.
+//! the QEMU guest agent (`provider::local::qga`), a chroot of the disk (`provider::local::chroot`,
+//! the offline builder) and SSM RunCommand (`provider::aws::ssm`) implement it, each with the
+//! limits of its transport.
 
 use crate::Result;
 use async_trait::async_trait;

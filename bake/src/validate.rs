@@ -1,7 +1,9 @@
-//! Validators: checks run on a canary (node scope) or against the image's attributes (image
-//! scope). Their definitions live in `validators/catalog.toml`; each has a script whose exit
-//! code decides: 0 pass, 77 skipped (reason on stdout), anything else fail. Skipped is never
-//! pass: an image is accepted only if every validator that applies passed.
+//! Validators: checks of a new image on its canary. Their definitions live in
+//! `validators/catalog.toml`. Most have a script, run on the canary, whose exit code decides: 0
+//! pass, 77 skipped (reason on stdout), 75 could not judge (no verdict: the run fails, the
+//! image is not rejected), anything else fail; a few bake judges itself from the cluster's API
+//! (`judged_by = "cluster-api"`). Skipped is never pass: an image is accepted only if every
+//! validator that applies passed or does not apply.
 
 use crate::diag::{read_toml, Diagnostic};
 use crate::input::{is_simple_name, resolve_inside, MAX_SCRIPT_BYTES};
@@ -134,6 +136,11 @@ impl Catalog {
             if let Some(bad) = v.applies_to.iter().find(|d| !is_simple_name(d)) {
                 return Err(at(v.checks.span(), format!(
                     "validator `{name}`: applies_to entry `{bad}` is not an os-release ID (like `debian`, `ubuntu`, `amzn`)"
+                )));
+            }
+            if v.scope == Scope::Image {
+                return Err(at(v.checks.span(), format!(
+                    "validator `{name}`: scope = \"image\" is not acted on (every validator runs on, or about, the canary); remove the field"
                 )));
             }
             let (script, content) = match (v.judged_by, v.script) {
@@ -422,6 +429,43 @@ impl Verdict {
 
 #[cfg(test)]
 mod tests {
+
+    /// What the catalog refuses, each naming the validator and the fix: a script together with
+    /// judged_by = "cluster-api", cluster-api without needs_cluster, neither, and the image
+    /// scope nothing acts on.
+    #[test]
+    fn the_catalog_refuses_what_it_cannot_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("ok.sh");
+        std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let refused = |entry: &str| {
+            std::fs::write(dir.path().join("catalog.toml"), format!("[v]\n{entry}\n")).unwrap();
+            Catalog::load(dir.path()).unwrap_err().to_string()
+        };
+        let e = refused(
+            "checks = \"x\"\nscript = \"ok.sh\"\njudged_by = \"cluster-api\"\nneeds_cluster = true",
+        );
+        assert!(
+            e.contains("judged by bake from the cluster's API; it takes no script"),
+            "{e}"
+        );
+        assert!(e.contains("catalog.toml:3"), "{e}");
+        let e = refused("checks = \"x\"\njudged_by = \"cluster-api\"");
+        assert!(e.contains("add needs_cluster = true"), "{e}");
+        let e = refused("checks = \"x\"");
+        assert!(e.contains("has no `script`"), "{e}");
+        let e = refused("checks = \"x\"\nscript = \"ok.sh\"\nscope = \"image\"");
+        assert!(e.contains("scope = \"image\" is not acted on"), "{e}");
+        std::fs::write(
+            dir.path().join("catalog.toml"),
+            "[v]\nchecks = \"x\"\njudged_by = \"cluster-api\"\nneeds_cluster = true\n",
+        )
+        .unwrap();
+        let c = Catalog::load(dir.path()).unwrap();
+        let v = c.get("v").unwrap();
+        assert_eq!((v.judged_by, v.script.as_str()), (JudgedBy::ClusterApi, ""));
+    }
 
     /// 75 is no verdict (the run fails, the image is not rejected), with the last line said as
     /// the reason; any other exit is a verdict.

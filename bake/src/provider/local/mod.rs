@@ -1,6 +1,7 @@
-//! The local provider: bakes in a real QEMU VM driven through the guest agent, proves the
-//! image on a separate canary VM, and keeps images in a local store. KVM when a probe boot
-//! shows it works, TCG otherwise.
+//! The local provider: bakes offline (the recipe applied in a chroot of the disk, no VM) or,
+//! with `builder = "vm"`, in a QEMU VM driven through the guest agent; proves the image on a
+//! separate canary VM; and keeps images in a local store. KVM when a probe boot shows it
+//! works, TCG otherwise.
 
 pub mod base;
 mod chain;
