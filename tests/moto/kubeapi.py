@@ -379,6 +379,8 @@ class ClusterApis:
             stamp = datetime.datetime.fromtimestamp(r["registers_at"], datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             taints = [dict(t) for t in r["taints"]]
             if not ready:
+                # The node lifecycle controller's taint while Ready is not True (Kubernetes docs,
+                # "Taints and Tolerations": node.kubernetes.io/not-ready).
                 taints.append({"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"})
             labels = dict(r["labels"])
             labels.update({"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
@@ -391,6 +393,9 @@ class ClusterApis:
                 "status": {"conditions": [{
                     "type": "Ready", "status": "True" if ready else "False",
                     "reason": "KubeletReady" if ready else "KubeletNotReady",
+                    # The kubelet's Ready condition (kubernetes pkg/kubelet/nodestatus/setters.go,
+                    # ReadyCondition); NotReady carries the runtime's network status as
+                    # containerd reports it before the CNI has written its config.
                     "message": "kubelet is posting ready status" if ready else
                     "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized",
                     "lastHeartbeatTime": stamp, "lastTransitionTime": stamp}]},

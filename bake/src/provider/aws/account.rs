@@ -435,9 +435,9 @@ impl AwsProvider {
         Ok(())
     }
 
-    /// The ARN of the access entry that holds `principal` in `cluster`: the same ARN, or for a
-    /// role, its ARN with a path (EKS matches an assumed role's session to a role whatever the
-    /// role's path, as aws-iam-authenticator's mapper strips it).
+    /// The ARN of the access entry that holds `principal` in `cluster`, compared without paths on
+    /// either side (an assumed role's ARN has none; a user's has its own), as
+    /// aws-iam-authenticator's mapper strips them.
     async fn access_entry_of(&self, cluster: &str, principal: &str) -> Result<Option<String>> {
         let mut token = None;
         loop {
@@ -453,7 +453,7 @@ impl AwsProvider {
             if let Some(e) = r
                 .access_entries()
                 .iter()
-                .find(|e| without_path(e).eq_ignore_ascii_case(principal))
+                .find(|e| without_path(e).eq_ignore_ascii_case(&without_path(principal)))
             {
                 return Ok(Some(e.clone()));
             }
@@ -497,6 +497,10 @@ mod tests {
         assert_eq!(
             without_path("arn:aws:iam::123456789012:role/teams/infra/ci-bake"),
             "arn:aws:iam::123456789012:role/ci-bake"
+        );
+        assert_eq!(
+            without_path("arn:aws:iam::123456789012:user/team/alice"),
+            without_path("arn:aws:iam::123456789012:user/alice"),
         );
         assert_eq!(
             without_path("arn:aws:iam::123456789012:user/alice"),
