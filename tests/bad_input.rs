@@ -481,7 +481,7 @@ fn unknown_validator() {
         Expect {
             file: RECIPE,
             line: Some(line),
-            field: Some("validators[7]"),
+            field: Some("validators[8]"),
             message: "unknown validator `no-ssh-keys`",
         },
     );
@@ -787,8 +787,9 @@ fn file_mode_not_octal() {
 fn two_files_to_one_destination() {
     let p = Project::new();
     let text = p.read(RECIPE);
+    // The first [[files]] entry, written again right after itself.
     let start = text.find("[[files]]").unwrap();
-    let end = start + text[start..].find("[[steps]]").unwrap();
+    let end = start + text[start..].find("\n\n").unwrap() + 2;
     let block = text[start..end].to_string();
     p.write(RECIPE, format!("{}{block}{}", &text[..end], &text[end..]));
     let text = p.read(RECIPE);
@@ -822,7 +823,7 @@ fn validator_listed_twice() {
         Expect {
             file: RECIPE,
             line: Some(line),
-            field: Some("validators[8]"),
+            field: Some("validators[9]"),
             message: "listed twice",
         },
     );

@@ -31,18 +31,17 @@ fn the_key_is_stable_and_ignores_formatting_and_key_order() {
     // The same recipe written differently: other key order, table order, quoting, spacing,
     // inline tables and arrays, no comments.
     let text = p.read("recipes/eks-node.toml");
-    let sha = text
+    let shas: Vec<String> = text
         .lines()
-        .find(|l| l.starts_with("sha256 ="))
-        .unwrap()
-        .split('"')
-        .nth(1)
-        .unwrap()
-        .to_string();
+        .filter(|l| l.starts_with("sha256 ="))
+        .map(|l| l.split('"').nth(1).unwrap().to_string())
+        .collect();
+    let (sha, networkd_sha) = (&shas[0], &shas[1]);
     let rewritten = format!(
-        r#"validators = ['mac-policy', 'pod-network', 'no-unattended-upgrades', 'apt-timers-masked', 'apt-periodic-off', 'snap-refresh-held', 'machine-id-empty', 'no-ssh-host-keys', 'no-bake-leftovers', 'node-ready']
+        r#"validators = ['mac-policy', 'networkd-keeps-foreign-routes', 'pod-network', 'no-unattended-upgrades', 'apt-timers-masked', 'apt-periodic-off', 'snap-refresh-held', 'machine-id-empty', 'no-ssh-host-keys', 'no-bake-leftovers', 'node-ready']
 description = "reworded: the description is documentation"
-files = [ {{ mode = "0644", sha256 = "{sha}", dest = "/etc/systemd/network/99-default.link.d/99-bake-mac-policy.conf", source = "steps/files/99-bake-mac-policy.conf" }} ]
+files = [ {{ mode = "0644", sha256 = "{sha}", dest = "/etc/systemd/network/99-default.link.d/99-bake-mac-policy.conf", source = "steps/files/99-bake-mac-policy.conf" }},
+  {{ source = "steps/files/99-bake-keep-foreign-routes.conf", mode = "0644", dest = "/etc/systemd/networkd.conf.d/99-bake-keep-foreign-routes.conf", sha256 = "{networkd_sha}" }} ]
 steps = [
   {{ script = "steps/settle-first-boot.sh", name = "settle-first-boot" }},
   {{ script = "steps/purge-unattended-upgrades.sh", name = "purge-unattended-upgrades" }},

@@ -346,7 +346,9 @@ fn add_step(p: &Project, name: &str, body: &str, before: Option<&str>) {
 ///   host keys, a log. The canary's first boot makes a machine-id and host keys of its own, so
 ///   only the image as shipped (the read-only second disk) can tell; each check does;
 /// - its software changes at first boot (as cloud-init's `package_upgrade` or a bootstrap's
-///   `snap refresh` would): the canary runs a package the image was not baked with.
+///   `snap refresh` would): the canary runs a package the image was not baked with;
+/// - it lacks the networkd drop-in: a restart of systemd-networkd removes the ip rule and the
+///   route a CNI added.
 #[test]
 fn an_image_with_a_lost_drop_in_unattended_upgrades_and_shipped_identity_is_rejected_by_each_check()
 {
@@ -363,6 +365,7 @@ fn an_image_with_a_lost_drop_in_unattended_upgrades_and_shipped_identity_is_reje
         "[[steps]]\nname = \"purge-unattended-upgrades\"\nscript = \"steps/purge-unattended-upgrades.sh\"\n",
         "",
     );
+    p.without_networkd_dropin();
     add_step(
         &p,
         "install-at-first-boot",
@@ -389,6 +392,11 @@ fn an_image_with_a_lost_drop_in_unattended_upgrades_and_shipped_identity_is_reje
             ("mac-policy", "udev rewrote the veth MAC"),
             POD_LOST,
             ("no-unattended-upgrades", "unattended-upgrades is installed"),
+            (
+                "networkd-keeps-foreign-routes",
+                "systemd-networkd removed the route in table",
+            ),
+            ("networkd-keeps-foreign-routes", "and the ip rule"),
             (
                 "machine-id-empty",
                 "the image shipped a machine-id (0123456789abcdef0123456789abcdef)",

@@ -163,6 +163,7 @@ mod tests {
             needs_cluster,
             reads_image,
             applies_to: applies_to.iter().map(|s| s.to_string()).collect(),
+            not_applicable_when: None,
         }
     }
 

@@ -60,6 +60,9 @@ struct ValidatorKey<'a> {
     needs_cluster: bool,
     reads_image: bool,
     applies_to: &'a [String],
+    /// Absent when the script may not say "does not apply" (as before that existed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_applicable_when: Option<&'a str>,
 }
 
 fn is_script(j: &crate::validate::JudgedBy) -> bool {
@@ -101,6 +104,7 @@ pub fn bake_key(recipe: &Recipe, arch: Arch, base_id: &str) -> BakeKey {
                 needs_cluster: v.needs_cluster,
                 reads_image: v.reads_image,
                 applies_to: &v.applies_to,
+                not_applicable_when: v.not_applicable_when.as_deref(),
             })
             .collect(),
     };

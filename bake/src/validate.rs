@@ -22,22 +22,52 @@ pub const SKIP_EXIT: i32 = 77;
 /// again — unlike a check that ran and failed (rejected, exit 3).
 pub const NOT_JUDGED_EXIT: i32 = 75;
 
+/// Exit code a validator script uses to say "does not apply on this canary", with the reason on
+/// stdout — honoured only for a validator whose catalog entry says when that may be
+/// (`not_applicable_when`); from any other it is a failure, so no script can wave itself through.
+pub const NOT_APPLICABLE_EXIT: i32 = 78;
+
 /// A validator's exit as a verdict, or why it gave none (`NOT_JUDGED_EXIT`, with its reason).
 pub fn judged(
-    name: &str,
+    v: &Validator,
     exit_code: i32,
     stdout: &str,
     stderr: &str,
 ) -> Result<CheckResult, String> {
-    if exit_code == NOT_JUDGED_EXIT {
-        let why = stdout
+    let name = v.name.as_str();
+    let why = || {
+        stdout
             .lines()
             .chain(stderr.lines())
             .rev()
             .find(|l| !l.trim().is_empty())
             .unwrap_or("no reason given")
-            .trim();
-        return Err(not_judged(name, why));
+            .trim()
+            .to_string()
+    };
+    if exit_code == NOT_JUDGED_EXIT {
+        return Err(not_judged(name, &why()));
+    }
+    if exit_code == NOT_APPLICABLE_EXIT {
+        let output = CheckResult::from_exit(name, exit_code, stdout, stderr).output;
+        return Ok(match &v.not_applicable_when {
+            Some(_) => CheckResult {
+                exit_code: Some(exit_code),
+                output,
+                ..CheckResult::not_applicable(name, why())
+            },
+            None => CheckResult {
+                name: name.to_string(),
+                status: Status::Fail,
+                reason: Some(format!(
+                    "exited {NOT_APPLICABLE_EXIT} (does not apply: {}), but its catalog entry declares no not_applicable_when",
+                    why()
+                )),
+                exit_code: Some(exit_code),
+                output,
+                not_applicable: false,
+            },
+        });
     }
     Ok(CheckResult::from_exit(name, exit_code, stdout, stderr))
 }
@@ -87,6 +117,8 @@ struct RawValidator {
     reads_image: bool,
     #[serde(default)]
     applies_to: Vec<String>,
+    #[serde(default)]
+    not_applicable_when: Option<Spanned<String>>,
 }
 
 /// One validator from the catalog.
@@ -110,6 +142,10 @@ pub struct Validator {
     /// The distributions it applies to (os-release `ID`, matched against `ID` and `ID_LIKE`);
     /// empty = all. Elsewhere it is reported as not applicable and does not run.
     pub applies_to: Vec<String>,
+    /// When its script may answer "does not apply here" (exit [`NOT_APPLICABLE_EXIT`]): a
+    /// condition only the running canary can tell (which service manages the network). None:
+    /// that exit is a failure.
+    pub not_applicable_when: Option<String>,
 }
 
 /// All validators defined in `validators/catalog.toml`.
@@ -142,6 +178,23 @@ impl Catalog {
                 return Err(at(v.checks.span(), format!(
                     "validator `{name}`: scope = \"image\" is not acted on (every validator runs on, or about, the canary); remove the field"
                 )));
+            }
+            if let (JudgedBy::ClusterApi, Some(when)) = (v.judged_by, &v.not_applicable_when) {
+                return Err(at(when.span(), format!(
+                    "validator `{name}`: not_applicable_when is said by a script's exit {NOT_APPLICABLE_EXIT}; bake judges this one from the cluster's API"
+                )));
+            }
+            if let Some(when) = v
+                .not_applicable_when
+                .as_ref()
+                .filter(|w| w.get_ref().trim().is_empty())
+            {
+                return Err(at(
+                    when.span(),
+                    format!(
+                    "validator `{name}`: not_applicable_when must say when the check does not apply"
+                ),
+                ));
             }
             let (script, content) = match (v.judged_by, v.script) {
                 (JudgedBy::Script, None) => {
@@ -196,6 +249,7 @@ impl Catalog {
                     needs_cluster: v.needs_cluster,
                     reads_image: v.reads_image,
                     applies_to: v.applies_to,
+                    not_applicable_when: v.not_applicable_when.map(Spanned::into_inner),
                 },
             );
         }
@@ -457,6 +511,13 @@ mod tests {
         assert!(e.contains("has no `script`"), "{e}");
         let e = refused("checks = \"x\"\nscript = \"ok.sh\"\nscope = \"image\"");
         assert!(e.contains("scope = \"image\" is not acted on"), "{e}");
+        let e = refused(
+            "checks = \"x\"\njudged_by = \"cluster-api\"\nneeds_cluster = true\nnot_applicable_when = \"y\"",
+        );
+        assert!(e.contains("said by a script's exit 78"), "{e}");
+        let e = refused("checks = \"x\"\nscript = \"ok.sh\"\nnot_applicable_when = \" \"");
+        assert!(e.contains("must say when the check does not apply"), "{e}");
+        assert!(e.contains("catalog.toml:4"), "{e}");
         std::fs::write(
             dir.path().join("catalog.toml"),
             "[v]\nchecks = \"x\"\njudged_by = \"cluster-api\"\nneeds_cluster = true\n",
@@ -467,12 +528,29 @@ mod tests {
         assert_eq!((v.judged_by, v.script.as_str()), (JudgedBy::ClusterApi, ""));
     }
 
+    /// A script validator named `name`, allowed to say "does not apply" when `when` is given.
+    fn script_validator(name: &str, when: Option<&str>) -> Validator {
+        Validator {
+            name: name.into(),
+            checks: String::new(),
+            script: format!("{name}.sh"),
+            content: Vec::new(),
+            judged_by: JudgedBy::Script,
+            scope: Scope::Node,
+            needs_cluster: false,
+            reads_image: false,
+            applies_to: Vec::new(),
+            not_applicable_when: when.map(str::to_string),
+        }
+    }
+
     /// 75 is no verdict (the run fails, the image is not rejected), with the last line said as
     /// the reason; any other exit is a verdict.
     #[test]
     fn a_check_that_could_not_judge_gives_no_verdict() {
+        let pod = script_validator("pod-network", None);
         let why = super::judged(
-            "pod-network",
+            &pod,
             NOT_JUDGED_EXIT,
             "waiting\nthe CNI never came up within 1s\n",
             "",
@@ -481,11 +559,39 @@ mod tests {
         assert!(why.contains("the CNI never came up within 1s"), "{why}");
         assert!(why.contains("not a rejection"), "{why}");
         assert_eq!(
-            super::judged("pod-network", 1, "the MAC changed\n", "")
+            super::judged(&pod, 1, "the MAC changed\n", "")
                 .unwrap()
                 .status,
             Status::Fail
         );
+    }
+
+    /// 78 is "does not apply here" only from a validator whose catalog entry says when that may
+    /// be (then it does not block, with the script's reason); from any other it fails.
+    #[test]
+    fn only_a_declared_validator_may_say_it_does_not_apply() {
+        let said =
+            "checking\nsystemd-networkd is not running: NetworkManager manages the network\n";
+        let declared = script_validator("networkd", Some("networkd is not the network manager"));
+        let r = super::judged(&declared, NOT_APPLICABLE_EXIT, said, "").unwrap();
+        assert_eq!(r.verdict(), Status::NotApplicable);
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("systemd-networkd is not running: NetworkManager manages the network")
+        );
+        assert!(r.output.contains("checking"), "{r:?}");
+        assert!(Verdict::decide(vec![r, CheckResult::from_exit("other", 0, "", "")]).accepted);
+        let undeclared = script_validator("mac-policy", None);
+        let r = super::judged(&undeclared, NOT_APPLICABLE_EXIT, said, "").unwrap();
+        assert_eq!(r.status, Status::Fail);
+        assert!(
+            r.reason
+                .as_deref()
+                .unwrap()
+                .contains("declares no not_applicable_when"),
+            "{r:?}"
+        );
+        assert!(!Verdict::decide(vec![r]).accepted);
     }
 
     use super::*;

@@ -64,9 +64,23 @@ impl Project {
     /// Removes the MAC drop-in (the recipe's `[[files]]` entry) from the eks-node recipe: the
     /// seed's incident.
     pub fn without_mac_dropin(&self) {
+        self.without_file("99-bake-mac-policy.conf");
+    }
+
+    /// Removes the networkd drop-in from the eks-node recipe: a networkd restart then removes
+    /// the routes and rules a CNI added.
+    pub fn without_networkd_dropin(&self) {
+        self.without_file("99-bake-keep-foreign-routes.conf");
+    }
+
+    /// Removes the eks-node recipe's `[[files]]` entry whose source is `steps/files/{name}`.
+    fn without_file(&self, name: &str) {
         let text = self.read("recipes/eks-node.toml");
-        let start = text.find("[[files]]").unwrap();
-        let end = start + text[start..].find("[[steps]]").unwrap();
+        let entry = format!("[[files]]\nsource = \"steps/files/{name}\"");
+        let start = text
+            .find(&entry)
+            .unwrap_or_else(|| panic!("eks-node has no {entry}"));
+        let end = start + text[start..].find("\n\n").unwrap() + 2;
         self.write(
             "recipes/eks-node.toml",
             format!("{}{}", &text[..start], &text[end..]),

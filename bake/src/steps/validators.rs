@@ -149,7 +149,7 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
                         format!("validator {} could not run: {e}", v.name),
                     )
                 })?;
-            let result = crate::validate::judged(&v.name, ran.exit_code, &ran.stdout, &ran.stderr)
+            let result = crate::validate::judged(v, ran.exit_code, &ran.stdout, &ran.stderr)
                 .map_err(|why| cx.error(self.name(), why))?;
             keep_log(
                 &logs,

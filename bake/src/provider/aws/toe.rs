@@ -4,7 +4,7 @@
 //! content so an unchanged step reuses its component.
 
 use crate::recipe::{sha256_hex, FileSpec, Recipe, StepSpec};
-use crate::validate::SKIP_EXIT;
+use crate::validate::{NOT_APPLICABLE_EXIT, SKIP_EXIT};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
@@ -73,11 +73,17 @@ fn component(recipe: &Recipe, what: &str, phase: &str, doc: Document) -> Compone
     }
 }
 
-/// A shell command that runs `script` as a file, so its shebang and `set -e` apply.
-fn run_script(label: &str, script: &[u8]) -> String {
+/// A shell command that runs `script` as a file, so its shebang and `set -e` apply. With
+/// `may_not_apply` (the name of a validator whose catalog entry allows it), its "does not apply
+/// here" exit passes the step and says so; from anything else that exit fails like any other.
+fn run_script(label: &str, script: &[u8], may_not_apply: Option<&str>) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(script);
+    let not_applicable = match may_not_apply {
+        Some(name) => format!("if [ $rc -eq {NOT_APPLICABLE_EXIT} ]; then echo \"bake: validator {name} does not apply here (exit {NOT_APPLICABLE_EXIT})\"; exit 0; fi\n"),
+        None => String::new(),
+    };
     format!(
-        "set -u\nf=$(mktemp /tmp/bake-XXXXXX) || exit 1\necho '{b64}' | base64 -d > \"$f\" || exit 1\nchmod 0700 \"$f\"\n\"$f\"; rc=$?\nrm -f \"$f\"\nif [ $rc -ne 0 ]; then echo \"bake: {label} exited $rc\" >&2; fi\nexit $rc"
+        "set -u\nf=$(mktemp /tmp/bake-XXXXXX) || exit 1\necho '{b64}' | base64 -d > \"$f\" || exit 1\nchmod 0700 \"$f\"\n\"$f\"; rc=$?\nrm -f \"$f\"\n{not_applicable}if [ $rc -ne 0 ]; then echo \"bake: {label} exited $rc\" >&2; fi\nexit $rc"
     )
 }
 
@@ -97,7 +103,11 @@ fn build_step(step: &StepSpec, default_timeout: u64) -> ToeStep {
         on_failure: "Abort".into(),
         timeout_seconds: Some(step.timeout.map(|t| t.as_secs()).unwrap_or(default_timeout)),
         inputs: Inputs {
-            commands: vec![run_script(&format!("step {}", step.name), &step.content)],
+            commands: vec![run_script(
+                &format!("step {}", step.name),
+                &step.content,
+                None,
+            )],
         },
     }
 }
@@ -187,6 +197,7 @@ pub fn components(recipe: &Recipe, step_timeout: u64) -> Vec<Component> {
                             v.name
                         ),
                         &v.content,
+                        v.not_applicable_when.as_ref().map(|_| v.name.as_str()),
                     )
                 )],
             },

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Bump when the way a base is built changes, so old caches are not reused.
-const BASE_FORMAT: &str = "bake-local-base/5";
+const BASE_FORMAT: &str = "bake-local-base/6";
 
 /// Every node base has these: init and device management, the cloud kernel, the guest agent
 /// that drives the VM, networking tools, and what a real node image ships and the hardening
@@ -44,6 +44,13 @@ pub const NODE_PACKAGES: &[&str] = &[
 /// installed kernel, with the configuration the packages left.
 const DIVERT_INITRAMFS: &str = "chroot \"$1\" dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs && ln -s /bin/true \"$1/usr/sbin/update-initramfs\"";
 const BUILD_INITRAMFS_ONCE: &str = "rm \"$1/usr/sbin/update-initramfs\" && chroot \"$1\" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs && echo 'I: building the initramfs once...' && chroot \"$1\" update-initramfs -c -k all";
+
+/// systemd-networkd runs, as on the EKS bases bake's recipes target (Ubuntu's netplan renders to
+/// it; AL2023 uses it directly, awslabs/amazon-eks-ami templates/al2023), so what a networkd
+/// restart does to a node's routes is judged here too. The VMs have no NIC, so networkd manages
+/// nothing until a check gives it a link, and systemd-networkd-wait-online (enabled with it)
+/// would wait its full two minutes for one at every boot: it stays off.
+const ENABLE_NETWORKD: &str = "chroot \"$1\" systemctl enable systemd-networkd.service && chroot \"$1\" systemctl disable systemd-networkd-wait-online.service";
 
 /// cloud-init settings of the local base (see `build`).
 const CLOUD_CFG: &str = "# bake local base: no locales package (C.UTF-8 needs none); only the NoCloud seed bake attaches\nlocale: C.UTF-8\ndatasource_list: [ NoCloud, None ]\n";
@@ -250,6 +257,7 @@ async fn build(
         format!("--customize-hook={BUILD_INITRAMFS_ONCE}"),
         // A node boots from the virtio disk straight into systemd; no fstab entries needed.
         "--customize-hook=echo bake-node > \"$1/etc/hostname\"".into(),
+        format!("--customize-hook={ENABLE_NETWORKD}"),
         // A minimal Debian has no `locales`: C.UTF-8 needs no generation, so cloud-init's locale
         // module succeeds instead of failing every first boot; it probes only the NoCloud seed.
         format!("--customize-hook=printf '%s' '{CLOUD_CFG}' > \"$1/etc/cloud/cloud.cfg.d/90-bake-local-base.cfg\""),
