@@ -859,14 +859,14 @@ async fn runs_under_random_throttling_5xx_and_latency_complete_or_fail_cleanly()
         );
         // Only complete releases are visible: every release directory has its manifest.
         let params = common::moto::parameters_under(moto, &prefix).await;
-        // (A release's package manifests are chunks beside its image IDs.)
+        // (A release's manifest, its index entry and its package manifests' chunks are
+        // beside its image IDs.)
         let images = params
             .iter()
             .filter(|p| {
                 let name = p.name().unwrap();
                 name.contains("/releases/")
-                    && !name.ends_with("/manifest")
-                    && !name.contains("/packages/")
+                    && (name.ends_with("/x86_64") || name.ends_with("/arm64"))
             })
             .count();
         let manifests = params

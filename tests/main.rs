@@ -16,6 +16,7 @@ mod kill;
 mod parser_props;
 mod pipeline_run;
 mod promotion;
+mod reads;
 mod registry;
 mod rehearsal;
 mod runner;

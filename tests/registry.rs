@@ -156,6 +156,96 @@ async fn ssm_the_newest_release_is_one_read_and_follows_every_publish() {
     }
 }
 
+/// Releases are listed from their index entries, one parameter each; a registry written before
+/// the index existed (manifests only) is listed part by part, and its next publish writes the
+/// missing entries and the marker, after which the listing is one level deep. A deleted release
+/// leaves both listings at once.
+#[tokio::test]
+async fn ssm_releases_are_listed_from_their_index_and_an_older_registry_is_indexed_on_publish() {
+    let moto = common::moto::Moto::get();
+    let sdk = moto.sdk().await;
+    let raw = aws_sdk_ssm::Client::new(&sdk);
+    let reg = ssm("/indexed").await;
+    // Two releases as a bake without the index wrote them: parts and manifest, no entry.
+    let mut old = Vec::new();
+    for n in 1..=2u32 {
+        let mut m = manifest(&[(Arch::X86_64, &format!("ami-0ccccccccccccc{n:02}"))]);
+        m.release = ReleaseId::new(chrono::NaiveDate::from_ymd_opt(2000, 1, 1).unwrap(), n);
+        let dir = format!("/indexed/eks-node/releases/{}", m.release);
+        for (name, value) in [
+            (
+                format!("{dir}/x86_64"),
+                m.images[&Arch::X86_64].image_id.clone(),
+            ),
+            (
+                format!("{dir}/manifest"),
+                serde_json::to_string(&m).unwrap(),
+            ),
+        ] {
+            raw.put_parameter()
+                .name(name)
+                .value(value)
+                .r#type(aws_sdk_ssm::types::ParameterType::String)
+                .send()
+                .await
+                .unwrap();
+        }
+        old.push(m);
+    }
+    assert_eq!(reg.releases("eks-node").await.unwrap(), old);
+    let new = reg
+        .publish(manifest(&[(Arch::X86_64, "ami-0cccccccccccccc03")]))
+        .await
+        .unwrap();
+    let listed = raw
+        .get_parameters_by_path()
+        .path("/indexed/eks-node/releases")
+        .recursive(false)
+        .send()
+        .await
+        .unwrap();
+    let mut entries: Vec<String> = listed
+        .parameters()
+        .iter()
+        .map(|p| p.name().unwrap().rsplit('/').next().unwrap().to_string())
+        .collect();
+    entries.sort();
+    assert_eq!(
+        entries,
+        [
+            old[0].release.to_string(),
+            old[1].release.to_string(),
+            new.release.to_string()
+        ]
+    );
+    let marker = raw
+        .get_parameter()
+        .name("/indexed/eks-node/indexed")
+        .send()
+        .await;
+    assert!(marker.is_ok(), "no marker: {marker:?}");
+    let mut all = old.clone();
+    all.push(new.clone());
+    assert_eq!(reg.releases("eks-node").await.unwrap(), all);
+    reg.delete_release("eks-node", &old[0].release)
+        .await
+        .unwrap();
+    assert_eq!(reg.releases("eks-node").await.unwrap(), all[1..]);
+    let left = raw
+        .get_parameters_by_path()
+        .path(format!("/indexed/eks-node/releases/{}", old[0].release))
+        .recursive(true)
+        .send()
+        .await
+        .unwrap();
+    assert!(left.parameters().is_empty(), "{:?}", left.parameters());
+    assert!(reg
+        .incomplete_releases("eks-node")
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 #[tokio::test]
 async fn published_releases_cannot_be_changed() {
     let dir = tempfile::tempdir().unwrap();
@@ -489,6 +579,12 @@ async fn ssm_a_channel_keeps_its_whole_history_and_its_pins_past_100_moves() {
     assert_eq!(history[0].reason.as_deref(), Some("move 1"));
     assert_eq!(history[0].release, a.release);
     assert_eq!(history[149].release, b.release);
+    // Where the channel points now is the last entry, read without its history.
+    assert_eq!(
+        reg.channel("eks-node", "nightly").await.unwrap().as_ref(),
+        history.last()
+    );
+    assert_eq!(reg.channel("eks-node", "never").await.unwrap(), None);
 
     let moto = common::moto::Moto::get();
     let client = aws_sdk_ssm::Client::new(&moto.sdk().await);
@@ -527,6 +623,8 @@ async fn ssm_a_move_whose_history_entry_was_not_written_is_recorded_by_the_next_
         history.iter().map(|e| e.version).collect::<Vec<_>>(),
         vec![1, 2]
     );
+    let now = reg.channel("eks-node", "dev").await.unwrap().unwrap();
+    assert_eq!((now.version, now.reason.as_deref()), (2, Some("move 2")));
     // ...and durable again after the next move.
     reg.move_channel("eks-node", "dev", moved(3)).await.unwrap();
     let back = client.get_parameter().name(entry).send().await.unwrap();

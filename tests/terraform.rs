@@ -527,8 +527,11 @@ async fn published(ssm: &aws_sdk_ssm::Client, prefix: &str) -> serde_json::Value
     while let Some(page) = pages.next().await {
         for p in page.unwrap().parameters() {
             let rest = p.name().unwrap().strip_prefix(&dir).unwrap();
-            let (release, leaf) = rest.split_once('/').unwrap();
-            // The module reads one level (not recursive): not the package manifest's chunks.
+            // The module reads one level under a release (not recursive): not the package
+            // manifest's chunks, nor bake's index entry (the release's own name).
+            let Some((release, leaf)) = rest.split_once('/') else {
+                continue;
+            };
             if leaf.contains('/') {
                 continue;
             }

@@ -125,13 +125,13 @@ pub async fn pins(
             }
         }
         Target::Channel(cluster) => {
-            let channels = registry.channels(recipe).await?;
-            let entry = channels.get(cluster).ok_or_else(|| {
-                Error::Usage(format!(
+            let Some(entry) = registry.channel(recipe, cluster).await? else {
+                let channels = registry.channels(recipe).await?;
+                return Err(Error::Usage(format!(
                     "recipe `{recipe}` has never been promoted to channel `{cluster}` (channels: {}); see `bake status`",
                     if channels.is_empty() { "none".to_string() } else { channels.keys().cloned().collect::<Vec<_>>().join(", ") }
-                ))
-            })?;
+                )));
+            };
             // A channel that still points at a revoked release is not pinned: move it first.
             registry.usable_release(recipe, &entry.release).await?;
             for a in entry.images.keys() {

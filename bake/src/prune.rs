@@ -204,24 +204,32 @@ pub async fn inputs(
     let deprecate_for = (provider.deprecates() && !retention.deprecate_for.is_zero()).then(|| {
         chrono::TimeDelta::from_std(retention.deprecate_for).unwrap_or(chrono::TimeDelta::MAX)
     });
-    let mut in_use = BTreeMap::new();
-    let mut deprecated = BTreeMap::new();
+    // Every image once, in as few calls as the provider can: what uses them, and (only for
+    // releases past `keep`, the only ones that can retire) when they were deprecated.
+    let mut all: Vec<String> = Vec::new();
+    let mut past_keep: Vec<String> = Vec::new();
+    let mut seen = BTreeSet::new();
     for (i, r) in releases.iter().enumerate() {
-        // Only releases past `keep` can retire: their deprecation state is all prune needs.
-        let may_go = i + keep < releases.len();
         for image in r.images.values() {
-            if in_use.contains_key(&image.image_id) {
-                continue;
-            }
-            if let Some(why) = provider.image_in_use(&image.image_id).await? {
-                in_use.insert(image.image_id.clone(), why);
-            } else if may_go && deprecate_for.is_some() {
-                if let Some(at) = provider.deprecation(&image.image_id).await? {
-                    deprecated.insert(image.image_id.clone(), at);
+            if seen.insert(image.image_id.clone()) {
+                all.push(image.image_id.clone());
+                if i + keep < releases.len() {
+                    past_keep.push(image.image_id.clone());
                 }
             }
         }
     }
+    let in_use = provider.images_in_use(&all).await?;
+    let deprecated = match deprecate_for {
+        Some(_) => {
+            let free: Vec<String> = past_keep
+                .into_iter()
+                .filter(|i| !in_use.contains_key(i))
+                .collect();
+            provider.deprecations(&free).await?
+        }
+        None => BTreeMap::new(),
+    };
     Ok(Inputs {
         releases,
         channels,

@@ -501,9 +501,14 @@ pub fn user_data(params: &std::collections::BTreeMap<String, String>) -> String 
 /// Registers an x86_64 AMI in moto (a base or a build output) and returns its ID.
 pub async fn register_x86(moto: &Moto, name: &str) -> String {
     let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    register_image(&ec2, &format!("{name}-{}", rand_suffix()), "x86_64").await
+}
+
+/// Registers an AMI named `name` for `arch` (`x86_64`, `arm64`) and returns its ID.
+pub async fn register_image(ec2: &aws_sdk_ec2::Client, name: &str, arch: &str) -> String {
     ec2.register_image()
-        .name(format!("{name}-{}", rand_suffix()))
-        .architecture(aws_sdk_ec2::types::ArchitectureValues::X8664)
+        .name(name)
+        .architecture(aws_sdk_ec2::types::ArchitectureValues::from(arch))
         .root_device_name("/dev/sda1")
         .send()
         .await

@@ -98,8 +98,8 @@ PAGED_EC2 = {"DescribeImages": b"imagesSet", "DescribeInstances": b"reservationS
 PAGE = 5
 
 
-def paginate(data, action, page):
-    """Cuts an EC2 answer to items [page, page+5) of its list and adds a nextToken if more."""
+def paginate(data, action, page, size=PAGE):
+    """Cuts an EC2 answer to items [page, page+size) of its list and adds a nextToken if more."""
     tag = PAGED_EC2[action]
     start = data.find(b"<" + tag + b">")
     end = data.rfind(b"</" + tag + b">")
@@ -116,17 +116,27 @@ def paginate(data, action, page):
             depth -= 1
             if depth == 0:
                 items.append(data[item_start:inner_start + m.end()])
-    chosen = items[page:page + PAGE]
+    chosen = items[page:page + size]
     out = data[:inner_start] + b"".join(chosen) + data[end:]
-    if page + PAGE < len(items):
+    if page + size < len(items):
         close = out.rfind(b"</")
-        out = out[:close] + b"<nextToken>proxy-page-%d</nextToken>" % (page + PAGE) + out[close:]
+        out = out[:close] + b"<nextToken>proxy-page-%d</nextToken>" % (page + size) + out[close:]
     return out
 
 
 def limits(service, action, form, record):
     """The limits EC2 and SSM enforce and moto does not: an error to answer, or None."""
     if service == "ec2":
+        # EC2 API reference, "Filter": up to 50 filters and 200 values per filter in a request.
+        values = {}
+        for k in form:
+            m = re.fullmatch(r"Filter\.(\d+)\.Value\.\d+", k)
+            if m:
+                values[m.group(1)] = values.get(m.group(1), 0) + 1
+        if len({re.fullmatch(r"Filter\.(\d+)\..*", k).group(1) for k in form if k.startswith("Filter.")}) > 50 \
+                or any(n > 200 for n in values.values()):
+            return {"code": "FilterLimitExceeded", "status": 400,
+                    "message": "The maximum number of filter values specified on a single call is 200"}
         specs = {}
         for k, vs in form.items():
             m = re.fullmatch(r"(TagSpecification\.\d+\.)?Tag\.(\d+)\.(Key|Value)", k)
@@ -290,15 +300,20 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         page = None
         if service == "ec2" and action in PAGED_EC2 and not names_ids(form, action):
             # EC2 answers in pages whatever the caller asks; a caller that reads only the
-            # first page misses the rest. Moto answers all at once: the proxy pages it by 5.
+            # first page misses the rest. Moto answers all at once: the proxy pages it by 5
+            # (or by `ec2_page`, for tests that count calls at the size EC2 really answers:
+            # up to 1000, at most what the caller asked for).
             token = (form.pop("NextToken", [""]) or [""])[0]
-            form.pop("MaxResults", None)
+            asked = int((form.pop("MaxResults", [""]) or [""])[0] or 10 ** 6)
+            page_size = min(asked, int(cfg.get("ec2_page") or PAGE))
             page = int(token[len("proxy-page-"):]) if token.startswith("proxy-page-") else 0
             body = encode_form(form)
         if service == "ssm" and action in ("GetParametersByPath", "GetParameterHistory", "DescribeParameters"):
-            # Pages of at most 5 (the real service stops at 10 or 50, and at any size it likes).
+            # Pages of at most 5 (the real service stops at 10 or 50, and at any size it likes;
+            # `ssm_page` sets the size for tests that count calls).
             req = json.loads(body or b"{}")
-            req["MaxResults"] = min(int(req.get("MaxResults") or 5), 5)
+            cap = int(cfg.get("ssm_page") or 5)
+            req["MaxResults"] = min(int(req.get("MaxResults") or cap), cap)
             body = json.dumps(req).encode()
         machine = MACHINES.configure(cfg)
         if service == "ec2" and action in ("EnableImageDeprecation", "DisableImageDeprecation"):
@@ -364,7 +379,7 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             DEPRECATIONS.pop((form.get("ImageId") or [""])[0], None)
             PROTECTION.pop((form.get("ImageId") or [""])[0], None)
         if page is not None and status == 200:
-            data = paginate(data, action, page)
+            data = paginate(data, action, page, page_size)
         if service == "eks" and action == "DescribeCluster" and status == 200:
             cluster = urllib.parse.unquote(urllib.parse.urlparse(self.path).path.split("/")[2])
             data = EKS.describe(region, cluster, data)

@@ -6,10 +6,12 @@ use super::{Global, Output};
 use crate::error::exit;
 use crate::pipeline::Pipeline;
 use crate::registry::Registry;
+use crate::release::{Manifest, ReleaseId};
 use crate::report::{age, table};
 use crate::{Arch, Result};
 use clap::Args;
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -54,15 +56,42 @@ async fn status_rows(
         if only.is_some_and(|r| r != bake.recipe.name) {
             continue;
         }
-        let releases = registry.releases(&bake.recipe.name).await?;
-        let channels = registry.channels(&bake.recipe.name).await?;
-        let latest = releases.last();
-        let mut revoked = std::collections::BTreeMap::new();
-        for m in &releases {
-            if let Some(r) = registry.revocation(&bake.recipe.name, &m.release).await? {
-                revoked.insert(m.release.clone(), r.reason);
+        let recipe = bake.recipe.name.as_str();
+        // What the rows show, each read once: the newest release (one parameter; the listing
+        // only for a registry that has no copy of it yet), where each of the pipeline's
+        // channels points, those releases' manifests and their revocations — never one read
+        // per release or per move.
+        let latest = match registry.newest_release(recipe).await? {
+            Some(m) => Some(m),
+            None => registry.releases(recipe).await?.pop(),
+        };
+        let mut channels = BTreeMap::new();
+        for (cluster, c) in &pipeline.clusters {
+            if bake.arches.iter().any(|a| c.arches.contains(a)) {
+                if let Some(e) = registry.channel(recipe, cluster).await? {
+                    channels.insert(cluster.clone(), e);
+                }
             }
         }
+        let mut shown: BTreeMap<ReleaseId, Option<Manifest>> = BTreeMap::new();
+        if let Some(m) = &latest {
+            shown.insert(m.release.clone(), Some(m.clone()));
+        }
+        for cluster in pipeline.clusters.keys() {
+            if let Some(e) = channels.get(cluster) {
+                if !shown.contains_key(&e.release) {
+                    let m = registry.release(recipe, &e.release).await?;
+                    shown.insert(e.release.clone(), m);
+                }
+            }
+        }
+        let mut revoked = BTreeMap::new();
+        for id in shown.keys() {
+            if let Some(r) = registry.revocation(recipe, id).await? {
+                revoked.insert(id.clone(), r.reason);
+            }
+        }
+        let latest = latest.as_ref();
         for &arch in &bake.arches {
             // The newest release first, then each cluster's channel.
             rows.push(StatusRow {
@@ -85,7 +114,9 @@ async fn status_rows(
                     continue;
                 }
                 let entry = channels.get(cluster);
-                let release = entry.and_then(|e| releases.iter().find(|m| m.release == e.release));
+                let release = entry
+                    .and_then(|e| shown.get(&e.release))
+                    .and_then(Option::as_ref);
                 rows.push(StatusRow {
                     recipe: bake.recipe.name.clone(),
                     arch,

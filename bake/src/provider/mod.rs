@@ -199,6 +199,19 @@ pub trait Provider: Send + Sync {
     /// uses it, it has deregistration protection), or None.
     async fn image_in_use(&self, image_id: &str) -> Result<Option<String>>;
 
+    /// [`Provider::image_in_use`] of many images: those that must not be deleted, with why.
+    /// Providers that can read many at once (EC2 filters) do it in calls that do not grow
+    /// with the number of images.
+    async fn images_in_use(&self, images: &[String]) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        for image in images {
+            if let Some(why) = self.image_in_use(image).await? {
+                out.insert(image.clone(), why);
+            }
+        }
+        Ok(out)
+    }
+
     /// The long-lived resources a bake of this recipe × arch would create or reuse (read-only).
     /// None for engines that create nothing beyond the run.
     async fn plan_resources(
@@ -255,9 +268,13 @@ pub trait Provider: Send + Sync {
         Ok(Default::default())
     }
 
-    /// When the image is (or will be) deprecated, if it is.
-    async fn deprecation(&self, _image_id: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
-        Ok(None)
+    /// When each of these images that is (or will be) deprecated is; none where images have
+    /// no deprecation (the local provider).
+    async fn deprecations(
+        &self,
+        _images: &[String],
+    ) -> Result<BTreeMap<String, chrono::DateTime<chrono::Utc>>> {
+        Ok(BTreeMap::new())
     }
 
     /// Deletes an image and what belongs to it (snapshots, files).

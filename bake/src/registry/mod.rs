@@ -164,6 +164,12 @@ pub trait Registry: Send + Sync {
     /// Where each channel of a recipe points now.
     async fn channels(&self, recipe: &str) -> Result<BTreeMap<String, ChannelEntry>>;
 
+    /// Where one channel points now (None: it never moved), read as cheaply as the registry
+    /// can: however long its history, however many other channels.
+    async fn channel(&self, recipe: &str, cluster: &str) -> Result<Option<ChannelEntry>> {
+        Ok(self.channel_history(recipe, cluster).await?.pop())
+    }
+
     /// Moves a channel, appending to its history.
     async fn move_channel(
         &self,

@@ -226,24 +226,6 @@ impl<'a> Images<'a> {
             .collect())
     }
 
-    /// The image's deprecation time, if it has one.
-    pub async fn deprecation(&self, image: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
-        self.limits.ec2.until_ready().await;
-        let described = self
-            .ec2
-            .describe_images()
-            .image_ids(image)
-            .send()
-            .await
-            .map_err(|e| err(format!("describing {image} in {}", self.region), e))?;
-        Ok(described
-            .images()
-            .first()
-            .and_then(|i| i.deprecation_time())
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&chrono::Utc)))
-    }
-
     /// Deletes a snapshot of a just-deregistered image. EC2 is eventually consistent: right
     /// after DeregisterImage the snapshot may still count as in use by it
     /// (`InvalidSnapshot.InUse`), so that answer is retried with backoff, up to a limit.
@@ -281,84 +263,22 @@ impl<'a> Images<'a> {
         }
     }
 
-    /// Why the image must not be deleted by the pipeline that publishes under `owner`: another
-    /// pipeline's `bake:prefix` is on it, an instance (running or stopped) or a launch template
-    /// version uses it, or it has deregistration protection.
+    /// Why the image must not be deleted by the pipeline that publishes under `owner` (see
+    /// [`Images::in_use_many`]), or None.
     pub async fn in_use(&self, image_id: &str, owner: &str) -> Result<Option<String>> {
-        self.limits.ec2.until_ready().await;
-        let described = self
-            .ec2
-            .describe_images()
-            .image_ids(image_id)
-            .send()
-            .await
-            .map_err(|e| err(format!("describing {image_id} in {}", self.region), e))?;
-        let image = described.images().first();
-        let theirs = super::list::tag(
-            image.map(|i| i.tags()).unwrap_or_default(),
-            super::OWNER_TAG,
-        );
-        if !theirs.is_empty() && theirs != owner {
-            return Ok(Some(format!(
-                "belongs to the pipeline that publishes under {theirs}, not {owner}"
-            )));
-        }
-        let list = self.lister();
-        let users = list
-            .instances(
-                &[
-                    Filter::builder().name("image-id").values(image_id).build(),
-                    not_terminated(),
-                ],
-                &format!("instances of {image_id}"),
-            )
-            .await?;
-        if let Some(i) = users.first() {
-            return Ok(Some(format!(
-                "is used by instance {}",
-                i.instance_id().unwrap_or("?")
-            )));
-        }
-        for t in list.launch_templates().await? {
-            let Some(id) = t.launch_template_id() else {
-                continue;
-            };
-            for v in list.launch_template_versions(id).await? {
-                if v.launch_template_data().and_then(|d| d.image_id()) == Some(image_id) {
-                    return Ok(Some(format!(
-                        "is used by launch template {} version {}",
-                        t.launch_template_name().unwrap_or(id),
-                        v.version_number().unwrap_or_default()
-                    )));
-                }
-            }
-        }
-        if let Some(p) = image.and_then(|i| i.deregistration_protection()) {
-            // enabled-with(out)-cooldown, or disabled-until <time> during a cooldown.
-            if p.starts_with("enabled") || p.starts_with("disabled-until") {
-                return Ok(Some(format!("has deregistration protection ({p})")));
-            }
-        }
-        Ok(None)
+        Ok(self
+            .in_use_many(&[image_id.to_string()], owner)
+            .await?
+            .remove(image_id))
     }
 
     /// Available copies of `source` in this region (tagged `bake:source-image`).
     pub async fn copies_of(&self, source: &str) -> Result<Vec<String>> {
-        let found = self
-            .lister()
-            .own_images(
-                &[Filter::builder()
-                    .name("tag:bake:source-image")
-                    .values(source)
-                    .build()],
-                &format!("copies of {source}"),
-            )
-            .await?;
-        Ok(found
-            .iter()
-            .filter(|i| i.state() == Some(&ImageState::Available))
-            .filter_map(|i| i.image_id().map(str::to_string))
-            .collect())
+        Ok(self
+            .copies_of_many(&[source.to_string()])
+            .await?
+            .remove(source)
+            .unwrap_or_default())
     }
 
     /// Starts an encrypted copy of `source` from `source_region` into this region, tagged at

@@ -24,6 +24,7 @@ pub mod ssm;
 mod state;
 pub mod tags;
 pub mod toe;
+mod usage;
 
 use super::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider};
 use crate::aws::{err, Limits};
@@ -39,6 +40,7 @@ use crate::{Arch, Error, Result};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{Filter, ImageState, Tag};
 use chrono::Utc;
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
 pub struct AwsProvider {
@@ -464,19 +466,32 @@ impl Provider for AwsProvider {
     }
 
     async fn image_in_use(&self, image_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .images_in_use(&[image_id.to_string()])
+            .await?
+            .remove(image_id))
+    }
+
+    async fn images_in_use(&self, images: &[String]) -> Result<BTreeMap<String, String>> {
         // Used, protected, or another pipeline's (whatever our registry says): never deleted.
-        if let Some(why) = self.images().in_use(image_id, self.owner()).await? {
-            return Ok(Some(why));
-        }
-        for images in self.copy_regions() {
-            for copy in images.copies_of(image_id).await? {
-                if let Some(why) = images.in_use(&copy, self.owner()).await? {
-                    let region = images.region();
-                    return Ok(Some(format!("its copy {copy} in {region} {why}")));
+        let mut out = self.images().in_use_many(images, self.owner()).await?;
+        for copies in self.copy_regions() {
+            let free: Vec<String> = images
+                .iter()
+                .filter(|i| !out.contains_key(*i))
+                .cloned()
+                .collect();
+            let copies_of = copies.copies_of_many(&free).await?;
+            let all: Vec<String> = copies_of.values().flatten().cloned().collect();
+            let used = copies.in_use_many(&all, self.owner()).await?;
+            for (source, those) in copies_of {
+                if let Some((copy, why)) = those.iter().find_map(|c| used.get(c).map(|w| (c, w))) {
+                    let region = copies.region();
+                    out.insert(source, format!("its copy {copy} in {region} {why}"));
                 }
             }
         }
-        Ok(None)
+        Ok(out)
     }
 
     async fn mark_published(
@@ -531,8 +546,11 @@ impl Provider for AwsProvider {
         self.reconcile_protection(recipe, wanted, apply).await
     }
 
-    async fn deprecation(&self, image_id: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
-        self.images().deprecation(image_id).await
+    async fn deprecations(
+        &self,
+        images: &[String],
+    ) -> Result<BTreeMap<String, chrono::DateTime<chrono::Utc>>> {
+        self.images().deprecations(images).await
     }
 
     async fn delete_image(&self, image_id: &str) -> Result<()> {

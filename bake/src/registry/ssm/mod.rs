@@ -3,6 +3,13 @@
 //! read back), `.../manifest` (written last, so readers only see complete releases),
 //! `<prefix>/<recipe>/channels/<cluster>/<arch>` and `.../release` (one parameter version per
 //! move; the history is the parameter history), and `<prefix>/<recipe>/lock`.
+//!
+//! Listing releases reads one parameter per release, not every part of every one: beside its
+//! `manifest`, each release has an index entry, `<prefix>/<recipe>/releases/<release>` itself
+//! (the same manifest), written right after it. A listing of `releases/` one level deep
+//! returns exactly those, ten to a page. `<prefix>/<recipe>/indexed` says every complete
+//! release has its entry: a registry written before the index existed is listed part by part
+//! until its next publish writes the missing entries (and the marker), under the recipe's lock.
 
 use super::{already_revoked, ChannelImage, LockInfo, Registry};
 use crate::aws::{code, err, Limits};
@@ -58,6 +65,13 @@ struct MoveNote {
 /// publish, so a run with nothing to do reads one parameter instead of every release.
 const NEWEST: &str = "newest";
 
+/// `<prefix>/<recipe>/indexed`: present once every complete release has its index entry.
+const INDEXED: &str = "indexed";
+
+/// The leaf name [`SsmRegistry::release_parts`] gives a release's index entry (the parameter
+/// named after the release itself).
+const INDEX_ENTRY: &str = "";
+
 /// How many moves back a move looks for ones whose history entry a killed run did not write
 /// (GetParameters takes at most 10 names).
 const BACKFILL: u64 = 10;
@@ -94,6 +108,10 @@ impl SsmRegistry {
     /// Writes `value` at `name` unless it is there already with that value (a run finishing a
     /// release it started); a different value is a conflict.
     async fn put_once(&self, name: &str, value: &str) -> Result<()> {
+        self.put_once_as(name, value, Data::Image).await
+    }
+
+    async fn put_once_as(&self, name: &str, value: &str, data: Data) -> Result<()> {
         match self.get(name).await? {
             Some(p) if p.value() == Some(value) => Ok(()),
             Some(p) => Err(Error::Conflict(format!(
@@ -101,7 +119,7 @@ impl SsmRegistry {
                 self.region,
                 p.value().unwrap_or_default()
             ))),
-            None => self.put(name, value, Data::Image, Write::Once, None).await.map(|_| ()),
+            None => self.put(name, value, data, Write::Once, None).await.map(|_| ()),
         }
     }
 
@@ -211,6 +229,15 @@ impl SsmRegistry {
 
     /// Every parameter under `path`, recursively.
     async fn list(&self, path: &str) -> Result<Vec<aws_sdk_ssm::types::Parameter>> {
+        self.list_at(path, true).await
+    }
+
+    /// Every parameter under `path`: one level down, or (`recursive`) at any depth.
+    async fn list_at(
+        &self,
+        path: &str,
+        recursive: bool,
+    ) -> Result<Vec<aws_sdk_ssm::types::Parameter>> {
         let mut out = Vec::new();
         let mut token = None;
         loop {
@@ -219,7 +246,7 @@ impl SsmRegistry {
                 .client
                 .get_parameters_by_path()
                 .path(path)
-                .recursive(true)
+                .recursive(recursive)
                 .set_next_token(token)
                 .send()
                 .await
@@ -328,12 +355,11 @@ impl SsmRegistry {
             let Some(rest) = name.strip_prefix(&format!("{base}/")) else {
                 continue;
             };
-            if let Some((id, leaf)) = rest.split_once('/') {
-                if let Ok(id) = id.parse::<ReleaseId>() {
-                    out.entry(id)
-                        .or_default()
-                        .insert(leaf.to_string(), p.value().unwrap_or_default().to_string());
-                }
+            let (id, leaf) = rest.split_once('/').unwrap_or((rest, INDEX_ENTRY));
+            if let Ok(id) = id.parse::<ReleaseId>() {
+                out.entry(id)
+                    .or_default()
+                    .insert(leaf.to_string(), p.value().unwrap_or_default().to_string());
             }
         }
         Ok(out)
@@ -380,10 +406,13 @@ impl Registry for SsmRegistry {
 
     async fn releases(&self, recipe: &str) -> Result<Vec<Manifest>> {
         let base = self.path(recipe, "releases");
+        let indexed = self.get(&self.path(recipe, INDEXED)).await?.is_some();
         let mut out = Vec::new();
-        for p in self.list(&base).await? {
+        // Indexed: the entries one level down, one per release. Not yet: every part of every
+        // release, keeping the manifests.
+        for p in self.list_at(&base, !indexed).await? {
             let name = p.name().unwrap_or_default();
-            if !name.ends_with("/manifest") {
+            if !indexed && !name.ends_with("/manifest") {
                 continue;
             }
             let manifest: Manifest =
@@ -405,7 +434,7 @@ impl Registry for SsmRegistry {
                 && !parts.is_empty()
                 && parts
                     .iter()
-                    .filter(|(leaf, _)| !leaf.starts_with("packages/"))
+                    .filter(|(leaf, _)| !leaf.starts_with("packages/") && *leaf != INDEX_ENTRY)
                     .all(|(leaf, value)| {
                         leaf.parse::<Arch>()
                             .ok()
@@ -471,6 +500,28 @@ impl Registry for SsmRegistry {
             Some(format!("bake release {}", manifest.release)),
         )
         .await?;
+        // The index entry, and those of complete releases that lack one (written before the
+        // index existed, or by a run that died between the two); then the marker.
+        self.put_once_as(&dir, &json, Data::Text).await?;
+        for (id, parts) in &written {
+            if let (Some(m), false) = (parts.get("manifest"), parts.contains_key(INDEX_ENTRY)) {
+                if id != &manifest.release {
+                    let entry = super::release_dir(&self.prefix, &recipe, id);
+                    self.put_once_as(&entry, m, Data::Text).await?;
+                }
+            }
+        }
+        let marker = self.path(&recipe, INDEXED);
+        if self.get(&marker).await?.is_none() {
+            self.put(
+                &marker,
+                "every complete release has its index entry",
+                Data::Text,
+                Write::Overwrite,
+                Some("bake: releases are listed from their index entries (<prefix>/<recipe>/releases/<release>)".into()),
+            )
+            .await?;
+        }
         // Then the copy a scheduled run reads, unless a newer release is already complete.
         let newer = written
             .iter()
@@ -489,6 +540,16 @@ impl Registry for SsmRegistry {
             .await?;
         }
         Ok(manifest)
+    }
+
+    /// One release by its manifest parameter: one call, however many releases there are.
+    async fn release(&self, recipe: &str, id: &ReleaseId) -> Result<Option<Manifest>> {
+        let name = format!("{}/manifest", super::release_dir(&self.prefix, recipe, id));
+        let Some(p) = self.get(&name).await? else {
+            return Ok(None);
+        };
+        self.json(&name, p.value().unwrap_or_default(), "release manifest")
+            .map(Some)
     }
 
     async fn newest_release(&self, recipe: &str) -> Result<Option<Manifest>> {
@@ -548,8 +609,10 @@ impl Registry for SsmRegistry {
 
     async fn delete_release(&self, recipe: &str, id: &ReleaseId) -> Result<()> {
         let dir = super::release_dir(&self.prefix, recipe, id);
-        // The manifest first: the release stops being visible before its parts go.
-        self.delete(&[format!("{dir}/manifest")]).await?;
+        // The index entry and the manifest first, in one call: the release stops being visible
+        // (to either listing) before its parts go.
+        self.delete(&[dir.clone(), format!("{dir}/manifest")])
+            .await?;
         self.delete_under(&dir).await?;
         for replica in &self.replicas {
             replica.delete_under(&dir).await?;
@@ -703,6 +766,29 @@ impl Registry for SsmRegistry {
         }
         self.record_move(recipe, cluster, &entry).await?;
         Ok(entry)
+    }
+
+    /// The channel's `release` parameter (its version is the move's) and that move's durable
+    /// entry: two reads. A move whose entry a killed run did not write yet is read from the
+    /// parameter's own history.
+    async fn channel(&self, recipe: &str, cluster: &str) -> Result<Option<ChannelEntry>> {
+        let name = self.path(recipe, &format!("channels/{cluster}/release"));
+        let Some(current) = self.get(&name).await? else {
+            return Ok(None);
+        };
+        let version = current.version() as u64;
+        let entry_name = self.history_entry(recipe, cluster, version);
+        if let Some(p) = self.get(&entry_name).await? {
+            let entry: ChannelEntry = self.json(
+                &entry_name,
+                p.value().unwrap_or_default(),
+                "channel history entry",
+            )?;
+            if entry.version == version {
+                return Ok(Some(entry));
+            }
+        }
+        Ok(self.parameter_history(recipe, cluster).await?.pop())
     }
 
     async fn channel_image(

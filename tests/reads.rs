@@ -1,0 +1,264 @@
+//! Reads that do not grow with the registry: the emulator's registry grows from 10 releases to
+//! 1,000 (2,000 images), written directly as bake writes them (each arch's AMI parameter, the
+//! package manifests, the release manifest and its index entry, the newest copy), and the calls each reading
+//! command makes are counted at the proxy at both sizes. Pages are the sizes AWS answers
+//! (GetParametersByPath: 10; EC2 Describe: up to 1,000), so the counts are what an account
+//! would see. Growth shows up here as a number, not as a slow test.
+
+use crate::common::moto::{self, Moto};
+use crate::common::Project;
+use bake::release::{Manifest, ReleaseId, ReleaseImage};
+use bake::Arch;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+const PREFIX: &str = "/reads";
+const RECIPE: &str = "eks-node";
+
+/// Writes releases `from..to` of eks-node (both arches, an AMI each) straight to the emulator
+/// (not through the proxy, so no count includes them), as `SsmRegistry::publish` lays them out.
+async fn grow(moto: &Moto, from: u32, to: u32) -> Vec<ReleaseId> {
+    let sdk = moto.sdk().await;
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let ssm = aws_sdk_ssm::Client::new(&sdk);
+    let date = chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+    for n in from..to {
+        let (ec2, ssm, gate) = (ec2.clone(), ssm.clone(), gate.clone());
+        tasks.spawn(async move {
+            let _slot = gate.acquire().await.unwrap();
+            let id = ReleaseId::new(date, n + 1);
+            let dir = format!("{PREFIX}/{RECIPE}/releases/{id}");
+            let mut images = BTreeMap::new();
+            for arch in [Arch::X86_64, Arch::Arm64] {
+                let image = moto::register_image(
+                    &ec2,
+                    &format!("bake-{RECIPE}-{id}-{arch}"),
+                    &arch.to_string(),
+                )
+                .await;
+                let put = |name: String, value: String| {
+                    ssm.put_parameter()
+                        .name(name)
+                        .value(value)
+                        .r#type(aws_sdk_ssm::types::ParameterType::String)
+                };
+                put(format!("{dir}/{arch}"), image.clone())
+                    .data_type("aws:ec2:image")
+                    .send()
+                    .await
+                    .unwrap();
+                let packages = bake::packages::encode("base-files 12.4 amd64\nudev 252.30 amd64\n");
+                for (i, chunk) in packages.iter().enumerate() {
+                    put(format!("{dir}/packages/{arch}/{i:02}"), chunk.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                }
+                images.insert(
+                    arch,
+                    ReleaseImage {
+                        image_id: image,
+                        key: bake::key::BakeKey::from_hex(&format!("{n:064x}")),
+                        base: "ami-0base".into(),
+                        validated_at: chrono::Utc::now(),
+                        validators: BTreeMap::new(),
+                        packages_sha256: None,
+                        kubelet: Some("1.31.2".into()),
+                        packages: None,
+                        run_id: format!("run-{n}"),
+                        copies: BTreeMap::new(),
+                    },
+                );
+            }
+            let manifest = Manifest {
+                recipe: RECIPE.into(),
+                release: id.clone(),
+                provider: "aws".into(),
+                tool_version: "test".into(),
+                created_at: chrono::Utc::now(),
+                images,
+            };
+            // The manifest, then the release's index entry (the parameter named after it).
+            for name in [format!("{dir}/manifest"), dir.clone()] {
+                ssm.put_parameter()
+                    .name(name)
+                    .value(serde_json::to_string(&manifest).unwrap())
+                    .r#type(aws_sdk_ssm::types::ParameterType::String)
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            manifest
+        });
+    }
+    let mut written: Vec<Manifest> = Vec::new();
+    while let Some(m) = tasks.join_next().await {
+        written.push(m.unwrap());
+    }
+    written.sort_by(|a, b| a.release.cmp(&b.release));
+    let newest = serde_json::to_string(written.last().unwrap()).unwrap();
+    for (leaf, value) in [
+        ("newest", newest.as_str()),
+        ("indexed", "every complete release has its index entry"),
+    ] {
+        ssm.put_parameter()
+            .name(format!("{PREFIX}/{RECIPE}/{leaf}"))
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .unwrap();
+    }
+    written.into_iter().map(|m| m.release).collect()
+}
+
+/// Runs `bake <args>` and returns its JSON and the calls it made (actions, in order).
+fn counted(p: &Project, moto: &Moto, args: &[&str]) -> (Value, Vec<String>) {
+    let before = moto.records().len();
+    let (code, out, stderr) = moto::bake(p, moto, args);
+    assert_eq!(code, 0, "{args:?}: {out:#}\n{stderr}");
+    let key = p.access_key();
+    let calls = moto.records()[before..]
+        .iter()
+        .filter(|r| r["key"] == key.as_str())
+        .map(|r| r["action"].as_str().unwrap_or_default().to_string())
+        .collect();
+    (out, calls)
+}
+
+/// The calls of each command on the registry as it is now. The promotion goes first, so the
+/// reads after it see the same channels at both sizes.
+fn measure(p: &Project, moto: &Moto, release: &str) -> BTreeMap<&'static str, Vec<String>> {
+    let pipeline = ["-p", "pipelines/aws.toml"];
+    let mut out = BTreeMap::new();
+    let (_, calls) = counted(
+        p,
+        moto,
+        &[
+            &["promote", RECIPE, release, "--to", "staging"][..],
+            &pipeline,
+        ]
+        .concat(),
+    );
+    out.insert("promote", calls);
+    let (_, calls) = counted(p, moto, &["status", "-p", "pipelines/aws.toml"]);
+    out.insert("status", calls);
+    let (_, calls) = counted(p, moto, &[&["releases", RECIPE][..], &pipeline].concat());
+    out.insert("releases", calls);
+    let (_, calls) = counted(
+        p,
+        moto,
+        &[&["prune", RECIPE, "--keep", "5"][..], &pipeline].concat(),
+    );
+    out.insert("prune", calls);
+    let (_, calls) = counted(
+        p,
+        moto,
+        &[&["pin", RECIPE, release][..], &pipeline].concat(),
+    );
+    out.insert("pin", calls);
+    let (_, calls) = counted(
+        p,
+        moto,
+        &[&["history", RECIPE, "--cluster", "staging"][..], &pipeline].concat(),
+    );
+    out.insert("history", calls);
+    out
+}
+
+/// How many calls of each action.
+fn tally(calls: &[String]) -> BTreeMap<&str, usize> {
+    let mut out = BTreeMap::new();
+    for c in calls {
+        *out.entry(c.as_str()).or_default() += 1;
+    }
+    out
+}
+
+/// 10 releases, then 1,000: each reading command makes the same number of calls at both sizes
+/// (or stays within what the issue sets), however many releases and images there are.
+#[tokio::test(flavor = "multi_thread")]
+async fn reading_commands_make_as_many_calls_at_1000_releases_as_at_10() {
+    let moto = Moto::get();
+    moto.set_config(json!({"ec2_page": 1000, "ssm_page": 10}));
+    let p = moto::project(PREFIX);
+    moto::x86_only(&p);
+    let first = grow(moto, 0, 10).await;
+    let (older, newer) = (first[4].to_string(), first[5].to_string());
+    // A channel that has moved once already, as in any registry in use.
+    counted(
+        &p,
+        moto,
+        &[
+            "promote",
+            RECIPE,
+            &older,
+            "--to",
+            "staging",
+            "-p",
+            "pipelines/aws.toml",
+        ],
+    );
+    let small = measure(&p, moto, &newer);
+    let started = std::time::Instant::now();
+    grow(moto, 10, 1000).await;
+    eprintln!("wrote 990 releases in {:?}", started.elapsed());
+    let big = measure(&p, moto, &older);
+    let report: Vec<String> = big
+        .keys()
+        .map(|c| {
+            format!(
+                "{c}: {} → {} {:?}",
+                small[c].len(),
+                big[c].len(),
+                tally(&big[c])
+            )
+        })
+        .collect();
+    eprintln!("calls at 10 → 1,000 releases:\n{}", report.join("\n"));
+    // Flat: the same calls at both sizes, within the issue's bounds.
+    for (command, bound) in [("status", 20), ("pin", 10), ("history", 10)] {
+        assert!(
+            big[command].len() <= bound && big[command].len() <= small[command].len(),
+            "{command} grew: {report:#?}"
+        );
+    }
+    // A promotion reads at most 10 (besides its lock and the move it writes), at any size.
+    let reads = |calls: &[String]| {
+        calls
+            .iter()
+            .filter(|a| a.starts_with("Get") || a.starts_with("Describe"))
+            .count()
+    };
+    assert!(
+        reads(&big["promote"]) <= 10 && big["promote"].len() <= small["promote"].len(),
+        "promote grew: {report:#?}"
+    );
+    // Listing releases reads one index entry per release, ten to a page.
+    assert!(big["releases"].len() <= 110, "{report:#?}");
+    // Prune's EC2 reads do not grow with the images beyond one call per 200 (the filter limit)
+    // per listing: what uses them, when they were deprecated, the instances; the launch
+    // templates once. Its registry reads are the release listing above (the one read that
+    // still grows, a page per ten releases) and the channels'.
+    let ec2 = big["prune"]
+        .iter()
+        .filter(|a| a.starts_with("Describe"))
+        .count();
+    assert!(
+        ec2 <= 3 * 2000 / 200 + 5,
+        "prune's EC2 reads grew: {report:#?}"
+    );
+    let ssm = big["prune"].len() - ec2;
+    // The release listing (1,000 / 10 pages and the marker) and, per channel (three), its
+    // durable history and the parameter's own.
+    assert!(
+        ssm <= 1000 / 10 + 1 + 3 * 4,
+        "prune's registry reads grew: {report:#?}"
+    );
+    // Every one of those calls, batched filters and one-level listings included, is allowed by
+    // the printed policy.
+    moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
+}
