@@ -15,6 +15,9 @@ use std::collections::BTreeMap;
 const PREFIX: &str = "/reads";
 const RECIPE: &str = "eks-node";
 
+/// Moves of the dev channel between the two measurements: six pages of its durable history.
+const MOVES: usize = 60;
+
 /// Writes releases `from..to` of eks-node (both arches, an AMI each) straight to the emulator
 /// (not through the proxy, so no count includes them), as `SsmRegistry::publish` lays them out.
 async fn grow(moto: &Moto, from: u32, to: u32) -> Vec<ReleaseId> {
@@ -169,6 +172,33 @@ fn measure(p: &Project, moto: &Moto, release: &str) -> BTreeMap<&'static str, Ve
     out
 }
 
+/// Moves dev to `release` once per `n`, by bake's own registry (not through the proxy, so no
+/// count includes them), as a nightly `bake run` with `promote_to = "dev"` does.
+async fn nightly(moto: &Moto, release: &ReleaseId, n: std::ops::Range<usize>) {
+    use bake::registry::Registry;
+    let registry = bake::registry::SsmRegistry::new(
+        &moto.sdk().await,
+        bake::names::SsmPath::parse(PREFIX).unwrap(),
+        Default::default(),
+    );
+    let manifest = registry.release(RECIPE, release).await.unwrap().unwrap();
+    for n in n {
+        let images = manifest
+            .images
+            .iter()
+            .map(|(a, i)| (*a, i.image_id.clone()))
+            .collect();
+        let change = bake::release::ChannelMove {
+            release: release.clone(),
+            images,
+            from: None,
+            who: "scheduler@ci".into(),
+            reason: Some(format!("nightly {n}")),
+        };
+        registry.move_channel(RECIPE, "dev", change).await.unwrap();
+    }
+}
+
 /// How many calls of each action.
 fn tally(calls: &[String]) -> BTreeMap<&str, usize> {
     let mut out = BTreeMap::new();
@@ -178,8 +208,9 @@ fn tally(calls: &[String]) -> BTreeMap<&str, usize> {
     out
 }
 
-/// 10 releases, then 1,000: each reading command makes the same number of calls at both sizes
-/// (or stays within what the issue sets), however many releases and images there are.
+/// 10 releases, then 1,000 and 60 more moves of one channel: each reading command makes the
+/// same number of calls at both sizes (or stays within what the issue sets), however many
+/// releases, images and moves there are — except `history`, which shows them all.
 #[tokio::test(flavor = "multi_thread")]
 async fn reading_commands_make_as_many_calls_at_1000_releases_as_at_10() {
     let moto = Moto::get();
@@ -202,18 +233,27 @@ async fn reading_commands_make_as_many_calls_at_1000_releases_as_at_10() {
             "pipelines/aws.toml",
         ],
     );
+    // Dev moved by a nightly schedule, as in any registry in use: once before the first
+    // measurement, so both sizes show the same channels and releases.
+    nightly(moto, &first[3], 0..1).await;
     let small = measure(&p, moto, &newer);
     let started = std::time::Instant::now();
+    // The nightly promotions to dev of three years, then its releases.
+    nightly(moto, &first[3], 1..MOVES).await;
     grow(moto, 10, 1000).await;
-    eprintln!("wrote 990 releases in {:?}", started.elapsed());
+    eprintln!(
+        "wrote {MOVES} moves and 990 releases in {:?}",
+        started.elapsed()
+    );
     let big = measure(&p, moto, &older);
     let report: Vec<String> = big
         .keys()
         .map(|c| {
             format!(
-                "{c}: {} → {} {:?}",
+                "{c}: {} → {} {:?} → {:?}",
                 small[c].len(),
                 big[c].len(),
+                tally(&small[c]),
                 tally(&big[c])
             )
         })
@@ -252,10 +292,12 @@ async fn reading_commands_make_as_many_calls_at_1000_releases_as_at_10() {
         "prune's EC2 reads grew: {report:#?}"
     );
     let ssm = big["prune"].len() - ec2;
-    // The release listing (1,000 / 10 pages and the marker) and, per channel (three), its
-    // durable history and the parameter's own.
+    // The release listing (1,000 / 10 pages, the empty last one and the marker), the channels'
+    // names (the marker and one listing), and per channel (three) its last moves: the
+    // parameter, its durable entry and the moves before it in one GetParameters (a channel
+    // that never moved reads its parameter, that parameter's history and the empty listing).
     assert!(
-        ssm <= 1000 / 10 + 1 + 3 * 4,
+        ssm <= 1000 / 10 + 1 + 1 + 2 + 3 * 3,
         "prune's registry reads grew: {report:#?}"
     );
     // Every one of those calls, batched filters and one-level listings included, is allowed by

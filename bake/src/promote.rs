@@ -303,10 +303,7 @@ pub async fn apply(
         reason,
         dry_run,
     } = *meta;
-    let current = registry
-        .channels(&release.recipe)
-        .await?
-        .remove(cluster_name);
+    let current = registry.channel(&release.recipe, cluster_name).await?;
     if let Some(entry) = &current {
         if entry.release == release.release {
             return Ok(Promotion::AlreadyThere {

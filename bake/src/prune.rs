@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct Inputs {
     /// Releases, oldest first.
     pub releases: Vec<Manifest>,
-    /// Channel histories, oldest first.
+    /// Channel histories, oldest first: at least their last `history + 1` moves.
     pub channels: BTreeMap<String, Vec<ChannelEntry>>,
     /// Images that must not be deleted, with why (in use, protected).
     pub in_use: BTreeMap<String, String>,
@@ -196,10 +196,14 @@ pub async fn inputs(
     let releases = registry.releases(recipe).await?;
     let mut channels = BTreeMap::new();
     // Every channel with history, including clusters no longer in the pipeline.
-    let mut names: BTreeSet<String> = registry.channels(recipe).await?.into_keys().collect();
+    let mut names: BTreeSet<String> = registry.channel_names(recipe).await?.into_iter().collect();
     names.extend(clusters.into_iter().cloned());
     for c in names {
-        channels.insert(c.clone(), registry.channel_history(recipe, &c).await?);
+        // Only the moves prune protects: the current one and `history` before it.
+        channels.insert(
+            c.clone(),
+            registry.recent_moves(recipe, &c, history + 1).await?,
+        );
     }
     let deprecate_for = (provider.deprecates() && !retention.deprecate_for.is_zero()).then(|| {
         chrono::TimeDelta::from_std(retention.deprecate_for).unwrap_or(chrono::TimeDelta::MAX)

@@ -164,10 +164,28 @@ pub trait Registry: Send + Sync {
     /// Where each channel of a recipe points now.
     async fn channels(&self, recipe: &str) -> Result<BTreeMap<String, ChannelEntry>>;
 
+    /// The channels of a recipe that ever moved, without reading where they point.
+    async fn channel_names(&self, recipe: &str) -> Result<Vec<String>> {
+        Ok(self.channels(recipe).await?.into_keys().collect())
+    }
+
     /// Where one channel points now (None: it never moved), read as cheaply as the registry
     /// can: however long its history, however many other channels.
     async fn channel(&self, recipe: &str, cluster: &str) -> Result<Option<ChannelEntry>> {
         Ok(self.channel_history(recipe, cluster).await?.pop())
+    }
+
+    /// The last `n` moves of a channel, oldest first (all of them if it moved fewer times):
+    /// what prune protects, read without the rest of the history where the registry can.
+    async fn recent_moves(
+        &self,
+        recipe: &str,
+        cluster: &str,
+        n: usize,
+    ) -> Result<Vec<ChannelEntry>> {
+        let mut history = self.channel_history(recipe, cluster).await?;
+        let older = history.len().saturating_sub(n);
+        Ok(history.split_off(older))
     }
 
     /// Moves a channel, appending to its history.

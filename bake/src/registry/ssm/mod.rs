@@ -10,6 +10,9 @@
 //! returns exactly those, ten to a page. `<prefix>/<recipe>/indexed` says every complete
 //! release has its entry: a registry written before the index existed is listed part by part
 //! until its next publish writes the missing entries (and the marker), under the recipe's lock.
+//! Channels likewise: `<prefix>/<recipe>/channels/<cluster>` names a channel that moved
+//! (`channels-indexed` once all have one), and where a channel points now is its `release`
+//! parameter and that move's durable entry — two reads, however long its history.
 
 use super::{already_revoked, ChannelImage, LockInfo, Registry};
 use crate::aws::{code, err, Limits};
@@ -71,6 +74,11 @@ const INDEXED: &str = "indexed";
 /// The leaf name [`SsmRegistry::release_parts`] gives a release's index entry (the parameter
 /// named after the release itself).
 const INDEX_ENTRY: &str = "";
+
+/// `<prefix>/<recipe>/channels-indexed`: present once every channel that ever moved has its
+/// index entry, `<prefix>/<recipe>/channels/<cluster>` (its name), so the channels are found by
+/// a one-level listing instead of every history entry of every channel.
+const CHANNELS_INDEXED: &str = "channels-indexed";
 
 /// How many moves back a move looks for ones whose history entry a killed run did not write
 /// (GetParameters takes at most 10 names).
@@ -217,6 +225,36 @@ impl SsmRegistry {
             Ok(_) | Err(Error::Conflict(_)) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Writes a moved channel's index entry (once), and, in a registry that has no marker yet,
+    /// those of every channel that moved before the index existed, then the marker.
+    async fn index_channel(&self, recipe: &str, cluster: &str) -> Result<()> {
+        let once = |c: String| async move {
+            let name = self.path(recipe, &format!("channels/{c}"));
+            match self.put(&name, &c, Data::Text, Write::Once, None).await {
+                Ok(_) | Err(Error::Conflict(_)) => Ok(()),
+                Err(e) => Err(e),
+            }
+        };
+        once(cluster.to_string()).await?;
+        let marker = self.path(recipe, CHANNELS_INDEXED);
+        if self.get(&marker).await?.is_none() {
+            for c in self.channel_names(recipe).await? {
+                if c != cluster {
+                    once(c).await?;
+                }
+            }
+            self.put(
+                &marker,
+                "every channel that moved has its index entry",
+                Data::Text,
+                Write::Overwrite,
+                Some("bake: channels are listed from their index entries (<prefix>/<recipe>/channels/<cluster>)".into()),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     fn path(&self, recipe: &str, rest: &str) -> String {
@@ -659,24 +697,38 @@ impl Registry for SsmRegistry {
         Ok(merged.into_values().collect())
     }
 
-    async fn channels(&self, recipe: &str) -> Result<BTreeMap<String, ChannelEntry>> {
+    /// The channels that ever moved: their index entries, one level under `channels/`, once the
+    /// registry has them all; before that, found among every parameter under `channels/`.
+    async fn channel_names(&self, recipe: &str) -> Result<Vec<String>> {
         let base = self.path(recipe, "channels");
-        let mut clusters = Vec::new();
-        for p in self.list(&base).await? {
-            let name = p.name().unwrap_or_default();
-            if let Some(cluster) = name
+        let indexed = self
+            .get(&self.path(recipe, CHANNELS_INDEXED))
+            .await?
+            .is_some();
+        let mut names = std::collections::BTreeSet::new();
+        for p in self.list_at(&base, !indexed).await? {
+            let rest = p
+                .name()
+                .unwrap_or_default()
                 .strip_prefix(&format!("{base}/"))
-                .and_then(|r| r.strip_suffix("/release"))
-            {
-                clusters.push(cluster.to_string());
+                .unwrap_or_default();
+            let cluster = if indexed {
+                Some(rest)
+            } else {
+                rest.strip_suffix("/release")
+            };
+            if let Some(c) = cluster.filter(|c| !c.is_empty() && !c.contains('/')) {
+                names.insert(c.to_string());
             }
         }
+        Ok(names.into_iter().collect())
+    }
+
+    async fn channels(&self, recipe: &str) -> Result<BTreeMap<String, ChannelEntry>> {
         let mut out = BTreeMap::new();
-        for c in clusters {
-            // The current entry is the newest version, which SSM always keeps: no need to read
-            // every durable entry of the channel's history.
-            if let Some(last) = self.parameter_history(recipe, &c).await?.pop() {
-                out.insert(c, last);
+        for c in self.channel_names(recipe).await? {
+            if let Some(current) = self.channel(recipe, &c).await? {
+                out.insert(c, current);
             }
         }
         Ok(out)
@@ -765,6 +817,7 @@ impl Registry for SsmRegistry {
             }
         }
         self.record_move(recipe, cluster, &entry).await?;
+        self.index_channel(recipe, cluster).await?;
         Ok(entry)
     }
 
@@ -789,6 +842,56 @@ impl Registry for SsmRegistry {
             }
         }
         Ok(self.parameter_history(recipe, cluster).await?.pop())
+    }
+
+    /// The current move and the durable entries of the `n - 1` before it, ten a call; the
+    /// whole history only if one of those entries is missing (a killed run's move).
+    async fn recent_moves(
+        &self,
+        recipe: &str,
+        cluster: &str,
+        n: usize,
+    ) -> Result<Vec<ChannelEntry>> {
+        let Some(current) = self.channel(recipe, cluster).await?.filter(|_| n > 0) else {
+            return Ok(Vec::new());
+        };
+        let first = current.version.saturating_sub(n as u64 - 1).max(1);
+        let names: Vec<String> = (first..current.version)
+            .map(|v| self.history_entry(recipe, cluster, v))
+            .collect();
+        let mut out = Vec::new();
+        for chunk in names.chunks(10) {
+            self.wait().await;
+            let found = self
+                .client
+                .get_parameters()
+                .set_names(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| {
+                    err(
+                        format!("reading the history of {cluster} in {}", self.region),
+                        e,
+                    )
+                })?;
+            for p in found.parameters() {
+                let name = p.name().unwrap_or_default();
+                out.push(self.json::<ChannelEntry>(
+                    name,
+                    p.value().unwrap_or_default(),
+                    "channel history entry",
+                )?);
+            }
+        }
+        out.sort_by_key(|e| e.version);
+        let complete = out.iter().map(|e| e.version).eq(first..current.version);
+        if !complete {
+            let mut history = self.channel_history(recipe, cluster).await?;
+            let older = history.len().saturating_sub(n);
+            return Ok(history.split_off(older));
+        }
+        out.push(current);
+        Ok(out)
     }
 
     async fn channel_image(
