@@ -9,6 +9,9 @@ use crate::Result;
 use async_trait::async_trait;
 use std::time::Duration;
 
+pub mod batch;
+pub use batch::{Job, Outcome};
+
 /// What a command in the guest ended with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ran {
@@ -73,6 +76,21 @@ pub trait Guest: Send {
         env: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<Ran>;
+
+    /// Runs `jobs` one after another, each with its own environment and limit, and returns how
+    /// each ended, in order (a job that did not finish is an `Err` of its own). This default
+    /// sends them one by one; a transport where each command is a round trip sends them as one
+    /// ([`batch`]). An error means the jobs could not be run at all.
+    async fn run_each(&mut self, label: &str, jobs: &[Job<'_>]) -> Result<Vec<Outcome>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let env: Vec<(&str, &str)> = job.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let label = format!("{label} {}", job.name);
+            let ran = self.run(&label, job.script, &env, job.timeout).await;
+            out.push(ran.map_err(|e| e.to_string()));
+        }
+        Ok(out)
+    }
 
     /// The whole stdout of `producer` (shell), however long: directly when the transport
     /// cuts nothing, else staged in a file in the guest and read back in slices that each fit

@@ -51,6 +51,7 @@ nodes that instances launched with join user data register (kubeapi.py): "node_r
 STS: moto names an unknown key's caller `arn:aws:sts::<account>:user/moto`; STS writes a user's
 ARN in the iam namespace, so GetCallerIdentity says `arn:aws:iam::<account>:user/moto`.
 """
+import base64
 import http.server
 import json
 import re
@@ -72,6 +73,8 @@ CONFIG = sys.argv[2]
 PORT = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 CALLS = os.path.join(os.path.dirname(CONFIG), "calls.jsonl")
 LOCK = threading.Lock()
+# A script of a batch as bake's guest/batch.rs sends it: its header, then its bytes in base64.
+BATCH_JOB = re.compile(r"^# bake-job (\d+): (.*)\necho '([A-Za-z0-9+/=]*)' \| base64 -d", re.M)
 OUTCOMES = {}                   # command id -> rule
 FIRST_ASKED = {}                # instance id -> RunInstances answer, or first DescribeInstanceInformation
 FAULTS_USED = {}                # fault index -> times injected
@@ -673,14 +676,39 @@ class Proxy(http.server.BaseHTTPRequestHandler):
     def remember(self, req, resp, cfg):
         text = "\n".join((req.get("Parameters") or {}).get("commands") or [])
         command_id = (resp.get("Command") or {}).get("CommandId")
+        jobs = BATCH_JOB.findall(text)
+        if jobs:
+            # A scripted instance has no shell: each script of a batch (bake's guest/batch.rs)
+            # is answered by the rules as if it had been sent alone, in the batch's answer.
+            OUTCOMES[command_id] = {"status": "Success", "exit_code": 0,
+                                    "stdout": self.batch_answer(jobs, cfg)}
+            return
+        rule = self.scripted(text, cfg)
+        if rule is not None:
+            OUTCOMES[command_id] = rule
+
+    @staticmethod
+    def scripted(text, cfg):
+        """The test's rule for a command of this text, if one matches."""
         for rule in cfg.get("commands", []):
             if rule.get("match") and rule["match"] in text:
-                OUTCOMES[command_id] = rule
-                return
+                return rule
         for needle, stdout in cfg.get("default_stdout", {}).items():
             if needle in text:
-                OUTCOMES[command_id] = {"status": "Success", "exit_code": 0, "stdout": stdout}
-                return
+                return {"status": "Success", "exit_code": 0, "stdout": stdout}
+        return None
+
+    def batch_answer(self, jobs, cfg):
+        out = ["bake-batch inline"]
+        for index, label, script in jobs:
+            text = "# bake: %s\n%s" % (label, base64.b64decode(script).decode("utf-8", "replace"))
+            rule = self.scripted(text, cfg) or {}
+            # A script stopped at its limit exits as `timeout` makes it.
+            code = 124 if rule.get("status") == "TimedOut" else rule.get("exit_code", 0)
+            out.append("bake-job %s %d" % (index, code))
+            for stream in ("stdout", "stderr"):
+                out.append(base64.b64encode(rule.get(stream, "").encode()).decode())
+        return "\n".join(out) + "\n"
 
     def forward(self, method, body):
         req = urllib.request.Request(UPSTREAM + self.path, data=body if method == "POST" else None, method=method)

@@ -87,13 +87,15 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
         tracing::info!(recipe = cx.recipe, arch = %cx.arch, os = %prepared.os(), image_root = ?prepared.image_root, "canary prepared");
 
         let join = self.join_timeout.map(|j| j.as_secs().to_string());
-        let mut results = Vec::new();
+        // Each validator's place in the catalog, its result once known: those bake judges from
+        // the cluster's API first (they wait for the join), then every script in one batch.
+        let mut results: Vec<Option<CheckResult>> = vec![None; self.validators.len()];
+        let mut jobs = Vec::new();
         let planned = crate::canary::plan(self.validators, &prepared, self.no_cluster);
         for (i, planned) in planned.into_iter().enumerate() {
             let (v, extra) = match planned {
                 Planned::Settled(r) => {
-                    r.log(cx.recipe, cx.arch);
-                    results.push(r);
+                    results[i] = Some(r);
                     continue;
                 }
                 Planned::Run(v, extra) => (v, extra),
@@ -108,56 +110,73 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
                 ));
                 let result = self.judge_from_cluster(v, node_name.as_deref(), cx).await?;
                 keep_log(&logs, &result, "(judged by bake from the cluster's API)\n");
-                result.log(cx.recipe, cx.arch);
-                results.push(result);
+                results[i] = Some(result);
                 continue;
             }
-            let mut env: Vec<(&str, &str)> = cx.env().to_vec();
-            env.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
-            let mut limit = self.timeout;
-            let mut waits = String::new();
+            let mut env: Vec<(&str, String)> =
+                cx.env().iter().map(|(k, v)| (*k, v.to_string())).collect();
+            env.extend(extra);
+            let mut timeout = self.timeout;
             if let (true, Some(join_timeout), Some(join)) =
                 (v.needs_cluster, self.join_timeout, join.as_deref())
             {
                 // A cluster check waits for the canary to join, up to join_timeout; its
                 // command may take that long and a minute more.
-                env.push(("BAKE_JOIN_TIMEOUT", join));
+                env.push(("BAKE_JOIN_TIMEOUT", join.to_string()));
                 if let Some(node) = node_name.as_deref() {
-                    env.push(("BAKE_NODE_NAME", node));
+                    env.push(("BAKE_NODE_NAME", node.to_string()));
                 }
-                limit = limit.max(join_timeout + Duration::from_secs(60));
-                waits = format!(
-                    " (waiting up to {} for the canary to join)",
-                    humantime::format_duration(join_timeout)
-                );
+                timeout = timeout.max(join_timeout + Duration::from_secs(60));
             }
-            cx.phase(&format!(
-                "validator {}/{} {}{waits}",
-                i + 1,
-                self.validators.len(),
-                v.name
+            jobs.push((
+                i,
+                v,
+                crate::guest::Job {
+                    name: &v.name,
+                    script: &v.content,
+                    env,
+                    timeout,
+                },
             ));
-            let label = format!("{} {} validator {}", cx.recipe, cx.arch, v.name);
-            // A validator that could not run (an agent or API error) fails the bake, which
-            // retries next time; only the validator's own verdict may reject the image.
-            let ran = guest
-                .run(&label, &v.content, &env, limit)
+        }
+        if !jobs.is_empty() {
+            let names: Vec<&str> = jobs.iter().map(|(_, v, _)| v.name.as_str()).collect();
+            cx.phase(&format!(
+                "validators {} ({} of {}, one after another, up to {})",
+                names.join(", "),
+                jobs.len(),
+                self.validators.len(),
+                humantime::format_duration(jobs.iter().map(|(_, _, j)| j.timeout).sum())
+            ));
+            let batch: Vec<crate::guest::Job> = jobs.iter().map(|(_, _, j)| j.clone()).collect();
+            let label = format!("{} {} validator", cx.recipe, cx.arch);
+            let outcomes = guest
+                .run_each(&label, &batch)
                 .await
-                .map_err(|e| {
+                .map_err(|e| cx.error(self.name(), format!("validators could not run: {e}")))?;
+            for ((i, v, _), ran) in jobs.iter().zip(outcomes) {
+                // A validator that could not run (an agent or API error, its limit) fails the
+                // bake, which retries next time; only the validator's own verdict may reject
+                // the image.
+                let ran = ran.map_err(|e| {
                     cx.error(
                         self.name(),
                         format!("validator {} could not run: {e}", v.name),
                     )
                 })?;
-            let result = crate::validate::judged(v, ran.exit_code, &ran.stdout, &ran.stderr)
-                .map_err(|why| cx.error(self.name(), why))?;
-            keep_log(
-                &logs,
-                &result,
-                &format!("## stdout\n{}\n## stderr\n{}", ran.stdout, ran.stderr),
-            );
-            result.log(cx.recipe, cx.arch);
-            results.push(result);
+                let result = crate::validate::judged(v, ran.exit_code, &ran.stdout, &ran.stderr)
+                    .map_err(|why| cx.error(self.name(), why))?;
+                keep_log(
+                    &logs,
+                    &result,
+                    &format!("## stdout\n{}\n## stderr\n{}", ran.stdout, ran.stderr),
+                );
+                results[*i] = Some(result);
+            }
+        }
+        let mut results: Vec<CheckResult> = results.into_iter().flatten().collect();
+        for r in &results {
+            r.log(cx.recipe, cx.arch);
         }
         // Last, once first boot and the join are over: bootstrap scripts, cloud-init's
         // package_upgrade or a snap refresh change software at boot, which no image check sees.

@@ -4,6 +4,7 @@
 //! stderr. The agent runs commands as root with only `PATH` set.
 
 use crate::aws::{code, err, Limits, Poll};
+use crate::guest::batch::{self, Job, Outcome, Printed};
 use crate::guest::{Guest, Ran};
 use crate::long_output::SSM_STDOUT_LIMIT;
 use crate::{Error, Result};
@@ -239,5 +240,48 @@ impl Guest for SsmGuest {
             "#!/bin/bash\n# bake: {label}\n{exports}f=$(mktemp /var/tmp/bake-XXXXXX)\n{write}chmod 0700 \"$f\"\n\"$f\"\nrc=$?\nrm -f \"$f\"\nexit $rc\n"
         );
         self.command(label, &wrapper, timeout).await
+    }
+
+    /// The jobs in as few commands as their scripts fit in (each command a send, polls and an
+    /// output fetch on AWS), their outputs read whole even past the 24,000-character cut.
+    async fn run_each(&mut self, label: &str, jobs: &[Job<'_>]) -> Result<Vec<Outcome>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for chunk in batch::chunks(jobs, MAX_INLINE_FILE.div_ceil(3) * 4) {
+            let script = batch::script(label, chunk, SSM_STDOUT_LIMIT - 1_000);
+            let names: Vec<&str> = chunk.iter().map(|j| j.name).collect();
+            let label = format!("{label} {}", names.join(" "));
+            let ran = self.command(&label, &script, batch::limit(chunk)).await?;
+            let instance = self.instance.clone();
+            let fail =
+                |why: String| Error::provider("aws", format!("{label}: on {instance}: {why}"));
+            if ran.exit_code != 0 {
+                return Err(fail(format!(
+                    "the batch exited {}: {}",
+                    ran.exit_code,
+                    ran.tail(8)
+                )));
+            }
+            match batch::parse(&ran.stdout, chunk).map_err(fail)? {
+                Printed::Whole(outcomes) => out.extend(outcomes),
+                Printed::Kept { exit_codes, dir } => {
+                    let read = Duration::from_secs(120);
+                    for (i, (job, rc)) in chunk.iter().zip(exit_codes).enumerate() {
+                        let what = format!("{label} {} output", job.name);
+                        let stdout = self
+                            .read_output(&what, &format!("cat '{dir}/{i}.out'"), read)
+                            .await
+                            .map_err(fail)?;
+                        let stderr = self
+                            .read_output(&what, &format!("cat '{dir}/{i}.err'"), read)
+                            .await
+                            .map_err(fail)?;
+                        out.push(batch::outcome(job, rc, stdout, stderr));
+                    }
+                    let clean = format!("#!/bin/bash\nrm -rf '{dir}'\n");
+                    self.command(&label, &clean, read).await?;
+                }
+            }
+        }
+        Ok(out)
     }
 }
