@@ -182,8 +182,8 @@ fn every_input_changes_the_key() {
             Box::new(|p: &Project| {
                 p.edit(
                     "validators/catalog.toml",
-                    "script = \"mac-policy.sh\"\n",
-                    "script = \"mac-policy.sh\"\nreads_image = true\n",
+                    "script = \"pod-network.sh\"\n",
+                    "script = \"pod-network.sh\"\nreads_image = true\n",
                 )
             }),
         ),

@@ -455,6 +455,7 @@ async fn the_image_builder_documents_build_and_test_on_real_vms() {
             "test step {name} exited {rc}:\n{out}\n{err}"
         );
     }
+    audit_changes_nothing(&d, &tester, &p).await;
     // The incident on the same instance: without the drop-in the test phase fails.
     let dropin = &recipe.files[0].dest;
     let (status, ..) = d.run(&tester, &format!("rm -f '{dropin}'"), 60).await;
@@ -476,6 +477,73 @@ async fn the_image_builder_documents_build_and_test_on_real_vms() {
     );
     d.terminate(&tester).await;
     let _ = d.ec2.deregister_image().image_id(&image).send().await;
+}
+
+/// What a node runs on, as a live-node check could change it: its links, ip rules, routes,
+/// and whether networkd or udevd restarted.
+const NODE_STATE: &str = "ip -o link | sed 's/^[0-9]*: //; s/[:@].*//' | sort; ip rule; ip route show table all | sort; \
+    systemctl show -p MainPID -p NRestarts -p ActiveEnterTimestampMonotonic systemd-networkd systemd-udevd";
+
+/// Every validator the catalog declares safe on a live node (`audit = true`), run as an audit
+/// runs it (`BAKE_AUDIT=1`) on a booted hardened node: it passes within a minute and leaves the
+/// node's links, rules, routes and services as they were, and no file outside its temp dir.
+async fn audit_changes_nothing(d: &Driver, node: &str, p: &Project) {
+    let catalog = bake::validate::Catalog::load(&p.dir.path().join("validators")).unwrap();
+    let (status, _, before, err) = d
+        .run(
+            node,
+            &format!("{NODE_STATE}\ntouch /var/tmp/bake-audit-stamp"),
+            60,
+        )
+        .await;
+    assert_eq!(status, "Success", "{err}");
+    let mut audited = Vec::new();
+    for name in catalog.names() {
+        let v = catalog.get(&name).unwrap();
+        if !v.audit || !(v.applies_to.is_empty() || v.applies_to.iter().any(|d| d == "debian")) {
+            continue;
+        }
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &v.content);
+        let script = format!(
+            "f=$(mktemp)\necho '{b64}' | base64 -d > \"$f\"\nchmod 0700 \"$f\"\n\
+             BAKE_AUDIT=1 timeout 60 \"$f\"\nrc=$?\nrm -f \"$f\"\nexit $rc\n"
+        );
+        let started = std::time::Instant::now();
+        let (status, rc, out, err) = d.run(node, &script, 90).await;
+        assert_eq!(
+            (status.as_str(), rc),
+            ("Success", 0),
+            "{name} under BAKE_AUDIT=1:\n{out}\n{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{name} took {:?}",
+            started.elapsed()
+        );
+        audited.push(name);
+    }
+    assert!(
+        audited.contains(&"mac-policy".to_string())
+            && audited.contains(&"networkd-keeps-foreign-routes".to_string()),
+        "{audited:?}"
+    );
+    // The agent keeps its own records (/var/lib/amazon, /var/log) and journald its journal;
+    // nothing else may have been written since the stamp.
+    let find = "find / -xdev \\( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp \
+        -o -path /var/tmp -o -path /var/log -o -path /var/lib/amazon \\) -prune -o -newer /var/tmp/bake-audit-stamp -print";
+    let (status, _, after, err) = d
+        .run(
+            node,
+            &format!("{NODE_STATE}\necho '## written'\n{find}\nrm -f /var/tmp/bake-audit-stamp"),
+            120,
+        )
+        .await;
+    assert_eq!(status, "Success", "{err}");
+    assert_eq!(
+        format!("{before}## written\n"),
+        after,
+        "the audited checks {audited:?} changed the node"
+    );
 }
 
 /// SIGKILL while a recipe step really runs on the builder VM; `sweep --apply` then leaves no

@@ -23,6 +23,18 @@ setting() {
 routes=$(setting ManageForeignRoutes); rules=$(setting ManageForeignRoutingPolicyRules)
 echo "networkd.conf: ManageForeignRoutes=${routes:-yes (default)} ManageForeignRoutingPolicyRules=${rules:-yes (default)}"
 
+# On a live node (`bake audit`, BAKE_AUDIT=1) a restart is the very thing this check guards
+# against: judge the configuration only (systemd booleans: no, false, off, 0).
+if [ "${BAKE_AUDIT:-}" = 1 ]; then
+  off() { case "$1" in no|false|off|0) return 0 ;; *) return 1 ;; esac; }
+  if off "$routes" && off "$rules"; then
+    echo "networkd.conf leaves foreign routes and rules alone (judged from the configuration, as on a live node nothing is restarted)"
+    exit 0
+  fi
+  echo "networkd.conf lets systemd-networkd remove foreign routes or rules (ManageForeignRoutes=${routes:-yes} ManageForeignRoutingPolicyRules=${rules:-yes}): its next restart cuts the pods off"
+  exit 1
+fi
+
 link=bakenf$$
 table=$((30000 + $$ % 10000))
 prio=32100

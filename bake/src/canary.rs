@@ -164,6 +164,7 @@ mod tests {
             reads_image,
             applies_to: applies_to.iter().map(|s| s.to_string()).collect(),
             not_applicable_when: None,
+            audit: false,
         }
     }
 

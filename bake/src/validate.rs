@@ -119,6 +119,8 @@ struct RawValidator {
     applies_to: Vec<String>,
     #[serde(default)]
     not_applicable_when: Option<Spanned<String>>,
+    #[serde(default)]
+    audit: Option<Spanned<bool>>,
 }
 
 /// One validator from the catalog.
@@ -146,6 +148,10 @@ pub struct Validator {
     /// condition only the running canary can tell (which service manages the network). None:
     /// that exit is a failure.
     pub not_applicable_when: Option<String>,
+    /// Safe to run on a live node, to tell whether it is still as baked: run with
+    /// `BAKE_AUDIT=1` it changes nothing a node runs on (no restart, no `udevadm trigger`, no
+    /// link or file left behind, only its own temp dir), in bounded time.
+    pub audit: bool,
 }
 
 /// All validators defined in `validators/catalog.toml`.
@@ -195,6 +201,11 @@ impl Catalog {
                     "validator `{name}`: not_applicable_when must say when the check does not apply"
                 ),
                 ));
+            }
+            if let Some(audit) = v.audit.as_ref().filter(|a| *a.get_ref() && v.reads_image) {
+                return Err(at(audit.span(), format!(
+                    "validator `{name}`: audit = true, but it reads the image as shipped (reads_image), which a running node does not have"
+                )));
             }
             let (script, content) = match (v.judged_by, v.script) {
                 (JudgedBy::Script, None) => {
@@ -250,6 +261,7 @@ impl Catalog {
                     reads_image: v.reads_image,
                     applies_to: v.applies_to,
                     not_applicable_when: v.not_applicable_when.map(Spanned::into_inner),
+                    audit: v.audit.is_some_and(|a| a.into_inner()),
                 },
             );
         }
@@ -518,6 +530,9 @@ mod tests {
         let e = refused("checks = \"x\"\nscript = \"ok.sh\"\nnot_applicable_when = \" \"");
         assert!(e.contains("must say when the check does not apply"), "{e}");
         assert!(e.contains("catalog.toml:4"), "{e}");
+        let e = refused("checks = \"x\"\nscript = \"ok.sh\"\nreads_image = true\naudit = true");
+        assert!(e.contains("which a running node does not have"), "{e}");
+        assert!(e.contains("catalog.toml:5"), "{e}");
         std::fs::write(
             dir.path().join("catalog.toml"),
             "[v]\nchecks = \"x\"\njudged_by = \"cluster-api\"\nneeds_cluster = true\n",
@@ -541,6 +556,7 @@ mod tests {
             reads_image: false,
             applies_to: Vec::new(),
             not_applicable_when: when.map(str::to_string),
+            audit: false,
         }
     }
 
