@@ -180,11 +180,11 @@ pub async fn promote(
     pipeline: &Pipeline,
     req: &Request<'_>,
 ) -> Result<Promotion> {
-    let cluster = cluster(pipeline, req.to)?;
+    let cluster = pipeline.cluster(req.to)?;
     let release = registry.usable_release(req.recipe, req.release).await?;
     check_release(&release, req.to, cluster)?;
     if let Some(from) = req.from {
-        self::cluster(pipeline, from)?;
+        pipeline.cluster(from)?;
         if from == req.to {
             return Err(Error::Usage(format!("--from and --to are both `{from}`")));
         }
@@ -220,7 +220,7 @@ pub async fn rollback(
     req: &Rollback<'_>,
 ) -> Result<Promotion> {
     let (recipe, cluster_name, to) = (req.recipe, req.cluster, req.to);
-    let cluster = cluster(pipeline, cluster_name)?;
+    let cluster = pipeline.cluster(cluster_name)?;
     let history = registry.channel_history(recipe, cluster_name).await?;
     let current = history.last().ok_or_else(|| {
         Error::Usage(format!("channel `{cluster_name}` of `{recipe}` has never pointed anywhere; nothing to roll back"))
@@ -263,21 +263,6 @@ pub async fn rollback(
         dry_run: req.dry_run,
     };
     apply(registry, &release, cluster_name, cluster, &meta).await
-}
-
-fn cluster<'p>(pipeline: &'p Pipeline, name: &str) -> Result<&'p Cluster> {
-    pipeline.clusters.get(name).ok_or_else(|| {
-        Error::Usage(format!(
-            "cluster `{name}` is not defined in {} (defined: {})",
-            pipeline.file.display(),
-            pipeline
-                .clusters
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-    })
 }
 
 /// What a channel move records besides the release: where from, who, why; or a dry run.

@@ -345,6 +345,17 @@ impl Pipeline {
         })
     }
 
+    /// A cluster of the pipeline, or a usage error naming the clusters it defines.
+    pub fn cluster(&self, name: &str) -> Result<&Cluster, crate::Error> {
+        self.clusters.get(name).ok_or_else(|| {
+            crate::Error::Usage(format!(
+                "cluster `{name}` is not defined in {} (defined: {})",
+                self.file.display(),
+                self.clusters.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
     /// The bake entry of a recipe, or a usage error naming the recipes the pipeline has.
     pub fn bake(&self, recipe: &str) -> Result<&Bake, crate::Error> {
         self.bakes

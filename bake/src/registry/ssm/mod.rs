@@ -257,6 +257,26 @@ impl SsmRegistry {
         Ok(())
     }
 
+    /// Up to ten durable history entries of `cluster` by name, in one GetParameters.
+    async fn history_entries(
+        &self,
+        cluster: &str,
+        names: &[String],
+    ) -> Result<aws_sdk_ssm::operation::get_parameters::GetParametersOutput> {
+        self.wait().await;
+        self.client
+            .get_parameters()
+            .set_names(Some(names.to_vec()))
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!("reading the history of {cluster} in {}", self.region),
+                    e,
+                )
+            })
+    }
+
     fn path(&self, recipe: &str, rest: &str) -> String {
         super::under(&self.prefix, recipe, rest)
     }
@@ -797,19 +817,7 @@ impl Registry for SsmRegistry {
                 .iter()
                 .map(|e| self.history_entry(recipe, cluster, e.version))
                 .collect();
-            self.wait().await;
-            let found = self
-                .client
-                .get_parameters()
-                .set_names(Some(names.clone()))
-                .send()
-                .await
-                .map_err(|e| {
-                    err(
-                        format!("reading the history of {cluster} in {}", self.region),
-                        e,
-                    )
-                })?;
+            let found = self.history_entries(cluster, &names).await?;
             for (e, name) in recent.iter().zip(&names) {
                 if found.invalid_parameters().contains(name) {
                     self.record_move(recipe, cluster, e).await?;
@@ -861,19 +869,7 @@ impl Registry for SsmRegistry {
             .collect();
         let mut out = Vec::new();
         for chunk in names.chunks(10) {
-            self.wait().await;
-            let found = self
-                .client
-                .get_parameters()
-                .set_names(Some(chunk.to_vec()))
-                .send()
-                .await
-                .map_err(|e| {
-                    err(
-                        format!("reading the history of {cluster} in {}", self.region),
-                        e,
-                    )
-                })?;
+            let found = self.history_entries(cluster, chunk).await?;
             for p in found.parameters() {
                 let name = p.name().unwrap_or_default();
                 out.push(self.json::<ChannelEntry>(
