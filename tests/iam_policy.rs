@@ -217,6 +217,14 @@ fn what_bake_must_never_do_is_denied_by_the_printed_policy() {
             ),
         ),
         (
+            "run a command on a node of a recipe this pipeline does not bake",
+            req(
+                "ssm:SendCommand",
+                ec2("instance", "i-0123456789abcdef0"),
+                json!({"aws:ResourceTag/bake:recipe": "team-b-node", "ssm:resourceTag/bake:recipe": "team-b-node"}),
+            ),
+        ),
+        (
             "delete an untagged security group",
             req(
                 "ec2:DeleteSecurityGroup",

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod audit;
 mod aws;
 mod aws_mocks;
 mod bad_input;

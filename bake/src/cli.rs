@@ -81,6 +81,13 @@ pub enum Command {
     IamPolicy(commands::iam_policy::IamPolicyArgs),
     /// Recipes × arches × channels: which release each cluster runs, validated when, age.
     Status(commands::status::StatusArgs),
+    /// Are the running nodes still what their image was? Finds the nodes of the recipes'
+    /// releases and, through SSM, runs on each the checks the catalog declares safe on a live
+    /// node (`audit = true`) and compares its packages with the manifest captured at bake.
+    /// Read-only. Exit 0 all as baked, 3 drift found, 1 a node could not be judged.
+    ///
+    /// Example: bake audit -p pipelines/aws.toml --recipe eks-node --output json
+    Audit(commands::audit::AuditArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -163,5 +170,6 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Resume(a) => commands::resume::run(a, g).await,
         Command::IamPolicy(a) => commands::iam_policy::run(a, g).await,
         Command::Status(a) => commands::status::run(a, g).await,
+        Command::Audit(a) => commands::audit::run(a, g).await,
     }
 }

@@ -166,6 +166,15 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
             "Resource": ec2("instance/*"),
             "Condition": {"StringEquals": {"ssm:resourceTag/bake:prefix": owner}}
         }),
+        // `bake audit`: the eks-node module's nodes of this pipeline's recipes (its
+        // `bake:recipe` tag), and only the read-only checks bake sends them.
+        json!({
+            "Sid": "AuditThePipelinesNodes",
+            "Effect": "Allow",
+            "Action": "ssm:SendCommand",
+            "Resource": ec2("instance/*"),
+            "Condition": {"StringEquals": {"ssm:resourceTag/bake:recipe": pipeline.bakes.iter().map(|b| b.recipe.name.clone()).collect::<Vec<_>>()}}
+        }),
         json!({
             "Sid": "TheRunShellScriptDocument",
             "Effect": "Allow",

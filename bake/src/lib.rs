@@ -4,6 +4,7 @@
 //! One module per noun of the domain; README.md says what each word means and draws the layout.
 
 pub mod arch;
+pub mod audit;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod canary;

@@ -3,6 +3,7 @@
 //! errors to exit codes. What several commands share is here: the pipeline/registry arguments,
 //! opening a pipeline's provider and registry, the recipe lock around a write, JSON output.
 
+pub mod audit;
 pub mod diff;
 pub mod history;
 pub mod iam_policy;
@@ -173,6 +174,37 @@ async fn open(
                         .with_replicas(&config, &settings.copy_regions),
                 ),
             ))
+        }
+    }
+}
+
+/// Runs a `--notify` command: `body` as JSON on its stdin, `BAKE_EXIT_CODE` set. Its failure
+/// (or more than 60 s) is logged and changes nothing else.
+async fn notify(command: &str, body: &serde_json::Value, code: u8) {
+    use tokio::io::AsyncWriteExt;
+    let child = tokio::process::Command::new("/bin/sh")
+        .args(["-c", command])
+        .env("BAKE_EXIT_CODE", code.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("--notify: cannot run `{command}`: {e}");
+            return;
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(body.to_string().as_bytes()).await;
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(60), child.wait()).await {
+        Ok(Ok(status)) if status.success() => {}
+        Ok(Ok(status)) => tracing::warn!("--notify: `{command}` exited {status}"),
+        Ok(Err(e)) => tracing::warn!("--notify: `{command}`: {e}"),
+        Err(_) => {
+            let _ = child.kill().await;
+            tracing::warn!("--notify: `{command}` took longer than 60 s and was stopped");
         }
     }
 }

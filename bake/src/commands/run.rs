@@ -65,38 +65,13 @@ pub async fn run(args: &RunArgs, g: &Global) -> Result<u8> {
 
 /// Runs the `--notify` command with the run's JSON summary on stdin.
 async fn notify_hook(command: &str, summary: &RunSummary, error: Option<&Error>) {
-    use tokio::io::AsyncWriteExt;
     let code = error.map(Error::exit_code).unwrap_or(exit::OK);
     let body = serde_json::json!({
         "summary": summary,
         "error": error.map(|e| e.to_string()),
         "exit_code": code,
     });
-    let child = tokio::process::Command::new("/bin/sh")
-        .args(["-c", command])
-        .env("BAKE_EXIT_CODE", code.to_string())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!("--notify: cannot run `{command}`: {e}");
-            return;
-        }
-    };
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(body.to_string().as_bytes()).await;
-    }
-    match tokio::time::timeout(std::time::Duration::from_secs(60), child.wait()).await {
-        Ok(Ok(status)) if status.success() => {}
-        Ok(Ok(status)) => tracing::warn!("--notify: `{command}` exited {status}"),
-        Ok(Err(e)) => tracing::warn!("--notify: `{command}`: {e}"),
-        Err(_) => {
-            let _ = child.kill().await;
-            tracing::warn!("--notify: `{command}` took longer than 60 s and was stopped");
-        }
-    }
+    super::notify(command, &body, code).await;
 }
 
 pub(super) fn print_run(output: Output, summary: &RunSummary, error: Option<&Error>) {

@@ -151,9 +151,41 @@ impl Protection {
     }
 }
 
+/// A running node built from one of bake's images, as `bake audit` finds it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetNode {
+    /// The node's name (the eks-node module's `bake:node` tag, else `Name`, else its ID).
+    pub name: String,
+    pub instance: String,
+    pub image: String,
+    pub launched: Option<DateTime<Utc>>,
+    /// The EKS cluster it was joined to, where its tags say (`bake:cluster`).
+    pub cluster: Option<String>,
+}
+
+/// What a provider whose images run as long-lived nodes offers `bake audit`: finding them and
+/// reaching inside one. A capability: providers without a fleet to audit do not have it.
+#[async_trait]
+pub trait Fleet: Send + Sync {
+    /// The running nodes whose image is one of `images`, in calls that do not grow per node.
+    async fn nodes(&self, images: &[String]) -> Result<Vec<FleetNode>>;
+
+    /// The node's guest, once its agent answers (within `wait`); an error names why not.
+    async fn guest(
+        &self,
+        node: &FleetNode,
+        wait: std::time::Duration,
+    ) -> Result<Box<dyn crate::guest::Guest>>;
+}
+
 #[async_trait]
 pub trait Provider: Send + Sync {
     fn name(&self) -> &'static str;
+
+    /// The running nodes of bake's images, where this provider has them (`bake audit`).
+    fn fleet(&self) -> Option<&dyn Fleet> {
+        None
+    }
 
     /// Resolves the recipe's base for `arch` to an exact ID, with no side effects.
     async fn resolve_base(&self, recipe: &Recipe, arch: Arch) -> Result<BaseImage>;

@@ -99,6 +99,9 @@ resource "aws_instance" "node" {
     "bake:recipe"          = var.recipe
     "bake:arch"            = var.arch
     "bake:image-parameter" = each.value.image_parameter
+    }, var.cluster == null ? {} : {
+    # The EKS cluster the node joins: `bake audit --cluster` finds a cluster's nodes by it.
+    "bake:cluster" = var.cluster.name
   })
 
   lifecycle {

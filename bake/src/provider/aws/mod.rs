@@ -12,6 +12,7 @@ mod cluster_api;
 mod create;
 mod distribute;
 mod eks_token;
+pub mod fleet;
 pub mod image;
 mod image_copy;
 pub mod imagebuilder;
@@ -289,6 +290,10 @@ fn client_token(parts: &[&str]) -> String {
 
 #[async_trait]
 impl Provider for AwsProvider {
+    fn fleet(&self) -> Option<&dyn crate::provider::Fleet> {
+        Some(self)
+    }
+
     fn name(&self) -> &'static str {
         "aws"
     }

@@ -1,0 +1,283 @@
+//! `bake audit`: are the running nodes still what their image was? Read-only: it finds the
+//! nodes built from a recipe's releases, and on each runs the checks the catalog declares safe
+//! on a live node (`audit = true`, run with `BAKE_AUDIT=1`) and compares the node's software
+//! with the package manifest captured when its image was baked. It changes no node.
+
+use crate::canary::Prepared;
+use crate::guest::{Guest, Job};
+use crate::pipeline::Pipeline;
+use crate::provider::{Fleet, FleetNode};
+use crate::registry::Registry;
+use crate::release::ReleaseId;
+use crate::validate::{CheckResult, Status, Validator};
+use crate::{error::exit, Arch, Error, Result};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Nodes audited at once: each is a few SSM commands, paced by the client's rate limit.
+const AT_ONCE: usize = 8;
+
+/// What to audit, and how long to wait for each node.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub recipe: Option<&'a str>,
+    /// A cluster of the pipeline: only the nodes joined to its EKS cluster.
+    pub cluster: Option<&'a str>,
+    /// A node's name or instance ID.
+    pub node: Option<&'a str>,
+    /// How long a node's agent may take to answer before the node is not judged.
+    pub wait: Duration,
+    /// Limit of each check.
+    pub timeout: Duration,
+}
+
+/// One node's audit.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeAudit {
+    pub node: String,
+    pub instance: String,
+    pub recipe: String,
+    pub arch: Arch,
+    pub release: ReleaseId,
+    pub image: String,
+    /// The channels whose current release is the node's.
+    pub channels: Vec<String>,
+    pub launched: Option<DateTime<Utc>>,
+    pub checks: Vec<CheckResult>,
+    /// Packages added, removed or changed since the image was baked.
+    pub changed: Vec<String>,
+    /// Why the node could not be judged (agent offline, a check that did not finish).
+    pub not_judged: Option<String>,
+}
+
+impl NodeAudit {
+    /// The node is no longer what its image was: a check failed or its software changed.
+    pub fn drifted(&self) -> bool {
+        !self.changed.is_empty() || self.checks.iter().any(|c| c.status == Status::Fail)
+    }
+}
+
+/// Every audited node, by recipe then name.
+#[derive(Debug, Clone, Serialize)]
+pub struct Audit {
+    pub nodes: Vec<NodeAudit>,
+}
+
+impl Audit {
+    /// 3 when any node drifted, else 1 when any could not be judged, else 0.
+    pub fn exit_code(&self) -> u8 {
+        if self.nodes.iter().any(NodeAudit::drifted) {
+            exit::REJECTED
+        } else if self.nodes.iter().any(|n| n.not_judged.is_some()) {
+            exit::FAILURE
+        } else {
+            exit::OK
+        }
+    }
+}
+
+/// Where each of a recipe's images comes from: release and arch.
+type Origins = BTreeMap<String, (ReleaseId, Arch)>;
+
+/// Audits the nodes `req` selects. `progress` hears of each node as it is done.
+pub async fn audit(
+    registry: &dyn Registry,
+    fleet: &dyn Fleet,
+    pipeline: &Pipeline,
+    req: &Request<'_>,
+    progress: &(dyn Fn(usize, usize, &NodeAudit) + Sync),
+) -> Result<Audit> {
+    let eks_cluster = match req.cluster {
+        Some(c) => Some(
+            pipeline
+                .cluster(c)?
+                .eks_cluster
+                .clone()
+                .unwrap_or_else(|| c.to_string()),
+        ),
+        None => None,
+    };
+    let mut work = Vec::new();
+    for bake in &pipeline.bakes {
+        let recipe = bake.recipe.name.as_str();
+        if req.recipe.is_some_and(|r| r != recipe) {
+            continue;
+        }
+        let mut origins = Origins::new();
+        for m in registry.releases(recipe).await? {
+            for (arch, image) in &m.images {
+                origins.insert(image.image_id.clone(), (m.release.clone(), *arch));
+            }
+        }
+        let channels = registry.channels(recipe).await?;
+        let images: Vec<String> = origins.keys().cloned().collect();
+        for node in fleet.nodes(&images).await? {
+            if req
+                .node
+                .is_some_and(|n| n != node.name && n != node.instance)
+                || eks_cluster
+                    .as_deref()
+                    .is_some_and(|c| node.cluster.as_deref() != Some(c))
+            {
+                continue;
+            }
+            let (release, arch) = origins[&node.image].clone();
+            let on: Vec<String> = channels
+                .iter()
+                .filter(|(_, e)| e.release == release)
+                .map(|(c, _)| c.clone())
+                .collect();
+            work.push((bake, node, release, arch, on));
+        }
+    }
+    if let Some(n) = req.node.filter(|_| work.is_empty()) {
+        return Err(Error::Usage(format!(
+            "no running node named `{n}` (or with that instance ID) runs an image of {}",
+            req.recipe.unwrap_or("the pipeline's recipes")
+        )));
+    }
+    let total = work.len();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let mut nodes: Vec<NodeAudit> = futures::stream::iter(work)
+        .map(|(bake, node, release, arch, channels)| {
+            let done = &done;
+            async move {
+                let mut audit = NodeAudit {
+                    node: node.name.clone(),
+                    instance: node.instance.clone(),
+                    recipe: bake.recipe.name.clone(),
+                    arch,
+                    release,
+                    image: node.image.clone(),
+                    channels,
+                    launched: node.launched,
+                    checks: Vec::new(),
+                    changed: Vec::new(),
+                    not_judged: None,
+                };
+                let judged = judge(
+                    registry,
+                    fleet,
+                    &node,
+                    &bake.recipe.validators,
+                    req,
+                    &mut audit,
+                );
+                if let Err(why) = judged.await {
+                    audit.not_judged = Some(why);
+                }
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                progress(n, total, &audit);
+                audit
+            }
+        })
+        .buffer_unordered(AT_ONCE)
+        .collect()
+        .await;
+    nodes.sort_by(|a, b| (&a.recipe, &a.node).cmp(&(&b.recipe, &b.node)));
+    Ok(Audit { nodes })
+}
+
+/// The checks and the software comparison on one node; an error is why it was not judged.
+async fn judge(
+    registry: &dyn Registry,
+    fleet: &dyn Fleet,
+    node: &FleetNode,
+    validators: &[Validator],
+    req: &Request<'_>,
+    audit: &mut NodeAudit,
+) -> std::result::Result<(), String> {
+    let mut guest: Box<dyn Guest> = fleet
+        .guest(node, req.wait)
+        .await
+        .map_err(|e| e.to_string())?;
+    let label = format!("{} {} audit {}", audit.recipe, audit.arch, node.instance);
+    let os = guest
+        .run(
+            &format!("{label} os-release"),
+            OS_RELEASE.as_bytes(),
+            &[],
+            req.timeout,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if os.exit_code != 0 {
+        return Err(format!(
+            "reading its os-release exited {}: {}",
+            os.exit_code,
+            os.tail(4)
+        ));
+    }
+    let os = Prepared::parse(&os.stdout);
+    let mut jobs = Vec::new();
+    for v in validators.iter().filter(|v| v.audit) {
+        if !os.applies(v) {
+            audit.checks.push(CheckResult::not_applicable(
+                &v.name,
+                format!(
+                    "applies to {}; this node runs {}",
+                    v.applies_to.join(", "),
+                    os.os()
+                ),
+            ));
+            continue;
+        }
+        jobs.push((
+            v,
+            Job {
+                name: &v.name,
+                script: &v.content,
+                env: vec![
+                    ("BAKE_AUDIT", "1".to_string()),
+                    ("BAKE_RECIPE", audit.recipe.clone()),
+                    ("BAKE_ARCH", audit.arch.to_string()),
+                ],
+                timeout: req.timeout,
+            },
+        ));
+    }
+    let batch: Vec<Job> = jobs.iter().map(|(_, j)| j.clone()).collect();
+    let outcomes = guest
+        .run_each(&format!("{label} validator"), &batch)
+        .await
+        .map_err(|e| e.to_string())?;
+    for ((v, _), ran) in jobs.iter().zip(outcomes) {
+        let ran = ran.map_err(|why| format!("{}: {why}", v.name))?;
+        audit.checks.push(crate::validate::judged(
+            v,
+            ran.exit_code,
+            &ran.stdout,
+            &ran.stderr,
+        )?);
+    }
+    let baked = registry
+        .package_manifest(&audit.recipe, &audit.release, audit.arch)
+        .await
+        .map_err(|e| e.to_string())?;
+    match baked {
+        Some(baked) => {
+            let now = guest
+                .read_output(
+                    &format!("{label} packages"),
+                    crate::steps::provision::PACKAGES_PRODUCER,
+                    req.timeout,
+                )
+                .await?;
+            audit.changed = crate::packages::changed_since_bake(&baked, &now);
+        }
+        None => audit.checks.push(CheckResult::not_applicable(
+            crate::steps::validators::SOFTWARE_AS_BAKED,
+            format!(
+                "the registry keeps no package manifest of {} {}",
+                audit.release, audit.arch
+            ),
+        )),
+    }
+    Ok(())
+}
+
+/// The node's distribution, as the canary's prepare script reports it.
+const OS_RELEASE: &str = "#!/bin/sh\nID=; ID_LIKE=; VERSION_ID=; . /etc/os-release 2>/dev/null || . /usr/lib/os-release\nprintf 'os_id=%s\\nos_like=%s\\nos_version=%s\\n' \"$ID\" \"$ID_LIKE\" \"$VERSION_ID\"";

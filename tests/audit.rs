@@ -1,0 +1,237 @@
+//! `bake audit` against the emulator: nodes launched from a published image as the eks-node
+//! module launches them (its tags) are found by image, judged through SSM by the checks the
+//! catalog declares safe on a live node and by their packages; a drift is reported on exactly
+//! the node, check and package it is on (exit 3); a node whose agent does not answer is not
+//! judged (exit 1), never counted as clean; every call is allowed by the printed policy.
+
+use crate::common;
+
+use common::moto::{bake, bases, project, Moto, UBUNTU_ARM, UBUNTU_X86};
+use serde_json::{json, Value};
+
+/// Launches a node of `image` tagged as terraform/modules/eks-node tags it.
+async fn node(ec2: &aws_sdk_ec2::Client, image: &str, name: &str, cluster: &str) -> String {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    let tags = [
+        ("Name", format!("pets-{name}")),
+        ("bake:node", name.to_string()),
+        ("bake:recipe", "eks-node".to_string()),
+        ("bake:arch", "x86_64".to_string()),
+        ("bake:cluster", cluster.to_string()),
+    ];
+    let spec = tags.iter().fold(
+        TagSpecification::builder().resource_type(ResourceType::Instance),
+        |s, (k, v)| s.tags(Tag::builder().key(*k).value(v).build()),
+    );
+    let run = ec2
+        .run_instances()
+        .image_id(image)
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(spec.build())
+        .send()
+        .await
+        .unwrap();
+    run.instances()[0].instance_id().unwrap().to_string()
+}
+
+fn audited<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == name)
+        .unwrap_or_else(|| panic!("{name} not audited: {report:#}"))
+}
+
+fn check<'a>(node: &'a Value, name: &str) -> &'a Value {
+    node["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {node:#}"))
+}
+
+/// What a node answers for its package list, scripted per node: the staging command of
+/// `bake`'s long-output read (matched by the node's audit label) and its one slice.
+fn packages_of(instance: &str, list: &str) -> Vec<Value> {
+    use base64::Engine as _;
+    let path = format!("/var/tmp/bake-output-{instance}");
+    // The slice first: its command carries the same label as the staging one.
+    vec![
+        json!({
+            "match": format!("dd if='{path}' iflag=skip_bytes,count_bytes skip=0 "),
+            "stdout": base64::engine::general_purpose::STANDARD.encode(list),
+        }),
+        json!({
+            "match": format!("audit {instance} packages"),
+            "stdout": format!("{} {} {path}\n", list.len(), bake::recipe::sha256_hex(list.as_bytes())),
+        }),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_finds_the_pets_of_a_release_and_reports_drift_on_exactly_its_node() {
+    let moto = Moto::get();
+    let (x86, arm) = bases(moto).await;
+    let os = json!({"match": "printf 'os_id=%s", "stdout": "os_id=ubuntu\nos_like=debian\nos_version=22.04\n"});
+    let parameters = json!({UBUNTU_X86: x86, UBUNTU_ARM: arm});
+    moto.set_config(json!({"parameters": parameters, "commands": [os]}));
+    let p = project("/audit1");
+    common::moto::x86_only(&p);
+    let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
+    assert_eq!(code, 0, "{summary:#}\n{stderr}");
+    let release = summary["published"][0]["release"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let image = summary["published"][0]["images"]["x86_64"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let web1 = node(&ec2, &image, "web-1", "dev").await;
+    let web2 = node(&ec2, &image, "web-2", "staging").await;
+    // Not bake's image: never audited.
+    node(&ec2, &x86, "other", "dev").await;
+    let audit = ["audit", "-p", "pipelines/aws.toml", "--wait", "5s"];
+    let first_audit = moto.records().len();
+
+    // The hook runs only when something is wrong.
+    let heard = p.dir.path().join("heard.json");
+    let hook = format!(
+        "{{ echo \"$BAKE_EXIT_CODE\"; cat; }} > '{}'",
+        heard.display()
+    );
+    let notified = [&audit[..], &["--notify", &hook]].concat();
+    let (code, report, stderr) = bake(&p, moto, &notified);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert!(!heard.exists());
+    assert_eq!(report["nodes"].as_array().unwrap().len(), 2, "{report:#}");
+    for (name, instance) in [("web-1", &web1), ("web-2", &web2)] {
+        let n = audited(&report, name);
+        assert_eq!(n["instance"], instance.as_str());
+        assert_eq!(n["release"], release.as_str());
+        assert_eq!(n["image"], image.as_str());
+        assert_eq!(n["channels"], json!(["dev"]), "{n:#}");
+        assert_eq!(n["changed"], json!([]));
+        assert!(n["not_judged"].is_null(), "{n:#}");
+        assert_eq!(check(n, "mac-policy")["status"], "pass");
+        assert_eq!(check(n, "networkd-keeps-foreign-routes")["status"], "pass");
+        assert_eq!(check(n, "snap-refresh-held")["status"], "pass");
+        // Not safe on a live node, or about the image as shipped: not run at all.
+        for unsafe_there in ["pod-network", "machine-id-empty", "no-bake-leftovers"] {
+            assert!(
+                !n["checks"].to_string().contains(unsafe_there),
+                "{unsafe_there} ran on a live node: {n:#}"
+            );
+        }
+    }
+    assert!(stderr.contains("audit: 2/2"), "{stderr}");
+
+    // A drift by hand on web-1 only: the seed's MAC policy back and kubelet upgraded.
+    let changed = "#os\tubuntu\t22.04\nkubelet\t1.31.3\tamd64\n";
+    let mut commands = vec![
+        os.clone(),
+        json!({"match": format!("audit {web1} validator mac-policy"), "status": "Failed", "exit_code": 1,
+               "stdout": "udev rewrote the veth MAC (addr_assign_type 3): MACAddressPolicy is not none\n"}),
+    ];
+    commands.extend(packages_of(&web1, changed));
+    moto.set_config(json!({"parameters": parameters, "commands": commands}));
+    let (code, report, stderr) = bake(&p, moto, &notified);
+    assert_eq!(code, 3, "{report:#}\n{stderr}");
+    let said = std::fs::read_to_string(&heard).unwrap();
+    assert!(said.starts_with("3\n") && said.contains(&web1), "{said}");
+    let n1 = audited(&report, "web-1");
+    assert_eq!(check(n1, "mac-policy")["status"], "fail");
+    assert!(check(n1, "mac-policy")["reason"]
+        .as_str()
+        .unwrap()
+        .contains("udev rewrote the veth MAC"));
+    assert_eq!(check(n1, "apt-timers-masked")["status"], "pass");
+    assert_eq!(n1["changed"].as_array().unwrap().len(), 1, "{n1:#}");
+    assert!(n1["changed"][0].as_str().unwrap().contains("kubelet"));
+    let n2 = audited(&report, "web-2");
+    assert_eq!(n2["changed"], json!([]));
+    assert_eq!(check(n2, "mac-policy")["status"], "pass");
+
+    // One node, by name; then the nodes of one cluster.
+    let (code, report, _) = bake(&p, moto, &[&audit[..], &["--node", "web-2"]].concat());
+    assert_eq!(code, 0);
+    assert_eq!(report["nodes"].as_array().unwrap().len(), 1);
+    let (code, report, _) = bake(&p, moto, &[&audit[..], &["--cluster", "dev"]].concat());
+    assert_eq!((code, report["nodes"].as_array().unwrap().len()), (3, 1));
+    assert_eq!(report["nodes"][0]["node"], "web-1");
+    let out = common::moto::bake_command(&p, moto)
+        .args([&audit[..], &["--node", "web-9"]].concat())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no running node named `web-9`"), "{stderr}");
+
+    // Agents that do not answer: not judged, named, exit 1 — never clean.
+    moto.set_config(
+        json!({"parameters": parameters, "commands": [os], "agent_online_after_s": 100000}),
+    );
+    let offline = node(&ec2, &image, "web-3", "dev").await;
+    let (code, report, stderr) = bake(
+        &p,
+        moto,
+        &[
+            "audit",
+            "-p",
+            "pipelines/aws.toml",
+            "--node",
+            "web-3",
+            "--wait",
+            "1s",
+        ],
+    );
+    assert_eq!(code, 1, "{report:#}\n{stderr}");
+    let n3 = audited(&report, "web-3");
+    assert!(
+        n3["not_judged"].as_str().unwrap().contains(&offline)
+            && n3["not_judged"]
+                .as_str()
+                .unwrap()
+                .contains("did not come online"),
+        "{n3:#}"
+    );
+    assert_eq!(n3["checks"], json!([]));
+
+    // Read-only: besides the commands it sends, no call of the audits changes anything.
+    let changing: Vec<String> = moto.records()[first_audit..]
+        .iter()
+        .filter(|r| r["key"] == p.access_key().as_str())
+        .filter_map(|r| r["action"].as_str())
+        .filter(|a| !(a.starts_with("Describe") || a.starts_with("Get") || a.starts_with("List")))
+        .filter(|a| *a != "SendCommand")
+        .map(str::to_string)
+        .collect();
+    assert!(changing.is_empty(), "{changing:?}");
+    common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
+    for c in [web1, web2, offline] {
+        let _ = ec2.terminate_instances().instance_ids(c).send().await;
+    }
+}
+
+/// The local provider has no running nodes: said at once, exit 2.
+#[test]
+fn the_local_provider_has_no_fleet_to_audit() {
+    let p = common::Project::new();
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("bake"))
+        .current_dir(p.dir.path())
+        .env("BAKE_STATE_DIR", p.dir.path().join(".bake"))
+        .args(["audit", "-p", "pipelines/local.toml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the local provider has no running nodes to audit"),
+        "{stderr}"
+    );
+}
