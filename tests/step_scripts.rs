@@ -26,8 +26,20 @@ fn settle(wait: &str) -> (i32, String) {
     // Nothing to stop on this host; the script ignores a unit it cannot stop.
     stand_in(bin.path(), "systemctl", "exit 0");
     let script = repo().join("recipes/steps/settle-first-boot.sh");
+    // A process namespace of its own too: the script looks for package managers in /proc, and
+    // this host's other tests may be building a base with apt-get at the same moment (a
+    // builder VM sees only its own processes).
     let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "sh",
+            "-c",
+        ])
         .arg("mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system && exec sh \"$0\"")
         .arg(&script)
         .env(
