@@ -90,6 +90,37 @@ pub async fn audit(
     req: &Request<'_>,
     progress: &(dyn Fn(usize, usize, &NodeAudit) + Sync),
 ) -> Result<Audit> {
+    let work = select(registry, fleet, pipeline, req).await?;
+    let total = work.len();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let mut nodes: Vec<NodeAudit> = futures::stream::iter(work)
+        .map(|(validators, node, mut audit)| {
+            let done = &done;
+            async move {
+                let judged = judge(registry, fleet, &node, validators, req, &mut audit);
+                if let Err(why) = judged.await {
+                    audit.not_judged = Some(why);
+                }
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                progress(n, total, &audit);
+                audit
+            }
+        })
+        .buffer_unordered(AT_ONCE)
+        .collect()
+        .await;
+    nodes.sort_by(|a, b| (&a.recipe, &a.node).cmp(&(&b.recipe, &b.node)));
+    Ok(Audit { nodes })
+}
+
+/// The running nodes `req` selects, each with its recipe's validators and its audit, not yet
+/// judged: its release, arch and channels from the registry.
+async fn select<'p>(
+    registry: &dyn Registry,
+    fleet: &dyn Fleet,
+    pipeline: &'p Pipeline,
+    req: &Request<'_>,
+) -> Result<Vec<(&'p [Validator], FleetNode, NodeAudit)>> {
     let eks_cluster = match req.cluster {
         Some(c) => Some(
             pipeline
@@ -115,22 +146,34 @@ pub async fn audit(
         let channels = registry.channels(recipe).await?;
         let images: Vec<String> = origins.keys().cloned().collect();
         for node in fleet.nodes(&images).await? {
-            if req
+            let other_node = req
                 .node
-                .is_some_and(|n| n != node.name && n != node.instance)
-                || eks_cluster
-                    .as_deref()
-                    .is_some_and(|c| node.cluster.as_deref() != Some(c))
-            {
+                .is_some_and(|n| n != node.name && n != node.instance);
+            let other_cluster = eks_cluster
+                .as_deref()
+                .is_some_and(|c| node.cluster.as_deref() != Some(c));
+            if other_node || other_cluster {
                 continue;
             }
             let (release, arch) = origins[&node.image].clone();
-            let on: Vec<String> = channels
-                .iter()
-                .filter(|(_, e)| e.release == release)
-                .map(|(c, _)| c.clone())
-                .collect();
-            work.push((bake, node, release, arch, on));
+            let audit = NodeAudit {
+                node: node.name.clone(),
+                instance: node.instance.clone(),
+                recipe: recipe.to_string(),
+                arch,
+                channels: channels
+                    .iter()
+                    .filter(|(_, e)| e.release == release)
+                    .map(|(c, _)| c.clone())
+                    .collect(),
+                release,
+                image: node.image.clone(),
+                launched: node.launched,
+                checks: Vec::new(),
+                changed: Vec::new(),
+                not_judged: None,
+            };
+            work.push((bake.recipe.validators.as_slice(), node, audit));
         }
     }
     if let Some(n) = req.node.filter(|_| work.is_empty()) {
@@ -139,46 +182,7 @@ pub async fn audit(
             req.recipe.unwrap_or("the pipeline's recipes")
         )));
     }
-    let total = work.len();
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    let mut nodes: Vec<NodeAudit> = futures::stream::iter(work)
-        .map(|(bake, node, release, arch, channels)| {
-            let done = &done;
-            async move {
-                let mut audit = NodeAudit {
-                    node: node.name.clone(),
-                    instance: node.instance.clone(),
-                    recipe: bake.recipe.name.clone(),
-                    arch,
-                    release,
-                    image: node.image.clone(),
-                    channels,
-                    launched: node.launched,
-                    checks: Vec::new(),
-                    changed: Vec::new(),
-                    not_judged: None,
-                };
-                let judged = judge(
-                    registry,
-                    fleet,
-                    &node,
-                    &bake.recipe.validators,
-                    req,
-                    &mut audit,
-                );
-                if let Err(why) = judged.await {
-                    audit.not_judged = Some(why);
-                }
-                let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                progress(n, total, &audit);
-                audit
-            }
-        })
-        .buffer_unordered(AT_ONCE)
-        .collect()
-        .await;
-    nodes.sort_by(|a, b| (&a.recipe, &a.node).cmp(&(&b.recipe, &b.node)));
-    Ok(Audit { nodes })
+    Ok(work)
 }
 
 /// The checks and the software comparison on one node; an error is why it was not judged.
@@ -212,32 +216,61 @@ async fn judge(
         ));
     }
     let os = Prepared::parse(&os.stdout);
+    checks(guest.as_mut(), &label, &os, validators, req, audit).await?;
+    let baked = registry
+        .package_manifest(&audit.recipe, &audit.release, audit.arch)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(baked) = baked else {
+        let why = format!(
+            "the registry keeps no package manifest of {} {}",
+            audit.release, audit.arch
+        );
+        let name = crate::steps::validators::SOFTWARE_AS_BAKED;
+        audit.checks.push(CheckResult::not_applicable(name, why));
+        return Ok(());
+    };
+    let producer = crate::steps::provision::PACKAGES_PRODUCER;
+    let now = guest
+        .read_output(&format!("{label} packages"), producer, req.timeout)
+        .await?;
+    audit.changed = crate::packages::changed_since_bake(&baked, &now);
+    Ok(())
+}
+
+/// The recipe's checks declared safe on a live node, in one batch, with `BAKE_AUDIT=1`; those
+/// for another distribution are said not to apply.
+async fn checks(
+    guest: &mut dyn Guest,
+    label: &str,
+    os: &Prepared,
+    validators: &[Validator],
+    req: &Request<'_>,
+    audit: &mut NodeAudit,
+) -> std::result::Result<(), String> {
     let mut jobs = Vec::new();
     for v in validators.iter().filter(|v| v.audit) {
         if !os.applies(v) {
-            audit.checks.push(CheckResult::not_applicable(
-                &v.name,
-                format!(
-                    "applies to {}; this node runs {}",
-                    v.applies_to.join(", "),
-                    os.os()
-                ),
-            ));
+            let why = format!(
+                "applies to {}; this node runs {}",
+                v.applies_to.join(", "),
+                os.os()
+            );
+            audit.checks.push(CheckResult::not_applicable(&v.name, why));
             continue;
         }
-        jobs.push((
-            v,
-            Job {
-                name: &v.name,
-                script: &v.content,
-                env: vec![
-                    ("BAKE_AUDIT", "1".to_string()),
-                    ("BAKE_RECIPE", audit.recipe.clone()),
-                    ("BAKE_ARCH", audit.arch.to_string()),
-                ],
-                timeout: req.timeout,
-            },
-        ));
+        let env = vec![
+            ("BAKE_AUDIT", "1".to_string()),
+            ("BAKE_RECIPE", audit.recipe.clone()),
+            ("BAKE_ARCH", audit.arch.to_string()),
+        ];
+        let job = Job {
+            name: &v.name,
+            script: &v.content,
+            env,
+            timeout: req.timeout,
+        };
+        jobs.push((v, job));
     }
     let batch: Vec<Job> = jobs.iter().map(|(_, j)| j.clone()).collect();
     let outcomes = guest
@@ -246,35 +279,8 @@ async fn judge(
         .map_err(|e| e.to_string())?;
     for ((v, _), ran) in jobs.iter().zip(outcomes) {
         let ran = ran.map_err(|why| format!("{}: {why}", v.name))?;
-        audit.checks.push(crate::validate::judged(
-            v,
-            ran.exit_code,
-            &ran.stdout,
-            &ran.stderr,
-        )?);
-    }
-    let baked = registry
-        .package_manifest(&audit.recipe, &audit.release, audit.arch)
-        .await
-        .map_err(|e| e.to_string())?;
-    match baked {
-        Some(baked) => {
-            let now = guest
-                .read_output(
-                    &format!("{label} packages"),
-                    crate::steps::provision::PACKAGES_PRODUCER,
-                    req.timeout,
-                )
-                .await?;
-            audit.changed = crate::packages::changed_since_bake(&baked, &now);
-        }
-        None => audit.checks.push(CheckResult::not_applicable(
-            crate::steps::validators::SOFTWARE_AS_BAKED,
-            format!(
-                "the registry keeps no package manifest of {} {}",
-                audit.release, audit.arch
-            ),
-        )),
+        let result = crate::validate::judged(v, ran.exit_code, &ran.stdout, &ran.stderr)?;
+        audit.checks.push(result);
     }
     Ok(())
 }
