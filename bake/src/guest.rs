@@ -34,13 +34,15 @@ impl Ran {
     }
 }
 
+/// `s` as one shell word: single-quoted, its own single quotes escaped.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
 /// The shell that checks, in the guest, that `path` holds what bake sent (sha256 of `content`).
 pub fn verify_command(path: &str, content: &[u8]) -> String {
-    format!(
-        "echo '{}  {}' | sha256sum -c --quiet -",
-        crate::recipe::sha256_hex(content),
-        path.replace('\'', r"'\''")
-    )
+    let line = format!("{}  {path}", crate::recipe::sha256_hex(content));
+    format!("echo {} | sha256sum -c --quiet -", sh_quote(&line))
 }
 
 /// A transport into one running machine. Every call names what it does (`label`) so the

@@ -153,7 +153,7 @@ pub fn unjoined_canary(lifetime: Duration) -> String {
 
 /// The user data text for a canary of `cluster` (before base64).
 pub fn canary_text(join: Join, cluster: &Cluster, lifetime: Duration) -> Result<String> {
-    let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let q = crate::guest::sh_quote;
     Ok(match join {
         Join::Bootstrap => format!(
             "#!/bin/bash\nset -eu\n# bake canary: power off (= terminate) if the run never ends\n{}/etc/eks/bootstrap.sh {} --apiserver-endpoint {} --b64-cluster-ca {} --dns-cluster-ip {} --kubelet-extra-args {}\n",

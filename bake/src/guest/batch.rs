@@ -64,10 +64,6 @@ pub fn chunks<'j, 'a>(jobs: &'j [Job<'a>], max_command: usize) -> Vec<&'j [Job<'
     out
 }
 
-fn quote(v: &str) -> String {
-    format!("'{}'", v.replace('\'', r"'\''"))
-}
-
 /// The shell that runs `jobs` in order and prints what [`parse`] reads. `inline_budget` is the
 /// most characters of output the transport returns whole (with room kept for the headers).
 pub fn script(label: &str, jobs: &[Job<'_>], inline_budget: usize) -> String {
@@ -79,7 +75,7 @@ pub fn script(label: &str, jobs: &[Job<'_>], inline_budget: usize) -> String {
         let exports: String = job
             .env
             .iter()
-            .map(|(k, v)| format!("export {k}={}; ", quote(v)))
+            .map(|(k, v)| format!("export {k}={}; ", super::sh_quote(v)))
             .collect();
         s.push_str(&format!(
             "# bake-job {i}: {label} {name}\necho '{b64}' | base64 -d > \"$d/{i}.sh\" && chmod 0700 \"$d/{i}.sh\"\n\

@@ -223,7 +223,7 @@ impl Guest for SsmGuest {
         // quarter smaller than base64) unless it is not UTF-8 or holds the delimiter.
         let exports: String = env
             .iter()
-            .map(|(k, v)| format!("export {k}='{}'\n", v.replace('\'', r"'\''")))
+            .map(|(k, v)| format!("export {k}={}\n", crate::guest::sh_quote(v)))
             .collect();
         let delimiter = format!("BAKE_SCRIPT_{}", &crate::recipe::sha256_hex(script)[..16]);
         let write = match std::str::from_utf8(script) {
