@@ -248,7 +248,7 @@ async fn checks(
     req: &Request<'_>,
     audit: &mut NodeAudit,
 ) -> std::result::Result<(), String> {
-    let mut jobs = Vec::new();
+    let (mut jobs, mut which) = (Vec::new(), Vec::new());
     for v in validators.iter().filter(|v| v.audit) {
         if !os.applies(v) {
             let why = format!(
@@ -270,14 +270,14 @@ async fn checks(
             env,
             timeout: req.timeout,
         };
-        jobs.push((v, job));
+        jobs.push(job);
+        which.push(v);
     }
-    let batch: Vec<Job> = jobs.iter().map(|(_, j)| j.clone()).collect();
     let outcomes = guest
-        .run_each(&format!("{label} validator"), &batch)
+        .run_each(&format!("{label} validator"), &jobs)
         .await
         .map_err(|e| e.to_string())?;
-    for ((v, _), ran) in jobs.iter().zip(outcomes) {
+    for (v, ran) in which.into_iter().zip(outcomes) {
         let ran = ran.map_err(|why| format!("{}: {why}", v.name))?;
         let result = crate::validate::judged(v, ran.exit_code, &ran.stdout, &ran.stderr)?;
         audit.checks.push(result);

@@ -82,6 +82,12 @@ pub struct LockInfo {
     pub expires_at: DateTime<Utc>,
 }
 
+/// The last `n` of a channel's moves (oldest first), all of them if it moved fewer times.
+pub(crate) fn last_moves(mut history: Vec<ChannelEntry>, n: usize) -> Vec<ChannelEntry> {
+    let older = history.len().saturating_sub(n);
+    history.split_off(older)
+}
+
 #[async_trait]
 pub trait Registry: Send + Sync {
     /// Where it lives, for messages ("sqlite .bake/registry.db", "ssm /bake in us-east-1").
@@ -183,9 +189,7 @@ pub trait Registry: Send + Sync {
         cluster: &str,
         n: usize,
     ) -> Result<Vec<ChannelEntry>> {
-        let mut history = self.channel_history(recipe, cluster).await?;
-        let older = history.len().saturating_sub(n);
-        Ok(history.split_off(older))
+        Ok(last_moves(self.channel_history(recipe, cluster).await?, n))
     }
 
     /// Moves a channel, appending to its history.

@@ -90,7 +90,8 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
         // Each validator's place in the catalog, its result once known: those bake judges from
         // the cluster's API first (they wait for the join), then every script in one batch.
         let mut results: Vec<Option<CheckResult>> = vec![None; self.validators.len()];
-        let mut jobs = Vec::new();
+        // The scripts, and for each its place in the catalog and its validator.
+        let (mut jobs, mut which) = (Vec::new(), Vec::new());
         let planned = crate::canary::plan(self.validators, &prepared, self.no_cluster);
         for (i, planned) in planned.into_iter().enumerate() {
             let (v, extra) = match planned {
@@ -128,33 +129,29 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
                 }
                 timeout = timeout.max(join_timeout + Duration::from_secs(60));
             }
-            jobs.push((
-                i,
-                v,
-                crate::guest::Job {
-                    name: &v.name,
-                    script: &v.content,
-                    env,
-                    timeout,
-                },
-            ));
+            jobs.push(crate::guest::Job {
+                name: &v.name,
+                script: &v.content,
+                env,
+                timeout,
+            });
+            which.push((i, v));
         }
         if !jobs.is_empty() {
-            let names: Vec<&str> = jobs.iter().map(|(_, v, _)| v.name.as_str()).collect();
+            let names: Vec<&str> = jobs.iter().map(|j| j.name).collect();
             cx.phase(&format!(
                 "validators {} ({} of {}, one after another, up to {})",
                 names.join(", "),
                 jobs.len(),
                 self.validators.len(),
-                humantime::format_duration(jobs.iter().map(|(_, _, j)| j.timeout).sum())
+                humantime::format_duration(jobs.iter().map(|j| j.timeout).sum())
             ));
-            let batch: Vec<crate::guest::Job> = jobs.iter().map(|(_, _, j)| j.clone()).collect();
             let label = format!("{} {} validator", cx.recipe, cx.arch);
             let outcomes = guest
-                .run_each(&label, &batch)
+                .run_each(&label, &jobs)
                 .await
                 .map_err(|e| cx.error(self.name(), format!("validators could not run: {e}")))?;
-            for ((i, v, _), ran) in jobs.iter().zip(outcomes) {
+            for (&(i, v), ran) in which.iter().zip(outcomes) {
                 // A validator that could not run (an agent or API error, its limit) fails the
                 // bake, which retries next time; only the validator's own verdict may reject
                 // the image.
@@ -171,7 +168,7 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
                     &result,
                     &format!("## stdout\n{}\n## stderr\n{}", ran.stdout, ran.stderr),
                 );
-                results[*i] = Some(result);
+                results[i] = Some(result);
             }
         }
         let mut results: Vec<CheckResult> = results.into_iter().flatten().collect();

@@ -882,9 +882,8 @@ impl Registry for SsmRegistry {
         out.sort_by_key(|e| e.version);
         let complete = out.iter().map(|e| e.version).eq(first..current.version);
         if !complete {
-            let mut history = self.channel_history(recipe, cluster).await?;
-            let older = history.len().saturating_sub(n);
-            return Ok(history.split_off(older));
+            let history = self.channel_history(recipe, cluster).await?;
+            return Ok(super::last_moves(history, n));
         }
         out.push(current);
         Ok(out)
