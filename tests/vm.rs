@@ -195,7 +195,7 @@ fn bake_and_publish(p: &Project, arch: &str) {
             && !keys.contains("made 0 key"),
         "{keys}"
     );
-    // A pod wired by the CNI ptp plugin reached the host over TCP with its pinned MAC.
+    // A pod wired as the VPC CNI wires one reached the host over TCP with its pinned MAC.
     assert!(
         output("pod-network").contains("the pod reached the host over TCP"),
         "{}",
