@@ -18,8 +18,8 @@ const BASE_FORMAT: &str = "bake-local-base/6";
 /// that drives the VM, networking tools, and what a real node image ships and the hardening
 /// must deal with (apt, unattended-upgrades and its timers, dbus for clean shutdown). Like an
 /// EC2 image it boots with cloud-init (fed a NoCloud seed) and an SSH server, so first boot
-/// makes host keys and takes user data as on EC2; the standard CNI plugins let the canary
-/// wire a pod network the way a CNI does.
+/// makes host keys and takes user data as on EC2; the standard CNI plugins are there as on a
+/// node whose CNI is installed (the `pod-network` check itself needs only iproute2).
 pub const NODE_PACKAGES: &[&str] = &[
     "systemd",
     "systemd-sysv",
@@ -64,6 +64,12 @@ pub struct BaseSpec {
     pub mirror: Option<String>,
     pub size_gib: u32,
     pub offline_apt: bool,
+    /// Shell scripts run after bake's own customize hooks, each with the root filesystem as
+    /// `$1` (mmdebstrap's customize hooks): how the test harness makes a stand-in for another
+    /// vendor's base from Debian packages. None for bake's own bases.
+    pub customize: Vec<String>,
+    /// The root filesystem's UUID; mkfs picks one at random when None.
+    pub fs_uuid: Option<String>,
 }
 
 impl BaseSpec {
@@ -80,6 +86,8 @@ impl BaseSpec {
             mirror,
             size_gib,
             offline_apt: base.offline_apt,
+            customize: Vec::new(),
+            fs_uuid: None,
         }
     }
 
@@ -99,6 +107,17 @@ impl BaseSpec {
         }
         if self.offline_apt {
             h.update(b"offline-apt\0");
+        }
+        // Absent for bake's own bases, so their digests (and caches) stay as they were.
+        for script in &self.customize {
+            h.update(b"customize\0");
+            h.update(script.as_bytes());
+            h.update([0]);
+        }
+        if let Some(uuid) = &self.fs_uuid {
+            h.update(b"fs-uuid\0");
+            h.update(uuid.as_bytes());
+            h.update([0]);
         }
         hex::encode(h.finalize())
     }
@@ -262,6 +281,15 @@ async fn build(
         // module succeeds instead of failing every first boot; it probes only the NoCloud seed.
         format!("--customize-hook=printf '%s' '{CLOUD_CFG}' > \"$1/etc/cloud/cloud.cfg.d/90-bake-local-base.cfg\""),
     ]);
+    for (i, script) in spec.customize.iter().enumerate() {
+        let file = tmp.join(format!("customize-{i}.sh"));
+        std::fs::write(&file, script)
+            .map_err(|e| Error::io(format!("writing {}", file.display()), e))?;
+        args.push(format!(
+            "--customize-hook=sh {} \"$1\"",
+            crate::guest::sh_quote(&file.display().to_string())
+        ));
+    }
     if let Some(n) = &native {
         args.push(format!("--customize-hook={}", n.return_hook()));
     }
@@ -323,21 +351,17 @@ async fn build(
     std::fs::copy(&initrd, &base.initrd).map_err(|e| Error::io("copying the initrd", e))?;
 
     let raw = tmp.join("disk.raw");
-    cmd::run(
-        "mkfs.ext4",
-        &[
-            "-q".into(),
-            "-F".into(),
-            "-L".into(),
-            "root".into(),
-            "-d".into(),
-            rootfs.display().to_string(),
-            raw.display().to_string(),
-            format!("{}G", spec.size_gib),
-        ],
-        None,
-    )
-    .await?;
+    let mut mkfs: Vec<String> = vec!["-q".into(), "-F".into(), "-L".into(), "root".into()];
+    if let Some(uuid) = &spec.fs_uuid {
+        mkfs.extend(["-U".into(), uuid.clone()]);
+    }
+    mkfs.extend([
+        "-d".into(),
+        rootfs.display().to_string(),
+        raw.display().to_string(),
+        format!("{}G", spec.size_gib),
+    ]);
+    cmd::run("mkfs.ext4", &mkfs, None).await?;
     let _ = std::fs::remove_dir_all(&rootfs);
     cmd::run(
         "qemu-img",
@@ -548,6 +572,15 @@ mod tests {
         let mut e = a.clone();
         e.offline_apt = true;
         assert_ne!(a.digest(), e.digest());
+        let mut f = a.clone();
+        f.customize = vec!["echo stand-in > \"$1/etc/motd\"".into()];
+        assert_ne!(a.digest(), f.digest());
+        let mut g = f.clone();
+        g.customize = vec!["echo another > \"$1/etc/motd\"".into()];
+        assert_ne!(f.digest(), g.digest());
+        let mut h = a.clone();
+        h.fs_uuid = Some("6f1b1c2e-0d6a-4b5e-9a47-3c2f5e8d7a10".into());
+        assert_ne!(a.digest(), h.digest());
         assert!(a.packages.contains(&"linux-image-cloud-amd64".to_string()));
     }
 }
