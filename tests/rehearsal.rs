@@ -1,12 +1,14 @@
 //! The AWS engine rehearsed for real (part of the VM tier): the emulator's instances are QEMU
 //! VMs (tests/moto/machines.py behind the test proxy), so every command bake sends over SSM
 //! RunCommand runs in a real guest and answers with its real exit code and output, within the
-//! service's limits. The base AMI is the local Debian base; the canary boots from the disk the
-//! builder's CreateImage made, with the image as shipped on a second, NVMe volume. There is no
-//! cluster: the rehearsal pipeline names none, so the cluster check is skipped and says so.
+//! service's limits. The ec2 engine bakes the al2023-eks recipe on the AL2023 EKS stand-in
+//! (tests/standins/al2023-eks.sh); the Image Builder documents and the kill test use the local
+//! Debian base. The canary boots from the disk the builder's CreateImage made, with the image
+//! as shipped on a second, NVMe volume attached after boot. There is no cluster: the
+//! rehearsal pipeline names none, so the cluster check is not applicable and says so.
 
 use crate::common::moto::{self, Moto, UBUNTU_X86};
-use crate::common::Project;
+use crate::common::{standin, Project};
 use bake::provider::local::base;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -66,28 +68,61 @@ fn rehearsal_project(prefix: &str) -> Project {
 /// public base parameter at it.
 async fn rehearsal_emulator(p: &Project) -> (&'static Moto, String) {
     let base = local_base(p).await;
+    // The root filesystem is found by its label, as Canonical's cloud images find theirs
+    // (LABEL=cloudimg-rootfs); the local base's filesystem is labelled `root`. A volume made
+    // from the same snapshot carries the same label, so the canary's image copy must not be
+    // there when the canary boots.
+    emulator_of(&base, UBUNTU_X86, "LABEL=root").await
+}
+
+/// The AL2023 EKS parameter of the al2023-eks recipe (x86_64).
+const AL2023_X86: &str =
+    "/aws/service/eks/optimized-ami/1.31/amazon-linux-2023/x86_64/standard/recommended/image_id";
+
+/// Registers a base AMI whose instances are VMs of the AL2023 stand-in, found by its root
+/// filesystem's UUID as the vendor's image finds its root, and points the AL2023 parameter
+/// at it.
+async fn al2023_emulator() -> (&'static Moto, String) {
+    let base = standin::al2023(bake::Arch::X86_64).await;
+    emulator_of(
+        &base,
+        AL2023_X86,
+        &format!("UUID={}", standin::AL2023_ROOT_UUID),
+    )
+    .await
+}
+
+/// Registers a base AMI whose instances boot `base` with `root` on the kernel's command line,
+/// and points the public parameter `param` at it.
+async fn emulator_of(base: &base::Base, param: &str, root: &str) -> (&'static Moto, String) {
     let moto = Moto::get();
     let ami = moto::register_x86(moto, "rehearsal-base").await;
     let dir = moto.dir.path().join("machines");
     std::fs::create_dir_all(&dir).unwrap();
     moto.set_config(json!({
-        "parameters": {UBUNTU_X86: ami},
+        "parameters": {param: ami},
         "machines": {
             "dir": dir,
-            // The root filesystem is found by its label, as the vendors' images find theirs
-            // (Canonical's cloud images: LABEL=cloudimg-rootfs; AL2023: root=UUID=, from
-            // awslabs/amazon-eks-ami's AL2023 disk layout); the local base's filesystem is
-            // labelled `root`. A volume made from the same snapshot carries the same label, so
-            // the canary's image copy must not be there when the canary boots.
             "images": {ami.clone(): {
                 "disk": base.disk, "kernel": base.kernel, "initrd": base.initrd, "arch": "x86_64",
-                "root": "LABEL=root",
+                "root": root,
             }},
             "cpus": 2,
             "memory_mib": 1536,
         },
     }));
     (moto, ami)
+}
+
+/// A rehearsal project whose aws pipeline bakes the al2023-eks recipe.
+fn al2023_project(prefix: &str) -> Project {
+    let p = rehearsal_project(prefix);
+    p.edit(
+        "pipelines/aws.toml",
+        "recipe = \"eks-node\"",
+        "recipe = \"al2023-eks\"",
+    );
+    p
 }
 
 fn bake(p: &Project, moto: &Moto, args: &[&str]) -> (i32, Value, String) {
@@ -110,32 +145,25 @@ async fn assert_nothing_left(moto: &Moto) {
     assert!(alive.is_empty(), "instances not terminated: {alive:?}");
 }
 
-/// One x86_64 `bake run` of the production pipeline's ec2 engine, every step, file, package
-/// manifest and validator really executed on the VMs, the release published to the emulator's
-/// SSM; then the seed's incident through the same path: a recipe without the MAC drop-in is
-/// rejected by what ran on the canary, exit 3, nothing published.
+/// One x86_64 `bake run` of the al2023-eks recipe on the ec2 engine, on the AL2023 stand-in:
+/// every step, file, package manifest (rpm's) and validator really executed on the VMs, every
+/// validator pass or not applicable, the release published to the emulator's SSM. Then the
+/// seed's incident through the same path, with a package installed at first boot: rejected by
+/// what ran on the canary, exit 3, nothing published.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_ec2_engine_on_real_vms_publishes_a_hardened_image_and_rejects_the_incident() {
-    let p = rehearsal_project("/rehearsal");
+async fn the_ec2_engine_on_the_al2023_stand_in_publishes_a_hardened_image_and_rejects_the_incident()
+{
+    let p = al2023_project("/rehearsal");
     // A base whose vendor edited the packaged link file in place, as EKS AL2023 AMIs up to
     // v20250410 did (awslabs/amazon-eks-ami templates/al2023/provisioners/install-worker.sh):
-    // bake's /etc drop-in governs it, so the image passes, and the run says what it saw.
-    p.write(
-        "recipes/eks-node/vendor-edited-link.sh",
-        "#!/bin/sh\nset -eu\nsed -i 's/^MACAddressPolicy=.*/MACAddressPolicy=none/' /usr/lib/systemd/network/99-default.link\n",
+    // an /etc drop-in governs it, so the image passes, and the run says what rpm -V saw.
+    p.add_step(
+        "al2023-eks",
+        "vendor-edited-link",
+        "sed -i 's/^MACAddressPolicy=.*/MACAddressPolicy=none/' /usr/lib/systemd/network/99-default.link\n",
+        Some("generalize"),
     );
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        p.path("recipes/eks-node/vendor-edited-link.sh"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    p.edit(
-        "recipes/eks-node.toml",
-        "[[steps]]\nname = \"generalize\"",
-        "[[steps]]\nname = \"vendor-edited-link\"\nscript = \"eks-node/vendor-edited-link.sh\"\n\n[[steps]]\nname = \"generalize\"",
-    );
-    let (moto, _) = rehearsal_emulator(&p).await;
+    let (moto, _) = al2023_emulator().await;
     let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
     assert_eq!(code, 0, "{summary:#}\n{stderr}");
     let notes = summary["results"][0]["notes"].to_string();
@@ -151,60 +179,109 @@ async fn the_ec2_engine_on_real_vms_publishes_a_hardened_image_and_rejects_the_i
     let ssm = aws_sdk_ssm::Client::new(&moto.sdk().await);
     let param = ssm
         .get_parameter()
-        .name(format!("/rehearsal/eks-node/releases/{release}/x86_64"))
+        .name(format!("/rehearsal/al2023-eks/releases/{release}/x86_64"))
         .send()
         .await
         .unwrap();
     assert_eq!(param.parameter().unwrap().value(), Some(image.as_str()));
 
-    // What each validator said, as the canary answered it (the image's tags keep the summary).
+    // What each validator said, as the canary answered it (the image's tags keep the summary):
+    // every one of the recipe's passes, the dnf ones and pod-network included; only the
+    // cluster's check has no cluster to ask.
     let (code, rel, stderr) = bake(
         &p,
         moto,
-        &["releases", "eks-node", "-p", "pipelines/aws.toml"],
+        &["releases", "al2023-eks", "-p", "pipelines/aws.toml"],
     );
     assert_eq!(code, 0, "{stderr}");
     let validators = rel[0]["images"]["x86_64"]["validators"]
         .as_object()
         .unwrap_or_else(|| panic!("{rel:#}"))
         .clone();
-    assert_eq!(validators["software-as-baked"], "pass", "{rel:#}");
-    for (name, status) in &validators {
-        // No cluster in a rehearsal; no snapd on the Debian base.
-        let want = if name == "node-ready" || name == "snap-refresh-held" {
-            "not_applicable"
-        } else {
-            "pass"
-        };
-        assert_eq!(status, want, "{name}: {rel:#}");
+    for name in [
+        "mac-policy",
+        "networkd-keeps-foreign-routes",
+        "pod-network",
+        "dnf-automatic-off",
+        "dnf-timers-masked",
+        "dnf-release-locked",
+        "machine-id-empty",
+        "no-ssh-host-keys",
+        "no-bake-leftovers",
+        "software-as-baked",
+    ] {
+        assert_eq!(validators[name], "pass", "{name}: {rel:#}");
     }
+    assert_eq!(validators["node-ready"], "not_applicable", "{rel:#}");
+    assert_eq!(validators.len(), 11, "{rel:#}");
+    // The manifest is rpm's: the vendor's packages, at the stand-in's release.
+    let (code, sbom, stderr) = bake(
+        &p,
+        moto,
+        &[
+            "sbom",
+            "al2023-eks",
+            &release,
+            "--arch",
+            "x86_64",
+            "-p",
+            "pipelines/aws.toml",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let sbom = sbom.to_string();
     assert!(
-        stderr.is_empty() || !stderr.contains("panicked"),
-        "{stderr}"
+        sbom.contains("pkg:rpm/amzn/system-release@2023.6.20250218"),
+        "{sbom}"
     );
     // Files, steps, the package manifest and the validators each went over SSM RunCommand.
     let logged = moto.records();
-    let sends: Vec<&Value> = logged
+    let sends = logged
         .iter()
         .filter(|r| r["action"] == "SendCommand")
-        .collect();
+        .count();
     assert!(
-        sends.len() >= 10,
-        "steps, files, manifest and validators all went over SSM: {}",
-        sends.len()
+        sends >= 8,
+        "steps, files, manifest and validators all went over SSM: {sends}"
     );
     assert_nothing_left(moto).await;
     moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
 
-    // The seed's incident: no MAC drop-in. The canary's own udev rewrites the veth's MAC.
-    let n = rehearsal_project("/rehearsal-incident");
-    n.without_mac_dropin();
+    // The seed's incident on a base without the vendor's drop-in (an AMI up to v20250410, whose
+    // in-place edit an upgrade of systemd-udev undoes) and without bake's: the canary's own
+    // udev rewrites the veth's MAC. And software that changes at first boot, as a cloud-init
+    // `package_upgrade` would: a package installed by a unit the image enables.
+    let n = al2023_project("/rehearsal-incident");
+    n.without_file("al2023-eks", "99-bake-mac-policy.conf");
+    n.add_step(
+        "al2023-eks",
+        "no-vendor-dropin",
+        "rm -f /etc/systemd/network/99-default.link.d/99-no-policy.conf\n",
+        Some("generalize"),
+    );
+    n.add_step(
+        "al2023-eks",
+        "install-at-first-boot",
+        "d=/var/lib/bake-first-boot\n\
+         mkdir -p $d/top\n\
+         printf 'Name: bake-boot-drift\\nVersion: 1.0\\nRelease: 1\\nSummary: installed at first boot\\nLicense: none\\nBuildArch: noarch\\n%%description\\ninstalled at first boot\\n%%files\\n' > $d/drift.spec\n\
+         rpmbuild --quiet -bb --define \"_topdir $d/top\" $d/drift.spec\n\
+         mv $d/top/RPMS/noarch/bake-boot-drift-1.0-1.noarch.rpm $d/\n\
+         rm -rf $d/top $d/drift.spec\n\
+         printf '[Unit]\\nDescription=a package installed at first boot\\n\\n[Service]\\nType=oneshot\\nExecStart=/usr/bin/rpm -i --nodeps /var/lib/bake-first-boot/bake-boot-drift-1.0-1.noarch.rpm\\n\\n[Install]\\nWantedBy=multi-user.target\\n' > /etc/systemd/system/bake-first-boot.service\n\
+         systemctl enable bake-first-boot.service\n",
+        Some("generalize"),
+    );
     let (code, summary, stderr) = bake(&n, moto, &["run", "pipelines/aws.toml"]);
     assert_eq!(code, 3, "expected rejection: {summary:#}\n{stderr}");
     assert!(summary["published"].as_array().unwrap().is_empty());
     let error = summary["results"][0]["error"].as_str().unwrap();
     let (pod, lost) = crate::common::POD_LOST;
-    for (validator, reason) in [("mac-policy", "MACAddressPolicy=none"), (pod, lost)] {
+    for (validator, reason) in [
+        ("mac-policy", "sets MACAddressPolicy=none"),
+        (pod, lost),
+        ("software-as-baked", "bake-boot-drift"),
+    ] {
         assert!(error.contains(&format!("{validator} fail")), "{error}");
         assert!(error.contains(reason), "expected {reason:?} in {error}");
     }

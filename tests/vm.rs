@@ -313,24 +313,9 @@ fn rejected_by(p: &Project, failures: &[(&str, &str)]) {
     assert_eq!(record["status"], "rejected");
 }
 
-/// Adds an executable step script and a step running it before `before` (or at the end).
+/// Adds a step to the eks-node recipe (see `Project::add_step`).
 fn add_step(p: &Project, name: &str, body: &str, before: Option<&str>) {
-    let file = format!("recipes/eks-node/{name}.sh");
-    p.write(&file, format!("#!/bin/sh\nset -eu\n{body}"));
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p.path(&file), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let step = format!("[[steps]]\nname = \"{name}\"\nscript = \"eks-node/{name}.sh\"\n");
-    match before {
-        Some(b) => p.edit(
-            "recipes/eks-node.toml",
-            &format!("[[steps]]\nname = \"{b}\""),
-            &format!("{step}\n[[steps]]\nname = \"{b}\""),
-        ),
-        None => {
-            let text = p.read("recipes/eks-node.toml");
-            p.write("recipes/eks-node.toml", format!("{text}\n{step}"));
-        }
-    }
+    p.add_step("eks-node", name, body, before);
 }
 
 // An image without the MAC drop-in at all (the seed's incident) is rejected end to end through
@@ -416,24 +401,14 @@ fn an_in_place_fix_of_the_packaged_link_file_is_undone_by_an_upgrade_and_rejecte
     let p = project_for("x86_64");
     p.without_mac_dropin();
     // The hand fix the seed's users first tried, then what the next unattended upgrade does.
-    p.write(
-        "recipes/eks-node/edit-usr-lib.sh",
-        "#!/bin/sh\nset -eu\n\
-         sed -i 's/^MACAddressPolicy=.*/MACAddressPolicy=none/' /usr/lib/systemd/network/99-default.link\n\
+    add_step(
+        &p,
+        "edit-usr-lib",
+        "sed -i 's/^MACAddressPolicy=.*/MACAddressPolicy=none/' /usr/lib/systemd/network/99-default.link\n\
          grep -q '^MACAddressPolicy=none' /usr/lib/systemd/network/99-default.link\n\
          apt-get install -y -q --reinstall --no-download udev systemd\n\
          grep -q '^MACAddressPolicy=persistent' /usr/lib/systemd/network/99-default.link\n",
-    );
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        p.path("recipes/eks-node/edit-usr-lib.sh"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    p.edit(
-        "recipes/eks-node.toml",
-        "[[steps]]\nname = \"generalize\"",
-        "[[steps]]\nname = \"edit-usr-lib\"\nscript = \"eks-node/edit-usr-lib.sh\"\n\n[[steps]]\nname = \"generalize\"",
+        Some("generalize"),
     );
     p.edit(
         "recipes/eks-node.toml",

@@ -6,6 +6,7 @@
 
 pub mod fake;
 pub mod moto;
+pub mod standin;
 
 use std::path::{Path, PathBuf};
 
@@ -64,27 +65,47 @@ impl Project {
     /// Removes the MAC drop-in (the recipe's `[[files]]` entry) from the eks-node recipe: the
     /// seed's incident.
     pub fn without_mac_dropin(&self) {
-        self.without_file("99-bake-mac-policy.conf");
+        self.without_file("eks-node", "99-bake-mac-policy.conf");
     }
 
     /// Removes the networkd drop-in from the eks-node recipe: a networkd restart then removes
     /// the routes and rules a CNI added.
     pub fn without_networkd_dropin(&self) {
-        self.without_file("99-bake-keep-foreign-routes.conf");
+        self.without_file("eks-node", "99-bake-keep-foreign-routes.conf");
     }
 
-    /// Removes the eks-node recipe's `[[files]]` entry whose source is `steps/files/{name}`.
-    fn without_file(&self, name: &str) {
-        let text = self.read("recipes/eks-node.toml");
+    /// Removes `recipe`'s `[[files]]` entry whose source is `steps/files/{name}`.
+    pub fn without_file(&self, recipe: &str, name: &str) {
+        let file = format!("recipes/{recipe}.toml");
+        let text = self.read(&file);
         let entry = format!("[[files]]\nsource = \"steps/files/{name}\"");
         let start = text
             .find(&entry)
-            .unwrap_or_else(|| panic!("eks-node has no {entry}"));
+            .unwrap_or_else(|| panic!("{recipe} has no {entry}"));
         let end = start + text[start..].find("\n\n").unwrap() + 2;
-        self.write(
-            "recipes/eks-node.toml",
-            format!("{}{}", &text[..start], &text[end..]),
-        );
+        self.write(&file, format!("{}{}", &text[..start], &text[end..]));
+    }
+
+    /// Adds an executable step script `recipes/{recipe}/{name}.sh` (`body` after `set -eu`)
+    /// and a step running it before the step `before` (or at the end).
+    pub fn add_step(&self, recipe: &str, name: &str, body: &str, before: Option<&str>) {
+        let file = format!("recipes/{recipe}/{name}.sh");
+        self.write(&file, format!("#!/bin/sh\nset -eu\n{body}"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.path(&file), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let toml = format!("recipes/{recipe}.toml");
+        let step = format!("[[steps]]\nname = \"{name}\"\nscript = \"{recipe}/{name}.sh\"\n");
+        match before {
+            Some(b) => self.edit(
+                &toml,
+                &format!("[[steps]]\nname = \"{b}\""),
+                &format!("{step}\n[[steps]]\nname = \"{b}\""),
+            ),
+            None => {
+                let text = self.read(&toml);
+                self.write(&toml, format!("{text}\n{step}"));
+            }
+        }
     }
 
     /// Replaces `from` with `to` in a file, failing the test if `from` is not there.
