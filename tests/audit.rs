@@ -66,7 +66,7 @@ fn packages_of(instance: &str, list: &str) -> Vec<Value> {
         }),
         json!({
             "match": format!("audit {instance} packages"),
-            "stdout": format!("{} {} {path}\n", list.len(), bake::recipe::sha256_hex(list.as_bytes())),
+            "stdout": format!("{} {} {path}\n", list.len(), bake::input::recipe::sha256_hex(list.as_bytes())),
         }),
     ]
 }

@@ -164,7 +164,7 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
     // The digest covers the whole list, tail (systemd) included, not the first 24,000 characters.
     assert_eq!(
         manifest["images"]["x86_64"]["packages_sha256"].as_str(),
-        Some(bake::recipe::sha256_hex(packages.as_bytes()).as_str())
+        Some(bake::input::recipe::sha256_hex(packages.as_bytes()).as_str())
     );
     let ch = ssm
         .get_parameter()
@@ -1253,7 +1253,7 @@ async fn copies_to_the_copy_regions_shares_with_the_accounts_and_publishes_each_
 
     // The pipeline's IAM policy allows what copying and sharing call.
     let (_, policy, _) = bake(&p, moto, &["iam-policy", "pipelines/aws.toml"]);
-    let allowed = bake::iam::actions(&policy);
+    let allowed = bake::ops::iam::actions(&policy);
     for needed in [
         "ec2:CopyImage",
         "ec2:ModifyImageAttribute",
@@ -1263,7 +1263,7 @@ async fn copies_to_the_copy_regions_shares_with_the_accounts_and_publishes_each_
     }
 
     // Deleting a published image (what prune does) deletes its copies too.
-    let pipeline = bake::pipeline::Pipeline::load(&p.path("pipelines/aws.toml")).unwrap();
+    let pipeline = bake::input::pipeline::Pipeline::load(&p.path("pipelines/aws.toml")).unwrap();
     let provider =
         bake::provider::aws::AwsProvider::new(&moto.sdk().await, &pipeline, Default::default())
             .unwrap();
@@ -1490,7 +1490,7 @@ async fn sweep_prune_and_reuse_stay_in_their_own_pipeline() {
         );
     }
     // Whatever A's registry might say, an image of B's is not A's to delete.
-    let pipeline = bake::pipeline::Pipeline::load(&a.path("pipelines/aws.toml")).unwrap();
+    let pipeline = bake::input::pipeline::Pipeline::load(&a.path("pipelines/aws.toml")).unwrap();
     let provider = bake::provider::aws::AwsProvider::new(
         &moto.sdk_via_proxy().await,
         &pipeline,
@@ -1771,9 +1771,9 @@ async fn the_ubuntu_and_al2023_recipes_plan_against_their_bases() {
         assert_eq!(item["base"]["join"], join, "{item:#}");
     }
     // Each recipe checks its own distribution's drift and no other's.
-    let catalog = bake::validate::Catalog::load(&p.path("validators")).unwrap();
+    let catalog = bake::input::validate::Catalog::load(&p.path("validators")).unwrap();
     for (recipe, _, _) in &recipes {
-        let r = bake::recipe::Recipe::load(&p.path("recipes"), recipe, &catalog).unwrap();
+        let r = bake::input::recipe::Recipe::load(&p.path("recipes"), recipe, &catalog).unwrap();
         let family = if recipe.starts_with("al2023") {
             "amzn"
         } else {

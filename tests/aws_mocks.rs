@@ -8,8 +8,8 @@ use aws_sdk_ec2::operation::describe_images::{DescribeImagesError, DescribeImage
 use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice, Image, ImageState};
 use aws_smithy_mocks::{mock, MockResponseInterceptor, Rule, RuleMode};
 use aws_smithy_types::error::ErrorMetadata;
-use bake::aws::Limits;
 use bake::provider::aws::image::{Images, Wait};
+use bake::provider::aws::sdk::Limits;
 use std::time::Duration;
 
 /// An EC2 client whose calls are answered by `rules`, in order, with the SDK's standard retry

@@ -10,7 +10,7 @@ use common::Project;
 fn no_unconditioned_writes(policy: &serde_json::Value) {
     for s in policy["Statement"].as_array().unwrap() {
         if s["Resource"] == "*" && s.get("Condition").is_none() {
-            let actions = bake::iam::actions(&serde_json::json!({"Statement": [s]}));
+            let actions = bake::ops::iam::actions(&serde_json::json!({"Statement": [s]}));
             assert!(
                 actions
                     .iter()
@@ -24,11 +24,11 @@ fn no_unconditioned_writes(policy: &serde_json::Value) {
 #[test]
 fn iam_policy_for_the_aws_pipeline() {
     let pipeline =
-        bake::pipeline::Pipeline::load(&common::repo().join("pipelines/aws.toml")).unwrap();
-    let policy = bake::iam::policy(&pipeline).unwrap();
+        bake::input::pipeline::Pipeline::load(&common::repo().join("pipelines/aws.toml")).unwrap();
+    let policy = bake::ops::iam::policy(&pipeline).unwrap();
     insta::assert_json_snapshot!(policy);
     no_unconditioned_writes(&policy);
-    assert!(!bake::iam::actions(&policy)
+    assert!(!bake::ops::iam::actions(&policy)
         .iter()
         .any(|a| a.starts_with("imagebuilder:")));
 }
@@ -41,10 +41,10 @@ fn the_imagebuilder_engine_may_call_image_builder_on_its_own_resources_only() {
         "engine = \"ec2\"",
         "engine = \"imagebuilder\"\nsubnet_id = \"subnet-0abc\"\nsecurity_group_id = \"sg-0abc\"",
     );
-    let pipeline = bake::pipeline::Pipeline::load(&p.path("pipelines/aws.toml")).unwrap();
-    let policy = bake::iam::policy(&pipeline).unwrap();
+    let pipeline = bake::input::pipeline::Pipeline::load(&p.path("pipelines/aws.toml")).unwrap();
+    let policy = bake::ops::iam::policy(&pipeline).unwrap();
     no_unconditioned_writes(&policy);
-    let allowed = bake::iam::actions(&policy);
+    let allowed = bake::ops::iam::actions(&policy);
     // Every Image Builder call the engine makes (see provider/aws/imagebuilder.rs).
     for a in [
         "ListComponents",
@@ -69,8 +69,9 @@ fn the_imagebuilder_engine_may_call_image_builder_on_its_own_resources_only() {
 #[test]
 fn a_local_pipeline_needs_no_policy() {
     let pipeline =
-        bake::pipeline::Pipeline::load(&common::repo().join("pipelines/local.toml")).unwrap();
-    assert!(bake::iam::policy(&pipeline).is_err());
+        bake::input::pipeline::Pipeline::load(&common::repo().join("pipelines/local.toml"))
+            .unwrap();
+    assert!(bake::ops::iam::policy(&pipeline).is_err());
 }
 
 /// Requests bake must never be able to make, evaluated against the printed policy by a real IAM
@@ -80,8 +81,8 @@ fn a_local_pipeline_needs_no_policy() {
 fn what_bake_must_never_do_is_denied_by_the_printed_policy() {
     use serde_json::json;
     let pipeline =
-        bake::pipeline::Pipeline::load(&common::repo().join("pipelines/aws.toml")).unwrap();
-    let policy = bake::iam::policy(&pipeline).unwrap();
+        bake::input::pipeline::Pipeline::load(&common::repo().join("pipelines/aws.toml")).unwrap();
+    let policy = bake::ops::iam::policy(&pipeline).unwrap();
     let ec2 = |t: &str, id: &str| {
         if t == "image" || t == "snapshot" {
             format!("arn:aws:ec2:us-east-1::{t}/{id}")

@@ -41,9 +41,9 @@ use common::Project;
 use serde_json::json;
 use std::sync::Mutex;
 
-fn recipe() -> bake::recipe::Recipe {
+fn recipe() -> bake::input::recipe::Recipe {
     let pipeline =
-        bake::pipeline::Pipeline::load(&common::repo().join("pipelines/aws.toml")).unwrap();
+        bake::input::pipeline::Pipeline::load(&common::repo().join("pipelines/aws.toml")).unwrap();
     pipeline.bake("eks-node").unwrap().recipe.clone()
 }
 
@@ -122,8 +122,8 @@ fn the_awstoe_documents_parse_back_with_one_build_component_per_step_and_a_test_
     assert_eq!(again[2].name, components[2].name);
 }
 
-fn settings() -> bake::pipeline::AwsSettings {
-    let mut s = bake::pipeline::Pipeline::load(&common::repo().join("pipelines/aws.toml"))
+fn settings() -> bake::input::pipeline::AwsSettings {
+    let mut s = bake::input::pipeline::Pipeline::load(&common::repo().join("pipelines/aws.toml"))
         .unwrap()
         .settings
         .aws()
@@ -438,7 +438,7 @@ async fn run(
     p: &Project,
     ib: aws_sdk_imagebuilder::Client,
     reporter: &dyn Reporter,
-) -> (bake::run::RunSummary, bake::Result<()>) {
+) -> (bake::ops::run::RunSummary, bake::Result<()>) {
     run_cancellable(moto, p, ib, reporter, Default::default()).await
 }
 
@@ -448,8 +448,8 @@ async fn run_cancellable(
     ib: aws_sdk_imagebuilder::Client,
     reporter: &dyn Reporter,
     cancel: tokio_util::sync::CancellationToken,
-) -> (bake::run::RunSummary, bake::Result<()>) {
-    let pipeline = bake::pipeline::Pipeline::load(&p.path("pipelines/aws.toml")).unwrap();
+) -> (bake::ops::run::RunSummary, bake::Result<()>) {
+    let pipeline = bake::input::pipeline::Pipeline::load(&p.path("pipelines/aws.toml")).unwrap();
     let config = moto.sdk_via_proxy().await;
     let settings = pipeline.settings.aws().cloned().unwrap();
     let provider = bake::provider::aws::AwsProvider::new(&config, &pipeline, Default::default())
@@ -457,7 +457,7 @@ async fn run_cancellable(
         .with_imagebuilder(ib);
     let registry =
         bake::registry::SsmRegistry::new(&config, settings.ssm_prefix.clone(), Default::default());
-    let cx = bake::run::RunContext {
+    let cx = bake::ops::run::RunContext {
         pipeline: &pipeline,
         provider: &provider,
         registry: &registry,
@@ -465,7 +465,7 @@ async fn run_cancellable(
         state_dir: &p.state(),
         cancel,
     };
-    bake::run::run(&cx, &bake::run::RunOptions::default()).await
+    bake::ops::run::run(&cx, &bake::ops::run::RunOptions::default()).await
 }
 
 /// The AMI an Image Builder build distributes: tagged by the distribution configuration
@@ -662,7 +662,7 @@ async fn plan_shows_the_image_builder_resources_it_would_create_or_reuse() {
     let base = register_x86(moto, "ib-base-plan").await;
     moto.set_config(json!({"parameters": {UBUNTU_X86: base}}));
     let p = project(moto, "/ib4").await;
-    let pipeline = bake::pipeline::Pipeline::load(&p.path("pipelines/aws.toml")).unwrap();
+    let pipeline = bake::input::pipeline::Pipeline::load(&p.path("pipelines/aws.toml")).unwrap();
     let config = moto.sdk_via_proxy().await;
     let registry = bake::registry::SsmRegistry::new(
         &config,
@@ -676,10 +676,10 @@ async fn plan_shows_the_image_builder_resources_it_would_create_or_reuse() {
             bake::provider::aws::AwsProvider::new(&config, &pipeline, Default::default())
                 .unwrap()
                 .with_imagebuilder(imagebuilder_client(&rules));
-        let mut items = bake::plan::plan(&pipeline, &provider, &registry, &Default::default())
+        let mut items = bake::ops::plan::plan(&pipeline, &provider, &registry, &Default::default())
             .await
             .unwrap();
-        bake::plan::with_resources(&mut items, &pipeline, &provider)
+        bake::ops::plan::with_resources(&mut items, &pipeline, &provider)
             .await
             .unwrap();
         let res = &items[0].resources;
@@ -773,7 +773,8 @@ async fn sweep_finds_the_untagged_output_of_a_build_whose_run_died_once_it_is_ol
         .unwrap();
     let p = project(moto, "/ib6").await;
     let found = |p: Project| async move {
-        let pipeline = bake::pipeline::Pipeline::load(&p.path("pipelines/aws.toml")).unwrap();
+        let pipeline =
+            bake::input::pipeline::Pipeline::load(&p.path("pipelines/aws.toml")).unwrap();
         let provider = bake::provider::aws::AwsProvider::new(
             &moto.sdk_via_proxy().await,
             &pipeline,

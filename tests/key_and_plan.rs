@@ -2,12 +2,12 @@
 
 use crate::common;
 
+use bake::input::pipeline::Pipeline;
+use bake::input::recipe::Recipe;
+use bake::input::validate::Catalog;
 use bake::key::bake_key;
-use bake::pipeline::Pipeline;
-use bake::plan::{decide, Decision};
-use bake::recipe::Recipe;
+use bake::ops::plan::{decide, Decision};
 use bake::release::{Manifest, ReleaseId, ReleaseImage};
-use bake::validate::Catalog;
 use bake::Arch;
 use common::Project;
 use std::collections::BTreeMap;
@@ -118,7 +118,7 @@ fn every_input_changes_the_key() {
             Box::new(|p: &Project| {
                 let content = "[Link]\nMACAddressPolicy=none\n";
                 p.write("recipes/steps/files/99-bake-mac-policy.conf", content);
-                let sha = bake::recipe::sha256_hex(content.as_bytes());
+                let sha = bake::input::recipe::sha256_hex(content.as_bytes());
                 let s = p.read("recipes/eks-node.toml");
                 let old = s
                     .lines()

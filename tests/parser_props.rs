@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use bake::pipeline::Pipeline;
+use bake::input::pipeline::Pipeline;
 use common::Project;
 use proptest::prelude::*;
 

@@ -3,11 +3,11 @@
 
 use crate::common;
 
-use bake::pipeline::Pipeline;
-use bake::plan::Filter;
+use bake::input::pipeline::Pipeline;
+use bake::ops::plan::Filter;
+use bake::ops::run::{run, ArchOutcome, RunContext, RunOptions, RunSummary};
 use bake::registry::{Registry, SqliteRegistry};
 use bake::report::LogReporter;
-use bake::run::{run, ArchOutcome, RunContext, RunOptions, RunSummary};
 use bake::{Arch, Error};
 use common::fake::FakeProvider;
 use common::Project;

@@ -4,14 +4,15 @@
 
 use crate::common;
 
-use bake::pipeline::Pipeline;
-use bake::promote::{self, Promotion, Request};
-use bake::prune;
+use bake::input::pipeline::Pipeline;
+use bake::ops::diff;
+use bake::ops::promote::{self, Promotion, Request};
+use bake::ops::prune;
+use bake::ops::run::{run, RunContext, RunOptions};
 use bake::registry::{Registry, SqliteRegistry};
 use bake::release::ReleaseId;
 use bake::report::LogReporter;
-use bake::run::{run, RunContext, RunOptions};
-use bake::{diff, Arch, Error};
+use bake::{Arch, Error};
 use common::fake::FakeProvider;
 use common::Project;
 use std::time::Duration;
@@ -354,7 +355,7 @@ async fn diff_reports_package_kernel_base_and_key_changes() {
 async fn sbom_lists_every_package_of_the_image_and_refuses_what_it_cannot_describe() {
     let w = World::new("0s");
     let r1 = w.release(1).await;
-    let bom = bake::sbom::of_release(&w.registry, &w.provider, "eks-node", &r1, Arch::X86_64)
+    let bom = bake::ops::sbom::of_release(&w.registry, &w.provider, "eks-node", &r1, Arch::X86_64)
         .await
         .unwrap();
     let image = w
@@ -383,7 +384,7 @@ async fn sbom_lists_every_package_of_the_image_and_refuses_what_it_cannot_descri
         "{names:?}"
     );
     // A release unknown, or without that arch: refused, naming what exists.
-    let err = bake::sbom::of_release(
+    let err = bake::ops::sbom::of_release(
         &w.registry,
         &w.provider,
         "eks-node",
@@ -401,7 +402,7 @@ async fn sbom_lists_every_package_of_the_image_and_refuses_what_it_cannot_descri
         .shared()
         .manifests
         .insert(image.clone(), "apt\t9.9\tx86_64\n".into());
-    let err = bake::sbom::of_release(&w.registry, &w.provider, "eks-node", &r1, Arch::X86_64)
+    let err = bake::ops::sbom::of_release(&w.registry, &w.provider, "eks-node", &r1, Arch::X86_64)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not the"), "{err}");
@@ -435,7 +436,7 @@ async fn prune_plans_then_applies_and_keeps_what_is_referenced_or_in_use() {
         &w.provider,
         "eks-node",
         w.pipeline.clusters.keys(),
-        &bake::pipeline::Retention {
+        &bake::input::pipeline::Retention {
             history: 3,
             ..Default::default()
         },

@@ -178,7 +178,7 @@ async fn nightly(moto: &Moto, release: &ReleaseId, n: std::ops::Range<usize>) {
     use bake::registry::Registry;
     let registry = bake::registry::SsmRegistry::new(
         &moto.sdk().await,
-        bake::names::SsmPath::parse(PREFIX).unwrap(),
+        bake::input::names::SsmPath::parse(PREFIX).unwrap(),
         Default::default(),
     );
     let manifest = registry.release(RECIPE, release).await.unwrap().unwrap();

@@ -46,7 +46,7 @@ async fn ssm(prefix: &str) -> SsmRegistry {
     let config = moto.sdk().await;
     SsmRegistry::new(
         &config,
-        bake::names::SsmPath::parse(prefix).unwrap(),
+        bake::input::names::SsmPath::parse(prefix).unwrap(),
         Default::default(),
     )
 }
@@ -128,7 +128,7 @@ async fn ssm_the_newest_release_is_one_read_and_follows_every_publish() {
     // Through the proxy: its calls are logged, and it pages listings as SSM does.
     let reg = SsmRegistry::new(
         &moto.sdk_via_proxy().await,
-        bake::names::SsmPath::parse("/newest").unwrap(),
+        bake::input::names::SsmPath::parse("/newest").unwrap(),
         Default::default(),
     );
     assert_eq!(reg.newest_release("eks-node").await.unwrap(), None);
@@ -538,7 +538,7 @@ async fn ssm_a_channel_keeps_its_whole_history_and_its_pins_past_100_moves() {
         .publish(manifest(&[(Arch::X86_64, "img-b")]))
         .await
         .unwrap();
-    let prefix = bake::names::SsmPath::parse("/t150").unwrap();
+    let prefix = bake::input::names::SsmPath::parse("/t150").unwrap();
     let mut pinned = None;
     for i in 0..150u64 {
         let release = if i % 2 == 0 { &a } else { &b };
@@ -558,11 +558,11 @@ async fn ssm_a_channel_keeps_its_whole_history_and_its_pins_past_100_moves() {
         .await
         .unwrap();
         if i + 1 == 3 {
-            let pins = bake::pin::pins(
+            let pins = bake::ops::pin::pins(
                 &reg,
                 &prefix,
                 "eks-node",
-                &bake::pin::Target::Channel("nightly".into()),
+                &bake::ops::pin::Target::Channel("nightly".into()),
                 Some(Arch::X86_64),
             )
             .await

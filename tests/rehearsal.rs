@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 /// The project's eks-node recipe, as bake loads it.
-fn eks_node(p: &Project) -> bake::recipe::Recipe {
-    let catalog = bake::validate::Catalog::load(&p.path("validators")).unwrap();
-    bake::recipe::Recipe::load(&p.path("recipes"), "eks-node", &catalog).unwrap()
+fn eks_node(p: &Project) -> bake::input::recipe::Recipe {
+    let catalog = bake::input::validate::Catalog::load(&p.path("validators")).unwrap();
+    bake::input::recipe::Recipe::load(&p.path("recipes"), "eks-node", &catalog).unwrap()
 }
 
 /// The local x86_64 base the eks-node recipe bakes from (built once, cached like bake's own).
@@ -29,7 +29,7 @@ async fn local_base(p: &Project) -> base::Base {
         recipe
             .volume
             .size()
-            .unwrap_or(bake::recipe::DEFAULT_SIZE_GIB),
+            .unwrap_or(bake::input::recipe::DEFAULT_SIZE_GIB),
     );
     base::ensure(
         &spec,
@@ -565,7 +565,7 @@ const NODE_STATE: &str = "ip -o link | sed 's/^[0-9]*: //; s/[:@].*//' | sort; i
 /// runs it (`BAKE_AUDIT=1`) on a booted hardened node: it passes within a minute and leaves the
 /// node's links, rules, routes and services as they were, and no file outside its temp dir.
 async fn audit_changes_nothing(d: &Driver, node: &str, p: &Project) {
-    let catalog = bake::validate::Catalog::load(&p.dir.path().join("validators")).unwrap();
+    let catalog = bake::input::validate::Catalog::load(&p.dir.path().join("validators")).unwrap();
     let (status, _, before, err) = d
         .run(
             node,

@@ -4,13 +4,13 @@
 use crate::common;
 
 use async_trait::async_trait;
+use bake::input::recipe::Recipe;
+use bake::input::validate::Catalog;
 use bake::journal::{Journal, Resource};
 use bake::key::bake_key;
 use bake::provider::{BakeJob, ImageStatus, Provider};
-use bake::recipe::Recipe;
 use bake::report::LogReporter;
 use bake::steps::{Outcome, Runner, Step, StepContext};
-use bake::validate::Catalog;
 use bake::{Arch, Error};
 use common::fake::{FakeProvider, STEPS};
 use common::repo;

@@ -378,7 +378,7 @@ fn the_examples_are_two_node_sets_in_separate_states_each_node_pinned_on_its_own
             Some(&Expression::String("../../../modules/eks-node".into()))
         );
         // The pins file is one bake writes and reads.
-        let pins = bake::pins_file::PinsFile::read(
+        let pins = bake::ops::pins_file::PinsFile::read(
             &dir.join(arch).join("pins.auto.tfvars"),
             "eks-node",
             arch.parse().unwrap(),
@@ -403,7 +403,7 @@ fn the_examples_are_two_node_sets_in_separate_states_each_node_pinned_on_its_own
             assert_eq!(
                 name,
                 &bake::registry::release_parameter(
-                    &bake::names::SsmPath::parse("/bake").unwrap(),
+                    &bake::input::names::SsmPath::parse("/bake").unwrap(),
                     "eks-node",
                     &release.parse().unwrap(),
                     arch.parse().unwrap()

@@ -66,7 +66,7 @@ fn main() {
         .unwrap_or_else(|| "tcg".into());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // What `cpus = "auto"` gives the one VM of a one-arch run.
-    let cpus = bake::pipeline::Cpus::Auto.resolve(cores, 1);
+    let cpus = bake::input::pipeline::Cpus::Auto.resolve(cores, 1);
     let memory = 1024;
     let packer = Packer::prepare(&repo, &project, &base, &arch, &accel, cpus, memory);
 

@@ -6,7 +6,7 @@
 //! The shell is `guest/prepare-canary.sh`; providers upload it like any script and pass the
 //! device paths where their second disk shows up.
 
-use crate::validate::{CheckResult, Validator};
+use crate::input::validate::{CheckResult, Validator};
 
 /// The guest script that prepares a canary (see the module doc).
 pub const PREPARE_SCRIPT: &str = include_str!("guest/prepare-canary.sh");
@@ -150,7 +150,7 @@ pub fn plan<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::{Scope, Status};
+    use crate::input::validate::{Scope, Status};
 
     fn v(name: &str, applies_to: &[&str], reads_image: bool, needs_cluster: bool) -> Validator {
         Validator {
@@ -158,7 +158,7 @@ mod tests {
             checks: String::new(),
             script: format!("{name}.sh"),
             content: Vec::new(),
-            judged_by: crate::validate::JudgedBy::Script,
+            judged_by: crate::input::validate::JudgedBy::Script,
             scope: Scope::Node,
             needs_cluster,
             reads_image,

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use std::time::Duration;
 
 pub mod batch;
+pub mod long_output;
 pub use batch::{Job, Outcome};
 
 /// What a command in the guest ended with.
@@ -41,7 +42,7 @@ pub fn sh_quote(s: &str) -> String {
 
 /// The shell that checks, in the guest, that `path` holds what bake sent (sha256 of `content`).
 pub fn verify_command(path: &str, content: &[u8]) -> String {
-    let line = format!("{}  {path}", crate::recipe::sha256_hex(content));
+    let line = format!("{}  {path}", crate::input::recipe::sha256_hex(content));
     format!("echo {} | sha256sum -c --quiet -", sh_quote(&line))
 }
 
@@ -128,7 +129,7 @@ pub trait Guest: Send {
                         Ok::<_, crate::Error>((ran.exit_code, ran.stdout, ran.stderr))
                     }
                 };
-                crate::long_output::read_whole(run, producer).await
+                crate::guest::long_output::read_whole(run, producer).await
             }
         }
     }

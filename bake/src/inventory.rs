@@ -27,7 +27,7 @@ pub async fn package_manifest(
         None => provider.package_manifest(&image.image_id).await?,
     };
     if let (Some(t), Some(want)) = (&text, &image.packages_sha256) {
-        let got = crate::recipe::sha256_hex(t.as_bytes());
+        let got = crate::input::recipe::sha256_hex(t.as_bytes());
         if &got != want {
             return Err(Error::Conflict(format!(
                 "the package manifest kept for {} {} {arch} has sha256 {got}, not the {want} recorded at bake time",

@@ -3,7 +3,7 @@
 //! its validators, the arch, the resolved base image ID and the key format version.
 //! Same key → same image, so a scheduled run with nothing new does nothing.
 
-use crate::recipe::{sha256_hex, Recipe};
+use crate::input::recipe::{sha256_hex, Recipe};
 use crate::Arch;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -55,7 +55,7 @@ struct ValidatorKey<'a> {
     /// Absent for a script (the default), so keys made before bake judged any validator
     /// itself are unchanged.
     #[serde(skip_serializing_if = "is_script")]
-    judged_by: crate::validate::JudgedBy,
+    judged_by: crate::input::validate::JudgedBy,
     scope: String,
     needs_cluster: bool,
     reads_image: bool,
@@ -65,8 +65,8 @@ struct ValidatorKey<'a> {
     not_applicable_when: Option<&'a str>,
 }
 
-fn is_script(j: &crate::validate::JudgedBy) -> bool {
-    *j == crate::validate::JudgedBy::Script
+fn is_script(j: &crate::input::validate::JudgedBy) -> bool {
+    *j == crate::input::validate::JudgedBy::Script
 }
 
 /// Computes the key of `recipe` for `arch` on the resolved base image `base_id`.

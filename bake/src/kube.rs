@@ -64,19 +64,6 @@ impl KubeVersion {
     }
 }
 
-/// The packages that carry the kubelet: Debian/RPM `kubelet`, the `kubelet-eks` snap of
-/// Canonical's EKS images.
-pub const KUBELET_PACKAGES: &[&str] = &["kubelet", "kubelet-eks"];
-
-/// The kubelet's version in a package manifest (`name<TAB>version<TAB>arch` lines), as printed.
-pub fn kubelet_in(manifest: &str) -> Option<String> {
-    crate::packages::PackageList::parse(manifest)
-        .packages
-        .into_iter()
-        .find(|p| KUBELET_PACKAGES.contains(&p.name.as_str()))
-        .map(|p| p.version)
-}
-
 /// Why a kubelet of `kubelet` may not join a cluster at `cluster`, or None when it may.
 pub fn skew(kubelet: KubeVersion, cluster: KubeVersion) -> Option<String> {
     if kubelet.major != cluster.major {
@@ -134,11 +121,6 @@ mod tests {
             assert_eq!(KubeVersion::of_package(p), Some(v(want)), "{p}");
         }
         assert_eq!(KubeVersion::of_package("latest"), None);
-        assert_eq!(
-            kubelet_in("apt\t2.6\tamd64\nkubelet-eks\t1.31.2\tsnap\n").as_deref(),
-            Some("1.31.2")
-        );
-        assert_eq!(kubelet_in("apt\t2.6\tamd64\n"), None);
     }
 
     #[test]

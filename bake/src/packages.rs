@@ -326,9 +326,31 @@ pub fn kept(
         .filter_map(|(a, i)| i.packages.as_deref().map(|p| (a, p)))
 }
 
+/// The packages that carry the kubelet: Debian/RPM `kubelet`, the `kubelet-eks` snap of
+/// Canonical's EKS images.
+pub const KUBELET_PACKAGES: &[&str] = &["kubelet", "kubelet-eks"];
+
+/// The kubelet's version in a package manifest (`name<TAB>version<TAB>arch` lines), as printed.
+pub fn kubelet_in(manifest: &str) -> Option<String> {
+    PackageList::parse(manifest)
+        .packages
+        .into_iter()
+        .find(|p| KUBELET_PACKAGES.contains(&p.name.as_str()))
+        .map(|p| p.version)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kubelet_is_found_as_a_package_or_a_snap() {
+        assert_eq!(
+            kubelet_in("apt\t2.6\tamd64\nkubelet-eks\t1.31.2\tsnap\n").as_deref(),
+            Some("1.31.2")
+        );
+        assert_eq!(kubelet_in("apt\t2.6\tamd64\n"), None);
+    }
 
     /// A node runs what was baked only if every package, version and snap revision is the
     /// same; a bootstrap's `snap refresh` changes a revision under the same version.

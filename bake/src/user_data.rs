@@ -11,7 +11,7 @@
 //! Both get the cluster's endpoint, CA and service CIDR from `eks:DescribeCluster`, as nodeadm
 //! requires them (bootstrap.sh could look them up, but only with EKS rights on the node).
 
-use crate::names::Join;
+use crate::input::names::Join;
 use crate::{Error, Result};
 use base64::Engine as _;
 use std::time::Duration;
@@ -37,61 +37,6 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Reads the join data of `name` with `eks:DescribeCluster`; a cluster that is not ACTIVE
-    /// or lacks any of the fields cannot take a canary.
-    #[cfg(feature = "aws")]
-    pub async fn describe(eks: &aws_sdk_eks::Client, name: &str, region: &str) -> Result<Cluster> {
-        let r = eks
-            .describe_cluster()
-            .name(name)
-            .send()
-            .await
-            .map_err(|e| {
-                crate::aws::err(format!("describing EKS cluster {name} in {region}"), e)
-            })?;
-        let c = r.cluster().ok_or_else(|| {
-            Error::provider(
-                "aws",
-                format!("EKS cluster {name} in {region}: no cluster in the answer"),
-            )
-        })?;
-        let missing = |what: &str| {
-            Error::provider(
-                "aws",
-                format!("EKS cluster {name} in {region} has no {what}; a canary cannot join it"),
-            )
-        };
-        if let Some(status) = c.status() {
-            if status.as_str() != "ACTIVE" {
-                return Err(Error::provider(
-                    "aws",
-                    format!(
-                        "EKS cluster {name} in {region} is {}, not ACTIVE; a canary cannot join it",
-                        status.as_str()
-                    ),
-                ));
-            }
-        }
-        Ok(Cluster {
-            name: name.to_string(),
-            endpoint: c.endpoint().ok_or_else(|| missing("endpoint"))?.to_string(),
-            certificate_authority: c
-                .certificate_authority()
-                .and_then(|a| a.data())
-                .ok_or_else(|| missing("certificate authority"))?
-                .to_string(),
-            service_cidr: c
-                .kubernetes_network_config()
-                .and_then(|k| k.service_ipv4_cidr())
-                .ok_or_else(|| missing("IPv4 service CIDR"))?
-                .to_string(),
-            security_group: c
-                .resources_vpc_config()
-                .and_then(|v| v.cluster_security_group_id())
-                .map(str::to_string),
-        })
-    }
-
     /// The cluster DNS service address EKS uses: the 10th address of the service CIDR.
     pub fn dns_ip(&self) -> Result<String> {
         let bad = || {
@@ -187,7 +132,10 @@ pub fn canary(join: Join, cluster: &Cluster, lifetime: Duration) -> Result<Strin
 /// How long an instance may live before its timer fires: longer than every wait the run
 /// could spend on it (launch, agent, each of `commands` at its limit, stop, image) plus an
 /// hour's margin for cleanups and slow APIs.
-pub fn lifetime(settings: &crate::pipeline::AwsSettings, command_limits: &[Duration]) -> Duration {
+pub fn lifetime(
+    settings: &crate::input::pipeline::AwsSettings,
+    command_limits: &[Duration],
+) -> Duration {
     settings.instance_timeout * 2
         + settings.agent_timeout
         + settings.join_timeout

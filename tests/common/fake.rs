@@ -3,12 +3,12 @@
 //! every run and cleanup, so tests can check order, outcome handling and leaks.
 
 use async_trait::async_trait;
+use bake::input::recipe::Recipe;
+use bake::input::validate::{CheckResult, Verdict};
 use bake::journal::Kind;
 use bake::key::BakeKey;
 use bake::provider::{BakeJob, BaseImage, ImageRecord, Provider};
-use bake::recipe::Recipe;
 use bake::steps::{Outcome, Runner, Step, StepContext};
-use bake::validate::{CheckResult, Verdict};
 use bake::{Arch, Error, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

@@ -441,12 +441,12 @@ pub const PACKAGE_MANIFEST_NEEDLE: &str = "bake: package manifest";
 pub fn package_rules(list: &str) -> Vec<Value> {
     use base64::Engine as _;
     let path = "/var/tmp/bake-output-scripted";
-    let digest = bake::recipe::sha256_hex(list.as_bytes());
+    let digest = bake::input::recipe::sha256_hex(list.as_bytes());
     let mut rules = vec![serde_json::json!({
         "match": PACKAGE_MANIFEST_NEEDLE,
         "stdout": format!("{} {digest} {path}\n", list.len()),
     })];
-    let slice = bake::long_output::SLICE;
+    let slice = bake::guest::long_output::SLICE;
     for (i, chunk) in list.as_bytes().chunks(slice).enumerate() {
         rules.push(serde_json::json!({
             "match": format!("dd if='{path}' iflag=skip_bytes,count_bytes skip={} ", i * slice),

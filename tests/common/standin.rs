@@ -45,7 +45,7 @@ pub async fn al2023(arch: Arch) -> Base {
         mirror: None,
         // The vendor's root volume is 20 GiB (template.json); the stand-in's disk grows to
         // what the launch asks, as an EBS root does.
-        size_gib: bake::recipe::DEFAULT_SIZE_GIB,
+        size_gib: bake::input::recipe::DEFAULT_SIZE_GIB,
         offline_apt: false,
         customize: vec![include_str!("../standins/al2023-eks.sh").to_string()],
         fs_uuid: Some(AL2023_ROOT_UUID.into()),

@@ -2,10 +2,10 @@
 
 use super::{json, open, RegistryArgs};
 use super::{Global, Output};
-use crate::audit::{Audit, NodeAudit, Request};
-use crate::pipeline::Pipeline;
+use crate::input::pipeline::Pipeline;
+use crate::input::validate::Status;
+use crate::ops::audit::{Audit, NodeAudit, Request};
 use crate::report::{age, table};
-use crate::validate::Status;
 use crate::{Error, Result};
 use clap::Args;
 use std::time::Duration;
@@ -68,7 +68,7 @@ pub async fn run(args: &AuditArgs, g: &Global) -> Result<u8> {
             );
         }
     };
-    let audit = crate::audit::audit(reg.as_ref(), fleet, &pipeline, &req, &progress).await?;
+    let audit = crate::ops::audit::audit(reg.as_ref(), fleet, &pipeline, &req, &progress).await?;
     match g.output {
         Output::Json => json(&audit),
         Output::Human => print_human(&audit),

@@ -3,8 +3,8 @@
 
 use super::{json, open, RegistryArgs};
 use super::{Global, Output};
-use crate::diff;
 use crate::error::exit;
+use crate::ops::diff;
 use crate::release::ReleaseId;
 use crate::report::table;
 use crate::Result;

@@ -3,7 +3,7 @@
 use super::json;
 use super::Global;
 use crate::error::exit;
-use crate::pipeline::Pipeline;
+use crate::input::pipeline::Pipeline;
 use crate::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -16,6 +16,6 @@ pub struct IamPolicyArgs {
 
 pub async fn run(args: &IamPolicyArgs, _g: &Global) -> Result<u8> {
     let pipeline = Pipeline::load(&args.pipeline)?;
-    json(&crate::iam::policy(&pipeline)?);
+    json(&crate::ops::iam::policy(&pipeline)?);
     Ok(exit::OK)
 }

@@ -20,9 +20,9 @@ pub mod sbom;
 pub mod status;
 pub mod sweep;
 
+use crate::input::pipeline::{Pipeline, Settings};
 use crate::lock::{RecipeLock, DEFAULT_TTL};
-use crate::pipeline::{Pipeline, Settings};
-use crate::plan::Filter;
+use crate::ops::plan::Filter;
 #[cfg(feature = "aws")]
 use crate::provider::aws::AwsProvider;
 use crate::provider::{local::LocalProvider, Provider};
@@ -113,7 +113,7 @@ impl RegistryArgs {
 impl Select {
     /// Refuses a recipe or arch the pipeline does not bake, before anything is opened.
     fn check(&self, pipeline: &Pipeline) -> Result<()> {
-        let bakes: Vec<&crate::pipeline::Bake> = match &self.recipe {
+        let bakes: Vec<&crate::input::pipeline::Bake> = match &self.recipe {
             Some(r) => vec![pipeline.bake(r)?],
             None => pipeline.bakes.iter().collect(),
         };
@@ -157,16 +157,18 @@ async fn open(
         ))),
         #[cfg(feature = "aws")]
         Settings::Aws(settings) => {
-            let config =
-                crate::aws::sdk_config(settings.region.as_deref(), settings.retry_max_backoff)
-                    .await;
+            let config = crate::provider::aws::sdk::sdk_config(
+                settings.region.as_deref(),
+                settings.retry_max_backoff,
+            )
+            .await;
             if config.region().is_none() {
                 return Err(Error::Usage(format!(
                     "no AWS region: none in AWS_REGION, the profile, or [aws] region of {}; set one of them",
                     pipeline.file.display()
                 )));
             }
-            let limits = crate::aws::Limits::default();
+            let limits = crate::provider::aws::sdk::Limits::default();
             Ok((
                 Box::new(AwsProvider::new(&config, pipeline, limits.clone())?),
                 Box::new(

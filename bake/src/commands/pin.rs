@@ -3,8 +3,8 @@
 use super::{json, open, RegistryArgs};
 use super::{Global, Output};
 use crate::error::exit;
-use crate::pin::{Pin, Target};
-use crate::pins_file::{check_node_name, Change, PinsFile};
+use crate::ops::pin::{Pin, Target};
+use crate::ops::pins_file::{check_node_name, Change, PinsFile};
 use crate::release::ReleaseId;
 use crate::{Arch, Error, Result};
 use clap::{Args, ValueEnum};
@@ -56,7 +56,7 @@ pub async fn run(args: &PinArgs, g: &Global) -> Result<u8> {
     })?;
     if let Some(a) = args.arch {
         if !pipeline.bake(recipe)?.arches.contains(&a) {
-            return Err(crate::plan::no_such_arch(&pipeline, a));
+            return Err(crate::ops::plan::no_such_arch(&pipeline, a));
         }
     }
     let target = match (&args.release, &args.channel) {
@@ -76,7 +76,7 @@ pub async fn run(args: &PinArgs, g: &Global) -> Result<u8> {
         }
     }
     let (_, reg) = open(&pipeline, &g.state_dir).await?;
-    let pins = crate::pin::pins(reg.as_ref(), prefix, recipe, &target, args.arch).await?;
+    let pins = crate::ops::pin::pins(reg.as_ref(), prefix, recipe, &target, args.arch).await?;
     match &args.write {
         Some(file) => {
             let pin = &pins[0];

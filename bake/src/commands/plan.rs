@@ -3,8 +3,8 @@
 use super::{json, open, short, Select};
 use super::{Global, Output};
 use crate::error::exit;
-use crate::pipeline::Pipeline;
-use crate::plan::{self, PlanItem};
+use crate::input::pipeline::Pipeline;
+use crate::ops::plan::{self, PlanItem};
 use crate::report::table;
 use crate::Result;
 use clap::Args;

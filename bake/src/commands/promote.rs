@@ -3,7 +3,7 @@
 use super::{json, locked, open, RegistryArgs};
 use super::{Global, Output};
 use crate::error::exit;
-use crate::promote;
+use crate::ops::promote;
 use crate::release::ReleaseId;
 use crate::Result;
 use clap::Args;
@@ -49,7 +49,7 @@ impl ChannelChange {
         g: &Global,
         work: impl AsyncFnOnce(
             &dyn crate::registry::Registry,
-            &crate::pipeline::Pipeline,
+            &crate::input::pipeline::Pipeline,
             &str,
         ) -> Result<promote::Promotion>,
     ) -> Result<u8> {
@@ -69,7 +69,7 @@ impl ChannelChange {
                 promote::Promotion::Moved { cluster, .. }
                     if pipeline.clusters.get(cluster).is_some_and(|c| c.prod) =>
                 {
-                    crate::protection::reconcile(
+                    crate::ops::protection::reconcile(
                         reg.as_ref(),
                         provider.as_ref(),
                         &pipeline,

@@ -4,7 +4,8 @@
 use super::{json, locked, open, RegistryArgs};
 use super::{Global, Output};
 use crate::error::exit;
-use crate::{promote, prune, Error, Result};
+use crate::ops::{promote, prune};
+use crate::{Error, Result};
 use clap::Args;
 use serde::Serialize;
 
@@ -37,7 +38,7 @@ pub async fn run(args: &PruneArgs, g: &Global) -> Result<u8> {
     let work = async {
         // Protection first: what left prod's window loses the protection bake gave it, so
         // prune can judge it like any other image (planned only, without --apply).
-        let protection = crate::protection::reconcile(
+        let protection = crate::ops::protection::reconcile(
             reg.as_ref(),
             provider.as_ref(),
             &pipeline,

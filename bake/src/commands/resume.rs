@@ -5,10 +5,11 @@ use super::open;
 use super::run::print_run;
 use super::Global;
 use crate::error::exit;
+use crate::ops::run::{self, RunContext, RunOptions};
+use crate::ops::sweep;
 use crate::report::TermReporter;
-use crate::run::{self, RunContext, RunOptions};
 use crate::signals::watch_signals;
-use crate::{sweep, Result};
+use crate::Result;
 use clap::Args;
 
 #[derive(Debug, Args)]

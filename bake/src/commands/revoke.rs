@@ -7,7 +7,7 @@
 use super::{json, locked, open, RegistryArgs};
 use super::{Global, Output};
 use crate::error::exit;
-use crate::promote;
+use crate::ops::promote;
 use crate::release::{ReleaseId, Revocation};
 use crate::Result;
 use clap::Args;

@@ -2,7 +2,7 @@
 
 use super::promote::ChannelChange;
 use super::Global;
-use crate::promote;
+use crate::ops::promote;
 use crate::release::ReleaseId;
 use crate::Result;
 use clap::Args;

@@ -4,9 +4,9 @@
 use super::{json, open, Select};
 use super::{Global, Output};
 use crate::error::exit;
-use crate::pipeline::Pipeline;
+use crate::input::pipeline::Pipeline;
+use crate::ops::run::{self, RunContext, RunOptions, RunSummary};
 use crate::report::{table, LogReporter, Reporter, TermReporter};
-use crate::run::{self, RunContext, RunOptions, RunSummary};
 use crate::signals::watch_signals;
 use crate::{Error, Result};
 use clap::Args;

@@ -25,10 +25,10 @@ pub struct SbomArgs {
 pub async fn run(args: &SbomArgs, g: &Global) -> Result<u8> {
     let pipeline = args.registry.load(&args.recipe)?;
     if !pipeline.bake(&args.recipe)?.arches.contains(&args.arch) {
-        return Err(crate::plan::no_such_arch(&pipeline, args.arch));
+        return Err(crate::ops::plan::no_such_arch(&pipeline, args.arch));
     }
     let (provider, reg) = open(&pipeline, &g.state_dir).await?;
-    let bom = crate::sbom::of_release(
+    let bom = crate::ops::sbom::of_release(
         reg.as_ref(),
         provider.as_ref(),
         &args.recipe,

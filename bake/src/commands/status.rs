@@ -4,7 +4,7 @@
 use super::{json, open, RegistryArgs};
 use super::{Global, Output};
 use crate::error::exit;
-use crate::pipeline::Pipeline;
+use crate::input::pipeline::Pipeline;
 use crate::registry::Registry;
 use crate::release::{Manifest, ReleaseId};
 use crate::report::{age, table};

@@ -3,10 +3,11 @@
 use super::{json, open, RegistryArgs};
 use super::{Global, Output};
 use crate::error::exit;
-use crate::pipeline::Pipeline;
+use crate::input::pipeline::Pipeline;
+use crate::ops::sweep;
 use crate::provider::Leftover;
 use crate::report::table;
-use crate::{sweep, Result};
+use crate::Result;
 use clap::Args;
 use serde::Serialize;
 

@@ -5,12 +5,12 @@
 pub mod aws;
 pub mod local;
 
+use crate::input::recipe::Recipe;
+use crate::input::validate::Verdict;
 use crate::key::BakeKey;
 use crate::kube::KubeVersion;
-use crate::recipe::Recipe;
 use crate::steps::StepContext;
 pub use crate::steps::{ByRole, Role};
-use crate::validate::Verdict;
 use crate::{Arch, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -26,7 +26,7 @@ pub struct BaseImage {
     pub source: String,
     /// How a canary from it joins an EKS cluster (AWS bases; None for local ones).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub join: Option<crate::names::Join>,
+    pub join: Option<crate::input::names::Join>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,7 +248,7 @@ pub trait Provider: Send + Sync {
     /// None for engines that create nothing beyond the run.
     async fn plan_resources(
         &self,
-        _recipe: &crate::recipe::Recipe,
+        _recipe: &crate::input::recipe::Recipe,
         _arch: Arch,
         _base: &BaseImage,
         _key: &crate::key::BakeKey,

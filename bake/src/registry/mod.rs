@@ -11,7 +11,7 @@ pub use sqlite::SqliteRegistry;
 #[cfg(feature = "aws")]
 pub use ssm::SsmRegistry;
 
-use crate::names::SsmPath;
+use crate::input::names::SsmPath;
 use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId, Revocation};
 use crate::{Arch, Result};
 use async_trait::async_trait;

@@ -15,9 +15,9 @@ pub mod provision;
 pub mod validators;
 
 use crate::guest::Guest;
+use crate::input::validate::Verdict;
 use crate::journal::{Entry, Journal, Kind, StepStatus};
 use crate::report::Reporter;
-use crate::validate::Verdict;
 use crate::{Arch, Error, Result};
 use async_trait::async_trait;
 use chrono::Utc;
@@ -107,14 +107,16 @@ impl Made {
 
     /// The kubelet's version in the package manifest, as the package manager prints it.
     pub fn kubelet(&self) -> Option<String> {
-        self.packages.as_deref().and_then(crate::kube::kubelet_in)
+        self.packages
+            .as_deref()
+            .and_then(crate::packages::kubelet_in)
     }
 
     /// The sha256 of the package manifest.
     pub fn packages_sha256(&self) -> Option<String> {
         self.packages
             .as_deref()
-            .map(|p| crate::recipe::sha256_hex(p.as_bytes()))
+            .map(|p| crate::input::recipe::sha256_hex(p.as_bytes()))
     }
 }
 

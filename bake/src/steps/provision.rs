@@ -4,7 +4,7 @@
 
 use super::Role;
 use super::{Machines, Step, StepContext};
-use crate::recipe::{FileSpec, StepSpec};
+use crate::input::recipe::{FileSpec, StepSpec};
 use crate::Result;
 use async_trait::async_trait;
 use std::time::{Duration, Instant};

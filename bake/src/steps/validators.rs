@@ -8,7 +8,7 @@ use super::provision::PACKAGES_PRODUCER;
 use super::Role;
 use super::{Machines, Step, StepContext};
 use crate::canary::{Planned, Prepared};
-use crate::validate::{CheckResult, JudgedBy, Status, Validator, Verdict};
+use crate::input::validate::{CheckResult, JudgedBy, Status, Validator, Verdict};
 use crate::Result;
 use async_trait::async_trait;
 use std::time::Duration;
@@ -161,8 +161,9 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
                         format!("validator {} could not run: {e}", v.name),
                     )
                 })?;
-                let result = crate::validate::judged(v, ran.exit_code, &ran.stdout, &ran.stderr)
-                    .map_err(|why| cx.error(self.name(), why))?;
+                let result =
+                    crate::input::validate::judged(v, ran.exit_code, &ran.stdout, &ran.stderr)
+                        .map_err(|why| cx.error(self.name(), why))?;
                 keep_log(
                     &logs,
                     &result,
@@ -242,7 +243,12 @@ impl<S> Validate<'_, S> {
         };
         super::node_ready::judge(&v.name, nodes, node, within, self.poll_interval)
             .await
-            .map_err(|why| cx.error("validate", crate::validate::not_judged(&v.name, &why)))
+            .map_err(|why| {
+                cx.error(
+                    "validate",
+                    crate::input::validate::not_judged(&v.name, &why),
+                )
+            })
     }
 }
 

@@ -9,7 +9,7 @@
 //! group admits only its own members.
 
 use super::AwsProvider;
-use crate::aws::{code, err};
+use crate::provider::aws::sdk::{code, err};
 use crate::{Error, Result};
 use aws_sdk_eks::types::AuthenticationMode;
 

@@ -9,7 +9,7 @@ use super::launch::{Agent, Launch, SecurityGroup, StopBuilder, Terminate};
 use super::ssm::MAX_INLINE_FILE;
 use super::state::State;
 use super::AwsProvider;
-use crate::pipeline::Engine;
+use crate::input::pipeline::Engine;
 use crate::provider::{BakeJob, ImageRecord, Role};
 use crate::steps::provision::{CapturePackages, InstallFiles, RunSteps};
 use crate::steps::validators::{Software, Validate};

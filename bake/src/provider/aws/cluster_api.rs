@@ -44,7 +44,7 @@ impl<'a> EksNodes<'a> {
             }
         }
         self.p.eks_slot().await;
-        let cluster = Cluster::describe(&self.p.eks, self.cluster, &self.p.region)
+        let cluster = super::eks::describe_cluster(&self.p.eks, self.cluster, &self.p.region)
             .await
             .map_err(|e| AskError::Failed(e.to_string()))?;
         let token = self.token().await?;

@@ -3,7 +3,7 @@
 //! `failed`), its snapshots, deregistering it with them, whether something uses it, copies
 //! from another region (tagged `bake:source-image`), and launch permissions for accounts.
 
-use crate::aws::{code, err, Limits, Poll};
+use crate::provider::aws::sdk::{code, err, Limits, Poll};
 use crate::{Error, Result};
 use aws_sdk_ec2::types::{
     Filter, ImageState, LaunchPermission, LaunchPermissionModifications, ResourceType, Tag,

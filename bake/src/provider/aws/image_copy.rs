@@ -7,8 +7,8 @@
 
 use super::state::{State, IMAGE_COPY_DEVICE};
 use super::AwsProvider;
-use crate::aws::{code, err, Poll};
 use crate::journal::Kind;
+use crate::provider::aws::sdk::{code, err, Poll};
 use crate::provider::{BakeJob, Role};
 use crate::steps::{Outcome, Step, StepContext};
 use crate::{Error, Result};

@@ -6,10 +6,10 @@
 //! region only: copies and launch permissions come after bake's canary has validated the image.
 
 use super::toe::{self, Component};
-use crate::aws::{err, Limits};
+use crate::input::pipeline::AwsSettings;
+use crate::input::recipe::{sha256_hex, Recipe};
 use crate::key::BakeKey;
-use crate::pipeline::AwsSettings;
-use crate::recipe::{sha256_hex, Recipe};
+use crate::provider::aws::sdk::{err, Limits};
 use crate::{Arch, Error, Result};
 use aws_sdk_imagebuilder::types::{
     AmiDistributionConfiguration, ComponentConfiguration, Distribution,
@@ -536,7 +536,7 @@ impl ImageBuilder<'_> {
             .map_err(|e| {
                 tracing::debug!(
                     "listing the workflows of {arn}: {}",
-                    crate::aws::describe(&e)
+                    crate::provider::aws::sdk::describe(&e)
                 )
             })
             .ok()?;
@@ -556,7 +556,7 @@ impl ImageBuilder<'_> {
             .map_err(|e| {
                 tracing::debug!(
                     "listing the steps of workflow {id}: {}",
-                    crate::aws::describe(&e)
+                    crate::provider::aws::sdk::describe(&e)
                 )
             })
             .ok()?;
@@ -584,8 +584,14 @@ impl ImageBuilder<'_> {
         {
             Ok(_) => Ok(()),
             // Already finished: nothing to cancel.
-            Err(e) if crate::aws::code(&e) == Some("ResourceDependencyException") => Ok(()),
-            Err(e) if crate::aws::code(&e) == Some("InvalidRequestException") => Ok(()),
+            Err(e)
+                if crate::provider::aws::sdk::code(&e) == Some("ResourceDependencyException") =>
+            {
+                Ok(())
+            }
+            Err(e) if crate::provider::aws::sdk::code(&e) == Some("InvalidRequestException") => {
+                Ok(())
+            }
             Err(e) => Err(err(format!("cancelling build {arn} in {}", self.region), e)),
         }
     }
@@ -601,7 +607,9 @@ impl ImageBuilder<'_> {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) if crate::aws::code(&e) == Some("ResourceNotFoundException") => Ok(()),
+            Err(e) if crate::provider::aws::sdk::code(&e) == Some("ResourceNotFoundException") => {
+                Ok(())
+            }
             Err(e) => Err(err(format!("deleting build {arn} in {}", self.region), e)),
         }
     }

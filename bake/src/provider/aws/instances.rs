@@ -1,7 +1,7 @@
 //! Instances and security groups: their state, waits, termination and deletion.
 
 use super::AwsProvider;
-use crate::aws::{code, err, Poll};
+use crate::provider::aws::sdk::{code, err, Poll};
 use crate::{Error, Result};
 use aws_sdk_ec2::types::InstanceStateName;
 

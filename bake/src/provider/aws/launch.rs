@@ -4,8 +4,8 @@
 
 use super::state::State;
 use super::AwsProvider;
-use crate::aws::err;
 use crate::journal::Kind;
+use crate::provider::aws::sdk::err;
 use crate::provider::{BakeJob, Role};
 use crate::steps::{Outcome, Step, StepContext};
 use crate::user_data;
@@ -141,7 +141,7 @@ impl Step<State> for Launch<'_> {
             }
             Role::Canary => root_volume
                 .size_gib
-                .unwrap_or(crate::recipe::DEFAULT_SIZE_GIB),
+                .unwrap_or(crate::input::recipe::DEFAULT_SIZE_GIB),
         };
         let instance_type = p
             .settings
@@ -254,7 +254,7 @@ impl Step<State> for Launch<'_> {
                         })?;
                         p.eks_slot().await;
                         let cluster =
-                            user_data::Cluster::describe(&p.eks, &name, &p.region).await?;
+                            super::eks::describe_cluster(&p.eks, &name, &p.region).await?;
                         // Beside bake's own group (no inbound rules): the cluster's, which
                         // admits only its members, as the nodes of the cluster have it.
                         let req = match &cluster.security_group {

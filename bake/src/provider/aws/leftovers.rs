@@ -85,7 +85,7 @@ impl AwsProvider {
         // Image Builder outputs whose run died before tagging them (the distribution tags them
         // with recipe, prefix and bake:status=pending, but only the run adds bake:run-id). A
         // live run tags its output seconds after the build ends, so only old ones are orphans.
-        if self.settings.engine == crate::pipeline::Engine::Imagebuilder {
+        if self.settings.engine == crate::input::pipeline::Engine::Imagebuilder {
             let pending = [
                 Filter::builder()
                     .name("tag:bake:status")

@@ -4,7 +4,7 @@
 //! `NextToken` at any size), so a scan that reads only the first page misses what is on the
 //! others. Each page waits for the client-side rate limit like any other call.
 
-use crate::aws::{err, Limits};
+use crate::provider::aws::sdk::{err, Limits};
 use crate::Result;
 use aws_sdk_ec2::types::{
     Filter, Image, Instance, LaunchTemplate, LaunchTemplateVersion, SecurityGroup, Volume,

@@ -11,6 +11,7 @@ mod chain;
 mod cluster_api;
 mod create;
 mod distribute;
+mod eks;
 mod eks_token;
 pub mod fleet;
 pub mod image;
@@ -21,6 +22,7 @@ mod launch;
 mod leftovers;
 pub mod list;
 mod protect;
+pub mod sdk;
 pub mod ssm;
 mod state;
 pub mod tags;
@@ -28,15 +30,15 @@ pub mod toe;
 mod usage;
 
 use super::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider};
-use crate::aws::{err, Limits};
+use crate::input::names::AwsBaseRef;
+use crate::input::pipeline::{AwsSettings, Pipeline};
+use crate::input::recipe::{sha256_hex, Recipe};
+use crate::input::validate::{CheckResult, Verdict};
 use crate::key::BakeKey;
 use crate::kube::KubeVersion;
-use crate::names::AwsBaseRef;
-use crate::pipeline::{AwsSettings, Pipeline};
+use crate::provider::aws::sdk::{err, Limits};
 use crate::provider::Leftover;
-use crate::recipe::{sha256_hex, Recipe};
 use crate::steps::StepContext;
-use crate::validate::{CheckResult, Verdict};
 use crate::{Arch, Error, Result};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{Filter, ImageState, Tag};
@@ -245,7 +247,7 @@ impl AwsProvider {
                 reason: None,
                 exit_code: None,
                 output: String::new(),
-                not_applicable: status == crate::validate::Status::NotApplicable,
+                not_applicable: status == crate::input::validate::Status::NotApplicable,
             })
             .collect();
         let verdict = Verdict::decide(results);
@@ -335,7 +337,7 @@ impl Provider for AwsProvider {
                     img.name().unwrap_or_default(),
                     img.description().unwrap_or_default(),
                 );
-                let join = crate::names::Join::for_image(name, description).ok_or_else(|| {
+                let join = crate::input::names::Join::for_image(name, description).ok_or_else(|| {
                     Error::Usage(format!(
                         "{}: base.aws.{arch}: cannot tell how nodes from {a} (`{name}`) join a cluster: its name and description name neither an Ubuntu EKS nor an EKS-optimized Amazon Linux image; use the base's public SSM parameter instead",
                         recipe.file.display()
@@ -362,16 +364,17 @@ impl Provider for AwsProvider {
                         )
                     })?;
                 let value = r.parameter().and_then(|p| p.value()).unwrap_or_default();
-                let id = crate::names::AmiId::parse(value)
+                let id = crate::input::names::AmiId::parse(value)
                     .map_err(|m| Error::provider("aws", format!("{p} in {}: {m}", self.region)))?
                     .to_string();
                 // Known at load: the recipe refuses a parameter whose join it cannot tell.
-                let join = crate::names::Join::for_parameter(p.as_str()).ok_or_else(|| {
-                    Error::Usage(format!(
-                        "{}: base.aws.{arch}: {p} is not a known EKS base",
-                        recipe.file.display()
-                    ))
-                })?;
+                let join =
+                    crate::input::names::Join::for_parameter(p.as_str()).ok_or_else(|| {
+                        Error::Usage(format!(
+                            "{}: base.aws.{arch}: {p} is not a known EKS base",
+                            recipe.file.display()
+                        ))
+                    })?;
                 (id, join)
             }
         };
@@ -449,7 +452,7 @@ impl Provider for AwsProvider {
             .send()
             .await
             .map_err(|e| {
-                crate::aws::err(
+                crate::provider::aws::sdk::err(
                     format!(
                         "reading the Kubernetes version of EKS cluster {eks_cluster} in {region}"
                     ),
@@ -586,7 +589,7 @@ impl Provider for AwsProvider {
         base: &BaseImage,
         key: &BakeKey,
     ) -> Result<Vec<super::PlannedResource>> {
-        if self.settings.engine != crate::pipeline::Engine::Imagebuilder {
+        if self.settings.engine != crate::input::pipeline::Engine::Imagebuilder {
             return Ok(Vec::new());
         }
         let root_volume = self.root_volume(&base.id).await?;

@@ -1,5 +1,5 @@
 //! Deregistration protection of a recipe's images in every region the pipeline uses: what
-//! prod holds gets it; what bake protected and prod let go loses it (see crate::protection).
+//! prod holds gets it; what bake protected and prod let go loses it (see crate::ops::protection).
 
 use super::AwsProvider;
 use crate::provider::Protection;

@@ -3,10 +3,10 @@
 //! `GetCommandInvocation`, which returns at most 24,000 characters of stdout and 8,000 of
 //! stderr. The agent runs commands as root with only `PATH` set.
 
-use crate::aws::{code, err, Limits, Poll};
 use crate::guest::batch::{self, Job, Outcome, Printed};
+use crate::guest::long_output::SSM_STDOUT_LIMIT;
 use crate::guest::{Guest, Ran};
-use crate::long_output::SSM_STDOUT_LIMIT;
+use crate::provider::aws::sdk::{code, err, Limits, Poll};
 use crate::{Error, Result};
 use async_trait::async_trait;
 use aws_sdk_ssm::types::{CommandInvocationStatus, InstanceInformationStringFilter, PingStatus};
@@ -225,7 +225,10 @@ impl Guest for SsmGuest {
             .iter()
             .map(|(k, v)| format!("export {k}={}\n", crate::guest::sh_quote(v)))
             .collect();
-        let delimiter = format!("BAKE_SCRIPT_{}", &crate::recipe::sha256_hex(script)[..16]);
+        let delimiter = format!(
+            "BAKE_SCRIPT_{}",
+            &crate::input::recipe::sha256_hex(script)[..16]
+        );
         let write = match std::str::from_utf8(script) {
             Ok(text) if !text.contains(&delimiter) => {
                 let nl = if text.ends_with('\n') { "" } else { "\n" };

@@ -3,8 +3,8 @@
 //! the validators that do not need a cluster. Documents are YAML, named from a digest of their
 //! content so an unchanged step reuses its component.
 
-use crate::recipe::{sha256_hex, FileSpec, Recipe, StepSpec};
-use crate::validate::{NOT_APPLICABLE_EXIT, SKIP_EXIT};
+use crate::input::recipe::{sha256_hex, FileSpec, Recipe, StepSpec};
+use crate::input::validate::{NOT_APPLICABLE_EXIT, SKIP_EXIT};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 

@@ -5,7 +5,7 @@
 
 use super::cmd;
 use super::native::NativeTools;
-use crate::recipe::LocalBase;
+use crate::input::recipe::LocalBase;
 use crate::{Arch, Error, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};

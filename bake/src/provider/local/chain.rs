@@ -7,7 +7,7 @@ use super::machine::{BootVm, CreateDisk, PrepareBase, Shutdown};
 use super::offline::OpenChroot;
 use super::state::State;
 use super::LocalProvider;
-use crate::pipeline::Builder;
+use crate::input::pipeline::Builder;
 use crate::provider::{BakeJob, ImageRecord, Role};
 use crate::state_dir::StateDir;
 use crate::steps::provision::{CapturePackages, InstallFiles, RunSteps};

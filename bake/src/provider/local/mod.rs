@@ -22,11 +22,11 @@ use self::base::BaseSpec;
 use self::qemu::Accel;
 use self::store::Store;
 use super::{BakeJob, BaseImage, ImageRecord, Provider};
+use crate::input::pipeline::{self, LocalSettings};
+use crate::input::recipe::Recipe;
 use crate::key::BakeKey;
 use crate::kube::KubeVersion;
-use crate::pipeline::{self, LocalSettings};
 use crate::provider::Leftover;
-use crate::recipe::Recipe;
 use crate::steps::StepContext;
 use crate::{Arch, Error, Result};
 use async_trait::async_trait;
@@ -107,7 +107,7 @@ impl LocalProvider {
             recipe
                 .volume
                 .size()
-                .unwrap_or(crate::recipe::DEFAULT_SIZE_GIB),
+                .unwrap_or(crate::input::recipe::DEFAULT_SIZE_GIB),
         ))
     }
 
@@ -309,7 +309,7 @@ mod tests {
         assert_eq!(p.vcpus(), 2, "the arch left baking gets both");
         drop(arm);
         assert_eq!(p.baking.load(Ordering::SeqCst), 0);
-        p.settings.cpus = crate::pipeline::Cpus::Count(3);
+        p.settings.cpus = crate::input::pipeline::Cpus::Count(3);
         let _one = Baking::start(&p.baking);
         assert_eq!(p.vcpus(), 3, "a count is a count");
     }

@@ -121,7 +121,7 @@ impl SsmRegistry {
             recipe,
             &format!(
                 "lock-takeover/{}",
-                &crate::recipe::sha256_hex(expired.as_bytes())[..16]
+                &crate::input::recipe::sha256_hex(expired.as_bytes())[..16]
             ),
         );
         match self

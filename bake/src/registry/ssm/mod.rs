@@ -15,8 +15,8 @@
 //! parameter and that move's durable entry — two reads, however long its history.
 
 use super::{already_revoked, ChannelImage, LockInfo, Registry};
-use crate::aws::{code, err, Limits};
-use crate::names::SsmPath;
+use crate::input::names::SsmPath;
+use crate::provider::aws::sdk::{code, err, Limits};
 use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId, Revocation};
 use crate::{Arch, Error, Result};
 use async_trait::async_trait;

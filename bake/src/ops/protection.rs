@@ -6,7 +6,7 @@
 //!
 //! Reconciled when a prod channel moves (promote, rollback) and by prune.
 
-use crate::pipeline::Pipeline;
+use crate::input::pipeline::Pipeline;
 use crate::provider::{Protection, Provider};
 use crate::registry::Registry;
 use crate::Result;

@@ -1,7 +1,7 @@
 //! Planning: for each recipe × arch of a pipeline, what `run` would do and why.
 
+use crate::input::pipeline::Pipeline;
 use crate::key::{bake_key, BakeKey};
-use crate::pipeline::Pipeline;
 use crate::provider::{BaseImage, Provider};
 use crate::registry::Registry;
 use crate::release::{Manifest, ReleaseId};

@@ -1,8 +1,8 @@
 //! `bake iam-policy`: the least-privilege IAM policy for what a pipeline does on AWS, scoped
 //! by the `bake:*` tags and the registry's parameter path where AWS allows conditions.
 
-use crate::names::AwsBaseRef;
-use crate::pipeline::Pipeline;
+use crate::input::names::AwsBaseRef;
+use crate::input::pipeline::Pipeline;
 use crate::{Error, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -295,7 +295,7 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
             "Condition": {"StringLike": {"kms:ViaService": "ec2.*.amazonaws.com"}}
         }));
     }
-    let imagebuilder = aws.engine == crate::pipeline::Engine::Imagebuilder;
+    let imagebuilder = aws.engine == crate::input::pipeline::Engine::Imagebuilder;
     if imagebuilder {
         let ib = |r: &str| format!("arn:aws:imagebuilder:{region}:*:{r}");
         statements.push(json!({

@@ -4,8 +4,8 @@
 //! A run is alive while its process runs on this host or while it holds a recipe lock.
 //! Published images and anything without our tags are never touched.
 
+use crate::input::pipeline::Pipeline;
 use crate::journal::{Entry, Journal};
-use crate::pipeline::Pipeline;
 use crate::provider::{Leftover, Provider};
 use crate::registry::Registry;
 use crate::{Error, Result};

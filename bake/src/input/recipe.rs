@@ -4,9 +4,9 @@
 //! refused before anything is created.
 
 use crate::diag::{read_toml, Diagnostic};
+use crate::input::names::AwsBaseRef;
+use crate::input::validate::{Catalog, Validator};
 use crate::input::{is_simple_name, resolve_inside, MAX_FILE_BYTES, MAX_SCRIPT_BYTES};
-use crate::names::AwsBaseRef;
-use crate::validate::{Catalog, Validator};
 use crate::Arch;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -2,12 +2,12 @@
 //! parallel, one recipe at a time under its lock; then auto-promote to non-prod channels.
 //! A run with nothing to do creates nothing (no journal, no lock) and says `up to date`.
 
+use crate::input::pipeline::{Bake, Pipeline};
 use crate::journal::{new_run_id, Entry, Journal};
 use crate::key::BakeKey;
 use crate::lock::RecipeLock;
-use crate::pipeline::{Bake, Pipeline};
-use crate::plan::{self, Decision, Filter, PlanItem};
-use crate::promote;
+use crate::ops::plan::{self, Decision, Filter, PlanItem};
+use crate::ops::promote;
 use crate::provider::{BakeJob, ImageRecord, ImageStatus, Provider};
 use crate::registry::Registry;
 use crate::release::{Manifest, ReleaseId, ReleaseImage};

@@ -3,10 +3,10 @@
 //! that depend on the target: every arch the cluster uses, and with `--from`, that the
 //! release soaked on the source channel long enough. Prod channels move only through here.
 
-use crate::pipeline::{Cluster, Pipeline};
+use crate::input::pipeline::{Cluster, Pipeline};
+use crate::input::validate::Status;
 use crate::registry::Registry;
 use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId};
-use crate::validate::Status;
 use crate::{Error, Result};
 use chrono::{DateTime, Utc};
 use std::time::Duration;

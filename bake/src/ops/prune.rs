@@ -189,7 +189,7 @@ pub async fn inputs(
     provider: &dyn Provider,
     recipe: &str,
     clusters: impl IntoIterator<Item = &String>,
-    retention: &crate::pipeline::Retention,
+    retention: &crate::input::pipeline::Retention,
     keep: usize,
 ) -> Result<Inputs> {
     let history = retention.history;

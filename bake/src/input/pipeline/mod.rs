@@ -4,9 +4,9 @@
 
 use crate::diag::{read_toml, Diagnostic};
 use crate::input::is_simple_name;
-use crate::names::SsmPath;
-use crate::recipe::Recipe;
-use crate::validate::Catalog;
+use crate::input::names::SsmPath;
+use crate::input::recipe::Recipe;
+use crate::input::validate::Catalog;
 use crate::Arch;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};

@@ -3,7 +3,7 @@
 //! timeouts, the registry prefix), with their defaults and the checks serde can make.
 
 use super::ProviderKind;
-use crate::names::SsmPath;
+use crate::input::names::SsmPath;
 use crate::Arch;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,6 +1,11 @@
 //! What every input file shares, whichever reads it (recipes, the validator catalog,
 //! pipelines): the rule for simple names, paths that must stay inside the project, and the size
-//! limits of what a file may point at.
+//! limits of what a file may point at. Below it, one module per thing the user writes.
+
+pub mod names;
+pub mod pipeline;
+pub mod recipe;
+pub mod validate;
 
 use std::path::{Component, Path, PathBuf};
 

@@ -7,7 +7,7 @@
 //! SSM keeps only a parameter's last 100 versions, so a version pin stops resolving 100 moves
 //! later (a nightly auto-promoted channel gets there in about three months).
 
-use crate::names::SsmPath;
+use crate::input::names::SsmPath;
 use crate::registry::{self, Registry};
 use crate::release::ReleaseId;
 use crate::{Arch, Error, Result};

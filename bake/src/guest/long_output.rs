@@ -57,7 +57,7 @@ where
             }
             bytes.extend(slice);
         }
-        let got = crate::recipe::sha256_hex(&bytes);
+        let got = crate::input::recipe::sha256_hex(&bytes);
         if bytes.len() != size || got != digest {
             return Err(format!(
                 "{path} arrived as {} bytes with sha256 {got}, not {size} bytes with {digest}",

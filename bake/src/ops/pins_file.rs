@@ -7,7 +7,7 @@
 //! anything but `pins` is refused rather than rewritten.
 
 use crate::diag::Diagnostic;
-use crate::pin::{entry, NodePin, Pin};
+use crate::ops::pin::{entry, NodePin, Pin};
 use crate::{Arch, Error, Result};
 use hcl::{Expression, ObjectKey};
 use std::collections::BTreeMap;
