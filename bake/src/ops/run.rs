@@ -239,7 +239,21 @@ fn up_to_date(item: &PlanItem) -> ArchResult {
     }
 }
 
-/// Bakes the arches of one recipe that need it (in parallel), then publishes one release.
+/// What a run does for one recipe, decided again under its lock.
+struct Decided<'a> {
+    /// The recipe's releases as the registry holds them now.
+    releases: Vec<Manifest>,
+    /// Arches to bake (selected, and their key has no up-to-date image).
+    todo: Vec<(&'a PlanItem, Decision)>,
+    /// Arches whose latest release is up to date: carried into a new release as they are.
+    carried: Vec<(&'a PlanItem, Decision)>,
+    /// Arches that need a bake but were not selected (`--arch`).
+    missing: Vec<String>,
+}
+
+/// Bakes the arches of one recipe that need it (in parallel), then publishes one release
+/// holding every arch and auto-promotes it. All or nothing: one arch failed or rejected, no
+/// release.
 async fn run_recipe(
     cx: &RunContext<'_>,
     opts: &RunOptions,
@@ -248,40 +262,101 @@ async fn run_recipe(
     journal: &Journal,
     summary: &mut RunSummary,
 ) -> Result<()> {
-    // Another run may have published while we waited for the lock: decide again under it.
-    let releases = cx.registry.releases(&bake.recipe.name).await?;
+    let decided = decide_again(cx, opts, bake, items).await?;
     let selected = |i: &PlanItem| opts.filter.selects(i.arch);
-    let mut todo = Vec::new();
-    let mut carried = Vec::new();
-    let mut missing = Vec::new();
-    for item in items {
-        let (decision, _) = plan::decide(
-            &releases,
-            item.arch,
-            &item.key,
-            &item.base.id,
-            opts.filter.force && selected(item),
-        );
-        if !decision.needs_bake() {
-            carried.push((*item, decision));
-        } else if selected(item) {
-            todo.push((*item, decision));
-        } else {
-            missing.push(item.arch.to_string());
-        }
-    }
-    if todo.is_empty() {
+    if decided.todo.is_empty() {
         summary
             .results
             .extend(items.iter().filter(|i| selected(i)).map(|i| up_to_date(i)));
         return Ok(());
     }
-
-    let bakes = todo
+    let bakes = decided
+        .todo
         .iter()
         .map(|(item, decision)| bake_arch(cx, opts, bake, item, decision, journal));
     let outcomes = futures::future::join_all(bakes).await;
+    let tallied = tally(cx, bake, &decided.todo, outcomes, summary);
+    summary.results.extend(
+        decided
+            .carried
+            .iter()
+            .filter(|(i, _)| selected(i))
+            .map(|(i, _)| up_to_date(i)),
+    );
+    let images = tallied?;
+    if !decided.missing.is_empty() {
+        // Validated images stay in the provider's store and are reused by key next time.
+        cx.reporter.note(&format!(
+            "{}: validated, not published: a release needs every arch and {} has no up-to-date image; run without --arch to complete it (validated images are reused)",
+            bake.recipe.name,
+            decided.missing.join(", ")
+        ));
+        return Ok(());
+    }
+    let manifest = assemble(cx, bake, &decided, &images).await?;
+    for arch in images.keys() {
+        cx.reporter.phase(&bake.recipe.name, *arch, "publish");
+    }
+    let published = publish(cx, manifest).await?;
+    let promoted_to = auto_promote(cx, opts, bake, &published, journal).await?;
+    summary.published.push(Published {
+        recipe: published.recipe.clone(),
+        release: published.release.clone(),
+        images: published
+            .images
+            .iter()
+            .map(|(a, i)| (*a, i.image_id.clone()))
+            .collect(),
+        promoted_to,
+    });
+    Ok(())
+}
 
+/// Another run may have published while this one waited for the lock: decide each arch
+/// again against the releases the registry holds now.
+async fn decide_again<'a>(
+    cx: &RunContext<'_>,
+    opts: &RunOptions,
+    bake: &Bake,
+    items: &[&'a PlanItem],
+) -> Result<Decided<'a>> {
+    let releases = cx.registry.releases(&bake.recipe.name).await?;
+    let mut decided = Decided {
+        releases: Vec::new(),
+        todo: Vec::new(),
+        carried: Vec::new(),
+        missing: Vec::new(),
+    };
+    for item in items {
+        let selected = opts.filter.selects(item.arch);
+        let (decision, _) = plan::decide(
+            &releases,
+            item.arch,
+            &item.key,
+            &item.base.id,
+            opts.filter.force && selected,
+        );
+        if !decision.needs_bake() {
+            decided.carried.push((*item, decision));
+        } else if selected {
+            decided.todo.push((*item, decision));
+        } else {
+            decided.missing.push(item.arch.to_string());
+        }
+    }
+    decided.releases = releases;
+    Ok(decided)
+}
+
+/// Records each baked arch's result in the summary and returns the validated images; an error
+/// if any arch failed or was rejected (all of them, when several did).
+fn tally(
+    cx: &RunContext<'_>,
+    bake: &Bake,
+    todo: &[(&PlanItem, Decision)],
+    outcomes: Vec<Result<(ImageRecord, bool)>>,
+    summary: &mut RunSummary,
+) -> Result<BTreeMap<Arch, ImageRecord>> {
     let mut images: BTreeMap<Arch, ImageRecord> = BTreeMap::new();
     let mut errors = Vec::new();
     let mut rejected = Vec::new();
@@ -325,46 +400,34 @@ async fn run_recipe(
         }
         summary.results.push(result);
     }
-    summary.results.extend(
-        carried
-            .iter()
-            .filter(|(i, _)| selected(i))
-            .map(|(i, _)| up_to_date(i)),
-    );
-
     if !rejected.is_empty() {
         errors.push(Error::Rejected {
             recipe: bake.recipe.name.clone(),
             arches: rejected.join(", "),
         });
     }
-    if !errors.is_empty() {
-        // All or nothing: no release unless every arch is validated.
-        return Err(if errors.len() == 1 {
-            errors.pop().expect("one error")
-        } else {
-            Error::Many(errors)
-        });
+    match errors.len() {
+        0 => Ok(images),
+        1 => Err(errors.pop().expect("one error")),
+        _ => Err(Error::Many(errors)),
     }
+}
 
-    if !missing.is_empty() {
-        // Validated images stay in the provider's store and are reused by key next time.
-        cx.reporter.note(&format!(
-            "{}: validated, not published: a release needs every arch and {} has no up-to-date image; run without --arch to complete it (validated images are reused)",
-            bake.recipe.name,
-            missing.join(", ")
-        ));
-        return Ok(());
-    }
-
-    // The release holds every arch of the pipeline: freshly validated ones, and the images of
-    // the latest release for arches whose key did not change.
+/// The release to publish: every arch of the pipeline, the freshly validated images and, for
+/// arches whose key did not change, the image of the latest release that holds that key.
+async fn assemble(
+    cx: &RunContext<'_>,
+    bake: &Bake,
+    decided: &Decided<'_>,
+    images: &BTreeMap<Arch, ImageRecord>,
+) -> Result<Manifest> {
     let mut release_images = BTreeMap::new();
-    for (arch, image) in &images {
+    for (arch, image) in images {
         release_images.insert(*arch, release_image(image));
     }
-    for (item, _) in &carried {
-        let latest = releases
+    for (item, _) in &decided.carried {
+        let latest = decided
+            .releases
             .iter()
             .rev()
             .find(|m| m.images.get(&item.arch).is_some_and(|i| i.key == item.key))
@@ -385,21 +448,22 @@ async fn run_recipe(
             .await?;
         release_images.insert(item.arch, image);
     }
-    let manifest = Manifest {
+    Ok(Manifest {
         recipe: bake.recipe.name.clone(),
         release: ReleaseId::next(Utc::now().date_naive(), std::iter::empty()),
         provider: cx.provider.name().to_string(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         created_at: Utc::now(),
         images: release_images,
-    };
-    for arch in images.keys() {
-        cx.reporter.phase(&bake.recipe.name, *arch, "publish");
-    }
+    })
+}
+
+/// Publishes the release, then tags its images with it. The tag is for people and other
+/// pipelines (bake's own sweep and prune read the registry), so a failure to write it is
+/// reported, not fatal: the release is out.
+async fn publish(cx: &RunContext<'_>, manifest: Manifest) -> Result<Manifest> {
     let published = cx.registry.publish(manifest).await?;
     tracing::info!(recipe = %published.recipe, release = %published.release, "published");
-    // The release is out; the tag is for people and other pipelines (our own sweep and prune
-    // read the registry), so a failure to write it is reported, not fatal.
     let images: Vec<ReleaseImage> = published.images.values().cloned().collect();
     if let Err(e) = cx
         .provider
@@ -408,21 +472,30 @@ async fn run_recipe(
     {
         tracing::warn!(recipe = %published.recipe, release = %published.release, "published, but tagging its images with the release failed: {e}");
     }
+    Ok(published)
+}
 
+/// Promotes the new release to the recipe's `auto_promote` clusters, each checked as `bake
+/// promote` checks it. The release was published under this run's lock, which `bake revoke`
+/// also takes: it cannot have been revoked yet.
+async fn auto_promote(
+    cx: &RunContext<'_>,
+    opts: &RunOptions,
+    bake: &Bake,
+    published: &Manifest,
+    journal: &Journal,
+) -> Result<Vec<String>> {
     let mut promoted_to = Vec::new();
-    // The release was published under this run's lock, which `bake revoke` also takes: it
-    // cannot have been revoked yet.
     for target in &bake.auto_promote {
         let mut cluster = cx.pipeline.clusters[target].clone();
         cluster.kubernetes_version = promote::kubernetes_version(cx.provider, &cluster).await?;
-        let cluster = &cluster;
         let reason = format!("auto-promotion by run {}", journal.run_id());
-        promote::check_release(&published, target, cluster)?;
+        promote::check_release(published, target, &cluster)?;
         promote::apply(
             cx.registry,
-            &published,
+            published,
             target,
-            cluster,
+            &cluster,
             &promote::Meta {
                 from: None,
                 who: &opts.who,
@@ -433,17 +506,7 @@ async fn run_recipe(
         .await?;
         promoted_to.push(target.clone());
     }
-    summary.published.push(Published {
-        recipe: published.recipe.clone(),
-        release: published.release.clone(),
-        images: published
-            .images
-            .iter()
-            .map(|(a, i)| (*a, i.image_id.clone()))
-            .collect(),
-        promoted_to,
-    });
-    Ok(())
+    Ok(promoted_to)
 }
 
 fn release_image(image: &ImageRecord) -> ReleaseImage {
