@@ -1,0 +1,305 @@
+//! Releases on SSM: publishing one (arch parameters, package manifests, the manifest written
+//! last, its index entry), listing them by their index entries, reading one, revoking one.
+
+use super::{Data, SsmRegistry, Write};
+use crate::registry::already_revoked;
+use crate::release::{Manifest, ReleaseId, Revocation};
+use crate::{Arch, Error, Result};
+use std::collections::BTreeMap;
+
+/// `<prefix>/<recipe>/newest`: a copy of the newest release's manifest, overwritten by each
+/// publish, so a run with nothing to do reads one parameter instead of every release.
+pub(super) const NEWEST: &str = "newest";
+
+/// `<prefix>/<recipe>/indexed`: present once every complete release has its index entry.
+pub(super) const INDEXED: &str = "indexed";
+
+/// The leaf name [`SsmRegistry::release_parts`] gives a release's index entry (the parameter
+/// named after the release itself).
+pub(super) const INDEX_ENTRY: &str = "";
+
+impl SsmRegistry {
+    /// Every release that has at least one parameter, complete or not: ID → leaf name
+    /// (`x86_64`, `arm64`, `manifest`) → value.
+    pub(super) async fn release_parts(
+        &self,
+        recipe: &str,
+    ) -> Result<BTreeMap<ReleaseId, BTreeMap<String, String>>> {
+        let base = self.path(recipe, "releases");
+        let mut out: BTreeMap<ReleaseId, BTreeMap<String, String>> = BTreeMap::new();
+        for p in self.list(&base).await? {
+            let name = p.name().unwrap_or_default();
+            let Some(rest) = name.strip_prefix(&format!("{base}/")) else {
+                continue;
+            };
+            let (id, leaf) = rest.split_once('/').unwrap_or((rest, INDEX_ENTRY));
+            if let Ok(id) = id.parse::<ReleaseId>() {
+                out.entry(id)
+                    .or_default()
+                    .insert(leaf.to_string(), p.value().unwrap_or_default().to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn releases(&self, recipe: &str) -> Result<Vec<Manifest>> {
+        let base = self.path(recipe, "releases");
+        let indexed = self.get(&self.path(recipe, INDEXED)).await?.is_some();
+        let mut out = Vec::new();
+        // Indexed: the entries one level down, one per release. Not yet: every part of every
+        // release, keeping the manifests.
+        for p in self.list_at(&base, !indexed).await? {
+            let name = p.name().unwrap_or_default();
+            if !indexed && !name.ends_with("/manifest") {
+                continue;
+            }
+            let manifest: Manifest =
+                self.json(name, p.value().unwrap_or_default(), "release manifest")?;
+            out.push(manifest);
+        }
+        out.sort_by(|a, b| a.release.cmp(&b.release));
+        Ok(out)
+    }
+
+    pub(super) async fn publish(&self, mut manifest: Manifest) -> Result<Manifest> {
+        let recipe = manifest.recipe.clone();
+        let written = self.release_parts(&recipe).await?;
+        // A half-written release (a run died between its parameters) whose arch parameters
+        // are exactly images of this manifest is finished under its own ID: what was written
+        // stays as it is. Otherwise the next ID that no parameter uses, complete or not.
+        let unfinished = written.iter().rev().find(|(_, parts)| {
+            !parts.contains_key("manifest")
+                && !parts.is_empty()
+                && parts
+                    .iter()
+                    .filter(|(leaf, _)| !leaf.starts_with("packages/") && *leaf != INDEX_ENTRY)
+                    .all(|(leaf, value)| {
+                        leaf.parse::<Arch>()
+                            .ok()
+                            .and_then(|a| manifest.images.get(&a))
+                            .is_some_and(|i| &i.image_id == value)
+                    })
+        });
+        let existing: BTreeMap<String, String> = match unfinished {
+            Some((id, parts)) => {
+                tracing::info!(recipe = %recipe, release = %id, "finishing a half-written release");
+                manifest.release = id.clone();
+                parts.clone()
+            }
+            None => {
+                manifest.release =
+                    ReleaseId::next(manifest.created_at.date_naive(), written.keys());
+                BTreeMap::new()
+            }
+        };
+        // Copy regions first: the primary's manifest, written last, is what makes the release
+        // exist; a rerun finishes whatever a dead run left.
+        for replica in &self.replicas {
+            for (arch, image) in &manifest.images {
+                let copy = image.copies.get(&replica.region).ok_or_else(|| {
+                    Error::Conflict(format!(
+                        "{recipe} {arch}: image {} has no copy in {}, a copy region of this pipeline",
+                        image.image_id, replica.region
+                    ))
+                })?;
+                let name = crate::registry::release_parameter(
+                    &self.prefix,
+                    &recipe,
+                    &manifest.release,
+                    *arch,
+                );
+                replica.put_once(&name, copy).await?;
+            }
+        }
+        let dir = crate::registry::release_dir(&self.prefix, &recipe, &manifest.release);
+        for (arch, image) in &manifest.images {
+            if existing.contains_key(&arch.to_string()) {
+                continue;
+            }
+            let name =
+                crate::registry::release_parameter(&self.prefix, &recipe, &manifest.release, *arch);
+            self.put(&name, &image.image_id, Data::Image, Write::Once, None)
+                .await?;
+        }
+        // The package manifests, gzipped in standard-tier chunks (what `bake sbom` and `bake
+        // diff` read); written once like the rest, and before the manifest that makes the
+        // release exist.
+        for (arch, text) in crate::packages::kept(&manifest.images) {
+            for (n, chunk) in crate::packages::encode(text).iter().enumerate() {
+                let name = format!("{dir}/packages/{arch}/{n:02}");
+                if existing.get(&format!("packages/{arch}/{n:02}")) == Some(chunk) {
+                    continue;
+                }
+                self.put(&name, chunk, Data::Text, Write::Once, None)
+                    .await?;
+            }
+        }
+        let json = serde_json::to_string(&manifest).expect("manifests serialize");
+        self.put(
+            &format!("{dir}/manifest"),
+            &json,
+            Data::Text,
+            Write::Once,
+            Some(format!("bake release {}", manifest.release)),
+        )
+        .await?;
+        // The index entry, and those of complete releases that lack one (written before the
+        // index existed, or by a run that died between the two); then the marker.
+        self.put_once_as(&dir, &json, Data::Text).await?;
+        for (id, parts) in &written {
+            if let (Some(m), false) = (parts.get("manifest"), parts.contains_key(INDEX_ENTRY)) {
+                if id != &manifest.release {
+                    let entry = crate::registry::release_dir(&self.prefix, &recipe, id);
+                    self.put_once_as(&entry, m, Data::Text).await?;
+                }
+            }
+        }
+        let marker = self.path(&recipe, INDEXED);
+        if self.get(&marker).await?.is_none() {
+            self.put(
+                &marker,
+                "every complete release has its index entry",
+                Data::Text,
+                Write::Overwrite,
+                Some("bake: releases are listed from their index entries (<prefix>/<recipe>/releases/<release>)".into()),
+            )
+            .await?;
+        }
+        // Then the copy a scheduled run reads, unless a newer release is already complete.
+        let newer = written
+            .iter()
+            .any(|(id, parts)| id > &manifest.release && parts.contains_key("manifest"));
+        if !newer {
+            self.put(
+                &self.path(&recipe, NEWEST),
+                &json,
+                Data::Text,
+                Write::Overwrite,
+                Some(format!(
+                    "bake: a copy of the manifest of the newest release ({}), what scheduled runs read; pin releases or channels, never this",
+                    manifest.release
+                )),
+            )
+            .await?;
+        }
+        Ok(manifest)
+    }
+
+    /// One release by its manifest parameter: one call, however many releases there are.
+    pub(super) async fn release(&self, recipe: &str, id: &ReleaseId) -> Result<Option<Manifest>> {
+        let name = format!(
+            "{}/manifest",
+            crate::registry::release_dir(&self.prefix, recipe, id)
+        );
+        let Some(p) = self.get(&name).await? else {
+            return Ok(None);
+        };
+        self.json(&name, p.value().unwrap_or_default(), "release manifest")
+            .map(Some)
+    }
+
+    pub(super) async fn newest_release(&self, recipe: &str) -> Result<Option<Manifest>> {
+        let name = self.path(recipe, NEWEST);
+        let Some(p) = self.get(&name).await? else {
+            return Ok(None);
+        };
+        self.json(
+            &name,
+            p.value().unwrap_or_default(),
+            "newest release manifest",
+        )
+        .map(Some)
+    }
+
+    pub(super) async fn package_manifest(
+        &self,
+        recipe: &str,
+        id: &ReleaseId,
+        arch: Arch,
+    ) -> Result<Option<String>> {
+        let dir = format!(
+            "{}/packages/{arch}",
+            crate::registry::release_dir(&self.prefix, recipe, id)
+        );
+        let mut parts: Vec<(String, String)> = self
+            .list(&dir)
+            .await?
+            .iter()
+            .filter_map(|p| Some((p.name()?.to_string(), p.value()?.to_string())))
+            .collect();
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        // In chunk order: the number after the last `/` (not the name's text order).
+        parts.sort_by_key(|(name, _)| {
+            name.rsplit('/')
+                .next()
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(u32::MAX)
+        });
+        let chunks: Vec<String> = parts.into_iter().map(|(_, v)| v).collect();
+        crate::packages::decode(&chunks)
+            .map(Some)
+            .map_err(|e| Error::Conflict(format!("{dir} in {}: {e}", self.region)))
+    }
+
+    pub(super) async fn incomplete_releases(&self, recipe: &str) -> Result<Vec<ReleaseId>> {
+        Ok(self
+            .release_parts(recipe)
+            .await?
+            .into_iter()
+            .filter(|(_, parts)| !parts.contains_key("manifest"))
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    pub(super) async fn delete_release(&self, recipe: &str, id: &ReleaseId) -> Result<()> {
+        let dir = crate::registry::release_dir(&self.prefix, recipe, id);
+        // The index entry and the manifest first, in one call: the release stops being visible
+        // (to either listing) before its parts go.
+        self.delete(&[dir.clone(), format!("{dir}/manifest")])
+            .await?;
+        self.delete_under(&dir).await?;
+        for replica in &self.replicas {
+            replica.delete_under(&dir).await?;
+        }
+        Ok(())
+    }
+
+    /// `<release>/revoked`, written once (Overwrite=false).
+    pub(super) async fn revoke(
+        &self,
+        recipe: &str,
+        id: &ReleaseId,
+        revocation: &Revocation,
+    ) -> Result<()> {
+        let name = crate::registry::revocation_parameter(&self.prefix, recipe, id);
+        let json = serde_json::to_string(revocation).expect("revocations serialize");
+        let description = Some(format!("bake revoke {recipe} {id}"));
+        match self
+            .put(&name, &json, Data::Text, Write::Once, description)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Error::Conflict(_)) => Err(already_revoked(
+                recipe,
+                id,
+                self.revocation(recipe, id).await?,
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) async fn revocation(
+        &self,
+        recipe: &str,
+        id: &ReleaseId,
+    ) -> Result<Option<Revocation>> {
+        let name = crate::registry::revocation_parameter(&self.prefix, recipe, id);
+        let Some(p) = self.get(&name).await? else {
+            return Ok(None);
+        };
+        self.json(&name, p.value().unwrap_or_default(), "revocation")
+            .map(Some)
+    }
+}
