@@ -54,7 +54,10 @@ pub async fn run(args: &RevokeArgs, g: &Global) -> Result<u8> {
             ));
         }
         let images: Vec<String> = release.images.into_values().map(|i| i.image_id).collect();
-        let deprecated = provider.deprecate_images(&images, deprecate_at).await?;
+        let deprecated = match provider.lifecycle() {
+            Some(lifecycle) => lifecycle.deprecate_images(&images, deprecate_at).await?,
+            None => Vec::new(),
+        };
         reg.revoke(recipe, &args.release, &revocation).await?;
         // The channels that still point at it: a person has to move each.
         let channels = reg.channels(recipe).await?;

@@ -42,5 +42,9 @@ pub async fn reconcile(
     apply: bool,
 ) -> Result<Protection> {
     let wanted = wanted(registry, pipeline, recipe).await?;
-    provider.protect_images(recipe, &wanted, apply).await
+    match provider.lifecycle() {
+        Some(lifecycle) => lifecycle.protect_images(recipe, &wanted, apply).await,
+        // No protection where images have none (the local provider).
+        None => Ok(Default::default()),
+    }
 }

@@ -205,7 +205,9 @@ pub async fn inputs(
             registry.recent_moves(recipe, &c, history + 1).await?,
         );
     }
-    let deprecate_for = (provider.deprecates() && !retention.deprecate_for.is_zero()).then(|| {
+    // Deprecated first, deleted later, where images can be deprecated (see `Lifecycle`).
+    let lifecycle = provider.lifecycle();
+    let deprecate_for = (lifecycle.is_some() && !retention.deprecate_for.is_zero()).then(|| {
         chrono::TimeDelta::from_std(retention.deprecate_for).unwrap_or(chrono::TimeDelta::MAX)
     });
     // Every image once, in as few calls as the provider can: what uses them, and (only for
@@ -224,15 +226,15 @@ pub async fn inputs(
         }
     }
     let in_use = provider.images_in_use(&all).await?;
-    let deprecated = match deprecate_for {
-        Some(_) => {
+    let deprecated = match (deprecate_for, lifecycle) {
+        (Some(_), Some(lifecycle)) => {
             let free: Vec<String> = past_keep
                 .into_iter()
                 .filter(|i| !in_use.contains_key(i))
                 .collect();
-            provider.deprecations(&free).await?
+            lifecycle.deprecations(&free).await?
         }
-        None => BTreeMap::new(),
+        _ => BTreeMap::new(),
     };
     Ok(Inputs {
         releases,
@@ -255,9 +257,9 @@ pub async fn apply(
     plan: &PrunePlan,
 ) -> Result<()> {
     let start = crate::provider::deprecation_start(Utc::now());
-    for r in &plan.retire {
-        if !r.deprecate.is_empty() {
-            provider.deprecate_images(&r.deprecate, start).await?;
+    if let Some(lifecycle) = provider.lifecycle() {
+        for r in plan.retire.iter().filter(|r| !r.deprecate.is_empty()) {
+            lifecycle.deprecate_images(&r.deprecate, start).await?;
         }
     }
     for doomed in &plan.delete {

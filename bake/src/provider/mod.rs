@@ -178,12 +178,46 @@ pub trait Fleet: Send + Sync {
     ) -> Result<Box<dyn crate::guest::Guest>>;
 }
 
+/// A provider whose images have a lifecycle beyond existing: deprecation (prune deprecates
+/// before it deletes; revoke deprecates at once) and deregistration protection (for what prod
+/// may need). Only AWS has it (EC2's DeprecationTime and deregistration protection); a
+/// provider without it deletes images outright, and nothing is protected.
+#[async_trait]
+pub trait Lifecycle: Send + Sync {
+    /// Deprecates these images (and their copies) from `at` on; the IDs it deprecated.
+    async fn deprecate_images(
+        &self,
+        images: &[String],
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>>;
+
+    /// Deregistration protection on exactly the `wanted` images of `recipe` (and their copies)
+    /// among those bake protects; with `apply` false, what it would change.
+    async fn protect_images(
+        &self,
+        recipe: &str,
+        wanted: &std::collections::BTreeSet<String>,
+        apply: bool,
+    ) -> Result<Protection>;
+
+    /// When each of these images that is (or will be) deprecated is.
+    async fn deprecations(
+        &self,
+        images: &[String],
+    ) -> Result<BTreeMap<String, chrono::DateTime<chrono::Utc>>>;
+}
+
 #[async_trait]
 pub trait Provider: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// The running nodes of bake's images, where this provider has them (`bake audit`).
     fn fleet(&self) -> Option<&dyn Fleet> {
+        None
+    }
+
+    /// Image deprecation and protection, where images have them (see `Lifecycle`).
+    fn lifecycle(&self) -> Option<&dyn Lifecycle> {
         None
     }
 
@@ -271,42 +305,6 @@ pub trait Provider: Send + Sync {
         _images: &[crate::release::ReleaseImage],
     ) -> Result<()> {
         Ok(())
-    }
-
-    /// Whether images here can be deprecated (then prune deprecates before it deletes).
-    fn deprecates(&self) -> bool {
-        false
-    }
-
-    /// Deprecates these images (and their copies) from `at` on; the IDs it deprecated. Nothing
-    /// where images have no deprecation (the local provider).
-    async fn deprecate_images(
-        &self,
-        _images: &[String],
-        _at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<String>> {
-        Ok(Vec::new())
-    }
-
-    /// Deregistration protection on exactly the `wanted` images of `recipe` (and their copies)
-    /// among those bake protects; with `apply` false, what it would change. Nothing where
-    /// images have no such protection (the local provider).
-    async fn protect_images(
-        &self,
-        _recipe: &str,
-        _wanted: &std::collections::BTreeSet<String>,
-        _apply: bool,
-    ) -> Result<Protection> {
-        Ok(Default::default())
-    }
-
-    /// When each of these images that is (or will be) deprecated is; none where images have
-    /// no deprecation (the local provider).
-    async fn deprecations(
-        &self,
-        _images: &[String],
-    ) -> Result<BTreeMap<String, chrono::DateTime<chrono::Utc>>> {
-        Ok(BTreeMap::new())
     }
 
     /// Deletes an image and what belongs to it (snapshots, files).

@@ -292,6 +292,10 @@ fn client_token(parts: &[&str]) -> String {
 
 #[async_trait]
 impl Provider for AwsProvider {
+    fn lifecycle(&self) -> Option<&dyn crate::provider::Lifecycle> {
+        Some(self)
+    }
+
     fn fleet(&self) -> Option<&dyn crate::provider::Fleet> {
         Some(self)
     }
@@ -520,47 +524,6 @@ impl Provider for AwsProvider {
         Ok(())
     }
 
-    fn deprecates(&self) -> bool {
-        true
-    }
-
-    async fn deprecate_images(
-        &self,
-        images: &[String],
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<String>> {
-        let mut done = Vec::new();
-        for image in images {
-            self.images().deprecate(image, at).await?;
-            done.push(image.clone());
-        }
-        for copies in self.copy_regions() {
-            for image in images {
-                for copy in copies.copies_of(image).await? {
-                    copies.deprecate(&copy, at).await?;
-                    done.push(copy);
-                }
-            }
-        }
-        Ok(done)
-    }
-
-    async fn protect_images(
-        &self,
-        recipe: &str,
-        wanted: &BTreeSet<String>,
-        apply: bool,
-    ) -> Result<crate::provider::Protection> {
-        self.reconcile_protection(recipe, wanted, apply).await
-    }
-
-    async fn deprecations(
-        &self,
-        images: &[String],
-    ) -> Result<BTreeMap<String, chrono::DateTime<chrono::Utc>>> {
-        self.images().deprecations(images).await
-    }
-
     async fn delete_image(&self, image_id: &str) -> Result<()> {
         for images in self.copy_regions() {
             for copy in images.copies_of(image_id).await? {
@@ -643,5 +606,45 @@ impl RootVolume {
             size_gib: ebs.and_then(|e| e.volume_size()).map(|s| s.max(0) as u32),
             device,
         }
+    }
+}
+
+#[async_trait]
+impl crate::provider::Lifecycle for AwsProvider {
+    async fn deprecate_images(
+        &self,
+        images: &[String],
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>> {
+        let mut done = Vec::new();
+        for image in images {
+            self.images().deprecate(image, at).await?;
+            done.push(image.clone());
+        }
+        for copies in self.copy_regions() {
+            for image in images {
+                for copy in copies.copies_of(image).await? {
+                    copies.deprecate(&copy, at).await?;
+                    done.push(copy);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    async fn protect_images(
+        &self,
+        recipe: &str,
+        wanted: &BTreeSet<String>,
+        apply: bool,
+    ) -> Result<crate::provider::Protection> {
+        self.reconcile_protection(recipe, wanted, apply).await
+    }
+
+    async fn deprecations(
+        &self,
+        images: &[String],
+    ) -> Result<BTreeMap<String, chrono::DateTime<chrono::Utc>>> {
+        self.images().deprecations(images).await
     }
 }
