@@ -245,6 +245,7 @@ async fn the_ec2_engine_on_the_al2023_stand_in_publishes_a_hardened_image_and_re
         "steps, files, manifest and validators all went over SSM: {sends}"
     );
     assert_nothing_left(moto).await;
+    audit_a_pet(&p, moto, &image).await;
     moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
 
     // The seed's incident on a base without the vendor's drop-in (an AMI up to v20250410, whose
@@ -262,14 +263,11 @@ async fn the_ec2_engine_on_the_al2023_stand_in_publishes_a_hardened_image_and_re
     n.add_step(
         "al2023-eks",
         "install-at-first-boot",
-        "d=/var/lib/bake-first-boot\n\
-         mkdir -p $d/top\n\
-         printf 'Name: bake-boot-drift\\nVersion: 1.0\\nRelease: 1\\nSummary: installed at first boot\\nLicense: none\\nBuildArch: noarch\\n%%description\\ninstalled at first boot\\n%%files\\n' > $d/drift.spec\n\
-         rpmbuild --quiet -bb --define \"_topdir $d/top\" $d/drift.spec\n\
-         mv $d/top/RPMS/noarch/bake-boot-drift-1.0-1.noarch.rpm $d/\n\
-         rm -rf $d/top $d/drift.spec\n\
-         printf '[Unit]\\nDescription=a package installed at first boot\\n\\n[Service]\\nType=oneshot\\nExecStart=/usr/bin/rpm -i --nodeps /var/lib/bake-first-boot/bake-boot-drift-1.0-1.noarch.rpm\\n\\n[Install]\\nWantedBy=multi-user.target\\n' > /etc/systemd/system/bake-first-boot.service\n\
-         systemctl enable bake-first-boot.service\n",
+        &format!(
+            "{}printf '[Unit]\\nDescription=a package installed at first boot\\n\\n[Service]\\nType=oneshot\\nExecStart=/usr/bin/rpm -i --nodeps /var/lib/bake-drift/bake-boot-drift-1.0-1.noarch.rpm\\n\\n[Install]\\nWantedBy=multi-user.target\\n' > /etc/systemd/system/bake-first-boot.service\n\
+             systemctl enable bake-first-boot.service\n",
+            rpm_of("bake-boot-drift")
+        ),
         Some("generalize"),
     );
     let (code, summary, stderr) = bake(&n, moto, &["run", "pipelines/aws.toml"]);
@@ -302,6 +300,85 @@ async fn the_ec2_engine_on_the_al2023_stand_in_publishes_a_hardened_image_and_re
     assert_nothing_left(moto).await;
 }
 
+/// A shell script that builds an empty noarch rpm `name` 1.0-1 into /var/lib/bake-drift/ (with
+/// the stand-in's rpmbuild), for a package a test installs where nothing should.
+fn rpm_of(name: &str) -> String {
+    format!(
+        "d=/var/lib/bake-drift\n\
+         mkdir -p $d/top\n\
+         printf 'Name: {name}\\nVersion: 1.0\\nRelease: 1\\nSummary: a package nobody baked\\nLicense: none\\nBuildArch: noarch\\n%%description\\nnot baked\\n%%files\\n' > $d/{name}.spec\n\
+         rpmbuild --quiet -bb --define \"_topdir $d/top\" $d/{name}.spec\n\
+         mv $d/top/RPMS/noarch/{name}-1.0-1.noarch.rpm $d/\n\
+         rm -rf $d/top $d/{name}.spec\n"
+    )
+}
+
+/// The pets stay as baked (`bake audit`, end to end on a real node): a node launched from the
+/// published image with the eks-node module's tags audits clean through the emulated agent,
+/// its checks run as an audit runs them and its rpm list compared with the manifest captured
+/// at bake time; then drift made by hand on it (the MAC drop-ins gone, a package installed) is
+/// reported on that node, check and package, exit 3.
+async fn audit_a_pet(p: &Project, moto: &Moto, image: &str) {
+    let d = Driver::new(moto).await;
+    let pet = d
+        .launch_tagged(
+            image,
+            None,
+            &[
+                ("Name", "pets-pet-1"),
+                ("bake:node", "pet-1"),
+                ("bake:recipe", "al2023-eks"),
+                ("bake:arch", "x86_64"),
+                ("bake:cluster", "dev"),
+            ],
+        )
+        .await;
+    let audit = ["audit", "-p", "pipelines/aws.toml", "--timeout", "5m"];
+    let (code, report, stderr) = bake(p, moto, &audit);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(report["nodes"].as_array().unwrap().len(), 1, "{report:#}");
+    let node = &report["nodes"][0];
+    assert_eq!(node["node"], "pet-1", "{node:#}");
+    assert_eq!(node["instance"], pet.as_str(), "{node:#}");
+    assert_eq!(node["changed"], json!([]), "{node:#}");
+    let status = |node: &Value, check: &str| {
+        node["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == check)
+            .unwrap_or_else(|| panic!("no {check} in {node:#}"))["status"]
+            .clone()
+    };
+    for check in [
+        "mac-policy",
+        "networkd-keeps-foreign-routes",
+        "dnf-automatic-off",
+        "dnf-timers-masked",
+        "dnf-release-locked",
+    ] {
+        assert_eq!(status(node, check), "pass", "{check}: {node:#}");
+    }
+
+    let drift = format!(
+        "set -e\nrm -f /etc/systemd/network/99-default.link.d/*.conf\n{}rpm -i --nodeps /var/lib/bake-drift/bake-hand-installed-1.0-1.noarch.rpm\n",
+        rpm_of("bake-hand-installed")
+    );
+    let (s, rc, out, err) = d.run(&pet, &drift, 120).await;
+    assert_eq!((s.as_str(), rc), ("Success", 0), "{out}\n{err}");
+    let (code, report, stderr) = bake(p, moto, &audit);
+    assert_eq!(code, 3, "{report:#}\n{stderr}");
+    let node = &report["nodes"][0];
+    assert_eq!(status(node, "mac-policy"), "fail", "{node:#}");
+    assert_eq!(status(node, "dnf-timers-masked"), "pass", "{node:#}");
+    assert!(
+        node["changed"].to_string().contains("bake-hand-installed"),
+        "{node:#}"
+    );
+    d.terminate(&pet).await;
+    assert_nothing_left(moto).await;
+}
+
 /// EC2 and SSM through the proxy, signed with a key of their own (not bake's, not `testing`,
 /// so no IAM assertion of a bake project counts these calls).
 struct Driver {
@@ -328,6 +405,21 @@ impl Driver {
     /// Launches an instance of `image` (with base64 `user_data`) and waits until its agent is
     /// online.
     async fn launch(&self, image: &str, user_data: Option<String>) -> String {
+        self.launch_tagged(image, user_data, &[]).await
+    }
+
+    /// `launch`, with the instance tagged `tags`.
+    async fn launch_tagged(
+        &self,
+        image: &str,
+        user_data: Option<String>,
+        tags: &[(&str, &str)],
+    ) -> String {
+        use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+        let spec = tags.iter().fold(
+            TagSpecification::builder().resource_type(ResourceType::Instance),
+            |s, (k, v)| s.tags(Tag::builder().key(*k).value(*v).build()),
+        );
         let r = self
             .ec2
             .run_instances()
@@ -336,6 +428,7 @@ impl Driver {
             .instance_type(aws_sdk_ec2::types::InstanceType::M6iLarge)
             .min_count(1)
             .max_count(1)
+            .set_tag_specifications((!tags.is_empty()).then(|| vec![spec.build()]))
             .send()
             .await
             .unwrap();
