@@ -31,14 +31,7 @@ async fn local_base(p: &Project) -> base::Base {
             .size()
             .unwrap_or(bake::input::recipe::DEFAULT_SIZE_GIB),
     );
-    base::ensure(
-        &spec,
-        &bake::provider::local::cache_dir(),
-        Duration::from_secs(3600),
-        &|said: &str| eprintln!("{said}"),
-    )
-    .await
-    .unwrap()
+    standin::built(&spec, "local base").await
 }
 
 /// A project whose aws pipeline bakes x86_64 only, joins no cluster, and waits as long as VMs

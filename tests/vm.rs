@@ -238,7 +238,8 @@ fn bake_and_publish(p: &Project, arch: &str) {
     assert_eq!(journals, after);
 }
 
-/// SIGTERM while the builder VM runs a provisioning step: the run cleans up, exits 130 and
+/// SIGTERM while a provisioning step runs (in the offline builder's chroot, which `builder =
+/// "auto"` picks on this host): the run cleans up, exits 130 and
 /// leaves no resource and no outstanding journal entry; the next run in the same state dir then
 /// starts clean, bakes, validates on a canary and publishes. (One bake serves both.)
 #[test]

@@ -50,11 +50,17 @@ pub async fn al2023(arch: Arch) -> Base {
         customize: vec![include_str!("../standins/al2023-eks.sh").to_string()],
         fs_uuid: Some(AL2023_ROOT_UUID.into()),
     };
+    built(&spec, "al2023 stand-in").await
+}
+
+/// The base of `spec` from bake's cache, built first if it is not there (its progress on
+/// stderr, after `what`).
+pub async fn built(spec: &BaseSpec, what: &str) -> Base {
     base::ensure(
-        &spec,
+        spec,
         &bake::provider::local::cache_dir(),
         Duration::from_secs(3600),
-        &|said: &str| eprintln!("al2023 stand-in: {said}"),
+        &|said: &str| eprintln!("{what}: {said}"),
     )
     .await
     .unwrap()

@@ -173,20 +173,7 @@ impl Pipeline {
         let recipes_dir = dir.join(&raw.recipes_dir);
         let validators_dir = dir.join(&raw.validators_dir);
 
-        for (cluster, c) in &raw.clusters {
-            if !is_simple_name(cluster) {
-                return Err(Diagnostic::file(
-                    file,
-                    format!("cluster name `{cluster}` must be letters, digits, `-` or `_`"),
-                ));
-            }
-            if c.arches.is_empty() {
-                return Err(Diagnostic::file(
-                    file,
-                    format!("cluster `{cluster}` has an empty `arches` list"),
-                ));
-            }
-        }
+        check_clusters(file, &raw.clusters)?;
         let canary_cluster = match raw.canary {
             Some(c) => {
                 if !raw.clusters.contains_key(c.cluster.get_ref()) {
@@ -207,38 +194,7 @@ impl Pipeline {
         };
 
         if let Some(aws) = &raw.aws {
-            let span = |key: &str| crate::diag::span_of(&src, &["aws", key]).unwrap_or(0..0);
-            if !aws.share_accounts.is_empty() && aws.kms_key_id.is_none() {
-                return Err(at(
-                    span("share_accounts"),
-                    "sharing needs `kms_key_id` in [aws]: an image encrypted with the default EBS key cannot be shared; use a customer managed key the listed accounts may use".into(),
-                ));
-            }
-            if aws.engine == Engine::Imagebuilder {
-                let missing: Vec<&str> = [
-                    ("instance_profile", aws.instance_profile.is_none()),
-                    ("subnet_id", aws.subnet_id.is_none()),
-                    ("security_group_id", aws.security_group_id.is_none()),
-                ]
-                .into_iter()
-                .filter(|(_, m)| *m)
-                .map(|(f, _)| f)
-                .collect();
-                if !missing.is_empty() {
-                    return Err(at(
-                        span("engine"),
-                        format!("engine \"imagebuilder\" needs {} in [aws]: Image Builder's infrastructure configuration is reused across runs, so bake does not create a per-run security group for it (give one with no inbound rules)", missing.join(", ")),
-                    ));
-                }
-            }
-            if let Some(r) = aws.region.as_ref().filter(|r| aws.copy_regions.contains(r)) {
-                return Err(at(
-                    span("copy_regions"),
-                    format!(
-                        "`{r}` is the pipeline's own region; copy_regions lists the other regions"
-                    ),
-                ));
-            }
+            check_aws(file, &src, aws)?;
         }
         if raw.bake.is_empty() {
             return Err(Diagnostic::file(
@@ -256,79 +212,15 @@ impl Pipeline {
                     format!("recipe `{}` is listed twice", b.recipe.get_ref()),
                 ));
             }
-            if b.arches.get_ref().is_empty() {
-                return Err(at(
-                    b.arches.span(),
-                    "the arch list is empty; name at least one of `x86_64`, `arm64`".into(),
-                ));
-            }
-            let mut arches = Vec::new();
-            for a in b.arches.get_ref() {
-                if arches.contains(a.get_ref()) {
-                    return Err(at(
-                        a.span(),
-                        format!("arch `{}` is listed twice", a.get_ref()),
-                    ));
-                }
-                arches.push(*a.get_ref());
-            }
-            for target in &b.auto_promote {
-                match raw.clusters.get(target.get_ref()) {
-                    None => return Err(at(target.span(), undefined_cluster(target.get_ref(), &raw.clusters))),
-                    Some(c) if c.prod => {
-                        return Err(at(
-                            target.span(),
-                            format!("cluster `{}` is prod: prod channels move only by `bake promote`, never automatically", target.get_ref()),
-                        ))
-                    }
-                    Some(c) => {
-                        if let Some(a) = c.arches.iter().find(|a| !arches.contains(a)) {
-                            return Err(at(
-                                target.span(),
-                                format!("cluster `{}` uses {a}, which this recipe is not baked for; a release could never be promoted there", target.get_ref()),
-                            ));
-                        }
-                    }
-                }
-            }
-            let recipe = Recipe::load(&recipes_dir, b.recipe.get_ref(), &catalog).map_err(|d| {
-                if d.line.is_none() && !d.file.exists() {
-                    at(
-                        b.recipe.span(),
-                        format!("recipe `{}` not found: {}", b.recipe.get_ref(), d.message),
-                    )
-                } else {
-                    d
-                }
-            })?;
-            match raw.provider {
-                ProviderKind::Local if recipe.local.is_none() => {
-                    return Err(at(
-                        b.recipe.span(),
-                        format!("recipe `{}` has no `[base.local]` section, needed by provider \"local\" ({})", recipe.name, recipe.file.display()),
-                    ))
-                }
-                ProviderKind::Aws => {
-                    for a in b.arches.get_ref() {
-                        if !recipe.aws.contains_key(a.get_ref()) {
-                            return Err(at(
-                                a.span(),
-                                format!("recipe `{}` has no `[base.aws]` entry for {} ({})", recipe.name, a.get_ref(), recipe.file.display()),
-                            ));
-                        }
-                    }
-                }
-                _ => {}
-            }
-            bakes.push(Bake {
-                recipe,
-                arches,
-                auto_promote: b
-                    .auto_promote
-                    .into_iter()
-                    .map(Spanned::into_inner)
-                    .collect(),
-            });
+            bakes.push(load_bake(
+                b,
+                file,
+                &src,
+                raw.provider,
+                &raw.clusters,
+                &recipes_dir,
+                &catalog,
+            )?);
         }
 
         Ok(Pipeline {
@@ -393,6 +285,158 @@ impl Pipeline {
     pub fn ssm_prefix(&self) -> Option<&SsmPath> {
         self.settings.aws().map(|a| &a.ssm_prefix)
     }
+}
+
+/// Every cluster's name is simple and its arch list not empty.
+fn check_clusters(file: &Path, clusters: &BTreeMap<String, Cluster>) -> Result<(), Diagnostic> {
+    for (cluster, c) in clusters {
+        if !is_simple_name(cluster) {
+            return Err(Diagnostic::file(
+                file,
+                format!("cluster name `{cluster}` must be letters, digits, `-` or `_`"),
+            ));
+        }
+        if c.arches.is_empty() {
+            return Err(Diagnostic::file(
+                file,
+                format!("cluster `{cluster}` has an empty `arches` list"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What `[aws]` settings require of each other: sharing a key others may use, Image Builder's
+/// reused infrastructure, copy regions other than the pipeline's own.
+fn check_aws(file: &Path, src: &str, aws: &AwsSettings) -> Result<(), Diagnostic> {
+    let at = |span: std::ops::Range<usize>, msg: String| Diagnostic::at(file, src, span, msg);
+    let span = |key: &str| crate::diag::span_of(src, &["aws", key]).unwrap_or(0..0);
+    if !aws.share_accounts.is_empty() && aws.kms_key_id.is_none() {
+        return Err(at(
+            span("share_accounts"),
+            "sharing needs `kms_key_id` in [aws]: an image encrypted with the default EBS key cannot be shared; use a customer managed key the listed accounts may use".into(),
+        ));
+    }
+    if aws.engine == Engine::Imagebuilder {
+        let missing: Vec<&str> = [
+            ("instance_profile", aws.instance_profile.is_none()),
+            ("subnet_id", aws.subnet_id.is_none()),
+            ("security_group_id", aws.security_group_id.is_none()),
+        ]
+        .into_iter()
+        .filter(|(_, m)| *m)
+        .map(|(f, _)| f)
+        .collect();
+        if !missing.is_empty() {
+            return Err(at(
+                span("engine"),
+                format!("engine \"imagebuilder\" needs {} in [aws]: Image Builder's infrastructure configuration is reused across runs, so bake does not create a per-run security group for it (give one with no inbound rules)", missing.join(", ")),
+            ));
+        }
+    }
+    if let Some(r) = aws.region.as_ref().filter(|r| aws.copy_regions.contains(r)) {
+        return Err(at(
+            span("copy_regions"),
+            format!("`{r}` is the pipeline's own region; copy_regions lists the other regions"),
+        ));
+    }
+    Ok(())
+}
+
+/// One `[[bake]]` entry: its arches, its auto-promotion targets (never prod, only clusters
+/// whose arches it bakes) and its recipe, loaded and checked against the provider.
+fn load_bake(
+    b: RawBake,
+    file: &Path,
+    src: &str,
+    provider: ProviderKind,
+    clusters: &BTreeMap<String, Cluster>,
+    recipes_dir: &Path,
+    catalog: &Catalog,
+) -> Result<Bake, Diagnostic> {
+    let at = |span: std::ops::Range<usize>, msg: String| Diagnostic::at(file, src, span, msg);
+    if b.arches.get_ref().is_empty() {
+        return Err(at(
+            b.arches.span(),
+            "the arch list is empty; name at least one of `x86_64`, `arm64`".into(),
+        ));
+    }
+    let mut arches = Vec::new();
+    for a in b.arches.get_ref() {
+        if arches.contains(a.get_ref()) {
+            return Err(at(
+                a.span(),
+                format!("arch `{}` is listed twice", a.get_ref()),
+            ));
+        }
+        arches.push(*a.get_ref());
+    }
+    for target in &b.auto_promote {
+        match clusters.get(target.get_ref()) {
+                None => return Err(at(target.span(), undefined_cluster(target.get_ref(), clusters))),
+                Some(c) if c.prod => {
+                    return Err(at(
+                        target.span(),
+                        format!("cluster `{}` is prod: prod channels move only by `bake promote`, never automatically", target.get_ref()),
+                    ))
+                }
+                Some(c) => {
+                    if let Some(a) = c.arches.iter().find(|a| !arches.contains(a)) {
+                        return Err(at(
+                            target.span(),
+                            format!("cluster `{}` uses {a}, which this recipe is not baked for; a release could never be promoted there", target.get_ref()),
+                        ));
+                    }
+                }
+            }
+    }
+    let recipe = Recipe::load(recipes_dir, b.recipe.get_ref(), catalog).map_err(|d| {
+        if d.line.is_none() && !d.file.exists() {
+            at(
+                b.recipe.span(),
+                format!("recipe `{}` not found: {}", b.recipe.get_ref(), d.message),
+            )
+        } else {
+            d
+        }
+    })?;
+    match provider {
+        ProviderKind::Local if recipe.local.is_none() => {
+            return Err(at(
+                b.recipe.span(),
+                format!(
+                    "recipe `{}` has no `[base.local]` section, needed by provider \"local\" ({})",
+                    recipe.name,
+                    recipe.file.display()
+                ),
+            ))
+        }
+        ProviderKind::Aws => {
+            for a in b.arches.get_ref() {
+                if !recipe.aws.contains_key(a.get_ref()) {
+                    return Err(at(
+                        a.span(),
+                        format!(
+                            "recipe `{}` has no `[base.aws]` entry for {} ({})",
+                            recipe.name,
+                            a.get_ref(),
+                            recipe.file.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(Bake {
+        recipe,
+        arches,
+        auto_promote: b
+            .auto_promote
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
+    })
 }
 
 fn undefined_cluster(name: &str, clusters: &BTreeMap<String, Cluster>) -> String {
