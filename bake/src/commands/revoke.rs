@@ -1,13 +1,11 @@
-//! `bake revoke`: withdraw a bad release. It stays as published (immutable); a revocation is
-//! written once beside it, and from then on `promote`, `pin` and the channel pins that still
-//! hold it refuse it, `status` flags every channel that points at it, and Terraform fails the
-//! plan of a node pinned to it. On AWS its images (and copies) are deprecated first, so that a
-//! failure leaves nothing half-revoked: the revocation is written only once they are.
+//! `bake revoke`: withdraw a bad release (`ops::revoke`). From then on `promote`, `pin` and
+//! the channel pins that still hold it refuse it, `status` flags every channel that points at
+//! it, and Terraform fails the plan of a node pinned to it.
 
 use super::{json, locked, open, RegistryArgs};
 use super::{Global, Output};
 use crate::error::exit;
-use crate::ops::promote;
+use crate::ops::{self, promote};
 use crate::release::{ReleaseId, Revocation};
 use crate::Result;
 use clap::Args;
@@ -44,32 +42,18 @@ pub async fn run(args: &RevokeArgs, g: &Global) -> Result<u8> {
         at: chrono::Utc::now(),
     };
     let deprecate_at = crate::provider::deprecation_start(chrono::Utc::now());
-    let work = async {
-        let release = reg.existing_release(recipe, &args.release).await?;
-        if let Some(first) = reg.revocation(recipe, &args.release).await? {
-            return Err(crate::registry::already_revoked(
-                recipe,
-                &args.release,
-                Some(first),
-            ));
-        }
-        let images: Vec<String> = release.images.into_values().map(|i| i.image_id).collect();
-        let deprecated = match provider.lifecycle() {
-            Some(lifecycle) => lifecycle.deprecate_images(&images, deprecate_at).await?,
-            None => Vec::new(),
-        };
-        reg.revoke(recipe, &args.release, &revocation).await?;
-        // The channels that still point at it: a person has to move each.
-        let channels = reg.channels(recipe).await?;
-        let holding = channels
-            .into_iter()
-            .filter(|(_, e)| e.release == args.release)
-            .map(|(c, _)| c)
-            .collect::<Vec<_>>();
-        Ok((holding, deprecated))
-    };
-    let (holding, deprecated) =
-        locked(reg.as_ref(), recipe, &who, args.break_lock, false, work).await?;
+    let work = ops::revoke::revoke(
+        reg.as_ref(),
+        provider.as_ref(),
+        recipe,
+        &args.release,
+        &revocation,
+        deprecate_at,
+    );
+    let ops::revoke::Revoked {
+        holding,
+        deprecated,
+    } = locked(reg.as_ref(), recipe, &who, args.break_lock, false, work).await?;
     #[derive(Serialize)]
     struct Out<'a> {
         recipe: &'a str,

@@ -10,6 +10,7 @@ pub mod plan;
 pub mod promote;
 pub mod protection;
 pub mod prune;
+pub mod revoke;
 pub mod run;
 pub mod sbom;
 pub mod sweep;
