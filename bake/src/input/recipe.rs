@@ -204,114 +204,9 @@ impl Recipe {
                 "a recipe needs at least one `[[steps]]` entry",
             ));
         }
-        let mut seen = BTreeSet::new();
-        let mut steps = Vec::new();
-        for step in raw.steps {
-            let step_name = step.name.get_ref();
-            if !is_simple_name(step_name) {
-                return Err(at(
-                    step.name.span(),
-                    format!("step name `{step_name}` must be letters, digits, `-` or `_`"),
-                ));
-            }
-            if !seen.insert(step_name.clone()) {
-                return Err(at(
-                    step.name.span(),
-                    format!("duplicate step name `{step_name}`"),
-                ));
-            }
-            let path = resolve_inside(recipes_dir, step.script.get_ref(), &allowed)
-                .map_err(|m| at(step.script.span(), m))?;
-            let content =
-                read_limited(&path, MAX_SCRIPT_BYTES).map_err(|m| at(step.script.span(), m))?;
-            let mode = std::fs::metadata(&path)
-                .map(|m| m.permissions().mode())
-                .unwrap_or(0);
-            if mode & 0o111 == 0 {
-                return Err(at(
-                    step.script.span(),
-                    format!(
-                        "script `{}` is not executable (chmod +x it)",
-                        step.script.get_ref()
-                    ),
-                ));
-            }
-            steps.push(StepSpec {
-                name: step_name.clone(),
-                script: step.script.into_inner(),
-                content,
-                timeout: step.timeout,
-            });
-        }
-
-        let mut files = Vec::new();
-        let mut dests = BTreeSet::new();
-        for f in raw.files {
-            let path = resolve_inside(recipes_dir, f.source.get_ref(), &allowed)
-                .map_err(|m| at(f.source.span(), m))?;
-            let content =
-                read_limited(&path, MAX_FILE_BYTES).map_err(|m| at(f.source.span(), m))?;
-            let want = f.sha256.get_ref().to_ascii_lowercase();
-            if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(at(f.sha256.span(), "sha256 must be 64 hex digits".into()));
-            }
-            let got = sha256_hex(&content);
-            if got != want {
-                return Err(at(
-                    f.sha256.span(),
-                    format!(
-                        "sha256 mismatch for `{}`: pinned {want}, file has {got}",
-                        f.source.get_ref()
-                    ),
-                ));
-            }
-            let dest = check_guest_path(f.dest.get_ref()).map_err(|m| at(f.dest.span(), m))?;
-            if !dests.insert(dest.clone()) {
-                return Err(at(f.dest.span(), format!("two files install to `{dest}`")));
-            }
-            let mode = u32::from_str_radix(f.mode.get_ref(), 8)
-                .ok()
-                .filter(|m| *m <= 0o7777 && !f.mode.get_ref().is_empty())
-                .ok_or_else(|| {
-                    at(
-                        f.mode.span(),
-                        format!(
-                            "mode `{}` is not an octal file mode like \"0644\"",
-                            f.mode.get_ref()
-                        ),
-                    )
-                })?;
-            files.push(FileSpec {
-                source: f.source.into_inner(),
-                dest,
-                sha256: got,
-                mode,
-                content,
-            });
-        }
-
-        let mut validators = Vec::new();
-        let mut seen = BTreeSet::new();
-        for v in raw.validators {
-            let validator = catalog.get(v.get_ref()).ok_or_else(|| {
-                at(
-                    v.span(),
-                    format!(
-                        "unknown validator `{}` (defined in {}: {})",
-                        v.get_ref(),
-                        catalog.file().display(),
-                        catalog.names().join(", ")
-                    ),
-                )
-            })?;
-            if !seen.insert(v.get_ref().clone()) {
-                return Err(at(
-                    v.span(),
-                    format!("validator `{}` is listed twice", v.get_ref()),
-                ));
-            }
-            validators.push(validator.clone());
-        }
+        let steps = load_steps(raw.steps, recipes_dir, &allowed, &at)?;
+        let files = load_files(raw.files, recipes_dir, &allowed, &at)?;
+        let validators = load_validators(raw.validators, catalog, &at)?;
 
         let size_place = raw.volume.size_gib.as_ref().map(|s| {
             let (line, col) = crate::diag::line_col(&src, s.span().start);
@@ -330,6 +225,142 @@ impl Recipe {
             validators,
         })
     }
+}
+
+/// The recipe's steps: simple unique names, executable scripts inside the recipe's own
+/// directory or the shared `steps/`, each within the script size limit.
+fn load_steps(
+    raw: Vec<RawStep>,
+    recipes_dir: &Path,
+    allowed: &[PathBuf],
+    at: &dyn Fn(std::ops::Range<usize>, String) -> Diagnostic,
+) -> Result<Vec<StepSpec>, Diagnostic> {
+    let mut seen = BTreeSet::new();
+    let mut steps = Vec::new();
+    for step in raw {
+        let step_name = step.name.get_ref();
+        if !is_simple_name(step_name) {
+            return Err(at(
+                step.name.span(),
+                format!("step name `{step_name}` must be letters, digits, `-` or `_`"),
+            ));
+        }
+        if !seen.insert(step_name.clone()) {
+            return Err(at(
+                step.name.span(),
+                format!("duplicate step name `{step_name}`"),
+            ));
+        }
+        let path = resolve_inside(recipes_dir, step.script.get_ref(), allowed)
+            .map_err(|m| at(step.script.span(), m))?;
+        let content =
+            read_limited(&path, MAX_SCRIPT_BYTES).map_err(|m| at(step.script.span(), m))?;
+        let mode = std::fs::metadata(&path)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
+        if mode & 0o111 == 0 {
+            return Err(at(
+                step.script.span(),
+                format!(
+                    "script `{}` is not executable (chmod +x it)",
+                    step.script.get_ref()
+                ),
+            ));
+        }
+        steps.push(StepSpec {
+            name: step_name.clone(),
+            script: step.script.into_inner(),
+            content,
+            timeout: step.timeout,
+        });
+    }
+    Ok(steps)
+}
+
+/// The files the recipe installs: inside its directories, pinned by sha256, each to a
+/// distinct guest path with an octal mode.
+fn load_files(
+    raw: Vec<RawFile>,
+    recipes_dir: &Path,
+    allowed: &[PathBuf],
+    at: &dyn Fn(std::ops::Range<usize>, String) -> Diagnostic,
+) -> Result<Vec<FileSpec>, Diagnostic> {
+    let mut files = Vec::new();
+    let mut dests = BTreeSet::new();
+    for f in raw {
+        let path = resolve_inside(recipes_dir, f.source.get_ref(), allowed)
+            .map_err(|m| at(f.source.span(), m))?;
+        let content = read_limited(&path, MAX_FILE_BYTES).map_err(|m| at(f.source.span(), m))?;
+        let want = f.sha256.get_ref().to_ascii_lowercase();
+        if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(at(f.sha256.span(), "sha256 must be 64 hex digits".into()));
+        }
+        let got = sha256_hex(&content);
+        if got != want {
+            return Err(at(
+                f.sha256.span(),
+                format!(
+                    "sha256 mismatch for `{}`: pinned {want}, file has {got}",
+                    f.source.get_ref()
+                ),
+            ));
+        }
+        let dest = check_guest_path(f.dest.get_ref()).map_err(|m| at(f.dest.span(), m))?;
+        if !dests.insert(dest.clone()) {
+            return Err(at(f.dest.span(), format!("two files install to `{dest}`")));
+        }
+        let mode = u32::from_str_radix(f.mode.get_ref(), 8)
+            .ok()
+            .filter(|m| *m <= 0o7777 && !f.mode.get_ref().is_empty())
+            .ok_or_else(|| {
+                at(
+                    f.mode.span(),
+                    format!(
+                        "mode `{}` is not an octal file mode like \"0644\"",
+                        f.mode.get_ref()
+                    ),
+                )
+            })?;
+        files.push(FileSpec {
+            source: f.source.into_inner(),
+            dest,
+            sha256: got,
+            mode,
+            content,
+        });
+    }
+    Ok(files)
+}
+
+/// The recipe's validators, each defined in the catalog and listed once.
+fn load_validators(
+    raw: Vec<Spanned<String>>,
+    catalog: &Catalog,
+    at: &dyn Fn(std::ops::Range<usize>, String) -> Diagnostic,
+) -> Result<Vec<Validator>, Diagnostic> {
+    let mut validators = Vec::new();
+    let mut seen = BTreeSet::new();
+    for v in raw {
+        let validator = catalog.get(v.get_ref()).ok_or_else(|| {
+            at(
+                v.span(),
+                format!(
+                    "unknown validator `{}` (defined in {}: {})",
+                    v.get_ref(),
+                    catalog.file().display(),
+                    catalog.names().join(", ")
+                ),
+            )
+        })?;
+        if !seen.insert(v.get_ref().clone()) {
+            return Err(at(
+                v.span(),
+                format!("validator `{}` is listed twice", v.get_ref()),
+            ));
+        }
+        validators.push(validator.clone());
+    }
+    Ok(validators)
 }
 
 fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
