@@ -17,7 +17,7 @@ use aws_sdk_imagebuilder::types::{
     ImageTestsConfiguration, InstanceBlockDeviceMapping, InstanceMetadataOptions, Platform,
 };
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// What a bake of one recipe × arch needs in Image Builder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -277,183 +277,210 @@ impl ImageBuilder<'_> {
         res: &Resources,
         tags: &BTreeMap<String, String>,
     ) -> Result<((String, String, String), Vec<Planned>)> {
-        let tags: std::collections::HashMap<String, String> =
+        let tags: HashMap<String, String> =
             tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut done = Vec::new();
+        let mut said = |kind: &str, name: &str, found: bool| {
+            done.push(planned(kind, name, if found { "reuse" } else { "create" }));
+        };
         let mut component_arns = Vec::new();
         for c in &res.components {
-            let arn = match self.component_arn(&c.name).await? {
-                Some(arn) => {
-                    done.push(planned("component", &c.name, "reuse"));
-                    arn
-                }
-                None => {
-                    self.slot().await;
-                    let r = self
-                        .client
-                        .create_component()
-                        .name(&c.name)
-                        .semantic_version(&c.version)
-                        .platform(Platform::Linux)
-                        .data(&c.data)
-                        .description(format!("bake {} phase", c.phase))
-                        .set_tags(Some(tags.clone()))
-                        .client_token(&c.name)
-                        .send()
-                        .await
-                        .map_err(|e| {
-                            err(
-                                format!("creating component {} in {}", c.name, self.region),
-                                e,
-                            )
-                        })?;
-                    done.push(planned("component", &c.name, "create"));
-                    r.component_build_version_arn()
-                        .unwrap_or_default()
-                        .to_string()
-                }
-            };
-            component_arns.push(arn);
+            let found = self.component_arn(&c.name).await?;
+            said("component", &c.name, found.is_some());
+            component_arns.push(match found {
+                Some(arn) => arn,
+                None => self.create_component(c, &tags).await?,
+            });
         }
         let ir = &res.image_recipe;
-        let recipe_arn = match self.image_recipe_arn(&ir.name).await? {
-            Some(arn) => {
-                done.push(planned("image-recipe", &ir.name, "reuse"));
-                arn
-            }
-            None => {
-                let components = component_arns
-                    .iter()
-                    .map(|arn| {
-                        ComponentConfiguration::builder()
-                            .component_arn(arn)
-                            .build()
-                            .map_err(|e| Error::provider("aws", format!("component {arn}: {e}")))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                self.slot().await;
-                let r = self
-                    .client
-                    .create_image_recipe()
-                    .name(&ir.name)
-                    .semantic_version(&ir.version)
-                    .parent_image(&ir.parent_image)
-                    .set_components(Some(components))
-                    .block_device_mappings(
-                        InstanceBlockDeviceMapping::builder()
-                            .device_name(&ir.root_device)
-                            .ebs(
-                                EbsInstanceBlockDeviceSpecification::builder()
-                                    .encrypted(true)
-                                    .delete_on_termination(true)
-                                    .volume_size(ir.volume_size_gib as i32)
-                                    .volume_type(EbsVolumeType::from(ir.volume_type.as_str()))
-                                    .set_kms_key_id(ir.kms_key_id.clone())
-                                    .build(),
-                            )
-                            .build(),
-                    )
-                    .set_tags(Some(tags.clone()))
-                    .client_token(&ir.name)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        err(
-                            format!("creating image recipe {} in {}", ir.name, self.region),
-                            e,
-                        )
-                    })?;
-                done.push(planned("image-recipe", &ir.name, "create"));
-                r.image_recipe_arn().unwrap_or_default().to_string()
-            }
+        let found = self.image_recipe_arn(&ir.name).await?;
+        said("image-recipe", &ir.name, found.is_some());
+        let recipe_arn = match found {
+            Some(arn) => arn,
+            None => self.create_image_recipe(ir, &component_arns, &tags).await?,
         };
         let inf = &res.infrastructure;
-        let infra_arn = match self.infrastructure_arn(&inf.name).await? {
-            Some(arn) => {
-                done.push(planned("infrastructure-configuration", &inf.name, "reuse"));
-                arn
-            }
-            None => {
-                self.slot().await;
-                let r = self
-                    .client
-                    .create_infrastructure_configuration()
-                    .name(&inf.name)
-                    .instance_types(&inf.instance_type)
-                    .instance_profile_name(&inf.instance_profile)
-                    .subnet_id(&inf.subnet_id)
-                    .security_group_ids(&inf.security_group_id)
-                    .terminate_instance_on_failure(inf.terminate_on_failure)
-                    .instance_metadata_options(
-                        InstanceMetadataOptions::builder()
-                            .http_tokens(&inf.http_tokens)
-                            .http_put_response_hop_limit(1)
-                            .build(),
-                    )
-                    .set_resource_tags(Some(tags.clone()))
-                    .set_tags(Some(tags.clone()))
-                    .client_token(&inf.name)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        err(
-                            format!(
-                                "creating infrastructure configuration {} in {}",
-                                inf.name, self.region
-                            ),
-                            e,
-                        )
-                    })?;
-                done.push(planned("infrastructure-configuration", &inf.name, "create"));
-                r.infrastructure_configuration_arn()
-                    .unwrap_or_default()
-                    .to_string()
-            }
+        let found = self.infrastructure_arn(&inf.name).await?;
+        said("infrastructure-configuration", &inf.name, found.is_some());
+        let infra_arn = match found {
+            Some(arn) => arn,
+            None => self.create_infrastructure(inf, &tags).await?,
         };
         let d = &res.distribution;
-        let dist_arn = match self.distribution_arn(&d.name).await? {
-            Some(arn) => {
-                done.push(planned("distribution-configuration", &d.name, "reuse"));
-                arn
-            }
-            None => {
-                let dist = Distribution::builder()
-                    .region(&d.region)
-                    .ami_distribution_configuration(
-                        AmiDistributionConfiguration::builder()
-                            .name(&d.ami_name)
-                            .set_kms_key_id(d.kms_key_id.clone())
-                            .set_ami_tags(Some(d.ami_tags.clone().into_iter().collect()))
-                            .build(),
-                    )
-                    .build()
-                    .map_err(|e| Error::provider("aws", format!("distribution {}: {e}", d.name)))?;
-                self.slot().await;
-                let r = self
-                    .client
-                    .create_distribution_configuration()
-                    .name(&d.name)
-                    .distributions(dist)
-                    .set_tags(Some(tags.clone()))
-                    .client_token(&d.name)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        err(
-                            format!(
-                                "creating distribution configuration {} in {}",
-                                d.name, self.region
-                            ),
-                            e,
-                        )
-                    })?;
-                done.push(planned("distribution-configuration", &d.name, "create"));
-                r.distribution_configuration_arn()
-                    .unwrap_or_default()
-                    .to_string()
-            }
+        let found = self.distribution_arn(&d.name).await?;
+        said("distribution-configuration", &d.name, found.is_some());
+        let dist_arn = match found {
+            Some(arn) => arn,
+            None => self.create_distribution(d, &tags).await?,
         };
         Ok(((recipe_arn, infra_arn, dist_arn), done))
+    }
+
+    /// Creates a component (immutable: a version is never created twice); its build version ARN.
+    async fn create_component(
+        &self,
+        c: &super::toe::Component,
+        tags: &HashMap<String, String>,
+    ) -> Result<String> {
+        self.slot().await;
+        let r = self
+            .client
+            .create_component()
+            .name(&c.name)
+            .semantic_version(&c.version)
+            .platform(Platform::Linux)
+            .data(&c.data)
+            .description(format!("bake {} phase", c.phase))
+            .set_tags(Some(tags.clone()))
+            .client_token(&c.name)
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!("creating component {} in {}", c.name, self.region),
+                    e,
+                )
+            })?;
+
+        Ok(r.component_build_version_arn()
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    /// Creates the image recipe of `components` (their ARNs, in order); its ARN.
+    async fn create_image_recipe(
+        &self,
+        ir: &ImageRecipe,
+        component_arns: &[String],
+        tags: &HashMap<String, String>,
+    ) -> Result<String> {
+        let components = component_arns
+            .iter()
+            .map(|arn| {
+                ComponentConfiguration::builder()
+                    .component_arn(arn)
+                    .build()
+                    .map_err(|e| Error::provider("aws", format!("component {arn}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.slot().await;
+        let r = self
+            .client
+            .create_image_recipe()
+            .name(&ir.name)
+            .semantic_version(&ir.version)
+            .parent_image(&ir.parent_image)
+            .set_components(Some(components))
+            .block_device_mappings(
+                InstanceBlockDeviceMapping::builder()
+                    .device_name(&ir.root_device)
+                    .ebs(
+                        EbsInstanceBlockDeviceSpecification::builder()
+                            .encrypted(true)
+                            .delete_on_termination(true)
+                            .volume_size(ir.volume_size_gib as i32)
+                            .volume_type(EbsVolumeType::from(ir.volume_type.as_str()))
+                            .set_kms_key_id(ir.kms_key_id.clone())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .set_tags(Some(tags.clone()))
+            .client_token(&ir.name)
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!("creating image recipe {} in {}", ir.name, self.region),
+                    e,
+                )
+            })?;
+
+        Ok(r.image_recipe_arn().unwrap_or_default().to_string())
+    }
+
+    /// Creates the infrastructure configuration; its ARN.
+    async fn create_infrastructure(
+        &self,
+        inf: &Infrastructure,
+        tags: &HashMap<String, String>,
+    ) -> Result<String> {
+        self.slot().await;
+        let r = self
+            .client
+            .create_infrastructure_configuration()
+            .name(&inf.name)
+            .instance_types(&inf.instance_type)
+            .instance_profile_name(&inf.instance_profile)
+            .subnet_id(&inf.subnet_id)
+            .security_group_ids(&inf.security_group_id)
+            .terminate_instance_on_failure(inf.terminate_on_failure)
+            .instance_metadata_options(
+                InstanceMetadataOptions::builder()
+                    .http_tokens(&inf.http_tokens)
+                    .http_put_response_hop_limit(1)
+                    .build(),
+            )
+            .set_resource_tags(Some(tags.clone()))
+            .set_tags(Some(tags.clone()))
+            .client_token(&inf.name)
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!(
+                        "creating infrastructure configuration {} in {}",
+                        inf.name, self.region
+                    ),
+                    e,
+                )
+            })?;
+
+        Ok(r.infrastructure_configuration_arn()
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    /// Creates the distribution configuration; its ARN.
+    async fn create_distribution(
+        &self,
+        d: &DistributionConfig,
+        tags: &HashMap<String, String>,
+    ) -> Result<String> {
+        let dist = Distribution::builder()
+            .region(&d.region)
+            .ami_distribution_configuration(
+                AmiDistributionConfiguration::builder()
+                    .name(&d.ami_name)
+                    .set_kms_key_id(d.kms_key_id.clone())
+                    .set_ami_tags(Some(d.ami_tags.clone().into_iter().collect()))
+                    .build(),
+            )
+            .build()
+            .map_err(|e| Error::provider("aws", format!("distribution {}: {e}", d.name)))?;
+        self.slot().await;
+        let r = self
+            .client
+            .create_distribution_configuration()
+            .name(&d.name)
+            .distributions(dist)
+            .set_tags(Some(tags.clone()))
+            .client_token(&d.name)
+            .send()
+            .await
+            .map_err(|e| {
+                err(
+                    format!(
+                        "creating distribution configuration {} in {}",
+                        d.name, self.region
+                    ),
+                    e,
+                )
+            })?;
+
+        Ok(r.distribution_configuration_arn()
+            .unwrap_or_default()
+            .to_string())
     }
 
     /// Starts a build (with the test phase) and returns its image build version ARN.
