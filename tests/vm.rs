@@ -401,13 +401,14 @@ fn an_image_with_a_lost_drop_in_unattended_upgrades_and_shipped_identity_is_reje
 fn an_in_place_fix_of_the_packaged_link_file_is_undone_by_an_upgrade_and_rejected() {
     let p = project_for("x86_64");
     p.without_mac_dropin();
-    // The hand fix the seed's users first tried, then what the next unattended upgrade does.
+    // The hand fix the seed's users first tried, then what the next unattended upgrade of the
+    // package that ships the file (udev, on Debian) does.
     add_step(
         &p,
         "edit-usr-lib",
         "sed -i 's/^MACAddressPolicy=.*/MACAddressPolicy=none/' /usr/lib/systemd/network/99-default.link\n\
          grep -q '^MACAddressPolicy=none' /usr/lib/systemd/network/99-default.link\n\
-         apt-get install -y -q --reinstall --no-download udev systemd\n\
+         apt-get install -y -q --reinstall --no-download udev\n\
          grep -q '^MACAddressPolicy=persistent' /usr/lib/systemd/network/99-default.link\n",
         Some("generalize"),
     );
@@ -416,7 +417,7 @@ fn an_in_place_fix_of_the_packaged_link_file_is_undone_by_an_upgrade_and_rejecte
         "suite = \"bookworm\"",
         "suite = \"bookworm\"\noffline_apt = true",
     );
-    // Reinstalling systemd and udev is the most a step asks of a running system: this bake
+    // Reinstalling udev is the most a step asks of a running system: this bake
     // keeps the builder VM (booted, steps through its guest agent, then shut down), so that
     // path stays proved beside the offline builder the other bakes use.
     p.edit(
