@@ -6,7 +6,8 @@
 //! The shell is `guest/prepare-canary.sh`; providers upload it like any script and pass the
 //! device paths where their second disk shows up.
 
-use crate::input::validate::{CheckResult, Validator};
+use crate::input::validate::Validator;
+use crate::verdict::CheckResult;
 
 /// The guest script that prepares a canary (see the module doc).
 pub const PREPARE_SCRIPT: &str = include_str!("guest/prepare-canary.sh");
@@ -150,7 +151,8 @@ pub fn plan<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::input::validate::{Scope, Status};
+    use crate::input::validate::Scope;
+    use crate::verdict::Status;
 
     fn v(name: &str, applies_to: &[&str], reads_image: bool, needs_cluster: bool) -> Validator {
         Validator {

@@ -33,6 +33,7 @@ pub mod report;
 pub mod signals;
 pub mod state_dir;
 pub mod user_data;
+pub mod verdict;
 
 pub use arch::Arch;
 pub use error::{Error, Result};

@@ -2,8 +2,8 @@
 //! Immutable once published. Channels point clusters at releases; their history is the
 //! audit log and the rollback list.
 
-use crate::input::validate::Status;
 use crate::key::BakeKey;
+use crate::verdict::Status;
 use crate::Arch;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};

@@ -3,9 +3,9 @@
 use super::{json, open, RegistryArgs};
 use super::{Global, Output};
 use crate::input::pipeline::Pipeline;
-use crate::input::validate::Status;
 use crate::ops::audit::{Audit, NodeAudit, Request};
 use crate::report::{age, table};
+use crate::verdict::Status;
 use crate::{Error, Result};
 use clap::Args;
 use std::time::Duration;

@@ -34,7 +34,7 @@ fn print_releases(output: Output, releases: &[Manifest]) {
                 m.release.to_string(),
                 arch.to_string(),
                 image.image_id.clone(),
-                crate::input::validate::summarize(image.validators.values().copied()),
+                crate::verdict::summarize(image.validators.values().copied()),
                 image.key.short().to_string(),
                 age(m.created_at),
             ]);

@@ -6,10 +6,11 @@
 use crate::canary::Prepared;
 use crate::guest::{Guest, Job};
 use crate::input::pipeline::Pipeline;
-use crate::input::validate::{CheckResult, Status, Validator};
+use crate::input::validate::Validator;
 use crate::provider::{Fleet, FleetNode};
 use crate::registry::Registry;
 use crate::release::ReleaseId;
+use crate::verdict::{CheckResult, Status};
 use crate::{error::exit, Arch, Error, Result};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -279,7 +280,7 @@ async fn checks(
         .map_err(|e| e.to_string())?;
     for (v, ran) in which.into_iter().zip(outcomes) {
         let ran = ran.map_err(|why| format!("{}: {why}", v.name))?;
-        let result = crate::input::validate::judged(v, ran.exit_code, &ran.stdout, &ran.stderr)?;
+        let result = crate::verdict::judged(v, ran.exit_code, &ran.stdout, &ran.stderr)?;
         audit.checks.push(result);
     }
     Ok(())

@@ -4,9 +4,9 @@
 //! release soaked on the source channel long enough. Prod channels move only through here.
 
 use crate::input::pipeline::{Cluster, Pipeline};
-use crate::input::validate::Status;
 use crate::registry::Registry;
 use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId};
+use crate::verdict::Status;
 use crate::{Error, Result};
 use chrono::{DateTime, Utc};
 use std::time::Duration;

@@ -6,11 +6,11 @@ pub mod aws;
 pub mod local;
 
 use crate::input::recipe::Recipe;
-use crate::input::validate::Verdict;
 use crate::key::BakeKey;
 use crate::kube::KubeVersion;
 use crate::steps::StepContext;
 pub use crate::steps::{ByRole, Role};
+use crate::verdict::Verdict;
 use crate::{Arch, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -15,9 +15,9 @@ pub mod provision;
 pub mod validators;
 
 use crate::guest::Guest;
-use crate::input::validate::Verdict;
 use crate::journal::{Entry, Journal, Kind, StepStatus};
 use crate::report::Reporter;
+use crate::verdict::Verdict;
 use crate::{Arch, Error, Result};
 use async_trait::async_trait;
 use chrono::Utc;

@@ -10,7 +10,7 @@
 //! be what stopped it. A cluster that refuses bake (401/403) is the same, said at once: waiting
 //! does not give bake access.
 
-use crate::input::validate::{CheckResult, Status};
+use crate::verdict::{CheckResult, Status};
 use async_trait::async_trait;
 use std::time::{Duration, Instant};
 

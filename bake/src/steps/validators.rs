@@ -8,7 +8,8 @@ use super::provision::PACKAGES_PRODUCER;
 use super::Role;
 use super::{Machines, Step, StepContext};
 use crate::canary::{Planned, Prepared};
-use crate::input::validate::{CheckResult, JudgedBy, Status, Validator, Verdict};
+use crate::input::validate::{JudgedBy, Validator};
+use crate::verdict::{CheckResult, Status, Verdict};
 use crate::Result;
 use async_trait::async_trait;
 use std::time::Duration;
@@ -161,9 +162,8 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
                         format!("validator {} could not run: {e}", v.name),
                     )
                 })?;
-                let result =
-                    crate::input::validate::judged(v, ran.exit_code, &ran.stdout, &ran.stderr)
-                        .map_err(|why| cx.error(self.name(), why))?;
+                let result = crate::verdict::judged(v, ran.exit_code, &ran.stdout, &ran.stderr)
+                    .map_err(|why| cx.error(self.name(), why))?;
                 keep_log(
                     &logs,
                     &result,
@@ -243,12 +243,7 @@ impl<S> Validate<'_, S> {
         };
         super::node_ready::judge(&v.name, nodes, node, within, self.poll_interval)
             .await
-            .map_err(|why| {
-                cx.error(
-                    "validate",
-                    crate::input::validate::not_judged(&v.name, &why),
-                )
-            })
+            .map_err(|why| cx.error("validate", crate::verdict::not_judged(&v.name, &why)))
     }
 }
 

@@ -4,12 +4,12 @@
 
 use super::state::State;
 use super::{imagebuilder, tags, AwsProvider};
-use crate::input::validate::Verdict;
 use crate::journal::Kind;
 use crate::provider::aws::sdk::{err, Poll};
 use crate::provider::{BakeJob, ImageRecord, Role};
 use crate::steps::validators::RecordVerdict;
 use crate::steps::{Outcome, Step, StepContext};
+use crate::verdict::Verdict;
 use crate::Result;
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
@@ -254,7 +254,7 @@ impl RecordVerdict<State> for TagVerdict<'_> {
             .clone()
             .ok_or_else(|| cx.error("validate", "no image"))?;
         let packages = state.made.packages_sha256();
-        let summary: Vec<(String, crate::input::validate::Status)> = verdict
+        let summary: Vec<(String, crate::verdict::Status)> = verdict
             .results
             .iter()
             .map(|r| (r.name.clone(), r.verdict()))

@@ -33,12 +33,12 @@ use super::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider};
 use crate::input::names::AwsBaseRef;
 use crate::input::pipeline::{AwsSettings, Pipeline};
 use crate::input::recipe::{sha256_hex, Recipe};
-use crate::input::validate::{CheckResult, Verdict};
 use crate::key::BakeKey;
 use crate::kube::KubeVersion;
 use crate::provider::aws::sdk::{err, Limits};
 use crate::provider::Leftover;
 use crate::steps::StepContext;
+use crate::verdict::{CheckResult, Verdict};
 use crate::{Arch, Error, Result};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{Filter, ImageState, Tag};
@@ -247,7 +247,7 @@ impl AwsProvider {
                 reason: None,
                 exit_code: None,
                 output: String::new(),
-                not_applicable: status == crate::input::validate::Status::NotApplicable,
+                not_applicable: status == crate::verdict::Status::NotApplicable,
             })
             .collect();
         let verdict = Verdict::decide(results);

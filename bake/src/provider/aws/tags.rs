@@ -3,7 +3,7 @@
 //! that. The summary (`name=status,...`) is therefore split over `bake:validators`,
 //! `bake:validators.2`, … so it is never cut mid-entry, however many validators a recipe has.
 
-use crate::input::validate::Status;
+use crate::verdict::Status;
 use crate::{Error, Result};
 use aws_sdk_ec2::types::Tag;
 

@@ -6,11 +6,11 @@
 use super::state::State;
 use super::store::Store;
 use super::{cmd, LocalProvider};
-use crate::input::validate::Verdict;
 use crate::journal::Kind;
 use crate::provider::{BakeJob, ImageRecord, Role};
 use crate::steps::validators::RecordVerdict;
 use crate::steps::{Outcome, Step, StepContext};
+use crate::verdict::Verdict;
 use crate::{Error, Result};
 use async_trait::async_trait;
 use std::path::Path;
