@@ -4,11 +4,11 @@
 
 use async_trait::async_trait;
 use bake::input::recipe::Recipe;
-use bake::input::validate::{CheckResult, Verdict};
 use bake::journal::Kind;
 use bake::key::BakeKey;
 use bake::provider::{BakeJob, BaseImage, ImageRecord, Provider};
 use bake::steps::{Outcome, Runner, Step, StepContext};
+use bake::verdict::{CheckResult, Verdict};
 use bake::{Arch, Error, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

@@ -8,6 +8,7 @@ use super::provision::PACKAGES_PRODUCER;
 use super::Role;
 use super::{Machines, Step, StepContext};
 use crate::canary::{Planned, Prepared};
+use crate::guest::Guest;
 use crate::input::validate::{JudgedBy, Validator};
 use crate::verdict::{CheckResult, Status, Verdict};
 use crate::Result;
@@ -32,6 +33,9 @@ pub enum Software<'a> {
     NotApplicable(&'a str),
 }
 
+/// The step's name, in its errors and the journal.
+const STEP: &str = "validate";
+
 pub struct Validate<'a, S> {
     /// After the catalog's checks: does the canary, booted and (where there is a cluster)
     /// joined, run exactly the software the image was baked with?
@@ -53,7 +57,7 @@ pub struct Validate<'a, S> {
 #[async_trait]
 impl<S: Machines> Step<S> for Validate<'_, S> {
     fn name(&self) -> &str {
-        "validate"
+        STEP
     }
     async fn run(&self, state: &mut S, cx: &StepContext<'_>) -> Result<()> {
         let logs = cx.log_dir();
@@ -61,6 +65,37 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
         let node_name = state.node_name();
         let devices = state.image_devices().join(" ");
         let guest = state.guest(Role::Canary)?;
+        let prepared = self.prepare(guest, &devices, cx).await?;
+        let mut results = self
+            .checks(guest, &prepared, node_name.as_deref(), &logs, cx)
+            .await?;
+        for r in &results {
+            r.log(cx.recipe, cx.arch);
+        }
+        // Last, once first boot and the join are over: bootstrap scripts, cloud-init's
+        // package_upgrade or a snap refresh change software at boot, which no image check sees.
+        let software = self.software(guest, baked.as_deref(), &logs, cx).await?;
+        software.log(cx.recipe, cx.arch);
+        results.push(software);
+        let verdict = Verdict::decide(results);
+        self.recorder.record(state, &verdict, cx).await?;
+        if !verdict.accepted {
+            cx.phase(&format!("rejected: {}", verdict.blockers().join("; ")));
+        }
+        state.made().verdict = Some(verdict);
+        Ok(())
+    }
+}
+
+impl<S> Validate<'_, S> {
+    /// Says which OS booted and mounts the image's own root filesystem (the second disk)
+    /// read-only on the canary (`canary::PREPARE_SCRIPT`).
+    async fn prepare(
+        &self,
+        guest: &mut dyn Guest,
+        devices: &str,
+        cx: &StepContext<'_>,
+    ) -> Result<Prepared> {
         let label = format!("{} {} prepare canary", cx.recipe, cx.arch);
         let ran = guest
             .run(
@@ -68,15 +103,15 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
                 crate::canary::PREPARE_SCRIPT.as_bytes(),
                 &[
                     ("BAKE_IMAGE_ROOT", crate::canary::IMAGE_ROOT),
-                    ("BAKE_IMAGE_DEVICES", &devices),
+                    ("BAKE_IMAGE_DEVICES", devices),
                 ],
                 self.timeout,
             )
             .await
-            .map_err(|e| cx.error(self.name(), format!("preparing the canary: {e}")))?;
+            .map_err(|e| cx.error(STEP, format!("preparing the canary: {e}")))?;
         if ran.exit_code != 0 {
             return Err(cx.error(
-                self.name(),
+                STEP,
                 format!(
                     "preparing the canary exited {}: {}",
                     ran.exit_code,
@@ -86,14 +121,26 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
         }
         let prepared = Prepared::parse(&ran.stdout);
         tracing::info!(recipe = cx.recipe, arch = %cx.arch, os = %prepared.os(), image_root = ?prepared.image_root, "canary prepared");
+        Ok(prepared)
+    }
 
+    /// The catalog's checks, in its order: those bake judges from the cluster's API first
+    /// (they wait for the join), then every script in one batch (one round trip over SSM).
+    async fn checks(
+        &self,
+        guest: &mut dyn Guest,
+        prepared: &Prepared,
+        node_name: Option<&str>,
+        logs: &std::path::Path,
+        cx: &StepContext<'_>,
+    ) -> Result<Vec<CheckResult>> {
         let join = self.join_timeout.map(|j| j.as_secs().to_string());
         // Each validator's place in the catalog, its result once known: those bake judges from
         // the cluster's API first (they wait for the join), then every script in one batch.
         let mut results: Vec<Option<CheckResult>> = vec![None; self.validators.len()];
         // The scripts, and for each its place in the catalog and its validator.
         let (mut jobs, mut which) = (Vec::new(), Vec::new());
-        let planned = crate::canary::plan(self.validators, &prepared, self.no_cluster);
+        let planned = crate::canary::plan(self.validators, prepared, self.no_cluster);
         for (i, planned) in planned.into_iter().enumerate() {
             let (v, extra) = match planned {
                 Planned::Settled(r) => {
@@ -110,8 +157,8 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
                     v.name,
                     humantime::format_duration(self.join_timeout.unwrap_or_default())
                 ));
-                let result = self.judge_from_cluster(v, node_name.as_deref(), cx).await?;
-                keep_log(&logs, &result, "(judged by bake from the cluster's API)\n");
+                let result = self.judge_from_cluster(v, node_name, cx).await?;
+                keep_log(logs, &result, "(judged by bake from the cluster's API)\n");
                 results[i] = Some(result);
                 continue;
             }
@@ -125,7 +172,7 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
                 // A cluster check waits for the canary to join, up to join_timeout; its
                 // command may take that long and a minute more.
                 env.push(("BAKE_JOIN_TIMEOUT", join.to_string()));
-                if let Some(node) = node_name.as_deref() {
+                if let Some(node) = node_name {
                     env.push(("BAKE_NODE_NAME", node.to_string()));
                 }
                 timeout = timeout.max(join_timeout + Duration::from_secs(60));
@@ -151,34 +198,36 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
             let outcomes = guest
                 .run_each(&label, &jobs)
                 .await
-                .map_err(|e| cx.error(self.name(), format!("validators could not run: {e}")))?;
+                .map_err(|e| cx.error(STEP, format!("validators could not run: {e}")))?;
             for (&(i, v), ran) in which.iter().zip(outcomes) {
                 // A validator that could not run (an agent or API error, its limit) fails the
                 // bake, which retries next time; only the validator's own verdict may reject
                 // the image.
                 let ran = ran.map_err(|e| {
-                    cx.error(
-                        self.name(),
-                        format!("validator {} could not run: {e}", v.name),
-                    )
+                    cx.error(STEP, format!("validator {} could not run: {e}", v.name))
                 })?;
                 let result = crate::verdict::judged(v, ran.exit_code, &ran.stdout, &ran.stderr)
-                    .map_err(|why| cx.error(self.name(), why))?;
+                    .map_err(|why| cx.error(STEP, why))?;
                 keep_log(
-                    &logs,
+                    logs,
                     &result,
                     &format!("## stdout\n{}\n## stderr\n{}", ran.stdout, ran.stderr),
                 );
                 results[i] = Some(result);
             }
         }
-        let mut results: Vec<CheckResult> = results.into_iter().flatten().collect();
-        for r in &results {
-            r.log(cx.recipe, cx.arch);
-        }
-        // Last, once first boot and the join are over: bootstrap scripts, cloud-init's
-        // package_upgrade or a snap refresh change software at boot, which no image check sees.
-        let software = match (self.software, baked.as_deref()) {
+        Ok(results.into_iter().flatten().collect())
+    }
+
+    /// `software-as-baked`: the canary's packages against the manifest captured at bake time.
+    async fn software(
+        &self,
+        guest: &mut dyn Guest,
+        baked: Option<&str>,
+        logs: &std::path::Path,
+        cx: &StepContext<'_>,
+    ) -> Result<CheckResult> {
+        Ok(match (self.software, baked) {
             (Software::NotApplicable(why), _) => {
                 CheckResult::not_applicable(SOFTWARE_AS_BAKED, why)
             }
@@ -194,7 +243,7 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
                     .await
                     .map_err(|why| {
                         cx.error(
-                            self.name(),
+                            STEP,
                             format!("validator {SOFTWARE_AS_BAKED} could not run: {why}"),
                         )
                     })?;
@@ -209,20 +258,9 @@ impl<S: Machines> Step<S> for Validate<'_, S> {
                 );
                 software_verdict(&changed)
             }
-        };
-        software.log(cx.recipe, cx.arch);
-        results.push(software);
-        let verdict = Verdict::decide(results);
-        self.recorder.record(state, &verdict, cx).await?;
-        if !verdict.accepted {
-            cx.phase(&format!("rejected: {}", verdict.blockers().join("; ")));
-        }
-        state.made().verdict = Some(verdict);
-        Ok(())
+        })
     }
-}
 
-impl<S> Validate<'_, S> {
     /// A check bake judges from the cluster's API: the canary's node, by the name its join
     /// gave it.
     async fn judge_from_cluster(
