@@ -172,6 +172,21 @@ pub struct ChannelMove {
     pub reason: Option<String>,
 }
 
+impl ChannelMove {
+    /// The history entry of this move, the channel's `version`-th, made now.
+    pub fn into_entry(self, version: u64) -> ChannelEntry {
+        ChannelEntry {
+            version,
+            release: self.release,
+            images: self.images,
+            from: self.from,
+            who: self.who,
+            reason: self.reason,
+            at: Utc::now(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

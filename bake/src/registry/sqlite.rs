@@ -260,15 +260,7 @@ impl Registry for SqliteRegistry {
                 [recipe, cluster],
                 |r| r.get(0),
             )?;
-            let entry = ChannelEntry {
-                version: last.unwrap_or(0) as u64 + 1,
-                release: change.release,
-                images: change.images,
-                from: change.from,
-                who: change.who,
-                reason: change.reason,
-                at: Utc::now(),
-            };
+            let entry = change.into_entry(last.unwrap_or(0) as u64 + 1);
             let json = serde_json::to_string(&entry).map_err(to_sql_err)?;
             tx.execute(
                 "INSERT INTO channel_history (recipe, cluster, version, entry) VALUES (?1, ?2, ?3, ?4)",

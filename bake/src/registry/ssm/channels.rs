@@ -277,15 +277,7 @@ impl SsmRegistry {
                 Some(description),
             )
             .await?;
-        let entry = ChannelEntry {
-            version: version as u64,
-            release: change.release,
-            images: change.images,
-            from: change.from,
-            who: change.who,
-            reason: change.reason,
-            at: Utc::now(),
-        };
+        let entry = change.into_entry(version as u64);
         // A run killed between moving the channel and writing the entry left its move only in
         // the parameter's history (for 100 more moves): the moves just before this one get
         // their entries now if they lack them, then this one.
