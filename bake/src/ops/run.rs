@@ -321,12 +321,7 @@ async fn decide_again<'a>(
     items: &[&'a PlanItem],
 ) -> Result<Decided<'a>> {
     let releases = cx.registry.releases(&bake.recipe.name).await?;
-    let mut decided = Decided {
-        releases: Vec::new(),
-        todo: Vec::new(),
-        carried: Vec::new(),
-        missing: Vec::new(),
-    };
+    let (mut todo, mut carried, mut missing) = (Vec::new(), Vec::new(), Vec::new());
     for item in items {
         let selected = opts.filter.selects(item.arch);
         let (decision, _) = plan::decide(
@@ -337,15 +332,19 @@ async fn decide_again<'a>(
             opts.filter.force && selected,
         );
         if !decision.needs_bake() {
-            decided.carried.push((*item, decision));
+            carried.push((*item, decision));
         } else if selected {
-            decided.todo.push((*item, decision));
+            todo.push((*item, decision));
         } else {
-            decided.missing.push(item.arch.to_string());
+            missing.push(item.arch.to_string());
         }
     }
-    decided.releases = releases;
-    Ok(decided)
+    Ok(Decided {
+        releases,
+        todo,
+        carried,
+        missing,
+    })
 }
 
 /// Records each baked arch's result in the summary and returns the validated images; an error
