@@ -107,6 +107,34 @@ async fn emulator_of(base: &base::Base, param: &str, root: &str) -> (&'static Mo
     (moto, ami)
 }
 
+/// The Ubuntu 24.04 EKS parameter of the ubuntu2404-eks recipe (x86_64).
+const UBUNTU_2404_X86: &str =
+    "/aws/service/canonical/ubuntu/eks/24.04/1.31/stable/current/amd64/hvm/ebs-gp3/ami-id";
+
+/// Registers a base AMI whose instances are VMs of the Ubuntu EKS stand-in, found by its root
+/// filesystem's label as Canonical's images find theirs, and points the Ubuntu 24.04
+/// parameter at it.
+async fn ubuntu_emulator() -> (&'static Moto, String) {
+    let base = standin::ubuntu_eks().await;
+    emulator_of(
+        &base,
+        UBUNTU_2404_X86,
+        &format!("LABEL={}", standin::UBUNTU_ROOT_LABEL),
+    )
+    .await
+}
+
+/// A rehearsal project whose aws pipeline bakes the ubuntu2404-eks recipe.
+fn ubuntu_project(prefix: &str) -> Project {
+    let p = rehearsal_project(prefix);
+    p.edit(
+        "pipelines/aws.toml",
+        "recipe = \"eks-node\"",
+        "recipe = \"ubuntu2404-eks\"",
+    );
+    p
+}
+
 /// A rehearsal project whose aws pipeline bakes the al2023-eks recipe.
 fn al2023_project(prefix: &str) -> Project {
     let p = rehearsal_project(prefix);
@@ -290,6 +318,109 @@ async fn the_ec2_engine_on_the_al2023_stand_in_publishes_a_hardened_image_and_re
         "a rejected image was published: {:?}",
         none.parameters()
     );
+    assert_nothing_left(moto).await;
+}
+
+/// One x86_64 `bake run` of the ubuntu2404-eks recipe on the ec2 engine, on the Ubuntu EKS
+/// stand-in (snapd with the kubelet-eks and kubectl-eks snaps, unattended-upgrades enabled,
+/// rsyslog, root by label): unattended upgrades purged, apt timers masked, snap refreshes held
+/// for good, every validator pass or not applicable, the snaps and their revisions in the
+/// manifest, published. Then the same recipe whose first boot replaces the kubelet snap, as a
+/// bootstrap's `snap refresh kubelet-eks` would (a new revision under the same name), without
+/// the MAC drop-in: rejected by what ran on the canary, exit 3, nothing published.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ec2_engine_on_the_ubuntu_stand_in_publishes_a_hardened_image_and_rejects_a_boot_time_snap_refresh(
+) {
+    let p = ubuntu_project("/rehearsal");
+    let (moto, _) = ubuntu_emulator().await;
+    let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
+    assert_eq!(code, 0, "{summary:#}\n{stderr}");
+    let published = &summary["published"][0];
+    let release = published["release"].as_str().unwrap().to_string();
+    let (code, rel, stderr) = bake(
+        &p,
+        moto,
+        &["releases", "ubuntu2404-eks", "-p", "pipelines/aws.toml"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let validators = rel[0]["images"]["x86_64"]["validators"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{rel:#}"))
+        .clone();
+    for name in [
+        "mac-policy",
+        "networkd-keeps-foreign-routes",
+        "pod-network",
+        "no-unattended-upgrades",
+        "apt-timers-masked",
+        "apt-periodic-off",
+        "snap-refresh-held",
+        "machine-id-empty",
+        "no-ssh-host-keys",
+        "no-bake-leftovers",
+        "software-as-baked",
+    ] {
+        assert_eq!(validators[name], "pass", "{name}: {rel:#}");
+    }
+    assert_eq!(validators["node-ready"], "not_applicable", "{rel:#}");
+    assert_eq!(validators.len(), 12, "{rel:#}");
+    // The manifest is dpkg's and snapd's: the kubelet is a snap, with its revision.
+    let (code, sbom, stderr) = bake(
+        &p,
+        moto,
+        &[
+            "sbom",
+            "ubuntu2404-eks",
+            &release,
+            "--arch",
+            "x86_64",
+            "-p",
+            "pipelines/aws.toml",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let sbom = sbom.to_string();
+    assert!(
+        sbom.contains("kubelet-eks") && sbom.contains("1.31.2"),
+        "{sbom}"
+    );
+    assert!(!sbom.contains("unattended-upgrades"), "{sbom}");
+    assert_nothing_left(moto).await;
+    moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
+
+    // The first boot of every node replaces the kubelet snap with another revision, as a
+    // bootstrap that runs `snap refresh kubelet-eks` would (the stand-in's snaps are unknown
+    // to any store: the new revision is a local file the step leaves); and the MAC drop-in
+    // is lost, the seed's incident.
+    let n = ubuntu_project("/rehearsal-incident");
+    n.without_file("ubuntu2404-eks", "99-bake-mac-policy.conf");
+    n.add_step(
+        "ubuntu2404-eks",
+        "refresh-kubelet-at-first-boot",
+        "d=/var/lib/bake-drift/kubelet-eks\n\
+         mkdir -p $d/meta $d/bin\n\
+         printf 'name: kubelet-eks\\nversion: \"1.31.2\"\\nbase: core20\\nconfinement: classic\\nsummary: k\\ndescription: k\\napps:\\n  kubelet:\\n    command: bin/kubelet\\n' > $d/meta/snap.yaml\n\
+         printf '#!/bin/sh\\necho Kubernetes v1.31.2-refreshed\\n' > $d/bin/kubelet\n\
+         chmod 0755 $d $d/meta $d/bin/kubelet\n\
+         mksquashfs $d /var/lib/bake-drift/kubelet-eks.snap -noappend -comp xz -no-fragments -no-progress -all-root -no-xattrs -quiet\n\
+         rm -rf $d\n\
+         printf '[Unit]\\nDescription=a snap refreshed at first boot\\nAfter=snapd.service\\n\\n[Service]\\nType=oneshot\\nExecStart=/usr/bin/snap install --dangerous --classic /var/lib/bake-drift/kubelet-eks.snap\\n\\n[Install]\\nWantedBy=multi-user.target\\n' > /etc/systemd/system/bake-first-boot.service\n\
+         systemctl enable bake-first-boot.service\n",
+        Some("generalize"),
+    );
+    let (code, summary, stderr) = bake(&n, moto, &["run", "pipelines/aws.toml"]);
+    assert_eq!(code, 3, "expected rejection: {summary:#}\n{stderr}");
+    assert!(summary["published"].as_array().unwrap().is_empty());
+    let error = summary["results"][0]["error"].as_str().unwrap();
+    let (pod, lost) = crate::common::POD_LOST;
+    for (validator, reason) in [
+        ("mac-policy", "MACAddressPolicy"),
+        (pod, lost),
+        ("software-as-baked", "kubelet-eks"),
+    ] {
+        assert!(error.contains(&format!("{validator} fail")), "{error}");
+        assert!(error.contains(reason), "expected {reason:?} in {error}");
+    }
     assert_nothing_left(moto).await;
 }
 

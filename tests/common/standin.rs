@@ -49,6 +49,7 @@ pub async fn al2023(arch: Arch) -> Base {
         offline_apt: false,
         customize: vec![include_str!("../standins/al2023-eks.sh").to_string()],
         fs_uuid: Some(AL2023_ROOT_UUID.into()),
+        fs_label: None,
     };
     built(&spec, "al2023 stand-in").await
 }
@@ -64,4 +65,144 @@ pub async fn built(spec: &BaseSpec, what: &str) -> Base {
     )
     .await
     .unwrap()
+}
+
+/// The root filesystem's label in the Ubuntu EKS stand-in: Canonical's cloud images boot and
+/// mount their root by `LABEL=cloudimg-rootfs`, so a volume made from the same snapshot carries
+/// the same label.
+pub const UBUNTU_ROOT_LABEL: &str = "cloudimg-rootfs";
+
+/// The Debian (trixie: its snapd, 2.68, holds refreshes for good; bookworm's 2.57 cannot)
+/// packages the Ubuntu EKS stand-in is made of: init, udev and networkd (netplan renders to
+/// it on Ubuntu), cloud-init and sshd, rsyslog (Ubuntu logs to /var/log/syslog), apt with
+/// unattended-upgrades (enabled by default on Ubuntu), snapd (AppArmor with it, as on Ubuntu)
+/// and squashfs-tools to pack the snaps; the kernel and the QEMU guest agent are the
+/// emulator's (see tests/standins/ubuntu-eks.sh). No CNI plugins, no kubectl on the PATH.
+const UBUNTU_PACKAGES: &[&str] = &[
+    "systemd",
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "kmod",
+    "iproute2",
+    "ca-certificates",
+    "cloud-init",
+    "e2fsprogs",
+    "openssh-server",
+    "rsyslog",
+    "unattended-upgrades",
+    "apparmor",
+    "snapd",
+    "squashfs-tools",
+    "qemu-guest-agent",
+];
+
+/// The Ubuntu 24.04 EKS stand-in (x86_64), built once per machine: the base from the packages
+/// and tests/standins/ubuntu-eks.sh, then booted once so snapd installs the snaps the script
+/// packed (Canonical preseeds its images' snaps at build time; snapd installs only while it
+/// runs), cached beside the base under the same digest.
+pub async fn ubuntu_eks() -> Base {
+    let arch = Arch::X86_64;
+    let mut packages: Vec<String> = UBUNTU_PACKAGES.iter().map(|s| s.to_string()).collect();
+    packages.push(format!("linux-image-cloud-{}", arch.debian()));
+    packages.sort();
+    let spec = BaseSpec {
+        suite: "trixie".into(),
+        arch,
+        packages,
+        mirror: None,
+        size_gib: bake::input::recipe::DEFAULT_SIZE_GIB,
+        offline_apt: false,
+        customize: vec![include_str!("../standins/ubuntu-eks.sh").to_string()],
+        fs_uuid: None,
+        fs_label: Some(UBUNTU_ROOT_LABEL.into()),
+    };
+    let base = built(&spec, "ubuntu stand-in").await;
+    booted_once(
+        &base,
+        &format!("{}-preseeded", spec.digest()),
+        &format!("LABEL={UBUNTU_ROOT_LABEL}"),
+        "BAKE-STANDIN-PRESEEDED",
+    )
+    .await
+}
+
+/// `base` after one boot of its own (x86_64, TCG, no network) that ends in a power-off with
+/// `done` on the console, cached in bake's bases directory as `name`. The boot's console is
+/// kept beside the disk as console.log.
+async fn booted_once(base: &Base, name: &str, root: &str, done: &str) -> Base {
+    let bases = bake::provider::local::cache_dir().join("bases");
+    let dir = bases.join(name);
+    let at = |d: &std::path::Path| Base {
+        disk: d.join("disk.qcow2"),
+        kernel: base.kernel.clone(),
+        initrd: base.initrd.clone(),
+    };
+    if at(&dir).disk.is_file() {
+        return at(&dir);
+    }
+    let tmp = bases.join(format!("{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let disk = at(&tmp).disk;
+    std::fs::copy(&base.disk, &disk).unwrap();
+    let console = tmp.join("console.log");
+    eprintln!("{name}: booting the stand-in once (TCG, a few minutes)");
+    let mut qemu = tokio::process::Command::new("qemu-system-x86_64");
+    qemu.args([
+        "-machine",
+        "q35,accel=tcg",
+        "-cpu",
+        "qemu64",
+        "-m",
+        "1536",
+        "-smp",
+        "2",
+    ])
+    .args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-display",
+        "none",
+    ])
+    .args(["-monitor", "none", "-nic", "none"])
+    .arg("-kernel")
+    .arg(&base.kernel)
+    .arg("-initrd")
+    .arg(&base.initrd)
+    .args(["-append", &format!("root={root} rw console=ttyS0 panic=-1")])
+    .arg("-drive")
+    .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
+    .arg("-serial")
+    .arg(format!("file:{}", console.display()))
+    .kill_on_drop(true);
+    let status = tokio::time::timeout(Duration::from_secs(1200), qemu.status())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{name}: the boot did not power off in 20 min; see {}",
+                console.display()
+            )
+        })
+        .unwrap();
+    let said = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(
+        status.success() && said.contains(done),
+        "{name}: the boot failed ({status}); its console, {}:\n{}",
+        console.display(),
+        said.lines()
+            .rev()
+            .take(60)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    if std::fs::rename(&tmp, &dir).is_err() {
+        // Another process finished the same boot first.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    at(&dir)
 }

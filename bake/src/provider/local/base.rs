@@ -70,6 +70,8 @@ pub struct BaseSpec {
     pub customize: Vec<String>,
     /// The root filesystem's UUID; mkfs picks one at random when None.
     pub fs_uuid: Option<String>,
+    /// The root filesystem's label; `root` (what bake's VMs boot by) when None.
+    pub fs_label: Option<String>,
 }
 
 impl BaseSpec {
@@ -88,6 +90,7 @@ impl BaseSpec {
             offline_apt: base.offline_apt,
             customize: Vec::new(),
             fs_uuid: None,
+            fs_label: None,
         }
     }
 
@@ -117,6 +120,11 @@ impl BaseSpec {
         if let Some(uuid) = &self.fs_uuid {
             h.update(b"fs-uuid\0");
             h.update(uuid.as_bytes());
+            h.update([0]);
+        }
+        if let Some(label) = &self.fs_label {
+            h.update(b"fs-label\0");
+            h.update(label.as_bytes());
             h.update([0]);
         }
         hex::encode(h.finalize())
@@ -351,7 +359,8 @@ async fn build(
     std::fs::copy(&initrd, &base.initrd).map_err(|e| Error::io("copying the initrd", e))?;
 
     let raw = tmp.join("disk.raw");
-    let mut mkfs: Vec<String> = vec!["-q".into(), "-F".into(), "-L".into(), "root".into()];
+    let label = spec.fs_label.as_deref().unwrap_or("root");
+    let mut mkfs: Vec<String> = vec!["-q".into(), "-F".into(), "-L".into(), label.into()];
     if let Some(uuid) = &spec.fs_uuid {
         mkfs.extend(["-U".into(), uuid.clone()]);
     }
@@ -581,6 +590,9 @@ mod tests {
         let mut h = a.clone();
         h.fs_uuid = Some("6f1b1c2e-0d6a-4b5e-9a47-3c2f5e8d7a10".into());
         assert_ne!(a.digest(), h.digest());
+        let mut l = a.clone();
+        l.fs_label = Some("cloudimg-rootfs".into());
+        assert_ne!(a.digest(), l.digest());
         assert!(a.packages.contains(&"linux-image-cloud-amd64".to_string()));
     }
 }
