@@ -218,20 +218,21 @@ async fn audit_finds_the_pets_of_a_release_and_reports_drift_on_exactly_its_node
     }
 }
 
-/// The local provider has no running nodes: said at once, exit 2.
+/// The local provider audits the images channels point at, booted as their nodes would boot
+/// (driven for real in the VM tier, tests/vm.rs); with nothing published there is no node to
+/// boot: an empty, clean report, exit 0, and no VM started.
 #[test]
-fn the_local_provider_has_no_fleet_to_audit() {
+fn the_local_provider_with_nothing_published_has_no_node_to_audit() {
     let p = common::Project::new();
     let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("bake"))
         .current_dir(p.dir.path())
         .env("BAKE_STATE_DIR", p.dir.path().join(".bake"))
-        .args(["audit", "-p", "pipelines/local.toml"])
+        .args(["audit", "-p", "pipelines/local.toml", "--output", "json"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("the local provider has no running nodes to audit"),
-        "{stderr}"
-    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["nodes"], serde_json::json!([]), "{report:#}");
+    assert!(!stderr.contains("qemu-system"), "{stderr}");
 }

@@ -276,6 +276,46 @@ fn x86_64_after_a_sigterm_mid_bake_cleans_up_then_bakes_validates_on_a_canary_an
     );
 
     bake_and_publish(&p, "x86_64");
+    audit_the_channels_image(&p);
+}
+
+/// `bake audit` on the local provider: the image dev points at, booted as its node would boot
+/// (the canary's overlay, seed and guest agent), its audit checks run as on a live node
+/// (`BAKE_AUDIT=1`) and its software compared with the manifest captured at bake time; clean,
+/// exit 0, and the VM gone afterwards.
+fn audit_the_channels_image(p: &Project) {
+    let (code, report, stderr) = bake(
+        p,
+        &["audit", "-p", "pipelines/local.toml", "--timeout", "5m"],
+    );
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    let nodes = report["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{report:#}");
+    let node = &nodes[0];
+    let image = releases(p)[0]["images"]["x86_64"]["image_id"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("{:#}", releases(p)[0]));
+    assert_eq!(node["image"], image.as_str(), "{node:#}");
+    assert_eq!(node["channels"], serde_json::json!(["dev"]), "{node:#}");
+    assert_eq!(node["changed"], serde_json::json!([]), "{node:#}");
+    let checks = node["checks"].as_array().unwrap();
+    let status = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {node:#}"))["status"]
+            .clone()
+    };
+    for check in [
+        "mac-policy",
+        "networkd-keeps-foreign-routes",
+        "apt-timers-masked",
+    ] {
+        assert_eq!(status(check), "pass", "{check}: {node:#}");
+    }
+    assert!(stderr.contains("audit: 1/1"), "{stderr}");
+    assert_nothing_left(p);
 }
 
 #[test]

@@ -84,6 +84,8 @@ pub enum Command {
     /// Are the running nodes still what their image was? Finds the nodes of the recipes'
     /// releases and, through SSM, runs on each the checks the catalog declares safe on a live
     /// node (`audit = true`) and compares its packages with the manifest captured at bake.
+    /// Locally, where no node lives on, each image a channel points at is booted as its node
+    /// would boot (the canary's way), audited and stopped.
     /// Read-only. Exit 0 all as baked, 3 drift found, 1 a node could not be judged.
     ///
     /// Example: bake audit -p pipelines/aws.toml --recipe eks-node --output json

@@ -146,7 +146,14 @@ async fn select<'p>(
         }
         let channels = registry.channels(recipe).await?;
         let images: Vec<String> = origins.keys().cloned().collect();
-        for node in fleet.nodes(&images).await? {
+        let mut current: Vec<String> = channels
+            .values()
+            .flat_map(|e| e.images.values().cloned())
+            .filter(|i| origins.contains_key(i))
+            .collect();
+        current.sort();
+        current.dedup();
+        for node in fleet.nodes(&images, &current).await? {
             let other_node = req
                 .node
                 .is_some_and(|n| n != node.name && n != node.instance);

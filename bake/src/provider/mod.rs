@@ -167,10 +167,14 @@ pub struct FleetNode {
 /// reaching inside one. A capability: providers without a fleet to audit do not have it.
 #[async_trait]
 pub trait Fleet: Send + Sync {
-    /// The running nodes whose image is one of `images`, in calls that do not grow per node.
-    async fn nodes(&self, images: &[String]) -> Result<Vec<FleetNode>>;
+    /// The running nodes whose image is one of `images` (every image of the recipe's
+    /// releases), in calls that do not grow per node. A provider without long-lived nodes
+    /// (local) offers one node per image of `current` (those a channel points at now: what a
+    /// node made today would run), booted when its guest is asked for.
+    async fn nodes(&self, images: &[String], current: &[String]) -> Result<Vec<FleetNode>>;
 
-    /// The node's guest, once its agent answers (within `wait`); an error names why not.
+    /// The node's guest, once its agent answers (within `wait`); an error names why not. A
+    /// node booted for the audit lives as long as its guest.
     async fn guest(
         &self,
         node: &FleetNode,

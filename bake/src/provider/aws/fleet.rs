@@ -18,7 +18,7 @@ pub const CLUSTER_TAG: &str = "bake:cluster";
 
 #[async_trait]
 impl Fleet for AwsProvider {
-    async fn nodes(&self, images: &[String]) -> Result<Vec<FleetNode>> {
+    async fn nodes(&self, images: &[String], _current: &[String]) -> Result<Vec<FleetNode>> {
         let running = Filter::builder()
             .name("instance-state-name")
             .values("running")

@@ -186,22 +186,14 @@ impl BootVm<'_> {
     /// The NoCloud seed for this boot: a new instance ID, and user data of the same kind an
     /// EC2 instance of bake gets (the dead-man's timer; there is no cluster to join locally).
     async fn seed(&self, state: &State) -> Result<Drive> {
-        let instance_id = format!("i-{}", &hex::encode(rand::random::<[u8; 9]>())[..17]);
-        let path = seed::write(
+        let instance_id = new_instance_id();
+        node_seed(
             &state.work,
             self.role.as_str(),
-            &seed::Seed {
-                instance_id: &instance_id,
-                hostname: &format!("bake-{}", self.role.as_str()),
-                user_data: &crate::user_data::dead_man_text(self.role.as_str(), self.lifetime()),
-            },
+            &instance_id,
+            self.lifetime(),
         )
-        .await?;
-        Ok(Drive {
-            path,
-            format: "raw",
-            serial: "bake-seed".into(),
-        })
+        .await
     }
 
     async fn boot(
@@ -213,29 +205,19 @@ impl BootVm<'_> {
     ) -> Result<()> {
         let seed = self.seed(state).await?;
         let spec = self.spec(state, accel, seed)?;
-        let mut vm = Vm::start(&spec)?;
-        cx.created(Kind::Vm, &format!("{} pid {}", vm.socket.display(), vm.pid))?;
-        let started = Instant::now();
-        let agent = vm.agent(timeout).await;
+        let journal =
+            |vm: &Vm| cx.created(Kind::Vm, &format!("{} pid {}", vm.socket.display(), vm.pid));
+        let (vm, agent) = boot_vm(&spec, timeout, journal).await?;
         let slot = state.vms.slot(self.role);
         match agent {
             Ok(agent) => {
-                tracing::info!(recipe = cx.recipe, arch = %cx.arch, vm = self.role.as_str(), %accel, "guest agent answered after {}", qemu::since(started));
+                tracing::info!(recipe = cx.recipe, arch = %cx.arch, vm = self.role.as_str(), %accel, "guest agent answered");
                 *slot = Some((vm, Some(agent)));
                 Ok(())
             }
             Err(e) => {
-                let stderr = if vm.running() {
-                    String::new()
-                } else {
-                    vm.stderr_tail().await
-                };
                 *slot = Some((vm, None));
-                Err(if stderr.trim().is_empty() {
-                    e
-                } else {
-                    Error::provider("local", format!("{e}\nQEMU said: {}", stderr.trim()))
-                })
+                Err(e)
             }
         }
     }
@@ -332,4 +314,67 @@ impl Step<State> for Shutdown<'_> {
         }
         Ok(())
     }
+}
+
+/// A fresh EC2-shaped instance ID for a local VM (`i-` and 17 hex digits).
+pub(super) fn new_instance_id() -> String {
+    format!("i-{}", &hex::encode(rand::random::<[u8; 9]>())[..17])
+}
+
+/// The NoCloud seed a bake VM (builder, canary or an audited node) boots with: its instance ID,
+/// and user data of the kind an EC2 instance of bake gets (the dead-man's timer powering it off
+/// after `lifetime`).
+pub(super) async fn node_seed(
+    work: &std::path::Path,
+    role: &str,
+    instance_id: &str,
+    lifetime: Duration,
+) -> Result<Drive> {
+    let path = seed::write(
+        work,
+        role,
+        &seed::Seed {
+            instance_id,
+            hostname: &format!("bake-{role}"),
+            user_data: &crate::user_data::dead_man_text(role, lifetime),
+        },
+    )
+    .await?;
+    Ok(Drive {
+        path,
+        format: "raw",
+        serial: "bake-seed".into(),
+    })
+}
+
+/// Starts the VM of `spec` (`started` hears of it before anything else can fail, e.g. to
+/// journal it) and waits up to `timeout` for its guest agent: the VM, and the agent or why it
+/// did not answer (with QEMU's own words when it exited).
+pub(super) async fn boot_vm(
+    spec: &VmSpec,
+    timeout: Duration,
+    started: impl FnOnce(&Vm) -> Result<()>,
+) -> Result<(Vm, Result<super::qga::Agent>)> {
+    let mut vm = Vm::start(spec)?;
+    started(&vm)?;
+    let began = Instant::now();
+    let agent = match vm.agent(timeout).await {
+        Ok(agent) => {
+            tracing::debug!(vm = %spec.name, "guest agent answered after {}", qemu::since(began));
+            Ok(agent)
+        }
+        Err(e) => {
+            let stderr = if vm.running() {
+                String::new()
+            } else {
+                vm.stderr_tail().await
+            };
+            Err(if stderr.trim().is_empty() {
+                e
+            } else {
+                Error::provider("local", format!("{e}\nQEMU said: {}", stderr.trim()))
+            })
+        }
+    };
+    Ok((vm, agent))
 }

@@ -7,6 +7,7 @@ pub mod base;
 mod chain;
 mod chroot;
 mod cmd;
+mod fleet;
 mod image;
 mod leftovers;
 mod machine;
@@ -187,6 +188,11 @@ fn host_fingerprint() -> String {
 
 #[async_trait]
 impl Provider for LocalProvider {
+    /// No long-lived nodes: `bake audit` boots the images channels point at (see fleet.rs).
+    fn fleet(&self) -> Option<&dyn crate::provider::Fleet> {
+        Some(self)
+    }
+
     fn name(&self) -> &'static str {
         "local"
     }

@@ -87,6 +87,11 @@ impl Store {
     }
 
     /// The newest image of recipe × arch baked with `key`.
+    /// The record of image `id`, if the store has it.
+    pub fn record(&self, id: &str) -> Result<Option<ImageRecord>> {
+        Ok(self.records()?.into_iter().find(|r| r.id == id))
+    }
+
     pub fn find(&self, recipe: &str, arch: Arch, key: &BakeKey) -> Result<Option<ImageRecord>> {
         Ok(self
             .records()?
