@@ -40,6 +40,18 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// The script every transport's `put` runs in the guest: `path`'s directory made, the content
+/// written from `source` (a shell command whose stdout is the content: the transport's way of
+/// carrying it), its mode set, then checked against the content's sha256 by the guest itself.
+pub fn put_script(label: &str, path: &str, content: &[u8], mode: u32, source: &str) -> String {
+    let quoted = sh_quote(path);
+    let label = label.replace('\n', " ");
+    format!(
+        "#!/bin/sh\n# bake: {label}\nset -eu\nmkdir -p \"$(dirname {quoted})\"\n{source} > {quoted}\nchmod {mode:o} {quoted}\n{}\n",
+        verify_command(path, content)
+    )
+}
+
 /// The shell that checks, in the guest, that `path` holds what bake sent (sha256 of `content`).
 pub fn verify_command(path: &str, content: &[u8]) -> String {
     let line = format!("{}  {path}", crate::input::recipe::sha256_hex(content));
@@ -137,7 +149,7 @@ pub trait Guest: Send {
 
 #[cfg(test)]
 mod tests {
-    use super::verify_command;
+    use super::{put_script, verify_command};
     use std::process::Command;
 
     fn sh(script: &str) -> i32 {
@@ -169,5 +181,26 @@ mod tests {
             0,
             "a missing file fails too"
         );
+    }
+
+    /// The script every transport's put runs: it makes the directory, writes what its source
+    /// prints, sets the mode, and fails when what arrived is not what was sent.
+    #[test]
+    fn the_put_script_writes_sets_the_mode_and_refuses_what_did_not_arrive_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etc/it's new/99-bake.conf");
+        let path_s = path.to_str().unwrap();
+        let sent = b"[Link]\nMACAddressPolicy=none\n";
+        let staged = dir.path().join("staged");
+        std::fs::write(&staged, sent).unwrap();
+        let source = format!("cat {}", super::sh_quote(staged.to_str().unwrap()));
+        assert_eq!(sh(&put_script("a file", path_s, sent, 0o640, &source)), 0);
+        assert_eq!(std::fs::read(&path).unwrap(), sent);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        // A transfer cut short: the guest's own check fails the put.
+        std::fs::write(&staged, &sent[..7]).unwrap();
+        assert_ne!(sh(&put_script("a file", path_s, sent, 0o640, &source)), 0);
     }
 }

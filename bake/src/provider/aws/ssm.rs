@@ -192,9 +192,12 @@ impl Guest for SsmGuest {
             ));
         }
         let b64 = base64::engine::general_purpose::STANDARD.encode(content);
-        let verify = crate::guest::verify_command(path, content);
-        let script = format!(
-            "#!/bin/bash\n# bake: {label}\nset -eu\nmkdir -p \"$(dirname '{path}')\"\necho '{b64}' | base64 -d > '{path}'\nchmod {mode:o} '{path}'\n{verify}\n"
+        let script = crate::guest::put_script(
+            label,
+            path,
+            content,
+            mode,
+            &format!("echo '{b64}' | base64 -d"),
         );
         let ran = self.command(label, &script, timeout).await?;
         if ran.exit_code != 0 {

@@ -223,10 +223,7 @@ impl Guest for ChrootGuest {
     ) -> Result<()> {
         // Written from inside the chroot, so a symlink on the way resolves in the image,
         // never on the host; then checked there like every transport's put.
-        let script = format!(
-            "#!/bin/sh\nset -e\nmkdir -p \"$(dirname \"$1\")\"\ncat /run/bake/content > \"$1\"\nchmod {mode:o} \"$1\"\n{}\n",
-            crate::guest::verify_command(path, content)
-        );
+        let script = crate::guest::put_script(label, path, content, mode, "cat /run/bake/content");
         let out = self
             .exec(
                 label,

@@ -324,31 +324,24 @@ impl crate::guest::Guest for Agent {
         mode: u32,
         timeout: Duration,
     ) -> crate::Result<()> {
-        let failed = |what: &str, e: &dyn std::fmt::Display| {
-            crate::Error::provider("local", format!("{label}: {what} {path}: {e}"))
-        };
-        let mkdir = self
-            .sh(
-                label,
-                "mkdir -p \"$(dirname \"$1\")\"",
-                &[path],
-                &[],
-                timeout,
-            )
-            .await?;
-        if mkdir.exit_code != 0 {
-            return Err(failed("creating the directory of", &mkdir.tail(4)));
-        }
-        self.write_file(path, content)
-            .await
-            .map_err(|e| failed("writing", &e))?;
-        let check = format!(
-            "chmod {mode:o} \"$1\" && {}",
-            crate::guest::verify_command(path, content)
+        // The content goes over the agent's own file calls to a staging file, then the same
+        // script as every transport's moves it into place and checks it in the guest.
+        let staging = format!(
+            "{SCRIPTS}/bake-put-{}",
+            hex::encode(rand::random::<[u8; 8]>())
         );
-        let sum = self.sh(label, &check, &[path], &[], timeout).await?;
-        if sum.exit_code != 0 {
-            return Err(failed("checking", &sum.tail(4)));
+        self.write_file(&staging, content).await.map_err(|e| {
+            crate::Error::provider("local", format!("{label}: uploading {path}: {e}"))
+        })?;
+        let script =
+            crate::guest::put_script(label, path, content, mode, &format!("cat {staging}"));
+        let script = format!("trap 'rm -f {staging}' EXIT\n{script}");
+        let ran = self.sh(label, &script, &[], &[], timeout).await?;
+        if ran.exit_code != 0 {
+            return Err(crate::Error::provider(
+                "local",
+                format!("{label}: writing {path}: {}", ran.tail(4)),
+            ));
         }
         Ok(())
     }
