@@ -212,6 +212,24 @@ async fn audit_finds_the_pets_of_a_release_and_reports_drift_on_exactly_its_node
         .map(str::to_string)
         .collect();
     assert!(changing.is_empty(), "{changing:?}");
+    // Each command goes to one node, its pace and error budget said, within SSM's limits
+    // (which the proxy enforces: at most 50 instances, MaxConcurrency and MaxErrors well formed).
+    let records = moto.records();
+    let sends: Vec<&serde_json::Value> = records[first_audit..]
+        .iter()
+        .filter(|r| r["key"] == p.access_key().as_str() && r["action"] == "SendCommand")
+        .map(|r| &r["body"])
+        .collect();
+    assert!(!sends.is_empty());
+    for body in sends {
+        assert_eq!(
+            body["InstanceIds"].as_array().map(Vec::len),
+            Some(1),
+            "{body}"
+        );
+        assert_eq!(body["MaxConcurrency"], "1", "{body}");
+        assert_eq!(body["MaxErrors"], "0", "{body}");
+    }
     common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
     for c in [web1, web2, offline] {
         let _ = ec2.terminate_instances().instance_ids(c).send().await;

@@ -653,6 +653,19 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                     online.append({"InstanceId": i, "PingStatus": "Online", "PlatformType": "Linux"})
             return {"InstanceInformationList": online}
         if action == "SendCommand":
+            # SSM's documented limits (API Reference, SendCommand): at most 50 instance IDs,
+            # MaxConcurrency a number from 1 or a percentage, MaxErrors a number from 0 or a
+            # percentage; anything else is a ValidationException.
+            ids = req.get("InstanceIds") or []
+            if len(ids) > 50:
+                return {"__type": "ValidationException",
+                        "message": "1 validation error detected: Value at 'instanceIds' failed to satisfy constraint: Member must have length less than or equal to 50"}
+            for field, pattern in (("MaxConcurrency", r"([1-9][0-9]*|[1-9][0-9]%|[1-9]%|100%)"),
+                                   ("MaxErrors", r"([1-9][0-9]*|[0]|[1-9][0-9]%|[0-9]%|100%)")):
+                value = req.get(field)
+                if value is not None and (len(value) > 7 or not re.fullmatch(pattern, value)):
+                    return {"__type": "ValidationException",
+                            "message": "1 validation error detected: Value '%s' at '%s' failed to satisfy constraint" % (value, field[0].lower() + field[1:])}
             # SSM refuses a command to a node whose agent is not online.
             down = [i for i in req.get("InstanceIds") or [] if MACHINES.owns(i) and not MACHINES.online(i)]
             if down:

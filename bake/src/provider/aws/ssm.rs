@@ -82,6 +82,11 @@ impl SsmGuest {
                     vec![timeout.as_secs().max(1).to_string()],
                 )
                 .comment(label.chars().take(100).collect::<String>())
+                // One instance a command, said explicitly rather than left to SSM's defaults
+                // (50 at once): bake runs its commands at the pace it chooses (`bake audit`
+                // at most eight nodes at once) and judges each instance's answer itself.
+                .max_concurrency("1")
+                .max_errors("0")
                 .send()
                 .await;
             match sent {
