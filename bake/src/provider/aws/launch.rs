@@ -11,6 +11,7 @@ use crate::steps::{Outcome, Step, StepContext};
 use crate::user_data;
 use crate::{Arch, Result};
 use async_trait::async_trait;
+use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
     InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
@@ -121,151 +122,10 @@ impl Step<State> for Launch<'_> {
     }
     async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
         let p = self.p;
-        let image = match self.role {
-            Role::Builder => self.job.base.id.clone(),
-            Role::Canary => state
-                .image
-                .clone()
-                .ok_or_else(|| cx.error(self.name(), "no image to launch"))?,
-        };
+        let image = self.image(state, cx)?;
         cx.phase(&format!("launch {} from {image}", self.role.as_str()));
-        let root_volume = p.root_volume(&image).await?;
-        let root = root_volume.device.clone();
-        // The builder's volume: what the recipe asks (checked at plan) or the base's own size;
-        // the canary's: its image's, which is the builder's.
-        let size = match self.role {
-            Role::Builder => {
-                self.job
-                    .recipe
-                    .volume_size_for(cx.arch, &image, root_volume.size_gib)?
-            }
-            Role::Canary => root_volume
-                .size_gib
-                .unwrap_or(crate::input::recipe::DEFAULT_SIZE_GIB),
-        };
-        let instance_type = p
-            .settings
-            .instance_type
-            .get(&cx.arch)
-            .cloned()
-            .unwrap_or_else(|| match cx.arch {
-                Arch::X86_64 => "m6i.large".into(),
-                Arch::Arm64 => "m7g.large".into(),
-            });
-        let volume = &self.job.recipe.volume;
-        let mut req = p
-            .ec2
-            .run_instances()
-            .image_id(&image)
-            .instance_type(InstanceType::from(instance_type.as_str()))
-            .min_count(1)
-            .max_count(1)
-            // Idempotent: a retried RunInstances never starts a second instance.
-            .client_token(
-                format!(
-                    "{}-{}-{}-{}",
-                    self.job.run_id,
-                    cx.recipe,
-                    cx.arch,
-                    self.role.as_str()
-                )
-                .chars()
-                .take(64)
-                .collect::<String>(),
-            )
-            .metadata_options(
-                InstanceMetadataOptionsRequest::builder()
-                    .http_tokens(HttpTokensState::Required)
-                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
-                    .build(),
-            )
-            .set_security_group_ids(state.security_group.clone().map(|s| vec![s]))
-            .set_subnet_id(p.settings.subnet_id.clone())
-            .block_device_mappings(
-                BlockDeviceMapping::builder()
-                    .device_name(root)
-                    .ebs(
-                        EbsBlockDevice::builder()
-                            .volume_size(size as i32)
-                            .volume_type(VolumeType::from(volume.volume_type.as_str()))
-                            .encrypted(true)
-                            .set_kms_key_id(p.settings.kms_key_id.clone())
-                            .delete_on_termination(true)
-                            .build(),
-                    )
-                    .build(),
-            )
-            .tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::Instance)
-                    .set_tags(Some(p.tags(self.job, self.role.as_str())))
-                    .build(),
-            )
-            .tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::Volume)
-                    .set_tags(Some(p.tags(self.job, self.role.as_str())))
-                    .build(),
-            );
-        if let Some(profile) = &p.settings.instance_profile {
-            req = req.iam_instance_profile(
-                IamInstanceProfileSpecification::builder()
-                    .name(profile)
-                    .build(),
-            );
-        }
-        // The dead-man's switch: an instance that powers itself off terminates, and its
-        // timer outlives every wait of this run.
-        req = req.instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate);
-        let timeout = p.settings.command_timeout;
-        let recipe = self.job.recipe;
-        req = match self.role {
-            Role::Builder => {
-                let limits: Vec<Duration> = recipe
-                    .files
-                    .iter()
-                    .map(|_| timeout)
-                    .chain(recipe.steps.iter().map(|s| s.timeout.unwrap_or(timeout)))
-                    .chain([timeout])
-                    .collect();
-                req.user_data(user_data::builder(user_data::lifetime(
-                    &p.settings,
-                    &limits,
-                )))
-            }
-            Role::Canary => {
-                let limits: Vec<Duration> = recipe
-                    .validators
-                    .iter()
-                    .map(|_| timeout)
-                    .chain([timeout])
-                    .collect();
-                let lifetime = user_data::lifetime(&p.settings, &limits);
-                match p.canary_cluster.clone() {
-                    // A pipeline that names no canary cluster (a rehearsal) boots the canary
-                    // with the dead-man's timer only; its cluster checks are skipped and say so.
-                    None => req.user_data(user_data::unjoined_canary(lifetime)),
-                    Some(name) => {
-                        let join = self.job.base.join.ok_or_else(|| {
-                            cx.error(
-                                self.name(),
-                                "the base does not say how its nodes join a cluster",
-                            )
-                        })?;
-                        p.eks_slot().await;
-                        let cluster =
-                            super::eks::describe_cluster(&p.eks, &name, &p.region).await?;
-                        // Beside bake's own group (no inbound rules): the cluster's, which
-                        // admits only its members, as the nodes of the cluster have it.
-                        let req = match &cluster.security_group {
-                            Some(sg) => req.security_group_ids(sg),
-                            None => req,
-                        };
-                        req.user_data(user_data::canary(join, &cluster, lifetime)?)
-                    }
-                }
-            }
-        };
+        let req = self.hardened(&image, state, cx).await?;
+        let req = self.with_user_data(req, cx).await?;
         let r = req.send().await.map_err(|e| {
             err(
                 format!(
@@ -302,6 +162,169 @@ impl Step<State> for Launch<'_> {
             cx.removed(Kind::Instance, &id)?;
         }
         Ok(())
+    }
+}
+
+impl Launch<'_> {
+    /// What this role boots: the base (builder) or the image just made (canary).
+    fn image(&self, state: &State, cx: &StepContext<'_>) -> Result<String> {
+        match self.role {
+            Role::Builder => Ok(self.job.base.id.clone()),
+            Role::Canary => state
+                .image
+                .clone()
+                .ok_or_else(|| cx.error(self.name(), "no image to launch")),
+        }
+    }
+
+    /// The instance type of `arch`: the pipeline's, else a current general-purpose one.
+    fn instance_type(&self, arch: Arch) -> String {
+        self.p
+            .settings
+            .instance_type
+            .get(&arch)
+            .cloned()
+            .unwrap_or_else(|| match arch {
+                Arch::X86_64 => "m6i.large".into(),
+                Arch::Arm64 => "m7g.large".into(),
+            })
+    }
+
+    /// RunInstances of `image` as every bake instance is launched: one instance, idempotent
+    /// (its client token), IMDSv2 required, no key pair, bake's security group, an encrypted
+    /// root volume deleted with it, tagged, the instance profile, and the dead-man's switch
+    /// (an instance that powers itself off terminates).
+    async fn hardened(
+        &self,
+        image: &str,
+        state: &State,
+        cx: &StepContext<'_>,
+    ) -> Result<RunInstancesFluentBuilder> {
+        let p = self.p;
+        let root_volume = p.root_volume(image).await?;
+        // The builder's volume: what the recipe asks (checked at plan) or the base's own size;
+        // the canary's: its image's, which is the builder's.
+        let size = match self.role {
+            Role::Builder => {
+                self.job
+                    .recipe
+                    .volume_size_for(cx.arch, image, root_volume.size_gib)?
+            }
+            Role::Canary => root_volume
+                .size_gib
+                .unwrap_or(crate::input::recipe::DEFAULT_SIZE_GIB),
+        };
+        let volume = &self.job.recipe.volume;
+        let tags = |kind: ResourceType| {
+            TagSpecification::builder()
+                .resource_type(kind)
+                .set_tags(Some(p.tags(self.job, self.role.as_str())))
+                .build()
+        };
+        let token = format!(
+            "{}-{}-{}-{}",
+            self.job.run_id,
+            cx.recipe,
+            cx.arch,
+            self.role.as_str()
+        );
+        let req = p
+            .ec2
+            .run_instances()
+            .image_id(image)
+            .instance_type(InstanceType::from(self.instance_type(cx.arch).as_str()))
+            .min_count(1)
+            .max_count(1)
+            // Idempotent: a retried RunInstances never starts a second instance.
+            .client_token(token.chars().take(64).collect::<String>())
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(HttpTokensState::Required)
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .build(),
+            )
+            .set_security_group_ids(state.security_group.clone().map(|s| vec![s]))
+            .set_subnet_id(p.settings.subnet_id.clone())
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(root_volume.device.clone())
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_size(size as i32)
+                            .volume_type(VolumeType::from(volume.volume_type.as_str()))
+                            .encrypted(true)
+                            .set_kms_key_id(p.settings.kms_key_id.clone())
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .tag_specifications(tags(ResourceType::Instance))
+            .tag_specifications(tags(ResourceType::Volume))
+            .set_iam_instance_profile(p.settings.instance_profile.as_ref().map(|profile| {
+                IamInstanceProfileSpecification::builder()
+                    .name(profile)
+                    .build()
+            }))
+            .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate);
+        Ok(req)
+    }
+
+    /// The user data of this role: the builder's dead-man's timer, sized to outlive every wait
+    /// of its files and steps; the canary's timer and, where the pipeline names a canary
+    /// cluster, the base's way of joining it (and the cluster's security group beside bake's).
+    async fn with_user_data(
+        &self,
+        req: RunInstancesFluentBuilder,
+        cx: &StepContext<'_>,
+    ) -> Result<RunInstancesFluentBuilder> {
+        let p = self.p;
+        let timeout = p.settings.command_timeout;
+        let recipe = self.job.recipe;
+        match self.role {
+            Role::Builder => {
+                let limits: Vec<Duration> = recipe
+                    .files
+                    .iter()
+                    .map(|_| timeout)
+                    .chain(recipe.steps.iter().map(|s| s.timeout.unwrap_or(timeout)))
+                    .chain([timeout])
+                    .collect();
+                Ok(req.user_data(user_data::builder(user_data::lifetime(
+                    &p.settings,
+                    &limits,
+                ))))
+            }
+            Role::Canary => {
+                let limits: Vec<Duration> = recipe
+                    .validators
+                    .iter()
+                    .map(|_| timeout)
+                    .chain([timeout])
+                    .collect();
+                let lifetime = user_data::lifetime(&p.settings, &limits);
+                // A pipeline that names no canary cluster (a rehearsal) boots the canary with
+                // the dead-man's timer only; its cluster checks are skipped and say so.
+                let Some(name) = p.canary_cluster.clone() else {
+                    return Ok(req.user_data(user_data::unjoined_canary(lifetime)));
+                };
+                let join = self.job.base.join.ok_or_else(|| {
+                    cx.error(
+                        self.name(),
+                        "the base does not say how its nodes join a cluster",
+                    )
+                })?;
+                p.eks_slot().await;
+                let cluster = super::eks::describe_cluster(&p.eks, &name, &p.region).await?;
+                // Beside bake's own group (no inbound rules): the cluster's, which admits only
+                // its members, as the nodes of the cluster have it.
+                let req = match &cluster.security_group {
+                    Some(sg) => req.security_group_ids(sg),
+                    None => req,
+                };
+                Ok(req.user_data(user_data::canary(join, &cluster, lifetime)?))
+            }
+        }
     }
 }
 
