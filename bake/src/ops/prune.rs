@@ -70,29 +70,10 @@ pub struct PrunePlan {
 
 /// Decides what to delete. Pure: the rules in one place, tested with random histories.
 pub fn plan(inputs: &Inputs) -> PrunePlan {
-    let n = inputs.releases.len();
-    let mut protected_releases: BTreeMap<ReleaseId, Vec<String>> = BTreeMap::new();
-    let mut protected_images: BTreeSet<String> = BTreeSet::new();
-    for (cluster, history) in &inputs.channels {
-        let window = history.len().saturating_sub(inputs.history + 1);
-        for (i, entry) in history.iter().enumerate().skip(window) {
-            let why = if i + 1 == history.len() {
-                format!("channel `{cluster}` points at it")
-            } else {
-                format!(
-                    "in the last {} history entries of channel `{cluster}`",
-                    inputs.history
-                )
-            };
-            protected_releases
-                .entry(entry.release.clone())
-                .or_default()
-                .push(why);
-            protected_images.extend(entry.images.values().cloned());
-        }
-    }
+    let (mut protected_releases, protected_images) = protected_by_channels(inputs);
     let mut result = PrunePlan::default();
     let mut doomed = Vec::new();
+    let n = inputs.releases.len();
     for (i, release) in inputs.releases.iter().enumerate() {
         let mut reasons = protected_releases
             .remove(&release.release)
@@ -126,8 +107,46 @@ pub fn plan(inputs: &Inputs) -> PrunePlan {
         still_used.extend(r.images.values().map(|i| i.image_id.clone()));
     }
     still_used.extend(inputs.in_use.keys().cloned());
-    // With deprecation, first the releases that must still wait: everything they hold stays
-    // (an image shared with a deletable release too).
+    let (retire, ready) = retire_or_ready(inputs, doomed, &still_used);
+    for r in &retire {
+        still_used.extend(r.images.values().cloned());
+    }
+    result.retire = retire;
+    result.delete = deletions(ready, &still_used);
+    result
+}
+
+/// The releases a channel points at now or in its last `history` entries before that (each
+/// with why), and every image those entries name.
+fn protected_by_channels(inputs: &Inputs) -> (BTreeMap<ReleaseId, Vec<String>>, BTreeSet<String>) {
+    let mut releases: BTreeMap<ReleaseId, Vec<String>> = BTreeMap::new();
+    let mut images: BTreeSet<String> = BTreeSet::new();
+    for (cluster, history) in &inputs.channels {
+        let window = history.len().saturating_sub(inputs.history + 1);
+        for (i, entry) in history.iter().enumerate().skip(window) {
+            let why = if i + 1 == history.len() {
+                format!("channel `{cluster}` points at it")
+            } else {
+                format!(
+                    "in the last {} history entries of channel `{cluster}`",
+                    inputs.history
+                )
+            };
+            releases.entry(entry.release.clone()).or_default().push(why);
+            images.extend(entry.images.values().cloned());
+        }
+    }
+    (releases, images)
+}
+
+/// With deprecation, the doomed releases that must still wait (everything they hold stays, an
+/// image shared with a deletable release too), and those ready to go.
+fn retire_or_ready<'m>(
+    inputs: &Inputs,
+    doomed: Vec<&'m Manifest>,
+    still_used: &BTreeSet<String>,
+) -> (Vec<Retiring>, Vec<&'m Manifest>) {
+    let mut retire = Vec::new();
     let mut ready = Vec::new();
     for release in doomed {
         let images = release
@@ -152,7 +171,7 @@ pub fn plan(inputs: &Inputs) -> PrunePlan {
                     .filter(|i| !inputs.deprecated.contains_key(*i))
                     .cloned()
                     .collect();
-                result.retire.push(Retiring {
+                retire.push(Retiring {
                     release: release.release.clone(),
                     images,
                     deprecate,
@@ -162,25 +181,27 @@ pub fn plan(inputs: &Inputs) -> PrunePlan {
             None => ready.push(release),
         }
     }
-    for r in &result.retire {
-        still_used.extend(r.images.values().cloned());
-    }
+    (retire, ready)
+}
+
+/// The releases deleted now, each with the images that go with it: those nothing else still
+/// uses, each deleted once.
+fn deletions(ready: Vec<&Manifest>, still_used: &BTreeSet<String>) -> Vec<Doomed> {
     let mut deleted_images = BTreeSet::new();
-    for release in ready {
-        let images = release
-            .images
-            .iter()
-            .filter(|(_, i)| {
-                !still_used.contains(&i.image_id) && deleted_images.insert(i.image_id.clone())
-            })
-            .map(|(a, i)| (*a, i.image_id.clone()))
-            .collect();
-        result.delete.push(Doomed {
+    ready
+        .into_iter()
+        .map(|release| Doomed {
             release: release.release.clone(),
-            images,
-        });
-    }
-    result
+            images: release
+                .images
+                .iter()
+                .filter(|(_, i)| {
+                    !still_used.contains(&i.image_id) && deleted_images.insert(i.image_id.clone())
+                })
+                .map(|(a, i)| (*a, i.image_id.clone()))
+                .collect(),
+        })
+        .collect()
 }
 
 /// Gathers the inputs for `recipe` from the registry and provider.
