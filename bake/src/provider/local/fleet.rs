@@ -5,11 +5,11 @@
 //! with bake (its parent-death signal), and the overlay lives in the state dir's `work/`, which
 //! the node's guest removes.
 
-use super::machine::{boot_vm, new_instance_id, node_seed};
+use super::machine::{boot_vm, new_instance_id, node_seed, overlay};
 use super::qemu::{Accel, Vm, VmSpec};
 use super::qga::Agent;
-use super::{cmd, LocalProvider};
-use crate::guest::{Guest, Job, Outcome, Ran};
+use super::LocalProvider;
+use crate::guest::{Guest, Ran};
 use crate::provider::{Fleet, FleetNode};
 use crate::state_dir::StateDir;
 use crate::{Arch, Error, Result};
@@ -58,12 +58,7 @@ impl Fleet for LocalProvider {
             work: work.clone(),
         };
         let disk = work.join("node.qcow2");
-        let (backing, overlay) = (files.disk.display().to_string(), disk.display().to_string());
-        let args = [
-            "create", "-q", "-f", "qcow2", "-b", &backing, "-F", "qcow2", &overlay,
-        ];
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        cmd::run("qemu-img", &args, None).await?;
+        overlay(&files.disk, &disk).await?;
         let seed = node_seed(&work, "node", &node.instance, NODE_LIFETIME).await?;
         let spec = VmSpec {
             name: "node".into(),
@@ -122,11 +117,11 @@ impl Drop for NodeVm {
 #[async_trait]
 impl Guest for NodeVm {
     fn transport(&self) -> &'static str {
-        "guest agent"
+        self.agent.as_ref().map_or("guest agent", |a| a.transport())
     }
 
     fn stdout_limit(&self) -> Option<usize> {
-        None
+        self.agent.as_ref().and_then(|a| a.stdout_limit())
     }
 
     async fn put(
@@ -148,9 +143,5 @@ impl Guest for NodeVm {
         timeout: Duration,
     ) -> Result<Ran> {
         self.agent().run(label, script, env, timeout).await
-    }
-
-    async fn run_each(&mut self, label: &str, jobs: &[Job<'_>]) -> Result<Vec<Outcome>> {
-        self.agent().run_each(label, jobs).await
     }
 }

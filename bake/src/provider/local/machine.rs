@@ -84,14 +84,11 @@ impl Step<State> for CreateDisk {
         // Journal first: the disk may exist even if qemu-img fails half way.
         cx.created(Kind::Overlay, &disk.display().to_string())?;
         *state.disks.slot(self.role) = Some(disk.clone());
+        if !self.raw {
+            return overlay(&backing, &disk).await;
+        }
         let (backing, disk) = (backing.display().to_string(), disk.display().to_string());
-        let args: &[&str] = if self.raw {
-            &["convert", "-f", "qcow2", "-O", "raw", &backing, &disk]
-        } else {
-            &[
-                "create", "-q", "-f", "qcow2", "-b", &backing, "-F", "qcow2", &disk,
-            ]
-        };
+        let args = ["convert", "-f", "qcow2", "-O", "raw", &backing, &disk];
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         cmd::run("qemu-img", &args, None).await?;
         Ok(())
@@ -207,11 +204,12 @@ impl BootVm<'_> {
         let spec = self.spec(state, accel, seed)?;
         let journal =
             |vm: &Vm| cx.created(Kind::Vm, &format!("{} pid {}", vm.socket.display(), vm.pid));
+        let started = Instant::now();
         let (vm, agent) = boot_vm(&spec, timeout, journal).await?;
         let slot = state.vms.slot(self.role);
         match agent {
             Ok(agent) => {
-                tracing::info!(recipe = cx.recipe, arch = %cx.arch, vm = self.role.as_str(), %accel, "guest agent answered");
+                tracing::info!(recipe = cx.recipe, arch = %cx.arch, vm = self.role.as_str(), %accel, "guest agent answered after {}", qemu::since(started));
                 *slot = Some((vm, Some(agent)));
                 Ok(())
             }
@@ -357,12 +355,8 @@ pub(super) async fn boot_vm(
 ) -> Result<(Vm, Result<super::qga::Agent>)> {
     let mut vm = Vm::start(spec)?;
     started(&vm)?;
-    let began = Instant::now();
     let agent = match vm.agent(timeout).await {
-        Ok(agent) => {
-            tracing::debug!(vm = %spec.name, "guest agent answered after {}", qemu::since(began));
-            Ok(agent)
-        }
+        Ok(agent) => Ok(agent),
         Err(e) => {
             let stderr = if vm.running() {
                 String::new()
@@ -377,4 +371,16 @@ pub(super) async fn boot_vm(
         }
     };
     Ok((vm, agent))
+}
+
+/// A qcow2 overlay at `disk` whose backing file is `backing` (the base or a stored image):
+/// what a VM boots and writes, leaving the backing file as it is.
+pub(super) async fn overlay(backing: &std::path::Path, disk: &std::path::Path) -> Result<()> {
+    let (backing, disk) = (backing.display().to_string(), disk.display().to_string());
+    let args = [
+        "create", "-q", "-f", "qcow2", "-b", &backing, "-F", "qcow2", &disk,
+    ];
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    cmd::run("qemu-img", &args, None).await?;
+    Ok(())
 }

@@ -72,26 +72,36 @@ impl Store {
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
-            let text = std::fs::read(&path)
-                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            match serde_json::from_slice::<ImageRecord>(&text) {
-                Ok(r) if self.files(&r.id).disk.is_file() => out.push(r),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!("ignoring unreadable image record {}: {e}", path.display())
-                }
-            }
+            out.extend(self.read_record(&path)?);
         }
         out.sort_by_key(|a| a.created_at);
         Ok(out)
     }
 
-    /// The newest image of recipe × arch baked with `key`.
-    /// The record of image `id`, if the store has it.
-    pub fn record(&self, id: &str) -> Result<Option<ImageRecord>> {
-        Ok(self.records()?.into_iter().find(|r| r.id == id))
+    /// The record at `path`, if it is there, readable, and its image's disk exists (an
+    /// unreadable record is logged and left out).
+    fn read_record(&self, path: &Path) -> Result<Option<ImageRecord>> {
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+        };
+        match serde_json::from_slice::<ImageRecord>(&text) {
+            Ok(r) if self.files(&r.id).disk.is_file() => Ok(Some(r)),
+            Ok(_) => Ok(None),
+            Err(e) => {
+                tracing::warn!("ignoring unreadable image record {}: {e}", path.display());
+                Ok(None)
+            }
+        }
     }
 
+    /// The record of image `id`, if the store has it (its record and its disk).
+    pub fn record(&self, id: &str) -> Result<Option<ImageRecord>> {
+        self.read_record(&self.files(id).record)
+    }
+
+    /// The newest image of recipe × arch baked with `key`.
     pub fn find(&self, recipe: &str, arch: Arch, key: &BakeKey) -> Result<Option<ImageRecord>> {
         Ok(self
             .records()?
