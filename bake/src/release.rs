@@ -126,6 +126,27 @@ pub struct Manifest {
     pub images: BTreeMap<Arch, ReleaseImage>,
 }
 
+/// What deciding a release's fate needs of it: its ID and each arch's image. Read whole from
+/// the manifests where the registry keeps nothing smaller; read from the index alone on SSM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseImages {
+    pub release: ReleaseId,
+    pub images: BTreeMap<Arch, String>,
+}
+
+impl From<&Manifest> for ReleaseImages {
+    fn from(m: &Manifest) -> Self {
+        ReleaseImages {
+            release: m.release.clone(),
+            images: m
+                .images
+                .iter()
+                .map(|(a, i)| (*a, i.image_id.clone()))
+                .collect(),
+        }
+    }
+}
+
 /// Why a release was withdrawn, by whom, when. Written once beside the release, which itself
 /// never changes; promote and pin refuse a revoked release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

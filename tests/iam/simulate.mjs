@@ -188,6 +188,7 @@ function ssmRequests(call) {
     case 'GetCommandInvocation':
     case 'DescribeInstanceInformation':
     case 'ListCommandInvocations':
+    case 'DescribeParameters':
       return [{ action: `ssm:${call.action}`, resource: '*', context: {} }]
     default:
       return null

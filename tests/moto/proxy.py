@@ -311,7 +311,9 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             page_size = min(asked, int(cfg.get("ec2_page") or PAGE))
             page = int(token[len("proxy-page-"):]) if token.startswith("proxy-page-") else 0
             body = encode_form(form)
-        if service == "ssm" and action in ("GetParametersByPath", "GetParameterHistory", "DescribeParameters"):
+        if service == "ssm" and action == "DescribeParameters":
+            return self.describe_parameters(method, body, cfg)
+        if service == "ssm" and action in ("GetParametersByPath", "GetParameterHistory"):
             # Pages of at most 5 (the real service stops at 10 or 50, and at any size it likes;
             # `ssm_page` sets the size for tests that count calls).
             req = json.loads(body or b"{}")
@@ -685,6 +687,34 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                         "StandardOutputContent": rule.get("stdout", "")[:24000],
                         "StandardErrorContent": rule.get("stderr", "")[:8000]}
         return None
+
+    def describe_parameters(self, method, body, cfg):
+        """DescribeParameters as SSM pages it (API Reference: MaxResults 1-50, a
+        ValidationException outside). Moto answers ten a page whatever is asked; the proxy
+        pages by min(MaxResults, `ssm_describe_page`, default 5), reading moto's pages (its
+        token is an offset) until the page is full."""
+        req = json.loads(body or b"{}")
+        asked = req.get("MaxResults")
+        if asked is not None and not 1 <= int(asked) <= 50:
+            return self.reply(400, {"__type": "ValidationException",
+                                    "message": "1 validation error detected: Value '%s' at 'maxResults' failed to satisfy constraint: Member must have value %s" % (
+                                        asked, "less than or equal to 50" if int(asked) > 50 else "greater than or equal to 1")})
+        size = min(int(asked or 50), int(cfg.get("ssm_describe_page") or 5))
+        start = int(req.get("NextToken") or 0)
+        found, token = [], str(start)
+        while token is not None and len(found) < size:
+            req["NextToken"] = token
+            status, headers, data = self.forward(method, json.dumps(req).encode())
+            if status != 200:
+                kept = [(k, v) for k, v in headers if k.lower() not in ("transfer-encoding", "connection", "content-length")]
+                return self.send_raw(status, kept, data)
+            page = json.loads(data or b"{}")
+            found += page.get("Parameters") or []
+            token = page.get("NextToken")
+        out = {"Parameters": found[:size]}
+        if len(found) > size or token is not None:
+            out["NextToken"] = str(start + size)
+        return self.reply(200, out)
 
     def remember(self, req, resp, cfg):
         text = "\n".join((req.get("Parameters") or {}).get("commands") or [])

@@ -190,6 +190,15 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
             ],
             "Resource": [format!("arn:aws:ssm:{region}:*:parameter{prefix}"), format!("arn:aws:ssm:{region}:*:parameter{prefix}/*")]
         }),
+        // Prune lists the release index entries' descriptions, fifty a call. DescribeParameters
+        // takes no resource (Service Authorization Reference): it shows names and descriptions
+        // of the account's parameters in the region, never their values.
+        json!({
+            "Sid": "RegistryIndexDescriptions",
+            "Effect": "Allow",
+            "Action": "ssm:DescribeParameters",
+            "Resource": "*"
+        }),
     ];
     // DescribeCluster: the canary cluster's join data, and the Kubernetes version of each
     // cluster that names its EKS cluster but not its version (promotion checks the skew).

@@ -10,7 +10,7 @@
 
 use crate::provider::Provider;
 use crate::registry::Registry;
-use crate::release::{ChannelEntry, Manifest, ReleaseId};
+use crate::release::{ChannelEntry, ReleaseId, ReleaseImages};
 use crate::{Arch, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 #[derive(Debug, Clone)]
 pub struct Inputs {
     /// Releases, oldest first.
-    pub releases: Vec<Manifest>,
+    pub releases: Vec<ReleaseImages>,
     /// Channel histories, oldest first: at least their last `history + 1` moves.
     pub channels: BTreeMap<String, Vec<ChannelEntry>>,
     /// Images that must not be deleted, with why (in use, protected).
@@ -82,8 +82,8 @@ pub fn plan(inputs: &Inputs) -> PrunePlan {
             reasons.push(format!("among the newest {}", inputs.keep));
         }
         for image in release.images.values() {
-            if let Some(why) = inputs.in_use.get(&image.image_id) {
-                reasons.push(format!("image {} {why}", image.image_id));
+            if let Some(why) = inputs.in_use.get(image) {
+                reasons.push(format!("image {image} {why}"));
             }
         }
         if reasons.is_empty() {
@@ -104,7 +104,7 @@ pub fn plan(inputs: &Inputs) -> PrunePlan {
         .iter()
         .filter(|r| kept_ids.contains(&r.release))
     {
-        still_used.extend(r.images.values().map(|i| i.image_id.clone()));
+        still_used.extend(r.images.values().cloned());
     }
     still_used.extend(inputs.in_use.keys().cloned());
     let (retire, ready) = retire_or_ready(inputs, doomed, &still_used);
@@ -143,17 +143,17 @@ fn protected_by_channels(inputs: &Inputs) -> (BTreeMap<ReleaseId, Vec<String>>, 
 /// image shared with a deletable release too), and those ready to go.
 fn retire_or_ready<'m>(
     inputs: &Inputs,
-    doomed: Vec<&'m Manifest>,
+    doomed: Vec<&'m ReleaseImages>,
     still_used: &BTreeSet<String>,
-) -> (Vec<Retiring>, Vec<&'m Manifest>) {
+) -> (Vec<Retiring>, Vec<&'m ReleaseImages>) {
     let mut retire = Vec::new();
     let mut ready = Vec::new();
     for release in doomed {
         let images = release
             .images
             .iter()
-            .filter(|(_, i)| !still_used.contains(&i.image_id))
-            .map(|(a, i)| (*a, i.image_id.clone()))
+            .filter(|(_, i)| !still_used.contains(*i))
+            .map(|(a, i)| (*a, i.clone()))
             .collect::<BTreeMap<Arch, String>>();
         let waiting = inputs.deprecate_for.and_then(|grace| {
             // Deletable when every image has been deprecated for the grace period.
@@ -186,7 +186,7 @@ fn retire_or_ready<'m>(
 
 /// The releases deleted now, each with the images that go with it: those nothing else still
 /// uses, each deleted once.
-fn deletions(ready: Vec<&Manifest>, still_used: &BTreeSet<String>) -> Vec<Doomed> {
+fn deletions(ready: Vec<&ReleaseImages>, still_used: &BTreeSet<String>) -> Vec<Doomed> {
     let mut deleted_images = BTreeSet::new();
     ready
         .into_iter()
@@ -195,10 +195,8 @@ fn deletions(ready: Vec<&Manifest>, still_used: &BTreeSet<String>) -> Vec<Doomed
             images: release
                 .images
                 .iter()
-                .filter(|(_, i)| {
-                    !still_used.contains(&i.image_id) && deleted_images.insert(i.image_id.clone())
-                })
-                .map(|(a, i)| (*a, i.image_id.clone()))
+                .filter(|(_, i)| !still_used.contains(*i) && deleted_images.insert((*i).clone()))
+                .map(|(a, i)| (*a, i.clone()))
                 .collect(),
         })
         .collect()
@@ -214,7 +212,7 @@ pub async fn inputs(
     keep: usize,
 ) -> Result<Inputs> {
     let history = retention.history;
-    let releases = registry.releases(recipe).await?;
+    let releases = registry.release_images(recipe).await?;
     let mut channels = BTreeMap::new();
     // Every channel with history, including clusters no longer in the pipeline.
     let mut names: BTreeSet<String> = registry.channel_names(recipe).await?.into_iter().collect();
@@ -238,25 +236,29 @@ pub async fn inputs(
     let mut seen = BTreeSet::new();
     for (i, r) in releases.iter().enumerate() {
         for image in r.images.values() {
-            if seen.insert(image.image_id.clone()) {
-                all.push(image.image_id.clone());
+            if seen.insert(image.clone()) {
+                all.push(image.clone());
                 if i + keep < releases.len() {
-                    past_keep.push(image.image_id.clone());
+                    past_keep.push(image.clone());
                 }
             }
         }
     }
-    let in_use = provider.images_in_use(&all).await?;
-    let deprecated = match (deprecate_for, lifecycle) {
-        (Some(_), Some(lifecycle)) => {
-            let free: Vec<String> = past_keep
-                .into_iter()
-                .filter(|i| !in_use.contains_key(i))
-                .collect();
-            lifecycle.deprecations(&free).await?
+    // What uses the images and (where they can be deprecated) since when, in one read.
+    let (in_use, mut deprecated) = match lifecycle {
+        Some(lifecycle) => {
+            let usage = lifecycle.usage(&all).await?;
+            (usage.in_use, usage.deprecated)
         }
-        _ => BTreeMap::new(),
+        None => (provider.images_in_use(&all).await?, BTreeMap::new()),
     };
+    // What the plan weighs: the deprecations of images past `keep` that nothing uses, when
+    // prune deprecates at all.
+    let free: BTreeSet<&String> = past_keep
+        .iter()
+        .filter(|i| !in_use.contains_key(*i))
+        .collect();
+    deprecated.retain(|image, _| deprecate_for.is_some() && free.contains(image));
     Ok(Inputs {
         releases,
         channels,
@@ -302,37 +304,15 @@ pub async fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::BakeKey;
-    use crate::release::ReleaseImage;
     use chrono::NaiveDate;
     use proptest::prelude::*;
 
-    fn release(n: u32, images: &[(Arch, u32)]) -> Manifest {
-        Manifest {
-            recipe: "r".into(),
+    fn release(n: u32, images: &[(Arch, u32)]) -> ReleaseImages {
+        ReleaseImages {
             release: ReleaseId::new(NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(), n),
-            provider: "p".into(),
-            tool_version: "0".into(),
-            created_at: Utc::now(),
             images: images
                 .iter()
-                .map(|(a, i)| {
-                    (
-                        *a,
-                        ReleaseImage {
-                            image_id: format!("img-{i}"),
-                            key: BakeKey::from_hex("k"),
-                            base: "b".into(),
-                            validated_at: Utc::now(),
-                            validators: BTreeMap::new(),
-                            packages_sha256: None,
-                            kubelet: None,
-                            packages: None,
-                            run_id: "r".into(),
-                            copies: Default::default(),
-                        },
-                    )
-                })
+                .map(|(a, i)| (*a, format!("img-{i}")))
                 .collect(),
         }
     }
@@ -384,11 +364,7 @@ mod tests {
                                 .map(|(v, &i)| ChannelEntry {
                                     version: v as u64 + 1,
                                     release: releases[i].release.clone(),
-                                    images: releases[i]
-                                        .images
-                                        .iter()
-                                        .map(|(a, im)| (*a, im.image_id.clone()))
-                                        .collect(),
+                                    images: releases[i].images.clone(),
                                     from: None,
                                     who: "w".into(),
                                     reason: None,
@@ -470,7 +446,7 @@ mod tests {
             // No kept or retiring release loses an image.
             for r in inputs.releases.iter().filter(|r| !deleted_releases.contains(&r.release)) {
                 for image in r.images.values() {
-                    prop_assert!(!deleted_images.contains(&image.image_id), "kept {} lost {}", r.release, image.image_id);
+                    prop_assert!(!deleted_images.contains(image), "kept {} lost {}", r.release, image);
                 }
             }
             // Every kept release says why.

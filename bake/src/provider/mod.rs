@@ -204,11 +204,16 @@ pub trait Lifecycle: Send + Sync {
         apply: bool,
     ) -> Result<Protection>;
 
-    /// When each of these images that is (or will be) deprecated is.
-    async fn deprecations(
-        &self,
-        images: &[String],
-    ) -> Result<BTreeMap<String, chrono::DateTime<chrono::Utc>>>;
+    /// [`Provider::images_in_use`] of these images and when each that is (or will be)
+    /// deprecated is, from one read of them: what prune decides from.
+    async fn usage(&self, images: &[String]) -> Result<ImageUsage>;
+}
+
+/// Of many images: those that must not be deleted (with why) and when those deprecated are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageUsage {
+    pub in_use: BTreeMap<String, String>,
+    pub deprecated: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
 }
 
 #[async_trait]

@@ -9,10 +9,10 @@ mod ssm;
 
 pub use sqlite::SqliteRegistry;
 #[cfg(feature = "aws")]
-pub use ssm::SsmRegistry;
+pub use ssm::{entry_description, SsmRegistry};
 
 use crate::input::names::SsmPath;
-use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId, Revocation};
+use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId, ReleaseImages, Revocation};
 use crate::{Arch, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -96,6 +96,18 @@ pub trait Registry: Send + Sync {
     /// Complete releases of a recipe, oldest first.
     async fn releases(&self, recipe: &str) -> Result<Vec<Manifest>>;
 
+    /// Complete releases of a recipe with their images only, oldest first: what prune decides
+    /// from, read as cheaply as the registry can (SSM: from its index entries' descriptions,
+    /// fifty releases a call, without their manifests).
+    async fn release_images(&self, recipe: &str) -> Result<Vec<ReleaseImages>> {
+        Ok(self
+            .releases(recipe)
+            .await?
+            .iter()
+            .map(ReleaseImages::from)
+            .collect())
+    }
+
     /// The newest complete release, read as cheaply as the registry can: what a scheduled run
     /// with nothing to do reads. It may lag the list by a release a run died publishing (until
     /// the next publish), so it only ever settles "up to date"; deciding to bake reads them all.
@@ -111,7 +123,6 @@ pub trait Registry: Send + Sync {
             .find(|m| &m.release == id))
     }
 
-    /// A release that must exist: a usage error pointing at `bake releases` otherwise.
     /// The package manifest kept beside a release for `arch`, where the registry keeps them
     /// (SSM); None where it does not (the local provider keeps them with the image).
     async fn package_manifest(
@@ -123,6 +134,7 @@ pub trait Registry: Send + Sync {
         Ok(None)
     }
 
+    /// A release that must exist: a usage error pointing at `bake releases` otherwise.
     async fn existing_release(&self, recipe: &str, id: &ReleaseId) -> Result<Manifest> {
         self.release(recipe, id).await?.ok_or_else(|| {
             crate::Error::Usage(format!(

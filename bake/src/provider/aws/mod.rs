@@ -485,25 +485,9 @@ impl Provider for AwsProvider {
     }
 
     async fn images_in_use(&self, images: &[String]) -> Result<BTreeMap<String, String>> {
-        // Used, protected, or another pipeline's (whatever our registry says): never deleted.
-        let mut out = self.images().in_use_many(images, self.owner()).await?;
-        for copies in self.copy_regions() {
-            let free: Vec<String> = images
-                .iter()
-                .filter(|i| !out.contains_key(*i))
-                .cloned()
-                .collect();
-            let copies_of = copies.copies_of_many(&free).await?;
-            let all: Vec<String> = copies_of.values().flatten().cloned().collect();
-            let used = copies.in_use_many(&all, self.owner()).await?;
-            for (source, those) in copies_of {
-                if let Some((copy, why)) = those.iter().find_map(|c| used.get(c).map(|w| (c, w))) {
-                    let region = copies.region();
-                    out.insert(source, format!("its copy {copy} in {region} {why}"));
-                }
-            }
-        }
-        Ok(out)
+        Ok(crate::provider::Lifecycle::usage(self, images)
+            .await?
+            .in_use)
     }
 
     async fn mark_published(
@@ -641,10 +625,27 @@ impl crate::provider::Lifecycle for AwsProvider {
         self.reconcile_protection(recipe, wanted, apply).await
     }
 
-    async fn deprecations(
-        &self,
-        images: &[String],
-    ) -> Result<BTreeMap<String, chrono::DateTime<chrono::Utc>>> {
-        self.images().deprecations(images).await
+    async fn usage(&self, images: &[String]) -> Result<crate::provider::ImageUsage> {
+        // Used, protected, or another pipeline's (whatever our registry says): never deleted.
+        let mut usage = self.images().usage_many(images, self.owner()).await?;
+        for copies in self.copy_regions() {
+            let free: Vec<String> = images
+                .iter()
+                .filter(|i| !usage.in_use.contains_key(*i))
+                .cloned()
+                .collect();
+            let copies_of = copies.copies_of_many(&free).await?;
+            let all: Vec<String> = copies_of.values().flatten().cloned().collect();
+            let used = copies.in_use_many(&all, self.owner()).await?;
+            for (source, those) in copies_of {
+                if let Some((copy, why)) = those.iter().find_map(|c| used.get(c).map(|w| (c, w))) {
+                    let region = copies.region();
+                    usage
+                        .in_use
+                        .insert(source, format!("its copy {copy} in {region} {why}"));
+                }
+            }
+        }
+        Ok(usage)
     }
 }

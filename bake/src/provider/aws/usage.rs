@@ -1,10 +1,12 @@
 //! Which of many AMIs in one region may not be deleted, and which are deprecated — read in a
 //! number of calls that does not grow with the number of images: images and instances by
 //! `image-id` filter, at most [`FILTER_VALUES`] IDs a call (EC2's limit per filter), the
-//! launch templates and their versions once. Prune asks this of every image of every release.
+//! launch templates and their versions once, the deprecation times from the same images. Prune
+//! asks this of every image of every release.
 
 use super::image::{not_terminated, Images};
 use super::list::tag;
+use crate::provider::ImageUsage;
 use crate::Result;
 use aws_sdk_ec2::types::{Filter, Image};
 use chrono::{DateTime, Utc};
@@ -47,13 +49,10 @@ impl Images<'_> {
     /// For each of `ids` that the pipeline publishing under `owner` must not delete, why:
     /// another pipeline's `bake:prefix` is on it, an instance (running or stopped) or a launch
     /// template version uses it, or it has deregistration protection. Absent: free to go.
-    pub async fn in_use_many(
-        &self,
-        ids: &[String],
-        owner: &str,
-    ) -> Result<BTreeMap<String, String>> {
+    /// Read with the images' deprecation times, which come from the same DescribeImages.
+    pub async fn usage_many(&self, ids: &[String], owner: &str) -> Result<ImageUsage> {
         if ids.is_empty() {
-            return Ok(BTreeMap::new());
+            return Ok(ImageUsage::default());
         }
         let images = self.described(ids).await?;
         let list = self.lister();
@@ -90,7 +89,7 @@ impl Images<'_> {
                 }
             }
         }
-        let mut out = BTreeMap::new();
+        let mut in_use = BTreeMap::new();
         for id in ids {
             let image = images.get(id);
             let theirs = tag(
@@ -113,26 +112,26 @@ impl Images<'_> {
                     .map(|p| format!("has deregistration protection ({p})"))
             };
             if let Some(why) = why {
-                out.insert(id.clone(), why);
+                in_use.insert(id.clone(), why);
             }
         }
-        Ok(out)
-    }
-
-    /// When each of `ids` that is deprecated (or will be) is.
-    pub async fn deprecations(&self, ids: &[String]) -> Result<BTreeMap<String, DateTime<Utc>>> {
-        if ids.is_empty() {
-            return Ok(BTreeMap::new());
-        }
-        Ok(self
-            .described(ids)
-            .await?
-            .into_iter()
+        let deprecated = images
+            .iter()
             .filter_map(|(id, i)| {
                 let at = DateTime::parse_from_rfc3339(i.deprecation_time()?).ok()?;
-                Some((id, at.with_timezone(&Utc)))
+                Some((id.clone(), at.with_timezone(&Utc)))
             })
-            .collect())
+            .collect();
+        Ok(ImageUsage { in_use, deprecated })
+    }
+
+    /// [`Images::usage_many`]'s images in use, with why.
+    pub async fn in_use_many(
+        &self,
+        ids: &[String],
+        owner: &str,
+    ) -> Result<BTreeMap<String, String>> {
+        Ok(self.usage_many(ids, owner).await?.in_use)
     }
 
     /// The available copies in this region of each of `sources` (tagged `bake:source-image`).

@@ -7,7 +7,8 @@
 //! Listing releases reads one parameter per release, not every part of every one: beside its
 //! `manifest`, each release has an index entry, `<prefix>/<recipe>/releases/<release>` itself
 //! (the same manifest), written right after it. A listing of `releases/` one level deep
-//! returns exactly those, ten to a page. `<prefix>/<recipe>/indexed` says every complete
+//! returns exactly those, ten to a page; their descriptions (each release's images, all that
+//! prune needs) are listed without the values, fifty a page. `<prefix>/<recipe>/indexed` says every complete
 //! release has its entry: a registry written before the index existed is listed part by part
 //! until its next publish writes the missing entries (and the marker), under the recipe's lock.
 //! Channels likewise: `<prefix>/<recipe>/channels/<cluster>` names a channel that moved
@@ -17,16 +18,21 @@
 use super::{ChannelImage, LockInfo, Registry};
 use crate::input::names::SsmPath;
 use crate::provider::aws::sdk::{code, err, Limits};
-use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId, Revocation};
+use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId, ReleaseImages, Revocation};
 use crate::{Arch, Error, Result};
 use async_trait::async_trait;
 use aws_sdk_ssm::types::{ParameterTier, ParameterType};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// DescribeParameters' largest page (AWS: MaxResults 1–50).
+const DESCRIBE_PAGE: i32 = 50;
+
 mod channels;
 mod lock;
 mod releases;
+
+pub use releases::entry_description;
 
 /// What a parameter holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,10 +93,16 @@ impl SsmRegistry {
     /// Writes `value` at `name` unless it is there already with that value (a run finishing a
     /// release it started); a different value is a conflict.
     async fn put_once(&self, name: &str, value: &str) -> Result<()> {
-        self.put_once_as(name, value, Data::Image).await
+        self.put_once_as(name, value, Data::Image, None).await
     }
 
-    async fn put_once_as(&self, name: &str, value: &str, data: Data) -> Result<()> {
+    async fn put_once_as(
+        &self,
+        name: &str,
+        value: &str,
+        data: Data,
+        description: Option<String>,
+    ) -> Result<()> {
         match self.get(name).await? {
             Some(p) if p.value() == Some(value) => Ok(()),
             Some(p) => Err(Error::Conflict(format!(
@@ -98,7 +110,10 @@ impl SsmRegistry {
                 self.region,
                 p.value().unwrap_or_default()
             ))),
-            None => self.put(name, value, data, Write::Once, None).await.map(|_| ()),
+            None => self
+                .put(name, value, data, Write::Once, description)
+                .await
+                .map(|_| ()),
         }
     }
 
@@ -156,6 +171,61 @@ impl SsmRegistry {
             what: what.into(),
             source,
         })
+    }
+
+    /// The parameters one level under `path`, names and descriptions without their values:
+    /// DescribeParameters, fifty a page (GetParametersByPath answers ten).
+    async fn describe_level(
+        &self,
+        path: &str,
+    ) -> Result<Vec<aws_sdk_ssm::types::ParameterMetadata>> {
+        let filter = aws_sdk_ssm::types::ParameterStringFilter::builder()
+            .key("Path")
+            .option("OneLevel")
+            .values(path)
+            .build()
+            .expect("the Path filter has its key");
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            self.wait().await;
+            let page = self
+                .client
+                .describe_parameters()
+                .parameter_filters(filter.clone())
+                .max_results(DESCRIBE_PAGE)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| err(format!("describing {path} in {}", self.region), e))?;
+            out.extend(page.parameters().iter().cloned());
+            token = page.next_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// `names`' parameters (those that exist), ten a GetParameters (its limit).
+    async fn get_many(
+        &self,
+        names: &[String],
+        what: &str,
+    ) -> Result<Vec<aws_sdk_ssm::types::Parameter>> {
+        let mut out = Vec::new();
+        for chunk in names.chunks(10) {
+            self.wait().await;
+            let page = self
+                .client
+                .get_parameters()
+                .set_names(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| err(format!("reading {what} in {}", self.region), e))?;
+            out.extend(page.parameters().iter().cloned());
+        }
+        Ok(out)
     }
 
     async fn get(&self, name: &str) -> Result<Option<aws_sdk_ssm::types::Parameter>> {
@@ -266,6 +336,10 @@ impl Registry for SsmRegistry {
 
     async fn releases(&self, recipe: &str) -> Result<Vec<Manifest>> {
         SsmRegistry::releases(self, recipe).await
+    }
+
+    async fn release_images(&self, recipe: &str) -> Result<Vec<ReleaseImages>> {
+        SsmRegistry::release_images(self, recipe).await
     }
 
     async fn publish(&self, manifest: Manifest) -> Result<Manifest> {

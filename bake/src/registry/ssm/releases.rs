@@ -3,7 +3,7 @@
 
 use super::{Data, SsmRegistry, Write};
 use crate::registry::already_revoked;
-use crate::release::{Manifest, ReleaseId, Revocation};
+use crate::release::{Manifest, ReleaseId, ReleaseImages, Revocation};
 use crate::{Arch, Error, Result};
 use std::collections::BTreeMap;
 
@@ -56,6 +56,43 @@ impl SsmRegistry {
             let manifest: Manifest =
                 self.json(name, p.value().unwrap_or_default(), "release manifest")?;
             out.push(manifest);
+        }
+        out.sort_by(|a, b| a.release.cmp(&b.release));
+        Ok(out)
+    }
+
+    /// Each complete release and its images from the index entries' descriptions, fifty a
+    /// call; an entry without one (written by a bake before descriptions) is read whole, ten
+    /// a call. Before the index is complete, from the manifests.
+    pub(super) async fn release_images(&self, recipe: &str) -> Result<Vec<ReleaseImages>> {
+        if self.get(&self.path(recipe, INDEXED)).await?.is_none() {
+            let manifests = self.releases(recipe).await?;
+            return Ok(manifests.iter().map(ReleaseImages::from).collect());
+        }
+        let base = self.path(recipe, "releases");
+        let mut out = Vec::new();
+        let mut undescribed = Vec::new();
+        for p in self.describe_level(&base).await? {
+            let name = p.name().unwrap_or_default();
+            let Some(Ok(id)) = name
+                .strip_prefix(&format!("{base}/"))
+                .map(str::parse::<ReleaseId>)
+            else {
+                continue;
+            };
+            match p
+                .description()
+                .and_then(|d| parse_entry_description(d, &id))
+            {
+                Some(release) => out.push(release),
+                None => undescribed.push(name.to_string()),
+            }
+        }
+        for p in self.get_many(&undescribed, "release index entries").await? {
+            let name = p.name().unwrap_or_default();
+            let manifest: Manifest =
+                self.json(name, p.value().unwrap_or_default(), "release manifest")?;
+            out.push(ReleaseImages::from(&manifest));
         }
         out.sort_by(|a, b| a.release.cmp(&b.release));
         Ok(out)
@@ -145,12 +182,21 @@ impl SsmRegistry {
         .await?;
         // The index entry, and those of complete releases that lack one (written before the
         // index existed, or by a run that died between the two); then the marker.
-        self.put_once_as(&dir, &json, Data::Text).await?;
+        self.put_once_as(
+            &dir,
+            &json,
+            Data::Text,
+            Some(entry_description(&ReleaseImages::from(&manifest))),
+        )
+        .await?;
         for (id, parts) in &written {
             if let (Some(m), false) = (parts.get("manifest"), parts.contains_key(INDEX_ENTRY)) {
                 if id != &manifest.release {
                     let entry = crate::registry::release_dir(&self.prefix, &recipe, id);
-                    self.put_once_as(&entry, m, Data::Text).await?;
+                    let description = serde_json::from_str::<Manifest>(m)
+                        .ok()
+                        .map(|m| entry_description(&ReleaseImages::from(&m)));
+                    self.put_once_as(&entry, m, Data::Text, description).await?;
                 }
             }
         }
@@ -301,5 +347,82 @@ impl SsmRegistry {
         };
         self.json(&name, p.value().unwrap_or_default(), "revocation")
             .map(Some)
+    }
+}
+
+/// An index entry's description: the release and its image of each arch, what prune reads of
+/// a thousand releases in twenty DescribeParameters (e.g. `bake release 2026.01.02-1 images
+/// x86_64=ami-0b arm64=ami-0a`). Well under SSM's 1,024 characters: one AMI ID per arch.
+pub fn entry_description(release: &ReleaseImages) -> String {
+    let images: Vec<String> = release
+        .images
+        .iter()
+        .map(|(arch, image)| format!("{arch}={image}"))
+        .collect();
+    format!(
+        "bake release {} images {}",
+        release.release,
+        images.join(" ")
+    )
+}
+
+/// What [`entry_description`] wrote, for the release `id` the entry is named after; None for
+/// anything else (an entry written before descriptions, or edited by hand): read it whole.
+fn parse_entry_description(text: &str, id: &ReleaseId) -> Option<ReleaseImages> {
+    let rest = text.strip_prefix("bake release ")?;
+    let (named, images) = rest.split_once(" images ")?;
+    if named != id.to_string() {
+        return None;
+    }
+    let images = images
+        .split_whitespace()
+        .map(|pair| {
+            let (arch, image) = pair.split_once('=')?;
+            Some((arch.parse::<Arch>().ok()?, image.to_string()))
+        })
+        .collect::<Option<BTreeMap<Arch, String>>>()?;
+    (!images.is_empty()).then(|| ReleaseImages {
+        release: id.clone(),
+        images,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_entry_description_reads_back_as_what_it_was_written_from() {
+        let id: ReleaseId = "2026.01.02-3".parse().unwrap();
+        let release = ReleaseImages {
+            release: id.clone(),
+            images: [
+                (Arch::X86_64, "ami-0123456789abcdef0".to_string()),
+                (Arch::Arm64, "ami-0fedcba9876543210".to_string()),
+            ]
+            .into(),
+        };
+        let text = entry_description(&release);
+        assert_eq!(
+            text,
+            "bake release 2026.01.02-3 images x86_64=ami-0123456789abcdef0 arm64=ami-0fedcba9876543210"
+        );
+        assert_eq!(parse_entry_description(&text, &id), Some(release));
+    }
+
+    #[test]
+    fn a_description_bake_did_not_write_is_read_whole_instead() {
+        let id: ReleaseId = "2026.01.02-3".parse().unwrap();
+        for text in [
+            "",
+            "bake release 2026.01.02-3",
+            "bake release 2026.01.02-4 images x86_64=ami-1",
+            "bake release 2026.01.02-3 images ",
+            "bake release 2026.01.02-3 images riscv=ami-1",
+            "bake release 2026.01.02-3 images x86_64",
+            "a note someone wrote",
+        ] {
+            assert_eq!(parse_entry_description(text, &id), None, "{text:?}");
+        }
     }
 }
