@@ -81,13 +81,15 @@ mod tests {
     async fn the_lock_outlives_its_ttl_while_work_runs_and_is_free_after() {
         let dir = tempfile::tempdir().unwrap();
         let registry = SqliteRegistry::open(dir.path()).unwrap();
-        let ttl = Duration::from_millis(600);
+        // A heartbeat every ~0.7 s against a 2 s TTL: a busy machine (the whole suite on two
+        // cores) can delay a beat by a second and the lock still holds, as it must.
+        let ttl = Duration::from_secs(2);
         let lock = RecipeLock::take(&registry, "eks-node", "one", ttl, false)
             .await
             .unwrap();
         let work = async {
             // Well past the TTL: only the heartbeat keeps the lock.
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+            tokio::time::sleep(Duration::from_millis(5000)).await;
             RecipeLock::take(&registry, "eks-node", "two", ttl, false)
                 .await
                 .map(|_| ())
