@@ -4,9 +4,56 @@ use super::{image, list, AwsProvider, RELEASE_TAG};
 use crate::journal::Kind;
 use crate::provider::Leftover;
 use crate::{Error, Result};
-use aws_sdk_ec2::types::{Filter, Tag};
+use aws_sdk_ec2::types::{Filter, Image, Tag};
 use chrono::Utc;
+use list::tag;
 use std::collections::BTreeSet;
+
+/// What a sweep has found so far: the leftovers of runs not in `live`, never an image in
+/// `published`.
+struct Found<'a> {
+    live: &'a BTreeSet<String>,
+    published: &'a BTreeSet<String>,
+    out: Vec<Leftover>,
+}
+
+impl Found<'_> {
+    /// Notes a resource of a dead run (one in `live` is skipped).
+    fn push(&mut self, kind: Kind, id: &str, tags: &[Tag], action: &str, reusable: bool) {
+        let run_id = tag(tags, "bake:run-id").to_string();
+        if self.live.contains(&run_id) {
+            return;
+        }
+        self.out.push(Leftover {
+            kind,
+            id: id.to_string(),
+            run_id,
+            recipe: tag(tags, "bake:recipe").to_string(),
+            arch: tag(tags, "bake:arch").parse().ok(),
+            action: action.to_string(),
+            reusable,
+        });
+    }
+
+    /// An image is never a leftover once a registry published it: ours lists it, and any
+    /// registry's publish tags it with the release.
+    fn unpublished(&self, i: &Image) -> bool {
+        !self.published.contains(i.image_id().unwrap_or_default())
+            && tag(i.tags(), RELEASE_TAG).is_empty()
+    }
+
+    /// Instances first, then volumes and images, then groups (a volume or a group is in use
+    /// until its instances go).
+    fn in_removal_order(mut self) -> Vec<Leftover> {
+        self.out.sort_by_key(|l| match l.kind {
+            Kind::Instance => 0,
+            Kind::Volume => 1,
+            Kind::Image | Kind::ImageCopy => 2,
+            _ => 3,
+        });
+        self.out
+    }
+}
 
 impl AwsProvider {
     /// What runs not in `live` left behind; never anything in `published` or untagged.
@@ -15,50 +62,43 @@ impl AwsProvider {
         live: &BTreeSet<String>,
         published: &BTreeSet<String>,
     ) -> Result<Vec<Leftover>> {
-        // Only what this pipeline made: tagged with a run ID, our registry prefix and one of
-        // our recipes. Another pipeline's runs (its own prefix) and anything untagged are
-        // never looked at, let alone touched.
-        let ours = || {
-            vec![
-                Filter::builder()
-                    .name("tag-key")
-                    .values("bake:run-id")
-                    .build(),
-                self.owned(),
-                Filter::builder()
-                    .name("tag:bake:recipe")
-                    .set_values(Some(self.recipes.iter().cloned().collect()))
-                    .build(),
-            ]
+        let mut found = Found {
+            live,
+            published,
+            out: Vec::new(),
         };
-        let tag = list::tag;
-        let mut out = Vec::new();
-        let mut push = |kind: Kind, id: &str, tags: &[Tag], action: &str, reusable: bool| {
-            let run_id = tag(tags, "bake:run-id").to_string();
-            if live.contains(&run_id) {
-                return;
-            }
-            out.push(Leftover {
-                kind,
-                id: id.to_string(),
-                run_id,
-                recipe: tag(tags, "bake:recipe").to_string(),
-                arch: tag(tags, "bake:arch").parse().ok(),
-                action: action.to_string(),
-                reusable,
-            });
-        };
-        // An image is never a leftover once a registry published it: ours lists it, and any
-        // registry's publish tags it with the release.
-        let unpublished = |i: &aws_sdk_ec2::types::Image| -> bool {
-            !published.contains(i.image_id().unwrap_or_default())
-                && tag(i.tags(), RELEASE_TAG).is_empty()
-        };
+        self.leftover_instances_and_images(&mut found).await?;
+        if self.settings.engine == crate::input::pipeline::Engine::Imagebuilder {
+            self.orphaned_image_builder_outputs(&mut found).await?;
+        }
+        self.leftover_groups_and_volumes(&mut found).await?;
+        self.leftover_copies(&mut found).await?;
+        Ok(found.in_removal_order())
+    }
+
+    /// Only what this pipeline's runs made: tagged with a run ID, our registry prefix and one
+    /// of our recipes. Another pipeline's runs (its own prefix) and anything untagged are
+    /// never looked at, let alone touched.
+    fn made_by_runs(&self) -> Vec<Filter> {
+        vec![
+            Filter::builder()
+                .name("tag-key")
+                .values("bake:run-id")
+                .build(),
+            self.owned(),
+            Filter::builder()
+                .name("tag:bake:recipe")
+                .set_values(Some(self.recipes.iter().cloned().collect()))
+                .build(),
+        ]
+    }
+
+    async fn leftover_instances_and_images(&self, found: &mut Found<'_>) -> Result<()> {
         let home = self.images().lister();
-        let mut filters = ours();
+        let mut filters = self.made_by_runs();
         filters.push(image::not_terminated());
         for i in home.instances(&filters, "bake instances").await? {
-            push(
+            found.push(
                 Kind::Instance,
                 i.instance_id().unwrap_or_default(),
                 i.tags(),
@@ -66,12 +106,12 @@ impl AwsProvider {
                 false,
             );
         }
-        for i in home.own_images(&ours(), "bake images").await? {
-            if !unpublished(&i) {
+        for i in home.own_images(&self.made_by_runs(), "bake images").await? {
+            if !found.unpublished(&i) {
                 continue;
             }
             let status = tag(i.tags(), "bake:status");
-            push(
+            found.push(
                 Kind::Image,
                 i.image_id().unwrap_or_default(),
                 i.tags(),
@@ -82,46 +122,54 @@ impl AwsProvider {
                 status == "validated",
             );
         }
-        // Image Builder outputs whose run died before tagging them (the distribution tags them
-        // with recipe, prefix and bake:status=pending, but only the run adds bake:run-id). A
-        // live run tags its output seconds after the build ends, so only old ones are orphans.
-        if self.settings.engine == crate::input::pipeline::Engine::Imagebuilder {
-            let pending = [
-                Filter::builder()
-                    .name("tag:bake:status")
-                    .values("pending")
-                    .build(),
-                self.owned(),
-            ];
-            let cutoff = Utc::now()
-                - chrono::Duration::from_std(self.settings.orphan_age)
-                    .unwrap_or(chrono::Duration::hours(1));
-            for i in home.own_images(&pending, "Image Builder outputs").await? {
-                let created = i
-                    .creation_date()
-                    .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
-                    .map(|d| d.with_timezone(&Utc));
-                let untagged = !i.tags().iter().any(|t| t.key() == Some("bake:run-id"));
-                if untagged
-                    && unpublished(&i)
-                    && self.recipes.contains(tag(i.tags(), "bake:recipe"))
-                    && created.is_some_and(|c| c <= cutoff)
-                {
-                    push(
-                        Kind::Image,
-                        i.image_id().unwrap_or_default(),
-                        i.tags(),
-                        "deregister the Image Builder output of a run that died before tagging it, and its snapshots",
-                        false,
-                    );
-                }
+        Ok(())
+    }
+
+    /// Image Builder outputs whose run died before tagging them (the distribution tags them
+    /// with recipe, prefix and bake:status=pending, but only the run adds bake:run-id). A
+    /// live run tags its output seconds after the build ends, so only old ones are orphans.
+    async fn orphaned_image_builder_outputs(&self, found: &mut Found<'_>) -> Result<()> {
+        let pending = [
+            Filter::builder()
+                .name("tag:bake:status")
+                .values("pending")
+                .build(),
+            self.owned(),
+        ];
+        let cutoff = Utc::now()
+            - chrono::Duration::from_std(self.settings.orphan_age)
+                .unwrap_or(chrono::Duration::hours(1));
+        let home = self.images().lister();
+        for i in home.own_images(&pending, "Image Builder outputs").await? {
+            let created = i
+                .creation_date()
+                .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
+                .map(|d| d.with_timezone(&Utc));
+            let untagged = !i.tags().iter().any(|t| t.key() == Some("bake:run-id"));
+            if untagged
+                && found.unpublished(&i)
+                && self.recipes.contains(tag(i.tags(), "bake:recipe"))
+                && created.is_some_and(|c| c <= cutoff)
+            {
+                found.push(
+                    Kind::Image,
+                    i.image_id().unwrap_or_default(),
+                    i.tags(),
+                    "deregister the Image Builder output of a run that died before tagging it, and its snapshots",
+                    false,
+                );
             }
         }
+        Ok(())
+    }
+
+    async fn leftover_groups_and_volumes(&self, found: &mut Found<'_>) -> Result<()> {
+        let home = self.images().lister();
         for g in home
-            .security_groups(&ours(), "bake security groups")
+            .security_groups(&self.made_by_runs(), "bake security groups")
             .await?
         {
-            push(
+            found.push(
                 Kind::SecurityGroup,
                 g.group_id().unwrap_or_default(),
                 g.tags(),
@@ -131,8 +179,8 @@ impl AwsProvider {
         }
         // Canary copies of images (attached after boot): gone with their canary once attached,
         // left behind if the run died between making one and attaching it.
-        for v in home.volumes(&ours(), "bake volumes").await? {
-            push(
+        for v in home.volumes(&self.made_by_runs(), "bake volumes").await? {
+            found.push(
                 Kind::Volume,
                 v.volume_id().unwrap_or_default(),
                 v.tags(),
@@ -140,15 +188,23 @@ impl AwsProvider {
                 false,
             );
         }
-        // Copies a dead run made in other regions and no release publishes.
+        Ok(())
+    }
+
+    /// Copies a dead run made in other regions and no release publishes.
+    async fn leftover_copies(&self, found: &mut Found<'_>) -> Result<()> {
         for images in self.copy_regions() {
             let region = images.region();
-            for i in images.lister().own_images(&ours(), "bake images").await? {
-                if !unpublished(&i) {
+            for i in images
+                .lister()
+                .own_images(&self.made_by_runs(), "bake images")
+                .await?
+            {
+                if !found.unpublished(&i) {
                     continue;
                 }
                 let status = tag(i.tags(), "bake:status");
-                push(
+                found.push(
                     Kind::ImageCopy,
                     &format!("{region}/{}", i.image_id().unwrap_or_default()),
                     i.tags(),
@@ -159,15 +215,7 @@ impl AwsProvider {
                 );
             }
         }
-        // Instances first, then volumes and images, then groups (a volume or a group is in use
-        // until its instances go).
-        out.sort_by_key(|l| match l.kind {
-            Kind::Instance => 0,
-            Kind::Volume => 1,
-            Kind::Image | Kind::ImageCopy => 2,
-            _ => 3,
-        });
-        Ok(out)
+        Ok(())
     }
 
     /// Removes one leftover.

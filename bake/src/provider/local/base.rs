@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Bump when the way a base is built changes, so old caches are not reused.
+mod progress;
+use progress::BaseProgress;
+
 const BASE_FORMAT: &str = "bake-local-base/6";
 
 /// Every node base has these: init and device management, the cloud kernel, the guest agent
@@ -267,6 +270,32 @@ async fn build(
     let rootfs = tmp.join("rootfs");
     let stage = tmp.join("native");
     let native = NativeTools::stage(spec.arch, &stage).await?;
+    let args = mmdebstrap_args(spec, tmp, &rootfs, native.as_ref())?;
+    run_mmdebstrap(&args, counted, progress).await?;
+    if let Some(n) = &native {
+        progress("base: checking that nothing lent from the host is left in it");
+        n.check(&rootfs)?;
+    }
+    let _ = std::fs::remove_dir_all(&stage);
+    progress("base: making the ext4 disk and its qcow2");
+    let boot = rootfs.join("boot");
+    let base = Base::at(tmp);
+    std::fs::copy(newest_in(&boot, "vmlinuz-")?, &base.kernel)
+        .map_err(|e| Error::io("copying the kernel", e))?;
+    std::fs::copy(newest_in(&boot, "initrd.img-")?, &base.initrd)
+        .map_err(|e| Error::io("copying the initrd", e))?;
+    make_disk(spec, &rootfs, tmp, &base).await
+}
+
+/// mmdebstrap's arguments for `spec`: the packages, the hooks that make it a bootable node
+/// (and the spec's own customize scripts, written beside `rootfs`), the tools lent from the
+/// host where the arch is foreign.
+fn mmdebstrap_args(
+    spec: &BaseSpec,
+    tmp: &Path,
+    rootfs: &Path,
+    native: Option<&NativeTools>,
+) -> Result<Vec<String>> {
     let mut args: Vec<String> = vec![
         // apt's and dpkg's own lines, which `BaseProgress` turns into progress.
         "--verbose".into(),
@@ -277,7 +306,7 @@ async fn build(
         "--dpkgopt=force-unsafe-io".into(),
         format!("--essential-hook={DIVERT_INITRAMFS}"),
     ];
-    if let Some(n) = &native {
+    if let Some(n) = native {
         args.push(format!("--essential-hook={}", n.lend_hook()));
     }
     args.extend([
@@ -298,7 +327,7 @@ async fn build(
             crate::guest::sh_quote(&file.display().to_string())
         ));
     }
-    if let Some(n) = &native {
+    if let Some(n) = native {
         args.push(format!("--customize-hook={}", n.return_hook()));
     }
     if spec.offline_apt {
@@ -311,53 +340,56 @@ async fn build(
     if let Some(mirror) = &spec.mirror {
         args.push(mirror.clone());
     }
-    let seen = std::sync::Mutex::new(BaseProgress {
-        expected: std::fs::read_to_string(counted)
+    Ok(args)
+}
+
+/// Runs mmdebstrap, its lines told as progress against the package count of the last build
+/// (kept in `counted` for the next).
+async fn run_mmdebstrap(
+    args: &[String],
+    counted: &Path,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<()> {
+    let seen = std::sync::Mutex::new(BaseProgress::expecting(
+        std::fs::read_to_string(counted)
             .ok()
             .and_then(|n| n.trim().parse().ok()),
-        ..BaseProgress::default()
-    });
+    ));
     let on_line = |line: &str| {
         let said = seen.lock().unwrap_or_else(|p| p.into_inner()).line(line);
         if let Some(said) = said {
             progress(&said);
         }
     };
-    cmd::run_lines("mmdebstrap", &args, &on_line).await?;
+    cmd::run_lines("mmdebstrap", args, &on_line).await?;
     let n = seen.lock().unwrap_or_else(|p| p.into_inner()).set_up;
     let _ = std::fs::write(counted, format!("{n}\n"));
-    if let Some(n) = &native {
-        progress("base: checking that nothing lent from the host is left in it");
-        n.check(&rootfs)?;
-    }
-    let _ = std::fs::remove_dir_all(&stage);
-    progress("base: making the ext4 disk and its qcow2");
+    Ok(())
+}
 
-    let boot = rootfs.join("boot");
-    let find = |prefix: &str| -> Result<PathBuf> {
-        let mut found: Vec<PathBuf> = std::fs::read_dir(&boot)
-            .map_err(|e| Error::io(format!("reading {}", boot.display()), e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(prefix))
-            })
-            .collect();
-        found.sort();
-        found.pop().ok_or_else(|| {
-            Error::provider(
-                "local",
-                format!("no {prefix}* in {} after mmdebstrap", boot.display()),
-            )
+/// The last (by name) file in `boot` whose name starts with `prefix`: the kernel or initrd.
+fn newest_in(boot: &Path, prefix: &str) -> Result<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(boot)
+        .map_err(|e| Error::io(format!("reading {}", boot.display()), e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
         })
-    };
-    let kernel = find("vmlinuz-")?;
-    let initrd = find("initrd.img-")?;
-    let base = Base::at(tmp);
-    std::fs::copy(&kernel, &base.kernel).map_err(|e| Error::io("copying the kernel", e))?;
-    std::fs::copy(&initrd, &base.initrd).map_err(|e| Error::io("copying the initrd", e))?;
+        .collect();
+    found.sort();
+    found.pop().ok_or_else(|| {
+        Error::provider(
+            "local",
+            format!("no {prefix}* in {} after mmdebstrap", boot.display()),
+        )
+    })
+}
 
+/// The tree as an ext4 filesystem (the spec's label and UUID) in `base`'s qcow2; the tree and
+/// the raw disk go.
+async fn make_disk(spec: &BaseSpec, rootfs: &Path, tmp: &Path, base: &Base) -> Result<()> {
     let raw = tmp.join("disk.raw");
     let label = spec.fs_label.as_deref().unwrap_or("root");
     let mut mkfs: Vec<String> = vec!["-q".into(), "-F".into(), "-L".into(), label.into()];
@@ -371,7 +403,7 @@ async fn build(
         format!("{}G", spec.size_gib),
     ]);
     cmd::run("mkfs.ext4", &mkfs, None).await?;
-    let _ = std::fs::remove_dir_all(&rootfs);
+    let _ = std::fs::remove_dir_all(rootfs);
     cmd::run(
         "qemu-img",
         &[
@@ -386,54 +418,6 @@ async fn build(
     .await?;
     let _ = std::fs::remove_file(&raw);
     Ok(())
-}
-
-/// What mmdebstrap's `--verbose` lines say about a base build's progress: its stage
-/// (`I: ...` lines that end in "..."; package scripts print `I:` lines of their own), how many
-/// packages dpkg has set up so far of about how many the last build of this suite and arch set
-/// up (none on the first), and which; long triggers (initramfs, man-db) by name.
-#[derive(Debug, Default)]
-struct BaseProgress {
-    stage: String,
-    /// Packages set up by the last build of this suite and arch, if one was recorded.
-    expected: Option<usize>,
-    set_up: usize,
-}
-
-impl BaseProgress {
-    /// The progress line to show for `line`, if it says anything new.
-    fn line(&mut self, line: &str) -> Option<String> {
-        let line = line.trim();
-        if let Some(stage) = line.strip_prefix("I: ").and_then(|l| l.strip_suffix("...")) {
-            self.stage = stage.trim().to_string();
-            return Some(format!("base: {}", self.stage));
-        }
-        if let Some(rest) = line.strip_prefix("Setting up ") {
-            self.set_up += 1;
-            let package = rest.split_whitespace().next().unwrap_or_default();
-            return Some(format!(
-                "base: {}, {} ({package})",
-                self.stage,
-                self.count()
-            ));
-        }
-        if let Some(rest) = line.strip_prefix("Processing triggers for ") {
-            let package = rest.split_whitespace().next().unwrap_or_default();
-            return Some(format!(
-                "base: {}, {}, triggers of {package}",
-                self.stage,
-                self.count()
-            ));
-        }
-        None
-    }
-
-    fn count(&self) -> String {
-        match self.expected {
-            Some(e) => format!("{}/~{} packages set up", self.set_up, e.max(self.set_up)),
-            None => format!("{} packages set up", self.set_up),
-        }
-    }
 }
 
 /// Where the number of packages the last base build of `spec`'s suite and arch set up is kept.
@@ -521,49 +505,6 @@ mod tests {
     /// Lines as mmdebstrap --verbose writes them (stages, dpkg's configure and trigger lines,
     /// a kernel postinst's own `I:` line) become the stage, a count against the last build's,
     /// and package names.
-    #[test]
-    fn mmdebstrap_lines_become_stage_count_and_package() {
-        let mut p = BaseProgress {
-            expected: Some(3),
-            ..BaseProgress::default()
-        };
-        let said: Vec<Option<String>> = [
-            "I: automatically chosen mode: root",
-            "I: installing essential packages...",
-            "Setting up libc6:arm64 (2.36-9+deb12u13) ...",
-            "I: installing remaining packages inside the chroot...",
-            "Unpacking systemd (252.39-1~deb12u1) ...",
-            "Setting up systemd (252.39-1~deb12u1) ...",
-            "I: /initrd.img is now a symlink to boot/initrd.img-6.1.0-57-cloud-arm64",
-            "Processing triggers for initramfs-tools (0.142+deb12u3) ...",
-            "Setting up udev (252.39-1~deb12u1) ...",
-            "Setting up cloud-init (22.4.2-1+deb12u3) ...",
-        ]
-        .iter()
-        .map(|l| p.line(l))
-        .collect();
-        let said: Vec<&str> = said.iter().flatten().map(String::as_str).collect();
-        let remaining = "base: installing remaining packages inside the chroot";
-        assert_eq!(
-            said,
-            [
-                "base: installing essential packages".to_string(),
-                "base: installing essential packages, 1/~3 packages set up (libc6:arm64)".into(),
-                remaining.into(),
-                format!("{remaining}, 2/~3 packages set up (systemd)"),
-                format!("{remaining}, 2/~3 packages set up, triggers of initramfs-tools"),
-                format!("{remaining}, 3/~3 packages set up (udev)"),
-                format!("{remaining}, 4/~4 packages set up (cloud-init)"),
-            ]
-        );
-        let mut first = BaseProgress::default();
-        first.line("I: installing essential packages...");
-        assert_eq!(
-            first.line("Setting up dash (0.5.12-2) ...").as_deref(),
-            Some("base: installing essential packages, 1 packages set up (dash)")
-        );
-    }
-
     #[test]
     fn digest_depends_on_every_input() {
         let a = spec(Arch::X86_64);
