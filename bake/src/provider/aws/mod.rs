@@ -7,6 +7,7 @@
 //! journalled before the next call that can fail. The chain of steps is in `chain`.
 
 mod account;
+mod base;
 mod chain;
 mod cluster_api;
 mod create;
@@ -20,6 +21,7 @@ pub mod imagebuilder;
 mod instances;
 mod launch;
 mod leftovers;
+mod lifecycle;
 pub mod list;
 mod protect;
 pub mod sdk;
@@ -178,11 +180,6 @@ impl AwsProvider {
         Ok(r.images().first().cloned())
     }
 
-    /// The image's root device and the snapshot and size its root volume is made from.
-    async fn root_volume(&self, image: &str) -> Result<RootVolume> {
-        Ok(RootVolume::of(self.describe_image(image).await?.as_ref()))
-    }
-
     fn image_builder(&self) -> imagebuilder::ImageBuilder<'_> {
         imagebuilder::ImageBuilder {
             client: &self.imagebuilder,
@@ -305,88 +302,7 @@ impl Provider for AwsProvider {
     }
 
     async fn resolve_base(&self, recipe: &Recipe, arch: Arch) -> Result<BaseImage> {
-        let source = recipe.aws.get(&arch).ok_or_else(|| {
-            Error::Usage(format!(
-                "recipe {} has no [base.aws] entry for {arch}",
-                recipe.file.display()
-            ))
-        })?;
-        let (id, join) = match source {
-            AwsBaseRef::Ami(a) => {
-                // A literal AMI says what it is only in its name and description.
-                self.ec2_slot().await;
-                let r = self
-                    .ec2
-                    .describe_images()
-                    .image_ids(a.as_str())
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        err(
-                            format!(
-                                "describing the {arch} base {a} of `{}` in {}",
-                                recipe.name, self.region
-                            ),
-                            e,
-                        )
-                    })?;
-                let img = r.images().first().ok_or_else(|| {
-                    Error::Usage(format!(
-                        "{}: base.aws.{arch}: {a} does not exist in {} (or this account cannot see it)",
-                        recipe.file.display(),
-                        self.region
-                    ))
-                })?;
-                let (name, description) = (
-                    img.name().unwrap_or_default(),
-                    img.description().unwrap_or_default(),
-                );
-                let join = crate::input::names::Join::for_image(name, description).ok_or_else(|| {
-                    Error::Usage(format!(
-                        "{}: base.aws.{arch}: cannot tell how nodes from {a} (`{name}`) join a cluster: its name and description name neither an Ubuntu EKS nor an EKS-optimized Amazon Linux image; use the base's public SSM parameter instead",
-                        recipe.file.display()
-                    ))
-                })?;
-                recipe.volume_size_for(arch, a.as_str(), RootVolume::of(Some(img)).size_gib)?;
-                (a.to_string(), join)
-            }
-            AwsBaseRef::Parameter(p) => {
-                self.ssm_slot().await;
-                let r = self
-                    .ssm
-                    .get_parameter()
-                    .name(p.as_str())
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        err(
-                            format!(
-                                "resolving the {arch} base of `{}` from {p} in {}",
-                                recipe.name, self.region
-                            ),
-                            e,
-                        )
-                    })?;
-                let value = r.parameter().and_then(|p| p.value()).unwrap_or_default();
-                let id = crate::input::names::AmiId::parse(value)
-                    .map_err(|m| Error::provider("aws", format!("{p} in {}: {m}", self.region)))?
-                    .to_string();
-                // Known at load: the recipe refuses a parameter whose join it cannot tell.
-                let join =
-                    crate::input::names::Join::for_parameter(p.as_str()).ok_or_else(|| {
-                        Error::Usage(format!(
-                            "{}: base.aws.{arch}: {p} is not a known EKS base",
-                            recipe.file.display()
-                        ))
-                    })?;
-                (id, join)
-            }
-        };
-        Ok(BaseImage {
-            id,
-            source: source.to_string(),
-            join: Some(join),
-        })
+        self.base_image(recipe, arch).await
     }
 
     /// Refused at plan, not by RunInstances half way into a run. A literal AMI was described
@@ -561,91 +477,5 @@ impl Provider for AwsProvider {
 
     async fn bake(&self, job: &BakeJob<'_>, cx: &StepContext<'_>) -> Result<ImageRecord> {
         self.bake_chain(job, cx).await
-    }
-}
-
-/// An image's root volume as DescribeImages tells it.
-#[derive(Debug, Clone)]
-struct RootVolume {
-    device: String,
-    snapshot: Option<String>,
-    size_gib: Option<u32>,
-}
-
-impl RootVolume {
-    /// Read from what DescribeImages said of an image (`/dev/xvda` if it names no root).
-    fn of(image: Option<&aws_sdk_ec2::types::Image>) -> RootVolume {
-        let device = image
-            .and_then(|i| i.root_device_name())
-            .unwrap_or("/dev/xvda")
-            .to_string();
-        let ebs = image.and_then(|i| {
-            i.block_device_mappings()
-                .iter()
-                .find(|m| m.device_name() == Some(device.as_str()))
-                .and_then(|m| m.ebs())
-        });
-        RootVolume {
-            snapshot: ebs.and_then(|e| e.snapshot_id()).map(str::to_string),
-            size_gib: ebs.and_then(|e| e.volume_size()).map(|s| s.max(0) as u32),
-            device,
-        }
-    }
-}
-
-#[async_trait]
-impl crate::provider::Lifecycle for AwsProvider {
-    async fn deprecate_images(
-        &self,
-        images: &[String],
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<String>> {
-        let mut done = Vec::new();
-        for image in images {
-            self.images().deprecate(image, at).await?;
-            done.push(image.clone());
-        }
-        for copies in self.copy_regions() {
-            for image in images {
-                for copy in copies.copies_of(image).await? {
-                    copies.deprecate(&copy, at).await?;
-                    done.push(copy);
-                }
-            }
-        }
-        Ok(done)
-    }
-
-    async fn protect_images(
-        &self,
-        recipe: &str,
-        wanted: &BTreeSet<String>,
-        apply: bool,
-    ) -> Result<crate::provider::Protection> {
-        self.reconcile_protection(recipe, wanted, apply).await
-    }
-
-    async fn usage(&self, images: &[String]) -> Result<crate::provider::ImageUsage> {
-        // Used, protected, or another pipeline's (whatever our registry says): never deleted.
-        let mut usage = self.images().usage_many(images, self.owner()).await?;
-        for copies in self.copy_regions() {
-            let free: Vec<String> = images
-                .iter()
-                .filter(|i| !usage.in_use.contains_key(*i))
-                .cloned()
-                .collect();
-            let copies_of = copies.copies_of_many(&free).await?;
-            let all: Vec<String> = copies_of.values().flatten().cloned().collect();
-            let used = copies.in_use_many(&all, self.owner()).await?;
-            for (source, those) in copies_of {
-                if let Some((copy, why)) = those.iter().find_map(|c| used.get(c).map(|w| (c, w))) {
-                    let region = copies.region();
-                    usage
-                        .in_use
-                        .insert(source, format!("its copy {copy} in {region} {why}"));
-                }
-            }
-        }
-        Ok(usage)
     }
 }
