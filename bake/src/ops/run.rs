@@ -121,31 +121,22 @@ pub async fn run(cx: &RunContext<'_>, opts: &RunOptions) -> (RunSummary, Result<
         results: Vec::new(),
         published: Vec::new(),
     };
-    // Plan every arch (a release holds them all); `--arch` only limits what is baked.
-    let all_arches = Filter {
-        arch: None,
-        ..opts.filter.clone()
-    };
-    let items = match plan::plan(cx.pipeline, cx.provider, cx.registry, &all_arches).await {
+    let items = match planned(cx, opts).await {
         Ok(items) => items,
         Err(e) => return (summary, Err(e)),
     };
-    if let Some(a) = opts.filter.arch {
-        if !items.iter().any(|i| i.arch == a) {
-            return (summary, Err(plan::no_such_arch(cx.pipeline, a)));
-        }
-    }
-    let selected = |i: &PlanItem| opts.filter.selects(i.arch);
-    if !items.iter().any(|i| selected(i) && i.decision.needs_bake()) {
+    if !items
+        .iter()
+        .any(|i| opts.filter.selects(i.arch) && i.decision.needs_bake())
+    {
         summary.up_to_date = true;
         summary.results = items
             .iter()
-            .filter(|i| selected(i))
+            .filter(|i| opts.filter.selects(i.arch))
             .map(up_to_date)
             .collect();
         return (summary, Ok(()));
     }
-
     let run_id = new_run_id();
     let journal = match Journal::create(cx.state_dir, &run_id) {
         Ok(j) => j,
@@ -159,53 +150,23 @@ pub async fn run(cx: &RunContext<'_>, opts: &RunOptions) -> (RunSummary, Result<
         pipeline: cx.pipeline.file.display().to_string(),
         at: Utc::now(),
     });
-
     let mut errors = Vec::new();
     for bake in &cx.pipeline.bakes {
         let mine: Vec<&PlanItem> = items
             .iter()
             .filter(|i| i.recipe == bake.recipe.name)
             .collect();
-        if mine.is_empty() {
-            continue;
-        }
-        if !mine.iter().any(|i| selected(i) && i.decision.needs_bake()) {
-            summary
-                .results
-                .extend(mine.iter().filter(|i| selected(i)).map(|i| up_to_date(i)));
-            continue;
-        }
-        if cx.cancel.is_cancelled() {
+        if cx.cancel.is_cancelled()
+            && mine
+                .iter()
+                .any(|i| opts.filter.selects(i.arch) && i.decision.needs_bake())
+        {
             errors.push(Error::Interrupted {
                 journal: journal.path().display().to_string(),
             });
             break;
         }
-        let owner = format!("{} pid {} run {run_id}", opts.who, std::process::id());
-        let lock = match RecipeLock::take(
-            cx.registry,
-            &bake.recipe.name,
-            &owner,
-            opts.lock_ttl,
-            opts.break_lock,
-        )
-        .await
-        {
-            Ok(lock) => lock,
-            Err(e) => {
-                summary.results.extend(mine.iter().map(|i| ArchResult {
-                    outcome: ArchOutcome::Locked,
-                    error: Some(e.to_string()),
-                    ..up_to_date(i)
-                }));
-                errors.push(e);
-                continue;
-            }
-        };
-        let result = lock
-            .hold(run_recipe(cx, opts, bake, &mine, &journal, &mut summary))
-            .await;
-        if let Err(e) = result {
+        if let Err(e) = bake_recipe(cx, opts, bake, &mine, &journal, &mut summary).await {
             errors.push(e);
         }
     }
@@ -223,6 +184,67 @@ pub async fn run(cx: &RunContext<'_>, opts: &RunOptions) -> (RunSummary, Result<
         at: Utc::now(),
     });
     (summary, result)
+}
+
+/// Every arch of the pipeline planned (a release holds them all; `--arch` only limits what is
+/// baked), refusing an `--arch` no recipe bakes.
+async fn planned(cx: &RunContext<'_>, opts: &RunOptions) -> Result<Vec<PlanItem>> {
+    let all_arches = Filter {
+        arch: None,
+        ..opts.filter.clone()
+    };
+    let items = plan::plan(cx.pipeline, cx.provider, cx.registry, &all_arches).await?;
+    if let Some(a) = opts.filter.arch {
+        if !items.iter().any(|i| i.arch == a) {
+            return Err(plan::no_such_arch(cx.pipeline, a));
+        }
+    }
+    Ok(items)
+}
+
+/// One recipe of the run: up to date (said so), or baked under its lock; a lock another run
+/// holds is this recipe's error, and the run goes on to the next.
+async fn bake_recipe(
+    cx: &RunContext<'_>,
+    opts: &RunOptions,
+    bake: &Bake,
+    mine: &[&PlanItem],
+    journal: &Journal,
+    summary: &mut RunSummary,
+) -> Result<()> {
+    if mine.is_empty() {
+        return Ok(());
+    }
+    let selected = |i: &PlanItem| opts.filter.selects(i.arch);
+    if !mine.iter().any(|i| selected(i) && i.decision.needs_bake()) {
+        summary
+            .results
+            .extend(mine.iter().filter(|i| selected(i)).map(|i| up_to_date(i)));
+        return Ok(());
+    }
+    let run_id = summary.run_id.clone().unwrap_or_default();
+    let owner = format!("{} pid {} run {run_id}", opts.who, std::process::id());
+    let lock = match RecipeLock::take(
+        cx.registry,
+        &bake.recipe.name,
+        &owner,
+        opts.lock_ttl,
+        opts.break_lock,
+    )
+    .await
+    {
+        Ok(lock) => lock,
+        Err(e) => {
+            summary.results.extend(mine.iter().map(|i| ArchResult {
+                outcome: ArchOutcome::Locked,
+                error: Some(e.to_string()),
+                ..up_to_date(i)
+            }));
+            return Err(e);
+        }
+    };
+    lock.hold(run_recipe(cx, opts, bake, mine, journal, summary))
+        .await
 }
 
 fn up_to_date(item: &PlanItem) -> ArchResult {

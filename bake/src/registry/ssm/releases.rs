@@ -104,20 +104,7 @@ impl SsmRegistry {
         // A half-written release (a run died between its parameters) whose arch parameters
         // are exactly images of this manifest is finished under its own ID: what was written
         // stays as it is. Otherwise the next ID that no parameter uses, complete or not.
-        let unfinished = written.iter().rev().find(|(_, parts)| {
-            !parts.contains_key("manifest")
-                && !parts.is_empty()
-                && parts
-                    .iter()
-                    .filter(|(leaf, _)| !leaf.starts_with("packages/") && *leaf != INDEX_ENTRY)
-                    .all(|(leaf, value)| {
-                        leaf.parse::<Arch>()
-                            .ok()
-                            .and_then(|a| manifest.images.get(&a))
-                            .is_some_and(|i| &i.image_id == value)
-                    })
-        });
-        let existing: BTreeMap<String, String> = match unfinished {
+        let existing: BTreeMap<String, String> = match unfinished(&written, &manifest) {
             Some((id, parts)) => {
                 tracing::info!(recipe = %recipe, release = %id, "finishing a half-written release");
                 manifest.release = id.clone();
@@ -129,49 +116,9 @@ impl SsmRegistry {
                 BTreeMap::new()
             }
         };
-        // Copy regions first: the primary's manifest, written last, is what makes the release
-        // exist; a rerun finishes whatever a dead run left.
-        for replica in &self.replicas {
-            for (arch, image) in &manifest.images {
-                let copy = image.copies.get(&replica.region).ok_or_else(|| {
-                    Error::Conflict(format!(
-                        "{recipe} {arch}: image {} has no copy in {}, a copy region of this pipeline",
-                        image.image_id, replica.region
-                    ))
-                })?;
-                let name = crate::registry::release_parameter(
-                    &self.prefix,
-                    &recipe,
-                    &manifest.release,
-                    *arch,
-                );
-                replica.put_once(&name, copy).await?;
-            }
-        }
-        let dir = crate::registry::release_dir(&self.prefix, &recipe, &manifest.release);
-        for (arch, image) in &manifest.images {
-            if existing.contains_key(&arch.to_string()) {
-                continue;
-            }
-            let name =
-                crate::registry::release_parameter(&self.prefix, &recipe, &manifest.release, *arch);
-            self.put(&name, &image.image_id, Data::Image, Write::Once, None)
-                .await?;
-        }
-        // The package manifests, gzipped in standard-tier chunks (what `bake sbom` and `bake
-        // diff` read); written once like the rest, and before the manifest that makes the
-        // release exist.
-        for (arch, text) in crate::packages::kept(&manifest.images) {
-            for (n, chunk) in crate::packages::encode(text).iter().enumerate() {
-                let name = format!("{dir}/packages/{arch}/{n:02}");
-                if existing.get(&format!("packages/{arch}/{n:02}")) == Some(chunk) {
-                    continue;
-                }
-                self.put(&name, chunk, Data::Text, Write::Once, None)
-                    .await?;
-            }
-        }
+        self.write_parts(&manifest, &existing).await?;
         let json = serde_json::to_string(&manifest).expect("manifests serialize");
+        let dir = crate::registry::release_dir(&self.prefix, &recipe, &manifest.release);
         self.put(
             &format!("{dir}/manifest"),
             &json,
@@ -180,37 +127,7 @@ impl SsmRegistry {
             Some(format!("bake release {}", manifest.release)),
         )
         .await?;
-        // The index entry, and those of complete releases that lack one (written before the
-        // index existed, or by a run that died between the two); then the marker.
-        self.put_once_as(
-            &dir,
-            &json,
-            Data::Text,
-            Some(entry_description(&ReleaseImages::from(&manifest))),
-        )
-        .await?;
-        for (id, parts) in &written {
-            if let (Some(m), false) = (parts.get("manifest"), parts.contains_key(INDEX_ENTRY)) {
-                if id != &manifest.release {
-                    let entry = crate::registry::release_dir(&self.prefix, &recipe, id);
-                    let description = serde_json::from_str::<Manifest>(m)
-                        .ok()
-                        .map(|m| entry_description(&ReleaseImages::from(&m)));
-                    self.put_once_as(&entry, m, Data::Text, description).await?;
-                }
-            }
-        }
-        let marker = self.path(&recipe, INDEXED);
-        if self.get(&marker).await?.is_none() {
-            self.put(
-                &marker,
-                "every complete release has its index entry",
-                Data::Text,
-                Write::Overwrite,
-                Some("bake: releases are listed from their index entries (<prefix>/<recipe>/releases/<release>)".into()),
-            )
-            .await?;
-        }
+        self.write_index(&manifest, &json, &written).await?;
         // Then the copy a scheduled run reads, unless a newer release is already complete.
         let newer = written
             .iter()
@@ -229,6 +146,99 @@ impl SsmRegistry {
             .await?;
         }
         Ok(manifest)
+    }
+
+    /// Everything of a release before its manifest: the copy regions' arch parameters first
+    /// (the primary's manifest, written last, is what makes the release exist; a rerun
+    /// finishes whatever a dead run left), then the arch parameters and the package manifests
+    /// (gzipped in standard-tier chunks, what `bake sbom` and `bake diff` read) not `existing`.
+    async fn write_parts(
+        &self,
+        manifest: &Manifest,
+        existing: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let recipe = &manifest.recipe;
+        for replica in &self.replicas {
+            for (arch, image) in &manifest.images {
+                let copy = image.copies.get(&replica.region).ok_or_else(|| {
+                    Error::Conflict(format!(
+                        "{recipe} {arch}: image {} has no copy in {}, a copy region of this pipeline",
+                        image.image_id, replica.region
+                    ))
+                })?;
+                let name = crate::registry::release_parameter(
+                    &self.prefix,
+                    recipe,
+                    &manifest.release,
+                    *arch,
+                );
+                replica.put_once(&name, copy).await?;
+            }
+        }
+        let dir = crate::registry::release_dir(&self.prefix, recipe, &manifest.release);
+        for (arch, image) in &manifest.images {
+            if existing.contains_key(&arch.to_string()) {
+                continue;
+            }
+            let name =
+                crate::registry::release_parameter(&self.prefix, recipe, &manifest.release, *arch);
+            self.put(&name, &image.image_id, Data::Image, Write::Once, None)
+                .await?;
+        }
+        for (arch, text) in crate::packages::kept(&manifest.images) {
+            for (n, chunk) in crate::packages::encode(text).iter().enumerate() {
+                let name = format!("{dir}/packages/{arch}/{n:02}");
+                if existing.get(&format!("packages/{arch}/{n:02}")) == Some(chunk) {
+                    continue;
+                }
+                self.put(&name, chunk, Data::Text, Write::Once, None)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The release's index entry (`json`, described with its images), those of complete
+    /// releases among `written` that lack one (written before the index existed, or by a run
+    /// that died between the two), then the marker.
+    async fn write_index(
+        &self,
+        manifest: &Manifest,
+        json: &str,
+        written: &BTreeMap<ReleaseId, BTreeMap<String, String>>,
+    ) -> Result<()> {
+        let recipe = &manifest.recipe;
+        let dir = crate::registry::release_dir(&self.prefix, recipe, &manifest.release);
+        self.put_once_as(
+            &dir,
+            json,
+            Data::Text,
+            Some(entry_description(&ReleaseImages::from(manifest))),
+        )
+        .await?;
+        for (id, parts) in written {
+            if let (Some(m), false) = (parts.get("manifest"), parts.contains_key(INDEX_ENTRY)) {
+                if id != &manifest.release {
+                    let entry = crate::registry::release_dir(&self.prefix, recipe, id);
+                    let description = serde_json::from_str::<Manifest>(m)
+                        .ok()
+                        .map(|m| entry_description(&ReleaseImages::from(&m)));
+                    self.put_once_as(&entry, m, Data::Text, description).await?;
+                }
+            }
+        }
+        let marker = self.path(recipe, INDEXED);
+        if self.get(&marker).await?.is_none() {
+            self.put(
+                &marker,
+                "every complete release has its index entry",
+                Data::Text,
+                Write::Overwrite,
+                Some("bake: releases are listed from their index entries (<prefix>/<recipe>/releases/<release>)".into()),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// One release by its manifest parameter: one call, however many releases there are.
@@ -348,6 +358,27 @@ impl SsmRegistry {
         self.json(&name, p.value().unwrap_or_default(), "revocation")
             .map(Some)
     }
+}
+
+/// The newest half-written release (parameters but no manifest) whose arch parameters are
+/// exactly images of `manifest`: a run of this manifest that died publishing it.
+fn unfinished<'w>(
+    written: &'w BTreeMap<ReleaseId, BTreeMap<String, String>>,
+    manifest: &Manifest,
+) -> Option<(&'w ReleaseId, &'w BTreeMap<String, String>)> {
+    written.iter().rev().find(|(_, parts)| {
+        !parts.contains_key("manifest")
+            && !parts.is_empty()
+            && parts
+                .iter()
+                .filter(|(leaf, _)| !leaf.starts_with("packages/") && *leaf != INDEX_ENTRY)
+                .all(|(leaf, value)| {
+                    leaf.parse::<Arch>()
+                        .ok()
+                        .and_then(|a| manifest.images.get(&a))
+                        .is_some_and(|i| &i.image_id == value)
+                })
+    })
 }
 
 /// An index entry's description: the release and its image of each arch, what prune reads of
