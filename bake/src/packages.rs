@@ -195,6 +195,9 @@ pub fn deb_compare(a: &str, b: &str) -> Ordering {
 
 /// rpm's order (rpmvercmp over `[epoch:]version-release`): alphanumeric segments, numbers
 /// beat letters, `~` sorts before everything and `^` after the end.
+///
+/// One function, as rpm's own rpmvercmp is: its segment loop read top to bottom against the
+/// original.
 pub fn rpm_compare(a: &str, b: &str) -> Ordering {
     fn epoch(v: &str) -> (u64, &str) {
         match v.split_once(':') {

@@ -46,6 +46,9 @@ struct StatusRow {
     revoked: Option<String>,
 }
 
+/// One function because its reads (newest, each channel, those releases and their revocations,
+/// each once) and the rows built from them are one plan: tests/reads.rs counts its calls, and a
+/// reader sees them together.
 async fn status_rows(
     pipeline: &Pipeline,
     registry: &dyn Registry,

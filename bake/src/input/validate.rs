@@ -110,6 +110,8 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Long because each field of a catalog entry is checked in turn, each error at its own span
+    /// (file:line), the script read last; split up, the rules of one entry would scatter.
     pub fn load(validators_dir: &Path) -> Result<Catalog, Diagnostic> {
         let file = validators_dir.join("catalog.toml");
         let (raw, src) = read_toml::<BTreeMap<String, RawValidator>>(&file)?;

@@ -61,6 +61,9 @@ fn header(recipe: &str, arch: Arch) -> String {
 
 impl PinsFile {
     /// Reads `path` for the node set of `recipe`/`arch` (a missing file is an empty one).
+    ///
+    /// Long because it is one pass over the file: the header, then each pin with the line an error
+    /// names.
     pub fn read(path: &Path, recipe: &str, arch: Arch) -> Result<PinsFile> {
         let mut file = PinsFile {
             path: path.to_path_buf(),

@@ -259,6 +259,9 @@ impl Runner {
     /// Runs `steps` in order until one fails or `cx.cancel` fires, then cleans up the steps
     /// that started, last-first. `accepted` decides, after all steps ran, whether the outcome
     /// is `Succeeded` or `Rejected`.
+    ///
+    /// Long because the run, the cancellation and the clean-up in reverse order are one loop: what
+    /// was started is exactly what is cleaned.
     pub async fn run<S: Send>(
         &self,
         steps: &[Box<dyn Step<S> + '_>],

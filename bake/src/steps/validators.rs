@@ -126,6 +126,9 @@ impl<S> Validate<'_, S> {
 
     /// The catalog's checks, in its order: those bake judges from the cluster's API first
     /// (they wait for the join), then every script in one batch (one round trip over SSM).
+    ///
+    /// Long because the catalog's order is kept in one pass: the cluster checks, then the batch,
+    /// each verdict recorded where it is judged.
     async fn checks(
         &self,
         guest: &mut dyn Guest,

@@ -345,6 +345,9 @@ fn check_aws(file: &Path, src: &str, aws: &AwsSettings) -> Result<(), Diagnostic
 
 /// One `[[bake]]` entry: its arches, its auto-promotion targets (never prod, only clusters
 /// whose arches it bakes) and its recipe, loaded and checked against the provider.
+///
+/// Long because each field of the entry is checked in the file's order, each error at its own
+/// line; split up, the rules of one entry would scatter.
 fn load_bake(
     b: RawBake,
     file: &Path,

@@ -225,6 +225,9 @@ impl AwsProvider {
 
     /// The cluster exists, has a cluster security group, and lets the node role in. Returns the
     /// cluster's authentication mode, or None when there is no cluster to check further.
+    ///
+    /// Long because each missing piece (cluster, its security group, an access entry or aws-auth,
+    /// the node policies) is its own error with its fix, in the order a join needs them.
     async fn cluster_access(
         &self,
         cluster: &str,
@@ -342,6 +345,9 @@ impl AwsProvider {
 
     /// bake's own identity may read the canary's node in the cluster (node-ready asks the
     /// cluster's API): an access entry with an access policy that covers nodes, at cluster scope.
+    ///
+    /// Long because each way bake may be let in (cluster creator, an access entry, its policy's
+    /// scope) is checked in turn, each failure with its fix.
     async fn bake_access(
         &self,
         cluster: &str,

@@ -21,6 +21,9 @@ type Chain<'a> = Vec<Box<dyn Step<State> + 'a>>;
 
 impl AwsProvider {
     /// Bakes, proves and distributes one image: the whole chain of the pipeline's engine.
+    ///
+    /// Long because it is the one literal list of steps (as Packer's builder.go lists its own),
+    /// each with its arguments in place: a reader sees the whole chain in one screen-full.
     pub(super) async fn bake_chain(
         &self,
         job: &BakeJob<'_>,

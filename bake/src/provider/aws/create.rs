@@ -111,6 +111,9 @@ impl Step<State> for ImageBuilderBuild<'_> {
     fn name(&self) -> &str {
         "imagebuilder"
     }
+    /// Long because the build's resources, its start, the watch over its states (with progress)
+    /// and the tags on its output are one step: the build and the image go into the state as soon
+    /// as they exist, for the cleanup.
     async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
         let p = self.p;
         let job = self.job;

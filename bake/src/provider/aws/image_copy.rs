@@ -31,6 +31,8 @@ impl Step<State> for AttachImageCopy<'_> {
         "attach-image-copy"
     }
 
+    /// Long because the snapshot, the zone, the volume made from it and its attachment are one
+    /// step: each ID goes into the state (and the journal) as soon as it exists, for the cleanup.
     async fn run(&self, state: &mut State, cx: &StepContext<'_>) -> Result<()> {
         let p = self.p;
         let canary = state

@@ -66,6 +66,9 @@ impl SsmGuest {
     }
 
     /// Sends one AWS-RunShellScript command and waits for its end.
+    ///
+    /// Long because sending, polling with backoff and reading the answer (its cut, its status) are
+    /// one exchange with SSM whose failures are told apart in one place.
     async fn command(&self, label: &str, script: &str, timeout: Duration) -> Result<Ran> {
         let instance = &self.instance;
         let mut attempts = 0;

@@ -114,6 +114,9 @@ fn build_step(step: &StepSpec, default_timeout: u64) -> ToeStep {
 
 /// The components of a recipe, in the order the image recipe lists them: files, each step,
 /// then the validators' test component. `step_timeout` is the default per step (seconds).
+///
+/// Long because it is the recipe's AWSTOE documents in the order Image Builder runs them, each
+/// built in place; the snapshot tests read them the same way.
 pub fn components(recipe: &Recipe, step_timeout: u64) -> Vec<Component> {
     let mut out = Vec::new();
     if !recipe.files.is_empty() {

@@ -20,6 +20,9 @@ impl LocalProvider {
     /// Bakes and proves one image: base → builder disk → open the builder (a chroot of the
     /// disk, or a booted VM) → install files → run steps → capture packages → boot files →
     /// (shut the VM down) → store the image → canary disk → boot → validate.
+    ///
+    /// Long because it is the one literal list of steps (as Packer's builder.go lists its own),
+    /// each with its arguments in place: a reader sees the whole chain in one screen-full.
     pub(super) async fn bake_chain(
         &self,
         job: &BakeJob<'_>,

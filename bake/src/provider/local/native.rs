@@ -90,6 +90,9 @@ impl NativeTools {
     /// Stages the host's tools under `stage` when a base for `target` is built on a host of
     /// another architecture; `None` when there is nothing to lend (same architecture, or the
     /// host's tools are not dynamic ELF programs of one loader), and the build emulates all.
+    ///
+    /// Long because each tool's loader, libraries and patched copy are staged in one pass whose
+    /// order the lend script relies on.
     pub async fn stage(target: Arch, stage: &Path) -> Result<Option<NativeTools>> {
         if Arch::host().is_none_or(|host| host == target) {
             return Ok(None);
@@ -369,6 +372,7 @@ mod tests {
     /// file, every other guest tool comes back byte for byte, nothing lent is left, and a lent
     /// tool copied into the tree is caught by name. Needs root, qemu-user's binfmt handler
     /// and the Debian mirror (scripts/setup-host).
+    // Long because it is one real build of a foreign tree, checked at each stage of the lending.
     #[tokio::test]
     async fn lent_tools_run_in_a_foreign_tree_and_all_go_back() {
         let host = Arch::host().expect("a host bake runs on");

@@ -88,6 +88,8 @@ fn vm_uuid() -> String {
 }
 
 impl Vm {
+    /// Long because the QEMU command line is in one place, each option with why, per arch and
+    /// accelerator.
     pub fn start(spec: &VmSpec) -> Result<Vm> {
         std::fs::create_dir_all(&spec.dir)
             .map_err(|e| Error::io(format!("creating {}", spec.dir.display()), e))?;
