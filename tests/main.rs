@@ -17,6 +17,7 @@ mod kill;
 mod parser_props;
 mod pipeline_run;
 mod promotion;
+mod readme;
 mod reads;
 mod registry;
 mod rehearsal;

@@ -18,15 +18,15 @@ use common::Project;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-struct World {
-    project: Project,
+pub(crate) struct World {
+    pub(crate) project: Project,
     pipeline: Pipeline,
     provider: FakeProvider,
     registry: SqliteRegistry,
 }
 
 impl World {
-    fn new(soak: &str) -> World {
+    pub(crate) fn new(soak: &str) -> World {
         let project = Project::new();
         project.edit(
             "pipelines/local.toml",
@@ -44,7 +44,7 @@ impl World {
     }
 
     /// Publishes a new release (a new base for both arches) and returns its ID.
-    async fn release(&self, n: usize) -> ReleaseId {
+    pub(crate) async fn release(&self, n: usize) -> ReleaseId {
         self.provider.set_base(Arch::X86_64, &format!("x{n}"));
         self.provider.set_base(Arch::Arm64, &format!("a{n}"));
         let state = self.project.state();
