@@ -126,6 +126,8 @@ macro_rules! one_edit {
 }
 
 one_edit! {
+    cluster_without_arches: LOCAL, "[clusters.staging]\narches = [\"x86_64\", \"arm64\"]" => "[clusters.staging]\narches = []";
+        LOCAL at LOCAL "arches = []"; Some("clusters.staging.arches"), "has an empty `arches` list";
     malformed_recipe_toml: RECIPE, "[volume]" => "[volume";
         LOCAL at RECIPE "[volume"; None, "";
     malformed_pipeline_toml: LOCAL, "soak = \"1h\"" => "soak = \"1h";
@@ -521,7 +523,7 @@ fn aws_provider_without_an_aws_section() {
         LOCAL,
         Expect {
             file: LOCAL,
-            line: None,
+            line: Some(line_of(&p.read(LOCAL), "provider = \"aws\"")),
             field: None,
             message: "needs an `[aws]` section",
         },
@@ -537,7 +539,7 @@ fn cluster_name_with_a_slash() {
         LOCAL,
         Expect {
             file: LOCAL,
-            line: None,
+            line: Some(line_of(&p.read(LOCAL), "stag/ing")),
             field: None,
             message: "cluster name `stag/ing`",
         },
@@ -556,7 +558,7 @@ fn recipe_without_steps() {
         LOCAL,
         Expect {
             file: RECIPE,
-            line: None,
+            line: Some(1),
             field: None,
             message: "at least one `[[steps]]`",
         },

@@ -66,6 +66,20 @@ impl Diagnostic {
         }
     }
 
+    /// A problem with the value at a key path (`["clusters", "prod", "arches"]`): at its line
+    /// when the key is in the source, else the file's (a key that is absent has no line).
+    pub fn at_key(
+        file: impl Into<PathBuf>,
+        src: &str,
+        path: &[&str],
+        message: impl Into<String>,
+    ) -> Self {
+        match span_of(src, path) {
+            Some(span) => Diagnostic::at(file, src, span, message),
+            None => Diagnostic::file(file, message),
+        }
+    }
+
     /// Converts a TOML/serde error into a diagnostic at its span.
     pub fn from_toml(file: impl Into<PathBuf>, src: &str, err: &toml::de::Error) -> Self {
         let mut message = err.message().trim().to_string();

@@ -199,8 +199,10 @@ impl Recipe {
         let allowed = [recipes_dir.join(name), recipes_dir.join("steps")];
 
         if raw.steps.is_empty() {
-            return Err(Diagnostic::file(
+            return Err(Diagnostic::at_key(
                 &file,
+                &src,
+                &["steps"],
                 "a recipe needs at least one `[[steps]]` entry",
             ));
         }

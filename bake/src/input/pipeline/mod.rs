@@ -173,7 +173,7 @@ impl Pipeline {
         let recipes_dir = dir.join(&raw.recipes_dir);
         let validators_dir = dir.join(&raw.validators_dir);
 
-        check_clusters(file, &raw.clusters)?;
+        check_clusters(file, &src, &raw.clusters)?;
         let canary_cluster = match raw.canary {
             Some(c) => {
                 if !raw.clusters.contains_key(c.cluster.get_ref()) {
@@ -188,7 +188,12 @@ impl Pipeline {
         };
         let settings = match raw.provider {
             ProviderKind::Aws => Settings::Aws(Box::new(raw.aws.clone().ok_or_else(|| {
-                Diagnostic::file(file, "provider = \"aws\" needs an `[aws]` section")
+                Diagnostic::at_key(
+                    file,
+                    &src,
+                    &["provider"],
+                    "provider = \"aws\" needs an `[aws]` section",
+                )
             })?)),
             ProviderKind::Local => Settings::Local(raw.local.clone().unwrap_or_default()),
         };
@@ -197,8 +202,10 @@ impl Pipeline {
             check_aws(file, &src, aws)?;
         }
         if raw.bake.is_empty() {
-            return Err(Diagnostic::file(
+            return Err(Diagnostic::at_key(
                 file,
+                &src,
+                &["bake"],
                 "a pipeline needs at least one `[[bake]]` entry",
             ));
         }
@@ -288,17 +295,25 @@ impl Pipeline {
 }
 
 /// Every cluster's name is simple and its arch list not empty.
-fn check_clusters(file: &Path, clusters: &BTreeMap<String, Cluster>) -> Result<(), Diagnostic> {
+fn check_clusters(
+    file: &Path,
+    src: &str,
+    clusters: &BTreeMap<String, Cluster>,
+) -> Result<(), Diagnostic> {
     for (cluster, c) in clusters {
         if !is_simple_name(cluster) {
-            return Err(Diagnostic::file(
+            return Err(Diagnostic::at_key(
                 file,
+                src,
+                &["clusters", cluster],
                 format!("cluster name `{cluster}` must be letters, digits, `-` or `_`"),
             ));
         }
         if c.arches.is_empty() {
-            return Err(Diagnostic::file(
+            return Err(Diagnostic::at_key(
                 file,
+                src,
+                &["clusters", cluster, "arches"],
                 format!("cluster `{cluster}` has an empty `arches` list"),
             ));
         }
