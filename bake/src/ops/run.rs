@@ -2,9 +2,12 @@
 //! parallel, one recipe at a time under its lock; then auto-promote to non-prod channels.
 //! A run with nothing to do creates nothing (no journal, no lock) and says `up to date`.
 
+mod summary;
+use summary::up_to_date;
+pub use summary::{ArchOutcome, ArchResult, Published, RunSummary};
+
 use crate::input::pipeline::{Bake, Pipeline};
 use crate::journal::{new_run_id, Entry, Journal};
-use crate::key::BakeKey;
 use crate::lock::RecipeLock;
 use crate::ops::plan::{self, Decision, Filter, PlanItem};
 use crate::ops::promote;
@@ -15,9 +18,8 @@ use crate::report::Reporter;
 use crate::steps::StepContext;
 use crate::{Arch, Error, Result};
 use chrono::Utc;
-use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -49,67 +51,6 @@ impl Default for RunOptions {
             who: promote::who(),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ArchOutcome {
-    UpToDate,
-    /// A validated image with this key already existed and was reused.
-    Reused,
-    Validated,
-    Rejected,
-    Failed,
-    Interrupted,
-    /// Not attempted: the recipe's lock is held by another run.
-    Locked,
-}
-
-impl std::fmt::Display for ArchOutcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ArchOutcome::UpToDate => "up to date",
-            ArchOutcome::Reused => "reused",
-            ArchOutcome::Validated => "validated",
-            ArchOutcome::Rejected => "rejected",
-            ArchOutcome::Failed => "failed",
-            ArchOutcome::Interrupted => "interrupted",
-            ArchOutcome::Locked => "locked",
-        })
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ArchResult {
-    pub recipe: String,
-    pub arch: Arch,
-    pub decision: String,
-    pub outcome: ArchOutcome,
-    pub key: BakeKey,
-    pub image: Option<String>,
-    pub validators: Option<String>,
-    /// What passing validators noted (`<check>: <note>`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Published {
-    pub recipe: String,
-    pub release: ReleaseId,
-    pub images: BTreeMap<Arch, String>,
-    pub promoted_to: Vec<String>,
-}
-
-/// The machine-readable result of a run (`--output json`).
-#[derive(Debug, Clone, Serialize)]
-pub struct RunSummary {
-    pub run_id: Option<String>,
-    pub journal: Option<PathBuf>,
-    pub up_to_date: bool,
-    pub results: Vec<ArchResult>,
-    pub published: Vec<Published>,
 }
 
 /// Runs the pipeline. The summary is filled in even when the result is an error.
@@ -245,20 +186,6 @@ async fn bake_recipe(
     };
     lock.hold(run_recipe(cx, opts, bake, mine, journal, summary))
         .await
-}
-
-fn up_to_date(item: &PlanItem) -> ArchResult {
-    ArchResult {
-        recipe: item.recipe.clone(),
-        arch: item.arch,
-        decision: item.decision.label(),
-        outcome: ArchOutcome::UpToDate,
-        key: item.key.clone(),
-        image: None,
-        validators: None,
-        notes: Vec::new(),
-        error: None,
-    }
 }
 
 /// What a run does for one recipe, decided again under its lock.
