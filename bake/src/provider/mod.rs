@@ -1,5 +1,9 @@
-//! Providers: where the work happens. The pipeline code is written once against this trait;
-//! `local` (QEMU VMs + guest agent) and `aws` (EC2 + SSM) implement it.
+//! Providers: where the work happens. The pipeline code is written once against the
+//! [`Provider`] trait, which every provider implements: `local` (an offline chroot builder or a
+//! builder VM, canary VMs under QEMU reached through the guest agent) and `aws` (EC2 and Image
+//! Builder, reached through SSM). Capabilities only some providers have are traits of their
+//! own that a provider opts into: [`Lifecycle`] (deprecation, deregistration protection, what
+//! uses many images; AWS) and [`Fleet`] (the running nodes `bake audit` judges; both).
 
 #[cfg(feature = "aws")]
 pub mod aws;
