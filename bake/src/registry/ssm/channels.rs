@@ -37,56 +37,55 @@ impl SsmRegistry {
         cluster: &str,
     ) -> Result<Vec<ChannelEntry>> {
         let name = self.path(recipe, &format!("channels/{cluster}/release"));
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
-            self.wait().await;
-            let page = match self
-                .client
-                .get_parameter_history()
-                .name(&name)
-                .set_next_token(token)
-                .send()
-                .await
-            {
-                Ok(p) => p,
-                Err(e) if code(&e) == Some("ParameterNotFound") => return Ok(out),
-                Err(e) => {
-                    return Err(err(
+        let name = &name;
+        let versions = self
+            .paged(|token| async move {
+                match self
+                    .client
+                    .get_parameter_history()
+                    .name(name)
+                    .set_next_token(token)
+                    .send()
+                    .await
+                {
+                    Ok(page) => Ok((
+                        page.parameters().to_vec(),
+                        page.next_token().map(str::to_string),
+                    )),
+                    // A channel that never moved has no history.
+                    Err(e) if code(&e) == Some("ParameterNotFound") => Ok((Vec::new(), None)),
+                    Err(e) => Err(err(
                         format!("reading the history of {name} in {}", self.region),
                         e,
-                    ))
+                    )),
                 }
-            };
-            for h in page.parameters() {
-                let note: MoveNote = self.json(
-                    &format!("{name}:{}", h.version()),
-                    h.description().unwrap_or("{}"),
-                    "bake history note",
-                )?;
-                let release = h
-                    .value()
-                    .unwrap_or_default()
-                    .parse::<ReleaseId>()
-                    .map_err(Error::Conflict)?;
-                let at = h
-                    .last_modified_date()
-                    .and_then(|d| DateTime::from_timestamp(d.secs(), d.subsec_nanos()))
-                    .unwrap_or_else(Utc::now);
-                out.push(ChannelEntry {
-                    version: h.version() as u64,
-                    release,
-                    images: note.images,
-                    from: note.from,
-                    who: note.who,
-                    reason: note.reason,
-                    at,
-                });
-            }
-            token = page.next_token().map(str::to_string);
-            if token.is_none() {
-                break;
-            }
+            })
+            .await?;
+        let mut out = Vec::new();
+        for h in versions {
+            let note: MoveNote = self.json(
+                &format!("{name}:{}", h.version()),
+                h.description().unwrap_or("{}"),
+                "bake history note",
+            )?;
+            let release = h
+                .value()
+                .unwrap_or_default()
+                .parse::<ReleaseId>()
+                .map_err(Error::Conflict)?;
+            let at = h
+                .last_modified_date()
+                .and_then(|d| DateTime::from_timestamp(d.secs(), d.subsec_nanos()))
+                .unwrap_or_else(Utc::now);
+            out.push(ChannelEntry {
+                version: h.version() as u64,
+                release,
+                images: note.images,
+                from: note.from,
+                who: note.who,
+                reason: note.reason,
+                at,
+            });
         }
         out.sort_by_key(|e| e.version);
         Ok(out)

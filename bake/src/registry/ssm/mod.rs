@@ -136,10 +136,7 @@ impl SsmRegistry {
         path: &str,
         recursive: bool,
     ) -> Result<Vec<aws_sdk_ssm::types::Parameter>> {
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
-            self.wait().await;
+        self.paged(|token| async move {
             let page = self
                 .client
                 .get_parameters_by_path()
@@ -149,13 +146,12 @@ impl SsmRegistry {
                 .send()
                 .await
                 .map_err(|e| err(format!("listing {path} in {}", self.region), e))?;
-            out.extend(page.parameters().iter().cloned());
-            token = page.next_token().map(str::to_string);
-            if token.is_none() {
-                break;
-            }
-        }
-        Ok(out)
+            Ok((
+                page.parameters().to_vec(),
+                page.next_token().map(str::to_string),
+            ))
+        })
+        .await
     }
 
     /// `text` (a parameter's value or description) as JSON; what bake cannot read is named
@@ -185,10 +181,8 @@ impl SsmRegistry {
             .values(path)
             .build()
             .expect("the Path filter has its key");
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
-            self.wait().await;
+        let filter = &filter;
+        self.paged(|token| async move {
             let page = self
                 .client
                 .describe_parameters()
@@ -198,13 +192,32 @@ impl SsmRegistry {
                 .send()
                 .await
                 .map_err(|e| err(format!("describing {path} in {}", self.region), e))?;
-            out.extend(page.parameters().iter().cloned());
-            token = page.next_token().map(str::to_string);
+            Ok((
+                page.parameters().to_vec(),
+                page.next_token().map(str::to_string),
+            ))
+        })
+        .await
+    }
+
+    /// Every page of a listing, each paced by the SSM rate limit: `page` answers the items
+    /// after `token` and the next token, None on the last page.
+    async fn paged<T, F, Fut>(&self, mut page: F) -> Result<Vec<T>>
+    where
+        F: FnMut(Option<String>) -> Fut,
+        Fut: std::future::Future<Output = Result<(Vec<T>, Option<String>)>>,
+    {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            self.wait().await;
+            let (items, next) = page(token).await?;
+            out.extend(items);
+            token = next;
             if token.is_none() {
-                break;
+                return Ok(out);
             }
         }
-        Ok(out)
     }
 
     /// `names`' parameters (those that exist), ten a GetParameters (its limit).
