@@ -254,3 +254,122 @@ fn the_local_provider_with_nothing_published_has_no_node_to_audit() {
     assert_eq!(report["nodes"], serde_json::json!([]), "{report:#}");
     assert!(!stderr.contains("qemu-system"), "{stderr}");
 }
+
+/// Nodes in a copy region run the copies of a release's images: the audit finds them there,
+/// reaches them through SSM in their region and judges them against the release's manifest.
+/// With `--cluster`, a node whose tags name no cluster (launched by an eks-node module before
+/// it tagged one) may be in it: named, not judged (exit 1), never left out in silence.
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_in_a_copy_region_are_audited_there_and_an_untagged_node_is_never_skipped() {
+    let moto = Moto::get();
+    let (x86, arm) = bases(moto).await;
+    let os = json!({"match": "printf 'os_id=%s", "stdout": "os_id=ubuntu\nos_like=debian\nos_version=22.04\n"});
+    let parameters = json!({UBUNTU_X86: x86, UBUNTU_ARM: arm});
+    moto.set_config(json!({"parameters": parameters, "commands": [os]}));
+    let p = project("/audit2");
+    common::moto::x86_only(&p);
+    p.edit(
+        "pipelines/aws.toml",
+        "copy_regions = []",
+        "copy_regions = [\"us-west-2\"]",
+    );
+    let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
+    assert_eq!(code, 0, "{summary:#}\n{stderr}");
+    let image = summary["published"][0]["images"]["x86_64"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let west = moto
+        .sdk()
+        .await
+        .to_builder()
+        .region(aws_config::Region::new("us-west-2"))
+        .build();
+    let west_ec2 = aws_sdk_ec2::Client::new(&west);
+    let copy = west_ec2
+        .describe_images()
+        .owners("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:bake:source-image")
+                .values(&image)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .images()[0]
+        .image_id()
+        .unwrap()
+        .to_string();
+    let far = node(&west_ec2, &copy, "west-1", "dev").await;
+    let home = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let old = home
+        .run_instances()
+        .image_id(&image)
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key("bake:node")
+                        .value("old-1")
+                        .build(),
+                )
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key("bake:recipe")
+                        .value("eks-node")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_string();
+    let audit = ["audit", "-p", "pipelines/aws.toml", "--wait", "5s"];
+
+    let (code, report, stderr) = bake(&p, moto, &[&audit[..], &["--cluster", "dev"]].concat());
+    assert_eq!(code, 1, "{report:#}\n{stderr}");
+    let w = audited(&report, "west-1");
+    assert_eq!(w["instance"], far.as_str());
+    assert_eq!(w["region"], "us-west-2");
+    assert_eq!(w["copy"], copy.as_str());
+    assert_eq!(w["image"], image.as_str(), "judged as the release's image");
+    assert!(w["not_judged"].is_null(), "{w:#}");
+    assert_eq!(check(w, "mac-policy")["status"], "pass");
+    let o = audited(&report, "old-1");
+    assert_eq!(o["instance"], old.as_str());
+    let why = o["not_judged"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("bake:cluster") && why.contains("`dev`"),
+        "{o:#}"
+    );
+    assert_eq!(o["checks"], json!([]));
+
+    // Without --cluster every node is judged: both as baked.
+    let (code, report, stderr) = bake(&p, moto, &audit);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(report["nodes"].as_array().unwrap().len(), 2, "{report:#}");
+    assert!(audited(&report, "old-1")["not_judged"].is_null());
+    // The commands to west-1 went to SSM in us-west-2; every call is allowed by the policy.
+    let sent_west = moto.records().iter().any(|r| {
+        r["action"] == "SendCommand"
+            && r["region"] == "us-west-2"
+            && r["body"]["InstanceIds"][0] == far.as_str()
+    });
+    assert!(sent_west, "no command reached west-1 through us-west-2");
+    common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
+    let _ = west_ec2
+        .terminate_instances()
+        .instance_ids(far)
+        .send()
+        .await;
+    let _ = home.terminate_instances().instance_ids(old).send().await;
+}

@@ -106,7 +106,10 @@ fn print_human(audit: &Audit) {
         .map(|a| {
             vec![
                 a.node.clone(),
-                a.instance.clone(),
+                match &a.region {
+                    Some(region) => format!("{} ({region})", a.instance),
+                    None => a.instance.clone(),
+                },
                 format!("{} {}", a.recipe, a.arch),
                 a.release.to_string(),
                 a.channels.join(","),

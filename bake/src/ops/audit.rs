@@ -44,6 +44,12 @@ pub struct NodeAudit {
     pub arch: Arch,
     pub release: ReleaseId,
     pub image: String,
+    /// Where the node runs when not in the pipeline's region: a copy region.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The copy of `image` it runs there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy: Option<String>,
     /// The channels whose current release is the node's.
     pub channels: Vec<String>,
     pub launched: Option<DateTime<Utc>>,
@@ -98,9 +104,11 @@ pub async fn audit(
         .map(|(validators, node, mut audit)| {
             let done = &done;
             async move {
-                let judged = judge(registry, fleet, &node, validators, req, &mut audit);
-                if let Err(why) = judged.await {
-                    audit.not_judged = Some(why);
+                if audit.not_judged.is_none() {
+                    let judged = judge(registry, fleet, &node, validators, req, &mut audit);
+                    if let Err(why) = judged.await {
+                        audit.not_judged = Some(why);
+                    }
                 }
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                 progress(n, total, &audit);
@@ -157,12 +165,24 @@ async fn select<'p>(
             let other_node = req
                 .node
                 .is_some_and(|n| n != node.name && n != node.instance);
+            // A node whose tags name another cluster is not asked for; one whose tags name
+            // none (launched by an eks-node module before it tagged the cluster) may be in the
+            // one asked for: named, not judged, never silently left out.
             let other_cluster = eks_cluster
                 .as_deref()
-                .is_some_and(|c| node.cluster.as_deref() != Some(c));
+                .is_some_and(|c| node.cluster.as_deref().is_some_and(|n| n != c));
             if other_node || other_cluster {
                 continue;
             }
+            let untagged = eks_cluster
+                .as_deref()
+                .filter(|_| node.cluster.is_none())
+                .map(|c| {
+                    format!(
+                        "its tags name no EKS cluster (`{}`), so it may be in `{c}`: apply its eks-node module again (the tag is added in place, the node stays) or audit without --cluster",
+                        crate::provider::CLUSTER_TAG
+                    )
+                });
             let (release, arch) = origins[&node.image].clone();
             let audit = NodeAudit {
                 node: node.name.clone(),
@@ -176,10 +196,12 @@ async fn select<'p>(
                     .collect(),
                 release,
                 image: node.image.clone(),
+                region: node.region.clone(),
+                copy: node.copy.clone(),
                 launched: node.launched,
                 checks: Vec::new(),
                 changed: Vec::new(),
-                not_judged: None,
+                not_judged: untagged,
             };
             work.push((bake.recipe.validators.as_slice(), node, audit));
         }

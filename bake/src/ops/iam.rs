@@ -82,6 +82,14 @@ impl<'p> Scope<'p> {
             .collect()
     }
 
+    /// `arn` in the home region alone (a string), or in it and each copy region (a list).
+    fn in_each_region(&self, arn: impl Fn(&str) -> String) -> Value {
+        match self.regions.as_slice() {
+            [home] => json!(arn(home)),
+            all => json!(all.iter().map(|g| arn(g)).collect::<Vec<_>>()),
+        }
+    }
+
     fn images_and_snapshots(&self) -> Vec<String> {
         [self.amis("image/*"), self.amis("snapshot/*")].concat()
     }
@@ -247,19 +255,20 @@ impl<'p> Scope<'p> {
                 "Condition": {"StringEquals": {"ssm:resourceTag/bake:prefix": owner}}
             }),
             // `bake audit`: the eks-node module's nodes of this pipeline's recipes (its
-            // `bake:recipe` tag), and only the read-only checks bake sends them.
+            // `bake:recipe` tag), in the pipeline's region and (running the copies) each copy
+            // region, and only the read-only checks bake sends them.
             json!({
                 "Sid": "AuditThePipelinesNodes",
                 "Effect": "Allow",
                 "Action": "ssm:SendCommand",
-                "Resource": ec2("instance/*"),
+                "Resource": self.in_each_region(|g| format!("arn:aws:ec2:{g}:*:instance/*")),
                 "Condition": {"StringEquals": {"ssm:resourceTag/bake:recipe": recipes}}
             }),
             json!({
                 "Sid": "TheRunShellScriptDocument",
                 "Effect": "Allow",
                 "Action": "ssm:SendCommand",
-                "Resource": format!("arn:aws:ssm:{region}::document/AWS-RunShellScript")
+                "Resource": self.in_each_region(|g| format!("arn:aws:ssm:{g}::document/AWS-RunShellScript"))
             }),
             json!({
                 "Sid": "Registry",

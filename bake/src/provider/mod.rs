@@ -155,6 +155,10 @@ impl Protection {
     }
 }
 
+/// The eks-node module's tag naming the EKS cluster a node joined (terraform/modules/eks-node;
+/// modules before it did not tag it).
+pub const CLUSTER_TAG: &str = "bake:cluster";
+
 /// A running node built from one of bake's images, as `bake audit` finds it.
 #[derive(Debug, Clone, Serialize)]
 pub struct FleetNode {
@@ -165,6 +169,10 @@ pub struct FleetNode {
     pub launched: Option<DateTime<Utc>>,
     /// The EKS cluster it was joined to, where its tags say (`bake:cluster`).
     pub cluster: Option<String>,
+    /// Where it runs when not in the pipeline's own region (a copy region).
+    pub region: Option<String>,
+    /// The copy of `image` it runs there.
+    pub copy: Option<String>,
 }
 
 /// What a provider whose images run as long-lived nodes offers `bake audit`: finding them and

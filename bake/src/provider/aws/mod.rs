@@ -62,6 +62,8 @@ pub struct AwsProvider {
     canary_cluster: Option<String>,
     /// One EC2 client per `copy_regions` entry.
     copy_clients: Vec<(String, aws_sdk_ec2::Client)>,
+    /// One SSM client per `copy_regions` entry (the audit of the nodes there).
+    copy_ssm: Vec<(String, aws_sdk_ssm::Client)>,
     region: String,
     limits: Limits,
     /// The recipes of the pipeline: sweep looks only at their resources.
@@ -93,6 +95,16 @@ impl AwsProvider {
                 (r.clone(), aws_sdk_ec2::Client::from_conf(conf))
             })
             .collect();
+        let copy_ssm = settings
+            .copy_regions
+            .iter()
+            .map(|r| {
+                let conf = aws_sdk_ssm::config::Builder::from(config)
+                    .region(aws_sdk_ssm::config::Region::new(r.clone()))
+                    .build();
+                (r.clone(), aws_sdk_ssm::Client::from_conf(conf))
+            })
+            .collect();
         let canary_cluster = pipeline.canary_eks_cluster();
         Ok(AwsProvider {
             ec2: aws_sdk_ec2::Client::new(config),
@@ -105,6 +117,7 @@ impl AwsProvider {
             settings,
             canary_cluster,
             copy_clients,
+            copy_ssm,
             region: config
                 .region()
                 .map(|r| r.to_string())
@@ -278,6 +291,24 @@ impl AwsProvider {
             instance: instance.to_string(),
             poll_interval: self.settings.poll_interval,
         }
+    }
+
+    /// The SSM guest of an instance in one of the copy regions.
+    fn guest_in(&self, region: &str, instance: &str) -> Result<ssm::SsmGuest> {
+        let (_, client) = self
+            .copy_ssm
+            .iter()
+            .find(|(r, _)| r == region)
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "{region} is not in copy_regions of this pipeline; cannot reach {instance} there"
+                ))
+            })?;
+        Ok(ssm::SsmGuest {
+            ssm: client.clone(),
+            region: region.to_string(),
+            ..self.guest(instance)
+        })
     }
 }
 

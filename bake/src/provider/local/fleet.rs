@@ -35,6 +35,8 @@ impl Fleet for LocalProvider {
                 image: image.clone(),
                 launched: None,
                 cluster: None,
+                region: None,
+                copy: None,
             });
         }
         Ok(out)
