@@ -171,6 +171,54 @@ async fn assert_nothing_left(moto: &Moto) {
 /// validator pass or not applicable, the release published to the emulator's SSM. Then the
 /// seed's incident through the same path, with a package installed at first boot: rejected by
 /// what ran on the canary, exit 3, nothing published.
+/// The published x86_64 image of `recipe` passed every one of `passed`, node-ready alone had no
+/// cluster to ask, and nothing else was checked: what `bake releases` reads back.
+fn every_check_passed(p: &Project, moto: &Moto, recipe: &str, passed: &[&str]) {
+    let (code, rel, stderr) = bake(p, moto, &["releases", recipe, "-p", "pipelines/aws.toml"]);
+    assert_eq!(code, 0, "{stderr}");
+    let validators = rel[0]["images"]["x86_64"]["validators"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{rel:#}"))
+        .clone();
+    for name in passed {
+        assert_eq!(validators[*name], "pass", "{name}: {rel:#}");
+    }
+    assert_eq!(validators["node-ready"], "not_applicable", "{rel:#}");
+    assert_eq!(validators.len(), passed.len() + 1, "{rel:#}");
+}
+
+/// The CycloneDX SBOM of `release`'s x86_64 image, as text.
+fn sbom_of(p: &Project, moto: &Moto, recipe: &str, release: &str) -> String {
+    let (code, sbom, stderr) = bake(
+        p,
+        moto,
+        &[
+            "sbom",
+            recipe,
+            release,
+            "--arch",
+            "x86_64",
+            "-p",
+            "pipelines/aws.toml",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    sbom.to_string()
+}
+
+/// `bake run` of `n` is rejected (exit 3, nothing published), each `(validator, reason)`
+/// failing with that reason.
+fn rejected(n: &Project, moto: &Moto, failed: &[(&str, &str)]) {
+    let (code, summary, stderr) = bake(n, moto, &["run", "pipelines/aws.toml"]);
+    assert_eq!(code, 3, "expected rejection: {summary:#}\n{stderr}");
+    assert!(summary["published"].as_array().unwrap().is_empty());
+    let error = summary["results"][0]["error"].as_str().unwrap();
+    for (validator, reason) in failed {
+        assert!(error.contains(&format!("{validator} fail")), "{error}");
+        assert!(error.contains(reason), "expected {reason:?} in {error}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_ec2_engine_on_the_al2023_stand_in_publishes_a_hardened_image_and_rejects_the_incident()
 {
@@ -209,48 +257,25 @@ async fn the_ec2_engine_on_the_al2023_stand_in_publishes_a_hardened_image_and_re
     // What each validator said, as the canary answered it (the image's tags keep the summary):
     // every one of the recipe's passes, the dnf ones and pod-network included; only the
     // cluster's check has no cluster to ask.
-    let (code, rel, stderr) = bake(
+    every_check_passed(
         &p,
         moto,
-        &["releases", "al2023-eks", "-p", "pipelines/aws.toml"],
-    );
-    assert_eq!(code, 0, "{stderr}");
-    let validators = rel[0]["images"]["x86_64"]["validators"]
-        .as_object()
-        .unwrap_or_else(|| panic!("{rel:#}"))
-        .clone();
-    for name in [
-        "mac-policy",
-        "networkd-keeps-foreign-routes",
-        "pod-network",
-        "dnf-automatic-off",
-        "dnf-timers-masked",
-        "dnf-release-locked",
-        "machine-id-empty",
-        "no-ssh-host-keys",
-        "no-bake-leftovers",
-        "software-as-baked",
-    ] {
-        assert_eq!(validators[name], "pass", "{name}: {rel:#}");
-    }
-    assert_eq!(validators["node-ready"], "not_applicable", "{rel:#}");
-    assert_eq!(validators.len(), 11, "{rel:#}");
-    // The manifest is rpm's: the vendor's packages, at the stand-in's release.
-    let (code, sbom, stderr) = bake(
-        &p,
-        moto,
+        "al2023-eks",
         &[
-            "sbom",
-            "al2023-eks",
-            &release,
-            "--arch",
-            "x86_64",
-            "-p",
-            "pipelines/aws.toml",
+            "mac-policy",
+            "networkd-keeps-foreign-routes",
+            "pod-network",
+            "dnf-automatic-off",
+            "dnf-timers-masked",
+            "dnf-release-locked",
+            "machine-id-empty",
+            "no-ssh-host-keys",
+            "no-bake-leftovers",
+            "software-as-baked",
         ],
     );
-    assert_eq!(code, 0, "{stderr}");
-    let sbom = sbom.to_string();
+    // The manifest is rpm's: the vendor's packages, at the stand-in's release.
+    let sbom = sbom_of(&p, moto, "al2023-eks", &release);
     assert!(
         sbom.contains("pkg:rpm/amzn/system-release@2023.6.20250218"),
         "{sbom}"
@@ -291,19 +316,15 @@ async fn the_ec2_engine_on_the_al2023_stand_in_publishes_a_hardened_image_and_re
         ),
         Some("generalize"),
     );
-    let (code, summary, stderr) = bake(&n, moto, &["run", "pipelines/aws.toml"]);
-    assert_eq!(code, 3, "expected rejection: {summary:#}\n{stderr}");
-    assert!(summary["published"].as_array().unwrap().is_empty());
-    let error = summary["results"][0]["error"].as_str().unwrap();
-    let (pod, lost) = crate::common::POD_LOST;
-    for (validator, reason) in [
-        ("mac-policy", "sets MACAddressPolicy=none"),
-        (pod, lost),
-        ("software-as-baked", "bake-boot-drift"),
-    ] {
-        assert!(error.contains(&format!("{validator} fail")), "{error}");
-        assert!(error.contains(reason), "expected {reason:?} in {error}");
-    }
+    rejected(
+        &n,
+        moto,
+        &[
+            ("mac-policy", "sets MACAddressPolicy=none"),
+            crate::common::POD_LOST,
+            ("software-as-baked", "bake-boot-drift"),
+        ],
+    );
     let none = ssm
         .get_parameters_by_path()
         .path("/rehearsal-incident")
@@ -337,49 +358,26 @@ async fn the_ec2_engine_on_the_ubuntu_stand_in_publishes_a_hardened_image_and_re
     assert_eq!(code, 0, "{summary:#}\n{stderr}");
     let published = &summary["published"][0];
     let release = published["release"].as_str().unwrap().to_string();
-    let (code, rel, stderr) = bake(
+    every_check_passed(
         &p,
         moto,
-        &["releases", "ubuntu2404-eks", "-p", "pipelines/aws.toml"],
-    );
-    assert_eq!(code, 0, "{stderr}");
-    let validators = rel[0]["images"]["x86_64"]["validators"]
-        .as_object()
-        .unwrap_or_else(|| panic!("{rel:#}"))
-        .clone();
-    for name in [
-        "mac-policy",
-        "networkd-keeps-foreign-routes",
-        "pod-network",
-        "no-unattended-upgrades",
-        "apt-timers-masked",
-        "apt-periodic-off",
-        "snap-refresh-held",
-        "machine-id-empty",
-        "no-ssh-host-keys",
-        "no-bake-leftovers",
-        "software-as-baked",
-    ] {
-        assert_eq!(validators[name], "pass", "{name}: {rel:#}");
-    }
-    assert_eq!(validators["node-ready"], "not_applicable", "{rel:#}");
-    assert_eq!(validators.len(), 12, "{rel:#}");
-    // The manifest is dpkg's and snapd's: the kubelet is a snap, with its revision.
-    let (code, sbom, stderr) = bake(
-        &p,
-        moto,
+        "ubuntu2404-eks",
         &[
-            "sbom",
-            "ubuntu2404-eks",
-            &release,
-            "--arch",
-            "x86_64",
-            "-p",
-            "pipelines/aws.toml",
+            "mac-policy",
+            "networkd-keeps-foreign-routes",
+            "pod-network",
+            "no-unattended-upgrades",
+            "apt-timers-masked",
+            "apt-periodic-off",
+            "snap-refresh-held",
+            "machine-id-empty",
+            "no-ssh-host-keys",
+            "no-bake-leftovers",
+            "software-as-baked",
         ],
     );
-    assert_eq!(code, 0, "{stderr}");
-    let sbom = sbom.to_string();
+    // The manifest is dpkg's and snapd's: the kubelet is a snap, with its revision.
+    let sbom = sbom_of(&p, moto, "ubuntu2404-eks", &release);
     assert!(
         sbom.contains("kubelet-eks") && sbom.contains("1.31.2"),
         "{sbom}"
@@ -408,19 +406,15 @@ async fn the_ec2_engine_on_the_ubuntu_stand_in_publishes_a_hardened_image_and_re
          systemctl enable bake-first-boot.service\n",
         Some("generalize"),
     );
-    let (code, summary, stderr) = bake(&n, moto, &["run", "pipelines/aws.toml"]);
-    assert_eq!(code, 3, "expected rejection: {summary:#}\n{stderr}");
-    assert!(summary["published"].as_array().unwrap().is_empty());
-    let error = summary["results"][0]["error"].as_str().unwrap();
-    let (pod, lost) = crate::common::POD_LOST;
-    for (validator, reason) in [
-        ("mac-policy", "MACAddressPolicy"),
-        (pod, lost),
-        ("software-as-baked", "kubelet-eks"),
-    ] {
-        assert!(error.contains(&format!("{validator} fail")), "{error}");
-        assert!(error.contains(reason), "expected {reason:?} in {error}");
-    }
+    rejected(
+        &n,
+        moto,
+        &[
+            ("mac-policy", "MACAddressPolicy"),
+            crate::common::POD_LOST,
+            ("software-as-baked", "kubelet-eks"),
+        ],
+    );
     assert_nothing_left(moto).await;
 }
 
