@@ -85,26 +85,22 @@ impl AwsProvider {
         let settings = pipeline.settings.aws().cloned().ok_or_else(|| {
             Error::Usage(format!("{} has no [aws] section", pipeline.file.display()))
         })?;
-        let copy_clients = settings
+        // EC2 (copies, their leftovers and nodes) and SSM (the audit of the nodes there) in
+        // each copy region.
+        let (copy_clients, copy_ssm) = settings
             .copy_regions
             .iter()
             .map(|r| {
-                let conf = aws_sdk_ec2::config::Builder::from(config)
-                    .region(aws_sdk_ec2::config::Region::new(r.clone()))
+                let regional = config
+                    .to_builder()
+                    .region(aws_config::Region::new(r.clone()))
                     .build();
-                (r.clone(), aws_sdk_ec2::Client::from_conf(conf))
+                (
+                    (r.clone(), aws_sdk_ec2::Client::new(&regional)),
+                    (r.clone(), aws_sdk_ssm::Client::new(&regional)),
+                )
             })
-            .collect();
-        let copy_ssm = settings
-            .copy_regions
-            .iter()
-            .map(|r| {
-                let conf = aws_sdk_ssm::config::Builder::from(config)
-                    .region(aws_sdk_ssm::config::Region::new(r.clone()))
-                    .build();
-                (r.clone(), aws_sdk_ssm::Client::from_conf(conf))
-            })
-            .collect();
+            .unzip();
         let canary_cluster = pipeline.canary_eks_cluster();
         Ok(AwsProvider {
             ec2: aws_sdk_ec2::Client::new(config),

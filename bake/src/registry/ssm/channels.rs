@@ -3,6 +3,7 @@
 //! and the index that names them.
 
 use super::{Data, SsmRegistry, Write};
+use crate::provider::aws::list::all_pages;
 use crate::provider::aws::sdk::{code, err};
 use crate::registry::ChannelImage;
 use crate::release::{ChannelEntry, ChannelMove, ReleaseId};
@@ -38,29 +39,29 @@ impl SsmRegistry {
     ) -> Result<Vec<ChannelEntry>> {
         let name = self.path(recipe, &format!("channels/{cluster}/release"));
         let name = &name;
-        let versions = self
-            .paged(|token| async move {
-                match self
-                    .client
-                    .get_parameter_history()
-                    .name(name)
-                    .set_next_token(token)
-                    .send()
-                    .await
-                {
-                    Ok(page) => Ok((
-                        page.parameters().to_vec(),
-                        page.next_token().map(str::to_string),
-                    )),
-                    // A channel that never moved has no history.
-                    Err(e) if code(&e) == Some("ParameterNotFound") => Ok((Vec::new(), None)),
-                    Err(e) => Err(err(
-                        format!("reading the history of {name} in {}", self.region),
-                        e,
-                    )),
-                }
-            })
-            .await?;
+        let versions = all_pages(|token| async move {
+            self.wait().await;
+            match self
+                .client
+                .get_parameter_history()
+                .name(name)
+                .set_next_token(token)
+                .send()
+                .await
+            {
+                Ok(page) => Ok((
+                    page.parameters().to_vec(),
+                    page.next_token().map(str::to_string),
+                )),
+                // A channel that never moved has no history.
+                Err(e) if code(&e) == Some("ParameterNotFound") => Ok((Vec::new(), None)),
+                Err(e) => Err(err(
+                    format!("reading the history of {name} in {}", self.region),
+                    e,
+                )),
+            }
+        })
+        .await?;
         let mut out = Vec::new();
         for h in versions {
             let note: MoveNote = self.json(

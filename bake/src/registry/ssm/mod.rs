@@ -17,6 +17,7 @@
 
 use super::{ChannelImage, LockInfo, Registry};
 use crate::input::names::SsmPath;
+use crate::provider::aws::list::all_pages;
 use crate::provider::aws::sdk::{code, err, Limits};
 use crate::release::{ChannelEntry, ChannelMove, Manifest, ReleaseId, ReleaseImages, Revocation};
 use crate::{Arch, Error, Result};
@@ -136,7 +137,8 @@ impl SsmRegistry {
         path: &str,
         recursive: bool,
     ) -> Result<Vec<aws_sdk_ssm::types::Parameter>> {
-        self.paged(|token| async move {
+        all_pages(|token| async move {
+            self.wait().await;
             let page = self
                 .client
                 .get_parameters_by_path()
@@ -182,7 +184,8 @@ impl SsmRegistry {
             .build()
             .expect("the Path filter has its key");
         let filter = &filter;
-        self.paged(|token| async move {
+        all_pages(|token| async move {
+            self.wait().await;
             let page = self
                 .client
                 .describe_parameters()
@@ -198,26 +201,6 @@ impl SsmRegistry {
             ))
         })
         .await
-    }
-
-    /// Every page of a listing, each paced by the SSM rate limit: `page` answers the items
-    /// after `token` and the next token, None on the last page.
-    async fn paged<T, F, Fut>(&self, mut page: F) -> Result<Vec<T>>
-    where
-        F: FnMut(Option<String>) -> Fut,
-        Fut: std::future::Future<Output = Result<(Vec<T>, Option<String>)>>,
-    {
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
-            self.wait().await;
-            let (items, next) = page(token).await?;
-            out.extend(items);
-            token = next;
-            if token.is_none() {
-                return Ok(out);
-            }
-        }
     }
 
     /// `names`' parameters (those that exist), ten a GetParameters (its limit).
