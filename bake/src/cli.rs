@@ -82,8 +82,10 @@ pub enum Command {
     /// Recipes × arches × channels: which release each cluster runs, validated when, age.
     Status(commands::status::StatusArgs),
     /// Are the running nodes still what their image was? Finds the nodes of the recipes'
-    /// releases and, through SSM, runs on each the checks the catalog declares safe on a live
-    /// node (`audit = true`) and compares its packages with the manifest captured at bake.
+    /// releases (on AWS: instances of their images, and of the copies in each copy region)
+    /// and, through SSM in the node's region, runs on each the checks the catalog declares safe
+    /// on a live node (`audit = true`) and compares its packages with the manifest captured at
+    /// bake.
     /// Locally, where no node lives on, each image a channel points at is booted as its node
     /// would boot (the canary's way), audited and stopped.
     /// Read-only. Exit 0 all as baked, 3 drift found, 1 a node could not be judged.

@@ -16,7 +16,8 @@ pub struct AuditArgs {
     #[arg(long)]
     pub recipe: Option<String>,
     /// Only the nodes joined to this cluster of the pipeline (its EKS cluster, as the
-    /// eks-node module tags its nodes `bake:cluster`).
+    /// eks-node module tags its nodes `bake:cluster`). A node whose tags name no cluster may be
+    /// in it: it is listed as not judged (exit 1), never left out.
     #[arg(long)]
     pub cluster: Option<String>,
     /// Only this node (its name or instance ID).
