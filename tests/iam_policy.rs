@@ -7,6 +7,8 @@ use crate::common;
 use common::Project;
 
 /// Only read-only calls may be granted on `*` without a condition.
+/// Only reads (Describe, Get, List: what the Service Authorization Reference files as Read or
+/// List) may be granted on `*` without a condition.
 fn no_unconditioned_writes(policy: &serde_json::Value) {
     for s in policy["Statement"].as_array().unwrap() {
         if s["Resource"] == "*" && s.get("Condition").is_none() {
@@ -14,7 +16,7 @@ fn no_unconditioned_writes(policy: &serde_json::Value) {
             assert!(
                 actions
                     .iter()
-                    .all(|a| a.contains(":Describe") || a.contains(":Get")),
+                    .all(|a| a.contains(":Describe") || a.contains(":Get") || a.contains(":List")),
                 "unconditioned * for {actions:?}"
             );
         }
@@ -59,11 +61,86 @@ fn the_imagebuilder_engine_may_call_image_builder_on_its_own_resources_only() {
         "GetImage",
         "CancelImageCreation",
         "DeleteImage",
+        "ListWorkflowExecutions",
+        "ListWorkflowStepExecutions",
     ] {
         assert!(allowed.contains(&format!("imagebuilder:{a}")), "{a}");
     }
     let text = policy.to_string();
     assert!(text.contains("component/bake-*") && text.contains("imagebuilder.amazonaws.com"));
+    // Evaluated: another team's Image Builder resources and any other role are denied; bake's
+    // own (named bake-*) are allowed, so a denial is the policy's doing.
+    let ib = |r: &str| format!("arn:aws:imagebuilder:us-east-1:123456789012:{r}");
+    let req = |action: &str, resource: String, context: serde_json::Value| serde_json::json!({"action": action, "resource": resource, "context": context});
+    let none = serde_json::json!({});
+    let to_ib = serde_json::json!({"iam:PassedToService": "imagebuilder.amazonaws.com"});
+    let denied = [
+        req(
+            "imagebuilder:CreateComponent",
+            ib("component/team-b-hardening/1.0.0/1"),
+            none.clone(),
+        ),
+        req(
+            "imagebuilder:GetComponent",
+            ib("component/team-b-hardening/1.0.0/1"),
+            none.clone(),
+        ),
+        req(
+            "imagebuilder:CreateImageRecipe",
+            ib("image-recipe/team-b-node/1.0.0"),
+            none.clone(),
+        ),
+        req(
+            "imagebuilder:CreateImage",
+            ib("image/team-b-node/1.0.0/1"),
+            none.clone(),
+        ),
+        req(
+            "imagebuilder:DeleteImage",
+            ib("image/team-b-node/1.0.0/1"),
+            none.clone(),
+        ),
+        req(
+            "imagebuilder:CancelImageCreation",
+            ib("image/team-b-node/1.0.0/1"),
+            none.clone(),
+        ),
+        req(
+            "iam:PassRole",
+            "arn:aws:iam::123456789012:role/admin".into(),
+            to_ib.clone(),
+        ),
+    ];
+    let allowed = [
+        req(
+            "imagebuilder:CreateComponent",
+            ib("component/bake-eks-node-x86-64-purge/1.0.0/1"),
+            none.clone(),
+        ),
+        req(
+            "imagebuilder:CreateImage",
+            ib("image/bake-eks-node-x86-64/1.0.0/1"),
+            none.clone(),
+        ),
+        req(
+            "imagebuilder:DeleteImage",
+            ib("image/bake-eks-node-x86-64/1.0.0/1"),
+            none.clone(),
+        ),
+        req("imagebuilder:ListComponents", "*".into(), none.clone()),
+        req(
+            "iam:PassRole",
+            "arn:aws:iam::123456789012:role/bake-builder".into(),
+            to_ib,
+        ),
+    ];
+    let verdicts = common::moto::simulate(&policy, &[], &[&denied[..], &allowed[..]].concat());
+    for (v, r) in verdicts.iter().zip(denied.iter()) {
+        assert_ne!(v["result"], "Allowed", "{r}");
+    }
+    for (v, r) in verdicts[denied.len()..].iter().zip(allowed.iter()) {
+        assert_eq!(v["result"], "Allowed", "{r}");
+    }
 }
 
 #[test]

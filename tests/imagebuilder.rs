@@ -202,7 +202,90 @@ fn an_imagebuilder_pipeline_without_its_settings_is_refused_at_load() {
     );
 }
 
-/// An Image Builder client answered by `rules`.
+/// Every Image Builder request bake made in this test (each test is its own process), as the
+/// IAM request the Service Authorization Reference makes of it: `imagebuilder:<Action>` on the
+/// resource it is authorized on (`*` for the List calls, which take no resource).
+static IB_REQUESTS: Mutex<Vec<serde_json::Value>> = Mutex::new(Vec::new());
+
+#[derive(Debug)]
+struct IamRecorder;
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for IamRecorder {
+    fn name(&self) -> &'static str {
+        "IamRecorder"
+    }
+
+    fn read_before_execution(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        use aws_sdk_imagebuilder::operation::*;
+        let _ = cfg;
+        let input = context.input();
+        let ib = |r: String| format!("arn:aws:imagebuilder:us-east-1:123456789012:{r}");
+        let lower = |n: Option<&str>| n.unwrap_or_default().to_lowercase();
+        let own = |arn: Option<&str>| arn.unwrap_or_default().to_string();
+        // The operation is told by its input's type.
+        macro_rules! each {
+            ($($op:literal: $t:ty => |$i:ident| $resource:expr;)*) => {
+                $(if let Some($i) = input.downcast_ref::<$t>() {
+                    Some(($op, $resource))
+                } else)* {
+                    None
+                }
+            };
+        }
+        let (op, resource): (&str, String) = each! {
+            "ListComponents": list_components::ListComponentsInput => |_i| "*".to_string();
+            "ListImageRecipes": list_image_recipes::ListImageRecipesInput => |_i| "*".to_string();
+            "ListInfrastructureConfigurations": list_infrastructure_configurations::ListInfrastructureConfigurationsInput => |_i| "*".to_string();
+            "ListDistributionConfigurations": list_distribution_configurations::ListDistributionConfigurationsInput => |_i| "*".to_string();
+            "CreateComponent": create_component::CreateComponentInput => |i| ib(format!("component/{}/{}/1", lower(i.name()), i.semantic_version().unwrap_or_default()));
+            "CreateImageRecipe": create_image_recipe::CreateImageRecipeInput => |i| ib(format!("image-recipe/{}/{}", lower(i.name()), i.semantic_version().unwrap_or_default()));
+            "CreateInfrastructureConfiguration": create_infrastructure_configuration::CreateInfrastructureConfigurationInput => |i| ib(format!("infrastructure-configuration/{}", lower(i.name())));
+            "CreateDistributionConfiguration": create_distribution_configuration::CreateDistributionConfigurationInput => |i| ib(format!("distribution-configuration/{}", lower(i.name())));
+            // The image a build makes is named after its recipe: image/<recipe>/<version>/<build>.
+            "CreateImage": create_image::CreateImageInput => |i| ib(format!("image/{}/1", i.image_recipe_arn().unwrap_or_default().split_once(":image-recipe/").map(|(_, n)| n).unwrap_or_default()));
+            "GetImage": get_image::GetImageInput => |i| own(i.image_build_version_arn());
+            "CancelImageCreation": cancel_image_creation::CancelImageCreationInput => |i| own(i.image_build_version_arn());
+            "DeleteImage": delete_image::DeleteImageInput => |i| own(i.image_build_version_arn());
+            "ListWorkflowExecutions": list_workflow_executions::ListWorkflowExecutionsInput => |i| own(i.image_build_version_arn());
+            "ListWorkflowStepExecutions": list_workflow_step_executions::ListWorkflowStepExecutionsInput => |i| ib(format!("workflow-execution/{}", i.workflow_execution_id().unwrap_or_default()));
+        }
+        .unwrap_or_else(|| panic!("bake made an Image Builder call this test cannot map to its IAM request: add it ({input:?})"));
+        IB_REQUESTS.lock().unwrap().push(json!({
+            "action": format!("imagebuilder:{op}"),
+            "resource": resource,
+            "context": {},
+        }));
+        Ok(())
+    }
+}
+
+/// Every Image Builder request of this test is allowed by the policy `bake iam-policy` prints
+/// for `p`'s pipeline.
+fn assert_image_builder_calls_allowed(p: &Project) {
+    let requests = IB_REQUESTS.lock().unwrap().clone();
+    assert!(!requests.is_empty(), "no Image Builder call was recorded");
+    let pipeline = bake::input::pipeline::Pipeline::load(&p.path("pipelines/aws.toml")).unwrap();
+    let policy = bake::ops::iam::policy(&pipeline).unwrap();
+    let verdicts = common::moto::simulate(&policy, &[], &requests);
+    let denied: Vec<String> = verdicts
+        .iter()
+        .filter(|v| v["result"] != "Allowed")
+        .map(|v| v.to_string())
+        .collect();
+    assert!(
+        denied.is_empty(),
+        "the printed policy does not allow {} of {} Image Builder requests:\n{}",
+        denied.len(),
+        requests.len(),
+        denied.join("\n")
+    );
+}
+
+/// An Image Builder client answered by `rules`; its requests are recorded for the IAM check.
 fn imagebuilder_client(rules: &[&Rule]) -> aws_sdk_imagebuilder::Client {
     let mut mocks = MockResponseInterceptor::new().rule_mode(RuleMode::MatchAny);
     for r in rules {
@@ -215,6 +298,7 @@ fn imagebuilder_client(rules: &[&Rule]) -> aws_sdk_imagebuilder::Client {
             "A", "S", None, None, "mocks",
         ))
         .http_client(aws_smithy_mocks::create_mock_http_client())
+        .interceptor(IamRecorder)
         .interceptor(mocks)
         .build();
     aws_sdk_imagebuilder::Client::from_conf(conf)
@@ -578,6 +662,7 @@ async fn an_image_builder_build_is_followed_to_available_then_proven_on_a_canary
         .map(str::to_string);
     assert_eq!(status.as_deref(), Some("validated"));
     common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
+    assert_image_builder_calls_allowed(&p);
 }
 
 #[tokio::test]
@@ -629,6 +714,7 @@ async fn a_failed_build_reports_image_builders_reason_cleans_up_and_publishes_no
         "no canary for a failed build"
     );
     common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
+    assert_image_builder_calls_allowed(&p);
 }
 
 #[tokio::test]

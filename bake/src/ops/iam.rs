@@ -449,14 +449,15 @@ impl<'p> Scope<'p> {
         let ib = |r: &str| format!("arn:aws:imagebuilder:{region}:*:{r}");
         vec![
             json!({
+                // The List calls take no resource (Service Authorization Reference): they are
+                // granted on `*` or not at all, and show names and ARNs, nothing inside.
                 "Sid": "FindImageBuilderResources",
                 "Effect": "Allow",
                 "Action": [
                     "imagebuilder:ListComponents", "imagebuilder:ListImageRecipes",
-                    "imagebuilder:ListInfrastructureConfigurations", "imagebuilder:ListDistributionConfigurations",
-                    "imagebuilder:GetImage"
+                    "imagebuilder:ListInfrastructureConfigurations", "imagebuilder:ListDistributionConfigurations"
                 ],
-                "Resource": ib("*")
+                "Resource": "*"
             }),
             json!({
                 "Sid": "CreateAndRunOwnImageBuilderResources",
@@ -464,7 +465,8 @@ impl<'p> Scope<'p> {
                 "Action": [
                     "imagebuilder:CreateComponent", "imagebuilder:CreateImageRecipe",
                     "imagebuilder:CreateInfrastructureConfiguration", "imagebuilder:CreateDistributionConfiguration",
-                    "imagebuilder:CreateImage", "imagebuilder:CancelImageCreation", "imagebuilder:DeleteImage",
+                    "imagebuilder:CreateImage", "imagebuilder:GetImage", "imagebuilder:CancelImageCreation",
+                    "imagebuilder:DeleteImage", "imagebuilder:ListWorkflowExecutions",
                     "imagebuilder:TagResource", "imagebuilder:GetComponent", "imagebuilder:GetImageRecipe",
                     "imagebuilder:GetInfrastructureConfiguration", "imagebuilder:GetDistributionConfiguration"
                 ],
@@ -472,6 +474,14 @@ impl<'p> Scope<'p> {
                     ib("component/bake-*"), ib("image-recipe/bake-*"), ib("infrastructure-configuration/bake-*"),
                     ib("distribution-configuration/bake-*"), ib("image/bake-*")
                 ]
+            }),
+            // Progress names the workflow step a build is in; its executions' IDs are Image
+            // Builder's, not known beforehand (read-only).
+            json!({
+                "Sid": "FollowImageBuilderWorkflows",
+                "Effect": "Allow",
+                "Action": "imagebuilder:ListWorkflowStepExecutions",
+                "Resource": ib("workflow-execution/*")
             }),
             // Image Builder tags the AMI it distributes (with bake:prefix) but not its snapshots:
             // bake claims them, and only snapshots that no pipeline owns yet.
