@@ -493,6 +493,28 @@ async fn audit_a_pet(p: &Project, moto: &Moto, image: &str) {
         node["changed"].to_string().contains("bake-hand-installed"),
         "{node:#}"
     );
+
+    // The node's agent stops while the node runs on (as `systemctl stop amazon-ssm-agent`
+    // would; the emulator's agent is the VM's guest agent, stopped a moment after the command
+    // that asks for it has answered): not judged, exit 1 — never counted as clean.
+    let stop =
+        "systemd-run --on-active=2 --unit=bake-agent-stop systemctl stop qemu-guest-agent.service\n";
+    let (s, rc, out, err) = d.run(&pet, stop, 60).await;
+    assert_eq!((s.as_str(), rc), ("Success", 0), "{out}\n{err}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (code, report, stderr) = bake(p, moto, &[&audit[..], &["--wait", "3s"]].concat());
+    assert_eq!(code, 1, "{report:#}\n{stderr}");
+    let node = &report["nodes"][0];
+    assert_eq!(node["instance"], pet.as_str(), "{node:#}");
+    // Whether SSM still reported the agent online (then the command goes unanswered) or no
+    // longer did, the node is named and not judged.
+    assert!(
+        node["not_judged"]
+            .as_str()
+            .is_some_and(|w| w.contains(pet.as_str())),
+        "{node:#}"
+    );
+    assert_eq!(node["checks"], json!([]), "{node:#}");
     d.terminate(&pet).await;
     assert_nothing_left(moto).await;
 }
