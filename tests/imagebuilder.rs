@@ -218,10 +218,9 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for IamRecorder {
     fn read_before_execution(
         &self,
         context: &aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef<'_>,
-        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
         use aws_sdk_imagebuilder::operation::*;
-        let _ = cfg;
         let input = context.input();
         let ib = |r: String| format!("arn:aws:imagebuilder:us-east-1:123456789012:{r}");
         let lower = |n: Option<&str>| n.unwrap_or_default().to_lowercase();

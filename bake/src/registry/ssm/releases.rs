@@ -43,8 +43,14 @@ impl SsmRegistry {
     }
 
     pub(super) async fn releases(&self, recipe: &str) -> Result<Vec<Manifest>> {
-        let base = self.path(recipe, "releases");
         let indexed = self.get(&self.path(recipe, INDEXED)).await?.is_some();
+        self.listed_manifests(recipe, indexed).await
+    }
+
+    /// The complete releases' manifests, from their index entries when the registry has them
+    /// all (`indexed`, the marker already read), else found among every part.
+    async fn listed_manifests(&self, recipe: &str, indexed: bool) -> Result<Vec<Manifest>> {
+        let base = self.path(recipe, "releases");
         let mut out = Vec::new();
         // Indexed: the entries one level down, one per release. Not yet: every part of every
         // release, keeping the manifests.
@@ -66,7 +72,7 @@ impl SsmRegistry {
     /// a call. Before the index is complete, from the manifests.
     pub(super) async fn release_images(&self, recipe: &str) -> Result<Vec<ReleaseImages>> {
         if self.get(&self.path(recipe, INDEXED)).await?.is_none() {
-            let manifests = self.releases(recipe).await?;
+            let manifests = self.listed_manifests(recipe, false).await?;
             return Ok(manifests.iter().map(ReleaseImages::from).collect());
         }
         let base = self.path(recipe, "releases");
