@@ -58,8 +58,18 @@ fn the_awstoe_documents_parse_back_with_one_build_component_per_step_and_a_test_
                 .unwrap_or_else(|e| panic!("{}: {e}\n{}", c.name, c.data))
         })
         .collect();
-    // files, each step, validators: in the recipe's order.
-    assert_eq!(components.len(), 1 + r.steps.len() + 1);
+    // files, each step, then each validator a test instance can judge: in the recipe's order.
+    let judged: Vec<_> = r
+        .validators
+        .iter()
+        .filter(|v| !v.needs_cluster && !v.reads_image)
+        .collect();
+    assert_eq!(components.len(), 1 + r.steps.len() + judged.len());
+    assert_eq!(
+        toe::too_long(&components),
+        None,
+        "each document within 16,000 characters"
+    );
     assert_eq!(components[0].phase, "build");
     assert_eq!(docs[0].phases[0].steps.len(), r.files.len());
     for (step, (c, d)) in r.steps.iter().zip(components[1..].iter().zip(&docs[1..])) {
@@ -78,12 +88,13 @@ fn the_awstoe_documents_parse_back_with_one_build_component_per_step_and_a_test_
         );
         assert!(c.name.starts_with(&format!("bake-eks-node-{}-", step.name)));
     }
-    let test = docs.last().unwrap();
-    assert_eq!(test.phases[0].name, "test");
-    let names: Vec<&str> = test.phases[0]
-        .steps
+    let tests = &docs[1 + r.steps.len()..];
+    assert!(tests.iter().all(|d| d.phases.len() == 1
+        && d.phases[0].name == "test"
+        && d.phases[0].steps.len() == 1));
+    let names: Vec<&str> = tests
         .iter()
-        .map(|s| s.name.as_str())
+        .map(|d| d.phases[0].steps[0].name.as_str())
         .collect();
     let expected: Vec<String> = r
         .validators
@@ -99,7 +110,9 @@ fn the_awstoe_documents_parse_back_with_one_build_component_per_step_and_a_test_
         assert!(!names.iter().any(|n| n.contains(absent)), "{absent}");
     }
     assert!(names.contains(&"validate_pod_network"));
-    assert!(test.phases[0].steps.iter().all(|s| s.on_failure == "Abort"));
+    assert!(tests
+        .iter()
+        .all(|d| d.phases[0].steps[0].on_failure == "Abort"));
     // The documents themselves, for review when they change.
     let all: Vec<String> = components
         .iter()
@@ -687,6 +700,7 @@ async fn a_failed_build_reports_image_builders_reason_cleans_up_and_publishes_no
                 None,
             )
         })
+        .repeatedly()
         .build();
     let delete = mock!(aws_sdk_imagebuilder::Client::delete_image)
         .then_output(|| DeleteImageOutput::builder().build());
@@ -799,14 +813,22 @@ async fn an_interrupt_mid_build_cancels_and_deletes_the_build() {
             .image_build_version_arn(BUILD)
             .build()
     });
-    let get_image = mock!(aws_sdk_imagebuilder::Client::get_image)
-        .sequence()
-        .output(|| image(ImageStatus::Building, None, None))
-        .repeatedly()
-        .build();
+    // Building until it is cancelled; then, as Image Builder stops its instances, CANCELLED.
+    let cancelled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = cancelled.clone();
+    let get_image = mock!(aws_sdk_imagebuilder::Client::get_image).then_output(move || {
+        if seen.load(std::sync::atomic::Ordering::SeqCst) {
+            image(ImageStatus::Cancelled, None, None)
+        } else {
+            image(ImageStatus::Building, None, None)
+        }
+    });
     let cancel = mock!(aws_sdk_imagebuilder::Client::cancel_image_creation)
         .match_requests(|r| r.image_build_version_arn() == Some(BUILD))
-        .then_output(|| CancelImageCreationOutput::builder().build());
+        .then_output(move || {
+            cancelled.store(true, std::sync::atomic::Ordering::SeqCst);
+            CancelImageCreationOutput::builder().build()
+        });
     let delete = mock!(aws_sdk_imagebuilder::Client::delete_image)
         .then_output(|| DeleteImageOutput::builder().build());
     let mut rules: Vec<&Rule> = resources.rules.iter().collect();

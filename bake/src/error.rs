@@ -79,6 +79,18 @@ pub enum Error {
         message: String,
     },
 
+    /// Image Builder's test phase (the recipe's validators that need no cluster, run on an
+    /// instance of the new image) failed: the image is rejected before any canary and was
+    /// never distributed.
+    #[error("{recipe} {arch}: Image Builder's test phase rejected the image ({failed}): {reason}")]
+    TestPhaseRejected {
+        recipe: String,
+        arch: String,
+        /// The validators that failed, as far as the reason names them.
+        failed: String,
+        reason: String,
+    },
+
     /// A provider (local VMs, AWS) failed outside a step.
     #[error("{provider}: {message}")]
     Provider { provider: String, message: String },
@@ -133,7 +145,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Input(_) | Error::Usage(_) | Error::AwsSetup { .. } => exit::BAD_INPUT,
-            Error::Rejected { .. } => exit::REJECTED,
+            Error::Rejected { .. } | Error::TestPhaseRejected { .. } => exit::REJECTED,
             Error::LockHeld { .. } | Error::Conflict(_) => exit::LOCKED,
             Error::Interrupted { .. } => exit::INTERRUPTED,
             Error::Many(errors) => {

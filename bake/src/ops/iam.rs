@@ -1,6 +1,8 @@
 //! `bake iam-policy`: the least-privilege IAM policy for what a pipeline does on AWS, scoped
 //! by the `bake:*` tags and the registry's parameter path where AWS allows conditions.
 
+mod image_builder;
+
 use crate::input::names::AwsBaseRef;
 use crate::input::pipeline::{AwsSettings, Pipeline};
 use crate::{Error, Result};
@@ -33,6 +35,7 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
         scope.sharing_and_keys(),
         scope.image_builder(),
         scope.canary_account(),
+        scope.instance_profile(),
         scope.pass_role(),
     ]
     .into_iter()
@@ -435,69 +438,6 @@ impl<'p> Scope<'p> {
         out
     }
 
-    fn uses_image_builder(&self) -> bool {
-        self.aws.engine == crate::input::pipeline::Engine::Imagebuilder
-    }
-
-    /// With `engine = "imagebuilder"`: its resources named `bake-*`, and the snapshots of its
-    /// outputs.
-    fn image_builder(&self) -> Vec<Value> {
-        if !self.uses_image_builder() {
-            return Vec::new();
-        }
-        let (region, owner) = (&self.region, &self.owner);
-        let ib = |r: &str| format!("arn:aws:imagebuilder:{region}:*:{r}");
-        vec![
-            json!({
-                // The List calls take no resource (Service Authorization Reference): they are
-                // granted on `*` or not at all, and show names and ARNs, nothing inside.
-                "Sid": "FindImageBuilderResources",
-                "Effect": "Allow",
-                "Action": [
-                    "imagebuilder:ListComponents", "imagebuilder:ListImageRecipes",
-                    "imagebuilder:ListInfrastructureConfigurations", "imagebuilder:ListDistributionConfigurations"
-                ],
-                "Resource": "*"
-            }),
-            json!({
-                "Sid": "CreateAndRunOwnImageBuilderResources",
-                "Effect": "Allow",
-                "Action": [
-                    "imagebuilder:CreateComponent", "imagebuilder:CreateImageRecipe",
-                    "imagebuilder:CreateInfrastructureConfiguration", "imagebuilder:CreateDistributionConfiguration",
-                    "imagebuilder:CreateImage", "imagebuilder:GetImage", "imagebuilder:CancelImageCreation",
-                    "imagebuilder:DeleteImage", "imagebuilder:ListWorkflowExecutions",
-                    "imagebuilder:TagResource", "imagebuilder:GetComponent", "imagebuilder:GetImageRecipe",
-                    "imagebuilder:GetInfrastructureConfiguration", "imagebuilder:GetDistributionConfiguration"
-                ],
-                "Resource": [
-                    ib("component/bake-*"), ib("image-recipe/bake-*"), ib("infrastructure-configuration/bake-*"),
-                    ib("distribution-configuration/bake-*"), ib("image/bake-*")
-                ]
-            }),
-            // Progress names the workflow step a build is in; its executions' IDs are Image
-            // Builder's, not known beforehand (read-only).
-            json!({
-                "Sid": "FollowImageBuilderWorkflows",
-                "Effect": "Allow",
-                "Action": "imagebuilder:ListWorkflowStepExecutions",
-                "Resource": ib("workflow-execution/*")
-            }),
-            // Image Builder tags the AMI it distributes (with bake:prefix) but not its snapshots:
-            // bake claims them, and only snapshots that no pipeline owns yet.
-            json!({
-                "Sid": "ClaimTheSnapshotsOfImageBuilderOutputs",
-                "Effect": "Allow",
-                "Action": "ec2:CreateTags",
-                "Resource": format!("arn:aws:ec2:{region}::snapshot/*"),
-                "Condition": {
-                    "StringEquals": {"aws:RequestTag/bake:prefix": owner},
-                    "Null": {"aws:ResourceTag/bake:prefix": "true"}
-                }
-            }),
-        ]
-    }
-
     /// Before a run creates anything, plan reads what the canary needs to join its cluster:
     /// the instance profile, its role's policies, the role's access entry, the cluster's
     /// security group (DescribeSecurityGroups is in Discover), and bake's own access entry
@@ -522,14 +462,6 @@ impl<'p> Scope<'p> {
                 "Resource": format!("arn:aws:eks:{region}:*:cluster/{eks}")
             }),
         ];
-        if let Some(profile) = &self.aws.instance_profile {
-            account.push(json!({
-                "Sid": "ReadTheCanarysInstanceProfile",
-                "Effect": "Allow",
-                "Action": "iam:GetInstanceProfile",
-                "Resource": format!("arn:aws:iam::*:instance-profile/{profile}")
-            }));
-        }
         if let Some(role) = self.pipeline.instance_role() {
             account.push(json!({
                 "Sid": "ReadTheNodeRolesPolicies",
@@ -539,6 +471,24 @@ impl<'p> Scope<'p> {
             }));
         }
         account
+    }
+
+    /// The instance profile is read before a canary joins its cluster (plan checks its role) and
+    /// by CreateInfrastructureConfiguration with the `imagebuilder` engine (Service
+    /// Authorization Reference: it requires iam:GetInstanceProfile).
+    fn instance_profile(&self) -> Vec<Value> {
+        let Some(profile) = &self.aws.instance_profile else {
+            return Vec::new();
+        };
+        if self.pipeline.canary_eks_cluster().is_none() && !self.uses_image_builder() {
+            return Vec::new();
+        }
+        vec![json!({
+            "Sid": "ReadTheInstanceProfile",
+            "Effect": "Allow",
+            "Action": "iam:GetInstanceProfile",
+            "Resource": format!("arn:aws:iam::*:instance-profile/{profile}")
+        })]
     }
 
     /// The instance role, passed only to EC2 (and Image Builder, with that engine).

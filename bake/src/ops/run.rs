@@ -334,6 +334,14 @@ fn tally(
                 );
                 images.insert(item.arch, image);
             }
+            Err(e @ Error::TestPhaseRejected { .. }) => {
+                // Rejected before any canary: counted with the validators' rejections.
+                rejected.push(item.arch.to_string());
+                result.outcome = ArchOutcome::Rejected;
+                result.error = Some(e.to_string());
+                cx.reporter
+                    .finish(&item.recipe, item.arch, &format!("rejected: {e}"));
+            }
             Err(e) => {
                 result.outcome = if matches!(e, Error::Interrupted { .. }) {
                     ArchOutcome::Interrupted

@@ -146,6 +146,8 @@ impl Step<State> for ImageBuilderBuild<'_> {
         let mut run_tags = tags.clone();
         run_tags.insert("bake:run-id".into(), job.run_id.to_string());
         run_tags.insert("bake:key".into(), job.key.as_str().to_string());
+        // What a sweep of this pipeline may end if the run dies; another pipeline's never.
+        run_tags.insert(super::OWNER_TAG.into(), p.owner().to_string());
         let arn = ib
             .start(&arns, &run_tags, &format!("{}-{}", job.run_id, job.arch))
             .await?;
@@ -190,10 +192,34 @@ impl Step<State> for ImageBuilderBuild<'_> {
         let image = match built {
             imagebuilder::Built::Available(ami) => ami,
             imagebuilder::Built::Failed { status, reason } => {
+                // A failure names its document ("Document arn:…:component/<name>/… failed!",
+                // User Guide): each of bake's test components is one validator.
+                let failed: Vec<&str> = res
+                    .components
+                    .iter()
+                    .filter(|c| c.phase == "test" && reason.contains(&c.name.to_lowercase()))
+                    .filter_map(|c| {
+                        job.recipe.validators.iter().find(|v| {
+                            let prefix = format!("bake-{}-validate-{}-", job.recipe.name, v.name);
+                            c.name.strip_prefix(&prefix).is_some_and(|digest| {
+                                digest.len() == 12 && digest.chars().all(|h| h.is_ascii_hexdigit())
+                            })
+                        })
+                    })
+                    .map(|v| v.name.as_str())
+                    .collect();
+                if !failed.is_empty() {
+                    return Err(crate::Error::TestPhaseRejected {
+                        recipe: job.recipe.name.clone(),
+                        arch: job.arch.to_string(),
+                        failed: failed.join(", "),
+                        reason,
+                    });
+                }
                 return Err(cx.error(
                     self.name(),
                     format!("Image Builder build {arn} ended {status}: {reason}"),
-                ))
+                ));
             }
         };
         cx.created(Kind::Image, &image)?;
@@ -222,15 +248,17 @@ impl Step<State> for ImageBuilderBuild<'_> {
         outcome: Outcome,
         cx: &StepContext<'_>,
     ) -> Result<()> {
-        let ib = self.p.image_builder();
         if let Some(arn) = state.build.clone() {
-            if !state.build_done {
-                ib.cancel(&arn).await?;
-            }
             if outcome.discards_image() {
-                ib.delete(&arn).await?;
+                // The AMI bake took from the build goes with discard_image below; any other it
+                // made (a failed or cancelled build's) goes here.
+                for ami in self.p.end_build(&arn, state.image.as_deref()).await? {
+                    cx.removed(Kind::Image, &ami)?;
+                }
                 cx.removed(Kind::ImagebuilderBuild, &arn)?;
                 state.build = None;
+            } else if !state.build_done {
+                self.p.image_builder().cancel(&arn).await?;
             }
         }
         discard_image(self.p, state, outcome, cx).await

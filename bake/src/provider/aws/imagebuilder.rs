@@ -6,7 +6,9 @@
 //! region only: copies and launch permissions come after bake's canary has validated the image.
 
 mod build;
+mod builds;
 pub use build::{ended, Built};
+pub use builds::{is_over, BuildSummary};
 
 use super::toe::{self, Component};
 use crate::input::pipeline::AwsSettings;
@@ -65,6 +67,21 @@ pub struct DistributionConfig {
     pub ami_tags: BTreeMap<String, String>,
 }
 
+/// An idempotency token for a create call: Image Builder takes 1-36 characters (API Reference,
+/// CreateComponent `clientToken`), so it is the UUID-shaped digest of what names the call: the
+/// same call retried sends the same token, another call another one.
+pub fn client_token(seed: &str) -> String {
+    let h = sha256_hex(seed.as_bytes());
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 fn digest(v: &impl Serialize) -> String {
     sha256_hex(serde_json::to_string(v).expect("serializes").as_bytes())[..12].to_string()
 }
@@ -90,6 +107,12 @@ pub fn resources(
         })
     };
     let components = toe::components(recipe, settings.command_timeout.as_secs());
+    if let Some(why) = toe::too_long(&components) {
+        return Err(Error::Usage(format!(
+            "recipe {} ({arch}) cannot be built by Image Builder: {why} (a step's script travels inline, base64-encoded: split the step, or use engine = \"ec2\")",
+            recipe.name
+        )));
+    }
     let image_recipe = ImageRecipe {
         name: format!("bake-{}-{arch}-{}", recipe.name, key.short()),
         version: "1.0.0".into(),
@@ -324,7 +347,7 @@ impl ImageBuilder<'_> {
             .data(&c.data)
             .description(format!("bake {} phase", c.phase))
             .set_tags(Some(tags.clone()))
-            .client_token(&c.name)
+            .client_token(client_token(&c.name))
             .send()
             .await
             .map_err(|e| {
@@ -378,7 +401,7 @@ impl ImageBuilder<'_> {
                     .build(),
             )
             .set_tags(Some(tags.clone()))
-            .client_token(&ir.name)
+            .client_token(client_token(&ir.name))
             .send()
             .await
             .map_err(|e| {
@@ -415,7 +438,7 @@ impl ImageBuilder<'_> {
             )
             .set_resource_tags(Some(tags.clone()))
             .set_tags(Some(tags.clone()))
-            .client_token(&inf.name)
+            .client_token(client_token(&inf.name))
             .send()
             .await
             .map_err(|e| {
@@ -457,7 +480,7 @@ impl ImageBuilder<'_> {
             .name(&d.name)
             .distributions(dist)
             .set_tags(Some(tags.clone()))
-            .client_token(&d.name)
+            .client_token(client_token(&d.name))
             .send()
             .await
             .map_err(|e| {

@@ -1,6 +1,6 @@
 //! What dead runs of this pipeline left behind, found by tag, and their removal.
 
-use super::{image, list, AwsProvider, RELEASE_TAG};
+use super::{image, list, AwsProvider, OWNER_TAG, RELEASE_TAG};
 use crate::journal::Kind;
 use crate::provider::Leftover;
 use crate::{Error, Result};
@@ -42,14 +42,16 @@ impl Found<'_> {
             && tag(i.tags(), RELEASE_TAG).is_empty()
     }
 
-    /// Instances first, then volumes and images, then groups (a volume or a group is in use
+    /// Image Builder builds first (cancelling one stops its instances and its making AMIs),
+    /// then instances, then volumes and images, then groups (a volume or a group is in use
     /// until its instances go).
     fn in_removal_order(mut self) -> Vec<Leftover> {
         self.out.sort_by_key(|l| match l.kind {
-            Kind::Instance => 0,
-            Kind::Volume => 1,
-            Kind::Image | Kind::ImageCopy => 2,
-            _ => 3,
+            Kind::ImagebuilderBuild => 0,
+            Kind::Instance => 1,
+            Kind::Volume => 2,
+            Kind::Image | Kind::ImageCopy => 3,
+            _ => 4,
         });
         self.out
     }
@@ -69,6 +71,7 @@ impl AwsProvider {
         };
         self.leftover_instances_and_images(&mut found).await?;
         if self.settings.engine == crate::input::pipeline::Engine::Imagebuilder {
+            self.image_builder_builds(&mut found).await?;
             self.orphaned_image_builder_outputs(&mut found).await?;
         }
         self.leftover_groups_and_volumes(&mut found).await?;
@@ -123,6 +126,89 @@ impl AwsProvider {
             );
         }
         Ok(())
+    }
+
+    /// The Image Builder builds of dead runs of this pipeline (tagged with its prefix, one of
+    /// its recipes and a run ID), running or not, until their record is deleted.
+    async fn image_builder_builds(&self, found: &mut Found<'_>) -> Result<()> {
+        let recipes = self.recipes.iter().cloned().collect();
+        for b in self.image_builder().builds_of(&recipes).await? {
+            if b.tag(OWNER_TAG) != self.owner()
+                || b.tag("bake:run-id").is_empty()
+                || !self.recipes.contains(b.tag("bake:recipe"))
+            {
+                continue;
+            }
+            let tags: Vec<Tag> = b
+                .tags
+                .iter()
+                .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                .collect();
+            let action = if b.ended() {
+                format!("delete the {} build's record and deregister the AMIs it made that no release publishes", b.status.as_str())
+            } else {
+                format!(
+                    "cancel the {} build, then delete its record and deregister the AMIs it made",
+                    b.status.as_str()
+                )
+            };
+            found.push(Kind::ImagebuilderBuild, &b.arn, &tags, &action, false);
+        }
+        Ok(())
+    }
+
+    /// Ends an Image Builder build for good: cancels it if it still runs and waits until it has
+    /// ended, deregisters each AMI it made (Image Builder tags them `Ec2ImageBuilderArn`; one of
+    /// a failed or cancelled build may have no other tag) that no release publishes, except
+    /// `keep`, and deletes the build's record. Returns the AMIs it deregistered.
+    pub(super) async fn end_build(&self, arn: &str, keep: Option<&str>) -> Result<Vec<String>> {
+        let ib = self.image_builder();
+        let (status, _, _) = ib.status(arn).await?;
+        if !super::imagebuilder::is_over(&status) {
+            ib.cancel(arn).await?;
+            ib.wait_ended(
+                arn,
+                self.settings.image_timeout,
+                self.settings.poll_interval,
+            )
+            .await?;
+        }
+        let made_by = [Filter::builder()
+            .name("tag:Ec2ImageBuilderArn")
+            .values(arn)
+            .build()];
+        let mut gone = Vec::new();
+        for i in self
+            .images()
+            .lister()
+            .own_images(&made_by, &format!("the AMIs of build {arn}"))
+            .await?
+        {
+            let id = i.image_id().unwrap_or_default().to_string();
+            let owner = tag(i.tags(), OWNER_TAG);
+            if Some(id.as_str()) == keep
+                || !tag(i.tags(), RELEASE_TAG).is_empty()
+                || !(owner.is_empty() || owner == self.owner())
+            {
+                continue;
+            }
+            if owner.is_empty() {
+                // Bake may delete only what carries its prefix: it claims the build's AMI and
+                // snapshots first (the policy lets it tag only Image Builder outputs of bake's
+                // recipes that no pipeline owns yet).
+                let snapshots = i
+                    .block_device_mappings()
+                    .iter()
+                    .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_string));
+                let ids: Vec<String> = std::iter::once(id.clone()).chain(snapshots).collect();
+                let claim = Tag::builder().key(OWNER_TAG).value(self.owner()).build();
+                self.images().tag(&ids, vec![claim]).await?;
+            }
+            self.images().deregister(&id).await?;
+            gone.push(id);
+        }
+        ib.delete(arn).await?;
+        Ok(gone)
     }
 
     /// Image Builder outputs whose run died before tagging them (the distribution tags them
@@ -235,8 +321,8 @@ impl AwsProvider {
             Kind::SecurityGroup => self.delete_security_group(&l.id).await,
             Kind::Volume => self.delete_volume_when_free(&l.id).await,
             // Snapshots go with their image; the rest are the local provider's or the registry's.
+            Kind::ImagebuilderBuild => self.end_build(&l.id, None).await.map(|_| ()),
             other @ (Kind::Snapshot
-            | Kind::ImagebuilderBuild
             | Kind::Vm
             | Kind::Overlay
             | Kind::File

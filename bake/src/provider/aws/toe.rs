@@ -1,6 +1,6 @@
 //! AWSTOE component documents for the `imagebuilder` engine: one `build`-phase component per
-//! recipe step (and one that installs the recipe's files), and one `test`-phase component with
-//! the validators that do not need a cluster. Documents are YAML, named from a digest of their
+//! recipe step (and one that installs the recipe's files), and one `test`-phase component per
+//! validator that needs no cluster. Documents are YAML, named from a digest of their
 //! content so an unchanged step reuses its component.
 
 use crate::input::recipe::{sha256_hex, FileSpec, Recipe, StepSpec};
@@ -38,6 +38,26 @@ pub struct ToeStep {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inputs {
     pub commands: Vec<String>,
+}
+
+/// The most a component's document may hold (Image Builder API Reference, CreateComponent:
+/// `data`, 1 to 16,000 characters).
+pub const MAX_DATA: usize = 16_000;
+
+/// The first component whose document Image Builder would refuse as too long, named with its
+/// size: a step (or the recipe's files together) too big to inline.
+pub fn too_long(components: &[Component]) -> Option<String> {
+    components
+        .iter()
+        .find(|c| c.data.chars().count() > MAX_DATA)
+        .map(|c| {
+            format!(
+                "the AWSTOE document of component {} ({} phase) is {} characters; Image Builder takes at most {MAX_DATA}",
+                c.name,
+                c.phase,
+                c.data.chars().count()
+            )
+        })
 }
 
 /// One component to create (or reuse, when one with this name exists).
@@ -180,12 +200,15 @@ pub fn components(recipe: &Recipe, step_timeout: u64) -> Vec<Component> {
     // Only checks a build instance can judge run here: those that need a joined cluster or
     // the image's root as shipped (a second disk) run only on bake's canary. A check for
     // another distribution says so and passes; every other one must pass: a skip (exit 77)
-    // fails the test phase too, because skipped is never pass.
-    let steps: Vec<ToeStep> = recipe
+    // fails the test phase too, because skipped is never pass. One component each: a
+    // component's document holds at most 16,000 characters (MAX_DATA), and Image Builder's
+    // failure reason names the document that failed, so it names the validator.
+    for v in recipe
         .validators
         .iter()
         .filter(|v| !v.needs_cluster && !v.reads_image)
-        .map(|v| ToeStep {
+    {
+        let step = ToeStep {
             name: toe_name(&format!("validate_{}", v.name)),
             action: "ExecuteBash".into(),
             on_failure: "Abort".into(),
@@ -204,23 +227,21 @@ pub fn components(recipe: &Recipe, step_timeout: u64) -> Vec<Component> {
                     )
                 )],
             },
-        })
-        .collect();
-    if !steps.is_empty() {
+        };
         out.push(component(
             recipe,
-            "validators",
+            &format!("validate-{}", v.name),
             "test",
             Document {
-                name: format!("bake-{}-validators", recipe.name),
+                name: format!("bake-{}-validate-{}", recipe.name, v.name),
                 description: format!(
-                    "bake: validators of recipe {} a build instance can judge (bake's canary runs them all again)",
-                    recipe.name
+                    "bake: validator {} of recipe {}, judged on Image Builder's test instance (bake's canary runs it again)",
+                    v.name, recipe.name
                 ),
                 schema_version: "1.0".into(),
                 phases: vec![Phase {
                     name: "test".into(),
-                    steps,
+                    steps: vec![step],
                 }],
             },
         ));

@@ -2,7 +2,6 @@
 //! workflow step it is running, for progress), cancelled and deleted when a run cleans up.
 
 use super::ImageBuilder;
-use crate::input::recipe::sha256_hex;
 use crate::provider::aws::sdk::err;
 use crate::{Error, Result};
 use aws_sdk_imagebuilder::types::{ImageStatus, ImageTestsConfiguration};
@@ -42,7 +41,7 @@ impl ImageBuilder<'_> {
             .set_tags(Some(
                 tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             ))
-            .client_token(client_token)
+            .client_token(super::client_token(client_token))
             .send()
             .await
             .map_err(|e| {
@@ -142,7 +141,7 @@ impl ImageBuilder<'_> {
             .client
             .cancel_image_creation()
             .image_build_version_arn(arn)
-            .client_token(format!("cancel-{}", &sha256_hex(arn.as_bytes())[..16]))
+            .client_token(super::client_token(&format!("cancel {arn}")))
             .send()
             .await
         {
