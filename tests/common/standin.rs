@@ -3,8 +3,11 @@
 //! touches. Built with bake's own base builder (mmdebstrap, cached by the digest of the
 //! packages and the script, shared by every checkout and run on the machine).
 
+use super::moto::{self, Moto, UBUNTU_X86};
+use super::Project;
 use bake::provider::local::base::{self, Base, BaseSpec};
 use bake::Arch;
+use serde_json::json;
 use std::time::Duration;
 
 /// The root filesystem's UUID in the AL2023 stand-in: the vendor's image boots `root=UUID=`
@@ -205,4 +208,83 @@ async fn booted_once(base: &Base, name: &str, root: &str, done: &str) -> Base {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     at(&dir)
+}
+
+// The rehearsal tier's emulator and project (shared with the engines bench).
+
+/// The project's eks-node recipe, as bake loads it.
+pub fn eks_node(p: &Project) -> bake::input::recipe::Recipe {
+    let catalog = bake::input::validate::Catalog::load(&p.path("validators")).unwrap();
+    bake::input::recipe::Recipe::load(&p.path("recipes"), "eks-node", &catalog).unwrap()
+}
+
+/// The local x86_64 base the eks-node recipe bakes from (built once, cached like bake's own).
+pub async fn local_base(p: &Project) -> base::Base {
+    let recipe = eks_node(p);
+    let spec = base::BaseSpec::new(
+        recipe.local.as_ref().unwrap(),
+        bake::Arch::X86_64,
+        None,
+        recipe
+            .volume
+            .size()
+            .unwrap_or(bake::input::recipe::DEFAULT_SIZE_GIB),
+    );
+    built(&spec, "local base").await
+}
+
+/// A project whose aws pipeline bakes x86_64 only, joins no cluster, and waits as long as VMs
+/// under TCG need.
+pub fn rehearsal_project(prefix: &str) -> Project {
+    let p = Project::new();
+    p.edit(
+        "pipelines/aws.toml",
+        "ssm_prefix = \"/bake\"",
+        &format!(
+            "ssm_prefix = \"{prefix}\"\npoll_interval = \"500ms\"\ninstance_timeout = \"300s\"\nagent_timeout = \"600s\"\ncommand_timeout = \"900s\"\nimage_timeout = \"600s\"\nretry_max_backoff = \"1s\""
+        ),
+    );
+    super::moto::x86_only(&p);
+    p.edit("pipelines/aws.toml", "[canary]\ncluster = \"dev\"\n", "");
+    // The local base is plain Debian, not an EKS node (no kubelet): dev names no EKS cluster,
+    // so auto-promotion has no Kubernetes version to hold the release to.
+    p.edit(
+        "pipelines/aws.toml",
+        "[clusters.dev]\narches = [\"x86_64\"]\neks_cluster = \"dev\"\n",
+        "[clusters.dev]\narches = [\"x86_64\"]\n",
+    );
+    p
+}
+
+/// Registers a base AMI whose instances are VMs of the local base, and points the recipe's
+/// public base parameter at it.
+pub async fn rehearsal_emulator(p: &Project) -> (&'static Moto, String) {
+    let base = local_base(p).await;
+    // The root filesystem is found by its label, as Canonical's cloud images find theirs
+    // (LABEL=cloudimg-rootfs); the local base's filesystem is labelled `root`. A volume made
+    // from the same snapshot carries the same label, so the canary's image copy must not be
+    // there when the canary boots.
+    emulator_of(&base, UBUNTU_X86, "LABEL=root").await
+}
+
+/// Registers a base AMI whose instances boot `base` with `root` on the kernel's command line,
+/// and points the public parameter `param` at it.
+pub async fn emulator_of(base: &base::Base, param: &str, root: &str) -> (&'static Moto, String) {
+    let moto = Moto::get();
+    let ami = moto::register_x86(moto, "rehearsal-base").await;
+    let dir = moto.dir.path().join("machines");
+    std::fs::create_dir_all(&dir).unwrap();
+    moto.set_config(json!({
+        "parameters": {param: ami},
+        "machines": {
+            "dir": dir,
+            "images": {ami.clone(): {
+                "disk": base.disk, "kernel": base.kernel, "initrd": base.initrd, "arch": "x86_64",
+                "root": root,
+            }},
+            "cpus": 2,
+            "memory_mib": 1536,
+        },
+    }));
+    (moto, ami)
 }

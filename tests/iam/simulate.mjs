@@ -195,7 +195,73 @@ function ssmRequests(call) {
   }
 }
 
+// Image Builder (Service Authorization Reference, "Actions defined by Amazon EC2 Image
+// Builder"): the List calls of resources take no resource; the rest are authorized on the ARN
+// they name or create (names lowercased in ARNs); CreateInfrastructureConfiguration also needs
+// iam:GetInstanceProfile and iam:PassRole of the profile's role to EC2; CreateImageRecipe reads
+// its components (GetComponent) and CreateImage its recipe and configurations (Get*).
+function imagebuilderRequests(call) {
+  const b = call.body || {}
+  const ib = (r) => `arn:aws:imagebuilder:${call.region}:${account}:${r}`
+  const lower = (s) => (s || '').toLowerCase()
+  const tagged = (tags) => requestTags(Object.entries(tags || {}))
+  const one = (resource, context = {}) => ({ action: `imagebuilder:${call.action}`, resource, context })
+  switch (call.action) {
+    case 'ListComponents':
+    case 'ListImageRecipes':
+    case 'ListInfrastructureConfigurations':
+    case 'ListDistributionConfigurations':
+    case 'ListImages':
+      return [one('*')]
+    case 'CreateComponent':
+      return [one(ib(`component/${lower(b.name)}/${b.semanticVersion}/1`), tagged(b.tags))]
+    case 'CreateImageRecipe':
+      return [
+        one(ib(`image-recipe/${lower(b.name)}/${b.semanticVersion}`), tagged(b.tags)),
+        // A component named by its version ARN is read as the build it resolves to (the
+        // Service Authorization Reference's component resource is component/<name>/<version>/<build>;
+        // the emulator's Image Builder makes build 1 of each version).
+        ...(b.components || []).map((c) => ({
+          action: 'imagebuilder:GetComponent',
+          resource: c.componentArn.split(':component/')[1].split('/').length === 2 ? `${c.componentArn}/1` : c.componentArn,
+          context: {},
+        })),
+      ]
+    case 'CreateInfrastructureConfiguration': {
+      const profile = b.instanceProfileName
+      return [
+        one(ib(`infrastructure-configuration/${lower(b.name)}`), tagged(b.tags)),
+        { action: 'iam:GetInstanceProfile', resource: `arn:aws:iam::${account}:instance-profile/${profile}`, context: {} },
+        { action: 'iam:PassRole', resource: `arn:aws:iam::${account}:role/${roles[profile] || profile}`, context: { 'iam:PassedToService': 'ec2.amazonaws.com' } },
+      ]
+    }
+    case 'CreateDistributionConfiguration':
+      return [one(ib(`distribution-configuration/${lower(b.name)}`), tagged(b.tags))]
+    case 'CreateImage': {
+      const recipe = (b.imageRecipeArn || '').split(':image-recipe/')[1] || ''
+      return [
+        one(ib(`image/${recipe}/1`), tagged(b.tags)),
+        { action: 'imagebuilder:GetImageRecipe', resource: b.imageRecipeArn, context: {} },
+        { action: 'imagebuilder:GetInfrastructureConfiguration', resource: b.infrastructureConfigurationArn, context: {} },
+        ...(b.distributionConfigurationArn ? [{ action: 'imagebuilder:GetDistributionConfiguration', resource: b.distributionConfigurationArn, context: {} }] : []),
+      ]
+    }
+    case 'GetImage':
+    case 'CancelImageCreation':
+    case 'DeleteImage':
+    case 'ListWorkflowExecutions':
+      return [one(b.imageBuildVersionArn)]
+    case 'ListImageBuildVersions':
+      return [one(`${b.imageVersionArn}/*`)]
+    case 'ListWorkflowStepExecutions':
+      return [one(ib(`workflow-execution/${b.workflowExecutionId}`))]
+    default:
+      return null
+  }
+}
+
 function requestsOf(call) {
+  if (call.service === 'imagebuilder') return imagebuilderRequests(call)
   if (call.service === 'ec2') return ec2Requests(call)
   if (call.service === 'ssm') return ssmRequests(call)
   if (call.service === 'eks' && call.action === 'DescribeCluster') {

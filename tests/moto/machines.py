@@ -222,8 +222,13 @@ class AgentTraces:
         t = time.time()
         return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + ".%04d" % int((t % 1) * 10000)
 
-    def _append(self, path, text):
+    def _append(self, path, text, create=False):
+        """Appends as the agent's logger does: through the file it opened when the agent started
+        (seelog keeps it open), so lines written after someone removed the file go nowhere
+        anyone sees, until the agent starts again."""
         agent = self.vm.agent
+        if not create and agent.run(["/bin/test", "-e", path])[0] != 0:
+            return
         h = agent.call("guest-file-open", {"path": path, "mode": "a"})
         try:
             agent.call("guest-file-write", {"handle": h, "buf-b64": base64.b64encode(text.encode()).decode()})
@@ -239,7 +244,9 @@ class AgentTraces:
                            "/var/lib/amazon/ssm/%s/document/state/pending" % self.vm.instance])
         audit = "/var/log/amazon/ssm/audits/amazon-ssm-agent-audit-" + time.strftime("%Y-%m-%d")
         self._append(audit, "SchemaVersion=1\nagent_telemetry amazon-ssm-agent.start %s %s\n"
-                     % (self.VERSION, time.strftime("%H:%M:%S")))
+                     % (self.VERSION, time.strftime("%H:%M:%S")), create=True)
+        # The log is opened at start (its start lines are not copied: see above).
+        self._append(self.LOG, "", create=True)
 
     OUTPUTS = ("stdout", "stderr", "stdoutConsole", "stderrConsole")
 
@@ -525,6 +532,10 @@ class Machines:
     def owns(self, instance):
         with self.lock:
             return instance in self.vms
+
+    def vm(self, instance):
+        with self.lock:
+            return self.vms[instance]
 
     # -- EC2 ------------------------------------------------------------------------------
     def run_instances(self, region, form, answer, machine):

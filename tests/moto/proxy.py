@@ -66,6 +66,7 @@ sys.dont_write_bytecode = True  # no __pycache__ in the checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import machines as machines_mod  # noqa: E402
 import eks as eks_mod  # noqa: E402
+import imagebuilder as imagebuilder_mod  # noqa: E402
 import kubeapi  # noqa: E402
 
 UPSTREAM = sys.argv[1]          # http://127.0.0.1:<moto port>
@@ -246,6 +247,9 @@ class Proxy(http.server.BaseHTTPRequestHandler):
     def do_DELETE(self):
         self.handle_any("DELETE")
 
+    def do_PUT(self):
+        self.handle_any("PUT")
+
     def handle_any(self, method):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
@@ -259,6 +263,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             service = "ssm" if "SSM" in service else service
         elif scope and scope.group(2) == "eks":
             service, action = "eks", rest_action(method, urllib.parse.urlparse(self.path).path)
+        elif scope and scope.group(2) == "imagebuilder":
+            service, action = "imagebuilder", urllib.parse.urlparse(self.path).path.strip("/")
         elif scope and scope.group(2) in ("iam", "sts"):
             form = urllib.parse.parse_qs(body.decode() or urllib.parse.urlparse(self.path).query)
             service, action = scope.group(2), (form.get("Action") or ["?"])[0]
@@ -280,6 +286,10 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 record["tags"] = self.tags_of([(None, i) for i in req.get("InstanceIds") or []], region)
         elif service == "eks":
             record["path"] = urllib.parse.urlparse(self.path).path
+        elif service == "imagebuilder":
+            url = urllib.parse.urlparse(self.path)
+            record["body"] = json.loads(body or b"{}") if method in ("PUT", "POST") else \
+                {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
         elif service in ("iam", "sts"):
             record["params"] = {k: v[0] for k, v in form.items()}
         with LOCK:
@@ -321,6 +331,12 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             req["MaxResults"] = min(int(req.get("MaxResults") or cap), cap)
             body = json.dumps(req).encode()
         machine = MACHINES.configure(cfg)
+        if service == "imagebuilder":
+            status, answer = IMAGEBUILDER.handle(method, self.path, body, region)
+            headers = [("Content-Type", "application/json")]
+            if "__type" in answer:
+                headers.append(("x-amzn-ErrorType", answer["__type"]))
+            return self.send_raw(status, headers, json.dumps(answer).encode())
         if service == "ec2" and action in ("EnableImageDeprecation", "DisableImageDeprecation"):
             return self.deprecation(action, form, region)
         if service == "ec2" and action in ("EnableImageDeregistrationProtection", "DisableImageDeregistrationProtection"):
@@ -777,6 +793,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
 
 # The VMs behind instances (used by the handlers above; see machines.py).
 MACHINES = machines_mod.Machines(Proxy.moto_ec2)
+# Image Builder, whose builds run on those VMs (imagebuilder.py).
+IMAGEBUILDER = imagebuilder_mod.ImageBuilder(Proxy.moto_ec2, Proxy.moto_iam, MACHINES, config)
 # Who may join a cluster (authentication mode, access entries, cluster security group; eks.py).
 EKS = eks_mod.EksAccess(Proxy.moto_ec2, Proxy.moto_iam)
 # Each cluster's Kubernetes API server and the nodes that join it (kubeapi.py).
