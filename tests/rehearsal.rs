@@ -883,9 +883,12 @@ async fn audit_changes_nothing(d: &Driver, node: &str, p: &Project, distro: &str
         "{audited:?}"
     );
     // The agent keeps its own records (/var/lib/amazon, /var/log) and journald its journal;
-    // nothing else may have been written since the stamp.
+    // nothing else may have been written since the stamp — but the rpm database's `-shm`:
+    // rpm keeps its SQLite database in WAL mode, and any reader (`rpm -q`, as the dnf checks
+    // and rpm -V read it) maps and updates that shared-memory index, which holds no data.
     let find = "find / -xdev \\( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp \
-        -o -path /var/tmp -o -path /var/log -o -path /var/lib/amazon \\) -prune -o -newer /var/tmp/bake-audit-stamp -print";
+        -o -path /var/tmp -o -path /var/log -o -path /var/lib/amazon \\) -prune -o -newer /var/tmp/bake-audit-stamp \
+        ! -name rpmdb.sqlite-shm -print";
     let (status, _, after, err) = d
         .run(
             node,

@@ -613,7 +613,7 @@ class ImageBuilder:
             if time.time() > deadline:
                 raise BuildFailed("%s instance %s: the SSM agent did not come online (check the instance profile's "
                                   "SSM permissions and the subnet's route to Systems Manager)" % (what, instance))
-            time.sleep(2)
+            time.sleep(0.5)
         self.step(w, step, "COMPLETED")
         return instance
 
@@ -666,7 +666,9 @@ class ImageBuilder:
             if code == 194:
                 return "step %s exited 194 (reboot), which this stand-in does not do" % name
             what = "timed out after %ds" % timeout if status == "TimedOut" else "exit status %s" % code
-            why = "step %s: %s: %s" % (name, what, (out + err).strip()[-600:])
+            # A workflow step's message holds at most 500 characters (service model): the end
+            # of the step's output, where its error is.
+            why = "step %s: %s: %s" % (name, what, (out + err).strip()[-500:])
         return why
 
     def run_script(self, image, instance, script, timeout):
@@ -683,7 +685,7 @@ class ImageBuilder:
                 return inv["Status"], inv["ResponseCode"], inv["StandardOutputContent"], inv["StandardErrorContent"]
             if image["cancel"].is_set():
                 raise Cancelled()
-            time.sleep(0.5)
+            time.sleep(0.1)
 
     def output_ami(self, image, instance):
         """The stopped build instance, imaged (in the build's region, under the distribution's name)."""
