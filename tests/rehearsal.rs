@@ -8,7 +8,9 @@
 //! rehearsal pipeline names none, so the cluster check is not applicable and says so.
 
 use crate::common::moto::{self, Moto};
-use crate::common::standin::{self, emulator_of, rehearsal_emulator, rehearsal_project};
+use crate::common::standin::{
+    self, emulator_of, rehearsal_emulator, rehearsal_project, use_image_builder,
+};
 use crate::common::Project;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -563,40 +565,6 @@ impl Driver {
             .await
             .unwrap();
     }
-}
-
-/// A rehearsal pipeline on the `imagebuilder` engine: Image Builder's build and test
-/// instances in the emulator's default subnet and security group, as a team points it at its
-/// own.
-async fn use_image_builder(p: &Project, moto: &Moto) {
-    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
-    let subnet = ec2.describe_subnets().send().await.unwrap().subnets()[0].clone();
-    let groups = ec2
-        .describe_security_groups()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("vpc-id")
-                .values(subnet.vpc_id().unwrap())
-                .build(),
-        )
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("group-name")
-                .values("default")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    p.edit(
-        "pipelines/aws.toml",
-        "engine = \"ec2\"",
-        &format!(
-            "engine = \"imagebuilder\"\nsubnet_id = \"{}\"\nsecurity_group_id = \"{}\"",
-            subnet.subnet_id().unwrap(),
-            groups.security_groups()[0].group_id().unwrap()
-        ),
-    );
 }
 
 /// The build of `recipe` Image Builder is running and the workflow step it is in, if any.

@@ -13,7 +13,7 @@
 mod common;
 
 use common::moto::{bake_command, Moto};
-use common::standin::{rehearsal_emulator, rehearsal_project};
+use common::standin::{rehearsal_emulator, rehearsal_project, use_image_builder};
 use common::Project;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -29,34 +29,7 @@ struct Run {
 async fn engine_project(prefix: &str, moto: &Moto, engine: &str) -> Project {
     let p = rehearsal_project(prefix);
     if engine == "imagebuilder" {
-        let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
-        let subnet = ec2.describe_subnets().send().await.unwrap().subnets()[0].clone();
-        let groups = ec2
-            .describe_security_groups()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("vpc-id")
-                    .values(subnet.vpc_id().unwrap())
-                    .build(),
-            )
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("group-name")
-                    .values("default")
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
-        p.edit(
-            "pipelines/aws.toml",
-            "engine = \"ec2\"",
-            &format!(
-                "engine = \"imagebuilder\"\nsubnet_id = \"{}\"\nsecurity_group_id = \"{}\"",
-                subnet.subnet_id().unwrap(),
-                groups.security_groups()[0].group_id().unwrap()
-            ),
-        );
+        use_image_builder(&p, moto).await;
     }
     p
 }

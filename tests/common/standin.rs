@@ -288,3 +288,37 @@ pub async fn emulator_of(base: &base::Base, param: &str, root: &str) -> (&'stati
     }));
     (moto, ami)
 }
+
+/// A rehearsal pipeline on the `imagebuilder` engine: Image Builder's build and test
+/// instances in the emulator's default subnet and security group, as a team points it at its
+/// own.
+pub async fn use_image_builder(p: &Project, moto: &Moto) {
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk().await);
+    let subnet = ec2.describe_subnets().send().await.unwrap().subnets()[0].clone();
+    let groups = ec2
+        .describe_security_groups()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("vpc-id")
+                .values(subnet.vpc_id().unwrap())
+                .build(),
+        )
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("group-name")
+                .values("default")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    p.edit(
+        "pipelines/aws.toml",
+        "engine = \"ec2\"",
+        &format!(
+            "engine = \"imagebuilder\"\nsubnet_id = \"{}\"\nsecurity_group_id = \"{}\"",
+            subnet.subnet_id().unwrap(),
+            groups.security_groups()[0].group_id().unwrap()
+        ),
+    );
+}

@@ -743,6 +743,12 @@ class Machines:
         path = orch + "/_script.sh"
         try:
             rc, _, err = vm.agent.run(["/bin/mkdir", "-p", orch])
+        except Exception:
+            # The agent did not take the command (it stopped between the online check and the
+            # delivery): SSM keeps it pending, unanswered, until its delivery times out; no
+            # agent ever reports a result for it.
+            return
+        try:
             if rc != 0:
                 raise RuntimeError(err.decode(errors="replace"))
             vm.traces.command_started(command_id, orch, script)

@@ -156,6 +156,22 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// 16 bytes written as a UUID is (8-4-4-4-12 hex digits), with the version and variant bits
+/// of `version` (4: random, 8: custom, e.g. from a digest) set as RFC 9562 says.
+pub fn uuid_text(mut b: [u8; 16], version: u8) -> String {
+    b[6] = (b[6] & 0x0f) | (version << 4);
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 impl Recipe {
     /// The root volume size for a base whose root snapshot is `base_gib` (None: unknown), or
     /// the refusal when the recipe asks for less than the snapshot holds.

@@ -67,21 +67,6 @@ pub struct DistributionConfig {
     pub ami_tags: BTreeMap<String, String>,
 }
 
-/// An idempotency token for a create call: Image Builder takes 1-36 characters (API Reference,
-/// CreateComponent `clientToken`), so it is the UUID-shaped digest of what names the call: the
-/// same call retried sends the same token, another call another one.
-pub fn client_token(seed: &str) -> String {
-    let h = sha256_hex(seed.as_bytes());
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
 fn digest(v: &impl Serialize) -> String {
     sha256_hex(serde_json::to_string(v).expect("serializes").as_bytes())[..12].to_string()
 }
@@ -347,7 +332,7 @@ impl ImageBuilder<'_> {
             .data(&c.data)
             .description(format!("bake {} phase", c.phase))
             .set_tags(Some(tags.clone()))
-            .client_token(client_token(&c.name))
+            .client_token(super::client_token(&[&c.name]))
             .send()
             .await
             .map_err(|e| {
@@ -401,7 +386,7 @@ impl ImageBuilder<'_> {
                     .build(),
             )
             .set_tags(Some(tags.clone()))
-            .client_token(client_token(&ir.name))
+            .client_token(super::client_token(&[&ir.name]))
             .send()
             .await
             .map_err(|e| {
@@ -438,7 +423,7 @@ impl ImageBuilder<'_> {
             )
             .set_resource_tags(Some(tags.clone()))
             .set_tags(Some(tags.clone()))
-            .client_token(client_token(&inf.name))
+            .client_token(super::client_token(&[&inf.name]))
             .send()
             .await
             .map_err(|e| {
@@ -480,7 +465,7 @@ impl ImageBuilder<'_> {
             .name(&d.name)
             .distributions(dist)
             .set_tags(Some(tags.clone()))
-            .client_token(client_token(&d.name))
+            .client_token(super::client_token(&[&d.name]))
             .send()
             .await
             .map_err(|e| {

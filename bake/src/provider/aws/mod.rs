@@ -34,7 +34,7 @@ mod usage;
 use super::{BakeJob, BaseImage, ImageRecord, ImageStatus, Provider};
 use crate::input::names::AwsBaseRef;
 use crate::input::pipeline::{AwsSettings, Pipeline};
-use crate::input::recipe::{sha256_hex, Recipe};
+use crate::input::recipe::Recipe;
 use crate::key::BakeKey;
 use crate::kube::KubeVersion;
 use crate::provider::aws::sdk::{err, Limits};
@@ -308,10 +308,15 @@ impl AwsProvider {
     }
 }
 
-/// An idempotency token (at most 64 characters) that is the same for the same parts.
+/// An idempotency token that is the same for the same parts: a UUID-shaped digest, 36
+/// characters, within what both EC2 (64) and Image Builder (36, API Reference, CreateComponent
+/// `clientToken`) take.
 fn client_token(parts: &[&str]) -> String {
-    let digest = sha256_hex(parts.join("\n").as_bytes());
-    format!("bake-{}", &digest[..48])
+    use sha2::Digest as _;
+    let digest: [u8; 32] = sha2::Sha256::digest(parts.join("\n").as_bytes()).into();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest[..16]);
+    crate::input::recipe::uuid_text(b, 8)
 }
 
 #[async_trait]

@@ -73,18 +73,7 @@ pub struct Vm {
 
 /// A random (version 4) UUID for a VM's SMBIOS system UUID.
 fn vm_uuid() -> String {
-    let mut b: [u8; 16] = rand::random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    crate::input::recipe::uuid_text(rand::random(), 4)
 }
 
 impl Vm {

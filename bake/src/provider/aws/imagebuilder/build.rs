@@ -41,7 +41,7 @@ impl ImageBuilder<'_> {
             .set_tags(Some(
                 tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             ))
-            .client_token(super::client_token(client_token))
+            .client_token(crate::provider::aws::client_token(&[client_token]))
             .send()
             .await
             .map_err(|e| {
@@ -141,7 +141,7 @@ impl ImageBuilder<'_> {
             .client
             .cancel_image_creation()
             .image_build_version_arn(arn)
-            .client_token(super::client_token(&format!("cancel {arn}")))
+            .client_token(crate::provider::aws::client_token(&["cancel", arn]))
             .send()
             .await
         {
