@@ -193,12 +193,11 @@ pub fn ended(
                 format!("Image Builder says AVAILABLE but lists no AMI in {region}"),
             )),
         }),
-        ImageStatus::Failed | ImageStatus::Cancelled | ImageStatus::Deleted => {
-            Some(Ok(Built::Failed {
-                status: status.as_str().to_string(),
-                reason: reason.unwrap_or_else(|| "no reason given".into()),
-            }))
-        }
+        // Every other status a build ends in (the one list of them: builds::is_over).
+        s if super::is_over(s) => Some(Ok(Built::Failed {
+            status: status.as_str().to_string(),
+            reason: reason.unwrap_or_else(|| "no reason given".into()),
+        })),
         _ => None,
     }
 }
