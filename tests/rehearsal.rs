@@ -608,6 +608,28 @@ async fn running_build(d: &Driver, recipe: &str) -> Option<(String, String)> {
     Some((build, step.name()?.to_string()))
 }
 
+/// Whether an instance of `build` (Image Builder tags it with the build's ARN) is running.
+async fn build_instance(d: &Driver, build: &str) -> bool {
+    let running = d
+        .ec2
+        .describe_instances()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:Ec2ImageBuilderArn")
+                .values(build)
+                .build(),
+        )
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("instance-state-name")
+                .values("running")
+                .build(),
+        )
+        .send()
+        .await;
+    running.is_ok_and(|r| r.reservations().iter().any(|r| !r.instances().is_empty()))
+}
+
 /// Every image and snapshot this account owns that Image Builder made or bake tagged for
 /// `prefix`, but `published`.
 async fn images_and_snapshots_of(moto: &Moto, prefix: &str, published: &[&str]) -> Vec<String> {
@@ -644,8 +666,8 @@ async fn images_and_snapshots_of(moto: &Moto, prefix: &str, published: &[&str]) 
 /// The `imagebuilder` engine end to end against the emulator's Image Builder, whose builds are
 /// real VMs (tests/moto/imagebuilder.py runs the AWSTOE documents bake gave it on a build
 /// instance of the base, images it, and runs the test phase on an instance of that image):
-/// - SIGKILL while a build component runs, then `sweep --apply`: the build is cancelled and
-///   deleted, and no instance, image or snapshot is left;
+/// - SIGKILL while the build's instance runs, then `sweep --apply`: the build is cancelled
+///   and deleted, and no instance, image or snapshot is left;
 /// - the rerun reuses the components, image recipe and configurations the killed run created
 ///   (no Create call but CreateImage), the build passes Image Builder's test phase, bake's
 ///   canary proves the image and it is published;
@@ -670,9 +692,16 @@ async fn the_image_builder_engine_on_real_vms_sweeps_a_killed_build_reuses_publi
         .spawn()
         .unwrap();
     let start = std::time::Instant::now();
+    // Killed once its build instance runs: what the build has made must go with the build.
+    // (Not later: the instance's boot and the components would cost the suite a minute of
+    // CPU and prove nothing more about the sweep.)
     let build = loop {
         if let Some((build, step)) = running_build(&d, "eks-node").await {
-            if step == "ApplyBuildComponents" {
+            if matches!(
+                step.as_str(),
+                "LaunchBuildInstance" | "ApplyBuildComponents"
+            ) && build_instance(&d, &build).await
+            {
                 break build;
             }
         }
@@ -684,7 +713,6 @@ async fn the_image_builder_engine_on_real_vms_sweeps_a_killed_build_reuses_publi
         assert!(start.elapsed() < Duration::from_secs(900), "no build ran");
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    tokio::time::sleep(Duration::from_secs(3)).await;
     child.kill().unwrap();
     child.wait().unwrap();
     let (code, swept, stderr) = bake(&p, moto, &["sweep", "-p", "pipelines/aws.toml", "--apply"]);

@@ -162,10 +162,12 @@ class Agent:
         finally:
             self.call("guest-file-close", {"handle": h})
 
-    def start(self, argv, env=None):
+    def start(self, argv, env=None, stdin=None):
         args = {"path": argv[0], "arg": argv[1:], "capture-output": True}
         if env is not None:
             args["env"] = env
+        if stdin is not None:
+            args["input-data"] = base64.b64encode(stdin).decode()
         return self.call("guest-exec", args)["pid"]
 
     def status(self, pid):
@@ -174,16 +176,20 @@ class Agent:
     def wait(self, pid, timeout):
         """The guest-exec-status of `pid` once it has exited, or None after `timeout` seconds."""
         deadline = time.time() + timeout
+        # Most commands end within tens of milliseconds, even under TCG: ask again soon, then
+        # less and less often (every 0.2 s at most).
+        pause = 0.01
         while True:
             st = self.status(pid)
             if st.get("exited"):
                 return st
             if time.time() > deadline:
                 return None
-            time.sleep(0.2)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
 
-    def run(self, argv, timeout=120):
-        pid = self.start(argv, env=["PATH=" + PATH])
+    def run(self, argv, timeout=120, stdin=None):
+        pid = self.start(argv, env=["PATH=" + PATH], stdin=stdin)
         st = self.wait(pid, timeout)
         if st is None:
             raise RuntimeError("%s did not finish in %ds" % (argv, timeout))
@@ -222,71 +228,78 @@ class AgentTraces:
         t = time.time()
         return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + ".%04d" % int((t % 1) * 10000)
 
-    def _append(self, path, text, create=False):
+    # Each of the agent's writes below is made by one shell in the guest rather than one
+    # guest-agent exec per file (a process started under TCG costs a tenth of a second or more):
+    # the same files, modes and lines, in the order the agent makes them.
+    APPEND = '[ -e "$1" ] && printf "%s" "$2" >> "$1"; true'
+
+    def _sh(self, script, *args, stdin=None):
+        return self.vm.agent.run(["/bin/sh", "-c", script, "sh"] + list(args), stdin=stdin)
+
+    def _lines(self, lines):
+        return "".join("%s %s\n" % (self.stamp(), l) for l in lines)
+
+    def log(self, *lines):
         """Appends as the agent's logger does: through the file it opened when the agent started
         (seelog keeps it open), so lines written after someone removed the file go nowhere
         anyone sees, until the agent starts again."""
-        agent = self.vm.agent
-        if not create and agent.run(["/bin/test", "-e", path])[0] != 0:
-            return
-        h = agent.call("guest-file-open", {"path": path, "mode": "a"})
-        try:
-            agent.call("guest-file-write", {"handle": h, "buf-b64": base64.b64encode(text.encode()).decode()})
-        finally:
-            agent.call("guest-file-close", {"handle": h})
+        self._sh(self.APPEND, self.LOG, self._lines(lines))
 
-    def log(self, *lines):
-        self._append(self.LOG, "".join("%s %s\n" % (self.stamp(), l) for l in lines))
+    def _state(self, command_id, status):
+        return json.dumps({"DocumentInformation": {"DocumentID": command_id, "CommandID": command_id,
+                                                   "InstanceID": self.vm.instance, "DocumentStatus": status}})
 
     def started(self):
-        self.vm.agent.run(["/bin/mkdir", "-p", "/var/log/amazon/ssm/audits",
-                           "/var/lib/amazon/ssm/%s/document/state/current" % self.vm.instance,
-                           "/var/lib/amazon/ssm/%s/document/state/pending" % self.vm.instance])
         audit = "/var/log/amazon/ssm/audits/amazon-ssm-agent-audit-" + time.strftime("%Y-%m-%d")
-        self._append(audit, "SchemaVersion=1\nagent_telemetry amazon-ssm-agent.start %s %s\n"
-                     % (self.VERSION, time.strftime("%H:%M:%S")), create=True)
+        base = "/var/lib/amazon/ssm/%s/document/state" % self.vm.instance
         # The log is opened at start (its start lines are not copied: see above).
-        self._append(self.LOG, "", create=True)
+        self._sh('mkdir -p /var/log/amazon/ssm/audits "$1/current" "$1/pending" && printf "%s" "$3" >> "$2" && : >> "$4"',
+                 base, audit, "SchemaVersion=1\nagent_telemetry amazon-ssm-agent.start %s %s\n"
+                 % (self.VERSION, time.strftime("%H:%M:%S")), self.LOG)
 
     OUTPUTS = ("stdout", "stderr", "stdoutConsole", "stderrConsole")
 
-    def _state(self, command_id, status):
-        """(Re)saves the command's state file, making its folder if it is gone."""
-        base = "/var/lib/amazon/ssm/%s/document/state/current" % self.vm.instance
-        self.vm.agent.run(["/bin/mkdir", "-p", base])
-        self.vm.agent.write_file("%s/%s" % (base, command_id), json.dumps(
-            {"DocumentInformation": {"DocumentID": command_id, "CommandID": command_id,
-                                     "InstanceID": self.vm.instance, "DocumentStatus": status}}).encode())
-
     def command_started(self, command_id, orch, script):
+        """The command taken: its idempotency entry, its state file (InProgress), its output
+        files opened before it starts (iohandler.go), its script (0700) and the log lines.
+        (exit code, stdout, stderr) of the one shell that writes them; it raises if the guest's
+        agent is gone."""
         base = "/var/lib/amazon/ssm/%s" % self.vm.instance
-        self.vm.agent.run(["/bin/mkdir", "-p", "%s/idempotency/SendCommand/%s" % (base, command_id)])
-        self._state(command_id, "InProgress")
-        # The output files are opened before the command starts (iohandler.go).
-        for name in self.OUTPUTS:
-            self.vm.agent.write_file(orch + "/" + name, b"")
-            self.vm.agent.run(["/bin/chmod", "0600", orch + "/" + name])
-        self.log("INFO [ssm-agent-worker] [MessageService] writing command in the idempotency directory for command %s" % command_id,
-                 "INFO [ssm-document-worker] [%s] document: %s worker started" % (command_id, command_id),
-                 "INFO [ssm-document-worker] [%s] [pluginName=aws:runShellScript] aws:runShellScript started with configuration {Settings:<nil> Properties:map[id:0.aws:runShellScript runCommand:%s] OutputS3KeyPrefix: OrchestrationDirectory:%s}"
-                 % (command_id, json.dumps(script.splitlines()), orch))
+        lines = self._lines([
+            "INFO [ssm-agent-worker] [MessageService] writing command in the idempotency directory for command %s" % command_id,
+            "INFO [ssm-document-worker] [%s] document: %s worker started" % (command_id, command_id),
+            "INFO [ssm-document-worker] [%s] [pluginName=aws:runShellScript] aws:runShellScript started with configuration {Settings:<nil> Properties:map[id:0.aws:runShellScript runCommand:%s] OutputS3KeyPrefix: OrchestrationDirectory:%s}"
+            % (command_id, json.dumps(script.splitlines()), orch)])
+        return self._sh(
+            'set -e; mkdir -p "$1/idempotency/SendCommand/$2" "$1/document/state/current" "$3"\n'
+            'printf "%s" "$4" > "$1/document/state/current/$2"\n'
+            'for f in ' + " ".join(self.OUTPUTS) + '; do : > "$3/$f"; chmod 0600 "$3/$f"; done\n'
+            'cat > "$3/_script.sh"; chmod 0700 "$3/_script.sh"\n'
+            + self.APPEND.replace("$1", "$5").replace("$2", "$6"),
+            base, command_id, orch, self._state(command_id, "InProgress"), self.LOG, lines,
+            stdin=script.encode())
 
     def command_done(self, command_id, orch, code, out, err):
         agent = self.vm.agent
+        # Written through the handles opened at the start: a command that removed the files
+        # wrote into files nobody sees any more.
+        _, present, _ = self._sh('for f in "$@"; do [ -e "$f" ] && echo "$f"; done; true',
+                                 *[orch + "/" + name for name in self.OUTPUTS])
+        present = set(present.decode().split("\n"))
         for name, data in zip(self.OUTPUTS, (out, err, out, err)):
-            # Written through the handles opened at the start: a command that removed the
-            # files wrote into files nobody sees any more.
-            if agent.run(["/bin/test", "-e", orch + "/" + name])[0] == 0:
+            if orch + "/" + name in present:
                 agent.write_file(orch + "/" + name, data)
         # The state is saved again with the results, then removed from current/ (docmanager).
-        self._state(command_id, "Success" if code == 0 else "Failed")
-        agent.run(["/bin/rm", "-f", "/var/lib/amazon/ssm/%s/document/state/current/%s" % (self.vm.instance, command_id)])
         lines = []
         if code != 0:
             lines.append("INFO [ssm-document-worker] [%s] The execution of command returned Exit Status: %d" % (command_id, code))
         lines += ["INFO [ssm-document-worker] [%s] Sending plugin aws:runShellScript completion message" % command_id,
                   "INFO [ssm-agent-worker] [%s] execution of %s is over. Removing interimState from current folder" % (command_id, command_id)]
-        self.log(*lines)
+        state = "/var/lib/amazon/ssm/%s/document/state/current" % self.vm.instance
+        self._sh('mkdir -p "$1" && printf "%s" "$2" > "$1/$3" && rm -f "$1/$3"; '
+                 + self.APPEND.replace("$1", "$4").replace("$2", "$5"),
+                 state, self._state(command_id, "Success" if code == 0 else "Failed"), command_id,
+                 self.LOG, self._lines(lines))
 
     def stopping(self):
         self.log("INFO [amazon-ssm-agent] amazon-ssm-agent got signal:terminated",
@@ -742,7 +755,7 @@ class Machines:
         orch = "/var/lib/amazon/ssm/%s/document/orchestration/%s/awsrunShellScript/0.awsrunShellScript" % (vm.instance, command_id)
         path = orch + "/_script.sh"
         try:
-            rc, _, err = vm.agent.run(["/bin/mkdir", "-p", orch])
+            rc, _, err = vm.traces.command_started(command_id, orch, script)
         except Exception:
             # The agent did not take the command (it stopped between the online check and the
             # delivery): SSM keeps it pending, unanswered, until its delivery times out; no
@@ -751,9 +764,6 @@ class Machines:
         try:
             if rc != 0:
                 raise RuntimeError(err.decode(errors="replace"))
-            vm.traces.command_started(command_id, orch, script)
-            vm.agent.write_file(path, script.encode())
-            vm.agent.run(["/bin/chmod", "0700", path])
             # An absolute workingDirectory, else the agent's own (runshellscript.go).
             cwd = workdir if workdir.startswith("/") else AgentTraces.WORKDIR
             env = ["PATH=" + PATH, "SSM_COMMAND_ID=" + command_id, "AWS_SSM_INSTANCE_ID=" + vm.instance,
