@@ -53,29 +53,28 @@ fn check<'a>(node: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {name} in {node:#}"))
 }
 
-/// What a node answers for its package list, scripted per node: the staging command of
-/// `bake`'s long-output read (matched by the node's audit label) and its one slice.
+/// What a node answers for its package list, scripted per node: each slice of the audit
+/// document's `packages` action.
 fn packages_of(instance: &str, list: &str) -> Vec<Value> {
-    use base64::Engine as _;
-    let path = format!("/var/tmp/bake-output-{instance}");
-    // The slice first: its command carries the same label as the staging one.
-    vec![
-        json!({
-            "match": format!("dd if='{path}' iflag=skip_bytes,count_bytes skip=0 "),
-            "stdout": base64::engine::general_purpose::STANDARD.encode(list),
-        }),
-        json!({
-            "match": format!("audit {instance} packages"),
-            "stdout": format!("{} {} {path}\n", list.len(), bake::input::recipe::sha256_hex(list.as_bytes())),
-        }),
-    ]
+    common::moto::audit_package_rules(list)
+        .into_iter()
+        .map(|mut rule| {
+            rule["instance"] = json!(instance);
+            rule
+        })
+        .collect()
+}
+
+/// A node's answer to the os-release job of the audit program: Ubuntu 22.04.
+fn os_rule() -> Value {
+    json!({"match": "printf 'os_id=%s", "stdout": "os_id=ubuntu\nos_like=debian\nos_version=22.04\n"})
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_finds_the_pets_of_a_release_and_reports_drift_on_exactly_its_node() {
     let moto = Moto::get();
     let (x86, arm) = bases(moto).await;
-    let os = json!({"match": "printf 'os_id=%s", "stdout": "os_id=ubuntu\nos_like=debian\nos_version=22.04\n"});
+    let os = os_rule();
     let parameters = json!({UBUNTU_X86: x86, UBUNTU_ARM: arm});
     moto.set_config(json!({"parameters": parameters, "commands": [os]}));
     let p = project("/audit1");
@@ -97,6 +96,34 @@ async fn audit_finds_the_pets_of_a_release_and_reports_drift_on_exactly_its_node
     // Not bake's image: never audited.
     node(&ec2, &x86, "other", "dev").await;
     let audit = ["audit", "-p", "pipelines/aws.toml", "--wait", "5s"];
+
+    // Before its document is installed the audit sends nothing: exit 2, the fix named.
+    let before = moto.records().len();
+    let out = common::moto::bake_command(&p, moto)
+        .args(audit)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("bake-audit.audit1.eks-node")
+            && stderr.contains("does not exist")
+            && stderr.contains("bake audit-document pipelines/aws.toml --apply"),
+        "{stderr}"
+    );
+    assert!(!moto.records()[before..]
+        .iter()
+        .any(|r| r["action"] == "SendCommand"));
+    let (code, docs, stderr) = bake(
+        &p,
+        moto,
+        &["audit-document", "-p", "pipelines/aws.toml", "--apply"],
+    );
+    assert_eq!(code, 0, "{docs:#}\n{stderr}");
+    assert_eq!(docs["documents"][0]["state"], "created", "{docs:#}");
+    let (_, docs, _) = bake(&p, moto, &["audit-document", "-p", "pipelines/aws.toml"]);
+    assert_eq!(docs["documents"][0]["state"], "current", "{docs:#}");
+    let hash = docs["documents"][0]["hash"].as_str().unwrap().to_string();
     let first_audit = moto.records().len();
 
     // The hook runs only when something is wrong.
@@ -135,7 +162,7 @@ async fn audit_finds_the_pets_of_a_release_and_reports_drift_on_exactly_its_node
     let changed = "#os\tubuntu\t22.04\nkubelet\t1.31.3\tamd64\n";
     let mut commands = vec![
         os.clone(),
-        json!({"match": format!("audit {web1} validator mac-policy"), "status": "Failed", "exit_code": 1,
+        json!({"instance": web1, "match": "audit eks-node mac-policy", "status": "Failed", "exit_code": 1,
                "stdout": "udev rewrote the veth MAC (addr_assign_type 3): MACAddressPolicy is not none\n"}),
     ];
     commands.extend(packages_of(&web1, changed));
@@ -229,7 +256,40 @@ async fn audit_finds_the_pets_of_a_release_and_reports_drift_on_exactly_its_node
         );
         assert_eq!(body["MaxConcurrency"], "1", "{body}");
         assert_eq!(body["MaxErrors"], "0", "{body}");
+        // Only the audit document, by its content's hash: never a script.
+        assert_eq!(body["DocumentName"], "bake-audit.audit1.eks-node", "{body}");
+        assert_eq!(body["DocumentHash"], hash.as_str(), "{body}");
+        assert!(body["Parameters"].get("commands").is_none(), "{body}");
     }
+    common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
+
+    // The recipe's checks change: the installed document is stale, and the audit refuses to
+    // run (exit 2) until it is updated; SSM itself refuses the old hash.
+    p.edit(
+        "validators/mac-policy.sh",
+        "#!/bin/sh\n",
+        "#!/bin/sh\n# checked again\n",
+    );
+    let out = common::moto::bake_command(&p, moto)
+        .args(audit)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("has other content"), "{stderr}");
+    let (code, docs, _) = bake(
+        &p,
+        moto,
+        &["audit-document", "-p", "pipelines/aws.toml", "--apply"],
+    );
+    assert_eq!(
+        (code, docs["documents"][0]["state"].as_str()),
+        (0, Some("updated")),
+        "{docs:#}"
+    );
+    moto.set_config(json!({"parameters": parameters, "commands": [os_rule()]}));
+    let (code, report, stderr) = bake(&p, moto, &[&audit[..], &["--node", "web-2"]].concat());
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
     common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
     for c in [web1, web2, offline] {
         let _ = ec2.terminate_instances().instance_ids(c).send().await;
@@ -263,7 +323,7 @@ fn the_local_provider_with_nothing_published_has_no_node_to_audit() {
 async fn nodes_in_a_copy_region_are_audited_there_and_an_untagged_node_is_never_skipped() {
     let moto = Moto::get();
     let (x86, arm) = bases(moto).await;
-    let os = json!({"match": "printf 'os_id=%s", "stdout": "os_id=ubuntu\nos_like=debian\nos_version=22.04\n"});
+    let os = os_rule();
     let parameters = json!({UBUNTU_X86: x86, UBUNTU_ARM: arm});
     moto.set_config(json!({"parameters": parameters, "commands": [os]}));
     let p = project("/audit2");
@@ -334,6 +394,20 @@ async fn nodes_in_a_copy_region_are_audited_there_and_an_untagged_node_is_never_
         .unwrap()
         .to_string();
     let audit = ["audit", "-p", "pipelines/aws.toml", "--wait", "5s"];
+    // The audit document, in the pipeline's region and the copy region.
+    let (code, docs, stderr) = bake(
+        &p,
+        moto,
+        &["audit-document", "-p", "pipelines/aws.toml", "--apply"],
+    );
+    assert_eq!(code, 0, "{docs:#}\n{stderr}");
+    let regions: Vec<&str> = docs["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["region"].as_str().unwrap())
+        .collect();
+    assert_eq!(regions, ["us-east-1", "us-west-2"], "{docs:#}");
 
     let (code, report, stderr) = bake(&p, moto, &[&audit[..], &["--cluster", "dev"]].concat());
     assert_eq!(code, 1, "{report:#}\n{stderr}");

@@ -303,6 +303,30 @@ fn what_bake_must_never_do_is_denied_by_the_printed_policy() {
             ),
         ),
         (
+            "run another document of the account (one that takes a script)",
+            req(
+                "ssm:SendCommand",
+                "arn:aws:ssm:us-east-1:123456789012:document/ops-run-anything".into(),
+                json!({}),
+            ),
+        ),
+        (
+            "run another pipeline's audit document",
+            req(
+                "ssm:SendCommand",
+                "arn:aws:ssm:us-east-1:123456789012:document/bake-audit.team-b.eks-node".into(),
+                json!({}),
+            ),
+        ),
+        (
+            "rewrite a document that is not its audit document",
+            req(
+                "ssm:UpdateDocument",
+                "arn:aws:ssm:us-east-1:123456789012:document/ops-run-anything".into(),
+                json!({}),
+            ),
+        ),
+        (
             "delete an untagged security group",
             req(
                 "ec2:DeleteSecurityGroup",

@@ -377,6 +377,13 @@ async fn audit_a_pet(p: &Project, moto: &Moto, image: &str) {
         )
         .await;
     let audit = ["audit", "-p", "pipelines/aws.toml", "--timeout", "5m"];
+    // The audit runs only the recipe's audit document, installed first.
+    let (code, docs, stderr) = bake(
+        p,
+        moto,
+        &["audit-document", "-p", "pipelines/aws.toml", "--apply"],
+    );
+    assert_eq!(code, 0, "{docs:#}\n{stderr}");
     let (code, report, stderr) = bake(p, moto, &audit);
     assert_eq!(code, 0, "{report:#}\n{stderr}");
     assert_eq!(report["nodes"].as_array().unwrap().len(), 1, "{report:#}");
@@ -840,38 +847,36 @@ async fn audit_changes_nothing(d: &Driver, node: &str, p: &Project, distro: &str
         )
         .await;
     assert_eq!(status, "Success", "{err}");
-    // As `bake audit` sends them: one batch, each script with BAKE_AUDIT=1 and a minute.
-    use bake::guest::batch::{self, Job, Printed};
-    let jobs: Vec<Job> = catalog
+    // As the audit document runs them (its checks action), every check the catalog declares
+    // safe on a live node: those for another distribution say so and run nothing.
+    use bake::guest::audit::{AuditProgram, CHECKS};
+    let validators: Vec<bake::input::validate::Validator> = catalog
         .names()
         .iter()
-        .filter_map(|name| catalog.get(name))
-        .filter(|v| {
-            v.audit && (v.applies_to.is_empty() || v.applies_to.iter().any(|d| d == distro))
-        })
-        .map(|v| Job {
-            name: &v.name,
-            script: &v.content,
-            env: vec![("BAKE_AUDIT", "1".to_string())],
-            timeout: Duration::from_secs(60),
-        })
+        .filter_map(|name| catalog.get(name).cloned())
         .collect();
-    let script = batch::script("audit checks", &jobs, 23_000);
-    let (status, rc, out, err) = d.run(node, &script, batch::limit(&jobs).as_secs()).await;
-    assert_eq!((status.as_str(), rc), ("Success", 0), "{out}\n{err}");
-    let Printed::Whole(outcomes) = batch::parse(&out, &jobs).unwrap() else {
-        panic!("the audit checks' outputs are short: {out}")
-    };
+    let program = AuditProgram::new("al2023-eks", &validators);
+    let script = program.rendered(CHECKS, bake::Arch::X86_64, 0);
+    let (status, rc, out, err) = d.run(node, &script, 1_800).await;
+    let (_, outcomes) = program
+        .parse_checks(&bake::guest::Ran {
+            exit_code: rc,
+            stdout: out.clone(),
+            stderr: err.clone(),
+        })
+        .unwrap_or_else(|why| panic!("{status}: {why}\n{out}\n{err}"));
     let mut audited = Vec::new();
-    for (job, outcome) in jobs.iter().zip(outcomes) {
-        // Past its minute a script is not finished (an Err), so each ended within it.
-        let ran = outcome.unwrap_or_else(|why| panic!("{} under BAKE_AUDIT=1: {why}", job.name));
+    for (v, outcome) in program.checks().iter().zip(outcomes) {
+        // Past its limit a check is not finished (an Err), so each ended within it.
+        let ran = outcome.unwrap_or_else(|why| panic!("{} under BAKE_AUDIT=1: {why}", v.name));
         assert_eq!(
             ran.exit_code, 0,
             "{} under BAKE_AUDIT=1:\n{}\n{}",
-            job.name, ran.stdout, ran.stderr
+            v.name, ran.stdout, ran.stderr
         );
-        audited.push(job.name.to_string());
+        if v.applies_to.is_empty() || v.applies_to.iter().any(|d| d == distro) {
+            audited.push(v.name.to_string());
+        }
     }
     assert!(
         audited.contains(&"mac-policy".to_string())

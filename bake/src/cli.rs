@@ -85,13 +85,23 @@ pub enum Command {
     /// releases (on AWS: instances of their images, and of the copies in each copy region)
     /// and, through SSM in the node's region, runs on each the checks the catalog declares safe
     /// on a live node (`audit = true`) and compares its packages with the manifest captured at
-    /// bake.
+    /// bake — on AWS through the recipe's audit document only (`bake audit-document`), which
+    /// it refuses to do (exit 2) while one is missing or stale.
     /// Locally, where no node lives on, each image a channel points at is booted as its node
     /// would boot (the canary's way), audited and stopped.
     /// Read-only. Exit 0 all as baked, 3 drift found, 1 a node could not be judged.
     ///
     /// Example: bake audit -p pipelines/aws.toml --recipe eks-node --output json
     Audit(commands::audit::AuditArgs),
+    /// The SSM document `bake audit` sends each recipe's nodes on AWS: the recipe's checks safe
+    /// on a live node and the package listing, taking only an action, the node's arch and an
+    /// offset — so the nodes' IAM grant names a reviewed document, never a script. Shows where
+    /// each stands in the region and each copy region; `--apply` creates or updates them;
+    /// `--content` prints one to review or install another way. `bake audit` refuses to run
+    /// (exit 2) where one is missing or stale.
+    ///
+    /// Example: bake audit-document -p pipelines/aws.toml --apply
+    AuditDocument(commands::audit_document::AuditDocumentArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -175,5 +185,6 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::IamPolicy(a) => commands::iam_policy::run(a, g).await,
         Command::Status(a) => commands::status::run(a, g).await,
         Command::Audit(a) => commands::audit::run(a, g).await,
+        Command::AuditDocument(a) => commands::audit_document::run(a, g).await,
     }
 }

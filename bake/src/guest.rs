@@ -9,6 +9,7 @@ use crate::Result;
 use async_trait::async_trait;
 use std::time::Duration;
 
+pub mod audit;
 pub mod batch;
 pub mod long_output;
 pub use batch::{Job, Outcome};

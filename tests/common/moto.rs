@@ -442,10 +442,12 @@ pub fn package_rules(list: &str) -> Vec<Value> {
     use base64::Engine as _;
     let path = "/var/tmp/bake-output-scripted";
     let digest = bake::input::recipe::sha256_hex(list.as_bytes());
-    let mut rules = vec![serde_json::json!({
+    // The audit document's slices first: its program lists the packages as the manifest does.
+    let mut rules = audit_package_rules(list);
+    rules.push(serde_json::json!({
         "match": PACKAGE_MANIFEST_NEEDLE,
         "stdout": format!("{} {digest} {path}\n", list.len()),
-    })];
+    }));
     let slice = bake::guest::long_output::SLICE;
     for (i, chunk) in list.as_bytes().chunks(slice).enumerate() {
         rules.push(serde_json::json!({
@@ -454,6 +456,32 @@ pub fn package_rules(list: &str) -> Vec<Value> {
         }));
     }
     rules
+}
+
+/// Proxy rules that answer the audit document's `packages` action as a node whose package list
+/// is `list` would: each slice, from its offset, with the whole list's size and sha256.
+pub fn audit_package_rules(list: &str) -> Vec<Value> {
+    use base64::Engine as _;
+    let digest = bake::input::recipe::sha256_hex(list.as_bytes());
+    let slice = bake::guest::long_output::SLICE;
+    let chunks: Vec<&[u8]> = match list.as_bytes().chunks(slice).collect::<Vec<_>>() {
+        none if none.is_empty() => vec![&[][..]],
+        some => some,
+    };
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            serde_json::json!({
+                "match": format!("skip='{}' count=", i * slice),
+                "stdout": format!(
+                    "bake-packages {} {digest}\n{}\n",
+                    list.len(),
+                    base64::engine::general_purpose::STANDARD.encode(chunk)
+                ),
+            })
+        })
+        .collect()
 }
 
 /// Every SSM parameter under `path`, recursively, every page read.

@@ -185,6 +185,12 @@ function ssmRequests(call) {
         ...(b.InstanceIds || []).map((id) => ({ action: 'ssm:SendCommand', resource: ec2Arn(r, 'instance', id), context: resourceTags((call.tags || {})[id], true) })),
       ]
     }
+    // The account's own documents (the audit documents): authorized on the document's ARN.
+    case 'DescribeDocument':
+    case 'CreateDocument':
+    case 'UpdateDocument':
+    case 'UpdateDocumentDefaultVersion':
+      return [{ action: `ssm:${call.action}`, resource: `arn:aws:ssm:${r}:${account}:document/${b.Name}`, context: {} }]
     case 'GetCommandInvocation':
     case 'DescribeInstanceInformation':
     case 'ListCommandInvocations':

@@ -68,6 +68,7 @@ import machines as machines_mod  # noqa: E402
 import eks as eks_mod  # noqa: E402
 import imagebuilder as imagebuilder_mod  # noqa: E402
 import kubeapi  # noqa: E402
+import documents  # noqa: E402
 
 UPSTREAM = sys.argv[1]          # http://127.0.0.1:<moto port>
 CONFIG = sys.argv[2]
@@ -77,6 +78,20 @@ LOCK = threading.Lock()
 # A script of a batch as bake's guest/batch.rs sends it: its header, then its bytes in base64.
 BATCH_JOB = re.compile(r"^# bake-job (\d+): (.*)\necho '([A-Za-z0-9+/=]*)' \| base64 -d", re.M)
 OUTCOMES = {}                   # command id -> rule
+# A script whose whole body is one `case '<word>' in ... esac` (the audit documents' form, their
+# action filled in): a scripted instance, having no shell, takes the branch the word selects.
+CASE = re.compile(r"^case '([^']*)' in\n(.*)^esac\n?\Z", re.M | re.S)
+
+
+def selected_branch(text):
+    m = CASE.search(text)
+    if m is None:
+        return text
+    for branch in re.finditer(r"^([A-Za-z0-9_-]+)\)\n(.*?)^;;$", m.group(2), re.M | re.S):
+        if branch.group(1) == m.group(1):
+            return text[:m.start()] + branch.group(2)
+    return text[:m.start()]
+
 FIRST_ASKED = {}                # instance id -> RunInstances answer, or first DescribeInstanceInformation
 FAULTS_USED = {}                # fault index -> times injected
 CREATED_AT = {}                 # image id -> (when CreateImage or CopyImage answered, action)
@@ -254,6 +269,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         cfg = config()
+        # SendCommand of one of the account's documents, as the shell command it amounts to.
+        self.rendered = None
         target = self.headers.get("X-Amz-Target", "")
         # The signing scope names the service: Credential=<key>/<date>/<region>/<service>/aws4_request
         scope = re.search(r"Credential=[^/]+/[^/]+/([^/]+)/([^/]+)/", self.headers.get("Authorization", ""))
@@ -348,7 +365,7 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                                           "message": "The AMI %s has deregistration protection (%s)" % (image, PROTECTION[image])})
         if service == "ssm":
             req = json.loads(body or b"{}")
-            handled = self.ssm(action, req, cfg)
+            handled = self.ssm(action, req, cfg, region)
             if handled is not None:
                 return self.reply(200, handled)
         if service == "eks":
@@ -411,7 +428,7 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         if state and service == "ec2" and action == "DescribeImages" and "CreateImage" in SEEN:
             data = data.replace(b"<imageState>available</imageState>", ("<imageState>%s</imageState>" % state).encode())
         if service == "ssm" and action == "SendCommand" and status == 200:
-            req, resp = json.loads(body or b"{}"), json.loads(data or b"{}")
+            req, resp = self.rendered or json.loads(body or b"{}"), json.loads(data or b"{}")
             MACHINES.send_command(req, (resp.get("Command") or {}).get("CommandId"))
             self.remember(req, resp, cfg)
         if service == "ec2" and action == "RunInstances" and status == 200:
@@ -643,7 +660,7 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def ssm(self, action, req, cfg):
+    def ssm(self, action, req, cfg, region):
         params = cfg.get("parameters", {})
         if action == "GetParameter" and req.get("Name", "").startswith("/aws/service/"):
             name = req["Name"]
@@ -689,6 +706,11 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             if down:
                 return {"__type": "InvalidInstanceId",
                         "message": "Instances [[%s]] not in a valid state for account 123456789012" % ", ".join(down)}
+            # The account's own documents, which moto takes by any name and never runs.
+            if not (req.get("DocumentName") or "").startswith("AWS-"):
+                error, self.rendered = documents.render(UPSTREAM, region, req)
+                if error is not None:
+                    return error
         if action == "GetCommandInvocation":
             answer = MACHINES.invocation(req.get("CommandId"), req.get("InstanceId"))
             if answer is not None:
@@ -733,23 +755,27 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         return self.reply(200, out)
 
     def remember(self, req, resp, cfg):
-        text = "\n".join((req.get("Parameters") or {}).get("commands") or [])
+        text = selected_branch("\n".join((req.get("Parameters") or {}).get("commands") or []))
         command_id = (resp.get("Command") or {}).get("CommandId")
+        instance = (req.get("InstanceIds") or [""])[0]
         jobs = BATCH_JOB.findall(text)
         if jobs:
             # A scripted instance has no shell: each script of a batch (bake's guest/batch.rs)
             # is answered by the rules as if it had been sent alone, in the batch's answer.
             OUTCOMES[command_id] = {"status": "Success", "exit_code": 0,
-                                    "stdout": self.batch_answer(jobs, cfg)}
+                                    "stdout": self.batch_answer(jobs, cfg, instance)}
             return
-        rule = self.scripted(text, cfg)
+        rule = self.scripted(text, cfg, instance)
         if rule is not None:
             OUTCOMES[command_id] = rule
 
     @staticmethod
-    def scripted(text, cfg):
-        """The test's rule for a command of this text, if one matches."""
+    def scripted(text, cfg, instance=""):
+        """The test's rule for a command of this text, if one matches (a rule with an
+        "instance" answers that instance's commands only)."""
         for rule in cfg.get("commands", []):
+            if rule.get("instance") not in (None, instance):
+                continue
             if rule.get("match") and rule["match"] in text:
                 return rule
         for needle, stdout in cfg.get("default_stdout", {}).items():
@@ -757,11 +783,11 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 return {"status": "Success", "exit_code": 0, "stdout": stdout}
         return None
 
-    def batch_answer(self, jobs, cfg):
+    def batch_answer(self, jobs, cfg, instance=""):
         out = ["bake-batch inline"]
         for index, label, script in jobs:
             text = "# bake: %s\n%s" % (label, base64.b64decode(script).decode("utf-8", "replace"))
-            rule = self.scripted(text, cfg) or {}
+            rule = self.scripted(text, cfg, instance) or {}
             # A script stopped at its limit exits as `timeout` makes it.
             code = 124 if rule.get("status") == "TimedOut" else rule.get("exit_code", 0)
             out.append("bake-job %s %d" % (index, code))

@@ -4,6 +4,7 @@
 //! opening a pipeline's provider and registry, the recipe lock around a write, JSON output.
 
 pub mod audit;
+pub mod audit_document;
 pub mod diff;
 pub mod history;
 pub mod iam_policy;

@@ -64,9 +64,24 @@ pub fn chunks<'j, 'a>(jobs: &'j [Job<'a>], max_command: usize) -> Vec<&'j [Job<'
     out
 }
 
+/// What a batch does with outputs too long for one answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenLong {
+    /// Keeps them in its directory for the caller to read ([`Printed::Kept`]).
+    Keep,
+    /// Cuts each to its last bytes, so they fit, and leaves nothing behind (the audit program,
+    /// whose caller may run nothing else on the node).
+    CutToTail,
+}
+
 /// The shell that runs `jobs` in order and prints what [`parse`] reads. `inline_budget` is the
 /// most characters of output the transport returns whole (with room kept for the headers).
 pub fn script(label: &str, jobs: &[Job<'_>], inline_budget: usize) -> String {
+    script_with(label, jobs, inline_budget, WhenLong::Keep)
+}
+
+/// [`script`], choosing what happens to outputs too long for one answer.
+pub fn script_with(label: &str, jobs: &[Job<'_>], inline_budget: usize, long: WhenLong) -> String {
     let mut s = format!(
         "#!/bin/sh\n# bake: {label}\nd=$(mktemp -d /var/tmp/bake-batch-XXXXXX) || exit 1\n"
     );
@@ -87,13 +102,30 @@ pub fn script(label: &str, jobs: &[Job<'_>], inline_budget: usize) -> String {
     }
     // base64 makes four characters of three bytes; each script adds a header and two lines.
     // POSIX sh throughout: the agent may start it with `sh`.
+    let fits = "[ $(((size + 2 * n) / 3 * 4 + 64 * n)) -le {inline_budget} ]";
+    let fits = fits.replace("{inline_budget}", &inline_budget.to_string());
+    let decide = match long {
+        WhenLong::Keep => format!(
+            "if {fits}; then inline=1; echo 'bake-batch inline'\n\
+             else inline=0; echo \"bake-batch kept $d\"; fi\n"
+        ),
+        // Each output's share of the budget, in bytes before base64.
+        WhenLong::CutToTail => format!(
+            "if ! {fits}; then\n\
+             \x20 per=$(( ({inline_budget} - 64 * n) / 4 * 3 / (2 * n) ))\n\
+             \x20 for f in \"$d\"/*.out \"$d\"/*.err; do\n\
+             \x20   if [ \"$(stat -c %s \"$f\")\" -gt \"$per\" ]; then tail -c \"$per\" \"$f\" > \"$f.cut\" && mv \"$f.cut\" \"$f\"; fi\n\
+             \x20 done\n\
+             fi\n\
+             inline=1; echo 'bake-batch inline'\n"
+        ),
+    };
     s.push_str(&format!(
         "n={n}\nsize=0\ni=0\nwhile [ \"$i\" -lt \"$n\" ]; do\n\
          \x20 size=$((size + $(stat -c %s \"$d/$i.out\") + $(stat -c %s \"$d/$i.err\")))\n\
          \x20 i=$((i + 1))\n\
          done\n\
-         if [ $(((size + 2 * n) / 3 * 4 + 64 * n)) -le {inline_budget} ]; then inline=1; echo 'bake-batch inline'\n\
-         else inline=0; echo \"bake-batch kept $d\"; fi\n\
+         {decide}\
          i=0\nwhile [ \"$i\" -lt \"$n\" ]; do\n\
          \x20 printf 'bake-job %s %s\\n' \"$i\" \"$(cat \"$d/$i.rc\")\"\n\
          \x20 if [ \"$inline\" = 1 ]; then base64 -w0 \"$d/$i.out\"; echo; base64 -w0 \"$d/$i.err\"; echo; fi\n\
@@ -215,6 +247,23 @@ mod tests {
             .unwrap();
         assert!(out.status.success(), "{out:?}");
         parse(&String::from_utf8(out.stdout).unwrap(), jobs).unwrap()
+    }
+
+    #[test]
+    fn outputs_too_long_are_cut_to_their_tails_when_nothing_may_stay() {
+        let jobs = [job("long", "#!/bin/sh\nseq 1 100000\n", &[], 30)];
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script_with("test batch", &jobs, 2_000, WhenLong::CutToTail))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(stdout.len() <= 2_000, "{} characters", stdout.len());
+        let Printed::Whole(outcomes) = parse(&stdout, &jobs).unwrap() else {
+            panic!("kept: {stdout}")
+        };
+        let ran = outcomes[0].as_ref().unwrap();
+        assert!(ran.stdout.ends_with("99999\n100000\n"), "{:?}", ran.stdout);
     }
 
     #[test]

@@ -4,9 +4,8 @@
 //! with the package manifest captured when its image was baked. It changes no node.
 
 use crate::canary::Prepared;
-use crate::guest::{Guest, Job};
+use crate::guest::audit::{AuditProgram, DocumentState, Installed};
 use crate::input::pipeline::Pipeline;
-use crate::input::validate::Validator;
 use crate::provider::{Fleet, FleetNode};
 use crate::registry::Registry;
 use crate::release::ReleaseId;
@@ -98,14 +97,29 @@ pub async fn audit(
     progress: &(dyn Fn(usize, usize, &NodeAudit) + Sync),
 ) -> Result<Audit> {
     let work = select(registry, fleet, pipeline, req).await?;
+    // The audit program of each recipe with a node to judge, installed as this pipeline would.
+    let programs: BTreeMap<&str, AuditProgram> = pipeline
+        .bakes
+        .iter()
+        .filter(|b| work.iter().any(|(_, a)| a.recipe == b.recipe.name))
+        .map(|b| {
+            let name = b.recipe.name.as_str();
+            (name, AuditProgram::new(name, &b.recipe.validators))
+        })
+        .collect();
+    let listed: Vec<AuditProgram> = programs.values().cloned().collect();
+    if !listed.is_empty() {
+        installed(fleet, pipeline, &listed).await?;
+    }
     let total = work.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let mut nodes: Vec<NodeAudit> = futures::stream::iter(work)
-        .map(|(validators, node, mut audit)| {
-            let done = &done;
+        .map(|(node, mut audit)| {
+            let (done, programs) = (&done, &programs);
             async move {
                 if audit.not_judged.is_none() {
-                    let judged = judge(registry, fleet, &node, validators, req, &mut audit);
+                    let program = &programs[audit.recipe.as_str()];
+                    let judged = judge(registry, fleet, &node, program, req, &mut audit);
                     if let Err(why) = judged.await {
                         audit.not_judged = Some(why);
                     }
@@ -122,14 +136,14 @@ pub async fn audit(
     Ok(Audit { nodes })
 }
 
-/// The running nodes `req` selects, each with its recipe's validators and its audit, not yet
-/// judged: its release, arch and channels from the registry.
-async fn select<'p>(
+/// The running nodes `req` selects, each with its audit, not yet judged: its recipe, release,
+/// arch and channels from the registry.
+async fn select(
     registry: &dyn Registry,
     fleet: &dyn Fleet,
-    pipeline: &'p Pipeline,
+    pipeline: &Pipeline,
     req: &Request<'_>,
-) -> Result<Vec<(&'p [Validator], FleetNode, NodeAudit)>> {
+) -> Result<Vec<(FleetNode, NodeAudit)>> {
     let eks_cluster = match req.cluster {
         Some(c) => Some(
             pipeline
@@ -203,7 +217,7 @@ async fn select<'p>(
                 changed: Vec::new(),
                 not_judged: untagged,
             };
-            work.push((bake.recipe.validators.as_slice(), node, audit));
+            work.push((node, audit));
         }
     }
     if let Some(n) = req.node.filter(|_| work.is_empty()) {
@@ -220,33 +234,31 @@ async fn judge(
     registry: &dyn Registry,
     fleet: &dyn Fleet,
     node: &FleetNode,
-    validators: &[Validator],
+    program: &AuditProgram,
     req: &Request<'_>,
     audit: &mut NodeAudit,
 ) -> std::result::Result<(), String> {
-    let mut guest: Box<dyn Guest> = fleet
-        .guest(node, req.wait)
+    let mut probe = fleet
+        .probe(node, program, audit.arch, req.wait)
         .await
         .map_err(|e| e.to_string())?;
-    let label = format!("{} {} audit {}", audit.recipe, audit.arch, node.instance);
-    let os = guest
-        .run(
-            &format!("{label} os-release"),
-            OS_RELEASE.as_bytes(),
-            &[],
-            req.timeout,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    if os.exit_code != 0 {
-        return Err(format!(
-            "reading its os-release exited {}: {}",
-            os.exit_code,
-            os.tail(4)
-        ));
+    let (os, outcomes) = probe.checks().await?;
+    let os = Prepared::parse(&os);
+    for (v, ran) in program.checks().iter().zip(outcomes) {
+        // A check for another distribution did not run there (the program's guard).
+        if !os.applies(v) {
+            let why = format!(
+                "applies to {}; this node runs {}",
+                v.applies_to.join(", "),
+                os.os()
+            );
+            audit.checks.push(CheckResult::not_applicable(&v.name, why));
+            continue;
+        }
+        let ran = ran.map_err(|why| format!("{}: {why}", v.name))?;
+        let result = crate::verdict::judged(v, ran.exit_code, &ran.stdout, &ran.stderr)?;
+        audit.checks.push(result);
     }
-    let os = Prepared::parse(&os.stdout);
-    checks(guest.as_mut(), &label, &os, validators, req, audit).await?;
     let baked = registry
         .package_manifest(&audit.recipe, &audit.release, audit.arch)
         .await
@@ -260,60 +272,56 @@ async fn judge(
         audit.checks.push(CheckResult::not_applicable(name, why));
         return Ok(());
     };
-    let producer = crate::steps::provision::PACKAGES_PRODUCER;
-    let now = guest
-        .read_output(&format!("{label} packages"), producer, req.timeout)
-        .await?;
+    let now = probe.packages().await?;
     audit.changed = crate::packages::changed_since_bake(&baked, &now);
     Ok(())
 }
 
-/// The recipe's checks declared safe on a live node, in one batch, with `BAKE_AUDIT=1`; those
-/// for another distribution are said not to apply.
-async fn checks(
-    guest: &mut dyn Guest,
-    label: &str,
-    os: &Prepared,
-    validators: &[Validator],
-    req: &Request<'_>,
-    audit: &mut NodeAudit,
-) -> std::result::Result<(), String> {
-    let (mut jobs, mut which) = (Vec::new(), Vec::new());
-    for v in validators.iter().filter(|v| v.audit) {
-        if !os.applies(v) {
-            let why = format!(
-                "applies to {}; this node runs {}",
-                v.applies_to.join(", "),
-                os.os()
-            );
-            audit.checks.push(CheckResult::not_applicable(&v.name, why));
-            continue;
-        }
-        let env = vec![
-            ("BAKE_AUDIT", "1".to_string()),
-            ("BAKE_RECIPE", audit.recipe.clone()),
-            ("BAKE_ARCH", audit.arch.to_string()),
-        ];
-        let job = Job {
-            name: &v.name,
-            script: &v.content,
-            env,
-            timeout: req.timeout,
-        };
-        jobs.push(job);
-        which.push(v);
+/// Refuses to audit where a recipe's audit program is not installed as this pipeline would
+/// install it (AWS: its SSM document missing or with other content in a region), naming each
+/// and the command that installs them. Nothing is sent to a node before.
+async fn installed(
+    fleet: &dyn Fleet,
+    pipeline: &Pipeline,
+    programs: &[AuditProgram],
+) -> Result<()> {
+    let wrong: Vec<String> = fleet
+        .documents(programs, false)
+        .await?
+        .into_iter()
+        .filter(|d| d.state != DocumentState::Current)
+        .map(|d| {
+            let how = match d.state {
+                DocumentState::Missing => "does not exist",
+                _ => "has other content than this pipeline's checks (they changed since it was installed)",
+            };
+            format!("the audit document {} of {} in {} {how}", d.name, d.recipe, d.region)
+        })
+        .collect();
+    if wrong.is_empty() {
+        return Ok(());
     }
-    let outcomes = guest
-        .run_each(&format!("{label} validator"), &jobs)
-        .await
-        .map_err(|e| e.to_string())?;
-    for (v, ran) in which.into_iter().zip(outcomes) {
-        let ran = ran.map_err(|why| format!("{}: {why}", v.name))?;
-        let result = crate::verdict::judged(v, ran.exit_code, &ran.stdout, &ran.stderr)?;
-        audit.checks.push(result);
-    }
-    Ok(())
+    Err(Error::Usage(format!(
+        "{}; install it with `bake audit-document {} --apply` (or apply it as its content from `bake audit-document`), then audit again",
+        wrong.join("; "),
+        pipeline.file.display()
+    )))
 }
 
-/// The node's distribution, as the canary's prepare script reports it.
-const OS_RELEASE: &str = "#!/bin/sh\nID=; ID_LIKE=; VERSION_ID=; . /etc/os-release 2>/dev/null || . /usr/lib/os-release\nprintf 'os_id=%s\\nos_like=%s\\nos_version=%s\\n' \"$ID\" \"$ID_LIKE\" \"$VERSION_ID\"";
+/// `bake audit-document`: each recipe's audit program (or `recipe`'s alone), and where its
+/// installed form stands in each region; with `apply`, installed where missing or stale.
+pub async fn documents(
+    fleet: &dyn Fleet,
+    pipeline: &Pipeline,
+    recipe: Option<&str>,
+    apply: bool,
+) -> Result<(Vec<AuditProgram>, Vec<Installed>)> {
+    let programs: Vec<AuditProgram> = pipeline
+        .bakes
+        .iter()
+        .filter(|b| recipe.is_none_or(|r| r == b.recipe.name))
+        .map(|b| AuditProgram::new(&b.recipe.name, &b.recipe.validators))
+        .collect();
+    let installed = fleet.documents(&programs, apply).await?;
+    Ok((programs, installed))
+}

@@ -249,6 +249,18 @@ impl<'p> Scope<'p> {
             .iter()
             .map(|b| b.recipe.name.clone())
             .collect();
+        let audit_documents: Vec<String> = self
+            .regions
+            .iter()
+            .flat_map(|g| {
+                recipes.iter().map(move |r| {
+                    format!(
+                        "arn:aws:ssm:{g}:*:document/{}",
+                        crate::guest::audit::document_name(owner, r)
+                    )
+                })
+            })
+            .collect();
         vec![
             json!({
                 "Sid": "RunShellScriptOnOwnInstancesOnly",
@@ -259,13 +271,27 @@ impl<'p> Scope<'p> {
             }),
             // `bake audit`: the eks-node module's nodes of this pipeline's recipes (its
             // `bake:recipe` tag), in the pipeline's region and (running the copies) each copy
-            // region, and only the read-only checks bake sends them.
+            // region ...
             json!({
                 "Sid": "AuditThePipelinesNodes",
                 "Effect": "Allow",
                 "Action": "ssm:SendCommand",
                 "Resource": self.in_each_region(|g| format!("arn:aws:ec2:{g}:*:instance/*")),
                 "Condition": {"StringEquals": {"ssm:resourceTag/bake:recipe": recipes}}
+            }),
+            // ... and only through the pipeline's audit documents (`bake audit-document`),
+            // which take no script: an action, the node's arch and an offset.
+            json!({
+                "Sid": "TheAuditDocuments",
+                "Effect": "Allow",
+                "Action": ["ssm:SendCommand", "ssm:DescribeDocument"],
+                "Resource": audit_documents
+            }),
+            json!({
+                "Sid": "InstallTheAuditDocuments",
+                "Effect": "Allow",
+                "Action": ["ssm:CreateDocument", "ssm:UpdateDocument", "ssm:UpdateDocumentDefaultVersion"],
+                "Resource": audit_documents
             }),
             json!({
                 "Sid": "TheRunShellScriptDocument",

@@ -185,13 +185,28 @@ pub trait Fleet: Send + Sync {
     /// node made today would run), booted when its guest is asked for.
     async fn nodes(&self, images: &[String], current: &[String]) -> Result<Vec<FleetNode>>;
 
-    /// The node's guest, once its agent answers (within `wait`); an error names why not. A
-    /// node booted for the audit lives as long as its guest.
-    async fn guest(
+    /// How to ask the node `program`'s questions (its arch `arch`), once its agent answers
+    /// (within `wait`); an error names why not. A node booted for the audit lives as long as
+    /// its probe.
+    async fn probe(
         &self,
         node: &FleetNode,
+        program: &crate::guest::audit::AuditProgram,
+        arch: crate::Arch,
         wait: std::time::Duration,
-    ) -> Result<Box<dyn crate::guest::Guest>>;
+    ) -> Result<Box<dyn crate::guest::audit::NodeProbe>>;
+
+    /// Where each program's installed form stands in each region the nodes may run in (AWS:
+    /// the recipe's SSM document in the pipeline's region and each copy region); with `apply`,
+    /// what is missing or stale is installed first. A provider that runs the program straight
+    /// through a node's guest installs nothing (empty).
+    async fn documents(
+        &self,
+        _programs: &[crate::guest::audit::AuditProgram],
+        _apply: bool,
+    ) -> Result<Vec<crate::guest::audit::Installed>> {
+        Ok(Vec::new())
+    }
 }
 
 /// A provider whose images have a lifecycle beyond existing: deprecation (prune deprecates

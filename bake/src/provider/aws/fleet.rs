@@ -2,12 +2,13 @@
 //! 200 IDs a call, EC2's limit per filter) among running instances, in the pipeline's region
 //! and, running the images' copies, in each copy region; reached through SSM in their region.
 
+use super::audit_document::DocumentProbe;
 use super::list::tag;
 use super::usage::chunked_filters;
 use super::AwsProvider;
-use crate::guest::Guest;
+use crate::guest::audit::{AuditProgram, Installed, NodeProbe};
 use crate::provider::{Fleet, FleetNode};
-use crate::Result;
+use crate::{Arch, Error, Result};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::Filter;
 use std::time::Duration;
@@ -43,13 +44,31 @@ impl Fleet for AwsProvider {
         Ok(out)
     }
 
-    async fn guest(&self, node: &FleetNode, wait: Duration) -> Result<Box<dyn Guest>> {
+    async fn probe(
+        &self,
+        node: &FleetNode,
+        program: &AuditProgram,
+        arch: Arch,
+        wait: Duration,
+    ) -> Result<Box<dyn NodeProbe>> {
         let guest = match &node.region {
             Some(region) => self.guest_in(region, &node.instance)?,
             None => AwsProvider::guest(self, &node.instance),
         };
         guest.wait_online(wait).await?;
-        Ok(Box::new(guest))
+        let content = program.document().map_err(Error::Usage)?;
+        Ok(Box::new(DocumentProbe {
+            guest,
+            document: program.document_name(self.owner()),
+            hash: AuditProgram::hash(&content),
+            program: program.clone(),
+            arch,
+            label: format!("{} {arch} audit {}", program.recipe, node.instance),
+        }))
+    }
+
+    async fn documents(&self, programs: &[AuditProgram], apply: bool) -> Result<Vec<Installed>> {
+        self.audit_documents(programs, apply).await
     }
 }
 

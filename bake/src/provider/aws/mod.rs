@@ -7,6 +7,7 @@
 //! journalled before the next call that can fail. The chain of steps is in `chain`.
 
 mod account;
+mod audit_document;
 mod base;
 mod chain;
 mod cluster_api;

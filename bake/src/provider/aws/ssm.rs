@@ -16,6 +16,13 @@ use std::time::Duration;
 /// A command's parameters are limited to a few tens of KB; a larger file would need S3.
 pub const MAX_INLINE_FILE: usize = 48 * 1024;
 
+/// What one command runs: a document, the sha256 its content must have, its parameters.
+pub struct Invocation<'a> {
+    pub document: &'a str,
+    pub hash: Option<&'a str>,
+    pub parameters: Vec<(&'a str, String)>,
+}
+
 /// One instance reached through SSM.
 #[derive(Clone)]
 pub struct SsmGuest {
@@ -66,24 +73,48 @@ impl SsmGuest {
     }
 
     /// Sends one AWS-RunShellScript command and waits for its end.
+    async fn command(&self, label: &str, script: &str, timeout: Duration) -> Result<Ran> {
+        let invocation = Invocation {
+            document: "AWS-RunShellScript",
+            hash: None,
+            parameters: vec![
+                ("commands", script.to_string()),
+                ("executionTimeout", timeout.as_secs().max(1).to_string()),
+            ],
+        };
+        self.send(label, &invocation, timeout).await
+    }
+
+    /// Sends one command of `invocation`'s document and waits for its end (up to `timeout` and
+    /// a minute).
     ///
     /// Long because sending, polling with backoff and reading the answer (its cut, its status) are
     /// one exchange with SSM whose failures are told apart in one place.
-    async fn command(&self, label: &str, script: &str, timeout: Duration) -> Result<Ran> {
+    pub async fn send(
+        &self,
+        label: &str,
+        invocation: &Invocation<'_>,
+        timeout: Duration,
+    ) -> Result<Ran> {
         let instance = &self.instance;
         let mut attempts = 0;
         let command_id = loop {
             self.limits.ssm.until_ready().await;
-            let sent = self
+            let mut send = self
                 .ssm
                 .send_command()
-                .document_name("AWS-RunShellScript")
-                .instance_ids(instance)
-                .parameters("commands", vec![script.to_string()])
-                .parameters(
-                    "executionTimeout",
-                    vec![timeout.as_secs().max(1).to_string()],
-                )
+                .document_name(invocation.document)
+                .instance_ids(instance);
+            for (name, value) in &invocation.parameters {
+                send = send.parameters(*name, vec![value.clone()]);
+            }
+            if let Some(hash) = invocation.hash {
+                // SSM runs the document only if its content still has this sha256.
+                send = send
+                    .document_hash(hash)
+                    .document_hash_type(aws_sdk_ssm::types::DocumentHashType::Sha256);
+            }
+            let sent = send
                 .comment(label.chars().take(100).collect::<String>())
                 // One instance a command, said explicitly rather than left to SSM's defaults
                 // (50 at once): bake runs its commands at the pace it chooses (`bake audit`

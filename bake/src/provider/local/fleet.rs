@@ -9,6 +9,7 @@ use super::machine::{boot_vm, new_instance_id, node_seed, overlay};
 use super::qemu::{Accel, Vm, VmSpec};
 use super::qga::Agent;
 use super::LocalProvider;
+use crate::guest::audit::{AuditProgram, GuestProbe, NodeProbe};
 use crate::guest::{Guest, Ran};
 use crate::provider::{Fleet, FleetNode};
 use crate::state_dir::StateDir;
@@ -42,7 +43,27 @@ impl Fleet for LocalProvider {
         Ok(out)
     }
 
-    async fn guest(&self, node: &FleetNode, wait: Duration) -> Result<Box<dyn Guest>> {
+    async fn probe(
+        &self,
+        node: &FleetNode,
+        program: &AuditProgram,
+        arch: Arch,
+        wait: Duration,
+    ) -> Result<Box<dyn NodeProbe>> {
+        let guest = self.node_guest(node, wait).await?;
+        Ok(Box::new(GuestProbe {
+            guest,
+            program: program.clone(),
+            arch,
+            label: format!("{} {arch} audit {}", program.recipe, node.instance),
+        }))
+    }
+}
+
+impl LocalProvider {
+    /// The node booted the canary's way, once its guest agent answers (within `wait`, or the
+    /// pipeline's boot timeout if longer).
+    async fn node_guest(&self, node: &FleetNode, wait: Duration) -> Result<Box<dyn Guest>> {
         let files = self.store.files(&node.image);
         let arch = self
             .store
@@ -81,9 +102,7 @@ impl Fleet for LocalProvider {
         booting.agent = Some(agent?);
         Ok(Box::new(booting))
     }
-}
 
-impl LocalProvider {
     /// The accelerator a node boots with: what this host is known to support, else TCG (an
     /// audit does not probe KVM; a bake does, and remembers it).
     fn audit_accel(&self, arch: Arch) -> Accel {
