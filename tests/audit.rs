@@ -65,6 +65,73 @@ fn packages_of(instance: &str, list: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Every call of the audits since record `from` is allowed by `bake iam-policy --audit-only`,
+/// and what an audit identity must never do is denied by it: run a script on a node (IAM
+/// authorizes a command's document apart from its instances, so only a policy without
+/// AWS-RunShellScript keeps a shell off the nodes), install documents, write the registry,
+/// stop a node.
+fn audit_only_identity_suffices(p: &common::Project, moto: &Moto, from: usize, node: &str) {
+    let out = common::moto::bake_command(p, moto)
+        .args([
+            "iam-policy",
+            "pipelines/aws.toml",
+            "--audit-only",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let policy: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = p.access_key();
+    let calls: Vec<Value> = moto.records()[from..]
+        .iter()
+        .filter(|r| r["key"] == key.as_str())
+        .cloned()
+        .collect();
+    let instance = format!("arn:aws:ec2:us-east-1:123456789012:instance/{node}");
+    let tags = json!({"aws:ResourceTag/bake:recipe": "eks-node", "ssm:resourceTag/bake:recipe": "eks-node"});
+    let req = |action: &str, resource: &str, context: Value| json!({"action": action, "resource": resource, "context": context});
+    let forbidden = [
+        req(
+            "ssm:SendCommand",
+            "arn:aws:ssm:us-east-1::document/AWS-RunShellScript",
+            json!({}),
+        ),
+        req(
+            "ssm:CreateDocument",
+            "arn:aws:ssm:us-east-1:123456789012:document/bake-audit.audit1.eks-node",
+            json!({}),
+        ),
+        req(
+            "ssm:UpdateDocument",
+            "arn:aws:ssm:us-east-1:123456789012:document/bake-audit.audit1.eks-node",
+            json!({}),
+        ),
+        req(
+            "ssm:PutParameter",
+            "arn:aws:ssm:us-east-1:123456789012:parameter/audit1/eks-node/channels/dev",
+            json!({}),
+        ),
+        req("ec2:StopInstances", &instance, tags.clone()),
+        req("ec2:TerminateInstances", &instance, tags),
+    ];
+    let verdicts = common::moto::simulate(&policy, &calls, &forbidden);
+    let (said, asked) = verdicts.split_at(verdicts.len() - forbidden.len());
+    let denied: Vec<&Value> = said.iter().filter(|v| v["result"] != "Allowed").collect();
+    assert!(
+        denied.is_empty(),
+        "the audit-only policy does not allow: {denied:#?}"
+    );
+    for (r, v) in forbidden.iter().zip(asked) {
+        assert_ne!(v["result"], "Allowed", "{r} under the audit-only policy");
+    }
+}
+
 /// A node's answer to the os-release job of the audit program: Ubuntu 22.04.
 fn os_rule() -> Value {
     json!({"match": "printf 'os_id=%s", "stdout": "os_id=ubuntu\nos_like=debian\nos_version=22.04\n"})
@@ -262,6 +329,7 @@ async fn audit_finds_the_pets_of_a_release_and_reports_drift_on_exactly_its_node
         assert!(body["Parameters"].get("commands").is_none(), "{body}");
     }
     common::moto::assert_iam_allows(moto, &[&p], "pipelines/aws.toml");
+    audit_only_identity_suffices(&p, moto, first_audit, &web1);
 
     // The recipe's checks change: the installed document is stale, and the audit refuses to
     // run (exit 2) until it is updated; SSM itself refuses the old hash.

@@ -28,6 +28,9 @@ pub struct Prepared {
     pub os_version: String,
     /// `Ok(mount point)` when the image's root is mounted, else why not.
     pub image_root: Result<String, String>,
+    /// What systemd said of the first boot once the script stopped waiting for it (`running`,
+    /// `degraded`; `starting` when it was not over in time). None without systemd.
+    pub boot_state: Option<String>,
 }
 
 impl Prepared {
@@ -38,6 +41,7 @@ impl Prepared {
             os_like: Vec::new(),
             os_version: String::new(),
             image_root: Err("the prepare script said nothing about the image root".into()),
+            boot_state: None,
         };
         for line in stdout.lines() {
             let Some((k, v)) = line.split_once('=') else {
@@ -50,10 +54,19 @@ impl Prepared {
                 "os_version" => p.os_version = v.to_string(),
                 "image_root" => p.image_root = Ok(v.to_string()),
                 "image_root_error" => p.image_root = Err(v.to_string()),
+                "boot_state" => p.boot_state = Some(v.to_string()),
                 _ => {}
             }
         }
         p
+    }
+
+    /// Whether the canary's first boot was still under way when the script stopped waiting.
+    pub fn still_booting(&self) -> bool {
+        matches!(
+            self.boot_state.as_deref(),
+            Some("starting" | "initializing" | "")
+        )
     }
 
     /// `ubuntu 24.04` — the booted system, for messages.

@@ -10,6 +10,20 @@ root=${1:-${BAKE_IMAGE_ROOT:-/run/bake/image-root}}
 [ "$#" -gt 0 ] && shift
 set -- "$@" ${BAKE_IMAGE_DEVICES:-}
 . /etc/os-release 2>/dev/null || . /usr/lib/os-release 2>/dev/null || true
+# Nothing is judged before the first boot is over: what it changes -- a package upgrade by
+# cloud-init's final stage, a bootstrap's snap refresh, a unit that installs something -- is
+# what the checks, software-as-baked first, must see. The agent answers long before that (its
+# unit starts early; cloud-final and units wanted by multi-user.target start after it).
+# systemd says when the start-up transaction is done (`is-system-running --wait`: running, or
+# degraded if a unit failed), cloud-init when its stages are; ten minutes at most.
+limit=${BAKE_BOOT_WAIT:-600}
+if command -v systemctl >/dev/null 2>&1; then
+  echo "boot_state=$(timeout "$limit" systemctl is-system-running --wait 2>/dev/null || true)"
+fi
+if command -v cloud-init >/dev/null 2>&1; then
+  timeout "$limit" cloud-init status --wait >/dev/null 2>&1
+  echo "cloud_init_status=$?"
+fi
 echo "os_id=${ID:-}"
 echo "os_like=${ID_LIKE:-}"
 echo "os_version=${VERSION_ID:-}"

@@ -44,6 +44,22 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
     Ok(json!({"Version": "2012-10-17", "Statement": statements}))
 }
 
+/// The policy of an identity that only audits (`bake audit` of `pipeline`'s nodes): the reads
+/// that find the nodes and their releases, and SendCommand of the pipeline's audit documents
+/// to its nodes. IAM authorizes a command's document and instances separately, so an identity
+/// that may also run AWS-RunShellScript on bake's builders could send that to a node too; one
+/// with this policy alone cannot run anything on a node but the audit documents.
+pub fn audit_policy(pipeline: &Pipeline) -> Result<Value> {
+    let aws = pipeline.settings.aws().ok_or_else(|| {
+        Error::Usage(format!(
+            "{} does not use the aws provider; it needs no IAM policy",
+            pipeline.file.display()
+        ))
+    })?;
+    let scope = Scope::new(pipeline, aws);
+    Ok(json!({"Version": "2012-10-17", "Statement": scope.audit_only()}))
+}
+
 /// What every statement is scoped by: the pipeline's region(s), its registry path and the
 /// `bake:prefix` value that marks what it owns. Each method is one group of statements.
 struct Scope<'p> {
@@ -243,24 +259,6 @@ impl<'p> Scope<'p> {
             &self.owner,
             &self.prefix,
         );
-        let recipes: Vec<String> = self
-            .pipeline
-            .bakes
-            .iter()
-            .map(|b| b.recipe.name.clone())
-            .collect();
-        let audit_documents: Vec<String> = self
-            .regions
-            .iter()
-            .flat_map(|g| {
-                recipes.iter().map(move |r| {
-                    format!(
-                        "arn:aws:ssm:{g}:*:document/{}",
-                        crate::guest::audit::document_name(owner, r)
-                    )
-                })
-            })
-            .collect();
         vec![
             json!({
                 "Sid": "RunShellScriptOnOwnInstancesOnly",
@@ -272,26 +270,15 @@ impl<'p> Scope<'p> {
             // `bake audit`: the eks-node module's nodes of this pipeline's recipes (its
             // `bake:recipe` tag), in the pipeline's region and (running the copies) each copy
             // region ...
-            json!({
-                "Sid": "AuditThePipelinesNodes",
-                "Effect": "Allow",
-                "Action": "ssm:SendCommand",
-                "Resource": self.in_each_region(|g| format!("arn:aws:ec2:{g}:*:instance/*")),
-                "Condition": {"StringEquals": {"ssm:resourceTag/bake:recipe": recipes}}
-            }),
+            self.audit_nodes(),
             // ... and only through the pipeline's audit documents (`bake audit-document`),
             // which take no script: an action, the node's arch and an offset.
-            json!({
-                "Sid": "TheAuditDocuments",
-                "Effect": "Allow",
-                "Action": ["ssm:SendCommand", "ssm:DescribeDocument"],
-                "Resource": audit_documents
-            }),
+            self.audit_documents(),
             json!({
                 "Sid": "InstallTheAuditDocuments",
                 "Effect": "Allow",
                 "Action": ["ssm:CreateDocument", "ssm:UpdateDocument", "ssm:UpdateDocumentDefaultVersion"],
-                "Resource": audit_documents
+                "Resource": self.audit_document_arns()
             }),
             json!({
                 "Sid": "TheRunShellScriptDocument",
@@ -316,6 +303,80 @@ impl<'p> Scope<'p> {
                 "Effect": "Allow",
                 "Action": "ssm:DescribeParameters",
                 "Resource": "*"
+            }),
+        ]
+    }
+
+    fn recipes(&self) -> Vec<String> {
+        self.pipeline
+            .bakes
+            .iter()
+            .map(|b| b.recipe.name.clone())
+            .collect()
+    }
+
+    /// SendCommand on the eks-node module's nodes of this pipeline's recipes (their
+    /// `bake:recipe` tag), in the pipeline's region and each copy region.
+    fn audit_nodes(&self) -> Value {
+        json!({
+            "Sid": "AuditThePipelinesNodes",
+            "Effect": "Allow",
+            "Action": "ssm:SendCommand",
+            "Resource": self.in_each_region(|g| format!("arn:aws:ec2:{g}:*:instance/*")),
+            "Condition": {"StringEquals": {"ssm:resourceTag/bake:recipe": self.recipes()}}
+        })
+    }
+
+    /// Each recipe's audit document (`bake audit-document`) in each region.
+    fn audit_document_arns(&self) -> Vec<String> {
+        let recipes = self.recipes();
+        self.regions
+            .iter()
+            .flat_map(|g| {
+                recipes.iter().map(move |r| {
+                    format!(
+                        "arn:aws:ssm:{g}:*:document/{}",
+                        crate::guest::audit::document_name(&self.owner, r)
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn audit_documents(&self) -> Value {
+        json!({
+            "Sid": "TheAuditDocuments",
+            "Effect": "Allow",
+            "Action": ["ssm:SendCommand", "ssm:DescribeDocument"],
+            "Resource": self.audit_document_arns()
+        })
+    }
+
+    /// What `bake audit` alone needs: the reads that find the nodes and their releases, and
+    /// SendCommand of the audit documents to the pipeline's nodes — nothing else, so an
+    /// identity with only this cannot run a script on a node (see [`audit_policy`]).
+    fn audit_only(&self) -> Vec<Value> {
+        let prefix = &self.prefix;
+        vec![
+            json!({
+                "Sid": "FindTheNodesAndAskTheirAgents",
+                "Effect": "Allow",
+                "Action": [
+                    "ec2:DescribeInstances", "ec2:DescribeImages",
+                    "ssm:DescribeInstanceInformation", "ssm:GetCommandInvocation"
+                ],
+                "Resource": "*"
+            }),
+            self.audit_nodes(),
+            self.audit_documents(),
+            json!({
+                "Sid": "ReadTheRegistry",
+                "Effect": "Allow",
+                "Action": ["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"],
+                "Resource": [
+                    format!("arn:aws:ssm:{}:*:parameter{prefix}", self.region),
+                    format!("arn:aws:ssm:{}:*:parameter{prefix}/*", self.region)
+                ]
             }),
         ]
     }

@@ -97,6 +97,11 @@ impl<S> Validate<'_, S> {
         cx: &StepContext<'_>,
     ) -> Result<Prepared> {
         let label = format!("{} {} prepare canary", cx.recipe, cx.arch);
+        // The script waits for the first boot to be over, within its own limit.
+        let boot_wait = self
+            .timeout
+            .saturating_sub(Duration::from_secs(60))
+            .max(Duration::from_secs(30));
         let ran = guest
             .run(
                 &label,
@@ -104,6 +109,7 @@ impl<S> Validate<'_, S> {
                 &[
                     ("BAKE_IMAGE_ROOT", crate::canary::IMAGE_ROOT),
                     ("BAKE_IMAGE_DEVICES", devices),
+                    ("BAKE_BOOT_WAIT", &boot_wait.as_secs().to_string()),
                 ],
                 self.timeout,
             )
@@ -120,6 +126,16 @@ impl<S> Validate<'_, S> {
             ));
         }
         let prepared = Prepared::parse(&ran.stdout);
+        if prepared.still_booting() {
+            return Err(cx.error(
+                STEP,
+                format!(
+                    "the canary's first boot was not over within {} (systemd: `{}`): nothing is judged on a canary still booting, as what its boot changes is part of the verdict",
+                    humantime::format_duration(boot_wait),
+                    prepared.boot_state.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
         tracing::info!(recipe = cx.recipe, arch = %cx.arch, os = %prepared.os(), image_root = ?prepared.image_root, "canary prepared");
         Ok(prepared)
     }
