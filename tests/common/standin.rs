@@ -282,7 +282,9 @@ pub async fn emulator_of(base: &base::Base, param: &str, root: &str) -> (&'stati
                 "disk": base.disk, "kernel": base.kernel, "initrd": base.initrd, "arch": "x86_64",
                 "root": root,
             }},
-            "cpus": 2,
+            // One vCPU: the rehearsals boot their guests beside the local VM chain's on two
+            // cores (see tests/vm.rs, project_for).
+            "cpus": 1,
             "memory_mib": 1536,
         },
     }));
