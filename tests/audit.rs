@@ -71,22 +71,7 @@ fn packages_of(instance: &str, list: &str) -> Vec<Value> {
 /// AWS-RunShellScript keeps a shell off the nodes), install documents, write the registry,
 /// stop a node.
 fn audit_only_identity_suffices(p: &common::Project, moto: &Moto, from: usize, node: &str) {
-    let out = common::moto::bake_command(p, moto)
-        .args([
-            "iam-policy",
-            "pipelines/aws.toml",
-            "--audit-only",
-            "-o",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let policy: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let policy = common::moto::printed_policy(p, moto, "pipelines/aws.toml", &["--audit-only"]);
     let key = p.access_key();
     let calls: Vec<Value> = moto.records()[from..]
         .iter()
@@ -130,6 +115,15 @@ fn audit_only_identity_suffices(p: &common::Project, moto: &Moto, from: usize, n
     for (r, v) in forbidden.iter().zip(asked) {
         assert_ne!(v["result"], "Allowed", "{r} under the audit-only policy");
     }
+}
+
+/// `bake audit-document --apply` of the project's pipeline: (exit code, report, stderr).
+fn install_audit_documents(p: &common::Project, moto: &Moto) -> (i32, Value, String) {
+    bake(
+        p,
+        moto,
+        &["audit-document", "-p", "pipelines/aws.toml", "--apply"],
+    )
 }
 
 /// A node's answer to the os-release job of the audit program: Ubuntu 22.04.
@@ -181,11 +175,7 @@ async fn audit_finds_the_pets_of_a_release_and_reports_drift_on_exactly_its_node
     assert!(!moto.records()[before..]
         .iter()
         .any(|r| r["action"] == "SendCommand"));
-    let (code, docs, stderr) = bake(
-        &p,
-        moto,
-        &["audit-document", "-p", "pipelines/aws.toml", "--apply"],
-    );
+    let (code, docs, stderr) = install_audit_documents(&p, moto);
     assert_eq!(code, 0, "{docs:#}\n{stderr}");
     assert_eq!(docs["documents"][0]["state"], "created", "{docs:#}");
     let (_, docs, _) = bake(&p, moto, &["audit-document", "-p", "pipelines/aws.toml"]);
@@ -345,11 +335,7 @@ async fn audit_finds_the_pets_of_a_release_and_reports_drift_on_exactly_its_node
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("has other content"), "{stderr}");
-    let (code, docs, _) = bake(
-        &p,
-        moto,
-        &["audit-document", "-p", "pipelines/aws.toml", "--apply"],
-    );
+    let (code, docs, _) = install_audit_documents(&p, moto);
     assert_eq!(
         (code, docs["documents"][0]["state"].as_str()),
         (0, Some("updated")),
@@ -463,11 +449,7 @@ async fn nodes_in_a_copy_region_are_audited_there_and_an_untagged_node_is_never_
         .to_string();
     let audit = ["audit", "-p", "pipelines/aws.toml", "--wait", "5s"];
     // The audit document, in the pipeline's region and the copy region.
-    let (code, docs, stderr) = bake(
-        &p,
-        moto,
-        &["audit-document", "-p", "pipelines/aws.toml", "--apply"],
-    );
+    let (code, docs, stderr) = install_audit_documents(&p, moto);
     assert_eq!(code, 0, "{docs:#}\n{stderr}");
     let regions: Vec<&str> = docs["documents"]
         .as_array()

@@ -844,8 +844,10 @@ async fn audit_changes_nothing(d: &Driver, node: &str, p: &Project, distro: &str
             node,
             // Once its first boot is over: cloud-init's last stages write /var/lib/cloud and
             // debconf's cache for a while after the agent answers (seen when the audit came
-            // soon after the boot), and that is the boot's doing, not the checks'.
-            &format!("cloud-init status --wait >/dev/null 2>&1\n{NODE_STATE}\ntouch /var/tmp/bake-audit-stamp"),
+            // soon after the boot), and that is the boot's doing, not the checks'. systemd's
+            // word first: this cloud-init (22.4) says `done` between its stages, before
+            // cloud-final has started (seen in CI).
+            &format!("systemctl is-system-running --wait >/dev/null 2>&1\ncloud-init status --wait >/dev/null 2>&1\n{NODE_STATE}\ntouch /var/tmp/bake-audit-stamp"),
             600,
         )
         .await;

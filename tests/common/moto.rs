@@ -586,6 +586,20 @@ pub fn simulate(policy: &Value, calls: &[Value], requests: &[Value]) -> Vec<Valu
     serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
 }
 
+/// The policy `bake iam-policy <pipeline> <extra>` prints for the project.
+pub fn printed_policy(p: &Project, moto: &Moto, pipeline: &str, extra: &[&str]) -> Value {
+    let out = bake_command(p, moto)
+        .args([&["iam-policy", pipeline, "-o", "json"][..], extra].concat())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Every call a project's `bake` made through the proxy (and, for the first project, the calls
 /// the test made in process through `sdk_via_proxy`, signed `testing`) must be `Allowed` by
 /// the policy `bake iam-policy` prints for that project's pipeline. Returns (calls, requests)
@@ -600,16 +614,7 @@ pub fn assert_iam_allows(moto: &Moto, projects: &[&Project], pipeline: &str) -> 
             .filter(|r| r["key"] == key.as_str() || (n == 0 && r["key"] == "testing"))
             .cloned()
             .collect();
-        let out = bake_command(p, moto)
-            .args(["iam-policy", pipeline, "-o", "json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let policy: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let policy = printed_policy(p, moto, pipeline, &[]);
         let verdicts = simulate(&policy, &mine, &[]);
         let denied: Vec<&Value> = verdicts
             .iter()

@@ -329,7 +329,9 @@ impl NodeProbe for GuestProbe {
             .run(&label, script.as_bytes(), &[], limit)
             .await
             .map_err(|e| e.to_string())?;
-        self.program.parse_checks(&ran)
+        self.program
+            .parse_checks(&ran)
+            .map_err(|why| format!("{}: {why}", self.label))
     }
 
     async fn packages(&mut self) -> std::result::Result<String, String> {
@@ -349,6 +351,7 @@ impl NodeProbe for GuestProbe {
             }
         })
         .await
+        .map_err(|why| format!("{label}: {why}"))
     }
 }
 

@@ -15,7 +15,9 @@ set -- "$@" ${BAKE_IMAGE_DEVICES:-}
 # what the checks, software-as-baked first, must see. The agent answers long before that (its
 # unit starts early; cloud-final and units wanted by multi-user.target start after it).
 # systemd says when the start-up transaction is done (`is-system-running --wait`: running, or
-# degraded if a unit failed), cloud-init when its stages are; ten minutes at most.
+# degraded if a unit failed), cloud-final included -- asked first, as cloud-init 22.4's
+# `status --wait` can say `done` between its stages, before cloud-final has started -- and
+# cloud-init when its stages are; ten minutes at most.
 limit=${BAKE_BOOT_WAIT:-600}
 if command -v systemctl >/dev/null 2>&1; then
   echo "boot_state=$(timeout "$limit" systemctl is-system-running --wait 2>/dev/null || true)"

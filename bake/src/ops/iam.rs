@@ -17,13 +17,7 @@ use std::collections::BTreeSet;
 /// creation (`ec2:CreateAction`), so nothing needs the right to tag what bake did not make, and
 /// no request may change a resource's `bake:prefix`.
 pub fn policy(pipeline: &Pipeline) -> Result<Value> {
-    let aws = pipeline.settings.aws().ok_or_else(|| {
-        Error::Usage(format!(
-            "{} does not use the aws provider; it needs no IAM policy",
-            pipeline.file.display()
-        ))
-    })?;
-    let scope = Scope::new(pipeline, aws);
+    let scope = Scope::of(pipeline)?;
     let statements: Vec<Value> = [
         scope.launch(),
         scope.images(),
@@ -50,13 +44,7 @@ pub fn policy(pipeline: &Pipeline) -> Result<Value> {
 /// that may also run AWS-RunShellScript on bake's builders could send that to a node too; one
 /// with this policy alone cannot run anything on a node but the audit documents.
 pub fn audit_policy(pipeline: &Pipeline) -> Result<Value> {
-    let aws = pipeline.settings.aws().ok_or_else(|| {
-        Error::Usage(format!(
-            "{} does not use the aws provider; it needs no IAM policy",
-            pipeline.file.display()
-        ))
-    })?;
-    let scope = Scope::new(pipeline, aws);
+    let scope = Scope::of(pipeline)?;
     Ok(json!({"Version": "2012-10-17", "Statement": scope.audit_only()}))
 }
 
@@ -75,6 +63,17 @@ struct Scope<'p> {
 }
 
 impl<'p> Scope<'p> {
+    /// The scope of `pipeline`, which must use the aws provider.
+    fn of(pipeline: &'p Pipeline) -> Result<Self> {
+        let aws = pipeline.settings.aws().ok_or_else(|| {
+            Error::Usage(format!(
+                "{} does not use the aws provider; it needs no IAM policy",
+                pipeline.file.display()
+            ))
+        })?;
+        Ok(Scope::new(pipeline, aws))
+    }
+
     fn new(pipeline: &'p Pipeline, aws: &'p AwsSettings) -> Self {
         let region = aws.region.clone().unwrap_or_else(|| "*".into());
         Scope {

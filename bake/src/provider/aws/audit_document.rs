@@ -180,10 +180,14 @@ impl DocumentProbe {
 impl NodeProbe for DocumentProbe {
     async fn checks(&mut self) -> std::result::Result<(String, Vec<Outcome>), String> {
         let ran = self.ask(CHECKS, 0).await?;
-        self.program.parse_checks(&ran)
+        self.program
+            .parse_checks(&ran)
+            .map_err(|why| format!("{}: {why}", self.label))
     }
 
     async fn packages(&mut self) -> std::result::Result<String, String> {
-        AuditProgram::read_packages(|offset| self.ask(PACKAGES, offset)).await
+        AuditProgram::read_packages(|offset| self.ask(PACKAGES, offset))
+            .await
+            .map_err(|why| format!("{}: {why}", self.label))
     }
 }
