@@ -117,6 +117,17 @@ fn audit_only_identity_suffices(p: &common::Project, moto: &Moto, from: usize, n
     }
 }
 
+/// `bake <args>` exits 2 (what it refuses to do, it does not start); its stderr.
+fn refused(p: &common::Project, moto: &Moto, args: &[&str]) -> String {
+    let out = common::moto::bake_command(p, moto)
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
 /// `bake audit-document --apply` of the project's pipeline: (exit code, report, stderr).
 fn install_audit_documents(p: &common::Project, moto: &Moto) -> (i32, Value, String) {
     bake(
@@ -160,12 +171,7 @@ async fn audit_finds_the_pets_of_a_release_and_reports_drift_on_exactly_its_node
 
     // Before its document is installed the audit sends nothing: exit 2, the fix named.
     let before = moto.records().len();
-    let out = common::moto::bake_command(&p, moto)
-        .args(audit)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused(&p, moto, &audit);
     assert!(
         stderr.contains("bake-audit.audit1.eks-node")
             && stderr.contains("does not exist")
@@ -328,12 +334,7 @@ async fn audit_finds_the_pets_of_a_release_and_reports_drift_on_exactly_its_node
         "#!/bin/sh\n",
         "#!/bin/sh\n# checked again\n",
     );
-    let out = common::moto::bake_command(&p, moto)
-        .args(audit)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused(&p, moto, &audit);
     assert!(stderr.contains("has other content"), "{stderr}");
     let (code, docs, _) = install_audit_documents(&p, moto);
     assert_eq!(

@@ -94,6 +94,12 @@ impl AuditProgram {
         jobs
     }
 
+    /// The longest the checks action may take: every job's limit and its grace, one after
+    /// another (the document's `timeoutSeconds`, and how long bake waits for its answer).
+    pub fn limit(&self) -> Duration {
+        batch::limit(&self.jobs(""))
+    }
+
     /// The program, its parameters as SSM placeholders (`{{ action }}`, `{{ arch }}`,
     /// `{{ offset }}`), each a value SSM checks against the document before anything runs.
     fn program(&self) -> String {
@@ -138,7 +144,7 @@ impl AuditProgram {
                 self.recipe
             ));
         }
-        let limit = batch::limit(&self.jobs("x86_64")).as_secs();
+        let limit = self.limit().as_secs();
         let doc = json!({
             "schemaVersion": "2.2",
             "description": format!("bake audit of the nodes of recipe {}: read-only checks and the package list (made by `bake audit-document`)", self.recipe),
@@ -322,11 +328,10 @@ pub struct GuestProbe {
 impl NodeProbe for GuestProbe {
     async fn checks(&mut self) -> std::result::Result<(String, Vec<Outcome>), String> {
         let script = self.program.rendered(CHECKS, self.arch, 0);
-        let limit = batch::limit(&self.program.jobs(""));
         let label = format!("{} checks", self.label);
         let ran = self
             .guest
-            .run(&label, script.as_bytes(), &[], limit)
+            .run(&label, script.as_bytes(), &[], self.program.limit())
             .await
             .map_err(|e| e.to_string())?;
         self.program

@@ -98,18 +98,14 @@ pub async fn audit(
 ) -> Result<Audit> {
     let work = select(registry, fleet, pipeline, req).await?;
     // The audit program of each recipe with a node to judge, installed as this pipeline would.
-    let programs: BTreeMap<&str, AuditProgram> = pipeline
+    let programs: Vec<AuditProgram> = pipeline
         .bakes
         .iter()
         .filter(|b| work.iter().any(|(_, a)| a.recipe == b.recipe.name))
-        .map(|b| {
-            let name = b.recipe.name.as_str();
-            (name, AuditProgram::new(name, &b.recipe.validators))
-        })
+        .map(|b| AuditProgram::new(&b.recipe.name, &b.recipe.validators))
         .collect();
-    let listed: Vec<AuditProgram> = programs.values().cloned().collect();
-    if !listed.is_empty() {
-        installed(fleet, pipeline, &listed).await?;
+    if !programs.is_empty() {
+        installed(fleet, pipeline, &programs).await?;
     }
     let total = work.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
@@ -118,7 +114,10 @@ pub async fn audit(
             let (done, programs) = (&done, &programs);
             async move {
                 if audit.not_judged.is_none() {
-                    let program = &programs[audit.recipe.as_str()];
+                    let program = programs
+                        .iter()
+                        .find(|p| p.recipe == audit.recipe)
+                        .expect("a program for each recipe with a node");
                     let judged = judge(registry, fleet, &node, program, req, &mut audit);
                     if let Err(why) = judged.await {
                         audit.not_judged = Some(why);

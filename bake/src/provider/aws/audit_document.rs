@@ -6,9 +6,7 @@
 use super::sdk::{code, err};
 use super::ssm::{Invocation, SsmGuest};
 use super::AwsProvider;
-use crate::guest::audit::{
-    AuditProgram, DocumentState, Installed, NodeProbe, CHECKS, CHECK_LIMIT, PACKAGES,
-};
+use crate::guest::audit::{AuditProgram, DocumentState, Installed, NodeProbe, CHECKS, PACKAGES};
 use crate::guest::batch::Outcome;
 use crate::{Arch, Error, Result};
 use async_trait::async_trait;
@@ -168,9 +166,12 @@ impl DocumentProbe {
                 ("offset", offset.to_string()),
             ],
         };
-        let limit = CHECK_LIMIT * (self.program.checks().len() as u32 + 2);
         self.guest
-            .send(&format!("{} {action}", self.label), &invocation, limit)
+            .send(
+                &format!("{} {action}", self.label),
+                &invocation,
+                self.program.limit(),
+            )
             .await
             .map_err(|e| e.to_string())
     }
