@@ -376,7 +376,7 @@ async fn audit_a_pet(p: &Project, moto: &Moto, image: &str) {
             ],
         )
         .await;
-    let audit = ["audit", "-p", "pipelines/aws.toml", "--timeout", "5m"];
+    let audit = ["audit", "-p", "pipelines/aws.toml"];
     // The audit runs only the recipe's audit document, installed first.
     let (code, docs, stderr) = bake(
         p,

@@ -290,10 +290,7 @@ fn x86_64_after_a_sigterm_mid_bake_cleans_up_then_bakes_validates_on_a_canary_an
 /// (`BAKE_AUDIT=1`) and its software compared with the manifest captured at bake time; clean,
 /// exit 0, and the VM gone afterwards.
 fn audit_the_channels_image(p: &Project) {
-    let (code, report, stderr) = bake(
-        p,
-        &["audit", "-p", "pipelines/local.toml", "--timeout", "5m"],
-    );
+    let (code, report, stderr) = bake(p, &["audit", "-p", "pipelines/local.toml"]);
     assert_eq!(code, 0, "{report:#}\n{stderr}");
     let nodes = report["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 1, "{report:#}");

@@ -26,9 +26,6 @@ pub struct AuditArgs {
     /// How long a node's agent may take to answer before the node is reported not judged.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub wait: Duration,
-    /// Limit of each check on a node.
-    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
     /// When a node drifted or could not be judged, run this shell command with the JSON
     /// report on stdin and BAKE_EXIT_CODE set (e.g. to page or post to chat). Its failure is
     /// logged and does not change bake's exit code.
@@ -56,7 +53,6 @@ pub async fn run(args: &AuditArgs, g: &Global) -> Result<u8> {
         cluster: args.cluster.as_deref(),
         node: args.node.as_deref(),
         wait: args.wait,
-        timeout: args.timeout,
     };
     let quiet = g.quiet;
     let progress = move |n: usize, total: usize, a: &NodeAudit| {

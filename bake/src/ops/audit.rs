@@ -30,8 +30,6 @@ pub struct Request<'a> {
     pub node: Option<&'a str>,
     /// How long a node's agent may take to answer before the node is not judged.
     pub wait: Duration,
-    /// Limit of each check.
-    pub timeout: Duration,
 }
 
 /// One node's audit.
