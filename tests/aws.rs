@@ -362,6 +362,16 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
                     .contains("validator node-ready")),
             "node-ready ran a command on the canary"
         );
+        // cluster-pod-network ran its probe pod on that node and read the node's links.
+        assert!(
+            commands
+                .iter()
+                .any(|&c| records[c]["body"]["Parameters"]["commands"][0]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(common::moto::HOST_LINKS_NEEDLE)),
+            "the canary's links were never read"
+        );
         let doomed = at("ModifyInstanceAttribute", "InstanceId", canary);
         assert_eq!(doomed.len(), 1, "{canary}");
         let m = &records[doomed[0]]["params"];
@@ -617,10 +627,13 @@ async fn both_arches_bake_validate_publish_and_a_rerun_makes_no_mutating_call() 
 async fn a_failed_validator_rejects_the_image_and_publishes_nothing() {
     let moto = Moto::get();
     let (x86, arm) = bases(moto).await;
+    // arm64's mac-policy script fails; on both canaries the probe pod's gateway MAC is no
+    // longer the host veth's (cluster-pod-network, judged by bake from the cluster).
     moto.set_config(json!({
         "parameters": {UBUNTU_X86: x86, UBUNTU_ARM: arm},
         "commands": [{"match": "arm64 validator mac-policy", "status": "Failed", "exit_code": 1,
-                      "stdout": "udev rewrote the veth MAC (addr_assign_type 3)\n"}]
+                      "stdout": "udev rewrote the veth MAC (addr_assign_type 3)\n"}],
+        "pods": [common::moto::probe_pod_rule(false)],
     }));
     let p = project("/e2e2");
     let (code, summary, stderr) = bake(&p, moto, &["run", "pipelines/aws.toml"]);
@@ -632,6 +645,29 @@ async fn a_failed_validator_rejects_the_image_and_publishes_nothing() {
         .as_str()
         .unwrap()
         .contains("udev rewrote the veth MAC"));
+    let x86_result = arch_result(&summary, "x86_64");
+    assert_eq!(x86_result["outcome"], "rejected", "{x86_result:#}");
+    let why = x86_result["error"].as_str().unwrap();
+    assert!(
+        why.contains("cluster-pod-network")
+            && why.contains("pinned to MAC 0a:58:0a:00:00:99")
+            && why.contains(&format!("now has {}", common::moto::SCRIPTED_VETH_MAC)),
+        "{why}"
+    );
+    // The probe pods were created and deleted, by bake's own identity.
+    let pods: Vec<Value> = moto
+        .kube_records()
+        .into_iter()
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("/api/v1/namespaces/default/pods")
+        })
+        .collect();
+    let made = pods.iter().filter(|r| r["method"] == "POST").count();
+    let gone = pods.iter().filter(|r| r["method"] == "DELETE").count();
+    assert!(made == 2 && gone == 2, "{pods:#?}");
 
     let ssm = aws_sdk_ssm::Client::new(&moto.sdk().await);
     let params = ssm
@@ -652,8 +688,8 @@ async fn a_failed_validator_rejects_the_image_and_publishes_nothing() {
     let rejected: Vec<_> = baked.iter().filter(|(_, s)| s == "rejected").collect();
     assert_eq!(
         rejected.len(),
-        1,
-        "the rejected image is kept, tagged: {baked:?}"
+        2,
+        "the rejected images are kept, tagged: {baked:?}"
     );
     common::moto::assert_iam_allows(Moto::get(), &[&p], "pipelines/aws.toml");
 }
@@ -1797,6 +1833,7 @@ async fn the_ubuntu_and_al2023_recipes_plan_against_their_bases() {
             "machine-id-empty",
             "no-ssh-host-keys",
             "node-ready",
+            "cluster-pod-network",
         ] {
             assert!(names.contains(&always), "{recipe}: {always}");
         }
@@ -2312,6 +2349,27 @@ async fn plan_names_what_the_account_lacks_for_the_canary_to_join_and_creates_no
         "AmazonEKSAdminViewPolicy",
         AccessScope::builder()
             .r#type(AccessScopeType::Cluster)
+            .build(),
+    )
+    .await;
+    // And run its probe pod (cluster-pod-network) in the probe namespace: edit rights in
+    // another namespace are not enough.
+    associate(
+        "AmazonEKSEditPolicy",
+        AccessScope::builder()
+            .r#type(AccessScopeType::Namespace)
+            .namespaces("kube-system")
+            .build(),
+    )
+    .await;
+    refused(&[&format!(
+        "the access entry of {me} (bake's own identity) in `acct` has no access policy that runs pods in namespace `default` (AmazonEKSEditPolicy or AmazonEKSAdminPolicy there, or AmazonEKSClusterAdminPolicy at cluster scope; it has "
+    ), "aws eks associate-access-policy --cluster-name acct --principal-arn arn:aws:iam::123456789012:user/moto --policy-arn arn:aws:eks::aws:cluster-access-policy/AmazonEKSEditPolicy --access-scope type=namespace,namespaces=default"]);
+    associate(
+        "AmazonEKSEditPolicy",
+        AccessScope::builder()
+            .r#type(AccessScopeType::Namespace)
+            .namespaces("default")
             .build(),
     )
     .await;

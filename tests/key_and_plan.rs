@@ -38,7 +38,7 @@ fn the_key_is_stable_and_ignores_formatting_and_key_order() {
         .collect();
     let (sha, networkd_sha) = (&shas[0], &shas[1]);
     let rewritten = format!(
-        r#"validators = ['mac-policy', 'networkd-keeps-foreign-routes', 'pod-network', 'no-unattended-upgrades', 'apt-timers-masked', 'apt-periodic-off', 'snap-refresh-held', 'machine-id-empty', 'no-ssh-host-keys', 'no-bake-leftovers', 'node-ready']
+        r#"validators = ['mac-policy', 'networkd-keeps-foreign-routes', 'pod-network', 'no-unattended-upgrades', 'apt-timers-masked', 'apt-periodic-off', 'snap-refresh-held', 'machine-id-empty', 'no-ssh-host-keys', 'no-bake-leftovers', 'node-ready', 'cluster-pod-network']
 description = "reworded: the description is documentation"
 files = [ {{ mode = "0644", sha256 = "{sha}", dest = "/etc/systemd/network/99-default.link.d/99-bake-mac-policy.conf", source = "steps/files/99-bake-mac-policy.conf" }},
   {{ source = "steps/files/99-bake-keep-foreign-routes.conf", mode = "0644", dest = "/etc/systemd/networkd.conf.d/99-bake-keep-foreign-routes.conf", sha256 = "{networkd_sha}" }} ]

@@ -151,7 +151,8 @@ impl Moto {
         // EKS (the proxy; moto has no access entries): `dev`, the clusters canaries join, lets
         // the node role in through an access entry, as the user guide sets a cluster up, and
         // lets bake's own identity (the emulator's user `moto`, whom every test key is) read
-        // nodes with AmazonEKSAdminViewPolicy.
+        // nodes with AmazonEKSAdminViewPolicy and run its probe pod in `default` with
+        // AmazonEKSEditPolicy.
         // Signed with a key of its own, so no project's IAM assertion counts these calls.
         let status = Command::new(venv.join("bin/python"))
             .args([
@@ -162,7 +163,8 @@ impl Moto {
                  eks.update_cluster_config(name='dev', accessConfig={'authenticationMode': 'API_AND_CONFIG_MAP'})\n\
                  eks.create_access_entry(clusterName='dev', principalArn='arn:aws:iam::123456789012:role/bake-builder', type='EC2_LINUX')\n\
                  eks.create_access_entry(clusterName='dev', principalArn='arn:aws:iam::123456789012:user/moto')\n\
-                 eks.associate_access_policy(clusterName='dev', principalArn='arn:aws:iam::123456789012:user/moto', policyArn='arn:aws:eks::aws:cluster-access-policy/AmazonEKSAdminViewPolicy', accessScope={'type': 'cluster'})\n",
+                 eks.associate_access_policy(clusterName='dev', principalArn='arn:aws:iam::123456789012:user/moto', policyArn='arn:aws:eks::aws:cluster-access-policy/AmazonEKSAdminViewPolicy', accessScope={'type': 'cluster'})\n\
+                 eks.associate_access_policy(clusterName='dev', principalArn='arn:aws:iam::123456789012:user/moto', policyArn='arn:aws:eks::aws:cluster-access-policy/AmazonEKSEditPolicy', accessScope={'type': 'namespace', 'namespaces': ['default']})\n",
                 &format!("http://127.0.0.1:{proxy_port}"),
             ])
             .status()
@@ -199,12 +201,22 @@ impl Moto {
             {
                 commands.extend(package_rules(DEFAULT_PACKAGES));
             }
+            if !commands.iter().any(|r| r["match"] == HOST_LINKS_NEEDLE) {
+                commands.push(serde_json::json!({
+                    "match": HOST_LINKS_NEEDLE,
+                    "stdout": format!("bake-link 1 lo 00:00:00:00:00:00\nbake-link 7 eni0123456789a {SCRIPTED_VETH_MAC}\n"),
+                }));
+            }
             if !commands.iter().any(|r| r["match"] == PREPARE_CANARY_NEEDLE) {
                 commands.push(serde_json::json!({
                     "match": PREPARE_CANARY_NEEDLE,
                     "stdout": "os_id=ubuntu\nos_like=debian\nos_version=\"22.04\"\nimage_root=/run/bake/image-root\nimage_device=/dev/nvme1n1p1\n",
                 }));
             }
+        }
+        if let Some(obj) = config.as_object_mut().filter(|_| scripted) {
+            obj.entry("pods")
+                .or_insert_with(|| serde_json::json!([probe_pod_rule(true)]));
         }
         std::fs::write(self.dir.path().join("proxy.json"), config.to_string()).unwrap();
     }
@@ -423,6 +435,30 @@ pub fn bake_refused(p: &Project, moto: &Moto, args: &[&str]) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// What identifies bake's read of the canary's links (cluster-pod-network) in command rules.
+pub const HOST_LINKS_NEEDLE: &str = "bake-link $(cat";
+/// The MAC of the host veth of a scripted canary's probe pod.
+pub const SCRIPTED_VETH_MAC: &str = "22:71:6b:47:fe:88";
+
+/// A "pods" rule for the proxy: bake's probe pod on a scripted node, as a node whose CNI keeps
+/// the host veth's MAC says it (`healthy`), or one where udev rewrote it after the CNI pinned
+/// it and the pod's DNS queries go nowhere. One line every 0.1 s, as the running pod prints.
+pub fn probe_pod_rule(healthy: bool) -> Value {
+    let pinned = if healthy {
+        SCRIPTED_VETH_MAC
+    } else {
+        "0a:58:0a:00:00:99"
+    };
+    let mut lines = vec![
+        "bake-probe iflink 7".to_string(),
+        format!("bake-probe gateway 169.254.1.1 {pinned} 0x6"),
+    ];
+    lines.extend(
+        (1..=150).map(|i| format!("bake-probe dns {i} {}", if healthy { "ok" } else { "fail" })),
+    );
+    serde_json::json!({"match": "bake-probe iflink", "log": lines, "line_every_s": 0.1})
 }
 
 /// What bake's package-manifest command carries, for scripting its answer.

@@ -1,5 +1,5 @@
 """A stand-in for each EKS cluster's Kubernetes API server, for the parts bake uses: reading a
-node. moto 5.2.5 has no Kubernetes API at all. Each cluster gets its own HTTPS endpoint with its
+node, and running a pod on it. moto 5.2.5 has no Kubernetes API at all. Each cluster gets its own HTTPS endpoint with its
 own CA (DescribeCluster's `endpoint` and `certificateAuthority.data`).
 
 Authentication, as EKS does it (kubernetes-sigs/aws-iam-authenticator pkg/token/token.go,
@@ -32,8 +32,13 @@ Nodes register as the kubelet registers them, for instances launched with join u
 profile's role has an EC2_LINUX access entry in the cluster (EKS user guide, node IAM role). A
 node is NotReady (with the node.kubernetes.io/not-ready taint) until its network is ready,
 node_ready_after_s later (-1: never, a CNI that never comes up). An instance that is a real VM
-(machines.py) has no emulated kubelet: its own software decides, and the stand-in bases carry
-none. A terminated instance's node goes away (the cloud node lifecycle controller deletes it).
+(machines.py) registers once its kubelet is up (kubelet.py). A terminated instance's node goes
+away (the cloud node lifecycle controller deletes it).
+
+Pods (the parts bake uses: create, get, log, delete in a namespace every EKS cluster has) are
+authorized by the access policies' pod permissions (edit/admin in their scope, cluster admin,
+view policies read only), validated and stored as the API server does for the fields checked,
+bound to spec.nodeName, and run by the node's kubelet (kubelet.py).
 """
 import base64
 import datetime
@@ -49,11 +54,16 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
 
 SECRET = "testing"
 ALLOWED = {"action", "version", "x-amz-algorithm", "x-amz-credential", "x-amz-date", "x-amz-expires",
            "x-amz-security-token", "x-amz-signature", "x-amz-signedheaders"}
 NODE_READERS = ("AmazonEKSClusterAdminPolicy", "AmazonEKSAdminViewPolicy")
+POD_WRITERS = ("AmazonEKSClusterAdminPolicy", "AmazonEKSAdminPolicy", "AmazonEKSEditPolicy")
+POD_READERS = ("AmazonEKSAdminViewPolicy", "AmazonEKSViewPolicy")
+# The namespaces every EKS cluster has.
+NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 TOKEN_MAX = 4096
 
 
@@ -151,7 +161,10 @@ def make_tls(name):
 
 
 class ClusterApis:
-    def __init__(self, upstream, eks, moto_iam, log_path):
+    def __init__(self, upstream, eks, moto_iam, log_path, kubelet):
+        self.kubelet = kubelet          # kubelet.Kubelet: what runs pods on the nodes
+        self.pods = {}                  # (region, cluster) -> {(namespace, name): pod}
+        self.pod_seq = 0
         self.upstream = upstream        # moto_server URL
         self.eks = eks                  # eks.EksAccess: modes, entries, associated policies
         self.moto_iam = moto_iam
@@ -178,18 +191,20 @@ class ClusterApis:
                 pass
 
             def do_GET(self):
-                self.answer(*apis.get(region, cluster, self.path, self.headers.get("Authorization", "")))
+                self.answer(*apis.request("GET", region, cluster, self.path, self.headers.get("Authorization", ""), b""))
 
             def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                self.answer(*status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource"))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.answer(*apis.request(self.command, region, cluster, self.path,
+                                          self.headers.get("Authorization", ""), body))
 
             do_PUT = do_PATCH = do_DELETE = do_POST
 
             def answer(self, code, obj):
-                data = json.dumps(obj).encode()
+                text = isinstance(obj, bytes)
+                data = obj if text else json.dumps(obj).encode()
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/plain" if text else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -281,17 +296,21 @@ class ClusterApis:
                 return e
         return None
 
-    def get(self, region, cluster, path, authorization):
+    def request(self, method, region, cluster, path, authorization, body):
         principal, why = self.authenticate(cluster, authorization)
         entry = self.entry_of(region, cluster, principal) if principal else None
-        self.log({"cluster": cluster, "path": path, "principal": principal, "why": why,
+        self.log({"cluster": cluster, "method": method, "path": path, "principal": principal, "why": why,
                   "entry": entry["principalArn"] if entry else None})
         if entry is None:
             return status(401, "Unauthorized", "Unauthorized")
         parsed = urllib.parse.urlparse(path)
+        if parsed.path.startswith("/api/v1/namespaces/"):
+            return self.pods_request(method, region, cluster, parsed, entry, principal, body)
         m = re.fullmatch(r"/api/v1/nodes(?:/([^/]+))?", parsed.path)
         if not m:
             return status(404, "NotFound", "the server could not find the requested resource")
+        if method != "GET":
+            return status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         name = urllib.parse.unquote(m.group(1)) if m.group(1) else None
         if not self.may_read_nodes(region, cluster, entry):
             user = entry.get("username") or principal
@@ -308,6 +327,125 @@ class ClusterApis:
             return status(404, "NotFound", 'nodes "%s" not found' % name, {"name": name, "kind": "nodes"})
         return 200, nodes[name]
 
+    # --- pods ------------------------------------------------------------------------------
+    def pods_request(self, method, region, cluster, parsed, entry, principal, body):
+        """Pods in a namespace: create, get, its log, delete (the parts bake uses)."""
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods(?:/([^/]+)(/log)?)?", parsed.path)
+        if not m:
+            return status(404, "NotFound", "the server could not find the requested resource")
+        ns, name, log = urllib.parse.unquote(m.group(1)), m.group(2) and urllib.parse.unquote(m.group(2)), m.group(3)
+        verb = {"POST": "create", "DELETE": "delete", "GET": "get" if name else "list"}.get(method)
+        if verb is None or (method == "POST" and name) or (method == "DELETE" and (not name or log)):
+            return status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        resource = "pods/log" if log else "pods"
+        if not self.may(region, cluster, entry, verb, ns):
+            user = entry.get("username") or principal
+            message = 'User "%s" cannot %s resource "%s" in API group "" in the namespace "%s"' % (
+                user, verb, resource.split("/")[0] if not log else "pods/log", ns)
+            details = {"kind": "pods"}
+            if name:
+                details["name"] = name
+            return status(403, "Forbidden", '%s is forbidden: %s' % (('pods "%s"' % name) if name else "pods", message), details)
+        if ns not in NAMESPACES:
+            return status(404, "NotFound", 'namespaces "%s" not found' % ns, {"name": ns, "kind": "namespaces"})
+        key = (region, cluster)
+        if method == "POST":
+            return self.create_pod(key, ns, body)
+        with self.lock:
+            pod = self.pods.get(key, {}).get((ns, name)) if name else None
+            listed = [p for (n, _), p in self.pods.get(key, {}).items() if n == ns]
+        if name is None:
+            return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"},
+                         "items": [self.pod_now(p) for p in listed]}
+        if pod is None:
+            return status(404, "NotFound", 'pods "%s" not found' % name, {"name": name, "kind": "pods"})
+        if method == "DELETE":
+            with self.lock:
+                self.pods[key].pop((ns, name), None)
+            self.kubelet.delete(pod["metadata"]["uid"])
+            return 200, self.pod_now(pod)
+        if log:
+            text = self.kubelet.log(pod["metadata"]["uid"])
+            if text is None:
+                # The kubelet's answer for a container not started (kubelet_pods.go
+                # validateContainerLogStatus), passed on by the API server as a BadRequest.
+                waiting = self.pod_now(pod)["status"]["containerStatuses"][0]["state"].get("waiting", {})
+                cname = pod["spec"]["containers"][0]["name"]
+                return status(400, "BadRequest", 'container "%s" in pod "%s" is waiting to start: %s' % (
+                    cname, name, waiting.get("reason", "ContainerCreating")))
+            return 200, text
+        return 200, self.pod_now(pod)
+
+    def create_pod(self, key, ns, body):
+        """A pod as the API server validates and stores it (apis/core/validation ValidatePod for
+        the fields checked here); bound to spec.nodeName at once, as a pod that names its node is
+        (the scheduler skips it, taints with NoSchedule included)."""
+        try:
+            pod = json.loads(body or b"{}")
+        except ValueError:
+            return status(400, "BadRequest", "the body of the request was in an unknown format")
+        meta = pod.setdefault("metadata", {})
+        name = meta.get("name") or ""
+        spec = pod.get("spec") or {}
+        containers = spec.get("containers") or []
+        causes = []
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", name) or len(name) > 253:
+            causes.append("metadata.name: Invalid value: %r: a lowercase RFC 1123 subdomain" % name)
+        if meta.get("namespace", ns) != ns:
+            return status(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request")
+        if not containers:
+            causes.append("spec.containers: Required value")
+        for i, c in enumerate(containers):
+            if not c.get("name"):
+                causes.append("spec.containers[%d].name: Required value" % i)
+            if not c.get("image"):
+                causes.append("spec.containers[%d].image: Required value" % i)
+        if spec.get("restartPolicy", "Always") not in ("Always", "OnFailure", "Never"):
+            causes.append("spec.restartPolicy: Unsupported value")
+        if causes:
+            return status(422, "Invalid", 'Pod "%s" is invalid: %s' % (name, "; ".join(causes)),
+                          {"name": name, "kind": "Pod"})
+        with self.lock:
+            pods = self.pods.setdefault(key, {})
+            if (ns, name) in pods:
+                return status(409, "AlreadyExists", 'pods "%s" already exists' % name, {"name": name, "kind": "pods"})
+            self.pod_seq += 1
+            meta.update(namespace=ns, uid=str(uuid.uuid4()), resourceVersion=str(self.pod_seq),
+                        creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            pods[(ns, name)] = pod
+            seq = self.pod_seq
+        node = spec.get("nodeName")
+        nodes = self.current_nodes(*key)
+        if node in nodes:
+            instance = nodes[node]["spec"]["providerID"].rsplit("/", 1)[-1]
+            # A secondary IP of the node's subnet, as ipamd hands them out (the stand-in's VPC
+            # is the VM: nothing else holds these addresses).
+            self.kubelet.run_pod(pod, instance, "10.0.%d.%d" % (128 + seq // 250 % 100, 2 + seq % 250))
+        return 201, self.pod_now(pod)
+
+    def pod_now(self, pod):
+        """The pod with the status its kubelet reports now."""
+        out = json.loads(json.dumps(pod))
+        phase, state = self.kubelet.state(pod["metadata"]["uid"])
+        c = pod["spec"]["containers"][0]
+        out["status"] = {"phase": phase, "containerStatuses": [{
+            "name": c["name"], "image": c["image"], "ready": phase == "Running", "restartCount": 0,
+            "state": state}]}
+        return out
+
+    def may(self, region, cluster, entry, verb, ns):
+        """The EKS access policies' pod permissions (access policy reference): edit/admin in
+        their scope, cluster admin everywhere, the view policies read only."""
+        if entry.get("type", "STANDARD") != "STANDARD":
+            return False
+        allowed = POD_WRITERS if verb in ("create", "delete") else POD_WRITERS + POD_READERS
+        for p in self.eks.policies_of(region, cluster, entry["principalArn"]):
+            name = p["policyArn"].rsplit("/", 1)[-1]
+            scope = p["accessScope"]
+            if name in allowed and (scope["type"] == "cluster" or ns in scope.get("namespaces", [])):
+                return True
+        return False
+
     def may_read_nodes(self, region, cluster, entry):
         if entry.get("type", "STANDARD") != "STANDARD":
             return False
@@ -322,8 +460,9 @@ class ClusterApis:
                 f.write(json.dumps(record) + "\n")
 
     # --- the emulated kubelet ---------------------------------------------------------------
-    def run_instances(self, region, form, data, cfg, launched_at):
-        """Registers, later, the node of each instance whose user data joins a cluster."""
+    def run_instances(self, region, form, data, cfg, launched_at, vm=False):
+        """Registers, later, the node of each instance whose user data joins a cluster: once
+        the emulated boot is over, or for a VM (`vm`) once its kubelet is up (kubelet.py)."""
         user_data = (form.get("UserData") or [""])[0]
         try:
             text = base64.b64decode(user_data).decode(errors="replace")
@@ -356,8 +495,9 @@ class ClusterApis:
             with self.lock:
                 self.nodes.setdefault((region, cluster), {})[dns.group(1).decode()] = {
                     "instance": iid, "zone": zone.group(1).decode() if zone else region + "a",
-                    "registers_at": launched_at + boot,
-                    "ready_at": None if ready_after < 0 else launched_at + boot + ready_after,
+                    "registers_at": None if vm else launched_at + boot,
+                    "ready_at": None if ready_after < 0 or vm else launched_at + boot + ready_after,
+                    "vm": vm, "ready_after": ready_after,
                     "taints": taints, "labels": labels}
 
     def terminate_instances(self, form):
@@ -373,6 +513,12 @@ class ClusterApis:
             records = dict(self.nodes.get((region, cluster), {}))
         out = {}
         for name, r in records.items():
+            if r["vm"] and r["registers_at"] is None:
+                if not self.kubelet.node_up(r["instance"]):
+                    continue
+                with self.lock:
+                    r["registers_at"] = now
+                    r["ready_at"] = None if r["ready_after"] < 0 else now + r["ready_after"]
             if now < r["registers_at"]:
                 continue
             ready = r["ready_at"] is not None and now >= r["ready_at"]

@@ -68,6 +68,7 @@ import machines as machines_mod  # noqa: E402
 import eks as eks_mod  # noqa: E402
 import imagebuilder as imagebuilder_mod  # noqa: E402
 import kubeapi  # noqa: E402
+import kubelet  # noqa: E402
 import documents  # noqa: E402
 
 UPSTREAM = sys.argv[1]          # http://127.0.0.1:<moto port>
@@ -435,9 +436,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             now = time.time()
             for i in re.findall(rb"<instanceId>([^<]+)</instanceId>", data):
                 FIRST_ASKED.setdefault(i.decode(), now)
-            if machine is None:
-                # Instances that are not VMs get an emulated kubelet (kubeapi.py).
-                APIS.run_instances(region, form, data, cfg, now)
+            # Instances that join a cluster register their node (kubeapi.py, kubelet.py).
+            APIS.run_instances(region, form, data, cfg, now, vm=machine is not None)
         if service == "ec2" and action == "TerminateInstances" and status == 200:
             APIS.terminate_instances(form)
         if service == "ec2" and status == 200 and machine is not None:
@@ -824,7 +824,8 @@ IMAGEBUILDER = imagebuilder_mod.ImageBuilder(Proxy.moto_ec2, Proxy.moto_iam, MAC
 # Who may join a cluster (authentication mode, access entries, cluster security group; eks.py).
 EKS = eks_mod.EksAccess(Proxy.moto_ec2, Proxy.moto_iam)
 # Each cluster's Kubernetes API server and the nodes that join it (kubeapi.py).
-APIS = kubeapi.ClusterApis(UPSTREAM, EKS, Proxy.moto_iam, os.path.join(os.path.dirname(CONFIG), "kube.jsonl"))
+APIS = kubeapi.ClusterApis(UPSTREAM, EKS, Proxy.moto_iam, os.path.join(os.path.dirname(CONFIG), "kube.jsonl"),
+                           kubelet.Kubelet(MACHINES, config))
 EKS.apis = APIS
 server = http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Proxy)
 print(server.server_address[1], flush=True)

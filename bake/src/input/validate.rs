@@ -47,6 +47,20 @@ pub enum JudgedBy {
     /// bake itself, from the API of the cluster the canary joined (its node, as the cluster
     /// sees it): nothing runs on the canary, so it needs no tool the base may lack.
     ClusterApi,
+    /// bake itself, with a pod it runs on the canary's node through the cluster's API: the
+    /// cluster's own CNI wires it (`steps::pod_network`).
+    ClusterPod,
+}
+
+impl JudgedBy {
+    /// Its name in the catalog.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JudgedBy::Script => "script",
+            JudgedBy::ClusterApi => "cluster-api",
+            JudgedBy::ClusterPod => "cluster-pod",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,9 +149,20 @@ impl Catalog {
                     "validator `{name}`: scope = \"image\" is not acted on (every validator runs on, or about, the canary); remove the field"
                 )));
             }
-            if let (JudgedBy::ClusterApi, Some(when)) = (v.judged_by, &v.not_applicable_when) {
+            if let (false, Some(when)) = (v.judged_by == JudgedBy::Script, &v.not_applicable_when) {
                 return Err(at(when.span(), format!(
-                    "validator `{name}`: not_applicable_when is said by a script's exit {NOT_APPLICABLE_EXIT}; bake judges this one from the cluster's API"
+                    "validator `{name}`: not_applicable_when is said by a script's exit {NOT_APPLICABLE_EXIT}; bake judges this one from the cluster (judged_by = \"{}\")",
+                    v.judged_by.as_str()
+                )));
+            }
+            if let Some(audit) = v
+                .audit
+                .as_ref()
+                .filter(|a| *a.get_ref() && v.judged_by != JudgedBy::Script)
+            {
+                return Err(at(audit.span(), format!(
+                    "validator `{name}`: audit = true, but bake judges it from the canary's cluster (judged_by = \"{}\"); an audit runs scripts on the node",
+                    v.judged_by.as_str()
                 )));
             }
             if let Some(when) = v
@@ -164,15 +189,17 @@ impl Catalog {
                         format!("validator `{name}` has no `script` (or judged_by = \"cluster-api\")"),
                     ))
                 }
-                (JudgedBy::ClusterApi, Some(script)) => {
+                (JudgedBy::ClusterApi | JudgedBy::ClusterPod, Some(script)) => {
                     return Err(at(script.span(), format!(
-                        "validator `{name}` is judged by bake from the cluster's API; it takes no script"
+                        "validator `{name}` is judged by bake from the cluster (judged_by = \"{}\"); it takes no script",
+                        v.judged_by.as_str()
                     )))
                 }
-                (JudgedBy::ClusterApi, None) => {
+                (JudgedBy::ClusterApi | JudgedBy::ClusterPod, None) => {
                     if !v.needs_cluster {
                         return Err(at(v.checks.span(), format!(
-                            "validator `{name}`: judged_by = \"cluster-api\" needs a cluster; add needs_cluster = true"
+                            "validator `{name}`: judged_by = \"{}\" needs a cluster; add needs_cluster = true",
+                            v.judged_by.as_str()
                         )));
                     }
                     (String::new(), Vec::new())
@@ -253,12 +280,24 @@ mod tests {
             "checks = \"x\"\nscript = \"ok.sh\"\njudged_by = \"cluster-api\"\nneeds_cluster = true",
         );
         assert!(
-            e.contains("judged by bake from the cluster's API; it takes no script"),
+            e.contains(
+                "judged by bake from the cluster (judged_by = \"cluster-api\"); it takes no script"
+            ),
             "{e}"
         );
         assert!(e.contains("catalog.toml:3"), "{e}");
         let e = refused("checks = \"x\"\njudged_by = \"cluster-api\"");
         assert!(e.contains("add needs_cluster = true"), "{e}");
+        let e = refused("checks = \"x\"\njudged_by = \"cluster-pod\"");
+        assert!(
+            e.contains("judged_by = \"cluster-pod\" needs a cluster"),
+            "{e}"
+        );
+        let e = refused(
+            "checks = \"x\"\njudged_by = \"cluster-pod\"\nneeds_cluster = true\naudit = true",
+        );
+        assert!(e.contains("an audit runs scripts on the node"), "{e}");
+        assert!(e.contains("catalog.toml:5"), "{e}");
         let e = refused("checks = \"x\"");
         assert!(e.contains("has no `script`"), "{e}");
         let e = refused("checks = \"x\"\nscript = \"ok.sh\"\nscope = \"image\"");

@@ -11,6 +11,7 @@
 //! machine lifecycle (disks or instances, boots, images) and a state that implements [`Machines`].
 
 pub mod node_ready;
+pub mod pod_network;
 pub mod provision;
 pub mod validators;
 

@@ -45,7 +45,7 @@ pub trait ClusterNodes: Send + Sync {
 }
 
 /// The taint key every canary registers with (from `user_data::TAINT`).
-fn canary_taint_key() -> &'static str {
+pub fn canary_taint_key() -> &'static str {
     crate::user_data::TAINT
         .split(['=', ':'])
         .next()

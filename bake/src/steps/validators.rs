@@ -4,11 +4,13 @@
 //! the step counts as done (a run killed right after still finds its verdict).
 
 use super::node_ready::ClusterNodes;
+use super::pod_network::{ClusterPods, ProbePod};
 use super::provision::PACKAGES_PRODUCER;
 use super::Role;
 use super::{Machines, Step, StepContext};
 use crate::canary::{Planned, Prepared};
 use crate::guest::Guest;
+use crate::input::pipeline::PodProbeSettings;
 use crate::input::validate::{JudgedBy, Validator};
 use crate::verdict::{CheckResult, Status, Verdict};
 use crate::Result;
@@ -49,6 +51,8 @@ pub struct Validate<'a, S> {
     pub no_cluster: Option<&'a str>,
     /// The API of the cluster the canary joins, for the checks bake judges from it.
     pub cluster: Option<&'a dyn ClusterNodes>,
+    /// The same cluster running bake's probe pod, and the image and namespace it runs in.
+    pub pods: Option<(&'a dyn ClusterPods, &'a PodProbeSettings)>,
     /// How often bake asks that API while the canary joins.
     pub poll_interval: Duration,
     pub recorder: &'a dyn RecordVerdict<S>,
@@ -168,7 +172,7 @@ impl<S> Validate<'_, S> {
                 }
                 Planned::Run(v, extra) => (v, extra),
             };
-            if v.judged_by == JudgedBy::ClusterApi {
+            if v.judged_by != JudgedBy::Script {
                 cx.phase(&format!(
                     "validator {}/{} {} (asking the cluster, up to {})",
                     i + 1,
@@ -176,7 +180,7 @@ impl<S> Validate<'_, S> {
                     v.name,
                     humantime::format_duration(self.join_timeout.unwrap_or_default())
                 ));
-                let result = self.judge_from_cluster(v, node_name, cx).await?;
+                let result = self.judge_from_cluster(v, guest, node_name, cx).await?;
                 keep_log(logs, &result, "(judged by bake from the cluster's API)\n");
                 results[i] = Some(result);
                 continue;
@@ -285,23 +289,53 @@ impl<S> Validate<'_, S> {
     async fn judge_from_cluster(
         &self,
         v: &Validator,
+        guest: &mut dyn Guest,
         node: Option<&str>,
         cx: &StepContext<'_>,
     ) -> Result<CheckResult> {
-        let (Some(nodes), Some(within), Some(node)) = (self.cluster, self.join_timeout, node)
-        else {
-            return Err(cx.error(
-                "validate",
+        let no_cluster = || {
+            cx.error(
+                STEP,
                 format!(
                     "validator {} asks the cluster about the canary's node, but this canary has no cluster to ask or no node name",
                     v.name
                 ),
-            ));
+            )
         };
-        super::node_ready::judge(&v.name, nodes, node, within, self.poll_interval)
-            .await
-            .map_err(|why| cx.error("validate", crate::verdict::not_judged(&v.name, &why)))
+        let (Some(within), Some(node)) = (self.join_timeout, node) else {
+            return Err(no_cluster());
+        };
+        let judged = match v.judged_by {
+            JudgedBy::ClusterPod => {
+                let (pods, settings) = self.pods.ok_or_else(no_cluster)?;
+                let pod = ProbePod {
+                    namespace: settings.namespace.clone(),
+                    name: probe_name(&v.name, node),
+                    node: node.to_string(),
+                    image: settings.image.clone(),
+                    toleration: super::node_ready::canary_taint_key().to_string(),
+                };
+                super::pod_network::judge(&v.name, pods, guest, &pod, within, self.poll_interval)
+                    .await
+            }
+            _ => {
+                let nodes = self.cluster.ok_or_else(no_cluster)?;
+                super::node_ready::judge(&v.name, nodes, node, within, self.poll_interval).await
+            }
+        };
+        judged.map_err(|why| cx.error(STEP, crate::verdict::not_judged(&v.name, &why)))
     }
+}
+
+/// A probe pod's name: the validator's, and a part unique to this node and moment (a pod of
+/// an earlier run that could not be deleted does not stand in the way).
+fn probe_name(validator: &str, node: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let digest = crate::input::recipe::sha256_hex(format!("{node} {now}").as_bytes());
+    format!("bake-{validator}-{}", &digest[..10])
 }
 
 /// A validator's log in the run's log directory: its verdict, then what it said.

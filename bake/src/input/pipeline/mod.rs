@@ -76,6 +76,34 @@ struct RawBake {
 #[serde(deny_unknown_fields)]
 struct RawCanary {
     cluster: Spanned<String>,
+    #[serde(default)]
+    probe_image: Option<Spanned<String>>,
+    #[serde(default)]
+    probe_namespace: Option<Spanned<String>>,
+}
+
+/// The pod bake runs on a canary that joined its cluster (`cluster-pod-network`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodProbeSettings {
+    /// An image with a POSIX sh, awk, cat, sleep and nslookup (busybox), pullable by the
+    /// canary's node; `[canary] probe_image`.
+    pub image: String,
+    /// The namespace the pod runs in; `[canary] probe_namespace`.
+    pub namespace: String,
+}
+
+/// busybox from ECR Public's copy of the Docker official images: nodes pull it without
+/// Docker Hub's rate limit, through a NAT gateway (a node without one needs a copy in the
+/// account's own ECR, named in `probe_image`).
+pub const DEFAULT_PROBE_IMAGE: &str = "public.ecr.aws/docker/library/busybox:1.37";
+
+impl Default for PodProbeSettings {
+    fn default() -> Self {
+        PodProbeSettings {
+            image: DEFAULT_PROBE_IMAGE.into(),
+            namespace: "default".into(),
+        }
+    }
 }
 
 /// A cluster, and the channel of the same name that points it at a release.
@@ -153,6 +181,8 @@ pub struct Pipeline {
     pub bakes: Vec<Bake>,
     pub clusters: BTreeMap<String, Cluster>,
     pub canary_cluster: Option<String>,
+    /// The probe pod a canary that joined the cluster runs.
+    pub probe: PodProbeSettings,
     /// The provider and its settings.
     pub settings: Settings,
     pub retention: Retention,
@@ -174,6 +204,7 @@ impl Pipeline {
         let validators_dir = dir.join(&raw.validators_dir);
 
         check_clusters(file, &src, &raw.clusters)?;
+        let mut probe = PodProbeSettings::default();
         let canary_cluster = match raw.canary {
             Some(c) => {
                 if !raw.clusters.contains_key(c.cluster.get_ref()) {
@@ -181,6 +212,27 @@ impl Pipeline {
                         c.cluster.span(),
                         undefined_cluster(c.cluster.get_ref(), &raw.clusters),
                     ));
+                }
+                if let Some(image) = c.probe_image {
+                    let i = image.get_ref();
+                    if i.is_empty()
+                        || i.len() > 255
+                        || i.chars().any(|c| c.is_whitespace() || c.is_control())
+                    {
+                        return Err(at(image.span(), format!(
+                            "probe_image `{i}` is not an image reference (like \"{DEFAULT_PROBE_IMAGE}\")"
+                        )));
+                    }
+                    probe.image = image.into_inner();
+                }
+                if let Some(ns) = c.probe_namespace {
+                    if !is_dns_label(ns.get_ref()) {
+                        return Err(at(ns.span(), format!(
+                            "probe_namespace `{}` is not a Kubernetes namespace name (lowercase letters, digits and `-`, at most 63, starting and ending with a letter or digit)",
+                            ns.get_ref()
+                        )));
+                    }
+                    probe.namespace = ns.into_inner();
                 }
                 Some(c.cluster.into_inner())
             }
@@ -237,6 +289,7 @@ impl Pipeline {
             bakes,
             clusters: raw.clusters,
             canary_cluster,
+            probe,
             settings,
             retention: raw.retention,
             recipes_dir,
@@ -467,4 +520,14 @@ fn undefined_cluster(name: &str, clusters: &BTreeMap<String, Cluster>) -> String
             known.join(", ")
         }
     )
+}
+
+/// A DNS-1123 label, as Kubernetes names namespaces.
+fn is_dns_label(s: &str) -> bool {
+    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| ok(c) || c == '-')
+        && s.starts_with(ok)
+        && s.ends_with(ok)
 }

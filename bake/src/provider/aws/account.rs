@@ -43,6 +43,16 @@ const NEEDED: &[Needed] = &[
 /// AmazonEKSAdminPolicy cover namespaced resources).
 const NODE_READERS: &[&str] = &["AmazonEKSAdminViewPolicy", "AmazonEKSClusterAdminPolicy"];
 
+/// The EKS access policies that let bake create, read (with its log) and delete its probe pod:
+/// the access policy reference gives AmazonEKSEditPolicy and AmazonEKSAdminPolicy the `pods`
+/// and `pods/log` permissions in their scope (cluster, or the namespaces named), and
+/// AmazonEKSClusterAdminPolicy everything.
+const POD_RUNNERS: &[&str] = &[
+    "AmazonEKSEditPolicy",
+    "AmazonEKSAdminPolicy",
+    "AmazonEKSClusterAdminPolicy",
+];
+
 /// The IAM principal EKS sees for a caller's ARN (aws-iam-authenticator `arn.Canonicalize`): an
 /// assumed-role session is its role, without the session; anything else is itself.
 pub(crate) fn canonical_principal(arn: &str) -> String {
@@ -344,7 +354,8 @@ impl AwsProvider {
     }
 
     /// bake's own identity may read the canary's node in the cluster (node-ready asks the
-    /// cluster's API): an access entry with an access policy that covers nodes, at cluster scope.
+    /// cluster's API): an access entry with an access policy that covers nodes, at cluster
+    /// scope; and run its probe pod in the probe namespace (cluster-pod-network).
     ///
     /// Long because each way bake may be let in (cluster creator, an access entry, its policy's
     /// scope) is checked in turn, each failure with its fix.
@@ -405,36 +416,63 @@ impl AwsProvider {
                     )
                 })?;
             policies.extend(r.associated_access_policies().iter().map(|p| {
-                let cluster_wide = p
-                    .access_scope()
+                let scope = p.access_scope();
+                let cluster_wide = scope
                     .and_then(|s| s.r#type())
                     .is_some_and(|t| t.as_str() == "cluster");
-                (p.policy_arn().unwrap_or_default().to_string(), cluster_wide)
+                let in_probe_namespace = cluster_wide
+                    || scope
+                        .is_some_and(|s| s.namespaces().iter().any(|n| *n == self.probe.namespace));
+                (
+                    p.policy_arn().unwrap_or_default().to_string(),
+                    cluster_wide,
+                    in_probe_namespace,
+                )
             }));
             match r.next_token() {
                 Some(t) if !t.is_empty() => token = Some(t.to_string()),
                 _ => break,
             }
         }
-        let reads_nodes = policies.iter().any(|(arn, cluster_wide)| {
-            *cluster_wide
-                && NODE_READERS
-                    .iter()
-                    .any(|n| arn.rsplit('/').next() == Some(*n))
-        });
+        let named =
+            |arn: &str, names: &[&str]| names.iter().any(|n| arn.rsplit('/').next() == Some(*n));
+        let reads_nodes = policies
+            .iter()
+            .any(|(arn, cluster_wide, _)| *cluster_wide && named(arn, NODE_READERS));
+        let runs_probe = policies
+            .iter()
+            .any(|(arn, _, in_ns)| *in_ns && named(arn, POD_RUNNERS));
+        let held = || {
+            if policies.is_empty() {
+                return "none".to_string();
+            }
+            policies
+                .iter()
+                .map(|(a, c, _)| {
+                    format!(
+                        "{}{}",
+                        a.rsplit('/').next().unwrap_or(a),
+                        if *c { "" } else { " (namespaces only)" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !runs_probe {
+            let ns = &self.probe.namespace;
+            found.missing.push(format!(
+                "the access entry of {entry} (bake's own identity) in `{cluster}` has no access policy that runs pods in namespace `{ns}` ({} there, or {} at cluster scope; it has {}); bake runs its probe pod on the canary (cluster-pod-network): aws eks associate-access-policy --cluster-name {cluster} --principal-arn {entry} --policy-arn arn:aws:eks::aws:cluster-access-policy/{} --access-scope type=namespace,namespaces={ns}",
+                POD_RUNNERS[..2].join(" or "),
+                POD_RUNNERS[2],
+                held(),
+                POD_RUNNERS[0]
+            ));
+        }
         if !reads_nodes {
             found.missing.push(format!(
                 "the access entry of {entry} (bake's own identity) in `{cluster}` has no access policy that reads nodes ({} at cluster scope; it has {}); {why}: aws eks associate-access-policy --cluster-name {cluster} --principal-arn {entry} --policy-arn arn:aws:eks::aws:cluster-access-policy/{} --access-scope type=cluster",
                 NODE_READERS.join(" or "),
-                if policies.is_empty() {
-                    "none".to_string()
-                } else {
-                    policies
-                        .iter()
-                        .map(|(a, c)| format!("{}{}", a.rsplit('/').next().unwrap_or(a), if *c { "" } else { " (namespaces only)" }))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                },
+                held(),
                 NODE_READERS[0]
             ));
         }

@@ -65,6 +65,9 @@ impl AwsProvider {
             cluster: nodes
                 .as_ref()
                 .map(|n| n as &dyn crate::steps::node_ready::ClusterNodes),
+            pods: nodes
+                .as_ref()
+                .map(|n| (n as &dyn crate::steps::pod_network::ClusterPods, &self.probe)),
             poll_interval: s.poll_interval,
             recorder: &recorder,
         };

@@ -7,11 +7,12 @@
 use super::eks_token;
 use super::AwsProvider;
 use crate::steps::node_ready::{AskError, ClusterNodes, NodeSeen};
+use crate::steps::pod_network::{ClusterPods, PodSeen, ProbePod};
 use crate::user_data::Cluster;
 use async_trait::async_trait;
 use aws_credential_types::provider::ProvideCredentials;
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Mutex;
 
@@ -162,18 +163,131 @@ impl ClusterNodes for EksNodes<'_> {
     async fn node(&self, name: &str) -> Result<Option<NodeSeen>, AskError> {
         let client = self.client().await?;
         let nodes: kube::Api<Node> = kube::Api::all(client);
-        match nodes.get_opt(name).await {
-            Ok(node) => Ok(node.as_ref().map(seen)),
-            Err(kube::Error::Api(status)) if matches!(status.code, 401 | 403) => {
-                Err(AskError::Refused(format!(
-                    "{} refused bake ({} {}: {}): bake's IAM identity needs an access entry with AmazonEKSAdminViewPolicy (or AmazonEKSClusterAdminPolicy) in the cluster; `bake plan` names the fix",
-                    self.cluster(),
+        nodes
+            .get_opt(name)
+            .await
+            .map(|node| node.as_ref().map(seen))
+            .map_err(|e| self.ask_error(e))
+    }
+}
+
+impl EksNodes<'_> {
+    /// A refusal (401/403) is said with the fix; anything else may pass.
+    fn ask_error(&self, e: kube::Error) -> AskError {
+        match e {
+            kube::Error::Api(status) if matches!(status.code, 401 | 403) => {
+                AskError::Refused(format!(
+                    "{} refused bake ({} {}: {}): bake's IAM identity needs an access entry with AmazonEKSAdminViewPolicy (or AmazonEKSClusterAdminPolicy), and AmazonEKSEditPolicy in the probe pod's namespace, in the cluster; `bake plan` names the fix",
+                    ClusterNodes::cluster(self),
                     status.code,
                     status.reason,
                     status.message
-                )))
+                ))
             }
-            Err(e) => Err(AskError::Failed(e.to_string())),
+            e => AskError::Failed(e.to_string()),
+        }
+    }
+
+    async fn pods(&self, namespace: &str) -> Result<kube::Api<Pod>, AskError> {
+        Ok(kube::Api::namespaced(self.client().await?, namespace))
+    }
+}
+
+/// The probe pod: bound to the canary's node (the scheduler is not asked: the node is known),
+/// tolerating the canary taint, never restarted, its command `pod-probe.sh`.
+fn probe_pod(pod: &ProbePod) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod.name,
+            "namespace": pod.namespace,
+            "labels": {"app.kubernetes.io/managed-by": "bake"},
+        },
+        "spec": {
+            "nodeName": pod.node,
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 0,
+            "tolerations": [{"key": pod.toleration, "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{
+                "name": "probe",
+                "image": pod.image,
+                "command": ["sh", "-c", crate::steps::pod_network::PROBE_SCRIPT],
+            }],
+        },
+    }))
+    .expect("a Pod")
+}
+
+#[async_trait]
+impl ClusterPods for EksNodes<'_> {
+    fn cluster(&self) -> String {
+        ClusterNodes::cluster(self)
+    }
+
+    async fn create(&self, pod: &ProbePod) -> Result<(), AskError> {
+        self.pods(&pod.namespace)
+            .await?
+            .create(&kube::api::PostParams::default(), &probe_pod(pod))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.ask_error(e))
+    }
+
+    async fn get(&self, namespace: &str, name: &str) -> Result<PodSeen, AskError> {
+        let pod = self
+            .pods(namespace)
+            .await?
+            .get(name)
+            .await
+            .map_err(|e| self.ask_error(e))?;
+        let status = pod.status.unwrap_or_default();
+        let state = status
+            .container_statuses
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .and_then(|c| c.state);
+        let detail = match state {
+            Some(s) => match (s.waiting, s.terminated) {
+                (Some(w), _) => [w.reason, w.message]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(": "),
+                (_, Some(t)) => format!(
+                    "{}: exit {}",
+                    t.reason.unwrap_or_else(|| "terminated".into()),
+                    t.exit_code
+                ),
+                _ => String::new(),
+            },
+            None => status.message.unwrap_or_default(),
+        };
+        Ok(PodSeen {
+            phase: status.phase.unwrap_or_else(|| "Pending".into()),
+            detail,
+        })
+    }
+
+    async fn logs(&self, namespace: &str, name: &str) -> Result<String, AskError> {
+        self.pods(namespace)
+            .await?
+            .logs(name, &kube::api::LogParams::default())
+            .await
+            .map_err(|e| self.ask_error(e))
+    }
+
+    async fn delete(&self, namespace: &str, name: &str) -> Result<(), AskError> {
+        let gone = kube::api::DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        match self.pods(namespace).await?.delete(name, &gone).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(self.ask_error(e)),
         }
     }
 }

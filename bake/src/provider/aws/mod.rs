@@ -61,6 +61,8 @@ pub struct AwsProvider {
     settings: AwsSettings,
     /// The EKS cluster canaries join.
     canary_cluster: Option<String>,
+    /// The probe pod a joined canary runs.
+    probe: crate::input::pipeline::PodProbeSettings,
     /// One EC2 client per `copy_regions` entry.
     copy_clients: Vec<(String, aws_sdk_ec2::Client)>,
     /// One SSM client per `copy_regions` entry (the audit of the nodes there).
@@ -113,6 +115,7 @@ impl AwsProvider {
             credentials: config.credentials_provider(),
             settings,
             canary_cluster,
+            probe: pipeline.probe.clone(),
             copy_clients,
             copy_ssm,
             region: config

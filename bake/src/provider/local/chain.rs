@@ -49,6 +49,7 @@ impl LocalProvider {
             join_timeout: None,
             no_cluster: Some("needs a joined cluster node; the local provider has no cluster"),
             cluster: None,
+            pods: None,
             poll_interval: Duration::from_secs(5),
             recorder: &recorder,
         };
