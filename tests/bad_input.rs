@@ -168,6 +168,10 @@ one_edit! {
         LOCAL at LOCAL "auto_promote"; Some("bake[0].auto_promote[1]"), "never automatically";
     undefined_canary_cluster: AWS, "[canary]\ncluster = \"dev\"" => "[canary]\ncluster = \"canary\"";
         AWS at AWS "cluster = \"canary\""; Some("canary.cluster"), "cluster `canary` is not defined";
+    probe_namespace_not_a_namespace_name: AWS, "[canary]\ncluster = \"dev\"" => "[canary]\ncluster = \"dev\"\nprobe_namespace = \"Bake_Probes\"";
+        AWS at AWS "\"Bake_Probes\""; Some("canary.probe_namespace"), "is not a Kubernetes namespace name";
+    probe_image_with_a_space: AWS, "[canary]\ncluster = \"dev\"" => "[canary]\ncluster = \"dev\"\nprobe_image = \"busybox latest\"";
+        AWS at AWS "\"busybox latest\""; Some("canary.probe_image"), "is not an image reference";
     missing_recipe: LOCAL, "recipe = \"eks-node\"" => "recipe = \"gpu-node\"";
         LOCAL at LOCAL "gpu-node"; Some("bake[0].recipe"), "recipe `gpu-node` not found";
     step_name_with_a_space: RECIPE, "name = \"generalize\"" => "name = \"general ize\"";

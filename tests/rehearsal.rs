@@ -4,8 +4,9 @@
 //! service's limits. The ec2 engine bakes the al2023-eks recipe on the AL2023 EKS stand-in
 //! (tests/standins/al2023-eks.sh); the Image Builder engine and the kill test use the local
 //! Debian base. The canary boots from the disk the builder's CreateImage made, with the image
-//! as shipped on a second, NVMe volume attached after boot. There is no cluster: the
-//! rehearsal pipeline names none, so the cluster check is not applicable and says so.
+//! as shipped on a second, NVMe volume attached after boot. The AL2023 rehearsal's canary joins
+//! the emulator's EKS cluster (tests/moto/kubelet.py runs its kubelet, VPC CNI and CoreDNS on
+//! the VM); the others name no cluster, so their cluster checks are not applicable and say so.
 
 use crate::common::moto::{self, Moto};
 use crate::common::standin::{
@@ -60,13 +61,19 @@ fn ubuntu_project(prefix: &str) -> Project {
     p
 }
 
-/// A rehearsal project whose aws pipeline bakes the al2023-eks recipe.
+/// A rehearsal project whose aws pipeline bakes the al2023-eks recipe, its canary joining the
+/// emulator's EKS cluster `dev` (its kubelet, VPC CNI and CoreDNS are kubelet.py's).
 fn al2023_project(prefix: &str) -> Project {
     let p = rehearsal_project(prefix);
     p.edit(
         "pipelines/aws.toml",
         "recipe = \"eks-node\"",
         "recipe = \"al2023-eks\"",
+    );
+    let pipeline = p.read("pipelines/aws.toml");
+    p.write(
+        "pipelines/aws.toml",
+        &format!("{pipeline}\n[canary]\ncluster = \"dev\"\n"),
     );
     p
 }
@@ -96,9 +103,15 @@ async fn assert_nothing_left(moto: &Moto) {
 /// validator pass or not applicable, the release published to the emulator's SSM. Then the
 /// seed's incident through the same path, with a package installed at first boot: rejected by
 /// what ran on the canary, exit 3, nothing published.
-/// The published x86_64 image of `recipe` passed every one of `passed`, node-ready alone had no
-/// cluster to ask, and nothing else was checked: what `bake releases` reads back.
-fn every_check_passed(p: &Project, moto: &Moto, recipe: &str, passed: &[&str]) {
+/// The published x86_64 image of `recipe` passed every one of `passed`, the others were not
+/// applicable (`not_applicable`), and nothing else was checked: what `bake releases` reads back.
+fn every_check_passed(
+    p: &Project,
+    moto: &Moto,
+    recipe: &str,
+    passed: &[&str],
+    not_applicable: &[&str],
+) {
     let (code, rel, stderr) = bake(p, moto, &["releases", recipe, "-p", "pipelines/aws.toml"]);
     assert_eq!(code, 0, "{stderr}");
     let validators = rel[0]["images"]["x86_64"]["validators"]
@@ -108,8 +121,14 @@ fn every_check_passed(p: &Project, moto: &Moto, recipe: &str, passed: &[&str]) {
     for name in passed {
         assert_eq!(validators[*name], "pass", "{name}: {rel:#}");
     }
-    assert_eq!(validators["node-ready"], "not_applicable", "{rel:#}");
-    assert_eq!(validators.len(), passed.len() + 1, "{rel:#}");
+    for name in not_applicable {
+        assert_eq!(validators[*name], "not_applicable", "{name}: {rel:#}");
+    }
+    assert_eq!(
+        validators.len(),
+        passed.len() + not_applicable.len(),
+        "{rel:#}"
+    );
 }
 
 /// The CycloneDX SBOM of `release`'s x86_64 image, as text.
@@ -180,8 +199,9 @@ async fn the_ec2_engine_on_the_al2023_stand_in_publishes_a_hardened_image_and_re
     assert_eq!(param.parameter().unwrap().value(), Some(image.as_str()));
 
     // What each validator said, as the canary answered it (the image's tags keep the summary):
-    // every one of the recipe's passes, the dnf ones and pod-network included; only the
-    // cluster's check has no cluster to ask.
+    // every one of the recipe's passes, the dnf ones and pod-network included, and the
+    // cluster's: the canary's node Ready with its taint, and a pod the cluster's CNI wired on
+    // it kept its gateway's MAC through udev and reached the cluster DNS service.
     every_check_passed(
         &p,
         moto,
@@ -196,8 +216,16 @@ async fn the_ec2_engine_on_the_al2023_stand_in_publishes_a_hardened_image_and_re
             "machine-id-empty",
             "no-ssh-host-keys",
             "no-bake-leftovers",
+            "node-ready",
+            "cluster-pod-network",
             "software-as-baked",
         ],
+        &[],
+    );
+    assert!(
+        notes.contains("cluster-pod-network: pod bake-cluster-pod-network-")
+            && notes.contains("kept after udev settled; the cluster DNS service answered"),
+        "{summary:#}"
     );
     // The manifest is rpm's: the vendor's packages, at the stand-in's release.
     let sbom = sbom_of(&p, moto, "al2023-eks", &release);
@@ -247,6 +275,10 @@ async fn the_ec2_engine_on_the_al2023_stand_in_publishes_a_hardened_image_and_re
         &[
             ("mac-policy", "sets MACAddressPolicy=none"),
             crate::common::POD_LOST,
+            (
+                "cluster-pod-network",
+                "udev rewrote it after the CNI pinned it",
+            ),
             ("software-as-baked", "bake-boot-drift"),
         ],
     );
@@ -300,6 +332,8 @@ async fn the_ec2_engine_on_the_ubuntu_stand_in_publishes_a_hardened_image_and_re
             "no-bake-leftovers",
             "software-as-baked",
         ],
+        // Its pipeline names no cluster (the AL2023 rehearsal's canary joins one).
+        &["node-ready", "cluster-pod-network"],
     );
     // The manifest is dpkg's and snapd's: the kubelet is a snap, with its revision.
     let sbom = sbom_of(&p, moto, "ubuntu2404-eks", &release);
@@ -792,7 +826,12 @@ async fn the_image_builder_engine_on_real_vms_sweeps_a_killed_build_reuses_publi
     // Not applicable, and only these: no cluster to ask, no snapd on this base, and no manifest
     // of the build to compare with (Image Builder builds out of bake's reach: the canary's list
     // is the manifest).
-    let not_applicable = ["node-ready", "snap-refresh-held", "software-as-baked"];
+    let not_applicable = [
+        "node-ready",
+        "cluster-pod-network",
+        "snap-refresh-held",
+        "software-as-baked",
+    ];
     for (name, status) in &validators {
         let want = if not_applicable.contains(&name.as_str()) {
             "not_applicable"

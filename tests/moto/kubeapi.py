@@ -374,7 +374,11 @@ class ClusterApis:
                 return status(400, "BadRequest", 'container "%s" in pod "%s" is waiting to start: %s' % (
                     cname, name, waiting.get("reason", "ContainerCreating")))
             return 200, text
-        return 200, self.pod_now(pod)
+        now = self.pod_now(pod)
+        # What the kubelet reported, for the test's reading of the log.
+        self.log({"cluster": cluster, "pod": name, "phase": now["status"]["phase"],
+                  "state": now["status"]["containerStatuses"][0]["state"]})
+        return 200, now
 
     def create_pod(self, key, ns, body):
         """A pod as the API server validates and stores it (apis/core/validation ValidatePod for

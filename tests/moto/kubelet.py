@@ -14,9 +14,9 @@ On a node that is a real VM (machines.py), it all happens in the guest, through 
   the host end's MAC as read when it was made; on the host: the pod's /32 via the host end
   (scope link) and `to <pod IP> lookup main` at priority 512. DEL removes the routes and the rule;
   the veth goes with the namespace. Only one ENI: no `from` rules.
-- **Container runtime**: the image's filesystem in /run/bake-standin/pods/<uid>/rootfs, the
-  container's command run in it (chroot) in the pod's network namespace with its own /proc and
-  /sys, its output in /var/log/pods/<namespace>_<pod>_<uid>/<container>/0.log (the CRI log path,
+- **Container runtime**: the image's filesystem in /var/lib/bake-standin/pods/<uid>/rootfs, the
+  container's command run in it (chroot) in the pod's network namespace with its own /proc,
+  /sys and a /dev of the devices a runtime gives a container, its output in /var/log/pods/<namespace>_<pod>_<uid>/<container>/0.log (the CRI log path,
   plain lines: the API server returns the text only). One image is held: busybox (the host's
   busybox-static, for a VM of the host's architecture); any other is ErrImagePull, then
   ImagePullBackOff, as a registry that does not have it answers.
@@ -45,19 +45,19 @@ import shutil
 import threading
 import time
 
-STATE = "/run/bake-standin"
+STATE = "/var/lib/bake-standin"       # as containerd keeps its snapshots under /var/lib
 SERVICE_DNS = "10.100.0.10"
 KUBERNETES_SERVICE = "10.100.0.1"
 PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOST_ARCH = {"x86_64": "x86_64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
 
 NODE_SETUP = r"""set -eu
-sysctl -qw net.ipv4.ip_forward=1
+echo 1 > /proc/sys/net/ipv4/ip_forward
 mkdir -p "$STATE"
 ip netns add bake-standin-vpc
 ip link add vpc0 address 02:42:0a:64:00:01 type veth peer name eth0 address 02:42:0a:64:00:0a netns bake-standin-vpc
 ip link set vpc0 up
-sysctl -qw net.ipv4.conf.vpc0.proxy_arp=1
+echo 1 > /proc/sys/net/ipv4/conf/vpc0/proxy_arp
 ip -n bake-standin-vpc link set lo up
 ip -n bake-standin-vpc link set eth0 up
 ip -n bake-standin-vpc addr add "$SERVICE_DNS/32" dev eth0
@@ -99,9 +99,9 @@ ip -n "$NETNS" addr add "$POD_IP/32" dev eth0
 ip -n "$NETNS" neigh add 169.254.1.1 dev eth0 lladdr "$mac" nud permanent
 ip route replace "$POD_IP/32" dev "$HOST_VETH" scope link
 ip rule add to "$POD_IP" lookup main priority 512
-mkdir -p "$ROOT/bin" "$ROOT/etc" "$ROOT/proc" "$ROOT/sys" "$ROOT/tmp" "$(dirname "$LOG")"
-cp "$STATE/busybox" "$ROOT/bin/busybox"
-"$ROOT/bin/busybox" --install -s "$ROOT/bin"
+mkdir -p "$ROOT/bin" "$ROOT/etc" "$ROOT/proc" "$ROOT/sys" "$ROOT/dev" "$ROOT/tmp" "$(dirname "$LOG")"
+install -m 0755 "$STATE/busybox" "$ROOT/bin/busybox"
+for applet in $("$ROOT/bin/busybox" --list); do [ "$applet" = busybox ] || ln -sf busybox "$ROOT/bin/$applet"; done
 printf 'search %s.svc.cluster.local svc.cluster.local cluster.local\nnameserver %s\noptions ndots:5\n' "$NAMESPACE" "$SERVICE_DNS" > "$ROOT/etc/resolv.conf"
 : > "$LOG"
 """
@@ -110,6 +110,8 @@ printf 'search %s.svc.cluster.local svc.cluster.local cluster.local\nnameserver 
 CONTAINER = r"""exec >> "$LOG" 2>&1
 mount -t proc proc "$ROOT/proc"
 mount -t sysfs sysfs "$ROOT/sys"
+mount -t tmpfs -o mode=755 tmpfs "$ROOT/dev"
+for d in null zero full random urandom tty; do : > "$ROOT/dev/$d"; mount --bind "/dev/$d" "$ROOT/dev/$d"; done
 exec chroot "$ROOT" "$@"
 """
 

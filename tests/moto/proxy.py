@@ -47,7 +47,10 @@ and the access-entry and access-policy calls and UpdateClusterConfig's access co
 answered as EKS does (eks.py), which moto 5.2.5 lacks. Each cluster has a Kubernetes API server
 of its own (its endpoint and CA in DescribeCluster) that authenticates EKS tokens and serves the
 nodes that instances launched with join user data register (kubeapi.py): "node_ready_after_s"
-(-1: never) is how long a registered node stays NotReady. Its requests go to kube.jsonl.
+(-1: never) is how long a registered node stays NotReady. It runs pods on them (kubelet.py): on
+a VM as the kubelet, containerd, the VPC CNI and CoreDNS would; on a scripted instance by the
+config's "pods" rules ({"match": <text in the command>, "log": text or lines,
+"line_every_s": s}). Its requests, and the pods' states as bake read them, go to kube.jsonl.
 STS: moto names an unknown key's caller `arn:aws:sts::<account>:user/moto`; STS writes a user's
 ARN in the iam namespace, so GetCallerIdentity says `arn:aws:iam::<account>:user/moto`.
 """
