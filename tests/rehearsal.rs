@@ -73,7 +73,7 @@ fn al2023_project(prefix: &str) -> Project {
     let pipeline = p.read("pipelines/aws.toml");
     p.write(
         "pipelines/aws.toml",
-        &format!("{pipeline}\n[canary]\ncluster = \"dev\"\n"),
+        format!("{pipeline}\n[canary]\ncluster = \"dev\"\n"),
     );
     p
 }

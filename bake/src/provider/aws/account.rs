@@ -421,8 +421,7 @@ impl AwsProvider {
                     .and_then(|s| s.r#type())
                     .is_some_and(|t| t.as_str() == "cluster");
                 let in_probe_namespace = cluster_wide
-                    || scope
-                        .is_some_and(|s| s.namespaces().iter().any(|n| *n == self.probe.namespace));
+                    || scope.is_some_and(|s| s.namespaces().contains(&self.probe.namespace));
                 (
                     p.policy_arn().unwrap_or_default().to_string(),
                     cluster_wide,
