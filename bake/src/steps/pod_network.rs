@@ -254,7 +254,15 @@ pub async fn judge(
     within: Duration,
     every: Duration,
 ) -> Result<CheckResult, String> {
-    pods.create(pod).await.map_err(|e| ask_error(pods, e))?;
+    pods.create(pod).await.map_err(|e| {
+        format!(
+            "creating probe pod {}/{} ({}): {}",
+            pod.namespace,
+            pod.name,
+            pod.image,
+            ask_error(pods, e)
+        )
+    })?;
     let judged = probe(name, pods, guest, pod, within, every).await;
     if let Err(e) = pods.delete(&pod.namespace, &pod.name).await {
         tracing::warn!(
@@ -376,6 +384,151 @@ mod tests {
                 && reason.contains("eni0123456789a now has 22:71:6b:47:fe:88"),
             "{reason}"
         );
+    }
+
+    /// A cluster whose probe pod is Pending `pending` times, then Running, printing one more
+    /// line of `log` at each read; it records the deletion.
+    struct Cluster {
+        pending: std::sync::Mutex<usize>,
+        waiting: &'static str,
+        log: Vec<String>,
+        shown: std::sync::Mutex<usize>,
+        deleted: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Cluster {
+        fn new(pending: usize, waiting: &'static str, log: &str) -> Cluster {
+            Cluster {
+                pending: std::sync::Mutex::new(pending),
+                waiting,
+                log: log.lines().map(|l| format!("{l}\n")).collect(),
+                shown: std::sync::Mutex::new(0),
+                deleted: std::sync::Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    #[async_trait]
+    impl ClusterPods for Cluster {
+        fn cluster(&self) -> String {
+            "EKS cluster `dev` in us-east-1".into()
+        }
+        async fn create(&self, _: &ProbePod) -> Result<(), AskError> {
+            Ok(())
+        }
+        async fn get(&self, _: &str, _: &str) -> Result<PodSeen, AskError> {
+            let mut p = self.pending.lock().unwrap();
+            if *p > 0 {
+                *p -= 1;
+                return Ok(PodSeen {
+                    phase: "Pending".into(),
+                    detail: self.waiting.into(),
+                });
+            }
+            Ok(PodSeen {
+                phase: "Running".into(),
+                detail: String::new(),
+            })
+        }
+        async fn logs(&self, _: &str, _: &str) -> Result<String, AskError> {
+            let mut n = self.shown.lock().unwrap();
+            *n = (*n + 1).min(self.log.len());
+            Ok(self.log[..*n].concat())
+        }
+        async fn delete(&self, _: &str, name: &str) -> Result<(), AskError> {
+            self.deleted.lock().unwrap().push(name.to_string());
+            Ok(())
+        }
+    }
+
+    /// A canary whose links are `LINKS`; it counts what ran.
+    struct Canary(usize);
+
+    #[async_trait]
+    impl Guest for Canary {
+        fn transport(&self) -> &'static str {
+            "test"
+        }
+        fn stdout_limit(&self) -> Option<usize> {
+            None
+        }
+        async fn put(
+            &mut self,
+            _: &str,
+            _: &str,
+            _: &[u8],
+            _: u32,
+            _: Duration,
+        ) -> crate::Result<()> {
+            unreachable!("the check writes nothing on the canary")
+        }
+        async fn run(
+            &mut self,
+            _: &str,
+            script: &[u8],
+            _: &[(&str, &str)],
+            _: Duration,
+        ) -> crate::Result<crate::guest::Ran> {
+            assert_eq!(script, HOST_LINKS_SCRIPT.as_bytes());
+            self.0 += 1;
+            Ok(crate::guest::Ran {
+                exit_code: 0,
+                stdout: LINKS.into(),
+                stderr: String::new(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_probe_is_read_before_and_after_udev_settles_then_deleted() {
+        let cluster = Cluster::new(
+            2,
+            "ContainerCreating",
+            "bake-probe iflink 7\nbake-probe gateway 169.254.1.1 22:71:6b:47:fe:88 0x6\nbake-probe dns 1 ok\nbake-probe dns 2 ok\nbake-probe dns 3 ok\nbake-probe dns 4 ok\n",
+        );
+        let mut canary = Canary(0);
+        let r = judge(
+            "cluster-pod-network",
+            &cluster,
+            &mut canary,
+            &pod(),
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, Status::Pass, "{r:?}");
+        assert_eq!(canary.0, 1);
+        // Read on: the links were read once attempt 1 was over; attempt 2 may have begun
+        // before udev settled, so attempt 3 decides.
+        assert_eq!(*cluster.shown.lock().unwrap(), 5);
+        assert_eq!(*cluster.deleted.lock().unwrap(), vec![pod().name]);
+    }
+
+    #[tokio::test]
+    async fn a_probe_that_never_starts_is_no_verdict_naming_why_and_is_deleted() {
+        let cluster = Cluster::new(
+            usize::MAX,
+            "ImagePullBackOff: Back-off pulling image \"busybox\"",
+            "",
+        );
+        let mut canary = Canary(0);
+        let e = judge(
+            "cluster-pod-network",
+            &cluster,
+            &mut canary,
+            &pod(),
+            Duration::from_millis(50),
+            Duration::from_millis(5),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.contains("is Pending (ImagePullBackOff: Back-off pulling image"),
+            "{e}"
+        );
+        assert_eq!(canary.0, 0, "nothing ran on the canary");
+        assert_eq!(cluster.deleted.lock().unwrap().len(), 1);
     }
 
     #[test]
