@@ -479,6 +479,23 @@ mod tests {
         }
     }
 
+    async fn judged(
+        cluster: &Cluster,
+        canary: &mut Canary,
+        within: Duration,
+    ) -> Result<CheckResult, String> {
+        let every = Duration::from_millis(1);
+        judge(
+            "cluster-pod-network",
+            cluster,
+            canary,
+            &pod(),
+            within,
+            every,
+        )
+        .await
+    }
+
     #[tokio::test]
     async fn the_probe_is_read_before_and_after_udev_settles_then_deleted() {
         let cluster = Cluster::new(
@@ -487,16 +504,9 @@ mod tests {
             "bake-probe iflink 7\nbake-probe gateway 169.254.1.1 22:71:6b:47:fe:88 0x6\nbake-probe dns 1 ok\nbake-probe dns 2 ok\nbake-probe dns 3 ok\nbake-probe dns 4 ok\n",
         );
         let mut canary = Canary(0);
-        let r = judge(
-            "cluster-pod-network",
-            &cluster,
-            &mut canary,
-            &pod(),
-            Duration::from_secs(5),
-            Duration::from_millis(1),
-        )
-        .await
-        .unwrap();
+        let r = judged(&cluster, &mut canary, Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(r.status, Status::Pass, "{r:?}");
         assert_eq!(canary.0, 1);
         // Read on: the links were read once attempt 1 was over; attempt 2 may have begun
@@ -513,16 +523,9 @@ mod tests {
             "",
         );
         let mut canary = Canary(0);
-        let e = judge(
-            "cluster-pod-network",
-            &cluster,
-            &mut canary,
-            &pod(),
-            Duration::from_millis(50),
-            Duration::from_millis(5),
-        )
-        .await
-        .unwrap_err();
+        let e = judged(&cluster, &mut canary, Duration::from_millis(50))
+            .await
+            .unwrap_err();
         assert!(
             e.contains("is Pending (ImagePullBackOff: Back-off pulling image"),
             "{e}"
