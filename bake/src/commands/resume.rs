@@ -14,7 +14,7 @@ use clap::Args;
 
 #[derive(Debug, Args)]
 pub struct ResumeArgs {
-    /// The run ID (the journal's name under <state>/runs/).
+    /// The run ID (the journal's name under the state directory's runs/).
     pub run_id: String,
     #[arg(long)]
     pub break_lock: bool,

@@ -1,6 +1,6 @@
 //! Validation on the canary, for every provider: prepare the canary (which OS booted, the
 //! image as shipped mounted read-only), run each validator that applies through the canary's
-//! [`Guest`](crate::guest::Guest), decide the verdict, and have the provider record it before
+//! [`crate::guest::Guest`], decide the verdict, and have the provider record it before
 //! the step counts as done (a run killed right after still finds its verdict).
 
 use super::node_ready::ClusterNodes;
