@@ -107,6 +107,12 @@ enabled=1
 skip_if_unavailable=False
 REPO
 
+# rpm's database where AL2023 keeps it: rpm-software-management/rpm macros.in sets
+# `%_dbpath %{_var}/lib/rpm` (rpm 4.16, as AL2023 ships it: rpmdb.sqlite there); Debian's rpm
+# package moves it to ~/.rpmdb, which no AL2023 node has.
+mkdir -p "$root/etc/rpm" "$root/var/lib/rpm"
+printf '%%_dbpath /var/lib/rpm\n' > "$root/etc/rpm/macros.dbpath"
+rm -rf "$root/root/.rpmdb"
 build=/tmp/standin-rpms
 rm -rf "$root$build"
 mkdir -p "$root$build"
