@@ -95,6 +95,8 @@ def render(upstream, region, req):
     shell = dict(req)
     shell["DocumentName"] = "AWS-RunShellScript"
     shell["Parameters"] = {"commands": [script], "executionTimeout": [timeout]}
+    # The step's name: the agent names the step's orchestration directory after it (machines.py).
+    shell["_step"] = steps[0].get("name") or ""
     return None, shell
 
 

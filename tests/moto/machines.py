@@ -205,9 +205,14 @@ class AgentTraces:
       amazon-ssm-agent-audit-YYYY-MM-DD, `SchemaVersion=1`, then `agent_telemetry ...` at start
       (the log lines the agent writes at start are not copied: their text was not read);
     - agent/plugins/runscript/runscript.go, iohandler/iohandler.go: `_script.sh` (0700) and
-      `stdout`, `stderr`, `stdoutConsole`, `stderrConsole` (0600) in
-      <id>/document/orchestration/<command>/awsrunShellScript/0.awsrunShellScript/, kept after
-      the run (Ssm.OrchestrationDirectoryCleanup defaults to "default": keep);
+      `stdout`, `stderr`, `stdoutConsole`, `stderrConsole` (0600) under
+      <id>/document/orchestration/<command>/, kept after the run
+      (Ssm.OrchestrationDirectoryCleanup defaults to "default": keep). Where, as the agent
+      builds the paths (framework/docparser/docparser.go, fileutil.BuildPath dropping every
+      `:`; runscript.go adds the input's `id`; iohandler.go Init(pluginName, stepName)): for
+      AWS-RunShellScript (schema 1.2, id `0.aws:runShellScript`) both the script and the
+      outputs in awsrunShellScript/0.awsrunShellScript/; for a schema 2.2 document's step
+      (no id) the script in <step name>/, the outputs in awsrunShellScript/<step name>/;
     - framework/docmanager/docmanager.go: the state file document/state/current/<command>,
       removed when the command is over; messagehandler/idempotency: idempotency/SendCommand/
       <command>/, removed 30 minutes later;
@@ -259,7 +264,7 @@ class AgentTraces:
 
     OUTPUTS = ("stdout", "stderr", "stdoutConsole", "stderrConsole")
 
-    def command_started(self, command_id, orch, script):
+    def command_started(self, command_id, orch, script, script_dir=None):
         """The command taken: its idempotency entry, its state file (InProgress), its output
         files opened before it starts (iohandler.go), its script (0700) and the log lines.
         (exit code, stdout, stderr) of the one shell that writes them; it raises if the guest's
@@ -274,10 +279,10 @@ class AgentTraces:
             'set -e; mkdir -p "$1/idempotency/SendCommand/$2" "$1/document/state/current" "$3"\n'
             'printf "%s" "$4" > "$1/document/state/current/$2"\n'
             'for f in ' + " ".join(self.OUTPUTS) + '; do : > "$3/$f"; chmod 0600 "$3/$f"; done\n'
-            'cat > "$3/_script.sh"; chmod 0700 "$3/_script.sh"\n'
+            'mkdir -p "$7"; cat > "$7/_script.sh"; chmod 0700 "$7/_script.sh"\n'
             + self.APPEND.replace("$1", "$5").replace("$2", "$6"),
             base, command_id, orch, self._state(command_id, "InProgress"), self.LOG, lines,
-            stdin=script.encode())
+            script_dir or orch, stdin=script.encode())
 
     def command_done(self, command_id, orch, code, out, err):
         agent = self.vm.agent
@@ -748,14 +753,20 @@ class Machines:
             inv = {"Status": "InProgress", "ResponseCode": -1, "out": b"", "err": b""}
             with self.lock:
                 self.commands[(command_id, instance)] = inv
-            threading.Thread(target=self.execute, args=(vm, command_id, script, timeout, workdir, inv),
+            threading.Thread(target=self.execute, args=(vm, command_id, script, timeout, workdir, inv,
+                                                        req.get("_step")),
                              daemon=True).start()
 
-    def execute(self, vm, command_id, script, timeout, workdir, inv):
-        orch = "/var/lib/amazon/ssm/%s/document/orchestration/%s/awsrunShellScript/0.awsrunShellScript" % (vm.instance, command_id)
-        path = orch + "/_script.sh"
+    def execute(self, vm, command_id, script, timeout, workdir, inv, step=None):
+        root = "/var/lib/amazon/ssm/%s/document/orchestration/%s" % (vm.instance, command_id)
+        if step is None:
+            orch = script_dir = root + "/awsrunShellScript/0.awsrunShellScript"
+        else:
+            step = step.replace(":", "")
+            orch, script_dir = root + "/awsrunShellScript/" + step, root + "/" + step
+        path = script_dir + "/_script.sh"
         try:
-            rc, _, err = vm.traces.command_started(command_id, orch, script)
+            rc, _, err = vm.traces.command_started(command_id, orch, script, script_dir)
         except Exception:
             # The agent did not take the command (it stopped between the online check and the
             # delivery): SSM keeps it pending, unanswered, until its delivery times out; no
