@@ -15,7 +15,8 @@ On a node that is a real VM (machines.py), it all happens in the guest, through 
   (scope link) and `to <pod IP> lookup main` at priority 512. DEL removes the routes and the rule;
   the veth goes with the namespace. Only one ENI: no `from` rules.
 - **Container runtime**: the image's filesystem in /var/lib/bake-standin/pods/<uid>/rootfs, the
-  container's command run in it (chroot) in the pod's network namespace with its own /proc,
+  container's command run in it (chroot, as the user its securityContext names) in the pod's
+  network namespace with its own /proc,
   /sys and a /dev of the devices a runtime gives a container, its output in /var/log/pods/<namespace>_<pod>_<uid>/<container>/0.log (the CRI log path,
   plain lines: the API server returns the text only). One image is held: busybox (the host's
   busybox-static, for a VM of the host's architecture); any other is ErrImagePull, then
@@ -112,7 +113,7 @@ mount -t proc proc "$ROOT/proc"
 mount -t sysfs sysfs "$ROOT/sys"
 mount -t tmpfs -o mode=755 tmpfs "$ROOT/dev"
 for d in null zero full random urandom tty; do : > "$ROOT/dev/$d"; mount --bind "/dev/$d" "$ROOT/dev/$d"; done
-exec chroot "$ROOT" "$@"
+exec chroot --userspec="$RUN_AS" "$ROOT" "$@"
 """
 
 POD_DEL = r"""ip netns pids "$NETNS" 2>/dev/null | xargs -r kill -9
@@ -225,7 +226,18 @@ class Kubelet:
             p["waiting"] = "ImagePullBackOff"
             p["message"] = 'Back-off pulling image "%s"' % container["image"]
             return
+        # The user it runs as: the container's securityContext, else the pod's, else the
+        # image's (busybox: root); runAsNonRoot refuses root as the kubelet does
+        # (pkg/kubelet/kuberuntime/security_context_others.go verifyRunAsNonRoot).
+        pod_sc, c_sc = pod["spec"].get("securityContext") or {}, container.get("securityContext") or {}
+        uid = c_sc.get("runAsUser", pod_sc.get("runAsUser", 0))
+        gid = c_sc.get("runAsGroup", pod_sc.get("runAsGroup", 0))
+        if c_sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) and uid == 0:
+            p.update(waiting="CreateContainerConfigError",
+                     message="container has runAsNonRoot and image will run as root")
+            return
         env = [PATH, "STATE=" + STATE, "SERVICE_DNS=" + SERVICE_DNS, "NAMESPACE=" + ns,
+               "RUN_AS=%d:%d" % (uid, gid),
                "NETNS=cni-" + uid, "HOST_VETH=" + host_veth_name(ns, name), "POD_IP=" + pod_ip,
                "ROOT=%s/pods/%s/rootfs" % (STATE, uid),
                "LOG=/var/log/pods/%s_%s_%s/%s/0.log" % (ns, name, uid, container["name"])]

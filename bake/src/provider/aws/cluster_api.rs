@@ -174,22 +174,33 @@ impl ClusterNodes for EksNodes<'_> {
 impl EksNodes<'_> {
     /// A refusal (401/403) is said with the fix; anything else may pass.
     fn ask_error(&self, e: kube::Error) -> AskError {
-        match e {
-            kube::Error::Api(status) if matches!(status.code, 401 | 403) => {
-                AskError::Refused(format!(
-                    "{} refused bake ({} {}: {}): bake's IAM identity needs an access entry with AmazonEKSAdminViewPolicy (or AmazonEKSClusterAdminPolicy), and AmazonEKSEditPolicy in the probe pod's namespace, in the cluster; `bake plan` names the fix",
-                    ClusterNodes::cluster(self),
-                    status.code,
-                    status.reason,
-                    status.message
-                ))
-            }
-            e => AskError::Failed(e.to_string()),
-        }
+        refusal(&ClusterNodes::cluster(self), e)
     }
 
     async fn pods(&self, namespace: &str) -> Result<kube::Api<Pod>, AskError> {
         Ok(kube::Api::namespaced(self.client().await?, namespace))
+    }
+}
+
+/// What a failed request to the cluster means: 401, and a 403 of authorization (RBAC's "User
+/// … cannot …"), are refusals of bake's identity, said with the fix; another 403 is an
+/// admission controller refusing the request (a Pod Security level, a quota), said as it is;
+/// anything else may pass and is asked again.
+fn refusal(cluster: &str, e: kube::Error) -> AskError {
+    match e {
+        kube::Error::Api(status)
+            if status.code == 401 || (status.code == 403 && status.message.contains(" cannot ")) =>
+        {
+            AskError::Refused(format!(
+                "{cluster} refused bake ({} {}: {}): bake's IAM identity needs an access entry with AmazonEKSAdminViewPolicy (or AmazonEKSClusterAdminPolicy), and AmazonEKSEditPolicy in the probe pod's namespace, in the cluster; `bake plan` names the fix",
+                status.code, status.reason, status.message
+            ))
+        }
+        kube::Error::Api(status) if status.code == 403 => AskError::Refused(format!(
+            "{cluster} refused the request ({} {}): {}",
+            status.code, status.reason, status.message
+        )),
+        e => AskError::Failed(e.to_string()),
     }
 }
 
@@ -210,10 +221,22 @@ fn probe_pod(pod: &ProbePod) -> Pod {
             "automountServiceAccountToken": false,
             "terminationGracePeriodSeconds": 0,
             "tolerations": [{"key": pod.toleration, "operator": "Exists", "effect": "NoSchedule"}],
+            // It only reads: admitted by the Pod Security Standards' `restricted` level, so a
+            // namespace that enforces it runs it too.
+            "securityContext": {
+                "runAsNonRoot": true,
+                "runAsUser": 65534,
+                "runAsGroup": 65534,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
             "containers": [{
                 "name": "probe",
                 "image": pod.image,
                 "command": ["sh", "-c", crate::steps::pod_network::PROBE_SCRIPT],
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]},
+                },
             }],
         },
     }))
@@ -295,6 +318,69 @@ impl ClusterPods for EksNodes<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error status as the API server sends it.
+    fn api_error(code: u16, reason: &str, message: &str) -> kube::Error {
+        kube::Error::Api(
+            serde_json::from_value(serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": message, "reason": reason, "code": code,
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn authorization_and_admission_refusals_are_told_apart() {
+        let rbac = refusal(
+            "EKS cluster `dev`",
+            api_error(403, "Forbidden", "pods is forbidden: User \"bake\" cannot create resource \"pods\" in API group \"\" in the namespace \"default\""),
+        );
+        assert!(
+            matches!(&rbac, AskError::Refused(m) if m.contains("AmazonEKSEditPolicy in the probe pod's namespace")),
+            "{rbac:?}"
+        );
+        let psa = refusal(
+            "EKS cluster `dev`",
+            api_error(403, "Forbidden", "pods \"p\" is forbidden: violates PodSecurity \"restricted:latest\": runAsNonRoot != true"),
+        );
+        assert!(
+            matches!(&psa, AskError::Refused(m) if m.contains("violates PodSecurity") && !m.contains("access entry")),
+            "{psa:?}"
+        );
+        assert!(matches!(
+            refusal("c", api_error(401, "Unauthorized", "Unauthorized")),
+            AskError::Refused(_)
+        ));
+        let other = api_error(500, "InternalError", "etcdserver: request timed out");
+        assert!(matches!(refusal("c", other), AskError::Failed(_)));
+    }
+
+    /// The probe pod is admitted by the `restricted` Pod Security level: non-root, no
+    /// privilege escalation, every capability dropped, the runtime's seccomp profile.
+    #[test]
+    fn the_probe_pod_meets_the_restricted_pod_security_level() {
+        let pod = probe_pod(&ProbePod {
+            namespace: "default".into(),
+            name: "bake-cluster-pod-network-0".into(),
+            node: "ip-10-0-1-5.ec2.internal".into(),
+            image: "busybox".into(),
+            toleration: "bake.io/canary".into(),
+        });
+        let spec = pod.spec.unwrap();
+        let sc = spec.security_context.unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_ne!(sc.run_as_user, Some(0));
+        assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        let c = spec.containers[0].security_context.clone().unwrap();
+        assert_eq!(c.allow_privilege_escalation, Some(false));
+        assert_eq!(c.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(spec.node_name.as_deref(), Some("ip-10-0-1-5.ec2.internal"));
+        assert_eq!(
+            spec.tolerations.unwrap()[0].key.as_deref(),
+            Some("bake.io/canary")
+        );
+    }
 
     #[test]
     fn the_ca_is_read_from_base64_pem() {
