@@ -212,7 +212,7 @@ class Kubelet:
         threading.Thread(target=self.start_container, args=(pod, instance, pod_ip, container, command, p),
                          daemon=True).start()
 
-    def start_container(self, pod, instance, pod_ip, container, command, p):
+    def _start_container(self, pod, instance, pod_ip, container, command, p):
         meta = pod["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         try:
@@ -230,14 +230,14 @@ class Kubelet:
         # image's (busybox: root); runAsNonRoot refuses root as the kubelet does
         # (pkg/kubelet/kuberuntime/security_context_others.go verifyRunAsNonRoot).
         pod_sc, c_sc = pod["spec"].get("securityContext") or {}, container.get("securityContext") or {}
-        uid = c_sc.get("runAsUser", pod_sc.get("runAsUser", 0))
-        gid = c_sc.get("runAsGroup", pod_sc.get("runAsGroup", 0))
-        if c_sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) and uid == 0:
+        user = c_sc.get("runAsUser", pod_sc.get("runAsUser", 0))
+        group = c_sc.get("runAsGroup", pod_sc.get("runAsGroup", 0))
+        if c_sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) and user == 0:
             p.update(waiting="CreateContainerConfigError",
                      message="container has runAsNonRoot and image will run as root")
             return
         env = [PATH, "STATE=" + STATE, "SERVICE_DNS=" + SERVICE_DNS, "NAMESPACE=" + ns,
-               "RUN_AS=%d:%d" % (uid, gid),
+               "RUN_AS=%d:%d" % (user, group),
                "NETNS=cni-" + uid, "HOST_VETH=" + host_veth_name(ns, name), "POD_IP=" + pod_ip,
                "ROOT=%s/pods/%s/rootfs" % (STATE, uid),
                "LOG=/var/log/pods/%s_%s_%s/%s/0.log" % (ns, name, uid, container["name"])]
@@ -249,6 +249,14 @@ class Kubelet:
             p.update(waiting=None, started=time.time())
         except Exception as e:
             p.update(waiting="CreateContainerError", message=str(e)[-300:])
+
+    def start_container(self, pod, instance, pod_ip, container, command, p):
+        """The container started, or why not (a fault of the stand-in itself is a
+        CreateContainerError naming it, never a pod left ContainerCreating without a word)."""
+        try:
+            self._start_container(pod, instance, pod_ip, container, command, p)
+        except Exception as e:
+            p.update(waiting="CreateContainerError", message="stand-in kubelet: %r" % e)
 
     def state(self, uid):
         """(phase, containerStatus.state) of a pod, as the kubelet reports them."""
