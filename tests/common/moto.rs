@@ -624,16 +624,9 @@ pub fn simulate(policy: &Value, calls: &[Value], requests: &[Value]) -> Vec<Valu
 
 /// The policy `bake iam-policy <pipeline> <extra>` prints for the project.
 pub fn printed_policy(p: &Project, moto: &Moto, pipeline: &str, extra: &[&str]) -> Value {
-    let out = bake_command(p, moto)
-        .args([&["iam-policy", pipeline, "-o", "json"][..], extra].concat())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let (code, policy, stderr) = bake(p, moto, &[&["iam-policy", pipeline][..], extra].concat());
+    assert_eq!(code, 0, "{stderr}");
+    policy
 }
 
 /// Every call a project's `bake` made through the proxy (and, for the first project, the calls

@@ -341,7 +341,7 @@ class ClusterApis:
         if not self.may(region, cluster, entry, verb, ns):
             user = entry.get("username") or principal
             message = 'User "%s" cannot %s resource "%s" in API group "" in the namespace "%s"' % (
-                user, verb, resource.split("/")[0] if not log else "pods/log", ns)
+                user, verb, resource, ns)
             details = {"kind": "pods"}
             if name:
                 details["name"] = name

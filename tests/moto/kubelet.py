@@ -236,12 +236,13 @@ class Kubelet:
             p.update(waiting="CreateContainerConfigError",
                      message="container has runAsNonRoot and image will run as root")
             return
+        log_path = "/var/log/pods/%s_%s_%s/%s/0.log" % (ns, name, uid, container["name"])
         env = [PATH, "STATE=" + STATE, "SERVICE_DNS=" + SERVICE_DNS, "NAMESPACE=" + ns,
                "RUN_AS=%d:%d" % (user, group),
                "NETNS=cni-" + uid, "HOST_VETH=" + host_veth_name(ns, name), "POD_IP=" + pod_ip,
                "ROOT=%s/pods/%s/rootfs" % (STATE, uid),
-               "LOG=/var/log/pods/%s_%s_%s/%s/0.log" % (ns, name, uid, container["name"])]
-        p.update(vm=vm, env=env, log_path=env[-1][4:])
+               "LOG=" + log_path]
+        p.update(vm=vm, env=env, log_path=log_path)
         try:
             self.sh(vm, POD_ADD, env)
             p["pid"] = vm.agent.start(["ip", "netns", "exec", "cni-" + uid, "/bin/sh", "-c", CONTAINER, "sh"] + command,

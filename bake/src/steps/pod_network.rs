@@ -217,9 +217,7 @@ async fn read_until(
             }
             Ok(seen) => last = waiting(pods, pod, &seen),
             Err(AskError::Refused(why)) => return Err(why),
-            Err(AskError::Failed(why)) => {
-                last = format!("{} did not answer: {why}", pods.cluster())
-            }
+            Err(failed) => last = ask_error(pods, failed),
         }
         if Instant::now() >= deadline {
             return Err(last);
